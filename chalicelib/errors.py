@@ -1,0 +1,39 @@
+"""Named exceptions: the API maps them to 4xx bodies, and their class names are the Step Functions error contract."""
+from __future__ import annotations
+
+
+class KaosError(Exception):
+    """Base of every error kaos raises on purpose; `code` is the stable machine-readable name."""
+
+    status = 400
+    code = "BadRequest"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(KaosError):
+    status = 400
+    code = "ValidationFailed"
+
+
+class NotFound(KaosError):
+    status = 404
+    code = "NotFound"
+
+
+class Conflict(KaosError):
+    status = 409
+    code = "Conflict"
+
+
+class MissingBlobs(KaosError):
+    status = 409
+    code = "MissingBlobs"
+
+
+class InputInvalid(KaosError):
+    """A task Lambda found the job's recorded inputs unusable; Step Functions does not retry it."""
+
+    code = "InputInvalid"
