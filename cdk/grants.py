@@ -1,0 +1,41 @@
+"""Least-privilege grants spelled out, where the CDK `grant_*` helpers would add wildcard actions or resources."""
+from __future__ import annotations
+
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+
+from cdk.table import GSI1
+
+# Blobs are content-addressed and rows append-only: nothing here deletes data (workspace deletion, when it comes,
+# gets its own grant).
+_OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]
+_BUCKET_ACTIONS = ["s3:ListBucket", "s3:GetBucketLocation"]
+_TABLE_ACTIONS = [
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:DescribeTable",
+]
+
+
+def grant_bucket_read_write(bucket: s3.IBucket, grantee: iam.IGrantable) -> None:
+    """Get/Put objects under any key (keys are content hashes made at run time) and list the bucket."""
+    iam.Grant.add_to_principal(
+        grantee=grantee, actions=_OBJECT_ACTIONS, resource_arns=[bucket.arn_for_objects("*")]
+    )
+    iam.Grant.add_to_principal(grantee=grantee, actions=_BUCKET_ACTIONS, resource_arns=[bucket.bucket_arn])
+
+
+def grant_table_read_write(table: dynamodb.ITable, grantee: iam.IGrantable) -> None:
+    """Item reads/writes on the table and queries on `gsi1` only (no Scan, no streams)."""
+    iam.Grant.add_to_principal(
+        grantee=grantee,
+        actions=_TABLE_ACTIONS,
+        resource_arns=[table.table_arn, f"{table.table_arn}/index/{GSI1}"],
+    )

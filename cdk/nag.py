@@ -1,0 +1,132 @@
+"""cdk-nag (AwsSolutions) acknowledgments, each with the reason the finding is accepted.
+
+cdk-nag 3 reports through CDK's policy-validation plugins (`Validations.of(app).add_plugins`): an unacknowledged
+finding fails synthesis with a report in `<outdir>/validation-report.json`. Every IAM5 finding is acknowledged one by
+one (cdk-nag 3 has no prefix matching), so a new wildcard anywhere fails synth until it is reviewed here.
+
+The SAM resources Chalice generates (`AWS::Serverless::Api`/`Function`) are not inspected by the AwsSolutions pack.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aws_cdk import Acknowledgment, Stack, Validations
+from constructs import IConstruct
+
+if TYPE_CHECKING:
+    from cdk.stack import KaosStack
+
+_PACK = "AwsSolutions::"
+
+
+def _render(stack: Stack, value: str) -> str:
+    """Spell a (possibly tokenized) ARN the way cdk-nag names it in a finding id."""
+
+    def part(p: Any) -> str:
+        if isinstance(p, str):
+            return p
+        if isinstance(p, dict) and set(p) == {"Ref"} and str(p["Ref"]).startswith("AWS::"):
+            return f"<{p['Ref']}>"
+        if isinstance(p, dict) and set(p) == {"Fn::GetAtt"}:
+            return f"<{p['Fn::GetAtt'][0]}.{p['Fn::GetAtt'][1]}>"
+        return json.dumps(p, separators=(",", ":"))
+
+    resolved = stack.resolve(value)
+    if isinstance(resolved, dict) and "Fn::Join" in resolved:
+        return "".join(part(p) for p in resolved["Fn::Join"][1])
+    return part(resolved)
+
+
+def _ack(construct: IConstruct, findings: dict[str, str]) -> None:
+    Validations.of(construct).acknowledge(
+        *(Acknowledgment(id=_PACK + rule, reason=reason) for rule, reason in findings.items())
+    )
+
+
+def _wildcard_resource(stack: Stack, arn: str) -> str:
+    return f"AwsSolutions-IAM5[Resource::{_render(stack, arn)}]"
+
+
+def acknowledge_findings(stack: KaosStack) -> None:
+    """Acknowledge the accepted findings on the narrowest construct (the role) that raises them."""
+    from cdk.training import SAGEMAKER_TRAINING_LOG_GROUP  # noqa: PLC0415 (keeps this module import-light)
+
+    bucket = stack.storage.data_bucket
+    training = stack.training
+    training_log_group = (
+        f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:{SAGEMAKER_TRAINING_LOG_GROUP}"
+    )
+    objects = {
+        _wildcard_resource(stack, bucket.arn_for_objects("*")): (
+            "Object keys are content hashes and job prefixes computed at run time; access is limited to this one "
+            "bucket and to Get/Put/AbortMultipartUpload (no delete)."
+        )
+    }
+    training_log_streams = {
+        _wildcard_resource(stack, f"{training_log_group}:log-stream:*"): (
+            "SageMaker names one log stream per training job at run time (<job>/algo-1-<ts>); the grant is limited "
+            "to streams of the fixed /aws/sagemaker/TrainingJobs group."
+        )
+    }
+    runtime_version = {
+        "AwsSolutions-L1": (
+            "python3.12 is pinned on purpose: the asset's wheels are resolved for 3.12 (pip --python-version) and the "
+            "Chalice API function uses the same runtime; a newer runtime is a deliberate, tested upgrade."
+        )
+    }
+
+    _ack(
+        training.sagemaker_role,
+        {
+            **objects,
+            **training_log_streams,
+            _wildcard_resource(stack, f"{training_log_group}:*"): (
+                "logs:DescribeLogStreams is authorized on the log group ARN in its ':*' form; still the one fixed "
+                "SageMaker training log group."
+            ),
+            "AwsSolutions-IAM5[Resource::*]": (
+                "cloudwatch:PutMetricData supports no resource-level permissions; the statement is narrowed with a "
+                "cloudwatch:namespace condition to /aws/sagemaker/*."
+            ),
+        },
+    )
+    _ack(training.prepare.role, {**objects})
+    _ack(training.record.role, {**objects, **training_log_streams})
+    _ack(training.prepare.function, runtime_version)
+    _ack(training.record.function, runtime_version)
+    _ack(
+        stack.api.role,
+        {
+            **objects,
+            **training_log_streams,
+            _wildcard_resource(stack, stack.api.executions_arn): (
+                "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
+                "limited to executions of the one training state machine."
+            ),
+        },
+    )
+    _ack(
+        training.state_machine.role,
+        {
+            _wildcard_resource(stack, f"{training.prepare.function.function_arn}:*"): (
+                "Added by tasks.LambdaInvoke so the state machine may invoke qualified versions/aliases of the "
+                "PrepareTraining function; it is still that one function."
+            ),
+            _wildcard_resource(stack, f"{training.record.function.function_arn}:*"): (
+                "Added by tasks.LambdaInvoke so the state machine may invoke qualified versions/aliases of the "
+                "RecordOutcome function; it is still that one function."
+            ),
+            _wildcard_resource(
+                stack, f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}:training-job/*"
+            ): (
+                "Training job names are job fingerprints computed at run time; the grant is limited to training jobs "
+                "in this account and region (Create/Describe/Stop/AddTags)."
+            ),
+            "AwsSolutions-IAM5[Resource::*]": (
+                "Added by the StateMachine construct for CloudWatch Logs vended delivery (logs:*LogDelivery, "
+                "DescribeResourcePolicies, ...) and X-Ray tracing (xray:PutTraceSegments, ...): these actions "
+                "support no resource-level permissions."
+            ),
+        },
+    )

@@ -1,0 +1,70 @@
+"""The Kaos stack: composes the constructs and owns the wiring between them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import CfnOutput, Environment, RemovalPolicy, Stack
+from constructs import Construct
+
+from cdk.api import Api
+from cdk.constants import REPO_ROOT
+from cdk.nag import acknowledge_findings
+from cdk.storage import Storage
+from cdk.table import ProvenanceTable
+from cdk.training import Training
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What differs between stages; set by the app entry from context, never branched on inside constructs."""
+
+    name: str
+    removal_policy: RemovalPolicy
+    deletion_protection: bool
+
+    @classmethod
+    def for_stage(cls, name: str) -> StageSettings:
+        prod = name == "prod"
+        return cls(
+            name=name,
+            removal_policy=RemovalPolicy.RETAIN if prod else RemovalPolicy.DESTROY,
+            deletion_protection=prod,
+        )
+
+
+class KaosStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env: Environment,
+        stage: StageSettings,
+        training_image: str,
+        work_dir: Path,
+    ) -> None:
+        super().__init__(scope, id_, env=env, stack_name=id_, description=f"kaos serverless ML training ({stage.name})")
+        self.storage = Storage(self, "Storage", removal_policy=stage.removal_policy)
+        self.table = ProvenanceTable(
+            self, "Provenance", removal_policy=stage.removal_policy, deletion_protection=stage.deletion_protection
+        )
+        bucket, table = self.storage.data_bucket, self.table.table
+        self.training = Training(self, "Training", bucket=bucket, table=table)
+        self.api = Api(
+            self,
+            "Api",
+            source_dir=REPO_ROOT / "app",
+            work_dir=work_dir,
+            bucket=bucket,
+            table=table,
+            state_machine=self.training.state_machine,
+            training_image=training_image,
+        )
+
+        CfnOutput(self, "ApiUrl", value=self.api.url)
+        CfnOutput(self, "BucketName", value=bucket.bucket_name)
+        CfnOutput(self, "TableName", value=table.table_name)
+        CfnOutput(self, "TrainingStateMachineArn", value=self.training.state_machine.state_machine_arn)
+
+        acknowledge_findings(self)
