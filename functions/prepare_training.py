@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.training import Training
+
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    raise NotImplementedError("filled in by the training service")
+    return Training().prepare(event["workspace"], event["job_id"])

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.training import Training
+
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    raise NotImplementedError("filled in by the training service")
+    detail = event.get("training") if event["outcome"] == "Completed" else event.get("error")
+    job = Training().record(event["workspace"], event["job_id"], event["outcome"], detail or {})
+    return {"job_id": job["id"], "status": job["status"]}

@@ -1,0 +1,197 @@
+"""One small class per AWS boundary. Each takes its client injected (tests pass a Stubber-wrapped one) or
+creates it lazily on first use, so importing this module costs nothing and warm Lambdas reuse clients."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator
+
+from chalicelib.errors import Conflict, NotFound
+
+# Presigned PUT URLs live long enough for a slow upload of a 5 GiB file; S3 caps SigV4 presigning at 7 days.
+PRESIGN_SECONDS = 3600
+# HEAD requests are cheap but sequential latency adds up for 10,000-file snapshots.
+HEAD_CONCURRENCY = 16
+
+
+def _client(service: str) -> Any:
+    import boto3  # imported here: boto3 costs ~0.16 s and only some code paths need each client
+
+    return boto3.client(service)
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class ObjectStore:
+    """The workspace bucket: content-addressed blobs, manifests, materialized snapshots, models, logs."""
+
+    def __init__(self, bucket: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("s3")
+        return self._client
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def presign_put(self, key: str) -> str:
+        return str(
+            self.client.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
+            )
+        )
+
+    def presign_get(self, key: str) -> str:
+        return str(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
+            )
+        )
+
+    def size(self, key: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    def sizes(self, keys: Iterable[str]) -> dict[str, int | None]:
+        keys = list(keys)
+        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
+            return dict(zip(keys, pool.map(self.size, keys)))
+
+    def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put_bytes(key, json.dumps(value, sort_keys=True).encode(), "application/json")
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                raise NotFound(f"object {key!r} does not exist") from exc
+            raise
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def stream(self, key: str) -> Any:
+        """A file-like body for streaming reads (model archives can be large)."""
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+
+    def describe(self, key: str) -> dict[str, Any]:
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        return {
+            "size": int(head["ContentLength"]),
+            "etag": str(head.get("ETag", "")).strip('"'),
+            "version_id": head.get("VersionId"),
+        }
+
+    def copy(self, source_key: str, key: str) -> None:
+        self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield str(obj["Key"])
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Deletes every version under the prefix (the bucket is versioned); returns how many were removed."""
+        removed = 0
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            objects = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
+            # DeleteObjects takes at most 1,000 keys per call.
+            for start in range(0, len(objects), 1000):
+                chunk = objects[start : start + 1000]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                removed += len(chunk)
+        return removed
+
+
+class Executions:
+    """Step Functions executions, named by job fingerprints so a start is exactly-once."""
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("stepfunctions")
+        return self._client
+
+    def start(self, state_machine_arn: str, name: str, payload: dict[str, Any]) -> str:
+        """Starts the execution, or returns the existing one of that name (a retried submission)."""
+        try:
+            response = self.client.start_execution(
+                stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload)
+            )
+        except Exception as exc:
+            if _error_code(exc) != "ExecutionAlreadyExists":
+                raise
+            arn = f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+            described = self.client.describe_execution(executionArn=arn)
+            if json.loads(described.get("input") or "{}") != payload:
+                raise Conflict(f"execution {name!r} already exists with other input") from exc
+            return arn
+        return str(response["executionArn"])
+
+    def describe(self, execution_arn: str) -> dict[str, Any]:
+        return dict(self.client.describe_execution(executionArn=execution_arn))
+
+
+class LogReader:
+    """Training logs, where SageMaker writes them: CloudWatch Logs, one stream per job instance."""
+
+    def __init__(self, log_group: str, client: Any = None) -> None:
+        self.log_group = log_group
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("logs")
+        return self._client
+
+    def read(self, stream_prefix: str, token: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        kwargs: dict[str, Any] = {
+            "logGroupName": self.log_group,
+            "logStreamNamePrefix": stream_prefix,
+            "limit": limit,
+        }
+        if token:
+            kwargs["nextToken"] = token
+        try:
+            response = self.client.filter_log_events(**kwargs)
+        except Exception as exc:
+            if _error_code(exc) == "ResourceNotFoundException":
+                return [], None
+            raise
+        events = [{"timestamp": e["timestamp"], "message": e["message"]} for e in response.get("events", [])]
+        return events, response.get("nextToken")
+
+    def read_all(self, stream_prefix: str) -> list[str]:
+        lines: list[str] = []
+        token: str | None = None
+        while True:
+            events, token = self.read(stream_prefix, token, 10_000)
+            lines.extend(e["message"] for e in events)
+            if not token or not events:
+                return lines

@@ -1,0 +1,220 @@
+"""Pure domain rules: names, content-addressed manifests, params and the job fingerprint (no AWS calls)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from chalicelib import limits
+from chalicelib.errors import ValidationFailed
+
+SNAPSHOT_KINDS = ("code", "data", "params")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_WORKSPACE = re.compile(limits.WORKSPACE_NAME_PATTERN)
+_HP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Job ids keep 24 hex digits (96 bits) of the fingerprint: collision-free in practice and short enough that
+# "train-<24>" plus an attempt suffix stays far below SageMaker's 63-character job-name limit.
+FINGERPRINT_CHARS = 24
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces, so equal values always hash equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_workspace_name(name: str, field: str = "workspace") -> str:
+    if not isinstance(name, str) or not _WORKSPACE.match(name) or name.endswith("-"):
+        raise ValidationFailed(
+            f"{field}: {name!r} is not a valid workspace name ({limits.WORKSPACE_NAME_RULE}, "
+            "not ending with a hyphen)"
+        )
+    return name
+
+
+def validate_sha256(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise ValidationFailed(f"{field}: must be a lowercase hex sha256 digest (64 characters)")
+    return value
+
+
+def validate_path(path: Any, field: str) -> str:
+    """Snapshot paths are relative POSIX paths that cannot leave the snapshot once materialized."""
+    if not isinstance(path, str) or not path:
+        raise ValidationFailed(f"{field}: must be a non-empty relative path")
+    if len(path) > limits.MAX_PATH_CHARS:
+        raise ValidationFailed(f"{field}: longer than {limits.MAX_PATH_CHARS} characters")
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or "\x00" in path or any(p in ("", ".", "..") for p in parts):
+        raise ValidationFailed(
+            f"{field}: {path!r} must be a relative path with '/' separators and no '', '.' or '..' parts"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    sha256: str
+    size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The content of a snapshot: its id is the sha256 of this document, so identical trees share one id."""
+
+    kind: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return {"kind": self.kind, "files": [f.as_dict() for f in self.files]}
+
+    @property
+    def snapshot_id(self) -> str:
+        return sha256_hex(canonical_json(self.document).encode())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def parse_manifest(kind: Any, files: Any) -> Manifest:
+    if kind not in SNAPSHOT_KINDS:
+        raise ValidationFailed(f"kind: must be one of {', '.join(SNAPSHOT_KINDS)}")
+    if not isinstance(files, list) or not files:
+        raise ValidationFailed("files: must be a non-empty list of {path, sha256, size}")
+    if len(files) > limits.MAX_FILES_PER_SNAPSHOT:
+        raise ValidationFailed(f"files: at most {limits.MAX_FILES_PER_SNAPSHOT} files per snapshot")
+    entries: dict[str, FileEntry] = {}
+    for i, item in enumerate(files):
+        if not isinstance(item, dict):
+            raise ValidationFailed(f"files[{i}]: must be an object with path, sha256 and size")
+        path = validate_path(item.get("path"), f"files[{i}].path")
+        digest = validate_sha256(item.get("sha256"), f"files[{i}].sha256")
+        size = item.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > limits.MAX_FILE_BYTES:
+            raise ValidationFailed(f"files[{i}].size: must be an integer from 0 to {limits.MAX_FILE_BYTES} bytes")
+        if path in entries:
+            raise ValidationFailed(f"files[{i}].path: {path!r} appears twice")
+        entries[path] = FileEntry(path, digest, size)
+    return Manifest(kind, tuple(entries[p] for p in sorted(entries)))
+
+
+def parse_params(params: Any) -> dict[str, Any]:
+    """Params are a JSON object of SageMaker hyperparameters; values are JSON-encoded as the SageMaker SDK does."""
+    if not isinstance(params, dict):
+        raise ValidationFailed("params: must be a JSON object mapping names to values")
+    if len(params) > limits.MAX_HYPERPARAMETERS:
+        raise ValidationFailed(f"params: at most {limits.MAX_HYPERPARAMETERS} hyperparameters (SageMaker limit)")
+    if len(canonical_json(params).encode()) > limits.MAX_PARAMS_BYTES:
+        raise ValidationFailed(f"params: at most {limits.MAX_PARAMS_BYTES} bytes of JSON")
+    for key, value in params.items():
+        if not _HP_KEY.match(key) or len(key) > limits.MAX_HYPERPARAMETER_KEY_CHARS or key.startswith("sagemaker_"):
+            raise ValidationFailed(
+                f"params.{key}: names are letters, digits, '_', '.', '-' (start with a letter or '_'), at most "
+                f"{limits.MAX_HYPERPARAMETER_KEY_CHARS} characters, and may not start with 'sagemaker_'"
+            )
+        if isinstance(value, list):
+            raise ValidationFailed(f"params.{key}: lists (hyperparameter grids) are not supported yet")
+        if len(canonical_json(value)) > limits.MAX_HYPERPARAMETER_VALUE_CHARS:
+            raise ValidationFailed(
+                f"params.{key}: value longer than {limits.MAX_HYPERPARAMETER_VALUE_CHARS} characters as JSON"
+            )
+    return params
+
+
+def params_manifest(params: Mapping[str, Any]) -> tuple[Manifest, bytes]:
+    """Params are stored as a one-file snapshot so they are content-addressed like code and data."""
+    body = (canonical_json(params) + "\n").encode()
+    entry = FileEntry("params.json", sha256_hex(body), len(body))
+    return Manifest("params", (entry,)), body
+
+
+def hyperparameters(params: Mapping[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v) for k, v in params.items()}
+
+
+def validate_channel(name: Any, field: str) -> str:
+    if not isinstance(name, str) or not _CHANNEL.match(name):
+        raise ValidationFailed(
+            f"{field}: channel names are 1-64 letters, digits, '.', '_' or '-' starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Resources:
+    instance_type: str
+    instance_count: int
+    volume_gb: int
+    max_runtime_seconds: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance_type": self.instance_type,
+            "instance_count": self.instance_count,
+            "volume_gb": self.volume_gb,
+            "max_runtime_seconds": self.max_runtime_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that determines a job's result; its fingerprint names the job, execution and provenance node."""
+
+    workspace: str
+    kind: str
+    code: str
+    data: tuple[tuple[str, str], ...]
+    params: str
+    environment: str
+    resources: Resources
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "kind": self.kind,
+            "code": self.code,
+            "data": dict(self.data),
+            "params": self.params,
+            "environment": self.environment,
+            "resources": self.resources.as_dict(),
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_hex(canonical_json(self.document()).encode())
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.kind}-{self.fingerprint[:FINGERPRINT_CHARS]}"
+
+
+def environment_id(image: str) -> str:
+    return sha256_hex(image.encode())[:FINGERPRINT_CHARS]
+
+
+def page_size(raw: Any) -> int:
+    if raw is None:
+        return limits.DEFAULT_PAGE_SIZE
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if not 1 <= value <= limits.MAX_PAGE_SIZE:
+        raise ValidationFailed(f"limit: must be an integer from 1 to {limits.MAX_PAGE_SIZE}")
+    return value
+
+
+def sorted_unique(values: Sequence[str]) -> list[str]:
+    return sorted(set(values))

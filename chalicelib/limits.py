@@ -1,0 +1,34 @@
+"""Every limit kaos enforces, in one place; errors name them and docs/limits.md lists them.
+
+Each value is chosen from the AWS limit that forces it, as noted beside it.
+"""
+from __future__ import annotations
+
+# Workspace names become parts of S3 keys, SageMaker job names (<= 63 chars) and execution names (<= 80 chars).
+WORKSPACE_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,31}$"
+WORKSPACE_NAME_RULE = "lowercase letters, digits and hyphens; 2-32 characters; must start with a letter"
+
+# One presigned PUT may carry at most 5 GiB (S3 single-part upload limit).
+MAX_FILE_BYTES = 5 * 1024**3
+# A snapshot commit travels in one API request (API Gateway 10 MB, Lambda 6 MB payload); 10,000 entries of
+# path + sha256 + size stay under 3 MB even with 200-character paths.
+MAX_FILES_PER_SNAPSHOT = 10_000
+# S3 keys are at most 1,024 bytes; the snapshot prefix takes up to ~100 of them.
+MAX_PATH_CHARS = 900
+# Presigned URLs are handed out in pages so one response stays well under the 6 MB Lambda response limit.
+MAX_BLOBS_PER_REQUEST = 1_000
+# SageMaker: at most 100 hyperparameters, keys <= 256 chars, values <= 2,500 chars once JSON-encoded.
+MAX_HYPERPARAMETERS = 100
+MAX_HYPERPARAMETER_KEY_CHARS = 256
+MAX_HYPERPARAMETER_VALUE_CHARS = 2_500
+# A params file is carried inside the API request and the Step Functions payload (256 KiB limit).
+MAX_PARAMS_BYTES = 64 * 1024
+# Request bodies: API Gateway accepts 10 MB, Lambda 6 MB; we keep to 6 MB.
+MAX_REQUEST_BYTES = 6 * 1024 * 1024
+# Page sizes for list routes; DynamoDB Query returns at most 1 MB per page anyway.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+# Log lines returned per request (CloudWatch GetLogEvents returns at most 10,000 events / 1 MB).
+MAX_LOG_LINES = 10_000
+# SageMaker StoppingCondition.MaxRuntimeInSeconds may be at most 28 days.
+MAX_RUNTIME_SECONDS = 28 * 24 * 3600

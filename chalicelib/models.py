@@ -1,0 +1,126 @@
+"""The pynamodb models own the single-table schema (CDK creates the same keys: pk/sk and the gsi1 index).
+
+Key layout (one table keeps every workspace operation a single-partition Query):
+  WS#<ws>            META                    WorkspaceItem
+  WS#<ws>            MEMBER#<user>           MemberItem      gsi1: USER#<user> / WS#<ws>
+  WS#<ws>            SNAP#<snapshot id>      SnapshotItem
+  WS#<ws>            LATEST#<kind>           LatestItem      (mutable pointer to the newest snapshot of a kind)
+  WS#<ws>            JOB#<job id>            JobItem         gsi1: JOBS#<ws> / <created_at>#<job id>
+  NODE#<ws>#<node>   META                    NodeItem        gsi1: PROV#<ws> / <node>
+  NODE#<ws>#<node>   OUT|IN#<rel>#<other>    EdgeItem        gsi1: PROV#<ws> / <node>#<sk>
+Provenance edges are stored once per direction so each hop either way is one Query, and no item grows
+with the number of edges (DynamoDB's 400 KB item limit).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import (
+    JSONAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    VersionAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib import config
+
+
+class _TableFromEnv(type):
+    """Reads the table name at call time, so importing this module reads no environment."""
+
+    @property
+    def table_name(cls) -> str:
+        return config.settings().table
+
+
+class Gsi1(GlobalSecondaryIndex["_Item"]):
+    class Meta:
+        index_name = "gsi1"
+        projection = AllProjection()
+
+    gsi1pk = UnicodeAttribute(hash_key=True)
+    gsi1sk = UnicodeAttribute(range_key=True)
+
+
+class _Item(Model):
+    class Meta(metaclass=_TableFromEnv):
+        pass
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    gsi1pk = UnicodeAttribute(null=True)
+    gsi1sk = UnicodeAttribute(null=True)
+    gsi1 = Gsi1()
+
+
+def ws_key(workspace: str) -> str:
+    return f"WS#{workspace}"
+
+
+def node_key(workspace: str, node: str) -> str:
+    return f"NODE#{workspace}#{node}"
+
+
+class WorkspaceItem(_Item):
+    owner = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+
+
+class MemberItem(_Item):
+    user = UnicodeAttribute()
+    role = UnicodeAttribute()
+    added_at = UnicodeAttribute()
+
+
+class SnapshotItem(_Item):
+    snapshot_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    file_count = NumberAttribute()
+    total_bytes = NumberAttribute()
+    manifest_key = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    created_by = UnicodeAttribute()
+
+
+class LatestItem(_Item):
+    snapshot_id = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class JobItem(_Item):
+    job_id = UnicodeAttribute()
+    fingerprint = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    status = UnicodeAttribute()
+    spec: JSONAttribute = JSONAttribute()
+    created_at = UnicodeAttribute()
+    created_by = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    execution_arn = UnicodeAttribute(null=True)
+    training_job_name = UnicodeAttribute(null=True)
+    started_at = UnicodeAttribute(null=True)
+    ended_at = UnicodeAttribute(null=True)
+    metrics: JSONAttribute = JSONAttribute(null=True)
+    failure_reason = UnicodeAttribute(null=True)
+    model_uri = UnicodeAttribute(null=True)
+    history: JSONAttribute = JSONAttribute(null=True)
+    version = VersionAttribute()
+
+
+class NodeItem(_Item):
+    node_type = UnicodeAttribute()
+    attrs: JSONAttribute = JSONAttribute()
+    created_at = UnicodeAttribute()
+
+
+class EdgeItem(_Item):
+    rel = UnicodeAttribute()
+    direction = UnicodeAttribute()
+    other = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+
+
+def item_dict(item: Any, *names: str) -> dict[str, Any]:
+    return {name: getattr(item, name) for name in names}

@@ -1,0 +1,167 @@
+"""Content-addressed snapshots: clients upload only the blobs a workspace lacks, then commit a manifest."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any, Mapping
+
+from pynamodb.exceptions import DoesNotExist, PutError
+
+from chalicelib import config, limits
+from chalicelib.adapters import ObjectStore
+from chalicelib.domain import Manifest, parse_manifest, validate_sha256
+from chalicelib.errors import InputInvalid, MissingBlobs, NotFound, ValidationFailed
+from chalicelib.models import LatestItem, SnapshotItem, ws_key
+from chalicelib.workspaces import now, workspace_prefix
+
+# A deterministic archive: fixed mtime and owner so the same snapshot always yields the same bytes.
+_EPOCH = 0
+
+
+def blob_key(workspace: str, sha256: str) -> str:
+    return f"{workspace_prefix(workspace)}blobs/{sha256}"
+
+
+def manifest_key(workspace: str, snapshot_id: str) -> str:
+    return f"{workspace_prefix(workspace)}manifests/{snapshot_id}.json"
+
+
+def materialized_prefix(workspace: str, snapshot_id: str) -> str:
+    return f"{workspace_prefix(workspace)}snapshots/{snapshot_id}/"
+
+
+def sourcedir_key(workspace: str, snapshot_id: str) -> str:
+    return f"{workspace_prefix(workspace)}sourcedirs/{snapshot_id}/sourcedir.tar.gz"
+
+
+class Snapshots:
+    def __init__(self, store: ObjectStore | None = None) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = ObjectStore(config.settings().bucket)
+        return self._store
+
+    def missing(self, workspace: str, files: Any) -> list[dict[str, str]]:
+        """The blobs (by sha256) this workspace lacks, each with a presigned PUT URL for a direct upload."""
+        if not isinstance(files, list):
+            raise ValidationFailed("blobs: must be a list of sha256 digests")
+        if len(files) > limits.MAX_BLOBS_PER_REQUEST:
+            raise ValidationFailed(f"blobs: at most {limits.MAX_BLOBS_PER_REQUEST} digests per request")
+        digests = sorted({validate_sha256(d, f"blobs[{i}]") for i, d in enumerate(files)})
+        sizes = self.store.sizes(blob_key(workspace, d) for d in digests)
+        return [
+            {"sha256": d, "url": self.store.presign_put(blob_key(workspace, d))}
+            for d in digests
+            if sizes[blob_key(workspace, d)] is None
+        ]
+
+    def commit(self, workspace: str, kind: Any, files: Any, user: str) -> tuple[dict[str, Any], bool]:
+        """Records the snapshot once every blob is present with its declared size; idempotent by content."""
+        manifest = parse_manifest(kind, files)
+        sizes = self.store.sizes(blob_key(workspace, f.sha256) for f in manifest.files)
+        absent = sorted({f.sha256 for f in manifest.files if sizes[blob_key(workspace, f.sha256)] is None})
+        if absent:
+            raise MissingBlobs(
+                f"files: {len(absent)} blob(s) were not uploaded yet, e.g. {absent[0]}; ask /blobs/missing first"
+            )
+        wrong = [f for f in manifest.files if sizes[blob_key(workspace, f.sha256)] != f.size]
+        if wrong:
+            raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
+        return self._record(workspace, manifest, user)
+
+    def put_small(self, workspace: str, manifest: Manifest, blobs: Mapping[str, bytes], user: str) -> dict[str, Any]:
+        """Stores a snapshot whose bytes the server already holds (params): blobs first, then the record."""
+        for digest, body in blobs.items():
+            self.store.put_bytes(blob_key(workspace, digest), body)
+        return self._record(workspace, manifest, user)[0]
+
+    def _record(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], bool]:
+        snapshot_id = manifest.snapshot_id
+        key = manifest_key(workspace, snapshot_id)
+        # The manifest object is written before the row, so a row never points at a missing manifest.
+        self.store.put_json(key, manifest.document)
+        created_at = now()
+        item = SnapshotItem(
+            ws_key(workspace), f"SNAP#{snapshot_id}", snapshot_id=snapshot_id, kind=manifest.kind,
+            file_count=len(manifest.files), total_bytes=manifest.total_bytes, manifest_key=key,
+            created_at=created_at, created_by=user,
+        )
+        created = True
+        try:
+            item.save(condition=SnapshotItem.pk.does_not_exist())
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            created = False
+            item = SnapshotItem.get(ws_key(workspace), f"SNAP#{snapshot_id}")
+        LatestItem(ws_key(workspace), f"LATEST#{manifest.kind}", snapshot_id=snapshot_id, updated_at=created_at).save()
+        return self.describe(item), created
+
+    def get(self, workspace: str, snapshot_id: str, kind: str | None = None, field: str = "snapshot") -> SnapshotItem:
+        try:
+            item = SnapshotItem.get(ws_key(workspace), f"SNAP#{snapshot_id}")
+        except DoesNotExist:
+            raise NotFound(f"{field}: snapshot {snapshot_id!r} does not exist in workspace {workspace!r}") from None
+        if kind is not None and item.kind != kind:
+            raise ValidationFailed(f"{field}: snapshot {snapshot_id!r} is a {item.kind} snapshot, not {kind}")
+        return item
+
+    def manifest(self, workspace: str, snapshot_id: str) -> Manifest:
+        document = self.store.get_json(manifest_key(workspace, snapshot_id))
+        return parse_manifest(document["kind"], document["files"])
+
+    def materialize(self, workspace: str, snapshot_id: str) -> str:
+        """Copies the snapshot's blobs to their paths under one prefix (an S3Prefix channel); returns its URI.
+
+        Server-side copies move no bytes through the Lambda; the prefix is named by the snapshot id, so a
+        second job on the same data finds it complete and copies nothing."""
+        prefix = materialized_prefix(workspace, snapshot_id)
+        manifest = self.manifest(workspace, snapshot_id)
+        present = self.store.sizes(prefix + f.path for f in manifest.files)
+        for f in manifest.files:
+            if present[prefix + f.path] != f.size:
+                self.store.copy(blob_key(workspace, f.sha256), prefix + f.path)
+        return self.store.uri(prefix)
+
+    def sourcedir(self, workspace: str, snapshot_id: str) -> tuple[str, Manifest]:
+        """Builds sourcedir.tar.gz (the SageMaker script-mode code bundle) once per code snapshot."""
+        key = sourcedir_key(workspace, snapshot_id)
+        manifest = self.manifest(workspace, snapshot_id)
+        if self.store.size(key) is None:
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
+                for f in manifest.files:
+                    body = self.store.get_bytes(blob_key(workspace, f.sha256))
+                    info = tarfile.TarInfo(f.path)
+                    info.size = len(body)
+                    info.mtime = _EPOCH
+                    info.mode = 0o755 if f.path.endswith(".sh") else 0o644
+                    archive.addfile(info, io.BytesIO(body))
+            self.store.put_bytes(key, buffer.getvalue(), "application/gzip")
+        return self.store.uri(key), manifest
+
+    def read_params(self, workspace: str, snapshot_id: str) -> dict[str, Any]:
+        manifest = self.manifest(workspace, snapshot_id)
+        if manifest.kind != "params" or len(manifest.files) != 1:
+            raise InputInvalid(f"params snapshot {snapshot_id} is not a single params.json")
+        value = json.loads(self.store.get_bytes(blob_key(workspace, manifest.files[0].sha256)))
+        if not isinstance(value, dict):
+            raise InputInvalid(f"params snapshot {snapshot_id} does not hold a JSON object")
+        return value
+
+    def latest(self, workspace: str, kind: str) -> str | None:
+        try:
+            return str(LatestItem.get(ws_key(workspace), f"LATEST#{kind}").snapshot_id)
+        except DoesNotExist:
+            return None
+
+    @staticmethod
+    def describe(item: SnapshotItem) -> dict[str, Any]:
+        return {
+            "id": item.snapshot_id, "kind": item.kind, "files": int(item.file_count),
+            "bytes": int(item.total_bytes), "created_at": item.created_at,
+        }

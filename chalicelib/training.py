@@ -1,0 +1,338 @@
+"""Training jobs: submission by fingerprint (exactly-once), the pipeline's prepare and record tasks, reads."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tarfile
+from typing import Any
+
+from pynamodb.exceptions import DoesNotExist, PutError
+
+from chalicelib import config, limits
+from chalicelib.adapters import Executions, LogReader, ObjectStore
+from chalicelib.domain import (
+    JobSpec,
+    Resources,
+    environment_id,
+    hyperparameters,
+    params_manifest,
+    parse_params,
+    validate_channel,
+    validate_sha256,
+)
+from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
+from chalicelib.models import JobItem, ws_key
+from chalicelib.provenance import Provenance
+from chalicelib.snapshots import Snapshots
+from chalicelib.workspaces import now, workspace_prefix
+
+# Entry points tried, in order, when the code snapshot does not name one (SageMaker's `sagemaker_program`).
+DEFAULT_ENTRY_POINTS = ("train.py", "train.sh", "train")
+TERMINAL = ("COMPLETED", "FAILED", "KILLED")
+METRICS_FILE = "metrics.json"
+
+
+def job_prefix(workspace: str, job_id: str) -> str:
+    return f"{workspace_prefix(workspace)}jobs/{job_id}/"
+
+
+class Training:
+    def __init__(
+        self,
+        store: ObjectStore | None = None,
+        executions: Executions | None = None,
+        logs: LogReader | None = None,
+    ) -> None:
+        self._store = store
+        self._executions = executions
+        self._logs = logs
+        self.provenance = Provenance()
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = ObjectStore(config.settings().bucket)
+        return self._store
+
+    @property
+    def snapshots(self) -> Snapshots:
+        return Snapshots(self.store)
+
+    @property
+    def executions(self) -> Executions:
+        if self._executions is None:
+            self._executions = Executions()
+        return self._executions
+
+    @property
+    def logs(self) -> LogReader:
+        if self._logs is None:
+            self._logs = LogReader(config.settings().training_log_group)
+        return self._logs
+
+    # --- submission -------------------------------------------------------------------------------------
+    def submit(self, workspace: str, user: str, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity."""
+        settings = config.settings()
+        code = self._snapshot_ref(workspace, request.get("code"), "code", "code")
+        data = request.get("data")
+        if not isinstance(data, dict) or not data:
+            raise ValidationFailed("data: must be an object mapping channel names to data snapshot ids")
+        channels = tuple(
+            sorted(
+                (validate_channel(name, f"data.{name}"), self._snapshot_ref(workspace, sid, "data", f"data.{name}"))
+                for name, sid in data.items()
+            )
+        )
+        params = parse_params(request.get("params", {}))
+        manifest, body = params_manifest(params)
+        params_snapshot = self.snapshots.put_small(workspace, manifest, {manifest.files[0].sha256: body}, user)
+        spec = JobSpec(
+            workspace=workspace, kind="train", code=code, data=channels, params=params_snapshot["id"],
+            environment=settings.training_image,
+            resources=Resources(settings.training_instance_type, 1, 30, settings.training_max_runtime_seconds),
+        )
+        at = now()
+        item = JobItem(
+            ws_key(workspace), f"JOB#{spec.job_id}", job_id=spec.job_id, fingerprint=spec.fingerprint,
+            kind=spec.kind, status="SUBMITTED", spec=spec.document(), created_at=at, created_by=user, updated_at=at,
+            history=[{"status": "SUBMITTED", "at": at}],
+            gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
+        )
+        created = True
+        try:
+            item.save(condition=JobItem.pk.does_not_exist())
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            created = False
+            item = self._job(workspace, spec.job_id)
+        self._record_inputs(workspace, spec, at)
+        if item.execution_arn is None:
+            # Also reached by a retry whose first attempt wrote the row but failed before starting.
+            arn = self.executions.start(
+                settings.training_state_machine_arn, spec.job_id, {"workspace": workspace, "job_id": spec.job_id}
+            )
+            item.refresh(consistent_read=True)
+            if item.execution_arn is None:
+                item.update(actions=[JobItem.execution_arn.set(arn), JobItem.updated_at.set(now())])
+        return self.describe(item), created
+
+    def _snapshot_ref(self, workspace: str, value: Any, kind: str, field: str) -> str:
+        snapshot_id = validate_sha256(value, field)
+        self.snapshots.get(workspace, snapshot_id, kind, field)
+        return snapshot_id
+
+    def _record_inputs(self, workspace: str, spec: JobSpec, at: str) -> None:
+        job_node = f"job:{spec.job_id}"
+        env_node = f"environment:{environment_id(spec.environment)}"
+        self.provenance.add_node(workspace, job_node, "job", {"kind": spec.kind, "fingerprint": spec.fingerprint}, at)
+        self.provenance.add_node(workspace, env_node, "environment", {"image": spec.environment}, at)
+        self.provenance.add_edge(workspace, job_node, "used", env_node, at)
+        inputs = [("code", spec.code), ("params", spec.params)] + [(f"data:{c}", s) for c, s in spec.data]
+        for role, snapshot_id in inputs:
+            node = f"snapshot:{snapshot_id}"
+            self.provenance.add_node(workspace, node, "snapshot", {"kind": role.split(":")[0]}, at)
+            self.provenance.add_edge(workspace, job_node, "used", node, at)
+
+    # --- reads ------------------------------------------------------------------------------------------
+    def _job(self, workspace: str, job_id: str) -> JobItem:
+        if not isinstance(job_id, str) or len(job_id) > 80:
+            raise ValidationFailed("job: must be a job id such as train-0123abcd...")
+        try:
+            return JobItem.get(ws_key(workspace), f"JOB#{job_id}", consistent_read=True)
+        except DoesNotExist:
+            raise NotFound(f"job {job_id!r} does not exist in workspace {workspace!r}") from None
+
+    def get(self, workspace: str, job_id: str) -> dict[str, Any]:
+        return self.describe(self._job(workspace, job_id))
+
+    def list(self, workspace: str, limit: int, cursor: str | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"limit": limit, "scan_index_forward": False}
+        if cursor:
+            kwargs["last_evaluated_key"] = _decode_cursor(cursor)
+        result = JobItem.gsi1.query(f"JOBS#{workspace}", **kwargs)
+        jobs = [self.describe(item) for item in result]
+        last = result.last_evaluated_key
+        return {"jobs": jobs, "next": _encode_cursor(last) if last else None}
+
+    def read_logs(self, workspace: str, job_id: str, token: str | None, limit: int) -> dict[str, Any]:
+        item = self._job(workspace, job_id)
+        if not 1 <= limit <= limits.MAX_LOG_LINES:
+            raise ValidationFailed(f"limit: must be an integer from 1 to {limits.MAX_LOG_LINES}")
+        if item.training_job_name is None:
+            return {"job": job_id, "status": item.status, "events": [], "next": None}
+        events, next_token = self.logs.read(f"{item.training_job_name}/", token, limit)
+        return {"job": job_id, "status": item.status, "events": events, "next": next_token or token}
+
+    @staticmethod
+    def describe(item: JobItem) -> dict[str, Any]:
+        spec = item.spec
+        return {
+            "id": item.job_id, "workspace": spec["workspace"], "kind": item.kind, "status": item.status,
+            "fingerprint": item.fingerprint,
+            "inputs": {"code": spec["code"], "data": spec["data"], "params": spec["params"]},
+            "environment": spec["environment"], "resources": spec["resources"],
+            "created_at": item.created_at, "updated_at": item.updated_at,
+            "started_at": item.started_at, "ended_at": item.ended_at,
+            "metrics": item.metrics or {}, "failure_reason": item.failure_reason, "model": item.model_uri,
+            "training_job_name": item.training_job_name, "execution": item.execution_arn,
+            "history": item.history or [],
+        }
+
+    # --- pipeline tasks ---------------------------------------------------------------------------------
+    def _set_status(self, item: JobItem, status: str, **fields: Any) -> None:
+        """Each status change is one versioned update (optimistic locking) and one history entry."""
+        at = now()
+        actions = [JobItem.status.set(status), JobItem.updated_at.set(at),
+                   JobItem.history.set((item.history or []) + [{"status": status, "at": at}])]
+        actions += [getattr(JobItem, name).set(value) for name, value in fields.items()]
+        item.update(actions=actions)
+
+    def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
+        """Materializes inputs and returns the CreateTrainingJob request the state machine runs."""
+        settings = config.settings()
+        item = self._job(workspace, job_id)
+        spec = item.spec
+        code_uri, manifest = self.snapshots.sourcedir(workspace, spec["code"])
+        paths = {f.path for f in manifest.files}
+        entry = next((e for e in DEFAULT_ENTRY_POINTS if e in paths), None)
+        if entry is None:
+            raise InputInvalid(f"code: no entry point found; add one of {', '.join(DEFAULT_ENTRY_POINTS)}")
+        channels = [
+            {
+                "ChannelName": channel,
+                "DataSource": {"S3DataSource": {
+                    "S3DataType": "S3Prefix", "S3Uri": self.snapshots.materialize(workspace, snapshot_id),
+                    "S3DataDistributionType": "FullyReplicated",
+                }},
+            }
+            for channel, snapshot_id in sorted(spec["data"].items())
+        ]
+        hps = hyperparameters(self.snapshots.read_params(workspace, spec["params"]))
+        # The SageMaker SDK JSON-encodes these two, and framework containers decode them the same way.
+        hps["sagemaker_program"] = json.dumps(entry)
+        hps["sagemaker_submit_directory"] = json.dumps(code_uri)
+        resources = spec["resources"]
+        request = {
+            "TrainingJobName": job_id,
+            "AlgorithmSpecification": {"TrainingImage": spec["environment"], "TrainingInputMode": "File"},
+            "RoleArn": settings.sagemaker_role_arn,
+            "HyperParameters": hps,
+            "InputDataConfig": channels,
+            "OutputDataConfig": {"S3OutputPath": self.store.uri(job_prefix(workspace, job_id) + "output")},
+            "ResourceConfig": {"InstanceType": resources["instance_type"],
+                               "InstanceCount": resources["instance_count"],
+                               "VolumeSizeInGB": resources["volume_gb"]},
+            "StoppingCondition": {"MaxRuntimeInSeconds": resources["max_runtime_seconds"]},
+        }
+        self._set_status(item, "TRAINING", training_job_name=job_id, started_at=now())
+        return {"training": request}
+
+    def record(self, workspace: str, job_id: str, outcome: str, detail: dict[str, Any]) -> dict[str, Any]:
+        item = self._job(workspace, job_id)
+        if item.status in TERMINAL:
+            return self.describe(item)  # a retried task: the outcome is already recorded
+        self._archive_log(workspace, item)
+        if outcome == "Completed":
+            return self._record_model(workspace, item, detail)
+        self._set_status(item, "FAILED", failure_reason=failure_reason(detail), ended_at=now())
+        return self.describe(item)
+
+    def _record_model(self, workspace: str, item: JobItem, training: dict[str, Any]) -> dict[str, Any]:
+        uri = str(training.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""))
+        prefix = f"s3://{self.store.bucket}/"
+        if not uri.startswith(prefix):
+            raise InputInvalid(f"model artifacts {uri!r} are not in the workspace bucket")
+        key = uri[len(prefix):]
+        described = self.store.describe(key)
+        digest, metrics = self._read_model(key)
+        if not metrics:
+            output_key = key.rsplit("/", 1)[0] + "/output.tar.gz"
+            if self.store.size(output_key) is not None:
+                metrics = self._read_model(output_key)[1]
+        at = now()
+        model_node = f"model:{item.job_id}"
+        self.provenance.add_node(workspace, model_node, "model", {"uri": uri, "sha256": digest, **described}, at)
+        self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", model_node, at)
+        self._set_status(item, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at)
+        return self.describe(item)
+
+    def _read_model(self, key: str) -> tuple[str, dict[str, Any]]:
+        """Streams the archive once: its sha256 and the metrics.json it holds (if any)."""
+        body = _HashingReader(self.store.stream(key))
+        metrics: dict[str, Any] = {}
+        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+            for member in archive:
+                if member.isfile() and member.name.lstrip("./") == METRICS_FILE:
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        metrics = _numeric_metrics(handle.read())
+        body.drain()
+        return body.hexdigest(), metrics
+
+    def _archive_log(self, workspace: str, item: JobItem) -> None:
+        """Keeps the job's log in S3 beside its outputs: CloudWatch retention is finite, provenance is not."""
+        if item.training_job_name is None:
+            return
+        lines = self.logs.read_all(f"{item.training_job_name}/")
+        self.store.put_bytes(job_prefix(workspace, item.job_id) + "log.txt", ("\n".join(lines) + "\n").encode(),
+                             "text/plain")
+
+
+class _HashingReader:
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = bytes(self._raw.read(size))
+        self._hash.update(chunk)
+        return chunk
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _numeric_metrics(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def failure_reason(error: dict[str, Any]) -> str:
+    """The readable reason from a Step Functions Catch result ({Error, Cause}); Cause may hold a JSON describe."""
+    name = str(error.get("Error", "Error"))
+    cause = error.get("Cause", "")
+    try:
+        parsed = json.loads(cause) if isinstance(cause, str) else cause
+    except ValueError:
+        parsed = cause
+    if isinstance(parsed, dict):
+        reason = parsed.get("FailureReason") or parsed.get("errorMessage") or parsed.get("Message")
+        if reason:
+            return f"{name}: {reason}"[:2000]
+    return f"{name}: {cause}"[:2000]
+
+
+def _encode_cursor(key: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, TypeError):
+        raise ValidationFailed("cursor: not a cursor returned by this API") from None
+    if not isinstance(value, dict):
+        raise ValidationFailed("cursor: not a cursor returned by this API")
+    return value

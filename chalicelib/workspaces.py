@@ -1,0 +1,114 @@
+"""Workspaces: a walled garden of code, data, params, jobs and models that only its members see."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import DoesNotExist, TransactWriteError
+from pynamodb.transactions import TransactWrite
+
+from chalicelib import config
+from chalicelib.adapters import ObjectStore
+from chalicelib.domain import validate_workspace_name
+from chalicelib.errors import Conflict, NotFound
+from chalicelib.models import MemberItem, WorkspaceItem, _Item, ws_key
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def workspace_prefix(workspace: str) -> str:
+    # The trailing slash matters: without it killing "mnist" would also match "mnist2/" keys.
+    return f"ws/{workspace}/"
+
+
+class Workspaces:
+    def __init__(self, store: ObjectStore | None = None) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = ObjectStore(config.settings().bucket)
+        return self._store
+
+    def create(self, name: str, user: str) -> tuple[dict[str, Any], bool]:
+        """Creates the workspace owned by `user`; creating it again as its owner is a no-op (idempotent)."""
+        validate_workspace_name(name, "name")
+        created_at = now()
+        workspace = WorkspaceItem(ws_key(name), "META", owner=user, created_at=created_at)
+        member = MemberItem(
+            ws_key(name), f"MEMBER#{user}", user=user, role="owner", added_at=created_at,
+            gsi1pk=f"USER#{user}", gsi1sk=ws_key(name),
+        )
+        try:
+            # Workspace and owner membership are written together or not at all.
+            with TransactWrite(connection=Connection()) as tx:
+                tx.save(workspace, condition=WorkspaceItem.pk.does_not_exist())
+                tx.save(member)
+        except TransactWriteError as exc:
+            existing = self._get(name)
+            if existing is not None and existing.owner == user:
+                return self._describe(existing), False
+            raise Conflict(f"name: workspace {name!r} already exists; choose another name") from exc
+        return self._describe(workspace), True
+
+    def _get(self, name: str) -> WorkspaceItem | None:
+        try:
+            return WorkspaceItem.get(ws_key(name), "META", consistent_read=True)
+        except DoesNotExist:
+            return None
+
+    def require(self, name: str, user: str) -> WorkspaceItem:
+        """The workspace if `user` is a member; otherwise NotFound, so non-members cannot learn it exists."""
+        validate_workspace_name(name)
+        try:
+            MemberItem.get(ws_key(name), f"MEMBER#{user}")
+        except DoesNotExist:
+            raise NotFound(f"workspace {name!r} does not exist (or you are not a member)") from None
+        item = self._get(name)
+        if item is None:
+            raise NotFound(f"workspace {name!r} does not exist (or you are not a member)")
+        return item
+
+    def list_for(self, user: str) -> list[dict[str, Any]]:
+        names = [m.gsi1sk.removeprefix("WS#") for m in MemberItem.gsi1.query(f"USER#{user}") if m.gsi1sk]
+        described = []
+        for name in sorted(names):
+            item = self._get(name)
+            if item is not None:
+                described.append(self._describe(item))
+        return described
+
+    def info(self, name: str, user: str) -> dict[str, Any]:
+        item = self.require(name, user)
+        counts = {"snapshots": 0, "jobs": 0, "members": 0}
+        for row in _Item.query(ws_key(name), attributes_to_get=["sk"]):
+            kind = row.sk.split("#", 1)[0]
+            key = {"SNAP": "snapshots", "JOB": "jobs", "MEMBER": "members"}.get(kind)
+            if key:
+                counts[key] += 1
+        return {**self._describe(item), **counts}
+
+    def kill(self, name: str, user: str) -> dict[str, Any]:
+        """Deletes exactly this workspace: its rows (exact partition keys), provenance and S3 prefix."""
+        item = self.require(name, user)
+        if item.owner != user:
+            raise NotFound(f"workspace {name!r} does not exist (or you are not its owner)")
+        rows = 0
+        with _Item.batch_write() as batch:
+            for node in _Item.gsi1.query(f"PROV#{name}"):
+                batch.delete(node)
+                rows += 1
+            for row in _Item.query(ws_key(name)):
+                batch.delete(row)
+                rows += 1
+        objects = self.store.delete_prefix(workspace_prefix(name))
+        return {"name": name, "deleted_rows": rows, "deleted_objects": objects}
+
+    @staticmethod
+    def _describe(item: WorkspaceItem) -> dict[str, Any]:
+        return {"name": item.pk.removeprefix("WS#"), "owner": item.owner, "created_at": item.created_at}
+

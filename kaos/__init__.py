@@ -1,0 +1,1 @@
+"""kaos: the client (CLI + HTTP client) and the embedded local stack."""

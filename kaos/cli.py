@@ -1,0 +1,274 @@
+"""The kaos command line: parses, calls kaos.client, renders. No business rules live here."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from kaos.bundle import BundleError, hash_files, scan
+from kaos.client import ApiError, Client, load_params
+from kaos.settings import ClientConfig
+
+app = typer.Typer(help="kaos: incremental, reproducible ML training on serverless AWS (or offline).",
+                  no_args_is_help=True)
+workspace_app = typer.Typer(help="Create, list, inspect and delete workspaces.", no_args_is_help=True)
+train_app = typer.Typer(help="Deploy and inspect training jobs.", no_args_is_help=True)
+local_app = typer.Typer(help="Run the embedded offline stack on this machine.", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(train_app, name="train")
+app.add_typer(local_app, name="local")
+
+console = Console()
+err = Console(stderr=True)
+TERMINAL = ("COMPLETED", "FAILED", "KILLED")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace (default: the current one).")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _client() -> Client:
+    try:
+        return Client(ClientConfig.load())
+    except ApiError as exc:
+        _fail(exc.message)
+        raise
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ApiError as exc:
+        _fail(f"{exc.message} ({exc.code})")
+    except BundleError as exc:
+        _fail(str(exc))
+
+
+def _workspace(name: Optional[str]) -> str:
+    chosen = name or ClientConfig.load().workspace
+    if not chosen:
+        _fail("no workspace given: pass -w NAME or run `kaos workspace create NAME`")
+    return str(chosen)
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+# --- workspace ------------------------------------------------------------------------------------------
+@workspace_app.command("create")
+def workspace_create(name: str) -> None:
+    """Create a workspace and make it the current one."""
+    created = _call(lambda: _client().create_workspace(name))
+    config = ClientConfig.load()
+    config.workspace = created["name"]
+    config.save()
+    console.print(f"workspace [bold]{created['name']}[/] ready (current)")
+
+
+@workspace_app.command("list")
+def workspace_list(as_json: bool = JsonOpt) -> None:
+    """List the workspaces you are a member of."""
+    rows = _call(lambda: _client().workspaces())
+    if as_json:
+        return _emit_json(rows)
+    current = ClientConfig.load().workspace
+    table = Table("", "name", "owner", "created")
+    for row in rows:
+        table.add_row("*" if row["name"] == current else "", row["name"], row["owner"], row["created_at"])
+    console.print(table)
+
+
+@workspace_app.command("info")
+def workspace_info(name: Optional[str] = typer.Argument(None), as_json: bool = JsonOpt) -> None:
+    """Show a workspace with its counts of snapshots, jobs and members."""
+    info = _call(lambda: _client().workspace(_workspace(name)))
+    if as_json:
+        return _emit_json(info)
+    table = Table(show_header=False)
+    for key in ("name", "owner", "created_at", "snapshots", "jobs", "members"):
+        table.add_row(key, str(info[key]))
+    console.print(table)
+
+
+@workspace_app.command("kill")
+def workspace_kill(name: str, yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation.")) -> None:
+    """Delete a workspace with everything in it (exactly that workspace)."""
+    if not yes and not typer.confirm(f"Delete workspace {name!r} and all its data, jobs and models?"):
+        raise typer.Exit(1)
+    result = _call(lambda: _client().kill_workspace(name))
+    config = ClientConfig.load()
+    if config.workspace == name:
+        config.workspace = ""
+        config.save()
+    console.print(f"deleted workspace [bold]{name}[/] ({result['deleted_rows']} rows, "
+                  f"{result['deleted_objects']} objects)")
+
+
+# --- train ----------------------------------------------------------------------------------------------
+def _snapshot(client: Client, workspace: str, kind: str, directory: Path, label: str) -> dict[str, Any]:
+    entries = scan(directory, label)
+    total = sum(size for _, _, size in entries)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"hashing {kind} ({len(entries)} files)", total=total)
+        files = hash_files(entries, lambda n: progress.advance(task, n))
+        upload = progress.add_task(f"uploading {kind}", total=total)
+        snapshot = client.upload_snapshot(workspace, kind, files, lambda n: progress.advance(upload, n))
+    return snapshot
+
+
+@train_app.command("deploy")
+def train_deploy(
+    source: Path = typer.Option(..., "--source", "-s", help="Code directory (entry point train.py or train.sh)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Data directory (the 'training' channel)."),
+    params: Optional[Path] = typer.Option(None, "--hyperparams", "-h", help="JSON object of hyperparameters."),
+    workspace: Optional[str] = WorkspaceOpt,
+    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Snapshot code, data and params (uploading only new bytes) and start a training job."""
+    ws = _workspace(workspace)
+    hyper = _call(lambda: load_params(params)) if params else {}
+    client = _client()
+    # Every local check (directories, sizes, symlinks) runs before anything is uploaded.
+    _call(lambda: (scan(source, "-s"), scan(data, "-d")))
+    code = _call(lambda: _snapshot(client, ws, "code", source, "-s"))
+    dataset = _call(lambda: _snapshot(client, ws, "data", data, "-d"))
+    job = _call(lambda: client.submit(ws, code["id"], {"training": dataset["id"]}, hyper))
+    if wait:
+        job = _wait(client, ws, job["id"])
+    if as_json:
+        return _emit_json(job)
+    note = "[yellow]cache hit: identical inputs, nothing started[/]" if job.get("cached") else "started"
+    console.print(f"job [bold]{job['id']}[/] {note}; status {job['status']}")
+    if wait:
+        _print_job(job)
+        if job["status"] != "COMPLETED":
+            raise typer.Exit(1)
+
+
+def _wait(client: Client, ws: str, job_id: str) -> Any:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task(f"{job_id}: waiting")
+        while True:
+            job = _call(lambda: client.job(ws, job_id))
+            progress.update(task, description=f"{job_id}: {job['status']}")
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(0.5)
+
+
+@train_app.command("list")
+def train_list(workspace: Optional[str] = WorkspaceOpt, limit: int = typer.Option(50, "--limit"),
+               as_json: bool = JsonOpt) -> None:
+    """List the workspace's training jobs, newest first."""
+    page = _call(lambda: _client().jobs(_workspace(workspace), limit))
+    if as_json:
+        return _emit_json(page)
+    table = Table("job", "status", "created", "metrics")
+    for job in page["jobs"]:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(job["metrics"].items()))
+        table.add_row(job["id"], job["status"], job["created_at"], metrics)
+    console.print(table)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    table = Table(show_header=False)
+    for key in ("id", "status", "created_at", "started_at", "ended_at", "environment", "model", "failure_reason"):
+        if job.get(key):
+            table.add_row(key, str(job[key]))
+    table.add_row("code", job["inputs"]["code"])
+    for channel, snapshot in sorted(job["inputs"]["data"].items()):
+        table.add_row(f"data:{channel}", snapshot)
+    table.add_row("params", job["inputs"]["params"])
+    for name, value in sorted(job["metrics"].items()):
+        table.add_row(f"metric:{name}", f"{value:.6g}")
+    console.print(table)
+
+
+@train_app.command("info")
+def train_info(job: str, workspace: Optional[str] = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+    """Show a job: status, inputs, metrics, model, failure reason."""
+    described = _call(lambda: _client().job(_workspace(workspace), job))
+    if as_json:
+        return _emit_json(described)
+    _print_job(described)
+
+
+@train_app.command("logs")
+def train_logs(job: str, workspace: Optional[str] = WorkspaceOpt,
+               follow: bool = typer.Option(False, "--follow", "-f", help="Keep reading until the job ends.")) -> None:
+    """Print a job's training log (stdout and stderr of the entry point)."""
+    client, ws = _client(), _workspace(workspace)
+    token: Optional[str] = None
+    while True:
+        page = _call(lambda: client.logs(ws, job, token))
+        for event in page["events"]:
+            sys.stdout.write(event["message"].rstrip("\n") + "\n")
+        token = page["next"]
+        if not follow or (page["status"] in TERMINAL and not page["events"]):
+            return
+        if not page["events"]:
+            time.sleep(1)
+
+
+@train_app.command("provenance")
+def train_provenance(node: str, workspace: Optional[str] = WorkspaceOpt,
+                     down: bool = typer.Option(False, "--down", help="Follow edges forward (what used it)."),
+                     as_json: bool = JsonOpt) -> None:
+    """Show the provenance graph of a job (train-...) or model (model:train-...) as a tree."""
+    node_id = node if ":" in node else f"job:{node}"
+    graph = _call(lambda: _client().lineage(_workspace(workspace), node_id, "down" if down else "up"))
+    if as_json:
+        return _emit_json(graph)
+    console.print(render_tree(graph, down))
+
+
+def render_tree(graph: dict[str, Any], down: bool) -> Tree:
+    """Upstream trees read "X used Y / X produced by Y"; downstream trees the reverse."""
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    children: dict[str, list[tuple[str, str]]] = {}
+    for edge in graph["edges"]:
+        # Normalize to (downstream, upstream): a job is downstream of what it used, a model of its job.
+        if edge["rel"] == "produced":
+            downstream, upstream, up_label, down_label = edge["target"], edge["source"], "produced by", "produced"
+        else:
+            downstream, upstream = edge["source"], edge["target"]
+            up_label, down_label = edge["rel"], f"{edge['rel']} by"
+        if down:
+            children.setdefault(upstream, []).append((down_label, downstream))
+        else:
+            children.setdefault(downstream, []).append((up_label, upstream))
+
+    def label(node_id: str) -> str:
+        attrs = nodes.get(node_id, {}).get("attrs", {})
+        extra = attrs.get("kind") or attrs.get("image") or attrs.get("uri") or ""
+        return f"[bold]{node_id}[/] [dim]{extra}[/]".strip()
+
+    root = Tree(label(graph["root"]))
+
+    def grow(branch: Tree, node_id: str, seen: frozenset[str]) -> None:
+        for rel, child in sorted(children.get(node_id, [])):
+            sub = branch.add(f"[cyan]{rel}[/] {label(child)}")
+            if child not in seen:
+                grow(sub, child, seen | {child})
+
+    grow(root, graph["root"], frozenset({graph["root"]}))
+    return root
+
+
+def main() -> None:
+    app()
