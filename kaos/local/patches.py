@@ -1,0 +1,677 @@
+"""Patches to moto 5.2.5 internals that make the offline emulation faithful.
+
+Every patch is listed in ``PATCH_POINTS`` (``module.attribute``) and is applied by :func:`apply`
+and undone by :func:`remove`. Patches are process-global (moto's backends are process-global),
+so only one :class:`kaos.local.emulator.Emulator` is active at a time; the patches call back into
+it through the :class:`Hooks` passed to :func:`apply`.
+
+Patched integrations (each has a contract test in ``tests/test_emulator_contract.py``):
+
+- Lambda invoke (direct, Step Functions ``lambda:invoke`` / legacy Lambda ARNs, S3 notifications,
+  EventBridge Lambda targets) dispatches to in-process handlers.
+- EventBridge rule targets of type Lambda and Step Functions are delivered.
+- Step Functions ``_normalise_parameters`` / ``_normalise_response`` map PascalCase parameters onto
+  the botocore operation model and back, and turn datetimes into ISO-8601 strings.
+- Step Functions ``sagemaker:*`` optimised integration, with ``.sync`` for training, processing,
+  transform and tuning jobs.
+- SageMaker ``CreateTrainingJob`` runs a real local training; ``StopTrainingJob`` is added.
+- Fault injection (e.g. ``ThrottlingException``) in front of any moto action.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import botocore.session
+from botocore.exceptions import ClientError
+from botocore.model import OperationModel, ServiceModel
+
+LOG = logging.getLogger(__name__)
+
+PATCH_POINTS: Final[tuple[str, ...]] = (
+    "moto.awslambda_simple.models.LambdaSimpleBackend.invoke",
+    "moto.awslambda.models.LambdaFunction.invoke",
+    "moto.events.models.Rule.send_to_targets",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service"
+    ".StateTaskService._normalise_parameters",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service"
+    ".StateTaskService._normalise_response",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_factory"
+    ".state_task_service_for",
+    "moto.sagemaker.models.SageMakerModelBackend.create_training_job",
+    "moto.sagemaker.models.SageMakerModelBackend.describe_training_job",
+    "moto.sagemaker.models.SageMakerModelBackend.stop_training_job (added)",
+    "moto.sagemaker.responses.SageMakerResponse.stop_training_job (added)",
+    "moto.core.responses.BaseResponse.call_action",
+)
+
+
+class TrainingRunnerProtocol(Protocol):
+    """What the SageMaker patch needs from a training runner (see ``LocalTrainingRunner``)."""
+
+    lock: threading.RLock
+
+    def start(self, request: dict[str, Any], update: Callable[[dict[str, Any]], None]) -> None: ...
+
+    def stop(self, training_job_name: str) -> None: ...
+
+
+@dataclass
+class Hooks:
+    """Callbacks from the patched moto code into the active emulator."""
+
+    # (function_name, payload, invocation_type) -> (response payload, function error or None);
+    # raises KeyError when no handler is registered for the function.
+    invoke_lambda: Callable[[str, bytes, str], tuple[bytes, str | None]]
+    has_lambda: Callable[[str], bool]
+    # (service_name, action) -> error code to inject, or None
+    take_fault: Callable[[str, str], str | None]
+    training_runner: TrainingRunnerProtocol | None
+    endpoint_url: str
+
+
+_HOOKS: Hooks | None = None
+_ORIGINALS: dict[tuple[Any, str], Any] = {}
+_APPLY_LOCK = threading.Lock()
+
+
+def active_hooks() -> Hooks:
+    if _HOOKS is None:
+        raise RuntimeError("kaos emulator patches are not active")
+    return _HOOKS
+
+
+def function_name_from(name_or_arn: str) -> str:
+    """``fn``, ``fn:qualifier``, ``arn:aws:lambda:r:a:function:fn[:q]`` → ``fn``."""
+    if name_or_arn.startswith("arn:"):
+        parts = name_or_arn.split(":")
+        return parts[6] if len(parts) > 6 else parts[-1]
+    return name_or_arn.split(":")[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lambda
+# ---------------------------------------------------------------------------------------------
+
+
+def _lambda_simple_invoke(
+    self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any,
+    response_headers: Any,
+) -> bytes:
+    from moto.awslambda.exceptions import UnknownFunctionException
+
+    hooks = active_hooks()
+    name = function_name_from(function_name)
+    if not hooks.has_lambda(name):
+        arn = (
+            function_name
+            if function_name.startswith("arn:")
+            else f"arn:aws:lambda:{self.region_name}:{self.account_id}:function:{name}"
+        )
+        raise UnknownFunctionException(arn)
+    invocation_type = (headers or {}).get("X-Amz-Invocation-Type") or "RequestResponse"
+    payload = body if isinstance(body, bytes) else (body or "").encode("utf-8")
+    result, function_error = hooks.invoke_lambda(name, payload, invocation_type)
+    if function_error:
+        response_headers["x-amz-function-error"] = function_error
+    response_headers["x-amz-executed-version"] = "$LATEST"
+    response_headers["Content-Length"] = str(len(result))
+    return result
+
+
+def _lambda_function_invoke(
+    self: Any, body: str, request_headers: Any, response_headers: Any
+) -> bytes:
+    # Used by S3 notifications and InvokeAsync: always asynchronous in AWS.
+    hooks = active_hooks()
+    name = self.function_name
+    if not hooks.has_lambda(name):
+        LOG.warning("Lambda %s has no in-process handler; event dropped", name)
+        return b""
+    payload = body.encode("utf-8") if isinstance(body, str) else (body or b"{}")
+    result, function_error = hooks.invoke_lambda(name, payload, "Event")
+    if function_error:
+        response_headers["x-amz-function-error"] = function_error
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# EventBridge
+# ---------------------------------------------------------------------------------------------
+
+
+def _events_send_to_targets(
+    self: Any, original_event: dict[str, Any], transform_input: bool = True
+) -> None:
+    from moto.events.models import EventTemplateParser
+    from moto.utilities.arns import parse_arn
+
+    original = _ORIGINALS[(_rule_cls(), "send_to_targets")]
+    if not self.event_pattern.matches_event(original_event):
+        return
+    other_targets: list[dict[str, Any]] = []
+    for target in self.targets:
+        arn = parse_arn(target["Arn"])
+        if arn.service not in ("lambda", "states"):
+            other_targets.append(target)
+            continue
+        if transform_input:
+            transformer = target.get("InputTransformer", {})
+            if "Input" in target:
+                event: Any = json.loads(target["Input"])
+            else:
+                event = EventTemplateParser.parse(
+                    input_template=transformer.get("InputTemplate"),
+                    input_paths_map=transformer.get("InputPathsMap", {}),
+                    event=original_event,
+                )
+        else:
+            event = copy.deepcopy(original_event)
+        _deliver_async(target["Arn"], arn.service, event)
+    if other_targets:
+        # Let moto deliver the rest, on a shallow copy so concurrent senders see the full rule.
+        clone = copy.copy(self)
+        clone.targets = other_targets
+        original(clone, original_event, transform_input)
+
+
+def _deliver_async(target_arn: str, service: str, event: Any) -> None:
+    hooks = active_hooks()
+    body = json.dumps(event, default=str).encode("utf-8")
+
+    def deliver() -> None:
+        try:
+            if service == "lambda":
+                hooks.invoke_lambda(function_name_from(target_arn), body, "Event")
+            else:
+                import boto3
+
+                boto3.client(
+                    "stepfunctions", endpoint_url=hooks.endpoint_url, region_name=target_arn.split(":")[3],
+                    aws_access_key_id="testing", aws_secret_access_key="testing",
+                ).start_execution(stateMachineArn=target_arn, input=body.decode("utf-8"))
+        except Exception:  # EventBridge retries and then drops; we log.
+            LOG.exception("EventBridge delivery to %s failed", target_arn)
+
+    threading.Thread(target=deliver, name=f"events-{service}", daemon=True).start()
+
+
+def _rule_cls() -> type:
+    from moto.events.models import Rule
+
+    return Rule
+
+
+# ---------------------------------------------------------------------------------------------
+# Step Functions parameter/response normalisation
+# ---------------------------------------------------------------------------------------------
+
+_BOTO_SESSION_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _service_model(service_name: str) -> ServiceModel:
+    with _BOTO_SESSION_LOCK:
+        return _botocore_session().get_service_model(service_name)
+
+
+@functools.lru_cache(maxsize=1)
+def _botocore_session() -> botocore.session.Session:
+    return botocore.session.get_session()
+
+
+@functools.lru_cache(maxsize=None)
+def operation_model(service_name: str, action: str) -> OperationModel | None:
+    """The botocore operation for ``action`` in any casing (``submit_job``, ``submitJob``)."""
+    try:
+        model = _service_model(service_name)
+    except Exception:
+        return None
+    key = action.replace("_", "").lower()
+    for op_name in model.operation_names:
+        if op_name.lower() == key:
+            return model.operation_model(op_name)
+    return None
+
+
+def iso_datetimes(value: Any) -> Any:
+    """Replace datetimes by ISO-8601 strings, in place for dicts and lists; returns the value."""
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc)
+        return value.isoformat()
+    if isinstance(value, dict):
+        for key, item in list(value.items()):
+            value[key] = iso_datetimes(item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = iso_datetimes(item)
+    return value
+
+
+def _normalise_parameters(
+    self: Any, parameters: dict, boto_service_name: str | None = None,
+    service_action_name: str | None = None,
+) -> None:
+    service = self._get_boto_service_name(boto_service_name=boto_service_name)
+    action = self._get_boto_service_action(service_action_name=service_action_name)
+    op = operation_model(service, action)
+    if op is not None and op.input_shape is not None and isinstance(parameters, dict):
+        self._to_boto_request(parameters, op.input_shape)
+
+
+def _normalise_response(
+    self: Any, response: Any, boto_service_name: str | None = None,
+    service_action_name: str | None = None,
+) -> None:
+    service = self._get_boto_service_name(boto_service_name=boto_service_name)
+    action = self._get_boto_service_action(service_action_name=service_action_name)
+    op = operation_model(service, action)
+    if op is not None and op.output_shape is not None and isinstance(response, dict):
+        self._from_boto_response(response, op.output_shape)
+    iso_datetimes(response)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step Functions SageMaker optimised integration
+# ---------------------------------------------------------------------------------------------
+
+# action (lower) -> (describe operation, name parameter, status key, success, failure statuses)
+_SAGEMAKER_SYNC: Final[dict[str, tuple[str, str, str, set[str], set[str]]]] = {
+    "createtrainingjob": (
+        "describe_training_job", "TrainingJobName", "TrainingJobStatus",
+        {"Completed"}, {"Failed", "Stopped"},
+    ),
+    "createprocessingjob": (
+        "describe_processing_job", "ProcessingJobName", "ProcessingJobStatus",
+        {"Completed"}, {"Failed", "Stopped"},
+    ),
+    "createtransformjob": (
+        "describe_transform_job", "TransformJobName", "TransformJobStatus",
+        {"Completed"}, {"Failed", "Stopped"},
+    ),
+    "createhyperparametertuningjob": (
+        "describe_hyper_parameter_tuning_job", "HyperParameterTuningJobName",
+        "HyperParameterTuningJobStatus", {"Completed"}, {"Failed", "Stopped"},
+    ),
+}
+
+
+def sagemaker_error_name(client_error: ClientError) -> str:
+    """Error name Step Functions' SageMaker integration surfaces for a service error.
+
+    Step Functions runs the integration on the AWS Java SDK: exceptions modelled by the SageMaker
+    API surface as ``SageMaker.<Code>Exception`` (e.g. ``SageMaker.ResourceLimitExceededException``);
+    anything else, including ``ThrottlingException`` and ``ValidationException``, is the SDK's base
+    class ``SageMaker.AmazonSageMakerException`` with the code in the cause.
+    """
+    code = client_error.response.get("Error", {}).get("Code", "")
+    modelled = {shape for shape in _service_model("sagemaker").error_shapes}
+    if code in {s.name for s in modelled}:
+        return f"SageMaker.{code if code.endswith('Exception') else code + 'Exception'}"
+    return "SageMaker.AmazonSageMakerException"
+
+
+def _make_sagemaker_task_service() -> Any:
+    from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import (
+        CustomErrorName,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+        FailureEvent,
+        FailureEventException,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import (
+        StatesErrorName,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
+        ResourceCondition,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (  # noqa: E501
+        StateTaskServiceCallback,
+    )
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+    from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
+
+    class StateTaskServiceSageMaker(StateTaskServiceCallback):  # type: ignore[misc]
+        """``arn:aws:states:::sagemaker:<action>[.sync]``.
+
+        WaitForTaskToken is listed only because the callback base class needs a task token
+        endpoint to exist for ``.sync``; AWS does not offer it for SageMaker.
+        """
+
+        def __init__(self) -> None:
+            super().__init__(
+                supported_integration_patterns={
+                    ResourceCondition.Sync, ResourceCondition.WaitForTaskToken,
+                }
+            )
+
+        def _get_supported_parameters(self) -> set[str] | None:
+            op = operation_model("sagemaker", self.resource.api_action)
+            if op is None or op.input_shape is None:
+                return None
+            return set(op.input_shape.members)
+
+        def _from_error(self, env: Any, ex: Exception) -> Any:
+            if isinstance(ex, ClientError):
+                error = sagemaker_error_name(ex)
+                meta = ex.response.get("ResponseMetadata", {})
+                details = "; ".join([
+                    "Service: AmazonSageMaker",
+                    f"Status Code: {meta.get('HTTPStatusCode')}",
+                    f"Error Code: {ex.response['Error'].get('Code')}",
+                    f"Request ID: {meta.get('RequestId')}",
+                    "Proxy: null",
+                ])
+                cause = f"{ex.response['Error'].get('Message')} ({details})"
+                return FailureEvent(
+                    env=env,
+                    error_name=CustomErrorName(error),
+                    event_type=HistoryEventType.TaskFailed,
+                    event_details=EventDetails(
+                        taskFailedEventDetails=TaskFailedEventDetails(
+                            error=error, cause=cause,
+                            resource=self._get_sfn_resource(),
+                            resourceType=self._get_sfn_resource_type(),
+                        )
+                    ),
+                )
+            return super()._from_error(env=env, ex=ex)
+
+        def _build_sync_resolver(
+            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict,
+            state_credentials: Any,
+        ) -> Callable[[], Any]:
+            spec = _SAGEMAKER_SYNC.get(self.resource.api_action.lower())
+            if spec is None:
+                raise RuntimeError(
+                    f"Unsupported .sync callback procedure in resource {self.resource.resource_arn}"
+                )
+            describe_op, name_key, status_key, ok, failed = spec
+            client = boto_client_for(
+                service="sagemaker", region=resource_runtime_part.region,
+                state_credentials=state_credentials,
+            )
+            env.stack.pop()  # the Create* response
+            job_name = normalised_parameters[name_key]
+
+            def resolve() -> dict | None:
+                description = getattr(client, describe_op)(**{name_key: job_name})
+                description.pop("ResponseMetadata", None)
+                status = description.get(status_key)
+                if status in ok or status in failed:
+                    self._normalise_response(description, service_action_name=describe_op)
+                if status in ok:
+                    return description
+                if status in failed:
+                    raise FailureEventException(
+                        FailureEvent(
+                            env=env,
+                            error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
+                            event_type=HistoryEventType.TaskFailed,
+                            event_details=EventDetails(
+                                taskFailedEventDetails=TaskFailedEventDetails(
+                                    resource=self._get_sfn_resource(),
+                                    resourceType=self._get_sfn_resource_type(),
+                                    error=StatesErrorNameType.StatesTaskFailed.to_name(),
+                                    cause=to_json_str(description),
+                                )
+                            ),
+                        )
+                    )
+                return None
+
+            return resolve
+
+        def _eval_service_task(
+            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict,
+            state_credentials: Any,
+        ) -> None:
+            client = boto_client_for(
+                service="sagemaker", region=resource_runtime_part.region,
+                state_credentials=state_credentials,
+            )
+            response = getattr(client, self._get_boto_service_action())(**normalised_parameters)
+            response.pop("ResponseMetadata", None)
+            env.stack.append(response)
+
+    return StateTaskServiceSageMaker
+
+
+_SAGEMAKER_TASK_CLS: Any = None
+
+
+def _state_task_service_for(service_name: str) -> Any:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_factory,
+    )
+
+    if service_name == "sagemaker":
+        return _SAGEMAKER_TASK_CLS()
+    return _ORIGINALS[(state_task_service_factory, "state_task_service_for")](
+        service_name=service_name
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# SageMaker training jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> Any:
+    from moto.sagemaker.exceptions import ResourceInUseException
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    hooks = active_hooks()
+    runner = hooks.training_runner
+    original = _ORIGINALS[(SageMakerModelBackend, "create_training_job")]
+    if training_job_name in self.training_jobs:
+        raise ResourceInUseException(
+            message=f"Training job names must be unique within an AWS account and region, and a "
+            f"training job with this name already exists ({self.training_jobs[training_job_name].arn})"
+        )
+    job = original(self, training_job_name=training_job_name, **kwargs)
+    if runner is None:
+        return job
+    with runner.lock:
+        job.training_job_status = "InProgress"
+        job.secondary_status = "Starting"
+        job.failure_reason = None
+        job.training_start_time = None
+        job.training_end_time = None
+        job.model_artifacts = None
+        job.secondary_status_transitions = [
+            {"Status": "Starting", "StartTime": job.creation_time,
+             "StatusMessage": "Launching requested ML instances"}
+        ]
+        job.final_metric_data_list = None
+    request = {
+        "TrainingJobName": training_job_name,
+        "HyperParameters": kwargs.get("hyper_parameters") or {},
+        "AlgorithmSpecification": kwargs.get("algorithm_specification") or {},
+        "RoleArn": kwargs.get("role_arn"),
+        "InputDataConfig": kwargs.get("input_data_config") or [],
+        "OutputDataConfig": kwargs.get("output_data_config") or {},
+        "ResourceConfig": kwargs.get("resource_config") or {},
+        "StoppingCondition": kwargs.get("stopping_condition") or {},
+        "Region": self.region_name,
+    }
+
+    def update(fields: dict[str, Any]) -> None:
+        with runner.lock:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            new_secondary = fields.get("SecondaryStatus")
+            if new_secondary and new_secondary != job.secondary_status:
+                transitions = job.secondary_status_transitions
+                if transitions and "EndTime" not in transitions[-1]:
+                    transitions[-1]["EndTime"] = now
+                entry: dict[str, Any] = {"Status": new_secondary, "StartTime": now}
+                if fields.get("StatusMessage"):
+                    entry["StatusMessage"] = fields["StatusMessage"]
+                transitions.append(entry)
+            for key, attr in _UPDATE_FIELDS.items():
+                if key in fields:
+                    setattr(job, attr, fields[key])
+            if fields.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped"):
+                transitions = job.secondary_status_transitions
+                if transitions and "EndTime" not in transitions[-1]:
+                    transitions[-1]["EndTime"] = now
+            job.last_modified_time = now
+
+    runner.start(request, update)
+    return job
+
+
+_UPDATE_FIELDS: Final[dict[str, str]] = {
+    "TrainingJobStatus": "training_job_status",
+    "SecondaryStatus": "secondary_status",
+    "FailureReason": "failure_reason",
+    "ModelArtifacts": "model_artifacts",
+    "TrainingStartTime": "training_start_time",
+    "TrainingEndTime": "training_end_time",
+    "FinalMetricDataList": "final_metric_data_list",
+}
+
+
+def _describe_training_job(self: Any, training_job_name: str) -> dict[str, Any]:
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    original = _ORIGINALS[(SageMakerModelBackend, "describe_training_job")]
+    runner = active_hooks().training_runner
+    if runner is None:
+        return original(self, training_job_name)
+    with runner.lock:
+        return copy.deepcopy(original(self, training_job_name))
+
+
+def _stop_training_job(self: Any, training_job_name: str) -> None:
+    from moto.sagemaker.exceptions import ValidationError
+    from moto.sagemaker.models import FakeTrainingJob
+
+    job = self.training_jobs.get(training_job_name)
+    if job is None:
+        arn = FakeTrainingJob.arn_formatter(training_job_name, self.account_id, self.region_name)
+        raise ValidationError(message=f"Could not find training job '{arn}'.")
+    runner = active_hooks().training_runner
+    if runner is None:
+        return
+    with runner.lock:
+        if job.training_job_status != "InProgress":
+            raise ValidationError(
+                message=f"The request was rejected because the training job is in status "
+                f"{job.training_job_status}."
+            )
+    runner.stop(training_job_name)
+
+
+def _response_stop_training_job(self: Any) -> Any:
+    from moto.core.responses import EmptyResult
+
+    self.sagemaker_backend.stop_training_job(self._get_param("TrainingJobName"))
+    return EmptyResult()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection
+# ---------------------------------------------------------------------------------------------
+
+
+def _call_action(self: Any) -> Any:
+    from moto.core.exceptions import ServiceException
+    from moto.core.responses import ActionResult, BaseResponse
+
+    original = _ORIGINALS[(BaseResponse, "call_action")]
+    hooks = _HOOKS
+    if hooks is not None:
+        try:
+            action = self._get_action()
+        except Exception:
+            action = None
+        code = hooks.take_fault(self.service_name or "", action) if action else None
+        if code is not None:
+            error = ServiceException(code, "Rate exceeded" if "Throttl" in code else code)
+            status, headers, body = self.serialized(ActionResult(error))
+            headers, body = self._enrich_response(headers, body)
+            return status, headers, body
+    return original(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# apply / remove
+# ---------------------------------------------------------------------------------------------
+
+
+def _set(owner: Any, name: str, value: Any) -> None:
+    key = (owner, name)
+    if key not in _ORIGINALS:
+        _ORIGINALS[key] = owner.__dict__.get(name, _MISSING)
+    setattr(owner, name, value)
+
+
+_MISSING: Final = object()
+
+
+def apply(hooks: Hooks) -> None:
+    """Install all patches (idempotent) and route them to ``hooks``."""
+    global _HOOKS, _SAGEMAKER_TASK_CLS
+    from moto.awslambda.models import LambdaFunction
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.core.responses import BaseResponse
+    from moto.events.models import Rule
+    from moto.sagemaker.models import SageMakerModelBackend
+    from moto.sagemaker.responses import SageMakerResponse
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_factory
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_factory,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (  # noqa: E501
+        StateTaskService,
+    )
+
+    with _APPLY_LOCK:
+        _HOOKS = hooks
+        if _ORIGINALS:
+            return
+        if _SAGEMAKER_TASK_CLS is None:
+            _SAGEMAKER_TASK_CLS = _make_sagemaker_task_service()
+        _set(LambdaSimpleBackend, "invoke", _lambda_simple_invoke)
+        _set(LambdaFunction, "invoke", _lambda_function_invoke)
+        _set(Rule, "send_to_targets", _events_send_to_targets)
+        _set(StateTaskService, "_normalise_parameters", _normalise_parameters)
+        _set(StateTaskService, "_normalise_response", _normalise_response)
+        _set(state_task_factory, "state_task_service_for", _state_task_service_for)
+        _ORIGINALS[(state_task_service_factory, "state_task_service_for")] = (
+            state_task_service_factory.state_task_service_for
+        )
+        _set(SageMakerModelBackend, "create_training_job", _create_training_job)
+        _set(SageMakerModelBackend, "describe_training_job", _describe_training_job)
+        _set(SageMakerModelBackend, "stop_training_job", _stop_training_job)
+        _set(SageMakerResponse, "stop_training_job", _response_stop_training_job)
+        _set(BaseResponse, "call_action", _call_action)
+
+
+def remove() -> None:
+    """Restore moto's originals."""
+    global _HOOKS
+    with _APPLY_LOCK:
+        for (owner, name), original in list(_ORIGINALS.items()):
+            if original is _MISSING:
+                if name in owner.__dict__:
+                    delattr(owner, name)
+            elif isinstance(owner, type) or name in getattr(owner, "__dict__", {}):
+                setattr(owner, name, original)
+        _ORIGINALS.clear()
+        _HOOKS = None

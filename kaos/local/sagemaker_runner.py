@@ -1,0 +1,697 @@
+"""Run a SageMaker CreateTrainingJob request for real, in a local subprocess.
+
+The user's entry point sees the contract SageMaker framework containers
+(sagemaker-training-toolkit, script mode) give it, with ``/opt/ml`` mapped to
+``<work_dir>/jobs/<TrainingJobName>/opt/ml``:
+
+- ``input/config/{hyperparameters,resourceconfig,inputdataconfig}.json``,
+  ``input/data/<channel>/`` (downloaded from each channel's ``S3Uri`` prefix),
+  ``model/``, ``output/data/``, ``output/failure``, ``code/`` (``sagemaker_submit_directory``).
+- ``requirements.txt`` in the code is installed into a virtualenv cached by
+  sha256(base interpreter, requirements) under ``<work_dir>/envs/<hash>``; the hash is the job's
+  environment id (``LocalTrainingRunner.environment_id``).
+- Command line ``--<hp> <value>`` for every non-``sagemaker_*`` hyperparameter, decoded from JSON
+  like the toolkit does; environment ``SM_*`` variables as in the toolkit's ENVIRONMENT_VARIABLES.md.
+- Credentials: real SageMaker hands the job its execution role's credentials. Locally the process
+  gets dummy credentials and ``AWS_ENDPOINT_URL`` pointing at the emulator, and every ``AWS_*``
+  variable of the parent process is removed, so user code can never reach real AWS by accident.
+
+Output is merged and streamed to CloudWatch Logs (``/aws/sagemaker/TrainingJobs``, stream
+``<job>/algo-1-<epoch seconds>``) and copied to ``jobs/<job>/log.txt``. On exit 0 ``model/`` and
+``output/data/`` are uploaded as ``<S3OutputPath>/<job>/output/{model,output}.tar.gz``.
+A non-zero exit is ``Failed`` with ``FailureReason`` from ``output/failure`` or the output tail.
+``StopTrainingJob`` and ``StoppingCondition.MaxRuntimeInSeconds`` send SIGTERM to the process
+group, then SIGKILL after ``stop_grace_seconds`` (SageMaker: 120 s); the job ends ``Stopped``
+(SecondaryStatus ``Stopped`` or ``MaxRuntimeExceeded``) and whatever the script saved in
+``model/`` is still uploaded, as SageMaker does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+
+LOG = logging.getLogger(__name__)
+
+LOG_GROUP: Final[str] = "/aws/sagemaker/TrainingJobs"
+CURRENT_HOST: Final[str] = "algo-1"
+FAILURE_REASON_LIMIT: Final[int] = 1024
+_FLUSH_SECONDS: Final[float] = 0.5
+_FLUSH_LINES: Final[int] = 100
+_TAIL_LINES: Final[int] = 20
+
+Updater = Callable[[dict[str, Any]], None]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def decode_hyperparameter(value: Any) -> Any:
+    """The toolkit JSON-decodes each value and keeps the raw string when that fails."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _arg_value(value: Any) -> str:
+    # sagemaker_training.mapping.to_cmd_args
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if value is None:
+        return ""
+    return str(value)
+
+
+def to_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key in sorted(hyperparameters):
+        args += [f"--{key}" if len(key) > 1 else f"-{key}", _arg_value(hyperparameters[key])]
+    return args
+
+
+def _env_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _tar_dir(source: Path, target: Path) -> None:
+    with tarfile.open(target, "w:gz") as tar:
+        for path in sorted(source.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(source)), recursive=False)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@dataclass
+class _Job:
+    name: str
+    request: dict[str, Any]
+    update: Updater
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+    stop_reason: str | None = None  # "Stopped" | "MaxRuntimeExceeded"
+    environment_id: str | None = None
+    thread: threading.Thread | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    log_stream: str | None = None
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _ClientError(Exception):
+    """Setup problem attributable to the request (SageMaker: ``ClientError: ...``)."""
+
+
+class LocalTrainingRunner:
+    """Executes CreateTrainingJob requests in subprocesses (one thread per job)."""
+
+    def __init__(
+        self, endpoint_url: str, work_dir: Path, *, stop_grace_seconds: float = 10.0,
+        region: str = "us-east-1",
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.work_dir = Path(work_dir)
+        self.stop_grace_seconds = stop_grace_seconds
+        self.region = region
+        self.lock = threading.RLock()
+        self._jobs: dict[str, _Job] = {}
+        self._env_locks: dict[str, threading.Lock] = {}
+
+    # -- public -----------------------------------------------------------------------------
+
+    def start(self, request: dict[str, Any], update: Updater) -> None:
+        """Start ``request`` (CreateTrainingJob shape); ``update`` receives Describe fields."""
+        name = request["TrainingJobName"]
+        job = _Job(
+            name=name, request=request, update=update,
+            root=self.work_dir / "jobs" / name,
+        )
+        with self.lock:
+            self._jobs[name] = job
+        job.thread = threading.Thread(target=self._run, args=(job,), name=f"train-{name}", daemon=True)
+        job.thread.start()
+
+    def stop(self, training_job_name: str, reason: str = "Stopped") -> None:
+        """StopTrainingJob: Stopping, SIGTERM to the process group, SIGKILL after the grace period."""
+        with self.lock:
+            job = self._jobs.get(training_job_name)
+            if job is None or job.stop_reason is not None:
+                return
+            job.stop_reason = reason
+            job.update({"SecondaryStatus": "Stopping", "TrainingJobStatus": "Stopping"})
+            process = job.process
+        if process is not None:
+            self._terminate(process, self.stop_grace_seconds)
+
+    def stop_all(self, grace_seconds: float = 0.0) -> None:
+        with self.lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            with self.lock:
+                if job.stop_reason is None:
+                    job.stop_reason = "Stopped"
+                process = job.process
+            if process is not None and process.poll() is None:
+                self._terminate(process, grace_seconds)
+        for job in jobs:
+            if job.thread is not None:
+                job.thread.join(timeout=10)
+
+    def wait(self, training_job_name: str, timeout: float | None = None) -> None:
+        job = self._jobs[training_job_name]
+        if job.thread is not None:
+            job.thread.join(timeout)
+
+    def environment_id(self, training_job_name: str) -> str | None:
+        return self._jobs[training_job_name].environment_id
+
+    def job_dir(self, training_job_name: str) -> Path:
+        return self.work_dir / "jobs" / training_job_name
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _client(self, service: str) -> Any:
+        return boto3.client(
+            service, endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
+        def signal_group(sig: int) -> None:
+            try:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        signal_group(signal.SIGTERM)
+        if grace_seconds <= 0:
+            signal_group(signal.SIGKILL)
+            return
+
+        def kill_later() -> None:
+            try:
+                process.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                signal_group(signal.SIGKILL)
+
+        threading.Thread(target=kill_later, daemon=True).start()
+
+    def _check_stopped(self, job: _Job) -> None:
+        with self.lock:
+            if job.stop_reason is not None:
+                raise _Stopped()
+
+    # -- the job ----------------------------------------------------------------------------
+
+    def _run(self, job: _Job) -> None:
+        request = job.request
+        opt_ml = job.root / "opt" / "ml"
+        log_file: Any = None
+        shipper: _LogShipper | None = None
+        try:
+            if job.root.exists():
+                shutil.rmtree(job.root)
+            for sub in ("input/config", "input/data", "model", "output/data", "code"):
+                (opt_ml / sub).mkdir(parents=True, exist_ok=True)
+            log_file = open(job.root / "log.txt", "w", encoding="utf-8")
+            start = _now()
+            job.log_stream = f"{job.name}/{CURRENT_HOST}-{int(start.timestamp())}"
+            shipper = _LogShipper(self._client("logs"), job.log_stream, log_file)
+            job.update({"TrainingStartTime": start})
+
+            job.update({"SecondaryStatus": "Downloading",
+                        "StatusMessage": "Downloading input data"})
+            raw_hps: dict[str, str] = {
+                k: str(v) for k, v in (request.get("HyperParameters") or {}).items()
+            }
+            decoded = {k: decode_hyperparameter(v) for k, v in raw_hps.items()}
+            framework = {k: v for k, v in decoded.items() if k.startswith("sagemaker_")}
+            user_hps = {k: v for k, v in decoded.items() if not k.startswith("sagemaker_")}
+            channels = self._write_config_and_data(job, opt_ml, raw_hps)
+            self._check_stopped(job)
+            command, module_dir, entry_point = self._prepare_code(job, opt_ml, framework, user_hps)
+            self._check_stopped(job)
+            env = self._environment(
+                job, opt_ml, channels, user_hps, framework, module_dir, entry_point, command,
+            )
+            job.update({"SecondaryStatus": "Training",
+                        "StatusMessage": "Training image download completed. Training in progress."})
+            exit_code = self._execute(job, command, opt_ml / "code", env, shipper)
+            shipper.close()
+
+            with self.lock:
+                stop_reason = job.stop_reason
+            if exit_code == 0 or stop_reason is not None:
+                job.update({"SecondaryStatus": "Uploading",
+                            "StatusMessage": "Uploading generated training model"})
+                artifacts = self._upload_outputs(job, opt_ml, only_if_model=stop_reason is not None)
+                final: dict[str, Any] = {"TrainingEndTime": _now()}
+                if artifacts is not None:
+                    final["ModelArtifacts"] = {"S3ModelArtifacts": artifacts}
+                if stop_reason is not None:
+                    final.update({"TrainingJobStatus": "Stopped", "SecondaryStatus": stop_reason})
+                    if stop_reason == "MaxRuntimeExceeded":
+                        final["StatusMessage"] = "Training job runtime exceeded MaxRuntimeInSeconds provided"
+                else:
+                    final.update({"TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+                                  "StatusMessage": "Training job completed"})
+                job.update(final)
+            else:
+                reason = self._failure_reason(job, opt_ml, exit_code)
+                job.update({"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
+                            "FailureReason": reason, "TrainingEndTime": _now(),
+                            "StatusMessage": "Training job failed"})
+        except _Stopped:
+            if shipper is not None:
+                shipper.close()
+            with self.lock:
+                reason_status = job.stop_reason or "Stopped"
+            job.update({"TrainingJobStatus": "Stopped", "SecondaryStatus": reason_status,
+                        "TrainingEndTime": _now()})
+        except Exception as exc:  # setup errors: ClientError like SageMaker
+            LOG.warning("training job %s failed during setup: %s", job.name, exc)
+            if shipper is not None:
+                shipper.write(traceback.format_exc())
+                shipper.close()
+            prefix = "ClientError" if isinstance(exc, _ClientError) else "InternalServerError"
+            job.update({"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
+                        "FailureReason": f"{prefix}: {exc}"[:FAILURE_REASON_LIMIT],
+                        "TrainingEndTime": _now()})
+        finally:
+            if log_file is not None:
+                log_file.close()
+
+    def _write_config_and_data(
+        self, job: _Job, opt_ml: Path, raw_hps: dict[str, str]
+    ) -> list[str]:
+        request = job.request
+        config_dir = opt_ml / "input" / "config"
+        (config_dir / "hyperparameters.json").write_text(json.dumps(raw_hps, indent=2))
+        resource = request.get("ResourceConfig") or {}
+        instance_type = resource.get("InstanceType", "local")
+        (config_dir / "resourceconfig.json").write_text(json.dumps({
+            "current_host": CURRENT_HOST, "current_instance_type": instance_type,
+            "current_group_name": "homogeneousCluster", "hosts": [CURRENT_HOST],
+            "instance_groups": [{"instance_group_name": "homogeneousCluster",
+                                 "instance_type": instance_type, "hosts": [CURRENT_HOST]}],
+            "network_interface_name": "eth0",
+        }, indent=2))
+        input_config: dict[str, Any] = {}
+        channels: list[str] = []
+        s3 = self._client("s3")
+        for channel in request.get("InputDataConfig") or []:
+            name = channel["ChannelName"]
+            channels.append(name)
+            input_config[name] = {
+                "TrainingInputMode": channel.get("InputMode", "File"),
+                "S3DistributionType": "FullyReplicated",
+                "RecordWrapperType": channel.get("RecordWrapperType", "None"),
+            }
+            if channel.get("ContentType"):
+                input_config[name]["ContentType"] = channel["ContentType"]
+            target = opt_ml / "input" / "data" / name
+            target.mkdir(parents=True, exist_ok=True)
+            source = (channel.get("DataSource") or {}).get("S3DataSource") or {}
+            uri = source.get("S3Uri")
+            if not uri:
+                raise _ClientError(f"Channel {name} has no S3DataSource.S3Uri")
+            if source.get("S3DataType", "S3Prefix") != "S3Prefix":
+                raise _ClientError(f"Channel {name}: only S3DataType S3Prefix is emulated")
+            self._download_prefix(s3, uri, target)
+        (config_dir / "inputdataconfig.json").write_text(json.dumps(input_config, indent=2))
+        return channels
+
+    @staticmethod
+    def _download_prefix(s3: Any, uri: str, target: Path) -> None:
+        bucket, prefix = _split_s3(uri)
+        found = False
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue
+                found = True
+                relative = key[len(prefix):].lstrip("/") if key != prefix else Path(key).name
+                if not relative:
+                    relative = Path(key).name
+                destination = target / relative
+                if not destination.resolve().is_relative_to(target.resolve()):
+                    raise _ClientError(f"S3 key {key} escapes the channel directory")
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, key, str(destination))
+        if not found:
+            raise _ClientError(f"No S3 objects found under S3 URL \"{uri}\" given in input data source. "
+                               "Please ensure that the bucket exists in the selected region, that "
+                               "objects exist under that S3 prefix, and that the role has access.")
+
+    def _prepare_code(
+        self, job: _Job, opt_ml: Path, framework: dict[str, Any], user_hps: dict[str, Any]
+    ) -> tuple[list[str], str, str]:
+        code_dir = opt_ml / "code"
+        submit = framework.get("sagemaker_submit_directory")
+        program = framework.get("sagemaker_program")
+        algorithm = job.request.get("AlgorithmSpecification") or {}
+        if submit:
+            submit = str(submit)
+            if submit.startswith("s3://"):
+                bucket, key = _split_s3(submit)
+                archive = job.root / "sourcedir.tar.gz"
+                try:
+                    self._client("s3").download_file(bucket, key, str(archive))
+                except Exception as exc:
+                    raise _ClientError(f"Could not download {submit}: {exc}") from exc
+                self._extract(archive, code_dir)
+            else:
+                local = Path(submit.removeprefix("file://"))
+                if local.is_dir():
+                    shutil.copytree(local, code_dir, dirs_exist_ok=True)
+                elif local.is_file():
+                    self._extract(local, code_dir)
+                else:
+                    raise _ClientError(f"sagemaker_submit_directory {submit} not found")
+        python = self._python_for(job, code_dir)
+        if program:
+            entry = str(program)
+            path = code_dir / entry
+            if not path.is_file():
+                raise _ClientError(f"Entry point {entry} not found in {submit}")
+            args = to_cmd_args(user_hps)
+            if entry.endswith(".py"):
+                command = [python, entry, *args]
+            elif entry.endswith(".sh"):
+                command = ["/bin/sh", entry, *args]
+            else:
+                path.chmod(path.stat().st_mode | 0o111)
+                command = [str(path.resolve()), *args]
+            return command, str(submit or code_dir), entry
+        entrypoint = algorithm.get("ContainerEntrypoint")
+        if entrypoint:
+            return [*entrypoint, *(algorithm.get("ContainerArguments") or [])], str(code_dir), entrypoint[0]
+        raise _ClientError(
+            "No entry point: set the sagemaker_program and sagemaker_submit_directory "
+            "hyperparameters (script mode) or AlgorithmSpecification.ContainerEntrypoint"
+        )
+
+    @staticmethod
+    def _extract(archive: Path, target: Path) -> None:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(target, filter="data")
+
+    # -- environments -----------------------------------------------------------------------
+
+    def _python_for(self, job: _Job, code_dir: Path) -> str:
+        requirements = code_dir / "requirements.txt"
+        base = sys.executable
+        if not requirements.is_file():
+            job.environment_id = hashlib.sha256(base.encode()).hexdigest()
+            return base
+        content = requirements.read_bytes()
+        digest = hashlib.sha256(base.encode() + b"\0" + content).hexdigest()
+        job.environment_id = digest
+        return str(self.ensure_environment(digest, requirements))
+
+    def ensure_environment(self, digest: str, requirements: Path) -> Path:
+        """Create (once) ``envs/<digest>``: a venv layered over this interpreter's packages."""
+        env_dir = self.work_dir / "envs" / digest
+        python = env_dir / "bin" / "python"
+        with self.lock:
+            env_lock = self._env_locks.setdefault(digest, threading.Lock())
+        with env_lock:
+            if (env_dir / ".kaos-ready").exists():
+                return python
+            tmp = env_dir.with_name(env_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(tmp)],
+                check=True, capture_output=True,
+            )
+            # Layer over the packages of the interpreter kaos runs in (a venv itself), as the
+            # framework container's packages sit under the requirements SageMaker installs.
+            import site
+
+            site_dirs = [p for p in site.getsitepackages() if Path(p).is_dir()]
+            for created in tmp.glob("lib/python*/site-packages"):
+                (created / "_kaos_base.pth").write_text("\n".join(site_dirs) + "\n")
+            shutil.copy(requirements, tmp / "requirements.txt")
+            if self._has_requirements(requirements):
+                result = subprocess.run(
+                    [sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
+                     "install", "--disable-pip-version-check", "-r", str(requirements)],
+                    capture_output=True, text=True,
+                )
+                if result.returncode != 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise _ClientError(
+                        f"pip install -r requirements.txt failed: {result.stderr[-800:]}"
+                    )
+            (tmp / ".kaos-ready").write_text(digest)
+            if env_dir.exists():
+                shutil.rmtree(env_dir)
+            tmp.rename(env_dir)
+            # The venv's scripts embed their path; we only ever use bin/python, which is a symlink.
+            return python
+
+    @staticmethod
+    def _has_requirements(requirements: Path) -> bool:
+        for line in requirements.read_text().splitlines():
+            stripped = line.split("#", 1)[0].strip()
+            if stripped:
+                return True
+        return False
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _environment(
+        self, job: _Job, opt_ml: Path, channels: list[str], user_hps: dict[str, Any],
+        framework: dict[str, Any], module_dir: str, entry_point: str, command: list[str],
+    ) -> dict[str, str]:
+        request = job.request
+        paths = {
+            "model_dir": opt_ml / "model",
+            "input_dir": opt_ml / "input",
+            "input_config_dir": opt_ml / "input" / "config",
+            "output_dir": opt_ml / "output",
+            "output_data_dir": opt_ml / "output" / "data",
+            "output_intermediate_dir": opt_ml / "output" / "intermediate",
+        }
+        paths["output_intermediate_dir"].mkdir(parents=True, exist_ok=True)
+        channel_dirs = {c: str(opt_ml / "input" / "data" / c) for c in channels}
+        resource_config = json.loads((opt_ml / "input/config/resourceconfig.json").read_text())
+        input_data_config = json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
+        user_args = command[2:] if command[0] in (sys.executable, "/bin/sh") or command[0].endswith(
+            "/bin/python") else command[1:]
+        num_cpus = os.cpu_count() or 1
+        module_name = entry_point[:-3] if entry_point.endswith(".py") else entry_point
+        training_env: dict[str, Any] = {
+            "additional_framework_parameters": {},
+            "channel_input_dirs": channel_dirs,
+            "current_host": CURRENT_HOST,
+            "current_instance_type": resource_config["current_instance_type"],
+            "framework_module": None,
+            "hosts": [CURRENT_HOST],
+            "hyperparameters": user_hps,
+            "input_data_config": input_data_config,
+            "is_master": True,
+            "job_name": job.name,
+            "log_level": 20,
+            "master_hostname": CURRENT_HOST,
+            "module_dir": module_dir,
+            "module_name": module_name,
+            "network_interface_name": "eth0",
+            "num_cpus": num_cpus,
+            "num_gpus": 0,
+            "resource_config": resource_config,
+            "user_entry_point": entry_point,
+            **{k: str(v) for k, v in paths.items()},
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SM_"))}
+        env.update({
+            "PYTHONUNBUFFERED": "1",
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": request.get("Region", self.region),
+            "AWS_REGION": request.get("Region", self.region),
+            "TRAINING_JOB_NAME": job.name,
+            "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{request.get('Region', self.region)}:"
+                                f"123456789012:training-job/{job.name}",
+            "SM_MODEL_DIR": str(paths["model_dir"]),
+            "SM_INPUT_DIR": str(paths["input_dir"]),
+            "SM_INPUT_CONFIG_DIR": str(paths["input_config_dir"]),
+            "SM_OUTPUT_DIR": str(paths["output_dir"]),
+            "SM_OUTPUT_DATA_DIR": str(paths["output_data_dir"]),
+            "SM_OUTPUT_INTERMEDIATE_DIR": str(paths["output_intermediate_dir"]),
+            "SM_CHANNELS": json.dumps(sorted(channels)),
+            "SM_HPS": json.dumps(user_hps),
+            "SM_NUM_CPUS": str(num_cpus),
+            "SM_NUM_GPUS": "0",
+            "SM_NUM_NEURONS": "0",
+            "SM_HOSTS": json.dumps([CURRENT_HOST]),
+            "SM_CURRENT_HOST": CURRENT_HOST,
+            "SM_CURRENT_INSTANCE_TYPE": resource_config["current_instance_type"],
+            "SM_MASTER_ADDR": CURRENT_HOST,
+            "SM_IS_MASTER": "true",
+            "SM_NETWORK_INTERFACE_NAME": "eth0",
+            "SM_MODULE_DIR": module_dir,
+            "SM_MODULE_NAME": module_name,
+            "SM_USER_ENTRY_POINT": entry_point,
+            "SM_USER_ARGS": json.dumps(user_args),
+            "SM_FRAMEWORK_PARAMS": json.dumps({}),
+            "SM_FRAMEWORK_MODULE": "",
+            "SM_TRAINING_ENV": json.dumps(training_env),
+            "SM_RESOURCE_CONFIG": json.dumps(resource_config),
+            "SM_INPUT_DATA_CONFIG": json.dumps(input_data_config),
+            "SM_LOG_LEVEL": "20",
+        })
+        for channel, path in channel_dirs.items():
+            env[f"SM_CHANNEL_{channel.upper()}"] = path
+        for key, value in user_hps.items():
+            env[f"SM_HP_{key.upper()}"] = _env_value(value)
+        return env
+
+    def _execute(
+        self, job: _Job, command: list[str], cwd: Path, env: dict[str, str],
+        shipper: _LogShipper,
+    ) -> int:
+        with self.lock:
+            if job.stop_reason is not None:
+                raise _Stopped()
+            job.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        process = job.process
+        max_runtime = (job.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+        timer: threading.Timer | None = None
+        if max_runtime:
+            timer = threading.Timer(float(max_runtime), self.stop, args=(job.name, "MaxRuntimeExceeded"))
+            timer.daemon = True
+            timer.start()
+        try:
+            assert process.stdout is not None
+            for raw in iter(process.stdout.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                job.tail.append(line)
+                shipper.write(line)
+            return process.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _upload_outputs(self, job: _Job, opt_ml: Path, only_if_model: bool) -> str | None:
+        output_path = (job.request.get("OutputDataConfig") or {}).get("S3OutputPath")
+        model_dir = opt_ml / "model"
+        if not output_path or (only_if_model and not any(model_dir.iterdir())):
+            return None
+        bucket, prefix = _split_s3(output_path.rstrip("/"))
+        base = "/".join(p for p in (prefix, job.name, "output") if p)
+        s3 = self._client("s3")
+        model_tar = job.root / "model.tar.gz"
+        _tar_dir(model_dir, model_tar)
+        s3.upload_file(str(model_tar), bucket, f"{base}/model.tar.gz")
+        data_dir = opt_ml / "output" / "data"
+        if any(data_dir.iterdir()):
+            output_tar = job.root / "output.tar.gz"
+            _tar_dir(data_dir, output_tar)
+            s3.upload_file(str(output_tar), bucket, f"{base}/output.tar.gz")
+        return f"s3://{bucket}/{base}/model.tar.gz"
+
+    @staticmethod
+    def _failure_reason(job: _Job, opt_ml: Path, exit_code: int) -> str:
+        failure = opt_ml / "output" / "failure"
+        if failure.is_file() and failure.read_text(errors="replace").strip():
+            return failure.read_text(errors="replace")[:FAILURE_REASON_LIMIT]
+        prefix = f"AlgorithmError: ExitCode {exit_code}\n"
+        tail = "\n".join(job.tail)
+        reason = prefix + tail[-(FAILURE_REASON_LIMIT - len(prefix)):]
+        # The toolkit writes output/failure itself when the user script fails.
+        try:
+            failure.write_text(reason)
+        except OSError:
+            pass
+        return reason
+
+
+class _LogShipper:
+    """Batches lines into CloudWatch Logs put_log_events; copies them to a file."""
+
+    def __init__(self, logs: Any, stream: str, copy_to: Any) -> None:
+        self._logs = logs
+        self._stream = stream
+        self._copy = copy_to
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._last_ts = 0
+        try:
+            logs.create_log_group(logGroupName=LOG_GROUP)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+        self._thread = threading.Thread(target=self._loop, name=f"logs-{stream}", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines() or [""]:
+            self._copy.write(line + "\n")
+            self._copy.flush()
+            with self._lock:
+                ts = max(int(time.time() * 1000), self._last_ts)
+                self._last_ts = ts
+                self._pending.append({"timestamp": ts, "message": line})
+                flush_now = len(self._pending) >= _FLUSH_LINES
+            if flush_now:
+                self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                self._logs.put_log_events(
+                    logGroupName=LOG_GROUP, logStreamName=self._stream, logEvents=batch
+                )
+            except Exception:
+                LOG.exception("could not ship %d log lines to %s", len(batch), self._stream)
+
+    def _loop(self) -> None:
+        while not self._closed.wait(_FLUSH_SECONDS):
+            self._flush()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._thread.join()
+        self._flush()
