@@ -13,7 +13,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
-from chalice.cdk import Chalice  # type: ignore[import-untyped]  # chalice ships no py.typed marker
+from chalice.cdk import Chalice
 from constructs import Construct
 
 from cdk.bundling import LAMBDA_PYTHON_VERSION

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aws_cdk import Acknowledgment, Stack, Validations
 from constructs import IConstruct
 
+from cdk.constants import SAGEMAKER_TRAINING_LOG_GROUP
+
 if TYPE_CHECKING:
     from cdk.stack import KaosStack
 
@@ -50,8 +52,6 @@ def _wildcard_resource(stack: Stack, arn: str) -> str:
 
 def acknowledge_findings(stack: KaosStack) -> None:
     """Acknowledge the accepted findings on the narrowest construct (the role) that raises them."""
-    from cdk.training import SAGEMAKER_TRAINING_LOG_GROUP  # noqa: PLC0415 (keeps this module import-light)
-
     bucket = stack.storage.data_bucket
     training = stack.training
     training_log_group = (

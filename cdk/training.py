@@ -181,7 +181,7 @@ class Training(Construct):
             self,
             "Prepare",
             lambda_function=self.prepare.function,
-            payload=sfn.TaskInput.from_json_path_at("$"),
+            # No payload: the whole state input ({"workspace", "job_id"}) is the event.
             payload_response_only=True,
             retry_on_service_exceptions=False,
             result_path=PREPARED_PATH,

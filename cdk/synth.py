@@ -1,0 +1,55 @@
+"""Cached synthesis: tests and the offline emulator call `synthesize` and pay for CDK only when inputs change.
+
+The cache key is a sha256 over the bytes of `cdk/`, `app/`, `chalicelib/`, `functions/`, `requirements.txt`, the
+context and the aws-cdk-lib version; it is stored as `<outdir>/synth.key` next to `Kaos.template.json`.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from cdk.bundling import tree_digest
+from cdk.constants import REPO_ROOT, STACK_ID
+
+SOURCES = ("cdk", "app", "chalicelib", "functions", "requirements.txt")
+KEY_FILE = "synth.key"
+
+
+def template_path(outdir: Path) -> Path:
+    return outdir / f"{STACK_ID}.template.json"
+
+
+def cache_key(context: dict[str, str], root: Path = REPO_ROOT) -> str:
+    sources = tree_digest([root / s for s in SOURCES if (root / s).exists()], root=root)
+    extra = json.dumps(
+        {"context": context, "aws-cdk-lib": metadata.version("aws-cdk-lib"), "cdk-nag": metadata.version("cdk-nag")},
+        sort_keys=True,
+    )
+    return hashlib.sha256(f"{sources}\n{extra}".encode()).hexdigest()
+
+
+def synthesize(outdir: Path, context: dict[str, str]) -> Path:
+    """Synthesize the app into `outdir` unless the cached template there matches; return the template path.
+
+    Raises whatever synthesis raises (cdk-nag findings fail it); the cache is only written after a success.
+    Concurrent callers (pytest-xdist, the emulator) serialise on `<outdir>.lock`.
+    """
+    outdir = outdir.resolve()
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    key = cache_key(context)
+    template, key_file = template_path(outdir), outdir / KEY_FILE
+    with open(outdir.parent / f"{outdir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if template.exists() and key_file.exists() and key_file.read_text().strip() == key:
+            return template
+        key_file.unlink(missing_ok=True)
+        os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+        from cdk.app import build_app  # noqa: PLC0415 (importing aws_cdk costs ~0.5 s; only pay it on a miss)
+
+        build_app(outdir=str(outdir), context=context).synth()
+        key_file.write_text(key + "\n")
+        return template
