@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -268,6 +271,91 @@ def render_tree(graph: dict[str, Any], down: bool) -> Tree:
 
     grow(root, graph["root"], frozenset({graph["root"]}))
     return root
+
+
+# --- local ----------------------------------------------------------------------------------------------
+StateDirOpt = typer.Option(None, "--state-dir", help="Where the embedded stack keeps its state (default ~/.kaos/local).")
+
+
+def _state_dir(state_dir: Optional[Path]) -> Path:
+    from kaos.local.stack import default_state_dir
+
+    return (state_dir or default_state_dir()).resolve()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@local_app.command("up")
+def local_up(state_dir: Optional[Path] = StateDirOpt,
+             detach: bool = typer.Option(False, "--detach", help="Run in the background; return when ready."),
+             port: int = typer.Option(0, "--port", help="API port (default: a free one).")) -> None:
+    """Start the embedded stack: AWS emulator, pipelines, Lambdas and the API on 127.0.0.1."""
+    from kaos.local.stack import LocalStack, Runtime
+
+    directory = _state_dir(state_dir)
+    running = Runtime.read(directory)
+    if running and _alive(running.pid):
+        console.print(f"already running: API {running.api_url} (pid {running.pid})")
+        return
+    (directory / "runtime.json").unlink(missing_ok=True)
+    if not detach:
+        LocalStack(directory, port).run()
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    log = (directory / "stack.log").open("w")
+    child = subprocess.Popen([sys.executable, "-m", "kaos.local.stack", str(directory), str(port)],
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (directory / "stack.pid").write_text(str(child.pid))
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as progress:
+        progress.add_task("starting the embedded stack (first start synthesizes the CDK app)")
+        while (runtime := Runtime.read(directory)) is None:
+            if child.poll() is not None:
+                tail = (directory / "stack.log").read_text()[-3000:]
+                _fail(f"the stack exited with {child.returncode}:\n{tail}")
+            time.sleep(0.2)
+    console.print(f"kaos local stack ready: API {runtime.api_url} (pid {child.pid}); `kaos local down` stops it")
+
+
+@local_app.command("status")
+def local_status(state_dir: Optional[Path] = StateDirOpt, as_json: bool = JsonOpt) -> None:
+    """Say whether the embedded stack is running and where."""
+    from kaos.local.stack import Runtime
+
+    runtime = Runtime.read(_state_dir(state_dir))
+    status = {"running": bool(runtime and _alive(runtime.pid)), **(runtime.__dict__ if runtime else {})}
+    if as_json:
+        return _emit_json(status)
+    if not status["running"]:
+        _fail("the embedded stack is not running; start it with `kaos local up --detach`")
+    console.print(f"running: API {status['api_url']}, AWS emulator {status['endpoint_url']}, pid {status['pid']}")
+
+
+@local_app.command("down")
+def local_down(state_dir: Optional[Path] = StateDirOpt) -> None:
+    """Stop the embedded stack started with --detach."""
+    from kaos.local.stack import Runtime
+
+    directory = _state_dir(state_dir)
+    runtime = Runtime.read(directory)
+    pid_file = directory / "stack.pid"
+    pid = runtime.pid if runtime else (int(pid_file.read_text()) if pid_file.exists() else 0)
+    if not pid or not _alive(pid):
+        console.print("the embedded stack is not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    console.print("stopped")
 
 
 def main() -> None:

@@ -1,0 +1,199 @@
+"""Creates the embedded stack's resources from the synthesized CDK template, through boto3 against the emulator.
+
+moto's CloudFormation cannot deploy our template (SAM transform, asset buckets), so each resource type we use
+is created directly, with intrinsic functions resolved against the physical names chosen here. State machine
+definitions are the synthesized JSON with references resolved and nothing else changed.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass
+class LoadedStack:
+    physical: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    api_handler: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def physical_name(logical_id: str, resource_type: str) -> str:
+    if resource_type == "AWS::S3::Bucket":
+        # Bucket names: lowercase, 3-63 characters.
+        return f"kaos-{logical_id.lower()}"[:63]
+    return f"Kaos-{logical_id}"[:64]
+
+
+class Resolver:
+    def __init__(self, resources: dict[str, Any], region: str = REGION, account: str = ACCOUNT_ID) -> None:
+        self.resources = resources
+        self.pseudo = {
+            "AWS::Region": region, "AWS::AccountId": account, "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Kaos", "AWS::NoValue": None,
+        }
+        self.names = {lid: physical_name(lid, r["Type"]) for lid, r in resources.items()}
+        self.region, self.account = region, account
+
+    def ref(self, logical_id: str) -> str:
+        if logical_id in self.pseudo:
+            return str(self.pseudo[logical_id])
+        kind = self.resources[logical_id]["Type"]
+        if kind == "AWS::StepFunctions::StateMachine":
+            return self.arn(logical_id)
+        return self.names[logical_id]
+
+    def arn(self, logical_id: str) -> str:
+        kind, name = self.resources[logical_id]["Type"], self.names[logical_id]
+        arns = {
+            "AWS::S3::Bucket": f"arn:aws:s3:::{name}",
+            "AWS::DynamoDB::Table": f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}",
+            "AWS::IAM::Role": f"arn:aws:iam::{self.account}:role/{name}",
+            "AWS::Lambda::Function": f"arn:aws:lambda:{self.region}:{self.account}:function:{name}",
+            "AWS::Serverless::Function": f"arn:aws:lambda:{self.region}:{self.account}:function:{name}",
+            "AWS::StepFunctions::StateMachine": f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}",
+            "AWS::Logs::LogGroup": f"arn:aws:logs:{self.region}:{self.account}:log-group:{name}:*",
+        }
+        return arns.get(kind, f"arn:aws:kaos:{self.region}:{self.account}:{name}")
+
+    def get_att(self, logical_id: str, attribute: str) -> str:
+        if attribute == "Arn":
+            return self.arn(logical_id)
+        if attribute in ("Name", "TableName"):
+            return self.names[logical_id]
+        if attribute == "StreamArn":
+            return self.arn(logical_id) + "/stream/local"
+        raise ValueError(f"unsupported Fn::GetAtt {logical_id}.{attribute}")
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                logical_id, attribute = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.get_att(logical_id, attribute)
+            if key == "Fn::Join":
+                separator, parts = arg
+                return separator.join(str(self.resolve(p)) for p in self.resolve(parts))
+            if key == "Fn::Sub":
+                return self.sub(arg)
+            if key == "Fn::Select":
+                index, items = arg
+                return self.resolve(items)[int(self.resolve(index))]
+            if key == "Fn::Split":
+                separator, text = arg
+                return str(self.resolve(text)).split(separator)
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def sub(self, arg: Any) -> str:
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in variables:
+                return str(variables[name])
+            if "." in name:
+                logical_id, attribute = name.split(".", 1)
+                return self.get_att(logical_id, attribute)
+            return self.ref(name)
+
+        return re.sub(r"\$\{([^!}][^}]*)\}", replace, text)
+
+
+def import_handler(path: str) -> Handler:
+    module_name, _, attribute = path.rpartition(".")
+    handler: Handler = getattr(importlib.import_module(module_name), attribute)
+    return handler
+
+
+class TemplateLoader:
+    """Creates buckets, tables, roles, log groups and state machines; collects Lambda handlers and config."""
+
+    def __init__(self, template: dict[str, Any], clients: Callable[[str], Any]) -> None:
+        self.template = template
+        self.resources: dict[str, Any] = template["Resources"]
+        self.resolver = Resolver(self.resources)
+        self.client = clients
+
+    def load(self) -> LoadedStack:
+        stack = LoadedStack(physical=dict(self.resolver.names))
+        order = ["AWS::IAM::Role", "AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::Logs::LogGroup",
+                 "AWS::Lambda::Function", "AWS::Serverless::Function", "AWS::StepFunctions::StateMachine"]
+        for kind in order:
+            for logical_id, resource in self.resources.items():
+                if resource["Type"] == kind:
+                    self._create(stack, logical_id, kind, resource.get("Properties", {}))
+        for name, output in self.template.get("Outputs", {}).items():
+            stack.outputs[name] = str(self.resolver.resolve(output["Value"]))
+        return stack
+
+    def _create(self, stack: LoadedStack, logical_id: str, kind: str, props: dict[str, Any]) -> None:
+        name = self.resolver.names[logical_id]
+        if kind == "AWS::IAM::Role":
+            self._idempotent(lambda: self.client("iam").create_role(
+                RoleName=name, AssumeRolePolicyDocument=json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"]))
+            ), "EntityAlreadyExists")
+        elif kind == "AWS::S3::Bucket":
+            s3 = self.client("s3")
+            self._idempotent(lambda: s3.create_bucket(Bucket=name), "BucketAlreadyOwnedByYou")
+            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        elif kind == "AWS::DynamoDB::Table":
+            self._create_table(name, props)
+        elif kind == "AWS::Logs::LogGroup":
+            group = self.resolver.resolve(props.get("LogGroupName")) or name
+            self._idempotent(lambda: self.client("logs").create_log_group(logGroupName=group),
+                             "ResourceAlreadyExistsException")
+        elif kind in ("AWS::Lambda::Function", "AWS::Serverless::Function"):
+            variables = self.resolver.resolve(props.get("Environment", {}).get("Variables", {}))
+            for key, value in variables.items():
+                if stack.environment.setdefault(key, str(value)) != str(value):
+                    # All handlers share this process's environment, so they must agree on every value.
+                    raise ValueError(f"environment variable {key} differs between functions")
+            if kind == "AWS::Serverless::Function":
+                stack.api_handler = props["Handler"]
+            else:
+                stack.handlers[name] = import_handler(props["Handler"])
+        elif kind == "AWS::StepFunctions::StateMachine":
+            definition = self.resolver.resolve(props["DefinitionString"])
+            json.loads(definition)  # fail here, not inside an execution, if resolution broke the JSON
+            sfn = self.client("stepfunctions")
+            self._idempotent(lambda: sfn.create_state_machine(
+                name=name, definition=definition, roleArn=self.resolver.resolve(props["RoleArn"]),
+                type=props.get("StateMachineType", "STANDARD"),
+            ), "StateMachineAlreadyExists")
+
+    def _create_table(self, name: str, props: dict[str, Any]) -> None:
+        kwargs: dict[str, Any] = {
+            "TableName": name, "KeySchema": props["KeySchema"],
+            "AttributeDefinitions": props["AttributeDefinitions"], "BillingMode": "PAY_PER_REQUEST",
+        }
+        if props.get("GlobalSecondaryIndexes"):
+            kwargs["GlobalSecondaryIndexes"] = [
+                {k: v for k, v in index.items() if k in ("IndexName", "KeySchema", "Projection")}
+                for index in props["GlobalSecondaryIndexes"]
+            ]
+        self._idempotent(lambda: self.client("dynamodb").create_table(**kwargs), "ResourceInUseException")
+
+    @staticmethod
+    def _idempotent(call: Callable[[], Any], exists_code: str) -> None:
+        """Creating what a previous start of the same state already created is not an error."""
+        try:
+            call()
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code != exists_code:
+                raise

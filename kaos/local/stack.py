@@ -1,0 +1,152 @@
+"""The embedded stack: emulator + resources from the synthesized template + in-process Lambdas + the API.
+
+`kaos local up` runs `LocalStack.run()` in the foreground (or as a detached child that writes `runtime.json`
+when ready). The product code running inside sees only AWS_ENDPOINT_URL and the environment the template
+gives its functions; there is no emulator branch anywhere in chalicelib/, functions/ or app/.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import secrets
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kaos.local.gateway import ApiGateway, GatewayServer, LocalUser
+from kaos.local.loader import REGION, TemplateLoader, import_handler
+from kaos.settings import ClientConfig, home
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCAL_USERS = ("dev", "guest")
+# The Lambda runtime hands handlers credentials of their execution role; in the emulator any key works.
+LAMBDA_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lambda-role", "AWS_SECRET_ACCESS_KEY": "lambda-role-secret"}
+
+
+def default_state_dir() -> Path:
+    return home() / "local"
+
+
+def local_environment_image() -> str:
+    """The environment id offline: the interpreter and every installed package version, hashed.
+
+    On AWS it is the training image URI; here training runs on this interpreter, so this is what decides
+    whether a job is reproducible."""
+    packages = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in importlib.metadata.distributions())
+    digest = hashlib.sha256("\n".join([sys.executable, platform.python_version(), *packages]).encode()).hexdigest()
+    return f"kaos-local/python:{platform.python_version()}-{digest[:16]}"
+
+
+def load_users(state_dir: Path) -> dict[str, LocalUser]:
+    """Local IAM users, created once per state dir and kept, with a credentials profile for each."""
+    path = state_dir / "users.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    for name in LOCAL_USERS:
+        stored.setdefault(name, {"access_key": "AKIA" + secrets.token_hex(8).upper(),
+                                 "secret_key": secrets.token_urlsafe(30)})
+    path.write_text(json.dumps(stored, indent=2))
+    path.chmod(0o600)
+    lines = []
+    for name, keys in stored.items():
+        lines += [f"[kaos-local-{name}]", f"aws_access_key_id = {keys['access_key']}",
+                  f"aws_secret_access_key = {keys['secret_key']}", ""]
+    credentials = state_dir / "credentials"
+    credentials.write_text("\n".join(lines))
+    credentials.chmod(0o600)
+    return {keys["access_key"]: LocalUser(name, keys["access_key"], keys["secret_key"]) for name, keys in stored.items()}
+
+
+@dataclass
+class Runtime:
+    api_url: str
+    endpoint_url: str
+    pid: int
+    state_dir: str
+
+    @classmethod
+    def read(cls, state_dir: Path) -> "Runtime | None":
+        path = state_dir / "runtime.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+class LocalStack:
+    def __init__(self, state_dir: Path, api_port: int = 0) -> None:
+        self.state_dir = state_dir
+        self.api_port = api_port
+        self.emulator: Any = None
+        self.gateway: GatewayServer | None = None
+        self.outputs: dict[str, str] = {}
+
+    def start(self) -> Runtime:
+        from cdk.synth import synthesize
+        from kaos.local.emulator import Emulator
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        template_path = synthesize(self.state_dir / "synth", {"trainingImage": local_environment_image()})
+        template = json.loads(template_path.read_text())
+        self.emulator = Emulator(self.state_dir / "work")
+        endpoint = self.emulator.start()
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+                           **LAMBDA_CREDENTIALS})
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(key, None)
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        stack = TemplateLoader(template, self.emulator.client).load()
+        os.environ.update(stack.environment)
+        for name, handler in stack.handlers.items():
+            self.emulator.register_lambda(name, handler)
+        self.outputs = stack.outputs
+        sys.path.insert(0, str(REPO_ROOT / "app"))
+        chalice_app = import_handler(stack.api_handler)
+        self.gateway = GatewayServer(ApiGateway(chalice_app, load_users(self.state_dir)), self.api_port)  # type: ignore[arg-type]
+        api_url = self.gateway.start()
+        runtime = Runtime(api_url=api_url, endpoint_url=endpoint, pid=os.getpid(), state_dir=str(self.state_dir))
+        self._configure_client(runtime)
+        (self.state_dir / "runtime.json").write_text(json.dumps(runtime.__dict__))
+        return runtime
+
+    def _configure_client(self, runtime: Runtime) -> None:
+        config = ClientConfig.load()
+        config.api_url = runtime.api_url
+        config.region = REGION
+        config.profile = f"kaos-local-{LOCAL_USERS[0]}"
+        config.credentials_file = str(self.state_dir / "credentials")
+        config.save()
+
+    def stop(self) -> None:
+        (self.state_dir / "runtime.json").unlink(missing_ok=True)
+        if self.gateway is not None:
+            self.gateway.stop()
+        if self.emulator is not None:
+            self.emulator.stop()
+
+    def run(self) -> None:
+        """Foreground: serve until SIGINT/SIGTERM."""
+        done = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        signal.signal(signal.SIGINT, lambda *_: done.set())
+        runtime = self.start()
+        print(f"kaos local stack ready: API {runtime.api_url} (AWS emulator {runtime.endpoint_url})", flush=True)
+        try:
+            done.wait()
+        finally:
+            self.stop()
+
+
+def main() -> None:
+    state_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default_state_dir()
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    LocalStack(state_dir, port).run()
+
+
+if __name__ == "__main__":
+    main()
