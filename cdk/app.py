@@ -22,7 +22,9 @@ def _context(app: App, key: str) -> str | None:
 
 def build_app(outdir: str | None = None, context: dict[str, str] | None = None) -> aws_cdk.App:
     """Build (not synthesize) the app; `app.synth()` writes `<outdir>/Kaos.template.json` and runs cdk-nag."""
-    app = App(outdir=outdir, context=dict(context or {}))
+    # Asset metadata (`Metadata["aws:asset:path"]` on each function) is on, as under the cdk CLI, so the offline
+    # loader finds a function's code directory in the cloud assembly without parsing the asset manifest.
+    app = App(outdir=outdir, context={"aws:cdk:enable-asset-metadata": True, **(context or {})})
     region = _context(app, "region") or DEFAULT_REGION
     stage = _context(app, "stage") or DEFAULT_STAGE
     KaosStack(

@@ -29,7 +29,7 @@ PSEUDO = {
 CFN_LINT_IGNORES: dict[str, str] = {}
 
 
-def placeholder(logical_id: str, attribute: str | None = None) -> str:
+def placeholder(logical_id: str) -> str:
     """A syntactically valid ARN standing for `Ref`/`Fn::GetAtt` of a resource (Lambda ARNs for functions)."""
     return f"arn:aws:lambda:us-east-1:123456789012:function:{logical_id}"
 
@@ -45,7 +45,7 @@ def resolve(value: Any, resources: dict[str, Any]) -> Any:
         if fn == "Ref":
             return PSEUDO.get(arg) or placeholder(arg)
         if fn == "Fn::GetAtt":
-            return placeholder(arg[0], arg[1])
+            return placeholder(arg[0])
         if fn == "Fn::Join":
             sep, parts = arg
             return sep.join(str(resolve(p, resources)) for p in parts)
@@ -70,7 +70,8 @@ def lint_template(template: Path) -> tuple[list[str], list[str]]:
         findings = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
         return [f"cfn-lint did not run: {proc.stderr.strip() or proc.stdout.strip()}"], []
-    errors, others = [], []
+    errors: list[str] = []
+    others: list[str] = []
     for f in findings:
         rule = f["Rule"]["Id"]
         line = f"{rule} {f['Message']} ({'/'.join(str(p) for p in f['Location'].get('Path') or [])})"
@@ -82,7 +83,8 @@ def validate_state_machines(template: Path, out: Path) -> tuple[list[str], list[
     """Render each state machine's DefinitionString to `out/<logical id>.asl.json` and run asl-validator on it."""
     resources = json.loads(template.read_text())["Resources"]
     out.mkdir(parents=True, exist_ok=True)
-    checked, failures = [], []
+    checked: list[str] = []
+    failures: list[str] = []
     npx = shutil.which("npx") or "npx"
     for logical_id, res in resources.items():
         if res["Type"] != "AWS::StepFunctions::StateMachine":
