@@ -11,6 +11,11 @@ from chalicelib.models import EdgeItem, NodeItem, node_key
 
 NODE_TYPES = ("snapshot", "environment", "job", "model")
 DIRECTIONS = ("up", "down", "both")
+# Which stored edge rows lead upstream (towards inputs): a job *used* its inputs (job -> snapshot), a job
+# *produced* its model (job -> model, so upstream of a model is the IN side), a snapshot is *derived* from
+# its predecessor (new -> old). Downstream is the mirror image.
+_UPSTREAM = ("OUT#used#", "IN#produced#", "OUT#derived#")
+_DOWNSTREAM = ("IN#used#", "OUT#produced#", "IN#derived#")
 
 
 def _put_once(item: NodeItem | EdgeItem) -> bool:
@@ -58,7 +63,7 @@ class Provenance:
         if depth is not None and depth < 1:
             raise ValidationFailed("depth: must be a positive integer")
         self.node(workspace, node)
-        prefixes = {"up": ("IN#",), "down": ("OUT#",), "both": ("IN#", "OUT#")}[direction]
+        prefixes = {"up": _UPSTREAM, "down": _DOWNSTREAM, "both": _UPSTREAM + _DOWNSTREAM}[direction]
         nodes: dict[str, dict[str, Any]] = {}
         edges: list[dict[str, str]] = []
         queue: deque[tuple[str, int]] = deque([(node, 0)])

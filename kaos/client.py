@@ -86,8 +86,7 @@ class Client:
             for blob in missing:
                 local = by_digest[blob["sha256"]]
                 with local.source.open("rb") as handle:
-                    put = self.http.put(blob["url"], data=_Reading(handle, on_bytes), timeout=None,
-                                        headers={"Content-Length": str(local.size)})
+                    put = self.http.put(blob["url"], data=_Reading(handle, local.size, on_bytes), timeout=None)
                 if put.status_code >= 300:
                     raise ApiError(put.status_code, "UploadFailed", f"{local.path}: {put.text[:300]}")
         manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
@@ -116,9 +115,15 @@ class Client:
 class _Reading:
     """A file wrapper reporting bytes read, so uploads can drive a progress bar (requests streams it)."""
 
-    def __init__(self, handle: Any, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, handle: Any, size: int, on_bytes: Callable[[int], None]) -> None:
         self._handle = handle
+        self._size = size
         self._on_bytes = on_bytes
+
+    def __len__(self) -> int:
+        # A known length makes requests send Content-Length instead of chunked encoding, which S3 presigned
+        # PUTs do not accept.
+        return self._size
 
     def read(self, size: int = -1) -> bytes:
         chunk = bytes(self._handle.read(size))

@@ -29,7 +29,8 @@ def load(channel_dir):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--C", type=float, default=1.0)
+    # The SageMaker toolkit passes one-letter names with a single dash (-C 1.0), longer ones with two.
+    parser.add_argument("-C", "--C", type=float, default=1.0)
     parser.add_argument("--max_iter", type=int, default=500)
     parser.add_argument("--test_size", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=7)
