@@ -276,8 +276,35 @@ def _normalise_response(
     action = self._get_boto_service_action(service_action_name=service_action_name)
     op = operation_model(service, action)
     if op is not None and op.output_shape is not None and isinstance(response, dict):
-        self._from_boto_response(response, op.output_shape)
+        sfn_cased_response(response, op.output_shape)
     iso_datetimes(response)
+
+
+def sfn_cased_response(response: Any, shape: Any) -> None:
+    """Rename output members in place as Step Functions does: first letter upper-cased.
+
+    (moto's ``_from_boto_response`` round-trips through snake case, which turns
+    ``VolumeSizeInGB`` into ``VolumeSizeInGb``.) Only structure members are renamed, never the
+    keys of maps or of JSON payloads.
+    """
+    from botocore.model import ListShape, MapShape, StructureShape
+    from botocore.response import StreamingBody
+
+    if isinstance(shape, StructureShape) and isinstance(response, dict):
+        for key in list(response):
+            if key not in shape.members:
+                continue
+            value = response.pop(key)
+            if isinstance(value, StreamingBody):
+                value = value.read().decode("utf-8")
+            sfn_cased_response(value, shape.members[key])
+            response[key[:1].upper() + key[1:]] = value
+    elif isinstance(shape, ListShape) and isinstance(response, list):
+        for item in response:
+            sfn_cased_response(item, shape.member)
+    elif isinstance(shape, MapShape) and isinstance(response, dict):
+        for item in response.values():
+            sfn_cased_response(item, shape.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,10 +510,13 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
             message=f"Training job names must be unique within an AWS account and region, and a "
             f"training job with this name already exists ({self.training_jobs[training_job_name].arn})"
         )
+    requested_algorithm = copy.deepcopy(kwargs.get("algorithm_specification") or {})
     job = original(self, training_job_name=training_job_name, **kwargs)
     if runner is None:
         return job
     with runner.lock:
+        # moto adds a made-up MetricDefinitions entry; keep what the caller sent.
+        job.algorithm_specification = requested_algorithm
         job.training_job_status = "InProgress"
         job.secondary_status = "Starting"
         job.failure_reason = None
@@ -591,7 +621,8 @@ def _response_stop_training_job(self: Any) -> Any:
 
 def _call_action(self: Any) -> Any:
     from moto.core.exceptions import ServiceException
-    from moto.core.responses import ActionResult, BaseResponse
+    from moto.core.responses import BaseResponse
+    from moto.core.utils import camelcase_to_underscores
 
     original = _ORIGINALS[(BaseResponse, "call_action")]
     hooks = _HOOKS
@@ -602,10 +633,17 @@ def _call_action(self: Any) -> Any:
             action = None
         code = hooks.take_fault(self.service_name or "", action) if action else None
         if code is not None:
-            error = ServiceException(code, "Rate exceeded" if "Throttl" in code else code)
-            status, headers, body = self.serialized(ActionResult(error))
-            headers, body = self._enrich_response(headers, body)
-            return status, headers, body
+            message = "Rate exceeded" if "Throttl" in code else f"Injected {code}"
+
+            # moto picks the service model for serialising an error from the exception's module.
+            error_cls = type(code, (ServiceException,), {"__module__": type(self).__module__})
+
+            def fail() -> None:
+                raise error_cls(code, message)
+
+            # Response objects are created per request: shadow the action on this instance only,
+            # so moto serialises the error exactly like one raised by the service.
+            setattr(self, camelcase_to_underscores(action), fail)
     return original(self)
 
 
