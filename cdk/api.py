@@ -17,13 +17,13 @@ from chalice.cdk import Chalice
 from constructs import Construct
 
 from cdk.bundling import LAMBDA_PYTHON_VERSION
-from cdk.grants import grant_bucket_read_write, grant_table_read_write
 from cdk.constants import (
     DEFAULT_TRAINING_INSTANCE_TYPE,
     DEFAULT_TRAINING_MAX_RUNTIME_SECONDS,
     SAGEMAKER_TRAINING_LOG_GROUP,
     env_names,
 )
+from cdk.grants import grant_bucket_read_write, grant_table_read_write
 from cdk.training import LOG_RETENTION
 
 API_HANDLER = "APIHandler"  # logical id chalice gives the function behind the REST API

@@ -9,11 +9,12 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 
-from cdk.bundling import tree_digest
 from cdk.constants import REPO_ROOT, STACK_ID
+from cdk.digest import tree_digest
 
 SOURCES = ("cdk", "app", "chalicelib", "functions", "requirements.txt")
 KEY_FILE = "synth.key"
@@ -48,8 +49,23 @@ def synthesize(outdir: Path, context: dict[str, str]) -> Path:
             return template
         key_file.unlink(missing_ok=True)
         os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-        from cdk.app import build_app  # noqa: PLC0415 (importing aws_cdk costs ~0.5 s; only pay it on a miss)
+        from cdk.app import build_app
 
         build_app(outdir=str(outdir), context=context).synth()
+        _prune_stale_assets(outdir)
         key_file.write_text(key + "\n")
         return template
+
+
+def _prune_stale_assets(outdir: Path) -> None:
+    """Drop `asset.*` left by earlier synths (each Chalice zip is ~17 MB); CDK reuses the ones still referenced."""
+    manifest = json.loads((outdir / f"{STACK_ID}.assets.json").read_text())
+    live = {f"asset.{h}" for h in manifest.get("files", {})} | {
+        f["source"]["path"] for f in manifest.get("files", {}).values() if "path" in f.get("source", {})
+    }
+    for path in outdir.glob("asset.*"):
+        if path.name not in live:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

@@ -16,8 +16,8 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from cdk.bundling import LAMBDA_PYTHON_VERSION, functions_code
-from cdk.grants import grant_bucket_read_write, grant_table_read_write
 from cdk.constants import SAGEMAKER_SYNC_RULE, SAGEMAKER_TRAINING_LOG_GROUP, env_names
+from cdk.grants import grant_bucket_read_write, grant_table_read_write
 
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 LAMBDA_RUNTIME = lambda_.Runtime(f"python{LAMBDA_PYTHON_VERSION}", lambda_.RuntimeFamily.PYTHON)
