@@ -272,8 +272,9 @@ class LocalTrainingRunner:
             with self.lock:
                 stop_reason = job.stop_reason
             if exit_code == 0 or stop_reason is not None:
-                job.update({"SecondaryStatus": "Uploading",
-                            "StatusMessage": "Uploading generated training model"})
+                if stop_reason is None:
+                    job.update({"SecondaryStatus": "Uploading",
+                                "StatusMessage": "Uploading generated training model"})
                 artifacts = self._upload_outputs(job, opt_ml, only_if_model=stop_reason is not None)
                 final: dict[str, Any] = {"TrainingEndTime": _now()}
                 if artifacts is not None:
