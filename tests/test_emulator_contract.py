@@ -166,6 +166,18 @@ def test_s3_notification_and_eventbridge_reach_handlers(emulator: Emulator) -> N
     assert done["events"].wait(5)
     assert received["events"]["detail"] == {"k": 1}
 
+    sfn = emulator.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="on-event", roleArn=ROLE,
+        definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}),
+    )["stateMachineArn"]
+    events.put_targets(Rule="r", Targets=[{"Id": "2", "Arn": machine, "RoleArn": ROLE}])
+    events.put_events(Entries=[{"Source": "kaos.test", "DetailType": "t", "Detail": json.dumps({"k": 2})}])
+    deadline = time.monotonic() + 5
+    while not sfn.list_executions(stateMachineArn=machine)["executions"]:
+        assert time.monotonic() < deadline, "EventBridge did not start the state machine"
+        time.sleep(0.1)
+
 
 def _zip_bytes() -> bytes:
     import zipfile
