@@ -1,6 +1,7 @@
 """The kaos REST API: routes only. Each validates its input shape, calls one chalicelib service, shapes output."""
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable
 
@@ -19,16 +20,30 @@ app = Chalice(app_name="kaos")
 log = logging.getLogger("kaos.api")
 
 
-@app.middleware("http")
-def errors_as_json(event: Request, get_response: Callable[[Request], Response]) -> Response:
-    """Our named errors become 4xx JSON; anything else is logged and answered without a traceback."""
-    try:
-        return get_response(event)
-    except KaosError as exc:
-        return Response(error_body(exc.code, exc.message), status_code=exc.status)
-    except Exception:
-        log.exception("unhandled error")
-        return Response(error_body("InternalError", "internal error; see the API logs"), status_code=500)
+View = Callable[..., Any]
+
+
+def route(path: str, method: str) -> Callable[[View], View]:
+    """app.route, with our named errors answered as 4xx JSON and anything else as a 500 without a traceback.
+
+    Chalice turns exceptions raised in a view into its own 500 before any middleware sees them, so the
+    translation has to sit around the view itself."""
+
+    def register(view: View) -> View:
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return view(*args, **kwargs)
+            except KaosError as exc:
+                return Response(error_body(exc.code, exc.message), status_code=exc.status)
+            except Exception:
+                log.exception("unhandled error in %s %s", method, path)
+                return Response(error_body("InternalError", "internal error; see the API logs"), status_code=500)
+
+        app.route(path, methods=[method])(guarded)
+        return view
+
+    return register
 
 
 def _request() -> tuple[Request, str]:
@@ -42,7 +57,7 @@ def _member(workspace: str) -> tuple[Request, str]:
     return request, user
 
 
-@app.route("/workspaces", methods=["POST"])
+@route("/workspaces", "POST")
 def create_workspace() -> Response:
     request, user = _request()
     body = json_body(request.raw_body)
@@ -50,31 +65,31 @@ def create_workspace() -> Response:
     return Response(workspace, status_code=201 if created else 200)
 
 
-@app.route("/workspaces", methods=["GET"])
+@route("/workspaces", "GET")
 def list_workspaces() -> dict[str, Any]:
     _, user = _request()
     return {"workspaces": Workspaces().list_for(user)}
 
 
-@app.route("/workspaces/{workspace}", methods=["GET"])
+@route("/workspaces/{workspace}", "GET")
 def workspace_info(workspace: str) -> dict[str, Any]:
     _, user = _request()
     return Workspaces().info(validate_workspace_name(workspace), user)
 
 
-@app.route("/workspaces/{workspace}", methods=["DELETE"])
+@route("/workspaces/{workspace}", "DELETE")
 def kill_workspace(workspace: str) -> dict[str, Any]:
     _, user = _request()
     return Workspaces().kill(validate_workspace_name(workspace), user)
 
 
-@app.route("/workspaces/{workspace}/blobs/missing", methods=["POST"])
+@route("/workspaces/{workspace}/blobs/missing", "POST")
 def missing_blobs(workspace: str) -> dict[str, Any]:
     request, _ = _member(workspace)
     return {"missing": Snapshots().missing(workspace, json_body(request.raw_body).get("blobs"))}
 
 
-@app.route("/workspaces/{workspace}/snapshots", methods=["POST"])
+@route("/workspaces/{workspace}/snapshots", "POST")
 def commit_snapshot(workspace: str) -> Response:
     request, user = _member(workspace)
     body = json_body(request.raw_body)
@@ -82,34 +97,34 @@ def commit_snapshot(workspace: str) -> Response:
     return Response(snapshot, status_code=201 if created else 200)
 
 
-@app.route("/workspaces/{workspace}/jobs", methods=["POST"])
+@route("/workspaces/{workspace}/jobs", "POST")
 def submit_job(workspace: str) -> Response:
     request, user = _member(workspace)
     job, created = Training().submit(workspace, user, json_body(request.raw_body))
     return Response({**job, "cached": not created}, status_code=201 if created else 200)
 
 
-@app.route("/workspaces/{workspace}/jobs", methods=["GET"])
+@route("/workspaces/{workspace}/jobs", "GET")
 def list_jobs(workspace: str) -> dict[str, Any]:
     request, _ = _member(workspace)
     query = request.query_params or {}
     return Training().list(workspace, page_size(query.get("limit")), query.get("cursor"))
 
 
-@app.route("/workspaces/{workspace}/jobs/{job}", methods=["GET"])
+@route("/workspaces/{workspace}/jobs/{job}", "GET")
 def job_info(workspace: str, job: str) -> dict[str, Any]:
     _member(workspace)
     return Training().get(workspace, job)
 
 
-@app.route("/workspaces/{workspace}/jobs/{job}/logs", methods=["GET"])
+@route("/workspaces/{workspace}/jobs/{job}/logs", "GET")
 def job_logs(workspace: str, job: str) -> dict[str, Any]:
     request, _ = _member(workspace)
     query = request.query_params or {}
     return Training().read_logs(workspace, job, query.get("next"), page_size(query.get("limit") or 200))
 
 
-@app.route("/workspaces/{workspace}/lineage/{node}", methods=["GET"])
+@route("/workspaces/{workspace}/lineage/{node}", "GET")
 def lineage(workspace: str, node: str) -> dict[str, Any]:
     request, _ = _member(workspace)
     query = request.query_params or {}

@@ -125,6 +125,10 @@ class ObjectStore:
         return removed
 
 
+def execution_arn_for(state_machine_arn: str, name: str) -> str:
+    return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+
+
 class Executions:
     """Step Functions executions, named by job fingerprints so a start is exactly-once."""
 
@@ -146,7 +150,7 @@ class Executions:
         except Exception as exc:
             if _error_code(exc) != "ExecutionAlreadyExists":
                 raise
-            arn = f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
+            arn = execution_arn_for(state_machine_arn, name)
             described = self.client.describe_execution(executionArn=arn)
             if json.loads(described.get("input") or "{}") != payload:
                 raise Conflict(f"execution {name!r} already exists with other input") from exc

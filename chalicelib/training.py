@@ -10,7 +10,7 @@ from typing import Any
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
-from chalicelib.adapters import Executions, LogReader, ObjectStore
+from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
 from chalicelib.domain import (
     JobSpec,
     Resources,
@@ -94,10 +94,13 @@ class Training:
             resources=Resources(settings.training_instance_type, 1, 30, settings.training_max_runtime_seconds),
         )
         at = now()
+        # Execution names are the job id, so the ARN is known before the start and the row never needs a
+        # second write from here (the pipeline's own status writes would race with it).
+        execution_arn = execution_arn_for(settings.training_state_machine_arn, spec.job_id)
         item = JobItem(
             ws_key(workspace), f"JOB#{spec.job_id}", job_id=spec.job_id, fingerprint=spec.fingerprint,
             kind=spec.kind, status="SUBMITTED", spec=spec.document(), created_at=at, created_by=user, updated_at=at,
-            history=[{"status": "SUBMITTED", "at": at}],
+            execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}],
             gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
         )
         created = True
@@ -109,14 +112,10 @@ class Training:
             created = False
             item = self._job(workspace, spec.job_id)
         self._record_inputs(workspace, spec, at)
-        if item.execution_arn is None:
-            # Also reached by a retry whose first attempt wrote the row but failed before starting.
-            arn = self.executions.start(
-                settings.training_state_machine_arn, spec.job_id, {"workspace": workspace, "job_id": spec.job_id}
-            )
-            item.refresh(consistent_read=True)
-            if item.execution_arn is None:
-                item.update(actions=[JobItem.execution_arn.set(arn), JobItem.updated_at.set(now())])
+        # Starting is idempotent by name: a cache hit, or a retry whose first attempt wrote the row and then
+        # failed before the start, both end with exactly one execution.
+        self.executions.start(settings.training_state_machine_arn, spec.job_id,
+                              {"workspace": workspace, "job_id": spec.job_id})
         return self.describe(item), created
 
     def _snapshot_ref(self, workspace: str, value: Any, kind: str, field: str) -> str:

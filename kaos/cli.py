@@ -151,7 +151,7 @@ def train_deploy(
     dataset = _call(lambda: _snapshot(client, ws, "data", data, "-d"))
     job = _call(lambda: client.submit(ws, code["id"], {"training": dataset["id"]}, hyper))
     if wait:
-        job = _wait(client, ws, job["id"])
+        job = {**_wait(client, ws, job["id"]), "cached": job["cached"]}
     if as_json:
         return _emit_json(job)
     note = "[yellow]cache hit: identical inputs, nothing started[/]" if job.get("cached") else "started"
@@ -360,3 +360,7 @@ def local_down(state_dir: Optional[Path] = StateDirOpt) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

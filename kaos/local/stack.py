@@ -90,7 +90,8 @@ class LocalStack:
         from kaos.local.emulator import Emulator
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        template_path = synthesize(self.state_dir / "synth", {"trainingImage": local_environment_image()})
+        # One synth cache per checkout: the template depends only on the sources and this context.
+        template_path = synthesize(REPO_ROOT / ".cache" / "synth", {"trainingImage": local_environment_image()})
         template = json.loads(template_path.read_text())
         self.emulator = Emulator(self.state_dir / "work")
         endpoint = self.emulator.start()

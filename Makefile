@@ -1,0 +1,41 @@
+# `make demo` and `make test` are the whole set-up on a fresh machine with Python 3.11+ and Node 18+:
+# each creates or refreshes .venv and node_modules first (a stamp file makes that a no-op when up to date).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+
+.PHONY: setup demo test synth lint bench clean
+
+setup: $(VENV)/.stamp node_modules/.stamp
+
+$(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "pip<26.3"
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+node_modules/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(BIN)/python -m kaos.demo
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --timeout 600 tests
+
+synth: setup
+	$(BIN)/python -m cdk.check
+
+lint: setup
+	$(BIN)/ruff check app chalicelib functions cdk kaos tests bench
+	$(BIN)/mypy --strict chalicelib functions cdk
+
+bench: setup
+	$(BIN)/python -m bench.cold_imports
+	$(BIN)/python -m bench.submit
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .cache

@@ -1,0 +1,4 @@
+"""`python -m kaos` runs the CLI."""
+from kaos.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""Shared fixtures. The embedded stack runs as a separate process started by the real CLI (`kaos local up
+--detach`), exactly as a user starts it, so tests in this process may start their own emulator too."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import pytest
+
+from kaos.client import Client
+from kaos.settings import ClientConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "kaos" / "templates" / "sklearn-digits"
+
+
+class Stack:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.state_dir = home / "local"
+        self.runtime: dict[str, Any] = json.loads((self.state_dir / "runtime.json").read_text())
+        self.env = {**os.environ, "KAOS_HOME": str(home), "COLUMNS": "200"}
+        for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+            self.env.pop(key, None)
+
+    @property
+    def api_url(self) -> str:
+        return str(self.runtime["api_url"])
+
+    def kaos(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=self.env, capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kaos {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def kaos_json(self, *args: str) -> Any:
+        return json.loads(self.kaos(*args, "--json").stdout)
+
+    def client(self, user: str = "dev") -> Client:
+        config = ClientConfig(api_url=self.api_url, profile=f"kaos-local-{user}",
+                              credentials_file=str(self.state_dir / "credentials"))
+        return Client(config)
+
+    def aws(self, service: str) -> Any:
+        """A client onto the stack's emulated AWS, for assertions on what the product wrote there."""
+        return boto3.client(service, endpoint_url=self.runtime["endpoint_url"], region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("kaos-home")
+    env = {**os.environ, "KAOS_HOME": str(home)}
+    # Synthesizing the CDK app is cached under the repo so every worker and run reuses it.
+    started = subprocess.run([sys.executable, "-m", "kaos.cli", "local", "up", "--detach",
+                              "--state-dir", str(home / "local")], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield Stack(home)
+    finally:
+        subprocess.run([sys.executable, "-m", "kaos.cli", "local", "down", "--state-dir", str(home / "local")],
+                       env=env, capture_output=True, text=True, timeout=120)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -1,0 +1,153 @@
+"""Route tests over HTTP against the embedded stack: signatures, errors, idempotency, isolation."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pytest
+import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from app.app import app as chalice_app
+from kaos.client import ApiError
+
+from .conftest import Stack
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", lambda m: "train-0" if m.group(0) == "{job}" else "ws-x", path)
+
+
+ROUTES = [(path, method) for path, entry in chalice_app.routes.items() for method in entry]
+
+
+@pytest.mark.parametrize("path, method", ROUTES)
+def test_every_route_refuses_unsigned_and_wrongly_signed_requests(stack: Stack, path: str, method: str) -> None:
+    url = stack.api_url + concrete(path)
+    unsigned = requests.request(method, url, data=b"{}", timeout=10)
+    assert unsigned.status_code in (401, 403), unsigned.text
+    request = AWSRequest(method=method, url=url, data=b"{}")
+    SigV4Auth(Credentials("AKIAUNKNOWN", "secret"), "execute-api", "us-east-1").add_auth(request)
+    forged = requests.request(method, url, data=b"{}", headers=dict(request.headers.items()), timeout=10)
+    assert forged.status_code == 403, forged.text
+    keys = stack.client()
+    request = AWSRequest(method=method, url=url, data=b"{}")
+    SigV4Auth(Credentials(keys.credentials.access_key, "not-the-secret"), "execute-api", "us-east-1").add_auth(request)
+    wrong = requests.request(method, url, data=b"{}", headers=dict(request.headers.items()), timeout=10)
+    assert wrong.status_code == 403, wrong.text
+
+
+def raw(stack: Stack, method: str, path: str, body: bytes) -> requests.Response:
+    client = stack.client()
+    request = AWSRequest(method=method, url=stack.api_url + path, data=body)
+    SigV4Auth(client.credentials.get_frozen_credentials(), "execute-api", "us-east-1").add_auth(request)
+    return requests.request(method, stack.api_url + path, data=body, headers=dict(request.headers.items()), timeout=10)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1,2]", b"", b'{"name": 5}', b'{"name": "Bad_Name"}'])
+def test_bad_bodies_get_4xx_json_errors(stack: Stack, body: bytes) -> None:
+    response = raw(stack, "POST", "/workspaces", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "ValidationFailed" and error["message"]
+
+
+def test_workspace_create_is_idempotent_and_names_are_owned(stack: Stack) -> None:
+    dev, guest = stack.client("dev"), stack.client("guest")
+    first = dev.request("POST", "/workspaces", {"name": "api-owned"})
+    again = dev.request("POST", "/workspaces", {"name": "api-owned"})
+    assert first == again
+    with pytest.raises(ApiError) as taken:
+        guest.create_workspace("api-owned")
+    assert taken.value.status == 409
+    assert "api-owned" in [w["name"] for w in dev.workspaces()]
+    assert "api-owned" not in [w["name"] for w in guest.workspaces()]
+
+
+def test_non_members_get_404_for_the_workspace_and_its_objects(stack: Stack) -> None:
+    dev, guest = stack.client("dev"), stack.client("guest")
+    dev.create_workspace("api-private")
+    for call in (lambda: guest.workspace("api-private"), lambda: guest.jobs("api-private"),
+                 lambda: guest.job("api-private", "train-0"), lambda: guest.kill_workspace("api-private"),
+                 lambda: guest.submit("api-private", "a" * 64, {"training": "b" * 64}, {}),
+                 lambda: guest.request("POST", "/workspaces/api-private/blobs/missing", {"blobs": []})):
+        with pytest.raises(ApiError) as error:
+            call()
+        assert error.value.status == 404
+    assert dev.workspace("api-private")["name"] == "api-private"
+
+
+def test_unknown_objects_are_404(stack: Stack) -> None:
+    dev = stack.client()
+    dev.create_workspace("api-unknown")
+    for call in (lambda: dev.workspace("api-nothing"), lambda: dev.job("api-unknown", "train-123"),
+                 lambda: dev.lineage("api-unknown", "job:train-123", "up"),
+                 lambda: dev.submit("api-unknown", "a" * 64, {"training": "b" * 64}, {})):
+        with pytest.raises(ApiError) as error:
+            call()
+        assert error.value.status == 404, error.value
+
+
+def test_snapshot_commit_refuses_missing_blobs_and_writes_nothing(stack: Stack) -> None:
+    dev = stack.client()
+    dev.create_workspace("api-blobs")
+    digest = hashlib.sha256(b"hello").hexdigest()
+    missing = dev.request("POST", "/workspaces/api-blobs/blobs/missing", {"blobs": [digest]})["missing"]
+    assert [m["sha256"] for m in missing] == [digest]
+    files = [{"path": "a.txt", "sha256": digest, "size": 5}]
+    with pytest.raises(ApiError) as error:
+        dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
+    assert error.value.status == 409 and error.value.code == "MissingBlobs"
+    assert dev.workspace("api-blobs")["snapshots"] == 0
+    assert requests.put(missing[0]["url"], data=b"hello", timeout=10).status_code == 200
+    assert dev.request("POST", "/workspaces/api-blobs/blobs/missing", {"blobs": [digest]})["missing"] == []
+    with pytest.raises(ApiError) as wrong_size:
+        dev.request("POST", "/workspaces/api-blobs/snapshots",
+                    {"kind": "data", "files": [{**files[0], "size": 6}]})
+    assert wrong_size.value.status == 400 and "files" in wrong_size.value.message
+    snapshot = dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
+    again = dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
+    assert snapshot == again and snapshot["files"] == 1 and snapshot["bytes"] == 5
+    with pytest.raises(ApiError) as wrong_kind:
+        dev.submit("api-blobs", snapshot["id"], {"training": snapshot["id"]}, {})
+    assert wrong_kind.value.status == 400 and wrong_kind.value.message.startswith("code:")
+
+
+def test_kill_removes_exactly_that_workspace(stack: Stack) -> None:
+    dev = stack.client()
+    for name in ("mnist", "mnist2"):
+        dev.create_workspace(name)
+        digest = hashlib.sha256(name.encode()).hexdigest()
+        for blob in dev.request("POST", f"/workspaces/{name}/blobs/missing", {"blobs": [digest]})["missing"]:
+            requests.put(blob["url"], data=name.encode(), timeout=10).raise_for_status()
+        dev.request("POST", f"/workspaces/{name}/snapshots",
+                    {"kind": "data", "files": [{"path": "x", "sha256": digest, "size": len(name)}]})
+    result = dev.kill_workspace("mnist")
+    assert result["deleted_objects"] >= 2
+    with pytest.raises(ApiError):
+        dev.workspace("mnist")
+    survivor = dev.workspace("mnist2")
+    assert survivor["snapshots"] == 1
+    keys = stack.aws("s3").list_objects_v2(Bucket=_bucket(stack), Prefix="ws/mnist2/")["KeyCount"]
+    assert keys >= 2
+
+
+def _bucket(stack: Stack) -> str:
+    return next(b["Name"] for b in stack.aws("s3").list_buckets()["Buckets"] if "data" in b["Name"])
+
+
+def test_bad_query_parameters(stack: Stack) -> None:
+    dev = stack.client()
+    dev.create_workspace("api-query")
+    for query in ({"limit": "0"}, {"limit": "x"}, {"limit": "100000"}, {"cursor": "%%%"}):
+        with pytest.raises(ApiError) as error:
+            dev.request("GET", "/workspaces/api-query/jobs", query=query)
+        assert error.value.status == 400, query
+    with pytest.raises(ApiError) as depth:
+        dev.request("GET", "/workspaces/api-query/lineage/job:x", query={"depth": "-1"})
+    assert depth.value.status in (400, 404)
+    body = json.dumps({"name": "x" * 100}).encode()
+    assert raw(stack, "POST", "/workspaces", body).status_code == 400
