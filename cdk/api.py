@@ -23,7 +23,7 @@ from cdk.constants import (
     SAGEMAKER_TRAINING_LOG_GROUP,
     env_names,
 )
-from cdk.grants import grant_bucket_read_write, grant_table_read_write
+from cdk.grants import grant_bucket_read_write, grant_table_read_write, grant_workspace_deletion
 from cdk.training import LOG_RETENTION
 
 API_HANDLER = "APIHandler"  # logical id chalice gives the function behind the REST API
@@ -81,6 +81,7 @@ class Api(Construct):
         self.log_group.grant_write(self.role)
         grant_table_read_write(table, self.role)
         grant_bucket_read_write(bucket, self.role)
+        grant_workspace_deletion(bucket, self.role)
         state_machine.grant_start_execution(self.role)
         # Executions of this one state machine: arn:...:execution:<state machine name>:<execution name>.
         state_machine_name = Fn.select(6, Fn.split(":", state_machine.state_machine_arn))

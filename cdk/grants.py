@@ -7,8 +7,8 @@ from aws_cdk import aws_s3 as s3
 
 from cdk.table import GSI1
 
-# Blobs are content-addressed and rows append-only: nothing here deletes data (workspace deletion, when it comes,
-# gets its own grant).
+# Blobs are content-addressed and rows append-only: only workspace deletion (the API) deletes objects, by its
+# own grant below.
 _OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]
 _BUCKET_ACTIONS = ["s3:ListBucket", "s3:GetBucketLocation"]
 _TABLE_ACTIONS = [
@@ -39,3 +39,12 @@ def grant_table_read_write(table: dynamodb.ITable, grantee: iam.IGrantable) -> N
         actions=_TABLE_ACTIONS,
         resource_arns=[table.table_arn, f"{table.table_arn}/index/{GSI1}"],
     )
+
+
+def grant_workspace_deletion(bucket: s3.IBucket, grantee: iam.IGrantable) -> None:
+    """`kaos workspace kill` removes every version under `ws/<name>/` of the versioned bucket."""
+    iam.Grant.add_to_principal(
+        grantee=grantee, actions=["s3:DeleteObject", "s3:DeleteObjectVersion"],
+        resource_arns=[bucket.arn_for_objects("ws/*")],
+    )
+    iam.Grant.add_to_principal(grantee=grantee, actions=["s3:ListBucketVersions"], resource_arns=[bucket.bucket_arn])

@@ -100,6 +100,10 @@ def acknowledge_findings(stack: KaosStack) -> None:
         {
             **objects,
             **training_log_streams,
+            _wildcard_resource(stack, bucket.arn_for_objects("ws/*")): (
+                "`kaos workspace kill` deletes every object version under ws/<name>/; names are chosen by users at "
+                "run time, and the grant is limited to the ws/ prefix of this one bucket."
+            ),
             _wildcard_resource(stack, stack.api.executions_arn): (
                 "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
                 "limited to executions of the one training state machine."
