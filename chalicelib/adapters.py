@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 from chalicelib.errors import Conflict, NotFound
 
@@ -17,7 +18,8 @@ HEAD_CONCURRENCY = 16
 def _client(service: str) -> Any:
     import boto3  # imported here: boto3 costs ~0.16 s and only some code paths need each client
 
-    return boto3.client(service)
+    # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+    return boto3.client(service)  # type: ignore[call-overload]
 
 
 def _error_code(exc: Exception) -> str:
@@ -68,7 +70,7 @@ class ObjectStore:
     def sizes(self, keys: Iterable[str]) -> dict[str, int | None]:
         keys = list(keys)
         with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
-            return dict(zip(keys, pool.map(self.size, keys)))
+            return dict(zip(keys, pool.map(self.size, keys), strict=False))
 
     def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)

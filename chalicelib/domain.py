@@ -5,7 +5,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from chalicelib import limits
 from chalicelib.errors import ValidationFailed

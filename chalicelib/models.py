@@ -35,7 +35,7 @@ class _TableFromEnv(type):
         return config.settings().table
 
 
-class Gsi1(GlobalSecondaryIndex["_Item"]):
+class Gsi1(GlobalSecondaryIndex["_Item"]):  # type: ignore[no-untyped-call]  # pynamodb leaves this untyped
     class Meta:
         index_name = "gsi1"
         projection = AllProjection()

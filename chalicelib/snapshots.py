@@ -4,7 +4,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from pynamodb.exceptions import DoesNotExist, PutError
 

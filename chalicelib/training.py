@@ -5,9 +5,10 @@ import base64
 import hashlib
 import json
 import tarfile
-from typing import Any
+from typing import IO, Any, cast
 
 from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.expressions.update import Action
 
 from chalicelib import config, limits
 from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
@@ -152,7 +153,7 @@ class Training:
         if cursor:
             kwargs["last_evaluated_key"] = _decode_cursor(cursor)
         result = JobItem.gsi1.query(f"JOBS#{workspace}", **kwargs)
-        jobs = [self.describe(item) for item in result]
+        jobs = [self.describe(cast(JobItem, item)) for item in result]
         last = result.last_evaluated_key
         return {"jobs": jobs, "next": _encode_cursor(last) if last else None}
 
@@ -184,7 +185,7 @@ class Training:
     def _set_status(self, item: JobItem, status: str, **fields: Any) -> None:
         """Each status change is one versioned update (optimistic locking) and one history entry."""
         at = now()
-        actions = [JobItem.status.set(status), JobItem.updated_at.set(at),
+        actions: list[Action] = [JobItem.status.set(status), JobItem.updated_at.set(at),
                    JobItem.history.set((item.history or []) + [{"status": status, "at": at}])]
         actions += [getattr(JobItem, name).set(value) for name, value in fields.items()]
         item.update(actions=actions)
@@ -262,7 +263,7 @@ class Training:
         """Streams the archive once: its sha256 and the metrics.json it holds (if any)."""
         body = _HashingReader(self.store.stream(key))
         metrics: dict[str, Any] = {}
-        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        with tarfile.open(fileobj=cast(IO[bytes], body), mode="r|gz") as archive:
             for member in archive:
                 if member.isfile() and member.name.lstrip("./") == METRICS_FILE:
                     handle = archive.extractfile(member)

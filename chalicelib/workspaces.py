@@ -1,7 +1,7 @@
 """Workspaces: a walled garden of code, data, params, jobs and models that only its members see."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from pynamodb.connection import Connection
@@ -16,7 +16,7 @@ from chalicelib.models import MemberItem, WorkspaceItem, _Item, ws_key
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def workspace_prefix(workspace: str) -> str:

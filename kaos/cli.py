@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 import typer
 from rich.console import Console
@@ -58,7 +59,7 @@ def _call(fn: Callable[[], Any]) -> Any:
         _fail(str(exc))
 
 
-def _workspace(name: Optional[str]) -> str:
+def _workspace(name: str | None) -> str:
     chosen = name or ClientConfig.load().workspace
     if not chosen:
         _fail("no workspace given: pass -w NAME or run `kaos workspace create NAME`")
@@ -94,7 +95,7 @@ def workspace_list(as_json: bool = JsonOpt) -> None:
 
 
 @workspace_app.command("info")
-def workspace_info(name: Optional[str] = typer.Argument(None), as_json: bool = JsonOpt) -> None:
+def workspace_info(name: str | None = typer.Argument(None), as_json: bool = JsonOpt) -> None:
     """Show a workspace with its counts of snapshots, jobs and members."""
     info = _call(lambda: _client().workspace(_workspace(name)))
     if as_json:
@@ -136,8 +137,8 @@ def _snapshot(client: Client, workspace: str, kind: str, directory: Path, label:
 def train_deploy(
     source: Path = typer.Option(..., "--source", "-s", help="Code directory (entry point train.py or train.sh)."),
     data: Path = typer.Option(..., "--data", "-d", help="Data directory (the 'training' channel)."),
-    params: Optional[Path] = typer.Option(None, "--hyperparams", "-h", help="JSON object of hyperparameters."),
-    workspace: Optional[str] = WorkspaceOpt,
+    params: Path | None = typer.Option(None, "--hyperparams", "-h", help="JSON object of hyperparameters."),
+    workspace: str | None = WorkspaceOpt,
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -175,7 +176,7 @@ def _wait(client: Client, ws: str, job_id: str) -> Any:
 
 
 @train_app.command("list")
-def train_list(workspace: Optional[str] = WorkspaceOpt, limit: int = typer.Option(50, "--limit"),
+def train_list(workspace: str | None = WorkspaceOpt, limit: int = typer.Option(50, "--limit"),
                as_json: bool = JsonOpt) -> None:
     """List the workspace's training jobs, newest first."""
     page = _call(lambda: _client().jobs(_workspace(workspace), limit))
@@ -203,7 +204,7 @@ def _print_job(job: dict[str, Any]) -> None:
 
 
 @train_app.command("info")
-def train_info(job: str, workspace: Optional[str] = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+def train_info(job: str, workspace: str | None = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
     """Show a job: status, inputs, metrics, model, failure reason."""
     described = _call(lambda: _client().job(_workspace(workspace), job))
     if as_json:
@@ -212,13 +213,13 @@ def train_info(job: str, workspace: Optional[str] = WorkspaceOpt, as_json: bool 
 
 
 @train_app.command("logs")
-def train_logs(job: str, workspace: Optional[str] = WorkspaceOpt,
+def train_logs(job: str, workspace: str | None = WorkspaceOpt,
                follow: bool = typer.Option(False, "--follow", "-f", help="Keep reading until the job ends.")) -> None:
     """Print a job's training log (stdout and stderr of the entry point)."""
     client, ws = _client(), _workspace(workspace)
-    token: Optional[str] = None
+    token: str | None = None
     while True:
-        page = _call(lambda: client.logs(ws, job, token))
+        page = _call(lambda token=token: client.logs(ws, job, token))
         for event in page["events"]:
             sys.stdout.write(event["message"].rstrip("\n") + "\n")
         token = page["next"]
@@ -229,7 +230,7 @@ def train_logs(job: str, workspace: Optional[str] = WorkspaceOpt,
 
 
 @train_app.command("provenance")
-def train_provenance(node: str, workspace: Optional[str] = WorkspaceOpt,
+def train_provenance(node: str, workspace: str | None = WorkspaceOpt,
                      down: bool = typer.Option(False, "--down", help="Follow edges forward (what used it)."),
                      as_json: bool = JsonOpt) -> None:
     """Show the provenance graph of a job (train-...) or model (model:train-...) as a tree."""
@@ -274,10 +275,11 @@ def render_tree(graph: dict[str, Any], down: bool) -> Tree:
 
 
 # --- local ----------------------------------------------------------------------------------------------
-StateDirOpt = typer.Option(None, "--state-dir", help="Where the embedded stack keeps its state (default ~/.kaos/local).")
+StateDirOpt = typer.Option(None, "--state-dir",
+                           help="Where the embedded stack keeps its state (default ~/.kaos/local).")
 
 
-def _state_dir(state_dir: Optional[Path]) -> Path:
+def _state_dir(state_dir: Path | None) -> Path:
     from kaos.local.stack import default_state_dir
 
     return (state_dir or default_state_dir()).resolve()
@@ -292,7 +294,7 @@ def _alive(pid: int) -> bool:
 
 
 @local_app.command("up")
-def local_up(state_dir: Optional[Path] = StateDirOpt,
+def local_up(state_dir: Path | None = StateDirOpt,
              detach: bool = typer.Option(False, "--detach", help="Run in the background; return when ready."),
              port: int = typer.Option(0, "--port", help="API port (default: a free one).")) -> None:
     """Start the embedded stack: AWS emulator, pipelines, Lambdas and the API on 127.0.0.1."""
@@ -324,7 +326,7 @@ def local_up(state_dir: Optional[Path] = StateDirOpt,
 
 
 @local_app.command("status")
-def local_status(state_dir: Optional[Path] = StateDirOpt, as_json: bool = JsonOpt) -> None:
+def local_status(state_dir: Path | None = StateDirOpt, as_json: bool = JsonOpt) -> None:
     """Say whether the embedded stack is running and where."""
     from kaos.local.stack import Runtime
 
@@ -338,7 +340,7 @@ def local_status(state_dir: Optional[Path] = StateDirOpt, as_json: bool = JsonOp
 
 
 @local_app.command("down")
-def local_down(state_dir: Optional[Path] = StateDirOpt) -> None:
+def local_down(state_dir: Path | None = StateDirOpt) -> None:
     """Stop the embedded stack started with --detach."""
     from kaos.local.stack import Runtime
 

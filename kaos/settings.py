@@ -24,7 +24,7 @@ class ClientConfig:
     workspace: str = ""
 
     @classmethod
-    def load(cls) -> "ClientConfig":
+    def load(cls) -> ClientConfig:
         path = config_path()
         values = json.loads(path.read_text()) if path.exists() else {}
         config = cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})

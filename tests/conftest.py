@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -36,7 +37,9 @@ class Stack:
         result = subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=self.env, capture_output=True,
                                 text=True, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"kaos {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"kaos {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def kaos_json(self, *args: str) -> Any:

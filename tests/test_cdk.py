@@ -164,7 +164,8 @@ def test_state_machine_is_standard_jsonpath_logged_and_traced(template: Template
 
 def test_train_is_a_sync_sagemaker_task_with_retry_and_catch(definition: dict[str, Any]) -> None:
     states = definition["States"]
-    (train,) = [s for s in states.values() if s.get("Resource", "").endswith(":states:::sagemaker:createTrainingJob.sync")]
+    sync = ":states:::sagemaker:createTrainingJob.sync"
+    (train,) = [s for s in states.values() if s.get("Resource", "").endswith(sync)]
     assert train["Parameters"]["TrainingJobName.$"] == "$.prepared.training.TrainingJobName"
     assert {"InputDataConfig.$", "RoleArn.$", "AlgorithmSpecification.$"} <= set(train["Parameters"])
     assert train["Retry"] and all(r["JitterStrategy"] == "FULL" for r in train["Retry"])

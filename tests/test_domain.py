@@ -23,8 +23,9 @@ RESOURCES = Resources("ml.m5.large", 1, 30, 3600)
 
 
 def spec(**changes: object) -> JobSpec:
-    values: dict[str, object] = dict(workspace="mnist", kind="train", code="c" * 64, data=(("training", "d" * 64),),
-                                     params="p" * 64, environment="image:1", resources=RESOURCES)
+    values: dict[str, object] = {"workspace": "mnist", "kind": "train", "code": "c" * 64,
+                                 "data": (("training", "d" * 64),),
+                                     "params": "p" * 64, "environment": "image:1", "resources": RESOURCES}
     values.update(changes)
     return JobSpec(**values)  # type: ignore[arg-type]
 

@@ -142,7 +142,10 @@ def test_unmodified_sagemaker_script_runs(emulator: Emulator) -> None:
 
 
 def test_logs_reach_cloudwatch_in_order(emulator: Emulator) -> None:
-    script = "import sys\nfor i in range(250):\n    print(f'line {i}')\n    if i % 50 == 0: print(f'err {i}', file=sys.stderr)\n"
+    script = (
+        "import sys\nfor i in range(250):\n    print(f'line {i}')\n"
+        "    if i % 50 == 0: print(f'err {i}', file=sys.stderr)\n"
+    )
     source = upload_source(emulator, {"train.py": script}, "code/logs.tar.gz")
     create_job(emulator, "job-logs", source)
     wait_for(emulator, "job-logs", {"Completed"})
@@ -205,7 +208,10 @@ def test_shell_entry_point_and_failure_file(emulator: Emulator) -> None:
     assert read_tar(emulator, "out/job-sh/output/model.tar.gz") == {"model.txt": b"shell model\n"}
     assert "args: --alpha x" in (emulator.training_runner.job_dir("job-sh") / "log.txt").read_text()
 
-    failing = "#!/bin/sh\necho 'Data has 0 rows' > /dev/stderr\necho 'ClientError: empty channel' > \"$SM_OUTPUT_DIR/failure\"\nexit 1\n"
+    failing = (
+        "#!/bin/sh\necho 'Data has 0 rows' > /dev/stderr\n"
+        "echo 'ClientError: empty channel' > \"$SM_OUTPUT_DIR/failure\"\nexit 1\n"
+    )
     source = upload_source(emulator, {"train.sh": failing}, "code/shfail.tar.gz")
     create_job(emulator, "job-sh-fail", source, program="train.sh")
     described = wait_for(emulator, "job-sh-fail", {"Completed", "Failed"})

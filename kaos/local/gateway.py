@@ -12,7 +12,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -61,10 +61,10 @@ def verify(users: dict[str, LocalUser], method: str, url: str, headers: dict[str
         raise AuthError(403, "The security token included in the request is invalid.")
     amz_date = lower.get("x-amz-date", "")
     try:
-        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     except ValueError:
         raise AuthError(403, "Authorization header requires existence of a 'X-Amz-Date' header.") from None
-    if abs(datetime.now(timezone.utc) - signed_at) > CLOCK_SKEW or not amz_date.startswith(match["date"]):
+    if abs(datetime.now(UTC) - signed_at) > CLOCK_SKEW or not amz_date.startswith(match["date"]):
         raise AuthError(403, "Signature expired or not yet valid.")
     signed = match["headers"].split(";")
     request = AWSRequest(method=method, url=url, data=body, headers={h: lower.get(h, "") for h in signed})
@@ -123,7 +123,7 @@ class ApiGateway:
         context = LambdaContext(function_name="kaos-api", memory_size=512, max_runtime_ms=30_000)
         response = self.app(event, context)
         payload = response.get("body") or ""
-        out_headers = {k: v for k, v in (response.get("headers") or {}).items()}
+        out_headers = dict((response.get("headers") or {}).items())
         return int(response["statusCode"]), out_headers, payload.encode() if isinstance(payload, str) else payload
 
 

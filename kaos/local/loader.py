@@ -10,7 +10,8 @@ import importlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -144,7 +145,8 @@ class TemplateLoader:
         name = self.resolver.names[logical_id]
         if kind == "AWS::IAM::Role":
             self._idempotent(lambda: self.client("iam").create_role(
-                RoleName=name, AssumeRolePolicyDocument=json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"]))
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"])),
             ), "EntityAlreadyExists")
         elif kind == "AWS::S3::Bucket":
             s3 = self.client("s3")

@@ -217,7 +217,7 @@ def _rule_cls() -> type:
 _BOTO_SESSION_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _service_model(service_name: str) -> ServiceModel:
     with _BOTO_SESSION_LOCK:
         return _botocore_session().get_service_model(service_name)
@@ -228,7 +228,7 @@ def _botocore_session() -> botocore.session.Session:
     return botocore.session.get_session()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def operation_model(service_name: str, action: str) -> OperationModel | None:
     """The botocore operation for ``action`` in any casing (``submit_job``, ``submitJob``)."""
     try:
@@ -246,7 +246,7 @@ def iso_datetimes(value: Any) -> Any:
     """Replace datetimes by ISO-8601 strings, in place for dicts and lists; returns the value."""
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc)
+            value = value.astimezone(datetime.UTC)
         return value.isoformat()
     if isinstance(value, dict):
         for key, item in list(value.items()):
@@ -341,7 +341,7 @@ def sagemaker_error_name(client_error: ClientError) -> str:
     class ``SageMaker.AmazonSageMakerException`` with the code in the cause.
     """
     code = client_error.response.get("Error", {}).get("Code", "")
-    modelled = {shape for shape in _service_model("sagemaker").error_shapes}
+    modelled = set(_service_model("sagemaker").error_shapes)
     if code in {s.name for s in modelled}:
         return f"SageMaker.{code if code.endswith('Exception') else code + 'Exception'}"
     return "SageMaker.AmazonSageMakerException"
@@ -365,7 +365,7 @@ def _make_sagemaker_task_service() -> Any:
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
         ResourceCondition,
     )
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (  # noqa: E501
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
         StateTaskServiceCallback,
     )
     from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
@@ -542,7 +542,7 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
 
     def update(fields: dict[str, Any]) -> None:
         with runner.lock:
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             new_secondary = fields.get("SecondaryStatus")
             if new_secondary and new_secondary != job.secondary_status:
                 transitions = job.secondary_status_transitions
@@ -675,7 +675,7 @@ def apply(hooks: Hooks) -> None:
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
         state_task_service_factory,
     )
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (  # noqa: E501
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (
         StateTaskService,
     )
 

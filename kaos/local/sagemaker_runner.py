@@ -64,7 +64,7 @@ Updater = Callable[[dict[str, Any]], None]
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def decode_hyperparameter(value: Any) -> Any:

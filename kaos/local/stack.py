@@ -59,7 +59,9 @@ def load_users(state_dir: Path) -> dict[str, LocalUser]:
     credentials = state_dir / "credentials"
     credentials.write_text("\n".join(lines))
     credentials.chmod(0o600)
-    return {keys["access_key"]: LocalUser(name, keys["access_key"], keys["secret_key"]) for name, keys in stored.items()}
+    return {
+        keys["access_key"]: LocalUser(name, keys["access_key"], keys["secret_key"]) for name, keys in stored.items()
+    }
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Runtime:
     state_dir: str
 
     @classmethod
-    def read(cls, state_dir: Path) -> "Runtime | None":
+    def read(cls, state_dir: Path) -> Runtime | None:
         path = state_dir / "runtime.json"
         if not path.exists():
             return None
