@@ -1,4 +1,5 @@
-"""The kaos REST API: routes only. Each validates its input shape, calls one chalicelib service, shapes output."""
+"""The kaos REST API: routes only. Each is declared in chalicelib.schemas (validated at the edge, described in
+/openapi.json), calls one chalicelib service and shapes the output."""
 from __future__ import annotations
 
 import functools
@@ -6,136 +7,146 @@ import logging
 from typing import Any
 from collections.abc import Callable
 
-from chalice import Chalice, Response
-from chalice.app import Request
+from chalice import Chalice, IAMAuthorizer, Response
 
-from chalicelib.domain import page_size, validate_workspace_name
-from chalicelib.errors import KaosError, ValidationFailed
+from chalicelib.domain import page_size
+from chalicelib.errors import KaosError
 from chalicelib.http import caller, error_body, json_body
 from chalicelib.provenance import Provenance
+from chalicelib.schemas import SPECS, openapi, validate
 from chalicelib.snapshots import Snapshots
 from chalicelib.training import Training
 from chalicelib.workspaces import Workspaces
 
 app = Chalice(app_name="kaos")
 log = logging.getLogger("kaos.api")
-
-
+# API Gateway verifies SigV4 against IAM on every route but the OpenAPI document (AWS_IAM authorization).
+iam = IAMAuthorizer()
 View = Callable[..., Any]
 
 
 def route(path: str, method: str) -> Callable[[View], View]:
-    """app.route, with our named errors answered as 4xx JSON and anything else as a 500 without a traceback.
+    """Registers a view declared in chalicelib.schemas: validates path, query and body against its schemas,
+    passes the caller (and the parsed body), and answers errors as 4xx JSON, never a traceback.
 
     Chalice turns exceptions raised in a view into its own 500 before any middleware sees them, so the
     translation has to sit around the view itself."""
+    spec = SPECS[(path, method)]
 
     def register(view: View) -> View:
         @functools.wraps(view)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
+        def guarded(**params: str) -> Any:
             try:
-                return view(*args, **kwargs)
+                request = app.current_request
+                validate("path", spec, params)
+                validate("query", spec, dict(request.query_params or {}))
+                kwargs: dict[str, Any] = dict(params)
+                if not spec.public:
+                    kwargs["user"] = caller(request.context)
+                if spec.body is not None:
+                    kwargs["body"] = validate("body", spec, json_body(request.raw_body))
+                return view(**kwargs)
             except KaosError as exc:
                 return Response(error_body(exc.code, exc.message), status_code=exc.status)
             except Exception:
                 log.exception("unhandled error in %s %s", method, path)
                 return Response(error_body("InternalError", "internal error; see the API logs"), status_code=500)
 
-        app.route(path, methods=[method])(guarded)
+        app.route(path, methods=[method], authorizer=None if spec.public else iam)(guarded)
         return view
 
     return register
 
 
-def _request() -> tuple[Request, str]:
-    request = app.current_request
-    return request, caller(request.context)
+def _query(name: str) -> str | None:
+    return (app.current_request.query_params or {}).get(name)
 
 
-def _member(workspace: str) -> tuple[Request, str]:
-    request, user = _request()
-    Workspaces().require(workspace, user)
-    return request, user
+@route("/openapi.json", "GET")
+def openapi_document() -> dict[str, Any]:
+    return openapi()
 
 
 @route("/workspaces", "POST")
-def create_workspace() -> Response:
-    request, user = _request()
-    body = json_body(request.raw_body)
-    workspace, created = Workspaces().create(body.get("name"), user)
+def create_workspace(user: str, body: dict[str, Any]) -> Response:
+    workspace, created = Workspaces().create(body["name"], user)
     return Response(workspace, status_code=201 if created else 200)
 
 
 @route("/workspaces", "GET")
-def list_workspaces() -> dict[str, Any]:
-    _, user = _request()
+def list_workspaces(user: str) -> dict[str, Any]:
     return {"workspaces": Workspaces().list_for(user)}
 
 
 @route("/workspaces/{workspace}", "GET")
-def workspace_info(workspace: str) -> dict[str, Any]:
-    _, user = _request()
-    return Workspaces().info(validate_workspace_name(workspace), user)
+def workspace_info(user: str, workspace: str) -> dict[str, Any]:
+    return Workspaces().info(workspace, user)
 
 
 @route("/workspaces/{workspace}", "DELETE")
-def kill_workspace(workspace: str) -> dict[str, Any]:
-    _, user = _request()
-    return Workspaces().kill(validate_workspace_name(workspace), user)
+def kill_workspace(user: str, workspace: str) -> dict[str, Any]:
+    return Workspaces().kill(workspace, user)
+
+
+@route("/workspaces/{workspace}/members", "GET")
+def members(user: str, workspace: str) -> dict[str, Any]:
+    return Workspaces().members(workspace, user)
+
+
+@route("/workspaces/{workspace}/members", "POST")
+def share(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return Workspaces().share(workspace, user, body["user"])
+
+
+@route("/workspaces/{workspace}/members/remove", "POST")
+def unshare(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return Workspaces().unshare(workspace, user, body["user"])
 
 
 @route("/workspaces/{workspace}/blobs/missing", "POST")
-def missing_blobs(workspace: str) -> dict[str, Any]:
-    request, _ = _member(workspace)
-    return {"missing": Snapshots().missing(workspace, json_body(request.raw_body).get("blobs"))}
+def missing_blobs(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return {"missing": Snapshots().missing(workspace, body["blobs"])}
 
 
 @route("/workspaces/{workspace}/snapshots", "POST")
-def commit_snapshot(workspace: str) -> Response:
-    request, user = _member(workspace)
-    body = json_body(request.raw_body)
-    snapshot, created = Snapshots().commit(workspace, body.get("kind"), body.get("files"), user)
+def commit_snapshot(user: str, workspace: str, body: dict[str, Any]) -> Response:
+    Workspaces().require(workspace, user)
+    snapshot, created = Snapshots().commit(workspace, body["kind"], body["files"], user)
     return Response(snapshot, status_code=201 if created else 200)
 
 
 @route("/workspaces/{workspace}/jobs", "POST")
-def submit_job(workspace: str) -> Response:
-    request, user = _member(workspace)
-    job, created = Training().submit(workspace, user, json_body(request.raw_body))
+def submit_job(user: str, workspace: str, body: dict[str, Any]) -> Response:
+    Workspaces().require(workspace, user)
+    job, created = Training().submit(workspace, user, body)
     return Response({**job, "cached": not created}, status_code=201 if created else 200)
 
 
 @route("/workspaces/{workspace}/jobs", "GET")
-def list_jobs(workspace: str) -> dict[str, Any]:
-    request, _ = _member(workspace)
-    query = request.query_params or {}
-    return Training().list(workspace, page_size(query.get("limit")), query.get("cursor"))
+def list_jobs(user: str, workspace: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Training().list(workspace, _page_size("limit"), _query("cursor"))
 
 
 @route("/workspaces/{workspace}/jobs/{job}", "GET")
-def job_info(workspace: str, job: str) -> dict[str, Any]:
-    _member(workspace)
+def job_info(user: str, workspace: str, job: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
     return Training().get(workspace, job)
 
 
 @route("/workspaces/{workspace}/jobs/{job}/logs", "GET")
-def job_logs(workspace: str, job: str) -> dict[str, Any]:
-    request, _ = _member(workspace)
-    query = request.query_params or {}
-    return Training().read_logs(workspace, job, query.get("next"), page_size(query.get("limit") or 200))
+def job_logs(user: str, workspace: str, job: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Training().read_logs(workspace, job, _query("next"), int(_query("limit") or 1000))
 
 
 @route("/workspaces/{workspace}/lineage/{node}", "GET")
-def lineage(workspace: str, node: str) -> dict[str, Any]:
-    request, _ = _member(workspace)
-    query = request.query_params or {}
-    depth = query.get("depth")
-    return Provenance().lineage(workspace, node, query.get("direction", "up"), _int(depth, "depth"))
+def lineage(user: str, workspace: str, node: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    depth = _query("depth")
+    return Provenance().lineage(workspace, node, _query("direction") or "up", int(depth) if depth else None)
 
 
-def _int(value: str | None, field: str) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise ValidationFailed(f"{field}: must be a positive integer")
-    return int(value)
+def _page_size(name: str) -> int:
+    return page_size(_query(name))

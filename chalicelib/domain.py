@@ -31,11 +31,8 @@ def sha256_hex(data: bytes) -> str:
 
 
 def validate_workspace_name(name: str, field: str = "workspace") -> str:
-    if not isinstance(name, str) or not _WORKSPACE.match(name) or name.endswith("-"):
-        raise ValidationFailed(
-            f"{field}: {name!r} is not a valid workspace name ({limits.WORKSPACE_NAME_RULE}, "
-            "not ending with a hyphen)"
-        )
+    if not isinstance(name, str) or not _WORKSPACE.match(name):
+        raise ValidationFailed(f"{field}: {name!r} is not a valid workspace name ({limits.WORKSPACE_NAME_RULE})")
     return name
 
 

@@ -23,6 +23,13 @@ class NotFound(KaosError):
     code = "NotFound"
 
 
+class Forbidden(KaosError):
+    """A member asked for something only the owner may do (members already know the workspace exists)."""
+
+    status = 403
+    code = "Forbidden"
+
+
 class Conflict(KaosError):
     status = 409
     code = "Conflict"

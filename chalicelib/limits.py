@@ -5,8 +5,10 @@ Each value is chosen from the AWS limit that forces it, as noted beside it.
 from __future__ import annotations
 
 # Workspace names become parts of S3 keys, SageMaker job names (<= 63 chars) and execution names (<= 80 chars).
-WORKSPACE_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,31}$"
-WORKSPACE_NAME_RULE = "lowercase letters, digits and hyphens; 2-32 characters; must start with a letter"
+WORKSPACE_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+WORKSPACE_NAME_RULE = (
+    "lowercase letters, digits and hyphens; 2-32 characters; must start with a letter and not end with a hyphen"
+)
 
 # One presigned PUT may carry at most 5 GiB (S3 single-part upload limit).
 MAX_FILE_BYTES = 5 * 1024**3
@@ -32,3 +34,7 @@ MAX_PAGE_SIZE = 200
 MAX_LOG_LINES = 10_000
 # SageMaker StoppingCondition.MaxRuntimeInSeconds may be at most 28 days.
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600
+# Members per workspace (each is one row; the cap keeps `members` one page).
+MAX_MEMBERS = 100
+# Data channels per job (SageMaker allows 20 input channels per training job).
+MAX_CHANNELS = 20

@@ -8,15 +8,23 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from chalicelib import config
+from chalicelib import config, limits
 from chalicelib.adapters import ObjectStore
 from chalicelib.domain import validate_workspace_name
-from chalicelib.errors import Conflict, NotFound
+from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from chalicelib.models import MemberItem, WorkspaceItem, _Item, ws_key
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def principal_arn(member: str, caller: str) -> str:
+    """An ARN as given, or a bare user name resolved to an IAM user in the caller's account."""
+    if member.startswith("arn:"):
+        return member
+    account = caller.split(":")[4] if caller.startswith("arn:") and caller.count(":") >= 5 else ""
+    return f"arn:aws:iam::{account}:user/{member}"
 
 
 def workspace_prefix(workspace: str) -> str:
@@ -94,9 +102,7 @@ class Workspaces:
 
     def kill(self, name: str, user: str) -> dict[str, Any]:
         """Deletes exactly this workspace: its rows (exact partition keys), provenance and S3 prefix."""
-        item = self.require(name, user)
-        if item.owner != user:
-            raise NotFound(f"workspace {name!r} does not exist (or you are not its owner)")
+        self._require_owner(name, user)
         rows = 0
         with _Item.batch_write() as batch:
             for node in _Item.gsi1.query(f"PROV#{name}"):
@@ -107,6 +113,39 @@ class Workspaces:
                 rows += 1
         objects = self.store.delete_prefix(workspace_prefix(name))
         return {"name": name, "deleted_rows": rows, "deleted_objects": objects}
+
+    def members(self, name: str, user: str) -> dict[str, Any]:
+        self.require(name, user)
+        rows = MemberItem.query(ws_key(name), MemberItem.sk.startswith("MEMBER#"))
+        return {"workspace": name,
+                "members": [{"user": m.user, "role": m.role, "added_at": m.added_at} for m in rows]}
+
+    def share(self, name: str, user: str, member: str) -> dict[str, Any]:
+        """Adds a member (idempotent). Only the owner shares, so members cannot widen access themselves."""
+        self._require_owner(name, user)
+        arn = principal_arn(member, user)
+        current = self.members(name, user)
+        if arn in {m["user"] for m in current["members"]}:
+            return current
+        if len(current["members"]) >= limits.MAX_MEMBERS:
+            raise ValidationFailed(f"user: a workspace has at most {limits.MAX_MEMBERS} members")
+        MemberItem(ws_key(name), f"MEMBER#{arn}", user=arn, role="member", added_at=now(),
+                   gsi1pk=f"USER#{arn}", gsi1sk=ws_key(name)).save()
+        return self.members(name, user)
+
+    def unshare(self, name: str, user: str, member: str) -> dict[str, Any]:
+        item = self._require_owner(name, user)
+        arn = principal_arn(member, user)
+        if arn == item.owner:
+            raise ValidationFailed("user: the owner cannot be removed; kill the workspace instead")
+        MemberItem(ws_key(name), f"MEMBER#{arn}").delete()
+        return self.members(name, user)
+
+    def _require_owner(self, name: str, user: str) -> WorkspaceItem:
+        item = self.require(name, user)
+        if item.owner != user:
+            raise Forbidden(f"workspace {name!r}: only its owner may do this")
+        return item
 
     @staticmethod
     def _describe(item: WorkspaceItem) -> dict[str, Any]:

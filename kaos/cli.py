@@ -120,6 +120,34 @@ def workspace_kill(name: str, yes: bool = typer.Option(False, "--yes", help="Do 
                   f"{result['deleted_objects']} objects)")
 
 
+@workspace_app.command("share")
+def workspace_share(name: str, user: str = typer.Argument(..., help="IAM user name or principal ARN.")) -> None:
+    """Give a user access to a workspace (owner only)."""
+    _print_members(_call(lambda: _client().share(name, user)))
+
+
+@workspace_app.command("unshare")
+def workspace_unshare(name: str, user: str = typer.Argument(..., help="IAM user name or principal ARN.")) -> None:
+    """Remove a user's access to a workspace (owner only)."""
+    _print_members(_call(lambda: _client().unshare(name, user)))
+
+
+@workspace_app.command("members")
+def workspace_members(name: str | None = typer.Argument(None), as_json: bool = JsonOpt) -> None:
+    """List who can see a workspace."""
+    result = _call(lambda: _client().members(_workspace(name)))
+    if as_json:
+        return _emit_json(result)
+    _print_members(result)
+
+
+def _print_members(result: dict[str, Any]) -> None:
+    table = Table("user", "role", "added")
+    for member in result["members"]:
+        table.add_row(member["user"], member["role"], member.get("added_at", ""))
+    console.print(table)
+
+
 # --- train ----------------------------------------------------------------------------------------------
 def _snapshot(client: Client, workspace: str, kind: str, directory: Path, label: str) -> dict[str, Any]:
     entries = scan(directory, label)

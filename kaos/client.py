@@ -74,6 +74,15 @@ class Client:
     def kill_workspace(self, name: str) -> Any:
         return self.request("DELETE", f"/workspaces/{name}")
 
+    def members(self, name: str) -> Any:
+        return self.request("GET", f"/workspaces/{name}/members")
+
+    def share(self, name: str, user: str) -> Any:
+        return self.request("POST", f"/workspaces/{name}/members", {"user": user})
+
+    def unshare(self, name: str, user: str) -> Any:
+        return self.request("POST", f"/workspaces/{name}/members/remove", {"user": user})
+
     # snapshots
     def upload_snapshot(
         self, workspace: str, kind: str, files: list[LocalFile], on_bytes: Callable[[int], None]

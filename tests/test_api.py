@@ -32,10 +32,17 @@ chalice_app = _load_app()
 
 
 def concrete(path: str) -> str:
-    return re.sub(r"\{[^}]+\}", lambda m: "train-0" if m.group(0) == "{job}" else "ws-x", path)
+    return re.sub(r"\{[^}]+\}", lambda m: "train-" + "0" * 24 if m.group(0) == "{job}" else ("job:x" if m.group(0) == "{node}" else "ws-x"), path)
 
 
-ROUTES = [(path, method) for path, entry in chalice_app.routes.items() for method in entry]
+ROUTES = [(path, method) for path, entry in chalice_app.routes.items() for method in entry
+          if entry[method].authorizer is not None]
+
+
+def test_only_the_openapi_document_is_public() -> None:
+    public = {(p, m) for p, e in chalice_app.routes.items() for m in e if e[m].authorizer is None}
+    assert public == {("/openapi.json", "GET")}
+    assert len(ROUTES) >= 14
 
 
 @pytest.mark.parametrize("path, method", ROUTES)
@@ -66,7 +73,7 @@ def test_bad_bodies_get_4xx_json_errors(stack: Stack, body: bytes) -> None:
     response = raw(stack, "POST", "/workspaces", body)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["code"] == "ValidationFailed" and error["message"]
+    assert error["code"] == "ValidationFailed" and error["message"].split(":")[0] in ("body", "name")
 
 
 def test_workspace_create_is_idempotent_and_names_are_owned(stack: Stack) -> None:
@@ -85,7 +92,7 @@ def test_non_members_get_404_for_the_workspace_and_its_objects(stack: Stack) -> 
     dev, guest = stack.client("dev"), stack.client("guest")
     dev.create_workspace("api-private")
     for call in (lambda: guest.workspace("api-private"), lambda: guest.jobs("api-private"),
-                 lambda: guest.job("api-private", "train-0"), lambda: guest.kill_workspace("api-private"),
+                 lambda: guest.job("api-private", "train-" + "0" * 24), lambda: guest.kill_workspace("api-private"),
                  lambda: guest.submit("api-private", "a" * 64, {"training": "b" * 64}, {}),
                  lambda: guest.request("POST", "/workspaces/api-private/blobs/missing", {"blobs": []})):
         with pytest.raises(ApiError) as error:
@@ -97,7 +104,7 @@ def test_non_members_get_404_for_the_workspace_and_its_objects(stack: Stack) -> 
 def test_unknown_objects_are_404(stack: Stack) -> None:
     dev = stack.client()
     dev.create_workspace("api-unknown")
-    for call in (lambda: dev.workspace("api-nothing"), lambda: dev.job("api-unknown", "train-123"),
+    for call in (lambda: dev.workspace("api-nothing"), lambda: dev.job("api-unknown", "train-" + "1" * 24),
                  lambda: dev.lineage("api-unknown", "job:train-123", "up"),
                  lambda: dev.submit("api-unknown", "a" * 64, {"training": "b" * 64}, {})):
         with pytest.raises(ApiError) as error:
@@ -165,3 +172,54 @@ def test_bad_query_parameters(stack: Stack) -> None:
     assert depth.value.status in (400, 404)
     body = json.dumps({"name": "x" * 100}).encode()
     assert raw(stack, "POST", "/workspaces", body).status_code == 400
+
+
+def test_openapi_document_matches_the_routes(stack: Stack) -> None:
+    document = requests.get(stack.api_url + "/openapi.json", timeout=10).json()
+    documented = {(path, method.upper()) for path, ops in document["paths"].items() for method in ops}
+    served = {(p, m) for p, e in chalice_app.routes.items() for m in e}
+    assert documented == served
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            assert ("security" in op) == (path != "/openapi.json"), (path, method)
+            assert "500" in op["responses"]
+
+
+def test_errors_name_the_field_and_rule(stack: Stack) -> None:
+    dev = stack.client()
+    dev.create_workspace("api-rules")
+    cases = [
+        ({"code": "x", "data": {"training": "a" * 64}}, "code: must match pattern"),
+        ({"code": "a" * 64, "data": {}}, "data: must contain at least 1 properties"),
+        ({"code": "a" * 64, "data": {"training": "a" * 64}, "resources": {"max_runtime_seconds": 0}},
+         "resources.max_runtime_seconds: must be bigger than or equal to 1"),
+        ({"code": "a" * 64, "data": {"training": "a" * 64}, "surprise": 1}, "body: must not contain"),
+    ]
+    for body, message in cases:
+        with pytest.raises(ApiError) as error:
+            dev.request("POST", "/workspaces/api-rules/jobs", body)
+        assert error.value.status == 400 and error.value.message.startswith(message), error.value.message
+
+
+def test_sharing_grants_and_revokes_access(stack: Stack) -> None:
+    dev, guest = stack.client("dev"), stack.client("guest")
+    dev.create_workspace("api-shared")
+    with pytest.raises(ApiError):
+        guest.workspace("api-shared")
+    members = dev.share("api-shared", "guest")["members"]
+    assert {m["role"] for m in members} == {"owner", "member"}
+    assert dev.share("api-shared", "guest") == dev.members("api-shared")  # idempotent
+    assert guest.workspace("api-shared")["members"] == 2
+    assert "api-shared" in [w["name"] for w in guest.workspaces()]
+    for call in (lambda: guest.share("api-shared", "someone"), lambda: guest.kill_workspace("api-shared"),
+                 lambda: guest.unshare("api-shared", "dev")):
+        with pytest.raises(ApiError) as error:
+            call()
+        assert error.value.status == 403
+    with pytest.raises(ApiError) as owner:
+        dev.unshare("api-shared", "dev")
+    assert owner.value.status == 400
+    dev.unshare("api-shared", "guest")
+    with pytest.raises(ApiError) as gone:
+        guest.workspace("api-shared")
+    assert gone.value.status == 404

@@ -95,12 +95,17 @@ class ApiGateway:
             route = self.routes.match_route(path)
         except ValueError:
             return _error(403, "Missing Authentication Token")
-        if method not in self.app.routes[route.route]:
+        entry = self.app.routes[route.route].get(method)
+        if entry is None:
             return _error(403, "Missing Authentication Token")
-        try:
-            user = verify(self.users, method, url, headers, body)
-        except AuthError as exc:
-            return _error(exc.status, exc.message)
+        identity: dict[str, str] = {"sourceIp": "127.0.0.1"}
+        if entry.authorizer is not None:  # AWS_IAM on the route: API Gateway verifies before invoking
+            try:
+                user = verify(self.users, method, url, headers, body)
+            except AuthError as exc:
+                return _error(exc.status, exc.message)
+            identity.update(userArn=user.arn, caller=user.access_key, accessKey=user.access_key,
+                            accountId=ACCOUNT_ID, user=user.access_key)
         query = parse_qs(urlsplit(url).query, keep_blank_values=True)
         event = {
             "resource": route.route,
@@ -114,8 +119,7 @@ class ApiGateway:
             "requestContext": {
                 "resourcePath": route.route, "httpMethod": method, "path": path, "stage": "api",
                 "accountId": ACCOUNT_ID, "requestId": str(uuid.uuid4()),
-                "identity": {"userArn": user.arn, "caller": user.access_key, "accessKey": user.access_key,
-                             "accountId": ACCOUNT_ID, "user": user.access_key, "sourceIp": "127.0.0.1"},
+                "identity": identity,
             },
             "body": body.decode("utf-8", errors="replace") if body else None,
             "isBase64Encoded": False,

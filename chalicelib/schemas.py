@@ -1,0 +1,207 @@
+"""The API contract in one place: JSON Schemas of every route's path, query and body, and the OpenAPI document
+built from them. Routes validate against these at the edge, so the served document cannot drift from the code."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+from collections.abc import Callable
+
+from chalicelib import limits
+from chalicelib.errors import ValidationFailed
+
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "lowercase hex sha256 digest"}
+WORKSPACE = {"type": "string", "pattern": limits.WORKSPACE_NAME_PATTERN, "description": limits.WORKSPACE_NAME_RULE}
+JOB_ID = {"type": "string", "pattern": "^[a-z]+-[0-9a-f]{24}$", "description": "a job id such as train-<24 hex>"}
+NODE_ID = {"type": "string", "pattern": "^(snapshot|environment|job|model):[A-Za-z0-9-]{1,80}$",
+           "description": "a provenance node id: snapshot:<id>, environment:<id>, job:<id> or model:<job id>"}
+CHANNEL = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DIGITS = {"type": "string", "pattern": "^[0-9]{1,6}$", "description": "a positive integer"}
+USER = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[A-Za-z0-9+=,.@_:/-]+$",
+        "description": "an IAM principal ARN, or a user name in the caller's account"}
+TIMESTAMP = {"type": "string"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None, extra: bool = False) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required or [],
+            "additionalProperties": extra}
+
+
+CREATE_WORKSPACE = _object({"name": WORKSPACE}, ["name"])
+MISSING_BLOBS = _object({"blobs": {"type": "array", "items": SHA256, "maxItems": limits.MAX_BLOBS_PER_REQUEST,
+                                   "description": f"at most {limits.MAX_BLOBS_PER_REQUEST} digests"}}, ["blobs"])
+FILE_ENTRY = _object({
+    "path": {"type": "string", "minLength": 1, "maxLength": limits.MAX_PATH_CHARS},
+    "sha256": SHA256,
+    "size": {"type": "integer", "minimum": 0, "maximum": limits.MAX_FILE_BYTES},
+}, ["path", "sha256", "size"])
+COMMIT_SNAPSHOT = _object({
+    "kind": {"type": "string", "enum": ["code", "data"]},
+    "files": {"type": "array", "items": FILE_ENTRY, "minItems": 1, "maxItems": limits.MAX_FILES_PER_SNAPSHOT,
+              "description": f"1 to {limits.MAX_FILES_PER_SNAPSHOT} files"},
+}, ["kind", "files"])
+RESOURCES = _object({
+    "instance_type": {"type": "string", "pattern": r"^ml\.[a-z0-9]+\.[a-z0-9]+$"},
+    "max_runtime_seconds": {"type": "integer", "minimum": 1, "maximum": limits.MAX_RUNTIME_SECONDS,
+                            "description": f"1 to {limits.MAX_RUNTIME_SECONDS} (SageMaker's 28-day limit)"},
+})
+SUBMIT_JOB = _object({
+    "code": SHA256,
+    "data": {"type": "object", "minProperties": 1, "maxProperties": limits.MAX_CHANNELS,
+             "propertyNames": {"pattern": CHANNEL}, "additionalProperties": SHA256,
+             "description": f"channel name -> data snapshot id, 1 to {limits.MAX_CHANNELS} channels"},
+    "params": {"type": "object", "maxProperties": limits.MAX_HYPERPARAMETERS},
+    "resources": RESOURCES,
+}, ["code", "data"])
+MEMBER = _object({"user": USER}, ["user"])
+
+# Responses
+ERROR = _object({"error": _object({"code": {"type": "string"}, "message": {"type": "string"}},
+                                  ["code", "message"])}, ["error"])
+WORKSPACE_OUT = _object({"name": {"type": "string"}, "owner": {"type": "string"}, "created_at": TIMESTAMP},
+                        ["name", "owner", "created_at"], extra=True)
+WORKSPACE_INFO = {**WORKSPACE_OUT, "required": ["name", "owner", "created_at", "snapshots", "jobs", "members"],
+                  "properties": {**WORKSPACE_OUT["properties"], "snapshots": {"type": "integer"},
+                                 "jobs": {"type": "integer"}, "members": {"type": "integer"}}}
+WORKSPACES = _object({"workspaces": {"type": "array", "items": WORKSPACE_OUT}}, ["workspaces"])
+KILLED = _object({"name": {"type": "string"}, "deleted_rows": {"type": "integer"},
+                  "deleted_objects": {"type": "integer"}}, ["name", "deleted_rows", "deleted_objects"])
+MISSING = _object({"missing": {"type": "array", "items": _object(
+    {"sha256": SHA256, "url": {"type": "string"}}, ["sha256", "url"])}}, ["missing"])
+SNAPSHOT = _object({"id": SHA256, "kind": {"type": "string"}, "files": {"type": "integer"},
+                    "bytes": {"type": "integer"}, "created_at": TIMESTAMP}, ["id", "kind", "files", "bytes"])
+JOB = _object({
+    "id": {"type": "string"}, "workspace": {"type": "string"}, "kind": {"type": "string"},
+    "status": {"type": "string", "enum": ["SUBMITTED", "TRAINING", "COMPLETED", "FAILED", "KILLED"]},
+    "fingerprint": {"type": "string"}, "inputs": {"type": "object"}, "environment": {"type": "string"},
+    "resources": {"type": "object"}, "metrics": {"type": "object"}, "failure_reason": NULLABLE_STRING,
+    "model": NULLABLE_STRING, "history": {"type": "array"}, "created_at": TIMESTAMP,
+}, ["id", "status", "inputs", "metrics"], extra=True)
+JOB_SUBMITTED = {**JOB, "required": [*JOB["required"], "cached"],
+                 "properties": {**JOB["properties"], "cached": {"type": "boolean"}}}
+JOBS = _object({"jobs": {"type": "array", "items": JOB}, "next": NULLABLE_STRING}, ["jobs", "next"])
+LOGS = _object({"job": {"type": "string"}, "status": {"type": "string"}, "next": NULLABLE_STRING,
+                "events": {"type": "array", "items": _object(
+                    {"timestamp": {"type": "integer"}, "message": {"type": "string"}}, ["timestamp", "message"])}},
+               ["job", "status", "events", "next"])
+LINEAGE = _object({"root": {"type": "string"}, "direction": {"type": "string"},
+                   "nodes": {"type": "array", "items": {"type": "object"}},
+                   "edges": {"type": "array", "items": _object(
+                       {"source": {"type": "string"}, "rel": {"type": "string"}, "target": {"type": "string"}},
+                       ["source", "rel", "target"])}}, ["root", "direction", "nodes", "edges"])
+MEMBERS = _object({"workspace": {"type": "string"}, "members": {"type": "array", "items": _object(
+    {"user": {"type": "string"}, "role": {"type": "string"}, "added_at": TIMESTAMP}, ["user", "role"])}},
+    ["workspace", "members"])
+OPENAPI = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    path: str
+    method: str
+    summary: str
+    ok: int
+    response: dict[str, Any]
+    body: dict[str, Any] | None = None
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: tuple[int, ...] = (400, 403, 404)
+    public: bool = False
+
+    @property
+    def path_params(self) -> dict[str, dict[str, Any]]:
+        names = [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
+        return {name: PATH_PARAMS[name] for name in names}
+
+
+PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID}
+PAGE: dict[str, dict[str, Any]] = {"limit": {**DIGITS, "description": f"page size, 1 to {limits.MAX_PAGE_SIZE}"},
+        "cursor": {"type": "string", "maxLength": 2048}}
+
+ROUTES = [
+    RouteSpec("/openapi.json", "GET", "This document", 200, OPENAPI, errors=(), public=True),
+    RouteSpec("/workspaces", "POST", "Create a workspace (idempotent for its owner)", 201, WORKSPACE_OUT,
+              CREATE_WORKSPACE, errors=(400, 403, 409)),
+    RouteSpec("/workspaces", "GET", "List the caller's workspaces", 200, WORKSPACES, errors=(403,)),
+    RouteSpec("/workspaces/{workspace}", "GET", "Describe a workspace with counts", 200, WORKSPACE_INFO),
+    RouteSpec("/workspaces/{workspace}", "DELETE", "Delete exactly this workspace (owner only)", 200, KILLED),
+    RouteSpec("/workspaces/{workspace}/members", "GET", "List members", 200, MEMBERS),
+    RouteSpec("/workspaces/{workspace}/members", "POST", "Share with a user (owner only)", 200, MEMBERS, MEMBER),
+    RouteSpec("/workspaces/{workspace}/members/remove", "POST", "Unshare (owner only)", 200, MEMBERS, MEMBER),
+    RouteSpec("/workspaces/{workspace}/blobs/missing", "POST", "Which blobs are missing, with upload URLs", 200,
+              MISSING, MISSING_BLOBS),
+    RouteSpec("/workspaces/{workspace}/snapshots", "POST", "Commit a snapshot manifest", 201, SNAPSHOT,
+              COMMIT_SNAPSHOT, errors=(400, 403, 404, 409)),
+    RouteSpec("/workspaces/{workspace}/jobs", "POST", "Submit a training job (cache hit on identical inputs)",
+              201, JOB_SUBMITTED, SUBMIT_JOB),
+    RouteSpec("/workspaces/{workspace}/jobs", "GET", "List jobs, newest first", 200, JOBS, query=PAGE),
+    RouteSpec("/workspaces/{workspace}/jobs/{job}", "GET", "Describe a job", 200, JOB),
+    RouteSpec("/workspaces/{workspace}/jobs/{job}/logs", "GET", "Read a job's training log", 200, LOGS,
+              query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
+    RouteSpec("/workspaces/{workspace}/lineage/{node}", "GET", "Provenance of a node, up or down", 200, LINEAGE,
+              query={"direction": {"type": "string", "enum": ["up", "down", "both"]}, "depth": DIGITS}),
+]
+SPECS = {(r.path, r.method): r for r in ROUTES}
+
+
+@cache
+def _validator(kind: str, path: str, method: str) -> Callable[[Any], Any]:
+    import fastjsonschema  # compiled once per schema and cached for warm invocations
+
+    spec = SPECS[(path, method)]
+    if kind == "body":
+        schema = spec.body or {}
+    else:
+        params = spec.path_params if kind == "path" else spec.query
+        schema = _object(params, list(spec.path_params) if kind == "path" else [])
+    validate: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return validate
+
+
+def validate(kind: str, spec: RouteSpec, value: Any) -> Any:
+    """Raises ValidationFailed naming the field and the rule it broke."""
+    from fastjsonschema import JsonSchemaValueException
+
+    try:
+        return _validator(kind, spec.path, spec.method)(value)
+    except JsonSchemaValueException as exc:
+        where = {"body": "body", "path": "path", "query": "query"}[kind]
+        raw = exc.name or "data"
+        name = raw.replace("data", where, 1) if raw.startswith("data") else where
+        rule = exc.message.split(" must ", 1)[-1]
+        description = (exc.definition or {}).get("description") if isinstance(exc.definition, dict) else None
+        hint = f" ({description})" if description else ""
+        raise ValidationFailed(f"{name.removeprefix('body.')}: must {rule}{hint}") from None
+
+
+def openapi(server_url: str | None = None) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for spec in ROUTES:
+        responses: dict[str, Any] = {
+            str(spec.ok): {"description": "OK", "content": {"application/json": {"schema": spec.response}}}
+        }
+        if spec.ok == 201:
+            responses["200"] = {"description": "Already existed (idempotent retry)",
+                                "content": {"application/json": {"schema": spec.response}}}
+        for status in (*spec.errors, *(() if spec.public else (401,)), 500):
+            responses[str(status)] = {"description": "Error", "content": {"application/json": {"schema": ERROR}}}
+        parameters = [{"name": n, "in": "path", "required": True, "schema": s} for n, s in spec.path_params.items()]
+        parameters += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in spec.query.items()]
+        operation: dict[str, Any] = {"summary": spec.summary, "parameters": parameters, "responses": responses}
+        if spec.body is not None:
+            operation["requestBody"] = {"required": True,
+                                        "content": {"application/json": {"schema": spec.body}}}
+        if not spec.public:
+            operation["security"] = [{"sigv4": []}]
+        paths.setdefault(spec.path, {})[spec.method.lower()] = operation
+    document: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {"title": "kaos API", "version": "1",
+                 "description": "Every route except this document requires AWS SigV4 (API Gateway AWS_IAM)."},
+        "paths": paths,
+        "components": {"securitySchemes": {"sigv4": {"type": "apiKey", "name": "Authorization", "in": "header",
+                                                      "x-amazon-apigateway-authtype": "awsSigv4"}}},
+    }
+    if server_url:
+        document["servers"] = [{"url": server_url}]
+    return document
