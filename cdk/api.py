@@ -7,7 +7,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import json
+
 from aws_cdk import Fn, RemovalPolicy, Stack
+from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -29,6 +32,72 @@ from cdk.training import LOG_RETENTION
 API_HANDLER = "APIHandler"  # logical id chalice gives the function behind the REST API
 REST_API = "RestAPI"
 API_GATEWAY_STAGE = "api"
+
+# Stage-wide throttling (every route). kaos is driven by a CLI: a user's command makes a handful of sequential calls
+# (an upload asks for presigned URLs in pages of MAX_BLOBS_PER_REQUEST, then commits one snapshot), so 50 requests/s
+# steady is far above legitimate use by a team, while it caps what a leaked credential or a runaway script can cost
+# (Lambda concurrency ≈ rate * 30 s timeout at worst, DynamoDB on-demand, SageMaker). Burst 100 absorbs a few CLIs
+# starting at once. Both are well under the account default (10,000 rps / 5,000 burst), which they must not exceed.
+THROTTLING_RATE_LIMIT = 50
+THROTTLING_BURST_LIMIT = 100
+# Starting a training run (POST .../jobs) launches SageMaker instances: throttled much harder than reads.
+START_JOB_PATH = "/workspaces/{workspace}/jobs"
+START_JOB_RATE_LIMIT = 2
+START_JOB_BURST_LIMIT = 5
+# Execution logs at ERROR only, and never request/response bodies (DataTraceEnabled would copy user data and
+# presigned URLs into CloudWatch); who called what is in the access log below.
+EXECUTION_LOGGING_LEVEL = "ERROR"
+# Request size: API Gateway rejects payloads over 10 MB (hard limit) and Lambda over 6 MB; the app enforces
+# chalicelib.limits.MAX_REQUEST_BYTES (6 MB) itself. Chalice emits no request models, so a request validator would
+# have nothing to check (path parameters are always present once a route matches): none is configured.
+# One JSON line per request; `userArn` is the SigV4 caller (routes use AWS_IAM authorization).
+ACCESS_LOG_FORMAT = json.dumps(
+    {
+        "requestId": "$context.requestId",
+        "extendedRequestId": "$context.extendedRequestId",
+        "requestTime": "$context.requestTime",
+        "ip": "$context.identity.sourceIp",
+        "userAgent": "$context.identity.userAgent",
+        "accountId": "$context.identity.accountId",
+        "caller": "$context.identity.caller",
+        "userArn": "$context.identity.userArn",
+        "httpMethod": "$context.httpMethod",
+        "resourcePath": "$context.resourcePath",
+        "path": "$context.path",
+        "protocol": "$context.protocol",
+        "status": "$context.status",
+        "responseLength": "$context.responseLength",
+        "responseLatency": "$context.responseLatency",
+        "integrationLatency": "$context.integrationLatency",
+        "error": "$context.error.message",
+        "integrationError": "$context.integration.error",
+    },
+    separators=(",", ":"),
+)
+
+
+def method_resource_path(path: str) -> str:
+    """A route path as a stage MethodSetting's ResourcePath spells it: `/a/b` → `/~1a~1b` (every `/` becomes `~1`,
+    then a leading `/` is added)."""
+    return "/" + path.replace("/", "~1")
+
+
+def _method_setting(resource_path: str, http_method: str, rate: int, burst: int) -> dict[str, object]:
+    return {
+        "ResourcePath": resource_path,
+        "HttpMethod": http_method,
+        "ThrottlingRateLimit": rate,
+        "ThrottlingBurstLimit": burst,
+        "LoggingLevel": EXECUTION_LOGGING_LEVEL,
+        "DataTraceEnabled": False,
+        "MetricsEnabled": True,
+    }
+
+
+METHOD_SETTINGS = [
+    _method_setting("/*", "*", THROTTLING_RATE_LIMIT, THROTTLING_BURST_LIMIT),
+    _method_setting(method_resource_path(START_JOB_PATH), "POST", START_JOB_RATE_LIMIT, START_JOB_BURST_LIMIT),
+]
 
 
 @contextlib.contextmanager
@@ -54,7 +123,11 @@ def _chalice_packaging(work_dir: Path, region: str) -> Iterator[None]:
 
 
 class Api(Construct):
-    """REST API (regional) → one Lambda running `app.app`; `url` is the stage's invoke URL."""
+    """REST API (regional) → one Lambda running `app.app`; `url` is the stage's invoke URL.
+
+    The stage is throttled, access- and execution-logged (with retention) and traced; `invoke_policy` is what
+    callers need, since every route uses AWS_IAM (SigV4) authorization (declared in app/app.py).
+    """
 
     def __init__(
         self,
@@ -67,6 +140,7 @@ class Api(Construct):
         table: dynamodb.ITable,
         state_machine: sfn.IStateMachine,
         training_image: str,
+        manage_account_role: bool = True,
     ) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
@@ -124,5 +198,84 @@ class Api(Construct):
         # (the packaged dependencies are pure Python).
         handler.add_property_override("Runtime", f"python{LAMBDA_PYTHON_VERSION}")
         handler.add_property_override("LoggingConfig", {"LogGroup": self.log_group.log_group_name})
-        self.rest_api_id: str = self.chalice.get_resource(REST_API).ref
+        rest_api = self.chalice.get_resource(REST_API)
+        self.rest_api_id: str = rest_api.ref
         self.url = f"https://{self.rest_api_id}.execute-api.{region}.{stack.url_suffix}/{API_GATEWAY_STAGE}/"
+
+        # --- Stage hardening on chalice's AWS::Serverless::Api (SAM passes these to the AWS::ApiGateway::Stage).
+        self.access_log_group = logs.LogGroup(
+            self, "AccessLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY
+        )
+        # API Gateway creates its execution log group on first write, without retention; created here first.
+        self.execution_log_group = logs.LogGroup(
+            self,
+            "ExecutionLogs",
+            log_group_name=f"API-Gateway-Execution-Logs_{self.rest_api_id}/{API_GATEWAY_STAGE}",
+            retention=LOG_RETENTION,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        rest_api.add_property_override("MethodSettings", METHOD_SETTINGS)
+        rest_api.add_property_override(
+            "AccessLogSetting",
+            {"DestinationArn": self.access_log_group.log_group_arn, "Format": ACCESS_LOG_FORMAT},
+        )
+        rest_api.add_property_override("TracingEnabled", True)
+        self.account: ApiGatewayAccount | None = None
+        if manage_account_role:
+            self.account = ApiGatewayAccount(self, "Account")
+            # Stage logging settings are rejected until the account has a CloudWatch role.
+            rest_api.add_resource_dependency(self.account.account)
+
+        # --- Callers: every route uses AWS_IAM authorization, so a principal needs execute-api:Invoke on the stage.
+        # Attach this policy to the users/roles allowed to use kaos (output `InvokePolicyArn`).
+        self.invoke_arn = (
+            f"arn:{partition}:execute-api:{region}:{account}:{self.rest_api_id}/{API_GATEWAY_STAGE}/*/*"
+        )
+        self.invoke_policy = iam.ManagedPolicy(
+            self,
+            "InvokePolicy",
+            description="Call the kaos REST API (AWS_IAM authorization on every route).",
+            statements=[iam.PolicyStatement(actions=["execute-api:Invoke"], resources=[self.invoke_arn])],
+        )
+
+
+class ApiGatewayAccount(Construct):
+    """The region's API Gateway account setting: the role API Gateway writes stage logs with.
+
+    This is one setting per account and region, shared by every REST API there: a stack that sets it replaces any
+    role set before. Deploy with `-c apiGatewayAccount=false` where the account already manages it.
+    """
+
+    def __init__(self, scope: Construct, id_: str) -> None:
+        super().__init__(scope, id_)
+        stack = Stack.of(self)
+        self.role = iam.Role(
+            self,
+            "CloudWatchRole",
+            assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
+            # Inline, instead of the AWS-managed AmazonAPIGatewayPushToCloudWatchLogs (Resource "*"): the same
+            # actions on log groups of this account and region only.
+            inline_policies={
+                "PushToCloudWatchLogs": iam.PolicyDocument(
+                    statements=[
+                        iam.PolicyStatement(
+                            actions=[
+                                "logs:CreateLogGroup",
+                                "logs:CreateLogStream",
+                                "logs:DescribeLogGroups",
+                                "logs:DescribeLogStreams",
+                                "logs:PutLogEvents",
+                                "logs:GetLogEvents",
+                                "logs:FilterLogEvents",
+                            ],
+                            resources=[self.log_groups_arn(stack)],
+                        )
+                    ]
+                )
+            },
+        )
+        self.account = apigateway.CfnAccount(self, "Account", cloud_watch_role_arn=self.role.role_arn)
+
+    @staticmethod
+    def log_groups_arn(stack: Stack) -> str:
+        return f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:*"

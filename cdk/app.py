@@ -1,7 +1,8 @@
 """Entry point of the CDK app (`cdk.json`: `.venv/bin/python -m cdk.app`).
 
 Context keys: `stage` (dev|prod, default dev), `region` (default us-east-1), `account` (optional),
-`trainingImage` (default: the SageMaker scikit-learn framework image of the region).
+`trainingImage` (default: the SageMaker scikit-learn framework image of the region), `apiGatewayAccount`
+(default true: the stack sets the region's API Gateway CloudWatch role; `false` where the account manages it).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def build_app(outdir: str | None = None, context: dict[str, str] | None = None) 
         training_image=_context(app, "trainingImage") or default_training_image(region),
         # chalice's packaging output lives inside the cloud assembly directory, never in the repo.
         work_dir=Path(app.outdir).resolve() / ".chalice-build",
+        manage_api_gateway_account=(_context(app, "apiGatewayAccount") or "true").lower() != "false",
     )
     # cdk-nag 3 runs as a policy-validation plugin at synth; an unacknowledged finding fails synth.
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))

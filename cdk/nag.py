@@ -4,7 +4,11 @@ cdk-nag 3 reports through CDK's policy-validation plugins (`Validations.of(app).
 finding fails synthesis with a report in `<outdir>/validation-report.json`. Every IAM5 finding is acknowledged one by
 one (cdk-nag 3 has no prefix matching), so a new wildcard anywhere fails synth until it is reviewed here.
 
-The SAM resources Chalice generates (`AWS::Serverless::Api`/`Function`) are not inspected by the AwsSolutions pack.
+The SAM resources Chalice generates (`AWS::Serverless::Api`/`Function`) are not inspected by the AwsSolutions pack:
+its API Gateway rules (APIG1 access logs, APIG2 request validation, APIG3 WAF, APIG4 authorization, APIG6 execution
+logs) match only `AWS::ApiGateway::Stage`/`Method`/`RestApi` constructs, and the one rule that knows
+`aws_sam.CfnApi` (APIGWStructuredLogging) is in the Serverless pack only. The API's authorization (AWS_IAM on
+every route), throttling, access/execution logs and tracing are asserted by tests/test_cdk.py instead.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aws_cdk import Acknowledgment, Stack, Validations
 from constructs import IConstruct
 
+from cdk.api import ApiGatewayAccount
 from cdk.constants import SAGEMAKER_TRAINING_LOG_GROUP
 
 if TYPE_CHECKING:
@@ -28,7 +33,7 @@ def _render(stack: Stack, value: str) -> str:
     def part(p: Any) -> str:
         if isinstance(p, str):
             return p
-        if isinstance(p, dict) and set(p) == {"Ref"} and str(p["Ref"]).startswith("AWS::"):
+        if isinstance(p, dict) and set(p) == {"Ref"}:
             return f"<{p['Ref']}>"
         if isinstance(p, dict) and set(p) == {"Fn::GetAtt"}:
             return f"<{p['Fn::GetAtt'][0]}.{p['Fn::GetAtt'][1]}>"
@@ -108,6 +113,28 @@ def acknowledge_findings(stack: KaosStack) -> None:
                 "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
                 "limited to executions of the one training state machine."
             ),
+        },
+    )
+    api = stack.api
+    if api.account is not None:
+        _ack(
+            api.account.role,
+            {
+                _wildcard_resource(stack, ApiGatewayAccount.log_groups_arn(stack)): (
+                    "The API Gateway CloudWatch role is one account-wide setting used for the execution and access "
+                    "logs of every REST API in this region, whose log group names API Gateway chooses; it is limited "
+                    "to log groups of this account and region (no Resource '*', unlike the AWS-managed policy)."
+                )
+            },
+        )
+    _ack(
+        api.invoke_policy,
+        {
+            _wildcard_resource(stack, api.invoke_arn): (
+                "The policy users attach to call the kaos API: execute-api:Invoke on every method and path of the "
+                "one kaos REST API stage (paths carry workspace names chosen at run time; membership is checked "
+                "by the app)."
+            )
         },
     )
     _ack(

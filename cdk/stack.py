@@ -43,6 +43,7 @@ class KaosStack(Stack):
         stage: StageSettings,
         training_image: str,
         work_dir: Path,
+        manage_api_gateway_account: bool = True,
     ) -> None:
         super().__init__(scope, id_, env=env, stack_name=id_, description=f"kaos serverless ML training ({stage.name})")
         self.storage = Storage(self, "Storage", removal_policy=stage.removal_policy)
@@ -60,11 +61,13 @@ class KaosStack(Stack):
             table=table,
             state_machine=self.training.state_machine,
             training_image=training_image,
+            manage_account_role=manage_api_gateway_account,
         )
 
         CfnOutput(self, "ApiUrl", value=self.api.url)
         CfnOutput(self, "BucketName", value=bucket.bucket_name)
         CfnOutput(self, "TableName", value=table.table_name)
         CfnOutput(self, "TrainingStateMachineArn", value=self.training.state_machine.state_machine_arn)
+        CfnOutput(self, "InvokePolicyArn", value=self.api.invoke_policy.managed_policy_arn)
 
         acknowledge_findings(self)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Match, Template
 
+from cdk import api
 from cdk.check import resolve
 from cdk.constants import REPO_ROOT
 from cdk.synth import synthesize
@@ -22,13 +23,30 @@ ENV_NAMES = {v for k, v in vars(config).items() if k.isupper() and isinstance(v,
 
 
 def _synth(stage: str) -> tuple[Path, dict[str, Any]]:
-    path = synthesize(SYNTH_DIR / stage, {"stage": stage})
+    return _synth_with({"stage": stage}, stage)
+
+
+def _synth_with(context: dict[str, str], name: str | None = None) -> tuple[Path, dict[str, Any]]:
+    outdir = SYNTH_DIR / (name or "-".join(f"{k}-{v}" for k, v in sorted(context.items())))
+    path = synthesize(outdir, context)
     return path, json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")
 def dev() -> tuple[Path, dict[str, Any]]:
     return _synth("dev")
+
+
+@pytest.fixture(scope="module")
+def prod() -> tuple[Path, dict[str, Any]]:
+    return _synth("prod")
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def any_stage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The Resources of each stage: hardening must not depend on the stage."""
+    res: dict[str, Any] = request.getfixturevalue(request.param)[1]["Resources"]
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +74,7 @@ def definition(resources: dict[str, Any]) -> dict[str, Any]:
 def _statements(resources: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for res in resources.values():
-        if res["Type"] == "AWS::IAM::Policy":
+        if res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             out += res["Properties"]["PolicyDocument"]["Statement"]
         if res["Type"] == "AWS::IAM::Role":
             for policy in res["Properties"].get("Policies", []):
@@ -91,12 +109,18 @@ def test_data_bucket_is_private_encrypted_versioned_logged_and_eventbridge_enabl
     )
 
 
-def test_every_bucket_is_encrypted_blocked_and_tls_only(resources: dict[str, Any]) -> None:
+def test_every_bucket_is_encrypted_blocked_and_tls_only(any_stage: dict[str, Any]) -> None:
+    resources = any_stage
     buckets = _of_type(resources, "AWS::S3::Bucket")
     assert len(buckets) == 2  # data + its access logs
     for bucket in buckets.values():
         assert "BucketEncryption" in bucket["Properties"]
+        assert len(bucket["Properties"]["PublicAccessBlockConfiguration"]) == 4
         assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
+    # The data bucket (the versioned one) logs every access to the other bucket.
+    (data,) = [b for b in buckets.values() if b["Properties"].get("VersioningConfiguration")]
+    (log_bucket_id,) = [k for k, b in buckets.items() if b is not data]
+    assert data["Properties"]["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": log_bucket_id}
     tls_only = set()
     for policy in _of_type(resources, "AWS::S3::BucketPolicy").values():
         for st in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -243,6 +267,137 @@ def test_api_function_env_and_role(resources: dict[str, Any]) -> None:
     assert rest["Properties"]["EndpointConfiguration"] == "REGIONAL"
 
 
+# --- API: authorization, throttling, logs (cdk-nag's AwsSolutions pack does not inspect AWS::Serverless::Api, so
+# these tests are the check: see cdk/nag.py)
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "x-amazon-apigateway-any-method"}
+# Routes that may be called without AWS_IAM (SigV4) authorization, each with the reason: none. Every route of the
+# kaos API requires a signed request; an exception has to be argued here.
+UNAUTHENTICATED_ROUTES: dict[tuple[str, str], str] = {}
+
+
+@pytest.fixture(scope="module")
+def rest_api(resources: dict[str, Any]) -> dict[str, Any]:
+    (api,) = _of_type(resources, "AWS::Serverless::Api").values()
+    props: dict[str, Any] = api["Properties"]
+    return props
+
+
+def _operations(swagger: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, op)
+        for path, item in swagger["paths"].items()
+        for method, op in item.items()
+        if method.lower() in HTTP_METHODS
+    ]
+
+
+def _requires_sigv4(op: dict[str, Any], definitions: dict[str, Any]) -> bool:
+    """AWS_IAM authorization, as chalice's IAMAuthorizer emits it (`security: [{sigv4: []}]` with a `sigv4`
+    securityDefinition of authtype awsSigv4) or as the `x-amazon-apigateway-auth` extension spells it."""
+    if str(op.get("x-amazon-apigateway-auth", {}).get("type", "")).upper() == "AWS_IAM":
+        return True
+    security = op.get("security")
+    if not security:
+        return False
+
+    def sigv4(name: str) -> bool:
+        scheme = definitions.get(name, {})
+        return (scheme.get("x-amazon-apigateway-authtype") == "awsSigv4" and scheme.get("type") == "apiKey"
+                and scheme.get("name") == "Authorization" and scheme.get("in") == "header")
+
+    # Swagger security is a list of alternatives (any one suffices): each alternative must include SigV4, and an
+    # empty alternative ({}) would admit anonymous callers.
+    return all(requirement and any(sigv4(name) for name in requirement) for requirement in security)
+
+
+def test_every_route_requires_aws_iam_authorization(rest_api: dict[str, Any]) -> None:
+    swagger = rest_api["DefinitionBody"]
+    operations = _operations(swagger)
+    assert len(operations) >= 11  # the routes of app/app.py; guards against a vacuous pass on an empty document
+    definitions = swagger.get("securityDefinitions", {})
+    unauthenticated = [
+        f"{method.upper()} {path}"
+        for path, method, op in operations
+        if not _requires_sigv4(op, definitions) and (path, method.upper()) not in UNAUTHENTICATED_ROUTES
+    ]
+    assert not unauthenticated, f"routes without AWS_IAM authorization: {unauthenticated}"
+    # SAM must not override the document's authorization with an API-wide default.
+    assert "Auth" not in rest_api
+
+
+def test_api_stage_is_throttled(rest_api: dict[str, Any]) -> None:
+    settings = rest_api["MethodSettings"]
+    (everything,) = [m for m in settings if (m["ResourcePath"], m["HttpMethod"]) == ("/*", "*")]
+    assert (everything["ThrottlingRateLimit"], everything["ThrottlingBurstLimit"]) == (
+        api.THROTTLING_RATE_LIMIT, api.THROTTLING_BURST_LIMIT
+    )
+    # Under the account-level default (10,000 rps, burst 5,000), and a burst at least the rate.
+    assert 0 < api.THROTTLING_RATE_LIMIT <= api.THROTTLING_BURST_LIMIT <= 5_000
+    # Starting a training run is throttled harder, on a route that exists (a renamed route would silently lose it).
+    paths = {(p, m) for p, m, _ in _operations(rest_api["DefinitionBody"])}
+    overrides = [m for m in settings if m is not everything]
+    assert overrides
+    for setting in overrides:
+        path = setting["ResourcePath"][1:].replace("~1", "/")
+        assert setting["ResourcePath"].startswith("/~1")
+        assert (path, setting["HttpMethod"].lower()) in paths, setting
+        assert setting["ThrottlingRateLimit"] < everything["ThrottlingRateLimit"]
+        assert setting["ThrottlingBurstLimit"] < everything["ThrottlingBurstLimit"]
+    for setting in settings:
+        assert setting["LoggingLevel"] in ("ERROR", "INFO")  # execution logs on
+        assert setting["DataTraceEnabled"] is False  # never request/response bodies in logs
+        assert setting["MetricsEnabled"] is True
+
+
+def test_api_access_and_execution_logs_are_on_with_retention(
+    rest_api: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    groups = _of_type(resources, "AWS::Logs::LogGroup")
+    access = rest_api["AccessLogSetting"]
+    (group_id, attribute) = access["DestinationArn"]["Fn::GetAtt"]
+    assert attribute == "Arn" and groups[group_id]["Properties"]["RetentionInDays"] == 30
+    fields = json.loads(access["Format"])  # one JSON object per request
+    assert {"requestId", "userArn", "ip", "httpMethod", "resourcePath", "status"} <= set(fields)
+    # API Gateway's own execution log group is created by the stack, so it has a retention too.
+    (api_id,) = _of_type(resources, "AWS::Serverless::Api")
+    execution = [g for g in groups.values() if g["Properties"].get("LogGroupName") == {
+        "Fn::Join": ["", ["API-Gateway-Execution-Logs_", {"Ref": api_id}, f"/{api.API_GATEWAY_STAGE}"]]
+    }]
+    assert len(execution) == 1 and execution[0]["Properties"]["RetentionInDays"] == 30
+    assert rest_api["TracingEnabled"] is True
+
+
+def test_api_gateway_account_role_is_set_before_the_stage(resources: dict[str, Any]) -> None:
+    # Stage logging needs the region's API Gateway CloudWatch role; the stage waits for it.
+    (account_id, account), = _of_type(resources, "AWS::ApiGateway::Account").items()
+    (api_res,) = _of_type(resources, "AWS::Serverless::Api").values()
+    assert account_id in _as_list(api_res.get("DependsOn", []))
+    role = resources[account["Properties"]["CloudWatchRoleArn"]["Fn::GetAtt"][0]]
+    assert not role["Properties"].get("ManagedPolicyArns")  # not AmazonAPIGatewayPushToCloudWatchLogs (Resource *)
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "apigateway.amazonaws.com"
+    }
+
+
+def test_invoke_policy_grants_only_execute_api_on_the_stage(resources: dict[str, Any]) -> None:
+    (policy,) = _of_type(resources, "AWS::IAM::ManagedPolicy").values()
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "execute-api:Invoke"
+    (api_id,) = _of_type(resources, "AWS::Serverless::Api")
+    parts = statement["Resource"]["Fn::Join"][1]
+    assert {"Ref": api_id} in parts and parts[-1] == f"/{api.API_GATEWAY_STAGE}/*/*"
+
+
+def test_the_account_role_can_be_left_to_the_account() -> None:
+    _, shared = _synth_with({"stage": "dev", "apiGatewayAccount": "false"})
+    resources = shared["Resources"]
+    assert not _of_type(resources, "AWS::ApiGateway::Account")
+    (api_res,) = _of_type(resources, "AWS::Serverless::Api").values()
+    assert "DependsOn" not in api_res
+    assert api_res["Properties"]["AccessLogSetting"]
+
+
 def test_every_env_var_name_comes_from_chalicelib_config(resources: dict[str, Any]) -> None:
     for res in resources.values():
         if res["Type"] in ("AWS::Lambda::Function", "AWS::Serverless::Function"):
@@ -250,25 +405,44 @@ def test_every_env_var_name_comes_from_chalicelib_config(resources: dict[str, An
 
 
 def test_outputs(dev: tuple[Path, dict[str, Any]]) -> None:
-    assert {"ApiUrl", "BucketName", "TableName", "TrainingStateMachineArn"} <= set(dev[1]["Outputs"])
+    assert {"ApiUrl", "BucketName", "TableName", "TrainingStateMachineArn", "InvokePolicyArn"} <= set(
+        dev[1]["Outputs"]
+    )
 
 
 # --- least privilege, logs, nag
 
 
-# The only statements allowed on Resource "*": services without resource-level permissions.
-STAR_ALLOWED_PREFIXES = ("cloudwatch:PutMetricData", "xray:", "logs:CreateLogDelivery", "logs:GetLogDelivery",
-                         "logs:UpdateLogDelivery", "logs:DeleteLogDelivery", "logs:ListLogDeliveries",
-                         "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups")
+# Every action allowed on Resource "*", each with the reason; anything else on "*" fails the test, and an entry
+# no statement uses any more fails too (the list stays the exact set of exceptions).
+STAR_RESOURCE_ALLOWED: dict[str, str] = {
+    "cloudwatch:PutMetricData": "no resource-level permissions; SageMaker role, narrowed by a cloudwatch:namespace "
+    "condition to /aws/sagemaker/*",
+    **dict.fromkeys(
+        ("logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+         "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"),
+        "state machine role: CloudWatch Logs vended log delivery (added by sfn.StateMachine for LogOptions); these "
+        "actions take no resource ARN",
+    ),
+    **dict.fromkeys(
+        ("xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"),
+        "state machine role: X-Ray tracing (tracing_enabled=True); X-Ray has no resource-level permissions",
+    ),
+}
 
 
-def test_no_star_resource_except_documented(resources: dict[str, Any]) -> None:
+def test_no_star_resource_except_allow_listed(resources: dict[str, Any]) -> None:
+    on_star: set[str] = set()
     for st in _statements(resources):
+        assert "NotResource" not in st and "NotAction" not in st, st
         if "*" in _as_list(st.get("Resource", [])):
+            assert st["Effect"] == "Allow", st
             for action in _as_list(st["Action"]):
-                assert action.startswith(STAR_ALLOWED_PREFIXES), st
+                assert action in STAR_RESOURCE_ALLOWED, f"{action} on Resource '*' is not allow-listed: {st}"
+                on_star.add(action)
+    assert on_star == set(STAR_RESOURCE_ALLOWED), "allow-list entries no statement needs any more"
     (metrics,) = [st for st in _statements(resources) if st["Action"] == "cloudwatch:PutMetricData"]
-    assert "Condition" in metrics
+    assert metrics["Condition"] == {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}
 
 
 def test_no_managed_policies_and_no_sagemaker_full_access(resources: dict[str, Any]) -> None:
@@ -277,7 +451,8 @@ def test_no_managed_policies_and_no_sagemaker_full_access(resources: dict[str, A
     assert "AmazonSageMakerFullAccess" not in json.dumps(resources)
 
 
-def test_log_retention_everywhere(resources: dict[str, Any]) -> None:
+def test_log_retention_everywhere(any_stage: dict[str, Any]) -> None:
+    resources = any_stage
     groups = _of_type(resources, "AWS::Logs::LogGroup")
     assert groups and all(g["Properties"].get("RetentionInDays") == 30 for g in groups.values())
     for res in resources.values():
@@ -298,10 +473,19 @@ def test_dev_is_disposable(resources: dict[str, Any]) -> None:
     assert not table["Properties"].get("DeletionProtectionEnabled")
 
 
-def test_prod_retains_data_and_protects_the_table() -> None:
-    _, prod = _synth("prod")
-    (table,) = _of_type(prod["Resources"], "AWS::DynamoDB::Table").values()
+def test_prod_retains_data_and_protects_the_table(prod: tuple[Path, dict[str, Any]]) -> None:
+    (table,) = _of_type(prod[1]["Resources"], "AWS::DynamoDB::Table").values()
     assert table["Properties"]["DeletionProtectionEnabled"] is True
+    assert table["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert table["DeletionPolicy"] == "Retain"
-    for bucket in _of_type(prod["Resources"], "AWS::S3::Bucket").values():
+    assert table["UpdateReplacePolicy"] == "Retain"
+    for bucket in _of_type(prod[1]["Resources"], "AWS::S3::Bucket").values():
         assert bucket["DeletionPolicy"] == "Retain"
+        assert bucket["UpdateReplacePolicy"] == "Retain"
+
+
+def test_prod_is_cdk_nag_clean(prod: tuple[Path, dict[str, Any]]) -> None:
+    report = json.loads((prod[0].parent / "validation-report.json").read_text())
+    (nag,) = [p for p in report["pluginReports"] if p["pluginName"] == "AwsSolutions"]
+    assert nag["conclusion"] == "success" and not nag["violations"]
+
