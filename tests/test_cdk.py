@@ -302,8 +302,8 @@ def _requires_sigv4(op: dict[str, Any], definitions: dict[str, Any]) -> bool:
         return False
 
     def sigv4(name: str) -> bool:
-        scheme = definitions.get(name, {})
-        return (scheme.get("x-amazon-apigateway-authtype") == "awsSigv4" and scheme.get("type") == "apiKey"
+        scheme: dict[str, Any] = definitions.get(name, {})
+        return bool(scheme.get("x-amazon-apigateway-authtype") == "awsSigv4" and scheme.get("type") == "apiKey"
                 and scheme.get("name") == "Authorization" and scheme.get("in") == "header")
 
     # Swagger security is a list of alternatives (any one suffices): each alternative must include SigV4, and an
