@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 7
@@ -59,13 +60,13 @@ def lambda_env() -> dict[str, str]:
     return env
 
 
-def sample(entry: Entry, extra: tuple[str, ...] = ()) -> tuple[dict[str, object], str]:
+def sample(entry: Entry, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     code = CHILD.format(path=str(entry.path), module=entry.module, forbidden=FORBIDDEN)
     done = subprocess.run([sys.executable, *extra, "-c", code], cwd=entry.path, env=lambda_env(),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"importing {entry.module} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result, done.stderr
 
 
@@ -84,14 +85,15 @@ class Timing:
         return min(self.samples)
 
 
-def measure(entry: Entry) -> Timing:
-    samples: list[float] = []
-    forbidden: set[str] = set()
+def measure(entries: list[Entry]) -> list[Timing]:
+    """RUNS rounds, each sampling every entry once: load drifting during the run hits all entries alike."""
+    timings = [Timing(entry, [], []) for entry in entries]
     for _ in range(RUNS):
-        result, _ = sample(entry)
-        samples.append(float(result["seconds"]))  # type: ignore[arg-type]
-        forbidden.update(result["forbidden"])  # type: ignore[arg-type]
-    return Timing(entry, samples, sorted(forbidden))
+        for timing in timings:
+            result, _ = sample(timing.entry)
+            timing.samples.append(float(result["seconds"]))
+            timing.forbidden = sorted(set(timing.forbidden) | set(result["forbidden"]))
+    return timings
 
 
 _IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
@@ -125,10 +127,11 @@ def importtime_report(entry: Entry) -> list[str]:
 
 
 def main() -> int:
-    print(f"cold import of Lambda entry modules: fresh interpreter each, {RUNS} runs; "
-          f"{sys.executable} (Python {sys.version.split()[0]}, {os.cpu_count()} cores)")
-    baseline = measure(BASELINE)
-    timings = [baseline] + [measure(entry) for entry in ENTRIES]
+    print(f"cold import of Lambda entry modules: fresh interpreter each, {RUNS} interleaved rounds; "
+          f"{sys.executable} (Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f})")
+    timings = measure([BASELINE, *ENTRIES])
+    baseline = timings[0]
     header = f"{'module':32} {'median s':>9} {'min s':>7} {'x boto3':>8} {'goal':>6}  forbidden modules"
     print(header)
     print("-" * len(header))

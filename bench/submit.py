@@ -149,7 +149,8 @@ def row(label: str, samples: list[float], base: float) -> str:
 
 
 def main() -> int:
-    print(f"submit latency on the embedded stack; Python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    print(f"submit latency on the embedded stack; Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="kaos-bench-") as tmp:
         bench = Bench(Path(tmp))
         started = bench.up()
