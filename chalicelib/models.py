@@ -72,6 +72,9 @@ class MemberItem(_Item):
     user = UnicodeAttribute()
     role = UnicodeAttribute()
     added_at = UnicodeAttribute()
+    # Immutable facts of the workspace, copied so listing a user's workspaces is one index Query.
+    owner = UnicodeAttribute(null=True)
+    workspace_created_at = UnicodeAttribute(null=True)
 
 
 class SnapshotItem(_Item):

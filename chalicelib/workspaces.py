@@ -1,8 +1,10 @@
 """Workspaces: a walled garden of code, data, params, jobs and models that only its members see."""
 from __future__ import annotations
 
-from datetime import datetime, UTC
-from typing import Any
+from datetime import UTC, datetime
+from functools import cache
+from collections.abc import Iterable
+from typing import Any, cast
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import DoesNotExist, TransactWriteError
@@ -13,6 +15,12 @@ from chalicelib.adapters import ObjectStore
 from chalicelib.domain import validate_workspace_name
 from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from chalicelib.models import MemberItem, WorkspaceItem, _Item, ws_key
+
+
+@cache
+def _connection() -> Connection:
+    """One pynamodb connection per process: each new one builds a botocore client (~0.1 s)."""
+    return Connection()
 
 
 def now() -> str:
@@ -48,12 +56,12 @@ class Workspaces:
         created_at = now()
         workspace = WorkspaceItem(ws_key(name), "META", owner=user, created_at=created_at)
         member = MemberItem(
-            ws_key(name), f"MEMBER#{user}", user=user, role="owner", added_at=created_at,
-            gsi1pk=f"USER#{user}", gsi1sk=ws_key(name),
+            ws_key(name), f"MEMBER#{user}", user=user, role="owner", added_at=created_at, owner=user,
+            workspace_created_at=created_at, gsi1pk=f"USER#{user}", gsi1sk=ws_key(name),
         )
         try:
             # Workspace and owner membership are written together or not at all.
-            with TransactWrite(connection=Connection()) as tx:
+            with TransactWrite(connection=_connection()) as tx:
                 tx.save(workspace, condition=WorkspaceItem.pk.does_not_exist())
                 tx.save(member)
         except TransactWriteError as exc:
@@ -82,13 +90,9 @@ class Workspaces:
         return item
 
     def list_for(self, user: str) -> list[dict[str, Any]]:
-        names = [m.gsi1sk.removeprefix("WS#") for m in MemberItem.gsi1.query(f"USER#{user}") if m.gsi1sk]
-        described = []
-        for name in sorted(names):
-            item = self._get(name)
-            if item is not None:
-                described.append(self._describe(item))
-        return described
+        rows = cast(Iterable[MemberItem], MemberItem.gsi1.query(f"USER#{user}"))
+        return [{"name": m.pk.removeprefix("WS#"), "owner": m.owner, "created_at": m.workspace_created_at,
+                 "role": m.role} for m in rows]
 
     def info(self, name: str, user: str) -> dict[str, Any]:
         item = self.require(name, user)
@@ -122,15 +126,15 @@ class Workspaces:
 
     def share(self, name: str, user: str, member: str) -> dict[str, Any]:
         """Adds a member (idempotent). Only the owner shares, so members cannot widen access themselves."""
-        self._require_owner(name, user)
+        workspace = self._require_owner(name, user)
         arn = principal_arn(member, user)
         current = self.members(name, user)
         if arn in {m["user"] for m in current["members"]}:
             return current
         if len(current["members"]) >= limits.MAX_MEMBERS:
             raise ValidationFailed(f"user: a workspace has at most {limits.MAX_MEMBERS} members")
-        MemberItem(ws_key(name), f"MEMBER#{arn}", user=arn, role="member", added_at=now(),
-                   gsi1pk=f"USER#{arn}", gsi1sk=ws_key(name)).save()
+        MemberItem(ws_key(name), f"MEMBER#{arn}", user=arn, role="member", added_at=now(), owner=workspace.owner,
+                   workspace_created_at=workspace.created_at, gsi1pk=f"USER#{arn}", gsi1sk=ws_key(name)).save()
         return self.members(name, user)
 
     def unshare(self, name: str, user: str, member: str) -> dict[str, Any]:

@@ -32,7 +32,8 @@ chalice_app = _load_app()
 
 
 def concrete(path: str) -> str:
-    return re.sub(r"\{[^}]+\}", lambda m: "train-" + "0" * 24 if m.group(0) == "{job}" else ("job:x" if m.group(0) == "{node}" else "ws-x"), path)
+    values = {"{job}": "train-" + "0" * 24, "{node}": "job:x", "{workspace}": "ws-x"}
+    return re.sub(r"\{[^}]+\}", lambda m: values[m.group(0)], path)
 
 
 ROUTES = [(path, method) for path, entry in chalice_app.routes.items() for method in entry

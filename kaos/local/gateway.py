@@ -127,7 +127,12 @@ class ApiGateway:
         context = LambdaContext(function_name="kaos-api", memory_size=512, max_runtime_ms=30_000)
         response = self.app(event, context)
         payload = response.get("body") or ""
-        out_headers = dict((response.get("headers") or {}).items())
+        out_headers = dict(response.get("headers") or {})
+        for name, values in (response.get("multiValueHeaders") or {}).items():
+            out_headers[name] = ", ".join(str(v) for v in values)
+        # API Gateway's Lambda proxy integration answers application/json when the function sets no type.
+        if not any(name.lower() == "content-type" for name in out_headers):
+            out_headers["Content-Type"] = "application/json"
         return int(response["statusCode"]), out_headers, payload.encode() if isinstance(payload, str) else payload
 
 
@@ -161,6 +166,9 @@ class GatewayServer:
 def _handler_for(gateway: ApiGateway) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes; with Nagle on, keep-alive clients wait ~40 ms per request
+        # for the delayed ACK before the body arrives.
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
