@@ -118,8 +118,8 @@ def commit_snapshot(user: str, workspace: str, body: dict[str, Any]) -> Response
 
 @route("/workspaces/{workspace}/jobs", "POST")
 def submit_job(user: str, workspace: str, body: dict[str, Any]) -> Response:
-    Workspaces().require(workspace, user)
-    job, created = Training().submit(workspace, user, body)
+    incarnation = Workspaces().require(workspace, user).created_at
+    job, created = Training().submit(workspace, incarnation, user, body)
     return Response({**job, "cached": not created}, status_code=201 if created else 200)
 
 
@@ -133,6 +133,18 @@ def list_jobs(user: str, workspace: str) -> dict[str, Any]:
 def job_info(user: str, workspace: str, job: str) -> dict[str, Any]:
     Workspaces().require(workspace, user)
     return Training().get(workspace, job)
+
+
+@route("/workspaces/{workspace}/jobs/{job}/kill", "POST")
+def kill_job(user: str, workspace: str, job: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Training().kill(workspace, job, user)
+
+
+@route("/workspaces/{workspace}/jobs/{job}/resume", "POST")
+def resume_job(user: str, workspace: str, job: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Training().resume(workspace, job, user)
 
 
 @route("/workspaces/{workspace}/jobs/{job}/logs", "GET")

@@ -172,6 +172,11 @@ class Api(Construct):
                 resources=[training_log_group_arn, f"{training_log_group_arn}:log-stream:*"],
             )
         )
+        # `kaos train kill` stops the training itself too: stopping an execution does not always stop the job.
+        self.training_jobs_arn = f"arn:{partition}:sagemaker:{region}:{account}:training-job/*"
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["sagemaker:StopTrainingJob"], resources=[self.training_jobs_arn])
+        )
 
         stage_config = {
             "api_gateway_stage": API_GATEWAY_STAGE,

@@ -109,6 +109,10 @@ def acknowledge_findings(stack: KaosStack) -> None:
                 "`kaos workspace kill` deletes every object version under ws/<name>/; names are chosen by users at "
                 "run time, and the grant is limited to the ws/ prefix of this one bucket."
             ),
+            _wildcard_resource(stack, stack.api.training_jobs_arn): (
+                "`kaos train kill` stops the job's SageMaker training; job names are fingerprints chosen at run "
+                "time, and the only action granted is StopTrainingJob."
+            ),
             _wildcard_resource(stack, stack.api.executions_arn): (
                 "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
                 "limited to executions of the one training state machine."

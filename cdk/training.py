@@ -231,6 +231,9 @@ class Training(Construct):
                 {
                     "workspace": sfn.JsonPath.string_at("$.workspace"),
                     "job_id": sfn.JsonPath.string_at("$.job_id"),
+                    # Lets RecordOutcome ignore a late outcome from an execution that is no longer the job's
+                    # current attempt (killed, then resumed).
+                    "execution": sfn.JsonPath.execution_id,
                     "outcome": "Completed",
                     "training": sfn.JsonPath.object_at(TRAINED_PATH),
                 }
@@ -249,6 +252,9 @@ class Training(Construct):
                 {
                     "workspace": sfn.JsonPath.string_at("$.workspace"),
                     "job_id": sfn.JsonPath.string_at("$.job_id"),
+                    # Lets RecordOutcome ignore a late outcome from an execution that is no longer the job's
+                    # current attempt (killed, then resumed).
+                    "execution": sfn.JsonPath.execution_id,
                     "outcome": "Failed",
                     "error": sfn.JsonPath.object_at(ERROR_PATH),
                 }
@@ -263,6 +269,9 @@ class Training(Construct):
 
         prepare.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         train.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        # A job whose outcome cannot be recorded must not stay TRAINING forever: it is recorded as failed,
+        # with the recording error as its reason (the model object stays where SageMaker wrote it).
+        record_success.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         definition = prepare.next(train).next(record_success).next(sfn.Succeed(self, "Trained"))
 
         self.log_group = logs.LogGroup(

@@ -162,6 +162,35 @@ class Executions:
     def describe(self, execution_arn: str) -> dict[str, Any]:
         return dict(self.client.describe_execution(executionArn=execution_arn))
 
+    def stop(self, execution_arn: str, cause: str) -> None:
+        """Stops a running execution; one that already ended (or never started) is left as it is."""
+        try:
+            self.client.stop_execution(executionArn=execution_arn, error="Killed", cause=cause[:32768])
+        except Exception as exc:
+            if _error_code(exc) not in ("ExecutionDoesNotExist", "ValidationException"):
+                raise
+
+
+class TrainingJobs:
+    """SageMaker training jobs, for what the state machine cannot do itself (stopping on a kill)."""
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("sagemaker")
+        return self._client
+
+    def stop(self, name: str) -> None:
+        """Stops the job; SageMaker answers ValidationException for jobs that already ended or never existed."""
+        try:
+            self.client.stop_training_job(TrainingJobName=name)
+        except Exception as exc:
+            if _error_code(exc) not in ("ValidationException", "ResourceNotFound"):
+                raise
+
 
 class LogReader:
     """Training logs, where SageMaker writes them: CloudWatch Logs, one stream per job instance."""

@@ -171,6 +171,9 @@ class JobSpec:
     """Everything that determines a job's result; its fingerprint names the job, execution and provenance node."""
 
     workspace: str
+    # The workspace's creation time: after a kill and re-create, identical inputs are a new job, never the
+    # old execution or SageMaker job names (those outlive the workspace in AWS).
+    incarnation: str
     kind: str
     code: str
     data: tuple[tuple[str, str], ...]
@@ -181,6 +184,7 @@ class JobSpec:
     def document(self) -> dict[str, Any]:
         return {
             "workspace": self.workspace,
+            "incarnation": self.incarnation,
             "kind": self.kind,
             "code": self.code,
             "data": dict(self.data),
@@ -196,6 +200,11 @@ class JobSpec:
     @property
     def job_id(self) -> str:
         return f"{self.kind}-{self.fingerprint[:FINGERPRINT_CHARS]}"
+
+
+def attempt_name(job_id: str, attempt: int) -> str:
+    """Execution and SageMaker job name of an attempt: names are never reused, so a resume gets a suffix."""
+    return job_id if attempt <= 1 else f"{job_id}-{attempt}"
 
 
 def environment_id(image: str) -> str:

@@ -109,6 +109,8 @@ class JobItem(_Item):
     failure_reason = UnicodeAttribute(null=True)
     model_uri = UnicodeAttribute(null=True)
     history: JSONAttribute = JSONAttribute(null=True)
+    attempt = NumberAttribute(default=1)
+    attempts: JSONAttribute = JSONAttribute(null=True)
     version = VersionAttribute()
 
 

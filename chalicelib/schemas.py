@@ -105,7 +105,7 @@ class RouteSpec:
     response: dict[str, Any]
     body: dict[str, Any] | None = None
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
-    errors: tuple[int, ...] = (400, 403, 404)
+    errors: tuple[int, ...] = (400, 403, 404, 409)
     public: bool = False
 
     @property
@@ -136,6 +136,10 @@ ROUTES = [
               201, JOB_SUBMITTED, SUBMIT_JOB),
     RouteSpec("/workspaces/{workspace}/jobs", "GET", "List jobs, newest first", 200, JOBS, query=PAGE),
     RouteSpec("/workspaces/{workspace}/jobs/{job}", "GET", "Describe a job", 200, JOB),
+    RouteSpec("/workspaces/{workspace}/jobs/{job}/kill", "POST", "Stop a running job (state KILLED)", 200, JOB,
+              errors=(400, 403, 404, 409)),
+    RouteSpec("/workspaces/{workspace}/jobs/{job}/resume", "POST", "Run a FAILED or KILLED job again", 200, JOB,
+              errors=(400, 403, 404, 409)),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/logs", "GET", "Read a job's training log", 200, LOGS,
               query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
     RouteSpec("/workspaces/{workspace}/lineage/{node}", "GET", "Provenance of a node, up or down", 200, LINEAGE,

@@ -11,10 +11,11 @@ from pynamodb.exceptions import DoesNotExist, PutError
 from pynamodb.expressions.update import Action
 
 from chalicelib import config, limits
-from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
+from chalicelib.adapters import Executions, LogReader, ObjectStore, TrainingJobs, execution_arn_for
 from chalicelib.domain import (
     JobSpec,
     Resources,
+    attempt_name,
     environment_id,
     hyperparameters,
     params_manifest,
@@ -22,7 +23,7 @@ from chalicelib.domain import (
     validate_channel,
     validate_sha256,
 )
-from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
+from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
 from chalicelib.models import JobItem, ws_key
 from chalicelib.provenance import Provenance
 from chalicelib.snapshots import Snapshots
@@ -44,7 +45,9 @@ class Training:
         store: ObjectStore | None = None,
         executions: Executions | None = None,
         logs: LogReader | None = None,
+        training_jobs: TrainingJobs | None = None,
     ) -> None:
+        self._training_jobs = training_jobs
         self._store = store
         self._executions = executions
         self._logs = logs
@@ -67,13 +70,21 @@ class Training:
         return self._executions
 
     @property
+    def training_jobs(self) -> TrainingJobs:
+        if self._training_jobs is None:
+            self._training_jobs = TrainingJobs()
+        return self._training_jobs
+
+    @property
     def logs(self) -> LogReader:
         if self._logs is None:
             self._logs = LogReader(config.settings().training_log_group)
         return self._logs
 
     # --- submission -------------------------------------------------------------------------------------
-    def submit(self, workspace: str, user: str, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def submit(
+        self, workspace: str, incarnation: str, user: str, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
         """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity."""
         settings = config.settings()
         code = self._snapshot_ref(workspace, request.get("code"), "code", "code")
@@ -89,10 +100,14 @@ class Training:
         params = parse_params(request.get("params", {}))
         manifest, body = params_manifest(params)
         params_snapshot = self.snapshots.put_small(workspace, manifest, {manifest.files[0].sha256: body}, user)
+        wanted = request.get("resources") or {}
+        resources = Resources(
+            instance_type=wanted.get("instance_type", settings.training_instance_type), instance_count=1,
+            volume_gb=30, max_runtime_seconds=wanted.get("max_runtime_seconds", settings.training_max_runtime_seconds),
+        )
         spec = JobSpec(
-            workspace=workspace, kind="train", code=code, data=channels, params=params_snapshot["id"],
-            environment=settings.training_image,
-            resources=Resources(settings.training_instance_type, 1, 30, settings.training_max_runtime_seconds),
+            workspace=workspace, incarnation=incarnation, kind="train", code=code, data=channels,
+            params=params_snapshot["id"], environment=settings.training_image, resources=resources,
         )
         at = now()
         # Execution names are the job id, so the ARN is known before the start and the row never needs a
@@ -112,7 +127,10 @@ class Training:
                 raise
             created = False
             item = self._job(workspace, spec.job_id)
-        self._record_inputs(workspace, spec, at)
+        if created or item.status == "SUBMITTED":
+            # Also on a retry of a submission that wrote the row and failed before this point; cache hits of
+            # jobs that already ran have their provenance (each write below is idempotent anyway).
+            self._record_inputs(workspace, spec, at)
         # Starting is idempotent by name: a cache hit, or a retry whose first attempt wrote the row and then
         # failed before the start, both end with exactly one execution.
         self.executions.start(settings.training_state_machine_arn, spec.job_id,
@@ -135,6 +153,38 @@ class Training:
             node = f"snapshot:{snapshot_id}"
             self.provenance.add_node(workspace, node, "snapshot", {"kind": role.split(":")[0]}, at)
             self.provenance.add_edge(workspace, job_node, "used", node, at)
+
+    def kill(self, workspace: str, job_id: str, user: str) -> dict[str, Any]:
+        """Stops the execution and the training; the job ends KILLED and keeps its provenance."""
+        item = self._job(workspace, job_id)
+        if item.status in TERMINAL:
+            raise Conflict(f"job {job_id!r} already ended ({item.status}); nothing to kill")
+        self._set_status(item, "KILLED", ended_at=now(), failure_reason=f"killed by {user}")
+        if item.execution_arn:
+            self.executions.stop(item.execution_arn, f"killed by {user}")
+        if item.training_job_name:
+            self.training_jobs.stop(item.training_job_name)
+        return self.describe(item)
+
+    def resume(self, workspace: str, job_id: str, user: str) -> dict[str, Any]:
+        """Runs a FAILED or KILLED job again with exactly its recorded inputs, as a new attempt.
+
+        moto cannot redrive executions and SageMaker never reuses a job name, so each attempt is a new
+        execution named `<job id>-<attempt>`; the preparation it repeats is idempotent (materialized inputs
+        are reused), so in effect it restarts from the step that failed."""
+        settings = config.settings()
+        item = self._job(workspace, job_id)
+        if item.status not in ("FAILED", "KILLED"):
+            raise Conflict(f"job {job_id!r} is {item.status}; only FAILED or KILLED jobs can be resumed")
+        attempt = int(item.attempt) + 1
+        name = attempt_name(job_id, attempt)
+        arn = execution_arn_for(settings.training_state_machine_arn, name)
+        previous = {"attempt": int(item.attempt), "execution": item.execution_arn,
+                    "failure_reason": item.failure_reason}
+        self._set_status(item, "SUBMITTED", attempt=attempt, execution_arn=arn, failure_reason=None,
+                         ended_at=None, attempts=(item.attempts or []) + [previous])
+        self.executions.start(settings.training_state_machine_arn, name, {"workspace": workspace, "job_id": job_id})
+        return self.describe(item)
 
     # --- reads ------------------------------------------------------------------------------------------
     def _job(self, workspace: str, job_id: str) -> JobItem:
@@ -178,7 +228,7 @@ class Training:
             "started_at": item.started_at, "ended_at": item.ended_at,
             "metrics": item.metrics or {}, "failure_reason": item.failure_reason, "model": item.model_uri,
             "training_job_name": item.training_job_name, "execution": item.execution_arn,
-            "history": item.history or [],
+            "history": item.history or [], "attempt": int(item.attempt), "attempts": item.attempts or [],
         }
 
     # --- pipeline tasks ---------------------------------------------------------------------------------
@@ -187,13 +237,16 @@ class Training:
         at = now()
         actions: list[Action] = [JobItem.status.set(status), JobItem.updated_at.set(at),
                    JobItem.history.set((item.history or []) + [{"status": status, "at": at}])]
-        actions += [getattr(JobItem, name).set(value) for name, value in fields.items()]
+        actions += [getattr(JobItem, name).remove() if value is None else getattr(JobItem, name).set(value)
+                    for name, value in fields.items()]
         item.update(actions=actions)
 
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
         """Materializes inputs and returns the CreateTrainingJob request the state machine runs."""
         settings = config.settings()
         item = self._job(workspace, job_id)
+        if item.status in TERMINAL:
+            raise InputInvalid(f"job {job_id} is already {item.status}")
         spec = item.spec
         code_uri, manifest = self.snapshots.sourcedir(workspace, spec["code"])
         paths = {f.path for f in manifest.files}
@@ -215,8 +268,9 @@ class Training:
         hps["sagemaker_program"] = json.dumps(entry)
         hps["sagemaker_submit_directory"] = json.dumps(code_uri)
         resources = spec["resources"]
+        name = attempt_name(job_id, int(item.attempt))
         request = {
-            "TrainingJobName": job_id,
+            "TrainingJobName": name,
             "AlgorithmSpecification": {"TrainingImage": spec["environment"], "TrainingInputMode": "File"},
             "RoleArn": settings.sagemaker_role_arn,
             "HyperParameters": hps,
@@ -227,13 +281,16 @@ class Training:
                                "VolumeSizeInGB": resources["volume_gb"]},
             "StoppingCondition": {"MaxRuntimeInSeconds": resources["max_runtime_seconds"]},
         }
-        self._set_status(item, "TRAINING", training_job_name=job_id, started_at=now())
+        self._set_status(item, "TRAINING", training_job_name=name, started_at=now())
         return {"training": request}
 
-    def record(self, workspace: str, job_id: str, outcome: str, detail: dict[str, Any]) -> dict[str, Any]:
+    def record(
+        self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
+    ) -> dict[str, Any]:
         item = self._job(workspace, job_id)
-        if item.status in TERMINAL:
-            return self.describe(item)  # a retried task: the outcome is already recorded
+        if item.status in TERMINAL or (execution and execution != item.execution_arn):
+            # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
+            return self.describe(item)
         self._archive_log(workspace, item)
         if outcome == "Completed":
             return self._record_model(workspace, item, detail)
@@ -319,6 +376,10 @@ def failure_reason(error: dict[str, Any]) -> str:
         parsed = cause
     if isinstance(parsed, dict):
         reason = parsed.get("FailureReason") or parsed.get("errorMessage") or parsed.get("Message")
+        if parsed.get("TrainingJobStatus") == "Stopped":
+            # SageMaker stops a job at its MaxRuntimeInSeconds (secondary status MaxRuntimeExceeded) or on request.
+            detail = parsed.get("SecondaryStatus") or "Stopped"
+            return f"{name}: training stopped ({detail})" + (f": {reason}" if reason else "")
         if reason:
             return f"{name}: {reason}"[:2000]
     return f"{name}: {cause}"[:2000]

@@ -8,5 +8,6 @@ from chalicelib.training import Training
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("training") if event["outcome"] == "Completed" else event.get("error")
-    job = Training().record(event["workspace"], event["job_id"], event["outcome"], detail or {})
+    job = Training().record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
+                            detail or {})
     return {"job_id": job["id"], "status": job["status"]}

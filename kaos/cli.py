@@ -168,6 +168,9 @@ def train_deploy(
     params: Path | None = typer.Option(None, "--hyperparams", "-h", help="JSON object of hyperparameters."),
     workspace: str | None = WorkspaceOpt,
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
+    max_runtime: int | None = typer.Option(None, "--max-runtime", min=1,
+                                           help="Stop the training after this many seconds."),
+    instance_type: str | None = typer.Option(None, "--instance-type", help="SageMaker instance type (ml.*)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Snapshot code, data and params (uploading only new bytes) and start a training job."""
@@ -178,7 +181,8 @@ def train_deploy(
     _call(lambda: (scan(source, "-s"), scan(data, "-d")))
     code = _call(lambda: _snapshot(client, ws, "code", source, "-s"))
     dataset = _call(lambda: _snapshot(client, ws, "data", data, "-d"))
-    job = _call(lambda: client.submit(ws, code["id"], {"training": dataset["id"]}, hyper))
+    resources = {k: v for k, v in (("max_runtime_seconds", max_runtime), ("instance_type", instance_type)) if v}
+    job = _call(lambda: client.submit(ws, code["id"], {"training": dataset["id"]}, hyper, resources))
     if wait:
         job = {**_wait(client, ws, job["id"]), "cached": job["cached"]}
     if as_json:
@@ -238,6 +242,32 @@ def train_info(job: str, workspace: str | None = WorkspaceOpt, as_json: bool = J
     if as_json:
         return _emit_json(described)
     _print_job(described)
+
+
+@train_app.command("kill")
+def train_kill(job: str, workspace: str | None = WorkspaceOpt,
+               yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation.")) -> None:
+    """Stop a running job; it ends KILLED and keeps its provenance."""
+    if not yes and not typer.confirm(f"Stop job {job}?"):
+        raise typer.Exit(1)
+    killed = _call(lambda: _client().kill_job(_workspace(workspace), job))
+    console.print(f"job [bold]{killed['id']}[/] {killed['status']}")
+
+
+@train_app.command("resume")
+def train_resume(job: str, workspace: str | None = WorkspaceOpt,
+                 wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
+                 as_json: bool = JsonOpt) -> None:
+    """Run a FAILED or KILLED job again with exactly the same inputs (a new attempt)."""
+    client, ws = _client(), _workspace(workspace)
+    resumed = _call(lambda: client.resume_job(ws, job))
+    if wait:
+        resumed = _wait(client, ws, job)
+    if as_json:
+        return _emit_json(resumed)
+    console.print(f"job [bold]{resumed['id']}[/] attempt {resumed['attempt']}: {resumed['status']}")
+    if wait:
+        _print_job(resumed)
 
 
 @train_app.command("logs")

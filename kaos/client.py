@@ -105,14 +105,22 @@ class Client:
         return snapshot
 
     # jobs
-    def submit(self, workspace: str, code: str, data: dict[str, str], params: dict[str, Any]) -> Any:
-        return self.request("POST", f"/workspaces/{workspace}/jobs", {"code": code, "data": data, "params": params})
+    def submit(self, workspace: str, code: str, data: dict[str, str], params: dict[str, Any],
+               resources: dict[str, Any] | None = None) -> Any:
+        body = {"code": code, "data": data, "params": params, **({"resources": resources} if resources else {})}
+        return self.request("POST", f"/workspaces/{workspace}/jobs", body)
 
     def jobs(self, workspace: str, limit: int | None = None, cursor: str | None = None) -> Any:
         return self.request("GET", f"/workspaces/{workspace}/jobs", query={"limit": limit, "cursor": cursor})
 
     def job(self, workspace: str, job_id: str) -> Any:
         return self.request("GET", f"/workspaces/{workspace}/jobs/{job_id}")
+
+    def kill_job(self, workspace: str, job_id: str) -> Any:
+        return self.request("POST", f"/workspaces/{workspace}/jobs/{job_id}/kill")
+
+    def resume_job(self, workspace: str, job_id: str) -> Any:
+        return self.request("POST", f"/workspaces/{workspace}/jobs/{job_id}/resume")
 
     def logs(self, workspace: str, job_id: str, next_token: str | None = None) -> Any:
         return self.request("GET", f"/workspaces/{workspace}/jobs/{job_id}/logs", query={"next": next_token})

@@ -74,3 +74,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def inject(stack: Stack, fault: dict[str, Any]) -> None:
+    """Test-only fault injection into the running embedded stack (see kaos/local/gateway.py CONTROL_PATH)."""
+    stack.client().request("POST", "/_local/faults", fault)
+
+
+def tiny_code(tmp: Path, body: str = "") -> Path:
+    """A fast training entry point: writes a model and metrics, after `body` (Python) runs."""
+    code = tmp / "tiny-code"
+    code.mkdir(exist_ok=True)
+    (code / "train.py").write_text(
+        "import json, os, sys, time\n"
+        f"{body}\n"
+        "model = os.environ['SM_MODEL_DIR']\n"
+        "open(os.path.join(model, 'model.txt'), 'w').write(' '.join(sys.argv[1:]))\n"
+        "json.dump({'accuracy': 1.0}, open(os.path.join(model, 'metrics.json'), 'w'))\n"
+    )
+    return code

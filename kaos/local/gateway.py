@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,7 @@ from botocore.credentials import Credentials
 from chalice.app import Chalice
 from chalice.local import LambdaContext, LocalChalice, RouteMatcher
 
+CONTROL_PATH = "/_local/faults"
 # API Gateway rejects signatures more than 5 minutes away from its clock.
 CLOCK_SKEW = timedelta(minutes=5)
 ACCOUNT_ID = "123456789012"
@@ -81,16 +83,22 @@ def verify(users: dict[str, LocalUser], method: str, url: str, headers: dict[str
 class ApiGateway:
     """Turns verified HTTP requests into API Gateway REST proxy events for the Chalice app."""
 
-    def __init__(self, app: Chalice, users: dict[str, LocalUser]) -> None:
+    def __init__(
+        self, app: Chalice, users: dict[str, LocalUser],
+        control: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         # Chalice keeps current_request on the app object; the thread-local subclass makes concurrent
         # requests safe, as `chalice local` does.
         app.__class__ = LocalChalice
         self.app = app
         self.users = users
         self.routes = RouteMatcher(list(app.routes))
+        self.control = control
 
     def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         path = urlsplit(url).path
+        if path == CONTROL_PATH and self.control is not None:
+            return self._control(method, url, headers, body)
         try:
             route = self.routes.match_route(path)
         except ValueError:
@@ -134,6 +142,21 @@ class ApiGateway:
         if not any(name.lower() == "content-type" for name in out_headers):
             out_headers["Content-Type"] = "application/json"
         return int(response["statusCode"]), out_headers, payload.encode() if isinstance(payload, str) else payload
+
+
+    def _control(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Test-only fault injection into the running stack (not an API route; absent on AWS)."""
+        try:
+            verify(self.users, method, url, headers, body)
+            assert self.control is not None
+            result = self.control(json.loads(body or b"{}"))
+        except AuthError as exc:
+            return _error(exc.status, exc.message)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"bad control request: {exc}")
+        return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()
 
 
 def _error(status: int, message: str) -> tuple[int, dict[str, str], bytes]:

@@ -64,6 +64,32 @@ def load_users(state_dir: Path) -> dict[str, LocalUser]:
     }
 
 
+class LambdaFaults:
+    """Makes the next N invocations of a function (matched by a substring of its name) raise an error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[Any]] = {}
+
+    def add(self, name_part: str, error: str, times: int) -> None:
+        with self._lock:
+            self._pending[name_part] = [error, times]
+
+    def wrap(self, name: str, handler: Any) -> Any:
+        def invoke(event: Any, context: Any) -> Any:
+            with self._lock:
+                hit = next((k for k, (_, left) in self._pending.items() if k in name and left > 0), None)
+                if hit is not None:
+                    self._pending[hit][1] -= 1
+                    error = self._pending[hit][0]
+            if hit is not None:
+                # The exception's class name becomes the Step Functions error name, as with a real handler.
+                raise type(error, (Exception,), {})(f"injected fault in {name}")
+            return handler(event, context)
+
+        return invoke
+
+
 @dataclass
 class Runtime:
     api_url: str
@@ -86,6 +112,16 @@ class LocalStack:
         self.emulator: Any = None
         self.gateway: GatewayServer | None = None
         self.outputs: dict[str, str] = {}
+        self.faults = LambdaFaults()
+
+    def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Fault injection for tests: an AWS API error on the next calls, or a raising Lambda handler."""
+        times = int(request.get("times", 1))
+        if "lambda" in request:
+            self.faults.add(str(request["lambda"]), str(request.get("error", "InjectedFault")), times)
+        else:
+            self.emulator.inject_fault(str(request["service"]), str(request["action"]), str(request["code"]), times)
+        return {"injected": request}
 
     def start(self) -> Runtime:
         from cdk.synth import synthesize
@@ -106,11 +142,12 @@ class LocalStack:
         stack = TemplateLoader(template, self.emulator.client).load()
         os.environ.update(stack.environment)
         for name, handler in stack.handlers.items():
-            self.emulator.register_lambda(name, handler)
+            self.emulator.register_lambda(name, self.faults.wrap(name, handler))
         self.outputs = stack.outputs
         sys.path.insert(0, str(REPO_ROOT / "app"))
         chalice_app = import_handler(stack.api_handler)
-        self.gateway = GatewayServer(ApiGateway(chalice_app, load_users(self.state_dir)), self.api_port)  # type: ignore[arg-type]
+        gateway = ApiGateway(chalice_app, load_users(self.state_dir), self._control)  # type: ignore[arg-type]
+        self.gateway = GatewayServer(gateway, self.api_port)
         api_url = self.gateway.start()
         runtime = Runtime(api_url=api_url, endpoint_url=endpoint, pid=os.getpid(), state_dir=str(self.state_dir))
         self._configure_client(runtime)
