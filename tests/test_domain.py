@@ -110,7 +110,8 @@ def test_params_are_canonical_and_json_encoded_like_the_sagemaker_sdk() -> None:
 
 def test_fingerprint_covers_every_input() -> None:
     base = spec()
-    variants = [spec(workspace="other"), spec(incarnation="t1"), spec(code="e" * 64), spec(data=(("training", "f" * 64),)),
+    variants = [spec(workspace="other"), spec(incarnation="t1"), spec(code="e" * 64),
+                spec(data=(("training", "f" * 64),)),
                 spec(data=(("validation", "d" * 64),)), spec(params="q" * 64), spec(environment="image:2"),
                 spec(resources=Resources("ml.c5.xlarge", 1, 30, 3600)), spec(kind="batch")]
     prints = {base.fingerprint} | {v.fingerprint for v in variants}
