@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from kaos.bundle import BundleError, hash_files, scan
+from kaos.cli_templates import template_app
 from kaos.client import ApiError, Client, load_params
 from kaos.settings import ClientConfig
 
@@ -29,6 +30,7 @@ local_app = typer.Typer(help="Run the embedded offline stack on this machine.", 
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(train_app, name="train")
 app.add_typer(local_app, name="local")
+app.add_typer(template_app, name="template")
 
 console = Console()
 err = Console(stderr=True)
