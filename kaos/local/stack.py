@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from kaos.local.gateway import ApiGateway, GatewayServer, LocalUser
-from kaos.local.loader import REGION, TemplateLoader, import_handler
+from kaos.local.loader import ACCOUNT_ID, REGION, TemplateLoader, import_handler
+from kaos.local.persistence import Persistence
 from kaos.settings import ClientConfig, home
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +114,7 @@ class LocalStack:
         self.gateway: GatewayServer | None = None
         self.outputs: dict[str, str] = {}
         self.faults = LambdaFaults()
+        self.persistence: Persistence | None = None
 
     def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fault injection for tests: an AWS API error on the next calls, or a raising Lambda handler."""
@@ -133,6 +135,10 @@ class LocalStack:
         template = json.loads(template_path.read_text())
         self.emulator = Emulator(self.state_dir / "work")
         endpoint = self.emulator.start()
+        # Workspaces, snapshots, jobs, models and logs outlive the process: <state_dir>/data (see persistence.py).
+        # The change tracker goes in front of moto's WSGI app before anything writes.
+        self.persistence = Persistence(self.state_dir, self.emulator.client, REGION, ACCOUNT_ID)
+        self.persistence.track(getattr(getattr(self.emulator, "_server", None), "_server", None))
         os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
                            **LAMBDA_CREDENTIALS})
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
@@ -141,6 +147,12 @@ class LocalStack:
             sys.path.insert(0, str(REPO_ROOT))
         stack = TemplateLoader(template, self.emulator.client).load()
         os.environ.update(stack.environment)
+        # The resources exist (empty) and nothing serves yet: load the stored state, fail interrupted jobs.
+        restored = self.persistence.restore()
+        if restored.counts:
+            print(f"restored state from {self.persistence.store.data_dir} in {restored.seconds:.2f} s: "
+                  f"{restored.counts}", flush=True)
+        self.persistence.start()
         for name, handler in stack.handlers.items():
             self.emulator.register_lambda(name, self.faults.wrap(name, handler))
         self.outputs = stack.outputs
@@ -166,8 +178,15 @@ class LocalStack:
         (self.state_dir / "runtime.json").unlink(missing_ok=True)
         if self.gateway is not None:
             self.gateway.stop()
-        if self.emulator is not None:
-            self.emulator.stop()
+        try:
+            if self.persistence is not None:
+                # Before the emulator stops: the last writes (and the in-flight jobs, failed on the next start).
+                report = self.persistence.stop()
+                if report is not None:
+                    print(f"saved state in {report.seconds:.2f} s: {report.counts}", flush=True)
+        finally:
+            if self.emulator is not None:
+                self.emulator.stop()
 
     def run(self) -> None:
         """Foreground: serve until SIGINT/SIGTERM."""
