@@ -191,7 +191,7 @@ def test_regressor_template_end_to_end(stack: Stack, tmp_path: Path) -> None:
     assert job["metrics"]["r2"] > 0.3 and job["metrics"]["rmse"] > 0
     # The job ran the same code on the same data with the same params as a local run: identical metrics.
     _, local = run_regressor(tmp_path / "local", json.loads((folder / "params.json").read_text()))
-    assert {k: job["metrics"][k] for k in local} == local
+    assert {k: job["metrics"][k] for k in local} == pytest.approx(local, rel=1e-9)
 
 
 def test_shell_template_end_to_end_and_its_hyperparameter(stack: Stack, tmp_path: Path) -> None:
