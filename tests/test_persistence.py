@@ -1,0 +1,182 @@
+"""The embedded stack keeps its state across `kaos local down`/`up` and across a crash of its process.
+
+These tests restart the stack, so each runs its own (started through the CLI, as a user does) in its own
+KAOS_HOME instead of the shared session `stack` fixture."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaos.local.persistence import INTERRUPTED_REASON
+
+from .conftest import TEMPLATE, Stack, tiny_code
+
+
+class Restartable:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.state_dir = home / "local"
+        self.env = {**os.environ, "KAOS_HOME": str(home)}
+        self.stack: Stack | None = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "kaos.cli", "local", *args, "--state-dir",
+                                 str(self.state_dir)], env=self.env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def up(self) -> Stack:
+        self.cli("up", "--detach")
+        self.stack = Stack(self.home)
+        return self.stack
+
+    def down(self) -> None:
+        self.cli("down")
+        assert not (self.state_dir / "runtime.json").exists()
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """Job items as the last export wrote them."""
+        rows = []
+        for path in (self.state_dir / "data" / "dynamodb").glob("*.jsonl"):
+            for line in path.read_text().splitlines():
+                item = json.loads(line)
+                if item.get("sk", {}).get("S", "").startswith("JOB#"):
+                    rows.append(item)
+        return rows
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Restartable]:
+    stack = Restartable(tmp_path / "kaos-home")
+    try:
+        yield stack
+    finally:
+        subprocess.run([sys.executable, "-m", "kaos.cli", "local", "down", "--state-dir", str(stack.state_dir)],
+                       env=stack.env, capture_output=True, text=True, timeout=120)
+
+
+def deploy_template(stack: Stack, *extra: str) -> dict[str, Any]:
+    args = ["train", "deploy", "-s", str(TEMPLATE / "train"), "-d", str(TEMPLATE / "data"),
+            "-h", str(TEMPLATE / "params.json"), *extra, "--json"]
+    return dict(json.loads(stack.kaos(*args).stdout))
+
+
+def test_down_and_up_keep_workspaces_jobs_models_and_logs(local: Restartable) -> None:
+    stack = local.up()
+    stack.kaos("workspace", "create", "keep")
+    job = deploy_template(stack, "--wait")
+    assert job["status"] == "COMPLETED", job
+    before = {
+        "workspaces": stack.kaos_json("workspace", "list"),
+        "info": stack.kaos_json("workspace", "info"),
+        "job": stack.kaos_json("train", "info", job["id"]),
+        "provenance": stack.kaos_json("train", "provenance", f"model:{job['id']}"),
+    }
+    local.down()
+    assert (local.state_dir / "data" / "format.json").exists()
+
+    stack = local.up()
+    assert "restored state" in (local.state_dir / "stack.log").read_text()
+    assert stack.kaos_json("workspace", "list") == before["workspaces"]
+    assert stack.kaos_json("workspace", "info") == before["info"]
+    listed = stack.kaos_json("train", "list")["jobs"]
+    assert [(j["id"], j["status"]) for j in listed] == [(job["id"], "COMPLETED")]
+    assert stack.kaos_json("train", "info", job["id"]) == before["job"]
+    info = stack.kaos("train", "info", job["id"]).stdout
+    assert "metric:accuracy" in info and "COMPLETED" in info
+    assert "loaded 1797 examples" in stack.kaos("train", "logs", job["id"]).stdout
+    assert stack.kaos_json("train", "provenance", f"model:{job['id']}") == before["provenance"]
+    assert "produced by" in stack.kaos("train", "provenance", f"model:{job['id']}").stdout
+    # The model object itself came back, byte for byte as the provenance recorded it.
+    bucket, key = job["model"].removeprefix("s3://").split("/", 1)
+    body = stack.aws("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    model_node = next(n for n in before["provenance"]["nodes"] if n["id"] == f"model:{job['id']}")
+    assert len(body) == model_node["attrs"]["size"]
+
+    # Identical inputs are still a cache hit, and the job stays as it was.
+    again = deploy_template(stack)
+    assert again["id"] == job["id"] and again["cached"] is True
+    time.sleep(2)
+    assert stack.kaos_json("train", "info", job["id"])["status"] == "COMPLETED"
+
+    # A second restart right after changes made since the first one keeps those too.
+    stack.kaos("workspace", "create", "later")
+    local.down()
+    stack = local.up()
+    assert {w["name"] for w in stack.kaos_json("workspace", "list")} >= {"keep", "later"}
+
+
+def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tmp_path: Path) -> None:
+    flag, pid_file = tmp_path / "slow.flag", tmp_path / "train.pid"
+    flag.write_text("sleep")
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "train.py").write_text(
+        "import json, os, pathlib, time\n"
+        "print('slow training started', flush=True)\n"
+        f"if pathlib.Path({str(flag)!r}).exists():\n"
+        f"    pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "model = os.environ['SM_MODEL_DIR']\n"
+        "json.dump({'accuracy': 0.5}, open(os.path.join(model, 'metrics.json'), 'w'))\n"
+    )
+    stack = local.up()
+    stack.kaos("workspace", "create", "crash")
+    fast = json.loads(stack.kaos("train", "deploy", "-s", str(tiny_code(tmp_path)), "-d", str(TEMPLATE / "data"),
+                                 "--wait", "--json").stdout)
+    assert fast["status"] == "COMPLETED", fast
+    job = json.loads(stack.kaos("train", "deploy", "-s", str(slow), "-d", str(TEMPLATE / "data"), "--json").stdout)
+    try:
+        # Crash once the running job has reached the stored state (the periodic export, every few seconds).
+        deadline = time.monotonic() + 90
+        while not any(row["sk"]["S"] == f"JOB#{job['id']}" and row["status"]["S"] == "TRAINING"
+                      for row in local.job_rows()):
+            assert time.monotonic() < deadline, "the running job never reached the stored state"
+            time.sleep(0.5)
+        assert stack.kaos_json("train", "info", job["id"])["status"] == "TRAINING"
+        pid = int(stack.runtime["pid"])
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.1)
+        assert (local.state_dir / "runtime.json").exists()  # a crash leaves it behind; `up` must cope
+
+        stack = local.up()
+        failed = stack.kaos_json("train", "info", job["id"])
+        assert failed["status"] == "FAILED"
+        assert failed["failure_reason"] == INTERRUPTED_REASON.format(job=job["id"])
+        assert failed["ended_at"] and failed["history"][-1]["status"] == "FAILED"
+        assert [h["status"] for h in failed["history"]] == ["SUBMITTED", "TRAINING", "FAILED"]
+        assert "slow training started" in stack.kaos("train", "logs", job["id"]).stdout
+        kept = stack.kaos_json("train", "info", fast["id"])
+        assert kept["status"] == "COMPLETED" and kept["metrics"] == fast["metrics"]
+        assert "crash" in {w["name"] for w in stack.kaos_json("workspace", "list")}
+
+        # The stopped job runs again as a new attempt (a new execution name), this time without sleeping.
+        flag.unlink()
+        resumed = stack.kaos_json("train", "resume", job["id"], "--wait")
+        assert resumed["status"] == "COMPLETED", resumed
+        assert resumed["attempt"] == 2 and resumed["metrics"] == {"accuracy": 0.5}
+        assert resumed["attempts"][0]["failure_reason"] == failed["failure_reason"]
+    finally:
+        if pid_file.exists():  # the first attempt's process outlived the crashed stack
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
