@@ -28,6 +28,7 @@ like the Python runtime, so Step Functions sees the error name ``errorType``. Un
 ``InvocationType=Event`` runs the handler in a background thread.
 
 SageMaker: ``CreateTrainingJob`` runs the job with :class:`LocalTrainingRunner`;
+Batch: ``SubmitJob`` runs the job's command with :class:`LocalBatchRunner` (``emulator.batch_runner``).
 ``StopTrainingJob`` stops it. Step Functions ``sagemaker:createTrainingJob.sync`` waits for it and
 fails with ``States.TaskFailed`` (cause: the DescribeTrainingJob JSON) when it ends Failed or
 Stopped; a service error on the call itself (e.g. an injected ``ThrottlingException``) surfaces as
@@ -55,6 +56,7 @@ from botocore.config import Config
 
 from kaos.local import patches
 from kaos.local.sagemaker_runner import LocalTrainingRunner
+from kaos.local.batch_runner import LocalBatchRunner
 
 LOG = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class Emulator:
         self._faults: dict[tuple[str, str], list[Any]] = {}
         self._lock = threading.Lock()
         self._runner: LocalTrainingRunner | None = None
+        self._batch_runner: LocalBatchRunner | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -127,6 +130,7 @@ class Emulator:
             self.endpoint_url, self.work_dir, stop_grace_seconds=self.stop_grace_seconds,
             region=self.region,
         )
+        self._batch_runner = LocalBatchRunner(self.endpoint_url, self.work_dir, region=self.region)
         patches.apply(
             patches.Hooks(
                 invoke_lambda=self._invoke_lambda,
@@ -134,6 +138,7 @@ class Emulator:
                 take_fault=self._take_fault,
                 training_runner=self._runner,
                 endpoint_url=self.endpoint_url,
+                batch_runner=self._batch_runner,
             )
         )
         return self.endpoint_url
@@ -141,6 +146,8 @@ class Emulator:
     def stop(self) -> None:
         if self._runner is not None:
             self._runner.stop_all(grace_seconds=0)
+        if self._batch_runner is not None:
+            self._batch_runner.stop_all()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -162,6 +169,12 @@ class Emulator:
         if self._runner is None:
             raise RuntimeError("Emulator not started")
         return self._runner
+
+    @property
+    def batch_runner(self) -> LocalBatchRunner:
+        if self._batch_runner is None:
+            raise RuntimeError("Emulator not started")
+        return self._batch_runner
 
     def client(self, service: str) -> Any:
         """A boto3 client for the emulator, with dummy credentials."""

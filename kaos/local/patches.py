@@ -16,6 +16,7 @@ Patched integrations (each has a contract test in ``tests/test_emulator_contract
   transform and tuning jobs.
 - SageMaker ``CreateTrainingJob`` runs a real local training; ``StopTrainingJob`` is added.
 - Fault injection (e.g. ``ThrottlingException``) in front of any moto action.
+- Batch jobs (``batch_simple``, no Docker) run their command locally (:mod:`kaos.local.batch_runner`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.sagemaker.models.SageMakerModelBackend.stop_training_job (added)",
     "moto.sagemaker.responses.SageMakerResponse.stop_training_job (added)",
     "moto.core.responses.BaseResponse.call_action",
+    "moto.batch_simple.models.BatchSimpleBackend._mark_job_as_finished",
 )
 
 
@@ -62,6 +64,12 @@ class TrainingRunnerProtocol(Protocol):
     def start(self, request: dict[str, Any], update: Callable[[dict[str, Any]], None]) -> None: ...
 
     def stop(self, training_job_name: str) -> None: ...
+
+
+class BatchRunnerProtocol(Protocol):
+    """What the Batch patch needs from a batch runner (see ``LocalBatchRunner``)."""
+
+    def start(self, job: Any) -> None: ...
 
 
 @dataclass
@@ -76,6 +84,8 @@ class Hooks:
     take_fault: Callable[[str, str], str | None]
     training_runner: TrainingRunnerProtocol | None
     endpoint_url: str
+    # Runs submitted AWS Batch jobs (see ``LocalBatchRunner``); None keeps moto's run-nothing behaviour.
+    batch_runner: BatchRunnerProtocol | None = None
 
 
 _HOOKS: Hooks | None = None
@@ -615,6 +625,30 @@ def _response_stop_training_job(self: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# AWS Batch jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def _mark_batch_job_as_finished(self: Any, include_start_attempt: bool, job: Any) -> None:
+    """moto marks the job SUCCEEDED at once; instead the job is started and ends when its process does."""
+    from moto.batch_simple.models import BatchSimpleBackend
+
+    runner = _HOOKS.batch_runner if _HOOKS is not None else None
+    if runner is None or "size" in (job.array_properties or {}):
+        # Array parents are summaries of their children in Batch; moto finishes them itself.
+        _ORIGINALS[(BatchSimpleBackend, "_mark_job_as_finished")](self, include_start_attempt, job)
+        return
+    self.backend._jobs[job.job_id] = job
+    job.job_started_at = datetime.datetime.now()
+    options = ((job.job_definition.container_properties or {}).get("logConfiguration") or {}).get("options") or {}
+    # The awslogs driver names streams <prefix>/<container name>/<id>; Batch's container name is "default".
+    job.log_stream_name = f"{options.get('awslogs-stream-prefix') or job.job_definition.name}/default/{job.job_id}"
+    if include_start_attempt:
+        job._start_attempt()
+    runner.start(job)
+
+
+# ---------------------------------------------------------------------------------------------
 # Fault injection
 # ---------------------------------------------------------------------------------------------
 
@@ -667,6 +701,7 @@ def apply(hooks: Hooks) -> None:
     global _HOOKS, _SAGEMAKER_TASK_CLS
     from moto.awslambda.models import LambdaFunction
     from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.batch_simple.models import BatchSimpleBackend
     from moto.core.responses import BaseResponse
     from moto.events.models import Rule
     from moto.sagemaker.models import SageMakerModelBackend
@@ -699,6 +734,7 @@ def apply(hooks: Hooks) -> None:
         _set(SageMakerModelBackend, "stop_training_job", _stop_training_job)
         _set(SageMakerResponse, "stop_training_job", _response_stop_training_job)
         _set(BaseResponse, "call_action", _call_action)
+        _set(BatchSimpleBackend, "_mark_job_as_finished", _mark_batch_job_as_finished)
 
 
 def remove() -> None:

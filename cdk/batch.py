@@ -1,0 +1,315 @@
+"""The batch (processing) pipeline: AWS Batch on Fargate, its two task Lambdas and the Standard state machine.
+
+Input `{"workspace": str, "job_id": str}`; Prepare → Run (`batch:submitJob.sync`) → RecordSuccess (the output prefix
+becomes a data snapshot), and any failure → RecordFailure → BatchFailed. JSONPath throughout (moto's interpreter
+cannot run JSONata).
+
+Why Fargate rather than an EC2 managed compute environment: kaos batch jobs are short, single-container
+processing steps over one snapshot. Fargate scales to zero with no instances, AMIs, instance roles or ECS agent
+to patch, sizes each job by vCPU/memory in the job definition, and needs no instance-profile role (one role and
+one AWS-managed policy fewer). EC2 would only pay off for GPUs, > 16 vCPU / 120 GiB per job, or very long
+jobs where Spot/EC2 pricing matters; switching is a compute-environment change, not a contract change.
+
+Networking: public subnets with a public IP per task and no NAT gateway (a NAT costs more per month than most
+batch usage): tasks need outbound HTTPS to pull the (public) image and, for a plain python image, to pip-install
+boto3. S3 traffic goes through a gateway endpoint. The security group admits no inbound traffic.
+"""
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Size, Stack
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from cdk.bundling import functions_code
+from cdk.constants import env_names
+from cdk.grants import grant_bucket_read_write, grant_table_read_write
+from cdk.training import LAMBDA_TRANSIENT_ERRORS, LOG_RETENTION, TaskFunction
+
+# A public image with python; the bootstrap installs boto3 when the image lacks it. Override with
+# `-c batchImage=<uri>` (an image with boto3 preinstalled starts faster and needs no PyPI access).
+DEFAULT_BATCH_IMAGE = "public.ecr.aws/docker/library/python:3.12-slim"
+# The managed rule Step Functions creates to learn that a `.sync` Batch job finished.
+BATCH_SYNC_RULE = "StepFunctionsGetEventsForBatchJobsRule"
+JOB_VCPUS = 1
+JOB_MEMORY_MIB = 2048
+MAX_VCPUS = 16
+LOG_STREAM_PREFIX = "kaos"
+
+# JSONPaths of the execution document.
+PREPARED_PATH = "$.prepared"
+SUBMIT_REQUEST = "$.prepared.batch"
+RAN_PATH = "$.ran"
+RECORDED_PATH = "$.recorded"
+ERROR_PATH = "$.error"
+
+# The SubmitJob request fields PrepareBatch returns (PascalCase, as Step Functions takes them).
+SUBMIT_REQUEST_FIELDS = ("JobName", "JobQueue", "JobDefinition", "ContainerOverrides", "Timeout")
+# Step Functions names Batch errors `Batch.<ErrorCode>`; throttling (HTTP 429) arrives as the SDK's generic
+# `Batch.AWSBatchException`, server-side trouble as `Batch.ServerException`.
+BATCH_TRANSIENT_ERRORS = [
+    "Batch.AWSBatchException",
+    "Batch.ServerException",
+    "Batch.TooManyRequestsException",
+    "Batch.ThrottlingException",
+]
+
+# Paths inside the container (the job definition's environment); prepare adds the S3 pointers and the command.
+CONTAINER_ENVIRONMENT = {
+    "KAOS_WORK_DIR": "/tmp/kaos/work",
+    "KAOS_INPUT_DIR": "/tmp/kaos/input",
+    "KAOS_OUTPUT_DIR": "/tmp/kaos/output",
+    "PYTHONUNBUFFERED": "1",
+}
+
+# The container contract, run as `python -c` by every job: code snapshot → KAOS_WORK_DIR, input snapshot →
+# KAOS_INPUT_DIR, `/bin/sh -c $KAOS_COMMAND` in KAOS_WORK_DIR, then (exit 0 only) KAOS_OUTPUT_DIR → KAOS_OUTPUT_URI.
+# The command's own stdout/stderr pass through untouched (the log and the failure reason are the user's).
+CONTAINER_BOOTSTRAP = """\
+import os, subprocess, sys, tarfile, tempfile
+try:
+    import boto3
+except ImportError:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "boto3"],
+                   check=True, stdout=subprocess.DEVNULL)
+    import boto3
+env = os.environ
+s3 = boto3.client("s3")
+def split(uri):
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+work, inputs, outputs = env["KAOS_WORK_DIR"], env["KAOS_INPUT_DIR"], env["KAOS_OUTPUT_DIR"]
+for directory in (work, inputs, outputs):
+    os.makedirs(directory, exist_ok=True)
+with tempfile.TemporaryDirectory() as scratch:
+    archive = os.path.join(scratch, "code.tar.gz")
+    s3.download_file(*split(env["KAOS_CODE_URI"]), archive)
+    with tarfile.open(archive) as tar:
+        tar.extractall(work, filter="data")
+bucket, prefix = split(env["KAOS_INPUT_URI"])
+count = 0
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for item in page.get("Contents", []):
+        target = os.path.join(inputs, item["Key"][len(prefix):])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        s3.download_file(bucket, item["Key"], target)
+        count += 1
+print(f"kaos: {count} input file(s) in {inputs}; running: {env['KAOS_COMMAND']}", flush=True)
+code = subprocess.call(["/bin/sh", "-c", env["KAOS_COMMAND"]], cwd=work)
+if code != 0:
+    sys.exit(code if code > 0 else 1)
+bucket, prefix = split(env["KAOS_OUTPUT_URI"])
+count = 0
+for root, _, names in os.walk(outputs):
+    for name in sorted(names):
+        path = os.path.join(root, name)
+        s3.upload_file(path, bucket, prefix + os.path.relpath(path, outputs).replace(os.sep, "/"))
+        count += 1
+print(f"kaos: uploaded {count} output file(s)", flush=True)
+"""
+
+
+def _lambda_retry(task: sfn.TaskStateBase) -> None:
+    # MaxAttempts counts retries: worst case 2+4+8+16+32+64 = 126 s of waiting (FULL jitter only shortens waits).
+    task.add_retry(errors=LAMBDA_TRANSIENT_ERRORS, interval=Duration.seconds(2), backoff_rate=2, max_attempts=6,
+                   jitter_strategy=sfn.JitterType.FULL)
+
+
+class BatchJobs(Construct):
+    """Compute environment, queue, job definition, task Lambdas and the state machine the API starts."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        bucket: s3.IBucket,
+        table: dynamodb.ITable,
+        image: str = DEFAULT_BATCH_IMAGE,
+    ) -> None:
+        super().__init__(scope, id_)
+        stack = Stack.of(self)
+        partition, region, account = stack.partition, stack.region, stack.account
+        self.image = image
+
+        # --- Network: public subnets, no NAT, S3 gateway endpoint, rejected-traffic flow logs.
+        self.vpc = ec2.Vpc(
+            self, "Vpc", max_azs=2, nat_gateways=0,
+            subnet_configuration=[ec2.SubnetConfiguration(name="jobs", subnet_type=ec2.SubnetType.PUBLIC,
+                                                          cidr_mask=24)],
+            gateway_endpoints={"S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)},
+        )
+        self.flow_log_group = logs.LogGroup(
+            self, "FlowLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.vpc.add_flow_log(
+            "FlowLog", destination=ec2.FlowLogDestination.to_cloud_watch_logs(self.flow_log_group),
+            traffic_type=ec2.FlowLogTrafficType.REJECT,
+        )
+        self.security_group = ec2.SecurityGroup(
+            self, "JobSecurityGroup", vpc=self.vpc, allow_all_outbound=True,
+            description="kaos batch jobs: no inbound; outbound HTTPS to ECR Public, PyPI and S3",
+        )
+
+        # --- Compute: Fargate on demand (Spot could stop a job midway; jobs are not checkpointed).
+        self.compute_environment = batch.FargateComputeEnvironment(
+            self, "Compute", vpc=self.vpc, vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
+            security_groups=[self.security_group], maxv_cpus=MAX_VCPUS, spot=False,
+        )
+        self.job_queue = batch.JobQueue(
+            self, "Queue", priority=1,
+            compute_environments=[batch.OrderedComputeEnvironment(compute_environment=self.compute_environment,
+                                                                   order=1)],
+        )
+
+        # --- The role the job's container runs as: read code/input snapshots, write job outputs, nothing else.
+        self.job_role = iam.Role(self, "JobRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"))
+        self.job_role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject"],
+            resources=[bucket.arn_for_objects("ws/*/sourcedirs/*"), bucket.arn_for_objects("ws/*/snapshots/*")],
+        ))
+        self.job_role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            resources=[bucket.arn_for_objects("ws/*/jobs/*/output/*")],
+        ))
+        self.job_role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": ["ws/*/snapshots/*"]}},
+        ))
+        self.log_group = logs.LogGroup(self, "JobLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY)
+        self.container = batch.EcsFargateContainerDefinition(
+            self, "Container",
+            image=ecs.ContainerImage.from_registry(image),
+            cpu=JOB_VCPUS,
+            memory=Size.mebibytes(JOB_MEMORY_MIB),
+            command=["python", "-c", CONTAINER_BOOTSTRAP],
+            environment=CONTAINER_ENVIRONMENT,
+            job_role=self.job_role,
+            assign_public_ip=True,
+            logging=ecs.LogDriver.aws_logs(stream_prefix=LOG_STREAM_PREFIX, log_group=self.log_group),
+        )
+        # No Batch-level retries: a retried attempt would upload into the same output prefix; kaos resumes
+        # failed jobs explicitly instead.
+        self.job_definition = batch.EcsJobDefinition(self, "JobDefinition", container=self.container,
+                                                     retry_attempts=1)
+
+        # --- Task Lambdas: the shared functions asset, two handlers.
+        code = functions_code()
+        self.prepare = TaskFunction(
+            self, "PrepareBatch", handler="functions.prepare_batch.handler", code=code,
+            environment={
+                env_names.BUCKET: bucket.bucket_name,
+                env_names.TABLE: table.table_name,
+                env_names.BATCH_JOB_QUEUE: self.job_queue.job_queue_arn,
+                env_names.BATCH_JOB_DEFINITION: self.job_definition.job_definition_arn,
+            },
+            timeout=Duration.minutes(5),
+        )
+        self.record = TaskFunction(
+            self, "RecordBatch", handler="functions.record_batch.handler", code=code,
+            environment={
+                env_names.BUCKET: bucket.bucket_name,
+                env_names.TABLE: table.table_name,
+                env_names.BATCH_LOG_GROUP: self.log_group.log_group_name,
+            },
+            # Hashes every output object (streamed) before registering it as a blob.
+            timeout=Duration.minutes(15),
+            memory_size=1024,
+        )
+        for fn in (self.prepare.function, self.record.function):
+            grant_table_read_write(table, fn)
+            grant_bucket_read_write(bucket, fn)
+        self.record.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
+            resources=[self.log_group.log_group_arn],
+        ))
+
+        # --- States.
+        prepare = tasks.LambdaInvoke(
+            self, "Prepare", lambda_function=self.prepare.function, payload_response_only=True,
+            retry_on_service_exceptions=False, result_path=PREPARED_PATH,
+        )
+        _lambda_retry(prepare)
+        run = sfn.CustomState(
+            self, "Run",
+            # CustomState, not tasks.BatchSubmitJob: the environment overrides (S3 pointers, command) are decided
+            # per job by PrepareBatch, and that construct fixes their names at synth time.
+            state_json={
+                "Type": "Task",
+                "Resource": f"arn:{partition}:states:::batch:submitJob.sync",
+                "Parameters": {f"{f}.$": f"{SUBMIT_REQUEST}.{f}" for f in SUBMIT_REQUEST_FIELDS},
+                "ResultSelector": {
+                    "JobId.$": "$.JobId",
+                    "JobName.$": "$.JobName",
+                    "Status.$": "$.Status",
+                    "Container.$": "$.Container",
+                },
+                "ResultPath": RAN_PATH,
+            },
+        )
+        # API throttling: worst case 5+10+20+40+80 = 155 s of waiting over 5 retries.
+        run.add_retry(errors=BATCH_TRANSIENT_ERRORS, interval=Duration.seconds(5), backoff_rate=2, max_attempts=5,
+                      jitter_strategy=sfn.JitterType.FULL)
+
+        def record(name: str, outcome: str, key: str, path: str) -> tasks.LambdaInvoke:
+            task = tasks.LambdaInvoke(
+                self, name, lambda_function=self.record.function,
+                payload=sfn.TaskInput.from_object({
+                    "workspace": sfn.JsonPath.string_at("$.workspace"),
+                    "job_id": sfn.JsonPath.string_at("$.job_id"),
+                    # Lets RecordBatch ignore a late outcome of an execution that is no longer the job's attempt.
+                    "execution": sfn.JsonPath.execution_id,
+                    "outcome": outcome,
+                    key: sfn.JsonPath.object_at(path),
+                }),
+                payload_response_only=True, retry_on_service_exceptions=False, result_path=RECORDED_PATH,
+            )
+            _lambda_retry(task)
+            return task
+
+        record_success = record("RecordSuccess", "Completed", "batch", RAN_PATH)
+        record_failure = record("RecordFailure", "Failed", "error", ERROR_PATH)
+        record_failure.next(sfn.Fail(self, "BatchFailed", error="BatchFailed", cause_path=f"{ERROR_PATH}.Cause"))
+        prepare.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        run.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        # An output that cannot be recorded (no files, too many) fails the job with that reason.
+        record_success.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        definition = prepare.next(run).next(record_success).next(sfn.Succeed(self, "Processed"))
+
+        self.state_machine_log_group = logs.LogGroup(
+            self, "StateMachineLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY
+        )
+        self.state_machine = sfn.StateMachine(
+            self, "BatchStateMachine",
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            query_language=sfn.QueryLanguage.JSON_PATH,
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            logs=sfn.LogOptions(destination=self.state_machine_log_group, level=sfn.LogLevel.ALL,
+                                include_execution_data=True),
+            tracing_enabled=True,
+        )
+
+        # CustomState grants nothing: the `.sync` Batch integration's permissions, written out.
+        self.jobs_arn = f"arn:{partition}:batch:{region}:{account}:job/*"
+        self.state_machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["batch:SubmitJob"],
+            resources=[self.job_queue.job_queue_arn, self.job_definition.job_definition_arn],
+        ))
+        self.state_machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["batch:TerminateJob"], resources=[self.jobs_arn],
+        ))
+        self.state_machine.add_to_role_policy(iam.PolicyStatement(
+            # DescribeJobs supports no resource-level permissions.
+            actions=["batch:DescribeJobs"], resources=["*"],
+        ))
+        self.state_machine.add_to_role_policy(iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[f"arn:{partition}:events:{region}:{account}:rule/{BATCH_SYNC_RULE}"],
+        ))

@@ -1,0 +1,273 @@
+"""Batch (processing) jobs on AWS Batch: submission by fingerprint, the pipeline's prepare and record tasks.
+
+A batch job runs a command over one data snapshot and its output becomes a new data snapshot, usable as a
+training channel. It is a JobItem of kind "batch", so the jobs list/info/kill routes serve it unchanged; its
+output snapshot is stored in `model_uri` as `snapshot:<id>` (the `model` field of the job's description).
+
+Container contract (implemented by the job definition's bootstrap command, see cdk/batch.py): the code snapshot
+is unpacked into `KAOS_WORK_DIR` (the command's working directory), the input snapshot is downloaded into
+`KAOS_INPUT_DIR`, the command runs with `/bin/sh -c`, and after exit 0 every file under `KAOS_OUTPUT_DIR` is
+uploaded below `KAOS_OUTPUT_URI`. Prepare passes the three S3 pointers and the command as environment overrides.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pynamodb.exceptions import PutError
+
+from chalicelib import config, limits
+from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
+from chalicelib.domain import JobSpec, Resources, attempt_name, params_manifest, validate_path
+from chalicelib.errors import InputInvalid, ValidationFailed
+from chalicelib.models import JobItem, ws_key
+from chalicelib.provenance import Provenance
+from chalicelib.snapshots import Snapshots, blob_key
+from chalicelib.training import TERMINAL, Training, failure_reason, job_prefix
+from chalicelib.workspaces import now
+
+KIND = "batch"
+INPUT_CHANNEL = "input"
+# Commands tried, in order, when the submission names none: the first whose file is in the code snapshot.
+DEFAULT_COMMANDS = (("process.py", "python process.py"), ("main.py", "python main.py"),
+                    ("process.sh", "sh process.sh"))
+MAX_COMMAND_CHARS = 4096
+# AWS Batch refuses attempt timeouts under 60 seconds.
+MIN_RUNTIME_SECONDS = 60
+# Fargate resources of the job definition (cdk/batch.py); recorded in the spec so the fingerprint names them.
+FARGATE_RESOURCES = "fargate-1vcpu-2048mib"
+FARGATE_STORAGE_GB = 21
+LOG_TAIL_LINES = 20
+FAILURE_REASON_CHARS = 2000
+_HASH_CHUNK = 1 << 20
+
+
+def output_prefix(workspace: str, job_id: str, attempt: int) -> str:
+    """Per attempt, so files a failed attempt managed to upload never leak into a later attempt's snapshot."""
+    return f"{job_prefix(workspace, job_id)}output/{attempt}/"
+
+
+class Batch:
+    def __init__(
+        self,
+        store: ObjectStore | None = None,
+        executions: Executions | None = None,
+        logs: LogReader | None = None,
+    ) -> None:
+        self._store = store
+        self._executions = executions
+        self._logs = logs
+        self.provenance = Provenance()
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = ObjectStore(config.settings().bucket)
+        return self._store
+
+    @property
+    def snapshots(self) -> Snapshots:
+        return Snapshots(self.store)
+
+    @property
+    def executions(self) -> Executions:
+        if self._executions is None:
+            self._executions = Executions()
+        return self._executions
+
+    @property
+    def logs(self) -> LogReader:
+        if self._logs is None:
+            self._logs = LogReader(config.settings().batch_log_group)
+        return self._logs
+
+    @property
+    def jobs(self) -> Training:
+        """Job rows are shared with training: reads, status updates, input provenance and descriptions."""
+        return Training(store=self.store, executions=self.executions)
+
+    # --- submission -------------------------------------------------------------------------------------
+    def submit(
+        self, workspace: str, incarnation: str, user: str, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity."""
+        settings = config.settings()
+        jobs = self.jobs
+        code = jobs._snapshot_ref(workspace, request.get("code"), "code", "code")
+        data = jobs._snapshot_ref(workspace, request.get("data"), "data", "data")
+        command = request.get("command")
+        if command is not None and (not isinstance(command, str) or not command.strip()
+                                    or len(command) > MAX_COMMAND_CHARS or "\x00" in command):
+            raise ValidationFailed(f"command: must be a non-empty shell command of at most {MAX_COMMAND_CHARS} "
+                                   "characters")
+        runtime = request.get("max_runtime_seconds", settings.batch_max_runtime_seconds)
+        if not isinstance(runtime, int) or not MIN_RUNTIME_SECONDS <= runtime <= limits.MAX_RUNTIME_SECONDS:
+            raise ValidationFailed(
+                f"max_runtime_seconds: must be an integer from {MIN_RUNTIME_SECONDS} to {limits.MAX_RUNTIME_SECONDS}"
+            )
+        # The command is an input like params are for training: content-addressed, so it is in the fingerprint.
+        manifest, body = params_manifest({"command": command} if command else {})
+        params_snapshot = self.snapshots.put_small(workspace, manifest, {manifest.files[0].sha256: body}, user)
+        spec = JobSpec(
+            workspace=workspace, incarnation=incarnation, kind=KIND, code=code, data=((INPUT_CHANNEL, data),),
+            params=params_snapshot["id"], environment=settings.batch_image,
+            resources=Resources(instance_type=FARGATE_RESOURCES, instance_count=1, volume_gb=FARGATE_STORAGE_GB,
+                                max_runtime_seconds=runtime),
+        )
+        at = now()
+        execution_arn = execution_arn_for(settings.batch_state_machine_arn, spec.job_id)
+        item = JobItem(
+            ws_key(workspace), f"JOB#{spec.job_id}", job_id=spec.job_id, fingerprint=spec.fingerprint,
+            kind=spec.kind, status="SUBMITTED", spec=spec.document(), created_at=at, created_by=user, updated_at=at,
+            execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}],
+            gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
+        )
+        created = True
+        try:
+            item.save(condition=JobItem.pk.does_not_exist())
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            created = False
+            item = jobs._job(workspace, spec.job_id)
+        if created or item.status == "SUBMITTED":
+            jobs._record_inputs(workspace, spec, at)
+        # Idempotent by name, as for training: a cache hit or a retried submission ends with one execution.
+        self.executions.start(settings.batch_state_machine_arn, spec.job_id,
+                              {"workspace": workspace, "job_id": spec.job_id})
+        return Training.describe(item), created
+
+    # --- pipeline tasks ---------------------------------------------------------------------------------
+    def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
+        """Materializes the inputs and returns the pieces of the SubmitJob request the state machine sends."""
+        settings = config.settings()
+        jobs = self.jobs
+        item = jobs._job(workspace, job_id)
+        if item.status in TERMINAL:
+            raise InputInvalid(f"job {job_id} is already {item.status}")
+        spec = item.spec
+        code_uri, manifest = self.snapshots.sourcedir(workspace, spec["code"])
+        command = self.snapshots.read_params(workspace, spec["params"]).get("command")
+        if not command:
+            paths = {f.path for f in manifest.files}
+            command = next((c for entry, c in DEFAULT_COMMANDS if entry in paths), None)
+            if command is None:
+                names = ", ".join(entry for entry, _ in DEFAULT_COMMANDS)
+                raise InputInvalid(f"code: no command given and no default entry point found; add one of {names}")
+        attempt = int(item.attempt)
+        environment = {
+            "KAOS_CODE_URI": code_uri,
+            "KAOS_INPUT_URI": self.snapshots.materialize(workspace, spec["data"][INPUT_CHANNEL]),
+            "KAOS_OUTPUT_URI": self.store.uri(output_prefix(workspace, job_id, attempt)),
+            "KAOS_COMMAND": command,
+            "KAOS_JOB_ID": job_id,
+        }
+        name = attempt_name(job_id, attempt)
+        request = {
+            "JobName": name,
+            "JobQueue": settings.batch_job_queue,
+            "JobDefinition": settings.batch_job_definition,
+            "ContainerOverrides": {
+                "Environment": [{"Name": k, "Value": v} for k, v in sorted(environment.items())],
+            },
+            "Timeout": {"AttemptDurationSeconds": int(spec["resources"]["max_runtime_seconds"])},
+        }
+        jobs._set_status(item, "RUNNING", started_at=now())
+        return {"batch": request}
+
+    def record(
+        self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        jobs = self.jobs
+        item = jobs._job(workspace, job_id)
+        if item.status in TERMINAL or (execution and execution != item.execution_arn):
+            # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
+            return Training.describe(item)
+        if outcome == "Completed":
+            self._archive_log(workspace, job_id, _log_stream(detail))
+            return self._record_output(workspace, item)
+        reason, stream = self._failure(detail)
+        lines = self._archive_log(workspace, job_id, stream)
+        tail = "\n".join(lines[-LOG_TAIL_LINES:]).strip()
+        if tail and tail not in reason:
+            reason = f"{reason}\n{tail}"
+        jobs._set_status(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now())
+        return Training.describe(item)
+
+    def _record_output(self, workspace: str, item: JobItem) -> dict[str, Any]:
+        """Registers every output object as a blob and records them as one data snapshot made by the job."""
+        prefix = output_prefix(workspace, item.job_id, int(item.attempt))
+        keys = sorted(self.store.keys(prefix))
+        if not keys:
+            raise InputInvalid("the batch job wrote no files to KAOS_OUTPUT_DIR, so there is no output snapshot")
+        if len(keys) > limits.MAX_FILES_PER_SNAPSHOT:
+            raise InputInvalid(f"the batch job wrote {len(keys)} files; a snapshot holds at most "
+                               f"{limits.MAX_FILES_PER_SNAPSHOT}")
+        files = [self._register_blob(workspace, key, key[len(prefix):]) for key in keys]
+        snapshot, _ = self.snapshots.commit(workspace, "data", files, item.created_by)
+        if snapshot.get("status") == "pending":  # every blob was copied above; a pending answer is a lost race
+            raise InputInvalid(f"output snapshot {snapshot['id']} is still missing blobs; retry the record step")
+        at = now()
+        node = f"snapshot:{snapshot['id']}"
+        self.provenance.add_node(workspace, node, "snapshot", {"kind": "data"}, at)
+        self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", node, at)
+        self.jobs._set_status(item, "COMPLETED", model_uri=node, ended_at=at)
+        return Training.describe(item)
+
+    def _register_blob(self, workspace: str, key: str, path: str) -> dict[str, Any]:
+        """Streams the object once for its sha256, then copies it to its content address (unless present)."""
+        validate_path(path, f"output {path!r}")
+        digest = hashlib.sha256()
+        size = 0
+        body = self.store.stream(key)
+        for chunk in iter(lambda: body.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+        sha256 = digest.hexdigest()
+        if self.store.size(blob_key(workspace, sha256)) != size:
+            self.store.copy(key, blob_key(workspace, sha256))
+        return {"path": path, "sha256": sha256, "size": size}
+
+    def _failure(self, error: dict[str, Any]) -> tuple[str, str | None]:
+        """A readable reason and the log stream from a Catch result; the Cause of a failed `.sync` task is the
+        DescribeJobs job (PascalCase as Step Functions spells it), anything else is a task error."""
+        cause = error.get("Cause")
+        try:
+            job = json.loads(cause) if isinstance(cause, str) else None
+        except ValueError:
+            job = None
+        if not isinstance(job, dict) or not _get(job, "Status"):
+            return failure_reason(error), None
+        container = _get(job, "Container") or {}
+        exit_code = _get(container, "ExitCode")
+        reason = f"batch job {_get(job, 'JobName') or ''} {_get(job, 'Status')}".replace("  ", " ")
+        if exit_code is not None:
+            reason += f" (exit code {exit_code})"
+        status_reason = _get(job, "StatusReason")
+        if status_reason:
+            reason += f": {status_reason}"
+        return reason, _log_stream(job)
+
+    def _archive_log(self, workspace: str, job_id: str, stream: str | None) -> list[str]:
+        """Keeps the job's log beside its outputs (CloudWatch retention is finite); returns its lines."""
+        if not stream:
+            return []
+        lines = self.logs.read_all(stream)
+        if lines:
+            self.store.put_bytes(job_prefix(workspace, job_id) + "log.txt", ("\n".join(lines) + "\n").encode(),
+                                 "text/plain")
+        return lines
+
+
+def _get(document: Any, name: str) -> Any:
+    """A member as Step Functions spells it (`StatusReason`) or as the Batch API does (`statusReason`)."""
+    if not isinstance(document, dict):
+        return None
+    value = document.get(name)
+    return document.get(name[:1].lower() + name[1:]) if value is None else value
+
+
+def _log_stream(job: dict[str, Any]) -> str | None:
+    stream = _get(_get(job, "Container"), "LogStreamName")
+    return str(stream) if stream else None

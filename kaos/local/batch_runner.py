@@ -1,0 +1,348 @@
+"""Run AWS Batch jobs for real, in local subprocesses, and create the template's Batch resources in moto.
+
+moto's Batch without Docker (``batch_simple``) marks every job SUCCEEDED without running anything. The patch in
+:mod:`kaos.local.patches` hands each submitted job to :class:`LocalBatchRunner` instead, which runs the job the
+way Batch runs a container:
+
+- the command is the job definition's (or the override's) ``command`` with ``Ref::<name>`` parameters
+  substituted; ``python``/``python3`` is this interpreter, whose directory also leads ``PATH`` (the image's
+  python); nothing is downloaded or uploaded by the runner itself: the container's command does that (kaos' job
+  definition runs the bootstrap of cdk/batch.py, the same code that runs on Fargate);
+- the environment is the job definition's merged with the overrides', plus ``AWS_BATCH_JOB_ID``,
+  ``AWS_BATCH_JQ_NAME``, ``AWS_BATCH_JOB_ATTEMPT``; absolute paths in ``*_DIR`` variables are container paths
+  and are re-rooted under ``<work_dir>/batch/<job id>/root`` so concurrent jobs never share a directory;
+  credentials are dummies with ``AWS_ENDPOINT_URL`` at the emulator, and no ``AWS_*`` variable of this process
+  leaks in, so user code can never reach real AWS;
+- stdout and stderr go to CloudWatch Logs like the awslogs driver: the job definition's ``awslogs-group``
+  (default ``/aws/batch/job``), stream ``<awslogs-stream-prefix or definition name>/default/<job id>``;
+- exit 0 is SUCCEEDED; anything else is FAILED with ``statusReason`` = the tail of stderr (on AWS it is
+  "Essential container in task exited"; the log holds the rest). The job's ``Timeout.attemptDurationSeconds``
+  and TerminateJob kill the process group: FAILED with Batch's reason.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final
+
+import boto3
+from botocore.config import Config
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_LOG_GROUP: Final[str] = "/aws/batch/job"
+STATUS_REASON_LIMIT: Final[int] = 1024
+TIMEOUT_REASON: Final[str] = "Job attempt duration exceeded timeout"
+_TAIL_LINES: Final[int] = 20
+_POLL_SECONDS: Final[float] = 0.25
+_FLUSH_SECONDS: Final[float] = 0.5
+
+
+class LocalBatchRunner:
+    """Executes moto Batch jobs in subprocesses, one thread per job."""
+
+    def __init__(self, endpoint_url: str, work_dir: Path, *, region: str = "us-east-1") -> None:
+        self.endpoint_url = endpoint_url
+        self.work_dir = Path(work_dir)
+        self.region = region
+        self.lock = threading.RLock()
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start(self, job: Any) -> None:
+        """Runs moto's ``Job`` in the background; its status reads RUNNING until the process ends."""
+        thread = threading.Thread(target=self._run, args=(job,), name=f"batch-{job.job_id}", daemon=True)
+        with self.lock:
+            self._threads[job.job_id] = thread
+        thread.start()
+
+    def wait(self, job_id: str, timeout: float | None = None) -> None:
+        with self.lock:
+            thread = self._threads.get(job_id)
+        if thread is not None:
+            thread.join(timeout)
+
+    def stop_all(self) -> None:
+        with self.lock:
+            processes = list(self._processes.values())
+            threads = list(self._threads.values())
+        for process in processes:
+            _kill_group(process)
+        for thread in threads:
+            thread.join(timeout=10)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.work_dir / "batch" / job_id
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _run(self, job: Any) -> None:
+        success, reason, exit_code = False, "", None
+        try:
+            exit_code, reason = self._execute(job)
+            success = exit_code == 0 and not reason
+        except Exception as exc:  # setup trouble: Batch reports CannotStartContainerError
+            LOG.exception("batch job %s could not start", job.job_id)
+            reason = f"CannotStartContainerError: {exc}"
+        finally:
+            with self.lock:
+                self._processes.pop(job.job_id, None)
+            job.exit_code = exit_code
+            if not success:
+                job.job_stopped_reason = reason[-STATUS_REASON_LIMIT:] or (
+                    f"Essential container in task exited (exit code {exit_code})"
+                )
+            job._mark_stopped(success=success)
+
+    def _execute(self, job: Any) -> tuple[int, str]:
+        props = job.job_definition.container_properties or {}
+        overrides = job.container_overrides or {}
+        root = self.job_dir(job.job_id)
+        root.mkdir(parents=True, exist_ok=True)
+        command = container_command(props, overrides, job.parameters or {})
+        env = self._environment(job, props, overrides, root / "root")
+        options = (props.get("logConfiguration") or {}).get("options") or {}
+        group = options.get("awslogs-group") or DEFAULT_LOG_GROUP
+        stream = job.log_stream_name or f"{job.job_definition.name}/default/{job.job_id}"
+        shipper = _LogShipper(self._client("logs"), group, stream, root / "log.txt")
+        stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        try:
+            process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            with self.lock:
+                self._processes[job.job_id] = process
+            readers = [
+                threading.Thread(target=_pump, args=(process.stdout, shipper.write, None), daemon=True),
+                threading.Thread(target=_pump, args=(process.stderr, shipper.write, stderr_tail), daemon=True),
+            ]
+            for reader in readers:
+                reader.start()
+            stopped = self._supervise(job, process)
+            for reader in readers:
+                reader.join()
+            exit_code = process.wait()
+        finally:
+            shipper.close()
+        if stopped:
+            return exit_code, stopped
+        if exit_code != 0:
+            tail = "\n".join(stderr_tail).strip()
+            return exit_code, tail or f"Essential container in task exited (exit code {exit_code})"
+        return 0, ""
+
+    def _supervise(self, job: Any, process: subprocess.Popen[bytes]) -> str:
+        """Waits for the process; kills it on TerminateJob or at the attempt timeout and returns Batch's reason."""
+        timeout = (job.timeout or {}).get("attemptDurationSeconds") or (
+            (job.job_definition.timeout or {}).get("attemptDurationSeconds")
+        )
+        deadline = time.monotonic() + float(timeout) if timeout else None
+        while process.poll() is None:
+            reason = ""
+            if job.stop:
+                reason = job.job_stopped_reason or "Terminated"
+            elif deadline is not None and time.monotonic() > deadline:
+                reason = TIMEOUT_REASON
+            if reason:
+                _kill_group(process)
+                process.wait()
+                return reason
+            time.sleep(_POLL_SECONDS)
+        return ""
+
+    def _environment(self, job: Any, props: dict[str, Any], overrides: dict[str, Any], root: Path) -> dict[str, str]:
+        variables = {e["name"]: str(e["value"]) for e in props.get("environment") or []}
+        variables.update({e["name"]: str(e["value"]) for e in overrides.get("environment") or []})
+        for name, value in list(variables.items()):
+            if name.endswith("_DIR") and value.startswith("/"):
+                variables[name] = str(root / value.lstrip("/"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(variables)
+        env.update({
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_BATCH_JOB_ID": job.job_id,
+            "AWS_BATCH_JQ_NAME": job.job_queue.name,
+            "AWS_BATCH_JOB_ATTEMPT": str(len(job.attempts) or 1),
+        })
+        return env
+
+    def _client(self, service: str) -> Any:
+        return boto3.client(
+            service, endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+
+def container_command(props: dict[str, Any], overrides: dict[str, Any], parameters: dict[str, str]) -> list[str]:
+    """The container's argv: override or definition command, `Ref::name` substituted, python → this one."""
+    command = [str(part) for part in (overrides.get("command") or props.get("command") or [])]
+    if not command:
+        raise ValueError("the job has no command (the image's CMD cannot be run locally)")
+    command = [parameters.get(part[len("Ref::"):], part) if part.startswith("Ref::") else part for part in command]
+    if command[0] in ("python", "python3"):
+        command[0] = sys.executable
+    return command
+
+
+def _pump(pipe: IO[bytes] | None, write: Callable[[str], None], tail: deque[str] | None) -> None:
+    assert pipe is not None
+    for raw in iter(pipe.readline, b""):
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        if tail is not None:
+            tail.append(line)
+        write(line)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _LogShipper:
+    """Batches lines into CloudWatch Logs put_log_events (the awslogs driver) and copies them to a file."""
+
+    def __init__(self, logs: Any, group: str, stream: str, copy_to: Path) -> None:
+        self._logs, self._group, self._stream = logs, group, stream
+        self._copy = open(copy_to, "w", encoding="utf-8")  # closed in close()
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._last_ts = 0
+        self._closed = threading.Event()
+        for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
+                               (logs.create_log_stream, {"logGroupName": group, "logStreamName": stream})):
+            try:
+                create(**kwargs)
+            except logs.exceptions.ResourceAlreadyExistsException:
+                pass
+        self._thread = threading.Thread(target=self._loop, name=f"logs-{stream}", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._copy.write(line + "\n")
+            self._copy.flush()
+            timestamp = max(int(time.time() * 1000), self._last_ts)
+            self._last_ts = timestamp
+            self._pending.append({"timestamp": timestamp, "message": line})
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            self._logs.put_log_events(logGroupName=self._group, logStreamName=self._stream, logEvents=batch)
+        except Exception:
+            LOG.exception("could not ship %d log lines to %s", len(batch), self._stream)
+
+    def _loop(self) -> None:
+        while not self._closed.wait(_FLUSH_SECONDS):
+            self._flush()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._thread.join()
+        self._flush()
+        self._copy.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating the template's Batch resources (called by kaos.local.loader.TemplateLoader.load)
+# ---------------------------------------------------------------------------------------------
+
+BATCH_SERVICE_ROLE: Final[str] = "AWSServiceRoleForBatch"
+# Keys whose values are free-form maps (their keys are not API member names).
+_FREE_FORM: Final[frozenset[str]] = frozenset({"Options", "Parameters", "Tags"})
+
+
+def api_casing(value: Any) -> Any:
+    """CloudFormation's PascalCase property names → the Batch API's camelCase (maps like Options left alone)."""
+    if isinstance(value, list):
+        return [api_casing(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {key[:1].lower() + key[1:]: (item if key in _FREE_FORM else api_casing(item)) for key, item in value.items()}
+
+
+def create_batch_resources(resources: dict[str, Any], resolver: Any, client: Callable[[str], Any]) -> None:
+    """Creates compute environments, job queues and job definitions under the loader's physical names.
+
+    moto validates networking against its own EC2, so compute environments use the default VPC's subnets and
+    security group instead of the template's VPC (nothing offline depends on them); Fargate environments need
+    no instance role, and the service-linked role they use on AWS is created as a plain role."""
+    kinds = ("AWS::Batch::ComputeEnvironment", "AWS::Batch::JobQueue", "AWS::Batch::JobDefinition")
+    if not any(r["Type"] in kinds for r in resources.values()):
+        return
+    batch = client("batch")
+    for logical_id, resource in resources.items():
+        props = resource.get("Properties", {})
+        name = resolver.names[logical_id]
+        if resource["Type"] == "AWS::Batch::ComputeEnvironment":
+            ec2, iam = client("ec2"), client("iam")
+            subnets = [s["SubnetId"] for s in ec2.describe_subnets(
+                Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]]
+            group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+            try:
+                role = iam.get_role(RoleName=BATCH_SERVICE_ROLE)["Role"]["Arn"]
+            except iam.exceptions.NoSuchEntityException:
+                role = iam.create_role(RoleName=BATCH_SERVICE_ROLE, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+            compute = api_casing(resolver.resolve({k: v for k, v in props["ComputeResources"].items()
+                                                   if k not in ("Subnets", "SecurityGroupIds")}))
+            _created(
+                batch.create_compute_environment,
+                computeEnvironmentName=name, type=str(props.get("Type", "MANAGED")).upper(),
+                state=props.get("State", "ENABLED"), serviceRole=role,
+                computeResources={**compute, "subnets": subnets, "securityGroupIds": [group]},
+            )
+    for logical_id, resource in resources.items():
+        if resource["Type"] == "AWS::Batch::JobQueue":
+            props = resource["Properties"]
+            order = [{"order": e["Order"], "computeEnvironment": _logical_name(e["ComputeEnvironment"], resolver)}
+                     for e in props["ComputeEnvironmentOrder"]]
+            _created(
+                batch.create_job_queue,
+                jobQueueName=resolver.names[logical_id], state=props.get("State", "ENABLED"),
+                priority=props.get("Priority", 1), computeEnvironmentOrder=order,
+            )
+        elif resource["Type"] == "AWS::Batch::JobDefinition":
+            props = api_casing(resolver.resolve(resource["Properties"]))
+            kwargs = {k: props[k] for k in ("containerProperties", "parameters", "platformCapabilities",
+                                            "retryStrategy", "timeout", "propagateTags") if k in props}
+            batch.register_job_definition(jobDefinitionName=resolver.names[logical_id], type=props["type"],
+                                          **kwargs)
+
+
+def _logical_name(reference: Any, resolver: Any) -> str:
+    """`{"Ref": id}` or `{"Fn::GetAtt": [id, "...Arn"]}` of a Batch resource → its physical name."""
+    if isinstance(reference, dict):
+        (key, arg), = reference.items()
+        logical_id = arg if key == "Ref" else (arg[0] if isinstance(arg, list) else arg.split(".", 1)[0])
+        return str(resolver.names[logical_id])
+    return str(reference)
+
+
+def _created(call: Callable[..., Any], **kwargs: Any) -> None:
+    """Creating what a previous start of the same state already created is not an error."""
+    try:
+        call(**kwargs)
+    except Exception as exc:
+        message = str(exc)
+        if "already exists" not in message:
+            raise
