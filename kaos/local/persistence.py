@@ -10,21 +10,26 @@ serves)::
     data/s3/<bucket>/objects/<sha[:2]>/<sha>  object bodies, by content (identical bodies stored once)
     data/logs/<hash of group>/index.json      {"group": name, "streams": {name: {file, signature}}}
     data/logs/<hash of group>/<hash>.jsonl    one {"timestamp", "message"} event per line
+    data/stepfunctions/executions.jsonl       one record (name, input, status, dates, output) per execution
 
 Every file is written to a temporary name and renamed, so a crash in the middle of an export leaves each
 file either as it was or complete. Object bodies are written before the bucket index that names them, and
 exports go S3, then logs, then DynamoDB, so the items (which refer to objects) are never newer than the
 objects in the same export. Only the latest version of each S3 key is kept (versions are not history the
-product reads back; restored objects get new version ids). Step Functions executions and SageMaker
-training job records are not kept: moto cannot resume them, so after a restore the jobs that were in flight
-are marked FAILED (:func:`fail_interrupted_jobs`) and ``kaos train resume`` runs them again.
+product reads back; restored objects get new version ids). Step Functions executions are kept as records
+only (describe/list, and their names stay taken, so a cache hit's idempotent StartExecution still finds the
+job's execution instead of starting a second one); moto cannot resume a running one, so it comes back
+ABORTED, the jobs that were in flight are marked FAILED (:func:`fail_interrupted_jobs`) and
+``kaos train resume`` runs them again under a new execution name. SageMaker training job records are not
+kept (the product reads a job's outcome from its own table, its logs from CloudWatch).
 
 When to export: :class:`ChangeTracker` sits in front of the emulator's WSGI app and marks a service dirty
 on any request that is not a read (by X-Amz-Target action name or HTTP method; the service from the SigV4
-credential scope). :class:`Persistence` exports the dirty services every few seconds from a thread and
-once more on a clean stop. Within a service, work is proportional to what changed where that is cheap to
-tell: S3 downloads only keys whose ETag changed, logs re-read only streams whose size or last timestamp
-changed; DynamoDB tables are scanned whole (they hold metadata only).
+credential scope). Executions are exported with DynamoDB: every step of a job writes its item.
+:class:`Persistence` exports the dirty services every few seconds from a thread and once more on a clean
+stop. Within a service, work is proportional to what changed where that is cheap to tell: S3 downloads
+only keys whose ETag changed, logs re-read only streams whose size or last timestamp changed, executions
+describe only new or running ones; DynamoDB tables are scanned whole (they hold metadata only).
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -53,6 +59,7 @@ INTERRUPTED_REASON = (
     "the embedded stack stopped while this job was running; `kaos train resume {job}` runs it again"
 )
 IN_FLIGHT = ("SUBMITTED", "TRAINING")
+INTERRUPTED_EXECUTION = ("KaosStackStopped", "the embedded stack stopped while this execution was running")
 _READ_ACTIONS = ("Get", "Describe", "List", "Scan", "Query", "Filter", "BatchGet", "Head", "Test")
 _SCOPE = re.compile(r"Credential=[^/&,\s]+/\d{8}/[^/&,\s]+/([^/&,\s]+)/aws4_request")
 
@@ -194,6 +201,7 @@ class StateStore:
         return report
 
     def _export_dynamodb(self, report: Report) -> None:
+        self._export_executions(report)
         ddb = self.client("dynamodb")
         for page in ddb.get_paginator("list_tables").paginate():
             for table in page["TableNames"]:
@@ -202,6 +210,31 @@ class StateStore:
                     items.extend(scanned["Items"])
                 write_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", items)
                 report.add("dynamodb_items", len(items))
+
+    def _export_executions(self, report: Report) -> None:
+        """Execution records; a closed execution never changes, so only new or running ones are described."""
+        sfn = self.client("stepfunctions")
+        path = self.data_dir / "stepfunctions" / "executions.jsonl"
+        old = {r["executionArn"]: r for r in read_lines(path)} if path.exists() else {}
+        records = []
+        for page in sfn.get_paginator("list_state_machines").paginate():
+            for machine in page["stateMachines"]:
+                pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=machine["stateMachineArn"])
+                for listed in (e for p in pages for e in p["executions"]):
+                    known = old.get(listed["executionArn"])
+                    if known is not None and known["status"] == listed["status"] != "RUNNING":
+                        records.append(known)
+                        continue
+                    described = sfn.describe_execution(executionArn=listed["executionArn"])
+                    record = {k: described.get(k) for k in ("executionArn", "stateMachineArn", "name", "input",
+                                                            "status", "output", "error", "cause")}
+                    for key in ("startDate", "stopDate"):
+                        record[key] = described[key].timestamp() if described.get(key) else None
+                    records.append(record)
+        records.sort(key=lambda r: (r["startDate"] or 0, r["executionArn"]))
+        if records != sorted(old.values(), key=lambda r: (r["startDate"] or 0, r["executionArn"])):
+            write_lines(path, records)
+        report.add("executions", len(records))
 
     def _export_s3(self, report: Report) -> None:
         s3 = self.client("s3")
@@ -323,9 +356,43 @@ class StateStore:
             raise RuntimeError(f"{self.data_dir} holds state format {stored}; this kaos reads format {FORMAT}")
         self._import_s3(report)
         self._import_logs(report)
+        self._import_executions(report)
         self._import_dynamodb(report)
         report.seconds = time.monotonic() - started
         return report
+
+    def _import_executions(self, report: Report) -> None:
+        """Closed execution records straight into moto's state machines (StartExecution would run them)."""
+        from moto.stepfunctions.models import Execution
+        from moto.stepfunctions.responses import get_backend
+
+        path = self.data_dir / "stepfunctions" / "executions.jsonl"
+        if not path.exists():
+            return
+        backend = get_backend(self.account, self.region)
+
+        def moment(value: float | None) -> datetime | None:
+            # Aware, as the executing backend's own executions (ListExecutions sorts them all by start date).
+            return None if value is None else datetime.fromtimestamp(value, UTC)
+
+        for record in read_lines(path):
+            try:
+                machine = backend.describe_state_machine(record["stateMachineArn"])
+            except Exception:
+                LOG.warning("not restoring execution %s: its state machine is gone", record["executionArn"])
+                continue
+            execution = Execution(region_name=self.region, account_id=self.account, state_machine_name=machine.name,
+                                  execution_name=record["name"], state_machine_arn=machine.arn,
+                                  execution_input=record["input"])
+            execution.start_date = moment(record["startDate"]) or execution.start_date
+            if record["status"] == "RUNNING":
+                execution.status, execution.stop_date = "ABORTED", datetime.now(UTC)
+                execution.error, execution.cause = INTERRUPTED_EXECUTION
+            else:
+                execution.status, execution.stop_date = record["status"], moment(record["stopDate"])
+                execution.output, execution.error, execution.cause = record["output"], record["error"], record["cause"]
+            machine.executions.append(execution)
+            report.add("executions", 1)
 
     def _import_dynamodb(self, report: Report) -> None:
         ddb = self.client("dynamodb")
