@@ -11,7 +11,7 @@ from typing import Any
 from kaos.bundle import hash_files, scan
 from kaos.client import Client
 
-from .conftest import TEMPLATE, Stack
+from .conftest import TEMPLATE, Stack, inject
 
 TERMINAL = ("COMPLETED", "FAILED", "KILLED")
 
@@ -144,3 +144,22 @@ def test_a_job_that_writes_nothing_fails_with_the_reason(stack: Stack, tmp_path:
                                 "--json").stdout)
     assert job["status"] == "FAILED"
     assert "wrote no files to KAOS_OUTPUT_DIR" in job["failure_reason"]
+
+
+def test_batch_throttling_on_submit_is_retried(stack: Stack, tmp_path: Path) -> None:
+    stack.kaos("workspace", "create", "batchthrottle")
+    code = tmp_path / "copy"
+    code.mkdir()
+    (code / "process.py").write_text(
+        "import os, shutil\nshutil.copytree(os.environ['KAOS_INPUT_DIR'], os.environ['KAOS_OUTPUT_DIR'], "
+        "dirs_exist_ok=True)\n"
+    )
+    inject(stack, {"service": "batch", "action": "SubmitJob", "code": "ThrottlingException", "times": 1})
+    job = json.loads(stack.kaos("batch", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data"), "--wait",
+                                "--json").stdout)
+    assert job["status"] == "COMPLETED", job
+    history = stack.aws("stepfunctions").get_execution_history(executionArn=job["execution"], maxResults=1000)
+    failed = [e for e in history["events"] if e["type"] == "TaskFailed"]
+    assert len(failed) == 1 and failed[0]["taskFailedEventDetails"]["error"] == "Batch.ThrottlingException"
+    # Copying the input unchanged yields a snapshot with the input's content: the same snapshot id.
+    assert job["model"] == f"snapshot:{job['inputs']['data']['input']}"

@@ -179,7 +179,8 @@ class LocalBatchRunner:
         return env
 
     def _client(self, service: str) -> Any:
-        return boto3.client(
+        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+        return boto3.client(  # type: ignore[call-overload]
             service, endpoint_url=self.endpoint_url, region_name=self.region,
             aws_access_key_id="testing", aws_secret_access_key="testing",
             config=Config(retries={"max_attempts": 3, "mode": "standard"}),
