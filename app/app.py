@@ -9,8 +9,11 @@ from collections.abc import Callable
 
 from chalice import Chalice, IAMAuthorizer, Response
 
+from chalicelib.batch import Batch
 from chalicelib.domain import page_size
+from chalicelib.downloads import Downloads
 from chalicelib.errors import KaosError
+from chalicelib.grids import Grids
 from chalicelib.http import caller, error_body, json_body
 from chalicelib.provenance import Provenance
 from chalicelib.schemas import SPECS, openapi, validate
@@ -103,23 +106,45 @@ def unshare(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
     return Workspaces().unshare(workspace, user, body["user"])
 
 
-@route("/workspaces/{workspace}/blobs/missing", "POST")
-def missing_blobs(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return {"missing": Snapshots().missing(workspace, body["blobs"])}
-
-
 @route("/workspaces/{workspace}/snapshots", "POST")
 def commit_snapshot(user: str, workspace: str, body: dict[str, Any]) -> Response:
     Workspaces().require(workspace, user)
-    snapshot, created = Snapshots().commit(workspace, body["kind"], body["files"], user)
-    return Response(snapshot, status_code=201 if created else 200)
+    snapshot, status = Snapshots().commit(workspace, body["kind"], body["files"], user)
+    return Response(snapshot, status_code=status)
+
+
+@route("/workspaces/{workspace}/snapshots/{snapshot}/complete", "POST")
+def complete_snapshot(user: str, workspace: str, snapshot: str) -> Response:
+    Workspaces().require(workspace, user)
+    result, status = Snapshots().complete(workspace, snapshot, user)
+    return Response(result, status_code=status)
 
 
 @route("/workspaces/{workspace}/jobs", "POST")
 def submit_job(user: str, workspace: str, body: dict[str, Any]) -> Response:
     incarnation = Workspaces().require(workspace, user).created_at
     job, created = Training().submit(workspace, incarnation, user, body)
+    return Response({**job, "cached": not created}, status_code=201 if created else 200)
+
+
+@route("/workspaces/{workspace}/grids", "POST")
+def submit_grid(user: str, workspace: str, body: dict[str, Any]) -> Response:
+    incarnation = Workspaces().require(workspace, user).created_at
+    grid, created = Grids().submit(workspace, incarnation, user, body)
+    return Response({**grid, "cached": not created}, status_code=201 if created else 200)
+
+
+@route("/workspaces/{workspace}/grids/{grid}", "GET")
+def grid_info(user: str, workspace: str, grid: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    page = int(_query("page") or 1)
+    return Grids().info(workspace, grid, _query("sort_by"), _query("desc") == "true", _page_size("limit"), page)
+
+
+@route("/workspaces/{workspace}/batch-jobs", "POST")
+def submit_batch_job(user: str, workspace: str, body: dict[str, Any]) -> Response:
+    incarnation = Workspaces().require(workspace, user).created_at
+    job, created = Batch().submit(workspace, incarnation, user, body)
     return Response({**job, "cached": not created}, status_code=201 if created else 200)
 
 
@@ -151,6 +176,12 @@ def resume_job(user: str, workspace: str, job: str) -> dict[str, Any]:
 def job_logs(user: str, workspace: str, job: str) -> dict[str, Any]:
     Workspaces().require(workspace, user)
     return Training().read_logs(workspace, job, _query("next"), int(_query("limit") or 1000))
+
+
+@route("/workspaces/{workspace}/jobs/{job}/files", "GET")
+def job_files(user: str, workspace: str, job: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Downloads().files(workspace, job, _query("what"))
 
 
 @route("/workspaces/{workspace}/lineage/{node}", "GET")

@@ -139,6 +139,9 @@ class Api(Construct):
         bucket: s3.IBucket,
         table: dynamodb.ITable,
         state_machine: sfn.IStateMachine,
+        batch_state_machine: sfn.IStateMachine,
+        batch_image: str,
+        grid_state_machine: sfn.IStateMachine,
         training_image: str,
         manage_account_role: bool = True,
     ) -> None:
@@ -157,6 +160,15 @@ class Api(Construct):
         grant_bucket_read_write(bucket, self.role)
         grant_workspace_deletion(bucket, self.role)
         state_machine.grant_start_execution(self.role)
+        # Batch jobs: start the batch state machine, and describe/stop its executions (`kaos train kill`).
+        batch_state_machine.grant_start_execution(self.role)
+        batch_state_machine_name = Fn.select(6, Fn.split(":", batch_state_machine.state_machine_arn))
+        self.batch_executions_arn = f"arn:{partition}:states:{region}:{account}:execution:{batch_state_machine_name}:*"
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["states:DescribeExecution", "states:StopExecution"],
+                                resources=[self.batch_executions_arn])
+        )
+        grid_state_machine.grant_start_execution(self.role)
         # Executions of this one state machine: arn:...:execution:<state machine name>:<execution name>.
         state_machine_name = Fn.select(6, Fn.split(":", state_machine.state_machine_arn))
         self.executions_arn = f"arn:{partition}:states:{region}:{account}:execution:{state_machine_name}:*"
@@ -189,6 +201,9 @@ class Api(Construct):
                 env_names.BUCKET: bucket.bucket_name,
                 env_names.TABLE: table.table_name,
                 env_names.TRAINING_STATE_MACHINE_ARN: state_machine.state_machine_arn,
+                env_names.BATCH_STATE_MACHINE_ARN: batch_state_machine.state_machine_arn,
+                env_names.BATCH_IMAGE: batch_image,
+                env_names.GRID_STATE_MACHINE_ARN: grid_state_machine.state_machine_arn,
                 env_names.TRAINING_IMAGE: training_image,
                 env_names.TRAINING_INSTANCE_TYPE: DEFAULT_TRAINING_INSTANCE_TYPE,
                 env_names.TRAINING_MAX_RUNTIME_SECONDS: str(DEFAULT_TRAINING_MAX_RUNTIME_SECONDS),

@@ -8,10 +8,13 @@ from aws_cdk import CfnOutput, Environment, RemovalPolicy, Stack
 from constructs import Construct
 
 from cdk.api import Api
+from cdk.batch import DEFAULT_BATCH_IMAGE, BatchJobs
 from cdk.constants import REPO_ROOT
-from cdk.nag import acknowledge_findings
+from cdk.grid import Grid
+from cdk.nag import acknowledge_findings, acknowledge_grid_findings
 from cdk.storage import Storage
 from cdk.table import ProvenanceTable
+from cdk.nag import acknowledge_batch_findings
 from cdk.training import Training
 
 
@@ -52,6 +55,10 @@ class KaosStack(Stack):
         )
         bucket, table = self.storage.data_bucket, self.table.table
         self.training = Training(self, "Training", bucket=bucket, table=table)
+        # Batch (processing) jobs; context `batchImage` picks the job image (default: a public python image).
+        self.batch = BatchJobs(self, "Batch", bucket=bucket, table=table,
+                               image=str(self.node.try_get_context("batchImage") or DEFAULT_BATCH_IMAGE))
+        self.grid = Grid(self, "Grid", bucket=bucket, table=table, training=self.training.state_machine)
         self.api = Api(
             self,
             "Api",
@@ -60,6 +67,9 @@ class KaosStack(Stack):
             bucket=bucket,
             table=table,
             state_machine=self.training.state_machine,
+            batch_state_machine=self.batch.state_machine,
+            batch_image=self.batch.image,
+            grid_state_machine=self.grid.state_machine,
             training_image=training_image,
             manage_account_role=manage_api_gateway_account,
         )
@@ -68,6 +78,9 @@ class KaosStack(Stack):
         CfnOutput(self, "BucketName", value=bucket.bucket_name)
         CfnOutput(self, "TableName", value=table.table_name)
         CfnOutput(self, "TrainingStateMachineArn", value=self.training.state_machine.state_machine_arn)
+        CfnOutput(self, "BatchStateMachineArn", value=self.batch.state_machine.state_machine_arn)
         CfnOutput(self, "InvokePolicyArn", value=self.api.invoke_policy.managed_policy_arn)
 
         acknowledge_findings(self)
+        acknowledge_batch_findings(self)
+        acknowledge_grid_findings(self)

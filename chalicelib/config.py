@@ -7,11 +7,19 @@ from dataclasses import dataclass
 BUCKET = "KAOS_BUCKET"
 TABLE = "KAOS_TABLE"
 TRAINING_STATE_MACHINE_ARN = "KAOS_TRAINING_STATE_MACHINE_ARN"
+GRID_STATE_MACHINE_ARN = "KAOS_GRID_STATE_MACHINE_ARN"
 SAGEMAKER_ROLE_ARN = "KAOS_SAGEMAKER_ROLE_ARN"
 TRAINING_IMAGE = "KAOS_TRAINING_IMAGE"
 TRAINING_INSTANCE_TYPE = "KAOS_TRAINING_INSTANCE_TYPE"
 TRAINING_MAX_RUNTIME_SECONDS = "KAOS_TRAINING_MAX_RUNTIME_SECONDS"
 TRAINING_LOG_GROUP = "KAOS_TRAINING_LOG_GROUP"
+# Batch (processing) jobs: the API starts the state machine; Prepare names the queue and definition.
+BATCH_STATE_MACHINE_ARN = "KAOS_BATCH_STATE_MACHINE_ARN"
+BATCH_JOB_QUEUE = "KAOS_BATCH_JOB_QUEUE"
+BATCH_JOB_DEFINITION = "KAOS_BATCH_JOB_DEFINITION"
+BATCH_IMAGE = "KAOS_BATCH_IMAGE"
+BATCH_LOG_GROUP = "KAOS_BATCH_LOG_GROUP"
+BATCH_MAX_RUNTIME_SECONDS = "KAOS_BATCH_MAX_RUNTIME_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -19,11 +27,18 @@ class Settings:
     bucket: str
     table: str
     training_state_machine_arn: str
+    grid_state_machine_arn: str
     sagemaker_role_arn: str
     training_image: str
     training_instance_type: str
     training_max_runtime_seconds: int
     training_log_group: str
+    batch_state_machine_arn: str = ""
+    batch_job_queue: str = ""
+    batch_job_definition: str = ""
+    batch_image: str = ""
+    batch_log_group: str = ""
+    batch_max_runtime_seconds: int = 86400
 
 
 def settings() -> Settings:
@@ -32,10 +47,17 @@ def settings() -> Settings:
         bucket=env.get(BUCKET, ""),
         table=env.get(TABLE, ""),
         training_state_machine_arn=env.get(TRAINING_STATE_MACHINE_ARN, ""),
+        grid_state_machine_arn=env.get(GRID_STATE_MACHINE_ARN, ""),
         sagemaker_role_arn=env.get(SAGEMAKER_ROLE_ARN, ""),
         training_image=env.get(TRAINING_IMAGE, ""),
         training_instance_type=env.get(TRAINING_INSTANCE_TYPE, "ml.m5.large"),
         training_max_runtime_seconds=int(env.get(TRAINING_MAX_RUNTIME_SECONDS, "86400")),
         # SageMaker writes training logs to this fixed group; it is not configurable on AWS.
         training_log_group=env.get(TRAINING_LOG_GROUP, "/aws/sagemaker/TrainingJobs"),
+        batch_state_machine_arn=env.get(BATCH_STATE_MACHINE_ARN, ""),
+        batch_job_queue=env.get(BATCH_JOB_QUEUE, ""),
+        batch_job_definition=env.get(BATCH_JOB_DEFINITION, ""),
+        batch_image=env.get(BATCH_IMAGE, ""),
+        batch_log_group=env.get(BATCH_LOG_GROUP, "/aws/batch/job"),
+        batch_max_runtime_seconds=int(env.get(BATCH_MAX_RUNTIME_SECONDS, "86400")),
     )

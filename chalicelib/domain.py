@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -123,12 +124,39 @@ def parse_params(params: Any) -> dict[str, Any]:
                 f"{limits.MAX_HYPERPARAMETER_KEY_CHARS} characters, and may not start with 'sagemaker_'"
             )
         if isinstance(value, list):
-            raise ValidationFailed(f"params.{key}: lists (hyperparameter grids) are not supported yet")
+            if not value:
+                raise ValidationFailed(f"params.{key}: a grid list must have at least one value")
+            if any(isinstance(v, (list, dict)) for v in value):
+                raise ValidationFailed(f"params.{key}: grid values must be scalars (no nested lists or objects)")
+            if any(len(canonical_json(v)) > limits.MAX_HYPERPARAMETER_VALUE_CHARS for v in value):
+                raise ValidationFailed(
+                    f"params.{key}: each value at most {limits.MAX_HYPERPARAMETER_VALUE_CHARS} characters as JSON"
+                )
+            continue
         if len(canonical_json(value)) > limits.MAX_HYPERPARAMETER_VALUE_CHARS:
             raise ValidationFailed(
                 f"params.{key}: value longer than {limits.MAX_HYPERPARAMETER_VALUE_CHARS} characters as JSON"
             )
     return params
+
+
+def grid_points(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cartesian product of the list-valued params (in key order, values in given order); scalars are
+    shared by every point. Refused over the cap before anything is written or started."""
+    axes = {k: v for k, v in params.items() if isinstance(v, list)}
+    count = 1
+    for values in axes.values():
+        count *= len(values)
+    if count > limits.MAX_GRID_POINTS:
+        raise ValidationFailed(
+            f"params: the grid has {count} points; at most {limits.MAX_GRID_POINTS} points per submission"
+        )
+    base = {k: v for k, v in params.items() if not isinstance(v, list)}
+    return [{**base, **dict(zip(axes, combo, strict=True))} for combo in itertools.product(*axes.values())]
+
+
+def is_grid(params: Mapping[str, Any]) -> bool:
+    return any(isinstance(v, list) for v in params.values())
 
 
 def params_manifest(params: Mapping[str, Any]) -> tuple[Manifest, bytes]:

@@ -35,11 +35,6 @@ class Conflict(KaosError):
     code = "Conflict"
 
 
-class MissingBlobs(KaosError):
-    status = 409
-    code = "MissingBlobs"
-
-
 class InputInvalid(KaosError):
     """A task Lambda found the job's recorded inputs unusable; Step Functions does not retry it."""
 

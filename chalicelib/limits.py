@@ -34,6 +34,11 @@ MAX_PAGE_SIZE = 200
 MAX_LOG_LINES = 10_000
 # SageMaker StoppingCondition.MaxRuntimeInSeconds may be at most 28 days.
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600
+# Grid points per submission: 10,000 points run through a Distributed Map (each point a child execution), far
+# from the 25,000-event history limit of one Standard execution; the points file is read from S3, not the payload.
+MAX_GRID_POINTS = 10_000
+# Distributed Map runs at most 10,000 child executions at once.
+MAX_PARALLELISM = 1_000
 # Members per workspace (each is one row; the cap keeps `members` one page).
 MAX_MEMBERS = 100
 # Data channels per job (SageMaker allows 20 input channels per training job).

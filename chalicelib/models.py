@@ -5,7 +5,10 @@ Key layout (one table keeps every workspace operation a single-partition Query):
   WS#<ws>            MEMBER#<user>           MemberItem      gsi1: USER#<user> / WS#<ws>
   WS#<ws>            SNAP#<snapshot id>      SnapshotItem
   WS#<ws>            LATEST#<kind>           LatestItem      (mutable pointer to the newest snapshot of a kind)
+  WS#<ws>            LATEST#inputs           LatestInputsItem (the latest submission's code, data, params)
   WS#<ws>            JOB#<job id>            JobItem         gsi1: JOBS#<ws> / <created_at>#<job id>
+  WS#<ws>            GRID#<grid id>          GridItem
+  GRID#<ws>#<grid>   POINT#<index>           GridPointItem   (one per grid point: its job id)
   NODE#<ws>#<node>   META                    NodeItem        gsi1: PROV#<ws> / <node>
   NODE#<ws>#<node>   OUT|IN#<rel>#<other>    EdgeItem        gsi1: PROV#<ws> / <node>#<sk>
 Provenance edges are stored once per direction so each hop either way is one Query, and no item grows
@@ -92,6 +95,15 @@ class LatestItem(_Item):
     updated_at = UnicodeAttribute()
 
 
+class LatestInputsItem(_Item):
+    """The inputs of the workspace's latest submission: what a deploy that omits an input reuses."""
+
+    code = UnicodeAttribute()
+    data: JSONAttribute = JSONAttribute()
+    params: JSONAttribute = JSONAttribute()
+    updated_at = UnicodeAttribute()
+
+
 class JobItem(_Item):
     job_id = UnicodeAttribute()
     fingerprint = UnicodeAttribute()
@@ -111,6 +123,7 @@ class JobItem(_Item):
     history: JSONAttribute = JSONAttribute(null=True)
     attempt = NumberAttribute(default=1)
     attempts: JSONAttribute = JSONAttribute(null=True)
+    sources: JSONAttribute = JSONAttribute(null=True)
     version = VersionAttribute()
 
 
@@ -129,3 +142,29 @@ class EdgeItem(_Item):
 
 def item_dict(item: Any, *names: str) -> dict[str, Any]:
     return {name: getattr(item, name) for name in names}
+
+
+class GridItem(_Item):
+    grid_id = UnicodeAttribute()
+    fingerprint = UnicodeAttribute()
+    status = UnicodeAttribute()
+    spec: JSONAttribute = JSONAttribute()
+    points = NumberAttribute()
+    parallelism = NumberAttribute()
+    points_key = UnicodeAttribute()
+    execution_arn = UnicodeAttribute()
+    sources: JSONAttribute = JSONAttribute(null=True)
+    created_at = UnicodeAttribute()
+    created_by = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    version = VersionAttribute()
+
+
+class GridPointItem(_Item):
+    index = NumberAttribute()
+    job_id = UnicodeAttribute()
+    params: JSONAttribute = JSONAttribute()
+
+
+def grid_key(workspace: str, grid_id: str) -> str:
+    return f"GRID#{workspace}#{grid_id}"

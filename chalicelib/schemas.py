@@ -29,8 +29,6 @@ def _object(properties: dict[str, Any], required: list[str] | None = None, extra
 
 
 CREATE_WORKSPACE = _object({"name": WORKSPACE}, ["name"])
-MISSING_BLOBS = _object({"blobs": {"type": "array", "items": SHA256, "maxItems": limits.MAX_BLOBS_PER_REQUEST,
-                                   "description": f"at most {limits.MAX_BLOBS_PER_REQUEST} digests"}}, ["blobs"])
 FILE_ENTRY = _object({
     "path": {"type": "string", "minLength": 1, "maxLength": limits.MAX_PATH_CHARS},
     "sha256": SHA256,
@@ -53,6 +51,19 @@ SUBMIT_JOB = _object({
              "description": f"channel name -> data snapshot id, 1 to {limits.MAX_CHANNELS} channels"},
     "params": {"type": "object", "maxProperties": limits.MAX_HYPERPARAMETERS},
     "resources": RESOURCES,
+})
+SUBMIT_GRID = {**SUBMIT_JOB, "required": ["params"], "properties": {
+    **SUBMIT_JOB["properties"],
+    "parallelism": {"type": "integer", "minimum": 1, "maximum": limits.MAX_PARALLELISM,
+                    "description": f"points trained at once, 1 to {limits.MAX_PARALLELISM}"},
+}}
+SUBMIT_BATCH_JOB = _object({
+    "code": SHA256,
+    "data": {**SHA256, "description": "the data snapshot the command processes (KAOS_INPUT_DIR)"},
+    "command": {"type": "string", "minLength": 1, "maxLength": 4096,
+                "description": "run with /bin/sh -c in the code directory (default: python process.py or main.py)"},
+    "max_runtime_seconds": {"type": "integer", "minimum": 60, "maximum": limits.MAX_RUNTIME_SECONDS,
+                            "description": f"60 to {limits.MAX_RUNTIME_SECONDS} (AWS Batch attempt timeout)"},
 }, ["code", "data"])
 MEMBER = _object({"user": USER}, ["user"])
 
@@ -70,16 +81,28 @@ KILLED = _object({"name": {"type": "string"}, "deleted_rows": {"type": "integer"
 MISSING = _object({"missing": {"type": "array", "items": _object(
     {"sha256": SHA256, "url": {"type": "string"}}, ["sha256", "url"])}}, ["missing"])
 SNAPSHOT = _object({"id": SHA256, "kind": {"type": "string"}, "files": {"type": "integer"},
-                    "bytes": {"type": "integer"}, "created_at": TIMESTAMP}, ["id", "kind", "files", "bytes"])
+                    "bytes": {"type": "integer"}, "created_at": TIMESTAMP, "status": {"type": "string"}},
+                   ["id", "kind", "files", "bytes"])
+PENDING = _object({"id": SHA256, "kind": {"type": "string"}, "status": {"type": "string", "enum": ["pending"]},
+                   "missing_count": {"type": "integer"}, "missing": MISSING["properties"]["missing"]},
+                  ["id", "status", "missing", "missing_count"])
 JOB = _object({
     "id": {"type": "string"}, "workspace": {"type": "string"}, "kind": {"type": "string"},
-    "status": {"type": "string", "enum": ["SUBMITTED", "TRAINING", "COMPLETED", "FAILED", "KILLED"]},
+    "status": {"type": "string", "enum": ["SUBMITTED", "TRAINING", "RUNNING", "COMPLETED", "FAILED", "KILLED"]},
     "fingerprint": {"type": "string"}, "inputs": {"type": "object"}, "environment": {"type": "string"},
     "resources": {"type": "object"}, "metrics": {"type": "object"}, "failure_reason": NULLABLE_STRING,
     "model": NULLABLE_STRING, "history": {"type": "array"}, "created_at": TIMESTAMP,
 }, ["id", "status", "inputs", "metrics"], extra=True)
 JOB_SUBMITTED = {**JOB, "required": [*JOB["required"], "cached"],
                  "properties": {**JOB["properties"], "cached": {"type": "boolean"}}}
+GRID = _object({"id": {"type": "string"}, "status": {"type": "string"}, "points": {"type": "integer"},
+                "parallelism": {"type": "integer"}, "params": {"type": "object"}, "inputs": {"type": "object"}},
+               ["id", "status", "points", "parallelism"], extra=True)
+GRID_INFO = {**GRID, "required": [*GRID["required"], "counts", "rows", "page", "pages"], "properties": {
+    **GRID["properties"], "counts": {"type": "object"}, "page": {"type": "integer"}, "pages": {"type": "integer"},
+    "rows": {"type": "array", "items": _object({"index": {"type": "integer"}, "job": {"type": "string"},
+                                                  "status": {"type": "string"}, "params": {"type": "object"},
+                                                  "metrics": {"type": "object"}}, ["index", "job", "status"])}}}
 JOBS = _object({"jobs": {"type": "array", "items": JOB}, "next": NULLABLE_STRING}, ["jobs", "next"])
 LOGS = _object({"job": {"type": "string"}, "status": {"type": "string"}, "next": NULLABLE_STRING,
                 "events": {"type": "array", "items": _object(
@@ -94,6 +117,16 @@ MEMBERS = _object({"workspace": {"type": "string"}, "members": {"type": "array",
     {"user": {"type": "string"}, "role": {"type": "string"}, "added_at": TIMESTAMP}, ["user", "role"])}},
     ["workspace", "members"])
 OPENAPI = {"type": "object"}
+DOWNLOAD_ENTRY = _object({"path": {"type": "string"}, "sha256": SHA256, "size": {"type": "integer"},
+                          "url": {"type": "string"}}, ["path", "sha256", "size", "url"])
+JOB_FILES = _object({
+    "job": {"type": "string"}, "status": {"type": "string"},
+    "code": {"type": "array", "items": DOWNLOAD_ENTRY},
+    "data": {"type": "object", "additionalProperties": {"type": "array", "items": DOWNLOAD_ENTRY}},
+    "params": {"type": "object"},
+    "model": {**_object({"url": {"type": "string"}, "size": {"type": "integer"}}, ["url", "size"]),
+              "type": ["object", "null"], "description": "null until the job has a model"},
+}, ["job", "status"])
 
 
 @dataclass(frozen=True)
@@ -107,6 +140,7 @@ class RouteSpec:
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: tuple[int, ...] = (400, 403, 404, 409)
     public: bool = False
+    accepted: bool = False
 
     @property
     def path_params(self) -> dict[str, dict[str, Any]]:
@@ -114,7 +148,8 @@ class RouteSpec:
         return {name: PATH_PARAMS[name] for name in names}
 
 
-PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID}
+GRID_ID = {"type": "string", "pattern": "^grid-[0-9a-f]{24}$", "description": "a grid id such as grid-<24 hex>"}
+PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID, "grid": GRID_ID, "snapshot": SHA256}
 PAGE: dict[str, dict[str, Any]] = {"limit": {**DIGITS, "description": f"page size, 1 to {limits.MAX_PAGE_SIZE}"},
         "cursor": {"type": "string", "maxLength": 2048}}
 
@@ -128,20 +163,34 @@ ROUTES = [
     RouteSpec("/workspaces/{workspace}/members", "GET", "List members", 200, MEMBERS),
     RouteSpec("/workspaces/{workspace}/members", "POST", "Share with a user (owner only)", 200, MEMBERS, MEMBER),
     RouteSpec("/workspaces/{workspace}/members/remove", "POST", "Unshare (owner only)", 200, MEMBERS, MEMBER),
-    RouteSpec("/workspaces/{workspace}/blobs/missing", "POST", "Which blobs are missing, with upload URLs", 200,
-              MISSING, MISSING_BLOBS),
-    RouteSpec("/workspaces/{workspace}/snapshots", "POST", "Commit a snapshot manifest", 201, SNAPSHOT,
-              COMMIT_SNAPSHOT, errors=(400, 403, 404, 409)),
+    RouteSpec("/workspaces/{workspace}/snapshots", "POST",
+              "Propose a snapshot manifest: committed (201/200), or pending (202) with upload URLs of missing blobs",
+              201, SNAPSHOT, COMMIT_SNAPSHOT, accepted=True),
+    RouteSpec("/workspaces/{workspace}/snapshots/{snapshot}/complete", "POST",
+              "Complete a pending snapshot after uploading its blobs", 201, SNAPSHOT, accepted=True),
     RouteSpec("/workspaces/{workspace}/jobs", "POST", "Submit a training job (cache hit on identical inputs)",
               201, JOB_SUBMITTED, SUBMIT_JOB),
+    RouteSpec("/workspaces/{workspace}/batch-jobs", "POST",
+              "Submit a batch processing job on AWS Batch; its output becomes a data snapshot (described as the "
+              "job's model: snapshot:<id>; read it with the jobs routes)", 201, JOB_SUBMITTED, SUBMIT_BATCH_JOB),
     RouteSpec("/workspaces/{workspace}/jobs", "GET", "List jobs, newest first", 200, JOBS, query=PAGE),
     RouteSpec("/workspaces/{workspace}/jobs/{job}", "GET", "Describe a job", 200, JOB),
+    RouteSpec("/workspaces/{workspace}/grids", "POST", "Submit a hyperparameter grid (one job per point)", 201,
+              GRID, SUBMIT_GRID),
+    RouteSpec("/workspaces/{workspace}/grids/{grid}", "GET", "A grid's points with status and metrics", 200,
+              GRID_INFO, query={"sort_by": {"type": "string", "minLength": 1, "maxLength": 256},
+                                "desc": {"type": "string", "enum": ["true", "false"]},
+                                "limit": DIGITS, "page": DIGITS}),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/kill", "POST", "Stop a running job (state KILLED)", 200, JOB,
               errors=(400, 403, 404, 409)),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/resume", "POST", "Run a FAILED or KILLED job again", 200, JOB,
               errors=(400, 403, 404, 409)),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/logs", "GET", "Read a job's training log", 200, LOGS,
               query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
+    RouteSpec("/workspaces/{workspace}/jobs/{job}/files", "GET",
+              "Presigned download URLs of a job's code, data and model, and its params", 200, JOB_FILES,
+              query={"what": {"type": "string", "enum": ["code", "data", "params", "model"],
+                              "description": "only this part (default: all)"}}, errors=(400, 403, 404, 413)),
     RouteSpec("/workspaces/{workspace}/lineage/{node}", "GET", "Provenance of a node, up or down", 200, LINEAGE,
               query={"direction": {"type": "string", "enum": ["up", "down", "both"]}, "depth": DIGITS}),
 ]
@@ -187,6 +236,9 @@ def openapi(server_url: str | None = None) -> dict[str, Any]:
         if spec.ok == 201:
             responses["200"] = {"description": "Already existed (idempotent retry)",
                                 "content": {"application/json": {"schema": spec.response}}}
+        if spec.accepted:
+            responses["202"] = {"description": "Pending: upload the missing blobs, then complete",
+                                "content": {"application/json": {"schema": PENDING}}}
         for status in (*spec.errors, *(() if spec.public else (401,)), 500):
             responses[str(status)] = {"description": "Error", "content": {"application/json": {"schema": ERROR}}}
         parameters = [{"name": n, "in": "path", "required": True, "schema": s} for n, s in spec.path_params.items()]

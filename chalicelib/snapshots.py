@@ -11,8 +11,8 @@ from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
 from chalicelib.adapters import ObjectStore
-from chalicelib.domain import Manifest, parse_manifest, validate_sha256
-from chalicelib.errors import InputInvalid, MissingBlobs, NotFound, ValidationFailed
+from chalicelib.domain import Manifest, parse_manifest
+from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
 from chalicelib.models import LatestItem, SnapshotItem, ws_key
 from chalicelib.workspaces import now, workspace_prefix
 
@@ -46,33 +46,41 @@ class Snapshots:
             self._store = ObjectStore(config.settings().bucket)
         return self._store
 
-    def missing(self, workspace: str, files: Any) -> list[dict[str, str]]:
-        """The blobs (by sha256) this workspace lacks, each with a presigned PUT URL for a direct upload."""
-        if not isinstance(files, list):
-            raise ValidationFailed("blobs: must be a list of sha256 digests")
-        if len(files) > limits.MAX_BLOBS_PER_REQUEST:
-            raise ValidationFailed(f"blobs: at most {limits.MAX_BLOBS_PER_REQUEST} digests per request")
-        digests = sorted({validate_sha256(d, f"blobs[{i}]") for i, d in enumerate(files)})
-        sizes = self.store.sizes(blob_key(workspace, d) for d in digests)
-        return [
-            {"sha256": d, "url": self.store.presign_put(blob_key(workspace, d))}
-            for d in digests
-            if sizes[blob_key(workspace, d)] is None
-        ]
+    def commit(self, workspace: str, kind: Any, files: Any, user: str) -> tuple[dict[str, Any], int]:
+        """Stores the manifest (content-addressed, so a retry writes the same object), then completes it.
 
-    def commit(self, workspace: str, kind: Any, files: Any, user: str) -> tuple[dict[str, Any], bool]:
-        """Records the snapshot once every blob is present with its declared size; idempotent by content."""
+        The manifest travels once: if blobs are missing the answer is `pending` with upload URLs for them,
+        and the client finishes with `complete(id)`, a request with no body. (Asking for missing blobs
+        first and sending the manifest afterwards would send every digest twice.)"""
         manifest = parse_manifest(kind, files)
+        if kind == "params":
+            raise ValidationFailed("kind: params snapshots are made by the server from a job's params")
+        self.store.put_json(manifest_key(workspace, manifest.snapshot_id), manifest.document)
+        return self._complete(workspace, manifest, user)
+
+    def complete(self, workspace: str, snapshot_id: str, user: str) -> tuple[dict[str, Any], int]:
+        try:
+            manifest = self.manifest(workspace, snapshot_id)
+        except NotFound:
+            raise NotFound(f"snapshot {snapshot_id!r} was never proposed in workspace {workspace!r}") from None
+        return self._complete(workspace, manifest, user)
+
+    def _complete(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], int]:
+        """201/200 with the snapshot once every blob is present with its declared size; else 202 pending."""
         sizes = self.store.sizes(blob_key(workspace, f.sha256) for f in manifest.files)
         absent = sorted({f.sha256 for f in manifest.files if sizes[blob_key(workspace, f.sha256)] is None})
         if absent:
-            raise MissingBlobs(
-                f"files: {len(absent)} blob(s) were not uploaded yet, e.g. {absent[0]}; ask /blobs/missing first"
-            )
+            # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
+            page = absent[: limits.MAX_BLOBS_PER_REQUEST]
+            return {"id": manifest.snapshot_id, "kind": manifest.kind, "status": "pending",
+                    "missing_count": len(absent),
+                    "missing": [{"sha256": d, "url": self.store.presign_put(blob_key(workspace, d))}
+                                for d in page]}, 202
         wrong = [f for f in manifest.files if sizes[blob_key(workspace, f.sha256)] != f.size]
         if wrong:
             raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
-        return self._record(workspace, manifest, user)
+        snapshot, created = self._record(workspace, manifest, user)
+        return {**snapshot, "status": "committed"}, 201 if created else 200
 
     def put_small(self, workspace: str, manifest: Manifest, blobs: Mapping[str, bytes], user: str) -> dict[str, Any]:
         """Stores a snapshot whose bytes the server already holds (params): blobs first, then the record."""

@@ -5,6 +5,8 @@ import base64
 import hashlib
 import json
 import tarfile
+import tomllib
+from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from pynamodb.exceptions import DoesNotExist, PutError
@@ -14,8 +16,10 @@ from chalicelib import config, limits
 from chalicelib.adapters import Executions, LogReader, ObjectStore, TrainingJobs, execution_arn_for
 from chalicelib.domain import (
     JobSpec,
+    Manifest,
     Resources,
     attempt_name,
+    is_grid,
     environment_id,
     hyperparameters,
     params_manifest,
@@ -24,15 +28,27 @@ from chalicelib.domain import (
     validate_sha256,
 )
 from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
-from chalicelib.models import JobItem, ws_key
+from chalicelib.models import JobItem, LatestInputsItem, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.snapshots import Snapshots
+from chalicelib.snapshots import Snapshots, blob_key
 from chalicelib.workspaces import now, workspace_prefix
 
 # Entry points tried, in order, when the code snapshot does not name one (SageMaker's `sagemaker_program`).
 DEFAULT_ENTRY_POINTS = ("train.py", "train.sh", "train")
 TERMINAL = ("COMPLETED", "FAILED", "KILLED")
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "kaos.toml"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A submission's inputs after filling the unspecified ones from the workspace's latest."""
+
+    code: str
+    data: tuple[tuple[str, str], ...]
+    params: dict[str, Any]
+    resources: dict[str, Any]
+    sources: dict[str, str]
 
 
 def job_prefix(workspace: str, job_id: str) -> str:
@@ -87,26 +103,69 @@ class Training:
     ) -> tuple[dict[str, Any], bool]:
         """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity."""
         settings = config.settings()
-        code = self._snapshot_ref(workspace, request.get("code"), "code", "code")
-        data = request.get("data")
-        if not isinstance(data, dict) or not data:
-            raise ValidationFailed("data: must be an object mapping channel names to data snapshot ids")
-        channels = tuple(
-            sorted(
-                (validate_channel(name, f"data.{name}"), self._snapshot_ref(workspace, sid, "data", f"data.{name}"))
-                for name, sid in data.items()
-            )
-        )
-        params = parse_params(request.get("params", {}))
+        inputs = self.resolve_inputs(workspace, request)
+        if is_grid(inputs.params):
+            raise ValidationFailed("params: list values make a grid; submit grids to /workspaces/{ws}/grids")
+        item, created = self.create(workspace, incarnation, user, inputs, inputs.params)
+        # Starting is idempotent by name: a cache hit, or a retry whose first attempt wrote the row and then
+        # failed before the start, both end with exactly one execution.
+        self.executions.start(settings.training_state_machine_arn, item.job_id,
+                              {"workspace": workspace, "job_id": item.job_id})
+        self.remember_inputs(workspace, inputs)
+        return {**self.describe(item), "sources": inputs.sources}, created
+
+    def resolve_inputs(self, workspace: str, request: dict[str, Any]) -> Inputs:
+        """Any subset of code, data and params: what is not given is the workspace's latest of that kind."""
+        latest = self._latest(workspace)
+        sources: dict[str, str] = {}
+
+        def pick(name: str) -> Any:
+            if request.get(name) is not None:
+                sources[name] = "given"
+                return request[name]
+            if latest is not None and getattr(latest, name) is not None:
+                sources[name] = "latest"
+                return getattr(latest, name)
+            return None
+
+        code, data, params = pick("code"), pick("data"), pick("params")
+        if code is None or data is None:
+            missing = "code" if code is None else "data"
+            raise ValidationFailed(f"{missing}: required on a workspace's first deploy (later ones reuse the latest)")
+        if params is None:
+            sources["params"] = "default"
+            params = {}
+        code_id = self._snapshot_ref(workspace, code, "code", "code")
+        channels = tuple(sorted(
+            (validate_channel(name, f"data.{name}"), self._snapshot_ref(workspace, sid, "data", f"data.{name}"))
+            for name, sid in data.items()
+        ))
+        return Inputs(code_id, channels, parse_params(params), request.get("resources") or {}, sources)
+
+    def _latest(self, workspace: str) -> LatestInputsItem | None:
+        try:
+            return LatestInputsItem.get(ws_key(workspace), "LATEST#inputs", consistent_read=True)
+        except DoesNotExist:
+            return None
+
+    def remember_inputs(self, workspace: str, inputs: Inputs) -> None:
+        LatestInputsItem(ws_key(workspace), "LATEST#inputs", code=inputs.code, data=dict(inputs.data),
+                         params=inputs.params, updated_at=now()).save()
+
+    def create(
+        self, workspace: str, incarnation: str, user: str, inputs: Inputs, params: dict[str, Any]
+    ) -> tuple[JobItem, bool]:
+        """The job row for one point of inputs (written once: a conditional put on the fingerprint)."""
+        settings = config.settings()
         manifest, body = params_manifest(params)
         params_snapshot = self.snapshots.put_small(workspace, manifest, {manifest.files[0].sha256: body}, user)
-        wanted = request.get("resources") or {}
+        wanted = inputs.resources
         resources = Resources(
             instance_type=wanted.get("instance_type", settings.training_instance_type), instance_count=1,
             volume_gb=30, max_runtime_seconds=wanted.get("max_runtime_seconds", settings.training_max_runtime_seconds),
         )
         spec = JobSpec(
-            workspace=workspace, incarnation=incarnation, kind="train", code=code, data=channels,
+            workspace=workspace, incarnation=incarnation, kind="train", code=inputs.code, data=inputs.data,
             params=params_snapshot["id"], environment=settings.training_image, resources=resources,
         )
         at = now()
@@ -116,7 +175,7 @@ class Training:
         item = JobItem(
             ws_key(workspace), f"JOB#{spec.job_id}", job_id=spec.job_id, fingerprint=spec.fingerprint,
             kind=spec.kind, status="SUBMITTED", spec=spec.document(), created_at=at, created_by=user, updated_at=at,
-            execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}],
+            execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}], sources=inputs.sources,
             gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
         )
         created = True
@@ -131,11 +190,7 @@ class Training:
             # Also on a retry of a submission that wrote the row and failed before this point; cache hits of
             # jobs that already ran have their provenance (each write below is idempotent anyway).
             self._record_inputs(workspace, spec, at)
-        # Starting is idempotent by name: a cache hit, or a retry whose first attempt wrote the row and then
-        # failed before the start, both end with exactly one execution.
-        self.executions.start(settings.training_state_machine_arn, spec.job_id,
-                              {"workspace": workspace, "job_id": spec.job_id})
-        return self.describe(item), created
+        return item, created
 
     def _snapshot_ref(self, workspace: str, value: Any, kind: str, field: str) -> str:
         snapshot_id = validate_sha256(value, field)
@@ -178,12 +233,14 @@ class Training:
             raise Conflict(f"job {job_id!r} is {item.status}; only FAILED or KILLED jobs can be resumed")
         attempt = int(item.attempt) + 1
         name = attempt_name(job_id, attempt)
-        arn = execution_arn_for(settings.training_state_machine_arn, name)
+        # Each kind of job has its own pipeline; resuming starts the one that ran it.
+        machine = settings.batch_state_machine_arn if item.kind == "batch" else settings.training_state_machine_arn
+        arn = execution_arn_for(machine, name)
         previous = {"attempt": int(item.attempt), "execution": item.execution_arn,
                     "failure_reason": item.failure_reason}
         self._set_status(item, "SUBMITTED", attempt=attempt, execution_arn=arn, failure_reason=None,
                          ended_at=None, attempts=(item.attempts or []) + [previous])
-        self.executions.start(settings.training_state_machine_arn, name, {"workspace": workspace, "job_id": job_id})
+        self.executions.start(machine, name, {"workspace": workspace, "job_id": job_id})
         return self.describe(item)
 
     # --- reads ------------------------------------------------------------------------------------------
@@ -229,6 +286,7 @@ class Training:
             "metrics": item.metrics or {}, "failure_reason": item.failure_reason, "model": item.model_uri,
             "training_job_name": item.training_job_name, "execution": item.execution_arn,
             "history": item.history or [], "attempt": int(item.attempt), "attempts": item.attempts or [],
+            "sources": item.sources or {},
         }
 
     # --- pipeline tasks ---------------------------------------------------------------------------------
@@ -249,10 +307,7 @@ class Training:
             raise InputInvalid(f"job {job_id} is already {item.status}")
         spec = item.spec
         code_uri, manifest = self.snapshots.sourcedir(workspace, spec["code"])
-        paths = {f.path for f in manifest.files}
-        entry = next((e for e in DEFAULT_ENTRY_POINTS if e in paths), None)
-        if entry is None:
-            raise InputInvalid(f"code: no entry point found; add one of {', '.join(DEFAULT_ENTRY_POINTS)}")
+        entry = self._entry_point(workspace, manifest)
         channels = [
             {
                 "ChannelName": channel,
@@ -283,6 +338,26 @@ class Training:
         }
         self._set_status(item, "TRAINING", training_job_name=name, started_at=now())
         return {"training": request}
+
+    def _entry_point(self, workspace: str, manifest: Manifest) -> str:
+        """`entry_point` from the code's kaos.toml ([train] table), else the first default that exists."""
+        files = {f.path: f for f in manifest.files}
+        if CONFIG_FILE in files:
+            try:
+                config_doc = tomllib.loads(self.store.get_bytes(blob_key(workspace, files[CONFIG_FILE].sha256))
+                                          .decode())
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise InputInvalid(f"code: {CONFIG_FILE} is not valid TOML ({exc})") from None
+            entry = config_doc.get("train", {}).get("entry_point")
+            if entry is not None:
+                if not isinstance(entry, str) or entry not in files:
+                    raise InputInvalid(f"code: {CONFIG_FILE} names entry_point {entry!r}, which is not in the code")
+                return entry
+        found = next((e for e in DEFAULT_ENTRY_POINTS if e in files), None)
+        if found is None:
+            raise InputInvalid(f"code: no entry point found; add one of {', '.join(DEFAULT_ENTRY_POINTS)} "
+                               f"or name it in {CONFIG_FILE} ([train] entry_point = ...)")
+        return found
 
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]

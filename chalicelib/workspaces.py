@@ -14,7 +14,7 @@ from chalicelib import config, limits
 from chalicelib.adapters import ObjectStore
 from chalicelib.domain import validate_workspace_name
 from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from chalicelib.models import MemberItem, WorkspaceItem, _Item, ws_key
+from chalicelib.models import JobItem, MemberItem, WorkspaceItem, _Item, ws_key
 
 
 @cache
@@ -102,6 +102,8 @@ class Workspaces:
             key = {"SNAP": "snapshots", "JOB": "jobs", "MEMBER": "members"}.get(kind)
             if key:
                 counts[key] += 1
+        # Batch jobs record their output as `snapshot:<id>`, so only s3:// model URIs count as models.
+        counts["models"] = JobItem.count(ws_key(name), filter_condition=JobItem.model_uri.startswith("s3://"))
         return {**self._describe(item), **counts}
 
     def kill(self, name: str, user: str) -> dict[str, Any]:

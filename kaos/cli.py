@@ -1,8 +1,10 @@
 """The kaos command line: parses, calls kaos.client, renders. No business rules live here."""
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from rich.tree import Tree
 from kaos.bundle import BundleError, hash_files, scan
 from kaos.cli_templates import template_app
 from kaos.client import ApiError, Client, load_params
+from kaos.client import extract_archive
 from kaos.settings import ClientConfig
 
 app = typer.Typer(help="kaos: incremental, reproducible ML training on serverless AWS (or offline).",
@@ -105,7 +108,58 @@ def workspace_info(name: str | None = typer.Argument(None), as_json: bool = Json
     table = Table(show_header=False)
     for key in ("name", "owner", "created_at", "snapshots", "jobs", "members"):
         table.add_row(key, str(info[key]))
+    if "models" in info:
+        table.add_row("models", str(info["models"]))
     console.print(table)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _close_names(name: str, names: list[str]) -> list[str]:
+    """Up to three likely intended names: difflib's close matches, then any within two edits."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    near = sorted((n for n in names if n not in close and _edit_distance(name, n) <= 2),
+                  key=lambda n: (_edit_distance(name, n), n))
+    return (close + near)[:3]
+
+
+@workspace_app.command("set")
+def workspace_set(name: str) -> None:
+    """Make NAME the current workspace (it must exist and you must be a member)."""
+    client = _client()
+    try:
+        client.workspace(name)
+    except ApiError as exc:
+        if exc.status not in (400, 404):
+            _fail(f"{exc.message} ({exc.code})")
+        close = _close_names(name, [w["name"] for w in _call(client.workspaces)])
+        _fail(exc.message + (f"; did you mean: {', '.join(close)}?" if close else
+                             "; `kaos workspace list` shows yours"))
+    config = ClientConfig.load()
+    config.workspace = name
+    config.save()
+    console.print(f"current workspace: [bold]{name}[/]")
+
+
+@workspace_app.command("current")
+def workspace_current(as_json: bool = JsonOpt) -> None:
+    """Print the current workspace (the default of every -w option)."""
+    current = ClientConfig.load().workspace or None
+    if as_json:
+        return _emit_json({"workspace": current})
+    if current is None:
+        console.print("no current workspace; `kaos workspace set NAME` or `kaos workspace create NAME` sets one")
+        return None
+    console.print(current)
+    return None
 
 
 @workspace_app.command("kill")
@@ -163,38 +217,87 @@ def _snapshot(client: Client, workspace: str, kind: str, directory: Path, label:
     return snapshot
 
 
+def _channels(values: list[str]) -> dict[str, Path]:
+    """`-d DIR` is the channel `training`; `-d NAME=DIR` names it, as SageMaker channels are named."""
+    channels: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        name, path = (name, path) if sep and not Path(value).exists() else ("training", value)
+        if name in channels:
+            _fail(f"-d: channel {name!r} given twice")
+        channels[name] = Path(path)
+    return channels
+
+
 @train_app.command("deploy")
 def train_deploy(
-    source: Path = typer.Option(..., "--source", "-s", help="Code directory (entry point train.py or train.sh)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Data directory (the 'training' channel)."),
-    params: Path | None = typer.Option(None, "--hyperparams", "-h", help="JSON object of hyperparameters."),
+    source: Path | None = typer.Option(None, "--source", "-s",
+                                       help="Code directory (train.py, train.sh or kaos.toml entry_point). "
+                                            "Default: the workspace's latest code."),
+    data: list[str] = typer.Option([], "--data", "-d",
+                                   help="Data directory, or NAME=DIR for a named channel (repeatable). "
+                                        "Default: the workspace's latest data."),
+    params: Path | None = typer.Option(None, "--hyperparams", "-h",
+                                       help="JSON object of hyperparameters; list values make a grid. "
+                                            "Default: the workspace's latest params."),
+    parallelism: int = typer.Option(10, "--parallelism", "-p", min=1, help="Grid points trained at once."),
     workspace: str | None = WorkspaceOpt,
-    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job (or grid) to its end."),
     max_runtime: int | None = typer.Option(None, "--max-runtime", min=1,
                                            help="Stop the training after this many seconds."),
     instance_type: str | None = typer.Option(None, "--instance-type", help="SageMaker instance type (ml.*)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Snapshot code, data and params (uploading only new bytes) and start a training job."""
+    """Snapshot what you give (uploading only new bytes), reuse the latest of the rest, and train."""
     ws = _workspace(workspace)
-    hyper = _call(lambda: load_params(params)) if params else {}
+    hyper = _call(lambda: load_params(params)) if params else None
+    channels = _channels(data)
     client = _client()
     # Every local check (directories, sizes, symlinks) runs before anything is uploaded.
-    _call(lambda: (scan(source, "-s"), scan(data, "-d")))
-    code = _call(lambda: _snapshot(client, ws, "code", source, "-s"))
-    dataset = _call(lambda: _snapshot(client, ws, "data", data, "-d"))
+    _call(lambda: [scan(source, "-s")] if source else None)
+    _call(lambda: [scan(path, f"-d {name}") for name, path in channels.items()])
+    code = _call(lambda: _snapshot(client, ws, "code", source, "-s")["id"]) if source else None
+    data_ids = {name: _call(lambda p=path, n=name: _snapshot(client, ws, "data", p, f"-d {n}")["id"])
+                for name, path in channels.items()} or None
     resources = {k: v for k, v in (("max_runtime_seconds", max_runtime), ("instance_type", instance_type)) if v}
-    job = _call(lambda: client.submit(ws, code["id"], {"training": dataset["id"]}, hyper, resources))
+    if hyper is not None and any(isinstance(v, list) for v in hyper.values()):
+        grid = _call(lambda: client.submit_grid(ws, code, data_ids, hyper, resources, parallelism))
+        if wait:
+            grid = {**_wait_grid(client, ws, grid["id"]), "cached": grid["cached"]}
+        if as_json:
+            return _emit_json(grid)
+        note = "[yellow]cache hit: this grid was submitted before[/]" if grid.get("cached") else "started"
+        console.print(f"grid [bold]{grid['id']}[/] {note}: {grid['points']} points, {grid['parallelism']} at once; "
+                      f"`kaos train info {grid['id']}` shows them")
+        return None
+    job = _call(lambda: client.submit(ws, code, data_ids, hyper, resources))
     if wait:
-        job = {**_wait(client, ws, job["id"]), "cached": job["cached"]}
+        job = {**_wait(client, ws, job["id"]), "cached": job["cached"], "sources": job.get("sources", {})}
     if as_json:
         return _emit_json(job)
     note = "[yellow]cache hit: identical inputs, nothing started[/]" if job.get("cached") else "started"
-    console.print(f"job [bold]{job['id']}[/] {note}; status {job['status']}")
+    reused = [name for name, source_ in job.get("sources", {}).items() if source_ == "latest"]
+    console.print(f"job [bold]{job['id']}[/] {note}; status {job['status']}"
+                  + (f"; reused the latest {', '.join(reused)}" if reused else ""))
     if wait:
         _print_job(job)
         if job["status"] != "COMPLETED":
             raise typer.Exit(1)
+    return None
+
+
+def _wait_grid(client: Client, ws: str, grid_id: str) -> Any:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"{grid_id}: running", total=None)
+        while True:
+            grid = _call(lambda: client.grid(ws, grid_id, limit=1))
+            done = sum(n for status, n in grid["counts"].items() if status in TERMINAL)
+            progress.update(task, total=grid["points"], completed=done,
+                            description=f"{grid_id}: {grid['status']}")
+            if grid["status"] in ("COMPLETED", "FAILED") and done == grid["points"]:
+                return grid
+            time.sleep(1)
 
 
 def _wait(client: Client, ws: str, job_id: str) -> Any:
@@ -238,12 +341,139 @@ def _print_job(job: dict[str, Any]) -> None:
 
 
 @train_app.command("info")
-def train_info(job: str, workspace: str | None = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
-    """Show a job: status, inputs, metrics, model, failure reason."""
+def train_info(job: str, workspace: str | None = WorkspaceOpt, as_json: bool = JsonOpt,
+               sort_by: str | None = typer.Option(None, "--sort-by", help="Grids: order points by this metric."),
+               desc: bool = typer.Option(False, "--desc", help="Grids: largest metric first."),
+               page: int = typer.Option(1, "--page", min=1, help="Grids: page of points."),
+               limit: int = typer.Option(50, "--limit", min=1, max=200, help="Grids: points per page.")) -> None:
+    """Show a job (status, inputs, metrics, model, failure reason) or a grid's points."""
+    if job.startswith("grid-"):
+        grid = _call(lambda: _client().grid(_workspace(workspace), job, sort_by, desc, page, limit))
+        if as_json:
+            return _emit_json(grid)
+        return _print_grid(grid)
     described = _call(lambda: _client().job(_workspace(workspace), job))
     if as_json:
         return _emit_json(described)
     _print_job(described)
+
+
+def _print_grid(grid: dict[str, Any]) -> None:
+    counts = ", ".join(f"{n} {status.lower()}" for status, n in sorted(grid["counts"].items()))
+    console.print(f"grid [bold]{grid['id']}[/] {grid['status']}: {grid['points']} points ({counts}); "
+                  f"page {grid['page']}/{grid['pages']}")
+    names = sorted({k for p in grid["rows"] for k in p["metrics"]})
+    axes = [k for k, v in grid["params"].items() if isinstance(v, list)]
+    table = Table("#", "job", "status", *axes, *names)
+    for point in grid["rows"]:
+        table.add_row(str(point["index"]), point["job"], point["status"],
+                      *(str(point["params"].get(a)) for a in axes),
+                      *(f"{point['metrics'][n]:.4g}" if n in point["metrics"] else "-" for n in names))
+    console.print(table)
+
+
+JOB_PARTS = ("code", "data", "params", "model")
+
+
+def _inside(root: Path, *relative: str) -> Path:
+    """root/relative..., refusing absolute paths and `..` (paths come from the server; trust them no further)."""
+    parts: list[str] = []
+    for piece in relative:
+        posix = piece.replace("\\", "/")
+        if posix.startswith("/") or ".." in posix.split("/"):
+            _fail(f"refusing to write outside {root}: {piece!r}")
+        parts += [p for p in posix.split("/") if p not in ("", ".")]
+    return root.joinpath(*parts)
+
+
+def _job_files(client: Client, ws: str, job: str, chosen: list[str]) -> dict[str, Any]:
+    """One request for everything; part by part when it is too large for one response (413) or fewer are wanted."""
+    if len(chosen) == len(JOB_PARTS):
+        try:
+            listing: dict[str, Any] = client.job_files(ws, job)
+            return listing
+        except ApiError as exc:
+            if exc.status != 413:
+                _fail(f"{exc.message} ({exc.code})")
+    listing = {}
+    for part in chosen:
+        listing.update(_call(lambda p=part: client.job_files(ws, job, p)))
+    return listing
+
+
+@train_app.command("get")
+def train_get(
+    job: str,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Directory to fill (default: ./JOB)."),
+    code: bool = typer.Option(False, "--code", help="Download the code (to DIR/code)."),
+    data: bool = typer.Option(False, "--data", help="Download the data channels (to DIR/data/<channel>)."),
+    params: bool = typer.Option(False, "--params", help="Write the hyperparameters (DIR/params.json)."),
+    model: bool = typer.Option(False, "--model", help="Download and unpack the model (to DIR/model)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
+    workspace: str | None = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Download a job's code, data, params and model (default: all) into DIR, checking every file's sha256."""
+    ws = _workspace(workspace)
+    target = output if output is not None else Path(job)
+    if target.exists() and not target.is_dir():
+        _fail(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        _fail(f"{target} is not empty; pass --force to write into it, or -o another directory")
+    chosen = [part for part, on in zip(JOB_PARTS, (code, data, params, model), strict=True) if on] or list(JOB_PARTS)
+    client = _client()
+    listing = _job_files(client, ws, job, chosen)
+    if "model" in chosen and listing.get("model") is None:
+        message = f"job {job} has no model (status {listing.get('status')})"
+        if model:
+            _fail(message)
+        err.print(f"[yellow]warning:[/] {message}; downloading the rest")
+    files = [(_inside(target, "code", f["path"]), f) for f in listing.get("code", [])]
+    files += [(_inside(target, "data", channel, f["path"]), f)
+              for channel, entries in sorted(listing.get("data", {}).items()) for f in entries]
+    archive = listing.get("model")
+    total = sum(f["size"] for _, f in files) + (archive["size"] if archive else 0)
+    target.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Path] = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"downloading {job} ({len(files)} files{' and the model' if archive else ''})",
+                                 total=total)
+        for dest, entry in files:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if entry["sha256"] in done:  # identical content: copy the verified local file
+                shutil.copyfile(done[entry["sha256"]], dest)
+                progress.advance(task, entry["size"])
+                continue
+            partial = dest.with_name(dest.name + ".part")
+            digest = _call(lambda e=entry, p=partial: client.download(e["url"], p, lambda n: progress.advance(task, n)))
+            if digest != entry["sha256"]:
+                partial.unlink(missing_ok=True)
+                _fail(f"{dest.relative_to(target)}: sha256 {digest} does not match the manifest's {entry['sha256']}")
+            partial.replace(dest)
+            done[entry["sha256"]] = dest
+        members: list[str] = []
+        if archive:
+            partial = target / ".model.tar.gz.part"
+            _call(lambda: client.download(archive["url"], partial, lambda n: progress.advance(task, n)))
+            received = partial.stat().st_size
+            if received != archive["size"]:
+                partial.unlink(missing_ok=True)
+                _fail(f"model.tar.gz: got {received} bytes, expected {archive['size']}")
+            try:
+                members = _call(lambda: extract_archive(partial, target / "model"))
+            finally:
+                partial.unlink(missing_ok=True)
+    if "params" in listing:
+        (target / "params.json").write_text(json.dumps(listing["params"], indent=2, sort_keys=True) + "\n")
+    summary = {"job": job, "directory": str(target), "parts": chosen, "files": len(files),
+               "bytes": total, "params": "params" in listing, "model": members if archive else None}
+    if as_json:
+        return _emit_json(summary)
+    written = [f"{len(files)} files" if files else "", "params.json" if summary["params"] else "",
+               f"model ({len(members)} entries)" if archive else ""]
+    console.print(f"job [bold]{job}[/] → {target}: " + ", ".join(w for w in written if w) + " (sha256 verified)")
+    return None
 
 
 @train_app.command("kill")
@@ -332,6 +562,50 @@ def render_tree(graph: dict[str, Any], down: bool) -> Tree:
 
     grow(root, graph["root"], frozenset({graph["root"]}))
     return root
+
+
+# --- batch ----------------------------------------------------------------------------------------------
+batch_app = typer.Typer(help="Run processing jobs on AWS Batch; each output is a new data snapshot.",
+                        no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("deploy")
+def batch_deploy(
+    source: Path = typer.Option(..., "--source", "-s",
+                                help="Code directory (process.py, main.py or process.sh unless --command is given)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Input data directory ($KAOS_INPUT_DIR in the job)."),
+    command: str | None = typer.Option(None, "--command",
+                                       help="Shell command run in the code directory; it writes its results "
+                                            "to $KAOS_OUTPUT_DIR."),
+    workspace: str | None = WorkspaceOpt,
+    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
+    max_runtime: int | None = typer.Option(None, "--max-runtime", min=60,
+                                           help="Stop the job after this many seconds."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Snapshot code and data (uploading only new bytes) and run a batch job; its output is a data snapshot."""
+    ws = _workspace(workspace)
+    client = _client()
+    # Every local check (directories, sizes, symlinks) runs before anything is uploaded.
+    _call(lambda: (scan(source, "-s"), scan(data, "-d")))
+    code = _call(lambda: _snapshot(client, ws, "code", source, "-s"))
+    dataset = _call(lambda: _snapshot(client, ws, "data", data, "-d"))
+    job = _call(lambda: client.submit_batch(ws, code["id"], dataset["id"], command, max_runtime))
+    if wait:
+        job = {**_wait(client, ws, job["id"]), "cached": job["cached"]}
+    if as_json:
+        return _emit_json(job)
+    note = "[yellow]cache hit: identical inputs, nothing started[/]" if job.get("cached") else "started"
+    console.print(f"batch job [bold]{job['id']}[/] {note}; status {job['status']}")
+    if wait:
+        _print_job(job)
+        if job["status"] != "COMPLETED":
+            raise typer.Exit(1)
+        output = str(job["model"]).removeprefix("snapshot:")
+        console.print(f"output: data snapshot [bold]{output}[/] (train on it: `kaos train info`, provenance "
+                      f"`kaos train provenance snapshot:{output}`)")
+    return None
 
 
 # --- local ----------------------------------------------------------------------------------------------

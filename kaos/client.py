@@ -1,6 +1,7 @@
 """HTTP client of the kaos API: every request is SigV4-signed by botocore with the user's AWS credentials."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -89,26 +90,44 @@ class Client:
     ) -> dict[str, Any]:
         """Uploads only the blobs the workspace lacks, straight to S3 by presigned URL, then commits."""
         by_digest = {f.sha256: f for f in files}
-        digests = sorted(by_digest)
-        for start in range(0, len(digests), limits.MAX_BLOBS_PER_REQUEST):
-            chunk = digests[start : start + limits.MAX_BLOBS_PER_REQUEST]
-            missing = self.request("POST", f"/workspaces/{workspace}/blobs/missing", {"blobs": chunk})["missing"]
-            for blob in missing:
+        manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
+        result: dict[str, Any] = self.request("POST", f"/workspaces/{workspace}/snapshots",
+                                              {"kind": kind, "files": manifest})
+        uploaded: set[str] = set()
+        while result.get("status") == "pending":
+            if uploaded & {blob["sha256"] for blob in result["missing"]}:
+                raise ApiError(409, "UploadLost", "an uploaded blob is still reported missing; try again")
+            for blob in result["missing"]:
+                uploaded.add(blob["sha256"])
                 local = by_digest[blob["sha256"]]
                 with local.source.open("rb") as handle:
                     put = self.http.put(blob["url"], data=_Reading(handle, local.size, on_bytes), timeout=None)
                 if put.status_code >= 300:
                     raise ApiError(put.status_code, "UploadFailed", f"{local.path}: {put.text[:300]}")
-        manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
-        snapshot: dict[str, Any] = self.request("POST", f"/workspaces/{workspace}/snapshots",
-                                                {"kind": kind, "files": manifest})
-        return snapshot
+            result = self.request("POST", f"/workspaces/{workspace}/snapshots/{result['id']}/complete")
+        return result
 
     # jobs
-    def submit(self, workspace: str, code: str, data: dict[str, str], params: dict[str, Any],
+    def submit(self, workspace: str, code: str | None, data: dict[str, str] | None, params: dict[str, Any] | None,
                resources: dict[str, Any] | None = None) -> Any:
-        body = {"code": code, "data": data, "params": params, **({"resources": resources} if resources else {})}
+        """Any of code, data and params may be None: the workspace's latest of that kind is used."""
+        body = {k: v for k, v in (("code", code), ("data", data), ("params", params), ("resources", resources))
+                if v}
+        if params == {}:
+            body["params"] = {}
         return self.request("POST", f"/workspaces/{workspace}/jobs", body)
+
+    def submit_grid(self, workspace: str, code: str | None, data: dict[str, str] | None, params: dict[str, Any],
+                    resources: dict[str, Any] | None, parallelism: int) -> Any:
+        body = {k: v for k, v in (("code", code), ("data", data), ("resources", resources)) if v}
+        return self.request("POST", f"/workspaces/{workspace}/grids",
+                            {**body, "params": params, "parallelism": parallelism})
+
+    def grid(self, workspace: str, grid_id: str, sort_by: str | None = None, desc: bool = False, page: int = 1,
+             limit: int = 50) -> Any:
+        return self.request("GET", f"/workspaces/{workspace}/grids/{grid_id}",
+                            query={"sort_by": sort_by, "desc": "true" if desc else None, "page": page,
+                                   "limit": limit})
 
     def jobs(self, workspace: str, limit: int | None = None, cursor: str | None = None) -> Any:
         return self.request("GET", f"/workspaces/{workspace}/jobs", query={"limit": limit, "cursor": cursor})
@@ -128,6 +147,50 @@ class Client:
     def lineage(self, workspace: str, node: str, direction: str, depth: int | None = None) -> Any:
         return self.request("GET", f"/workspaces/{workspace}/lineage/{node}",
                             query={"direction": direction, "depth": depth})
+
+    # downloads
+    def job_files(self, workspace: str, job_id: str, what: str | None = None) -> Any:
+        """Presigned GET URLs of a job's code and data files and model, and its params (`what`: one part)."""
+        return self.request("GET", f"/workspaces/{workspace}/jobs/{job_id}/files", query={"what": what})
+
+    def download(self, url: str, target: Path, on_bytes: Callable[[int], None]) -> str:
+        """Streams a presigned GET straight from S3 into `target`; returns the sha256 of what was written."""
+        digest = hashlib.sha256()
+        with self.http.get(url, stream=True, timeout=TIMEOUT) as response:
+            if response.status_code >= 300:
+                raise ApiError(response.status_code, "DownloadFailed", f"{target.name}: {response.text[:300]}")
+            with target.open("wb") as handle:
+                for chunk in response.iter_content(1 << 16):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    on_bytes(len(chunk))
+        return digest.hexdigest()
+
+    def submit_batch(self, workspace: str, code: str, data: str, command: str | None = None,
+                     max_runtime_seconds: int | None = None) -> Any:
+        """A batch job over one data snapshot; once COMPLETED its `model` is `snapshot:<output data snapshot id>`."""
+        body = {k: v for k, v in (("code", code), ("data", data), ("command", command),
+                                  ("max_runtime_seconds", max_runtime_seconds)) if v is not None}
+        return self.request("POST", f"/workspaces/{workspace}/batch-jobs", body)
+
+
+def extract_archive(archive: Path, target: Path) -> list[str]:
+    """Unpacks a model.tar.gz into `target`, refusing members with absolute paths or `..` (and, through
+    tarfile's "data" filter, links leaving the target, devices and special permission bits); returns the names."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for member in members:
+                name = member.name.replace("\\", "/")
+                if name.startswith("/") or ".." in name.split("/"):
+                    raise ApiError(0, "UnsafeArchive", f"{archive.name}: refusing member {member.name!r}")
+            target.mkdir(parents=True, exist_ok=True)
+            tar.extractall(target, members=members, filter="data")
+    except tarfile.TarError as exc:
+        raise ApiError(0, "UnsafeArchive", f"{archive.name}: {exc}") from None
+    return [m.name for m in members]
 
 
 class _Reading:

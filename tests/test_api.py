@@ -32,7 +32,8 @@ chalice_app = _load_app()
 
 
 def concrete(path: str) -> str:
-    values = {"{job}": "train-" + "0" * 24, "{node}": "job:x", "{workspace}": "ws-x"}
+    values = {"{job}": "train-" + "0" * 24, "{node}": "job:x", "{workspace}": "ws-x", "{snapshot}": "a" * 64,
+              "{grid}": "grid-" + "0" * 24}
     return re.sub(r"\{[^}]+\}", lambda m: values[m.group(0)], path)
 
 
@@ -95,7 +96,8 @@ def test_non_members_get_404_for_the_workspace_and_its_objects(stack: Stack) -> 
     for call in (lambda: guest.workspace("api-private"), lambda: guest.jobs("api-private"),
                  lambda: guest.job("api-private", "train-" + "0" * 24), lambda: guest.kill_workspace("api-private"),
                  lambda: guest.submit("api-private", "a" * 64, {"training": "b" * 64}, {}),
-                 lambda: guest.request("POST", "/workspaces/api-private/blobs/missing", {"blobs": []})):
+                 lambda: guest.request("POST", "/workspaces/api-private/snapshots",
+                                       {"kind": "data", "files": [{"path": "a", "sha256": "a" * 64, "size": 1}]})):
         with pytest.raises(ApiError) as error:
             call()
         assert error.value.status == 404
@@ -113,26 +115,27 @@ def test_unknown_objects_are_404(stack: Stack) -> None:
         assert error.value.status == 404, error.value
 
 
-def test_snapshot_commit_refuses_missing_blobs_and_writes_nothing(stack: Stack) -> None:
+def test_snapshot_commit_is_pending_until_blobs_arrive_and_writes_no_row_before(stack: Stack) -> None:
     dev = stack.client()
     dev.create_workspace("api-blobs")
     digest = hashlib.sha256(b"hello").hexdigest()
-    missing = dev.request("POST", "/workspaces/api-blobs/blobs/missing", {"blobs": [digest]})["missing"]
-    assert [m["sha256"] for m in missing] == [digest]
     files = [{"path": "a.txt", "sha256": digest, "size": 5}]
-    with pytest.raises(ApiError) as error:
-        dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
-    assert error.value.status == 409 and error.value.code == "MissingBlobs"
+    pending = dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
+    assert pending["status"] == "pending" and [m["sha256"] for m in pending["missing"]] == [digest]
     assert dev.workspace("api-blobs")["snapshots"] == 0
-    assert requests.put(missing[0]["url"], data=b"hello", timeout=10).status_code == 200
-    assert dev.request("POST", "/workspaces/api-blobs/blobs/missing", {"blobs": [digest]})["missing"] == []
+    still = dev.request("POST", f"/workspaces/api-blobs/snapshots/{pending['id']}/complete")
+    assert still["status"] == "pending" and still["missing_count"] == 1
+    assert requests.put(pending["missing"][0]["url"], data=b"hello", timeout=10).status_code == 200
     with pytest.raises(ApiError) as wrong_size:
-        dev.request("POST", "/workspaces/api-blobs/snapshots",
-                    {"kind": "data", "files": [{**files[0], "size": 6}]})
+        dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": [{**files[0], "size": 6}]})
     assert wrong_size.value.status == 400 and "files" in wrong_size.value.message
-    snapshot = dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
+    snapshot = dev.request("POST", f"/workspaces/api-blobs/snapshots/{pending['id']}/complete")
     again = dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": files})
-    assert snapshot == again and snapshot["files"] == 1 and snapshot["bytes"] == 5
+    assert snapshot["status"] == "committed" and snapshot["id"] == again["id"] == pending["id"]
+    assert snapshot["files"] == 1 and snapshot["bytes"] == 5
+    with pytest.raises(ApiError) as unknown:
+        dev.request("POST", f"/workspaces/api-blobs/snapshots/{'f' * 64}/complete")
+    assert unknown.value.status == 404
     with pytest.raises(ApiError) as wrong_kind:
         dev.submit("api-blobs", snapshot["id"], {"training": snapshot["id"]}, {})
     assert wrong_kind.value.status == 400 and wrong_kind.value.message.startswith("code:")
@@ -143,10 +146,11 @@ def test_kill_removes_exactly_that_workspace(stack: Stack) -> None:
     for name in ("mnist", "mnist2"):
         dev.create_workspace(name)
         digest = hashlib.sha256(name.encode()).hexdigest()
-        for blob in dev.request("POST", f"/workspaces/{name}/blobs/missing", {"blobs": [digest]})["missing"]:
+        files = [{"path": "x", "sha256": digest, "size": len(name)}]
+        pending = dev.request("POST", f"/workspaces/{name}/snapshots", {"kind": "data", "files": files})
+        for blob in pending["missing"]:
             requests.put(blob["url"], data=name.encode(), timeout=10).raise_for_status()
-        dev.request("POST", f"/workspaces/{name}/snapshots",
-                    {"kind": "data", "files": [{"path": "x", "sha256": digest, "size": len(name)}]})
+        dev.request("POST", f"/workspaces/{name}/snapshots/{pending['id']}/complete")
     result = dev.kill_workspace("mnist")
     assert result["deleted_objects"] >= 2
     with pytest.raises(ApiError):

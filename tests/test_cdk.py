@@ -66,7 +66,8 @@ def _of_type(resources: dict[str, Any], type_: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def definition(resources: dict[str, Any]) -> dict[str, Any]:
-    (machine,) = _of_type(resources, "AWS::StepFunctions::StateMachine").values()
+    machines = _of_type(resources, "AWS::StepFunctions::StateMachine")
+    (machine,) = [m for logical_id, m in machines.items() if logical_id.startswith("TrainingTraining")]
     parsed: dict[str, Any] = json.loads(resolve(machine["Properties"]["DefinitionString"], resources))
     return parsed
 
@@ -133,7 +134,8 @@ def test_no_custom_resource_lambdas(resources: dict[str, Any]) -> None:
     # The offline loader creates resources through boto3: custom resources (and their handler Lambdas) would need
     # special cases. EventBridge notifications are the bucket's native property for that reason.
     assert not [r for r in resources.values() if r["Type"].startswith("Custom::")]
-    assert len(_of_type(resources, "AWS::Lambda::Function")) == 2
+    # Two task Lambdas each for training, grids and batch jobs (the API function is the SAM one).
+    assert len(_of_type(resources, "AWS::Lambda::Function")) == 6
 
 
 # --- table
@@ -207,8 +209,11 @@ def test_flow_prepare_train_record(definition: dict[str, Any]) -> None:
     assert states["RecordSuccess"]["Parameters"]["outcome"] == "Completed"
     assert states[states["RecordSuccess"]["Next"]]["Type"] == "Succeed"
     assert states["RecordFailure"]["Parameters"] == {
-        "workspace.$": "$.workspace", "job_id.$": "$.job_id", "outcome": "Failed", "error.$": "$.error"
+        "workspace.$": "$.workspace", "job_id.$": "$.job_id", "execution.$": "$$.Execution.Id",
+        "outcome": "Failed", "error.$": "$.error",
     }
+    # A failure to record success is itself recorded, so no job stays TRAINING.
+    assert states["RecordSuccess"]["Catch"][0]["Next"] == "RecordFailure"
     assert states["RecordFailure"]["Next"] == "TrainingFailed"
     assert states["TrainingFailed"]["Type"] == "Fail"
     for name in ("Prepare", "RecordSuccess", "RecordFailure"):
@@ -431,6 +436,8 @@ STAR_RESOURCE_ALLOWED: dict[str, str] = {
         ("xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"),
         "state machine role: X-Ray tracing (tracing_enabled=True); X-Ray has no resource-level permissions",
     ),
+    "batch:DescribeJobs": "batch state machine role: batch:submitJob.sync polls DescribeJobs, which has no "
+    "resource-level permissions",
 }
 
 

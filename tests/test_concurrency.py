@@ -52,7 +52,8 @@ def test_200_concurrent_deploys(stack: Stack, tmp_path: Path) -> None:
         listed = client.jobs(name, limit=200)["jobs"]
         assert len(listed) == DISTINCT_PER_WORKSPACE and len({j["id"] for j in listed}) == DISTINCT_PER_WORKSPACE
     sfn = stack.aws("stepfunctions")
-    machine = sfn.list_state_machines()["stateMachines"][0]["stateMachineArn"]
+    machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]
+                   if "TrainingTraining" in m["name"])
     names = [e["name"] for e in sfn.get_paginator("list_executions").paginate(stateMachineArn=machine)
              .build_full_result()["executions"]]
     assert len([n for n in names if n in distinct]) == len(distinct)  # one execution per job, no duplicates

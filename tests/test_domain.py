@@ -91,7 +91,8 @@ def test_unknown_kind() -> None:
 @pytest.mark.parametrize(
     "params, field",
     [([1], "params"), ({"sagemaker_program": "x"}, "params.sagemaker_program"), ({"a b": 1}, "params.a b"),
-     ({"lr": [0.1, 0.2]}, "params.lr"), ({"x": "v" * 3000}, "params.x")],
+     ({"lr": []}, "params.lr"), ({"lr": [[0.1], 0.2]}, "params.lr"), ({"lr": [{"a": 1}]}, "params.lr"),
+     ({"x": "v" * 3000}, "params.x")],
 )
 def test_bad_params(params: object, field: str) -> None:
     with pytest.raises(ValidationFailed) as error:
@@ -124,3 +125,23 @@ def test_job_ids_fit_sagemaker_and_step_functions_names() -> None:
     assert job_id.startswith("train-")
     assert len(job_id) <= 63 - 4  # room for an attempt suffix within SageMaker's 63 characters
     assert all(c.isalnum() or c == "-" for c in job_id)
+
+
+def test_grid_points_are_the_cartesian_product() -> None:
+    from chalicelib.domain import grid_points, is_grid
+
+    params = {"lr": [0.1, 0.2], "depth": [3, 5, 7], "seed": 1}
+    points = grid_points(parse_params(params))
+    assert len(points) == 6 and is_grid(params) and not is_grid({"seed": 1})
+    assert points[0] == {"lr": 0.1, "depth": 3, "seed": 1} and points[-1] == {"lr": 0.2, "depth": 7, "seed": 1}
+    assert len({json.dumps(p, sort_keys=True) for p in points}) == 6
+    assert grid_points({"seed": 1}) == [{"seed": 1}]
+
+
+def test_grids_over_the_cap_are_refused() -> None:
+    from chalicelib.domain import grid_points
+
+    big = {f"p{i}": list(range(10)) for i in range(5)}  # 100,000 points
+    with pytest.raises(ValidationFailed, match=str(limits.MAX_GRID_POINTS)):
+        grid_points(big)
+    assert len(grid_points({"a": list(range(100)), "b": list(range(100))})) == limits.MAX_GRID_POINTS

@@ -12,7 +12,8 @@ from .conftest import TEMPLATE, Stack
 
 def executions(stack: Stack) -> list[dict[str, object]]:
     sfn = stack.aws("stepfunctions")
-    machine = sfn.list_state_machines()["stateMachines"][0]["stateMachineArn"]
+    machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]
+                   if "TrainingTraining" in m["name"])
     return list(sfn.list_executions(stateMachineArn=machine)["executions"])
 
 

@@ -62,11 +62,14 @@ class Resolver:
             "AWS::Serverless::Function": f"arn:aws:lambda:{self.region}:{self.account}:function:{name}",
             "AWS::StepFunctions::StateMachine": f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}",
             "AWS::Logs::LogGroup": f"arn:aws:logs:{self.region}:{self.account}:log-group:{name}:*",
+            "AWS::Batch::JobQueue": f"arn:aws:batch:{self.region}:{self.account}:job-queue/{name}",
+            "AWS::Batch::JobDefinition": f"arn:aws:batch:{self.region}:{self.account}:job-definition/{name}:1",
+            "AWS::Batch::ComputeEnvironment": f"arn:aws:batch:{self.region}:{self.account}:compute-environment/{name}",
         }
         return arns.get(kind, f"arn:aws:kaos:{self.region}:{self.account}:{name}")
 
     def get_att(self, logical_id: str, attribute: str) -> str:
-        if attribute == "Arn":
+        if attribute == "Arn" or attribute.endswith("Arn"):  # Arn, JobQueueArn, ComputeEnvironmentArn, ...
             return self.arn(logical_id)
         if attribute in ("Name", "TableName"):
             return self.names[logical_id]
@@ -137,6 +140,9 @@ class TemplateLoader:
             for logical_id, resource in self.resources.items():
                 if resource["Type"] == kind:
                     self._create(stack, logical_id, kind, resource.get("Properties", {}))
+        from kaos.local.batch_runner import create_batch_resources  # AWS Batch: compute env, queue, job definition
+
+        create_batch_resources(self.resources, self.resolver, self.client)
         for name, output in self.template.get("Outputs", {}).items():
             stack.outputs[name] = str(self.resolver.resolve(output["Value"]))
         return stack
