@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from collections.abc import Iterable, Iterator
 
-from chalicelib.errors import Conflict, NotFound
+from chalicelib.errors import Conflict, InputInvalid, NotFound
 
 # Presigned PUT URLs live long enough for a slow upload of a 5 GiB file; S3 caps SigV4 presigning at 7 days.
 PRESIGN_SECONDS = 3600
@@ -100,6 +100,40 @@ class ObjectStore:
             "etag": str(head.get("ETag", "")).strip('"'),
             "version_id": head.get("VersionId"),
         }
+
+    def pin(self, bucket: str, key: str) -> dict[str, Any]:
+        """Version id (versioned buckets) or ETag, and size, of an object in any bucket the role may read."""
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
+                raise NotFound(f"s3://{bucket}/{key} does not exist or is not readable") from exc
+            raise
+        version = head.get("VersionId") or ""
+        etag = str(head.get("ETag", "")).strip('"')
+        return {"version": f"version:{version}" if version and version != "null" else f"etag:{etag}",
+                "size": int(head["ContentLength"])}
+
+    def copy_pinned(self, bucket: str, key: str, version: str, dest_key: str) -> None:
+        """Copies exactly the pinned object: by version id, or only if its ETag is unchanged."""
+        source: dict[str, str] = {"Bucket": bucket, "Key": key}
+        extra: dict[str, str] = {}
+        kind, _, value = version.partition(":")
+        if kind == "version":
+            source["VersionId"] = value
+        elif kind == "etag":
+            extra["CopySourceIfMatch"] = f'"{value}"'
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source, **extra)
+        except Exception as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412"):
+                raise InputInvalid(f"s3://{bucket}/{key} changed since the snapshot pinned it ({version})") from exc
+            if _error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion", "403", "AccessDenied"):
+                raise InputInvalid(f"s3://{bucket}/{key} ({version}) is gone or not readable") from exc
+            raise
+
+    def put_stream(self, key: str, body: Any) -> None:
+        self.client.upload_fileobj(body, self.bucket, key)
 
     def copy(self, source_key: str, key: str) -> None:
         self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
@@ -230,3 +264,17 @@ class LogReader:
             lines.extend(e["message"] for e in events)
             if not token or not events:
                 return lines
+
+
+class WebFiles:
+    """https downloads for remote data manifests, verified against a sha256 when the manifest pins one."""
+
+    TIMEOUT_SECONDS = 60
+
+    def open(self, url: str) -> Any:
+        import urllib.request  # only the pipeline's prepare step fetches; keep it off the import path
+
+        try:
+            return urllib.request.urlopen(url, timeout=self.TIMEOUT_SECONDS)
+        except OSError as exc:
+            raise InputInvalid(f"{url}: could not be fetched ({exc})") from exc

@@ -59,12 +59,26 @@ def validate_path(path: Any, field: str) -> str:
 
 @dataclass(frozen=True)
 class FileEntry:
+    """A file of a snapshot: a blob uploaded to the workspace (sha256), or a remote object referenced by URL.
+
+    Remote S3 objects are pinned by version id (or ETag, in unversioned buckets) and copied when a job needs
+    them; https files are fetched by the pipeline, and verified against `sha256` when the manifest gives one."""
+
     path: str
     sha256: str
     size: int
+    url: str = ""
+    version: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+        entry: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "size": self.size}
+        if self.url:
+            entry.update(url=self.url, version=self.version)
+        return entry
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,7 @@ class Manifest:
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(max(f.size, 0) for f in self.files)  # https files of unknown size count as 0
 
 
 def parse_manifest(kind: Any, files: Any) -> Manifest:
@@ -99,14 +113,41 @@ def parse_manifest(kind: Any, files: Any) -> Manifest:
         if not isinstance(item, dict):
             raise ValidationFailed(f"files[{i}]: must be an object with path, sha256 and size")
         path = validate_path(item.get("path"), f"files[{i}].path")
-        digest = validate_sha256(item.get("sha256"), f"files[{i}].sha256")
-        size = item.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > limits.MAX_FILE_BYTES:
+        url = item.get("url")
+        if url is not None:
+            validate_url(url, f"files[{i}].url")
+            digest = validate_sha256(item["sha256"], f"files[{i}].sha256") if item.get("sha256") else ""
+        else:
+            digest = validate_sha256(item.get("sha256"), f"files[{i}].sha256")
+        size = item.get("size", -1 if url else None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < (-1 if url else 0) \
+                or size > limits.MAX_FILE_BYTES:
             raise ValidationFailed(f"files[{i}].size: must be an integer from 0 to {limits.MAX_FILE_BYTES} bytes")
         if path in entries:
             raise ValidationFailed(f"files[{i}].path: {path!r} appears twice")
-        entries[path] = FileEntry(path, digest, size)
+        version = item.get("version", "")
+        if not isinstance(version, str) or len(version) > 1024:
+            raise ValidationFailed(f"files[{i}].version: must be a string (an S3 version id or ETag)")
+        entries[path] = FileEntry(path, digest, size, url or "", version)
     return Manifest(kind, tuple(entries[p] for p in sorted(entries)))
+
+
+REMOTE_SCHEMES = ("s3://", "https://")
+
+
+def validate_url(url: Any, field: str) -> str:
+    if not isinstance(url, str) or not url.startswith(REMOTE_SCHEMES) or len(url) > 2048:
+        raise ValidationFailed(f"{field}: must be an s3:// or https:// URL of at most 2048 characters")
+    if url.startswith("s3://"):
+        bucket, _, key = url[len("s3://"):].partition("/")
+        if not bucket or not key:
+            raise ValidationFailed(f"{field}: an S3 URL names a bucket and a key (s3://bucket/key)")
+    return url
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return bucket, key
 
 
 def parse_params(params: Any) -> dict[str, Any]:

@@ -33,7 +33,11 @@ FILE_ENTRY = _object({
     "path": {"type": "string", "minLength": 1, "maxLength": limits.MAX_PATH_CHARS},
     "sha256": SHA256,
     "size": {"type": "integer", "minimum": 0, "maximum": limits.MAX_FILE_BYTES},
-}, ["path", "sha256", "size"])
+    "url": {"type": "string", "pattern": "^(s3|https)://", "maxLength": 2048,
+            "description": "a remote file (data only): s3:// objects are pinned by version, https fetched by the "
+                           "pipeline"},
+    "version": {"type": "string", "maxLength": 1024},
+}, ["path"])
 COMMIT_SNAPSHOT = _object({
     "kind": {"type": "string", "enum": ["code", "data"]},
     "files": {"type": "array", "items": FILE_ENTRY, "minItems": 1, "maxItems": limits.MAX_FILES_PER_SNAPSHOT,

@@ -1,6 +1,7 @@
 """Content-addressed snapshots: clients upload only the blobs a workspace lacks, then commit a manifest."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -10,8 +11,8 @@ from collections.abc import Mapping
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
-from chalicelib.adapters import ObjectStore
-from chalicelib.domain import Manifest, parse_manifest
+from chalicelib.adapters import ObjectStore, WebFiles
+from chalicelib.domain import FileEntry, Manifest, parse_manifest, split_s3_url
 from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
 from chalicelib.models import LatestItem, SnapshotItem, ws_key
 from chalicelib.workspaces import now, workspace_prefix
@@ -55,8 +56,22 @@ class Snapshots:
         manifest = parse_manifest(kind, files)
         if kind == "params":
             raise ValidationFailed("kind: params snapshots are made by the server from a job's params")
+        remote = [i for i, f in enumerate(manifest.files) if f.remote]
+        if remote and kind == "code":
+            raise ValidationFailed(f"files[{remote[0]}].url: code snapshots hold uploaded files only")
+        manifest = self._pin(manifest)
         self.store.put_json(manifest_key(workspace, manifest.snapshot_id), manifest.document)
         return self._complete(workspace, manifest, user)
+
+    def _pin(self, manifest: Manifest) -> Manifest:
+        """S3 references get their version id (or ETag) and size now, so the snapshot means fixed bytes."""
+        pinned = []
+        for f in manifest.files:
+            if f.url.startswith("s3://") and not f.version:
+                facts = self.store.pin(*split_s3_url(f.url))
+                f = FileEntry(f.path, f.sha256, facts["size"], f.url, facts["version"])
+            pinned.append(f)
+        return Manifest(manifest.kind, tuple(pinned))
 
     def complete(self, workspace: str, snapshot_id: str, user: str) -> tuple[dict[str, Any], int]:
         try:
@@ -67,8 +82,9 @@ class Snapshots:
 
     def _complete(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], int]:
         """201/200 with the snapshot once every blob is present with its declared size; else 202 pending."""
-        sizes = self.store.sizes(blob_key(workspace, f.sha256) for f in manifest.files)
-        absent = sorted({f.sha256 for f in manifest.files if sizes[blob_key(workspace, f.sha256)] is None})
+        local = [f for f in manifest.files if not f.remote]
+        sizes = self.store.sizes(blob_key(workspace, f.sha256) for f in local)
+        absent = sorted({f.sha256 for f in local if sizes[blob_key(workspace, f.sha256)] is None})
         if absent:
             # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
             page = absent[: limits.MAX_BLOBS_PER_REQUEST]
@@ -76,7 +92,7 @@ class Snapshots:
                     "missing_count": len(absent),
                     "missing": [{"sha256": d, "url": self.store.presign_put(blob_key(workspace, d))}
                                 for d in page]}, 202
-        wrong = [f for f in manifest.files if sizes[blob_key(workspace, f.sha256)] != f.size]
+        wrong = [f for f in local if sizes[blob_key(workspace, f.sha256)] != f.size]
         if wrong:
             raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
         snapshot, created = self._record(workspace, manifest, user)
@@ -132,9 +148,34 @@ class Snapshots:
         manifest = self.manifest(workspace, snapshot_id)
         present = self.store.sizes(prefix + f.path for f in manifest.files)
         for f in manifest.files:
-            if present[prefix + f.path] != f.size:
+            if present[prefix + f.path] is not None and (f.size < 0 or present[prefix + f.path] == f.size):
+                continue
+            if f.url.startswith("s3://"):
+                bucket, key = split_s3_url(f.url)
+                self.store.copy_pinned(bucket, key, f.version, prefix + f.path)
+            elif f.url:
+                self._fetch(f, prefix + f.path)
+            else:
                 self.store.copy(blob_key(workspace, f.sha256), prefix + f.path)
         return self.store.uri(prefix)
+
+    def _fetch(self, entry: FileEntry, key: str) -> None:
+        """Streams an https file into the materialized snapshot, checking its sha256 when the manifest has one."""
+        digest = hashlib.sha256()
+
+        class Hashing:
+            def __init__(self, raw: Any) -> None:
+                self.raw = raw
+
+            def read(self, size: int = -1) -> bytes:
+                chunk = bytes(self.raw.read(size))
+                digest.update(chunk)
+                return chunk
+
+        with WebFiles().open(entry.url) as response:
+            self.store.put_stream(key, Hashing(response))
+        if entry.sha256 and digest.hexdigest() != entry.sha256:
+            raise InputInvalid(f"{entry.url}: its sha256 is {digest.hexdigest()}, the manifest pins {entry.sha256}")
 
     def sourcedir(self, workspace: str, snapshot_id: str) -> tuple[str, Manifest]:
         """Builds sourcedir.tar.gz (the SageMaker script-mode code bundle) once per code snapshot."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
+from typing import Any
 
 from chalicelib import limits
 
@@ -69,3 +71,43 @@ def hash_files(entries: list[tuple[str, Path, int]], progress: Callable[[int], N
                 progress(len(chunk))
         files.append(LocalFile(rel, real, digest.hexdigest(), size))
     return files
+
+
+def read_data_manifest(path: Path, label: str) -> list[dict[str, Any]]:
+    """A remote data manifest: JSON lines of {"url": s3://... | https://..., "path": ..., "sha256"?: ...}.
+
+    Every bad line is reported with its number before anything is sent."""
+    if not path.is_file():
+        raise BundleError(f"{label}: manifest {str(path)!r} does not exist")
+    entries: list[dict[str, Any]] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            problems.append(f"line {number}: not JSON")
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or \
+                not isinstance(entry.get("path"), str):
+            problems.append(f"line {number}: needs \"url\" and \"path\" strings")
+            continue
+        if not entry["url"].startswith(("s3://", "https://")):
+            problems.append(f"line {number}: unsupported URL scheme in {entry['url'][:60]!r} (use s3:// or https://)")
+            continue
+        parts = entry["path"].split("/")
+        if entry["path"].startswith("/") or any(p in ("", ".", "..") for p in parts):
+            problems.append(f"line {number}: path {entry['path']!r} must be relative, without '.' or '..' parts")
+            continue
+        if entry["path"] in seen:
+            problems.append(f"line {number}: path {entry['path']!r} appears twice")
+            continue
+        seen.add(entry["path"])
+        entries.append({k: entry[k] for k in ("url", "path", "sha256") if k in entry})
+    if problems:
+        raise BundleError(f"{label}: {path} has bad lines:\n  " + "\n  ".join(problems[:20]))
+    if not entries:
+        raise BundleError(f"{label}: manifest {str(path)!r} has no entries")
+    return entries

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Te
 from rich.table import Table
 from rich.tree import Tree
 
-from kaos.bundle import BundleError, hash_files, scan
+from kaos.bundle import BundleError, hash_files, read_data_manifest, scan
 from kaos.cli_templates import template_app
 from kaos.client import ApiError, Client, load_params
 from kaos.client import extract_archive
@@ -240,6 +240,9 @@ def train_deploy(
     params: Path | None = typer.Option(None, "--hyperparams", "-h",
                                        help="JSON object of hyperparameters; list values make a grid. "
                                             "Default: the workspace's latest params."),
+    manifests: list[str] = typer.Option([], "--manifest", "-m",
+                                        help="Remote data: a JSON-lines file of {url, path} (s3:// or https://), "
+                                             "or NAME=FILE for a named channel (repeatable; not with -d)."),
     parallelism: int = typer.Option(10, "--parallelism", "-p", min=1, help="Grid points trained at once."),
     workspace: str | None = WorkspaceOpt,
     wait: bool = typer.Option(False, "--wait", help="Follow the job (or grid) to its end."),
@@ -251,7 +254,11 @@ def train_deploy(
     """Snapshot what you give (uploading only new bytes), reuse the latest of the rest, and train."""
     ws = _workspace(workspace)
     hyper = _call(lambda: load_params(params)) if params else None
+    if data and manifests:
+        _fail("-d and -m are mutually exclusive: give data as directories (-d) or as remote manifests (-m)")
     channels = _channels(data)
+    remote = {name: _call(lambda p=path, n=name: read_data_manifest(p, f"-m {n}"))
+              for name, path in _channels(manifests).items()}
     client = _client()
     # Every local check (directories, sizes, symlinks) runs before anything is uploaded.
     _call(lambda: [scan(source, "-s")] if source else None)
@@ -259,6 +266,10 @@ def train_deploy(
     code = _call(lambda: _snapshot(client, ws, "code", source, "-s")["id"]) if source else None
     data_ids = {name: _call(lambda p=path, n=name: _snapshot(client, ws, "data", p, f"-d {n}")["id"])
                 for name, path in channels.items()} or None
+    if remote:
+        data_ids = {name: _call(lambda e=entries: client.request(
+            "POST", f"/workspaces/{ws}/snapshots", {"kind": "data", "files": e})["id"])
+            for name, entries in remote.items()}
     resources = {k: v for k, v in (("max_runtime_seconds", max_runtime), ("instance_type", instance_type)) if v}
     if hyper is not None and any(isinstance(v, list) for v in hyper.values()):
         grid = _call(lambda: client.submit_grid(ws, code, data_ids, hyper, resources, parallelism))

@@ -59,7 +59,8 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("kaos-home")
-    env = {**os.environ, "KAOS_HOME": str(home)}
+    # The stack trusts one local test CA, so https:// remote data can be served from 127.0.0.1 in tests.
+    env = {**os.environ, "KAOS_HOME": str(home), "SSL_CERT_FILE": str(local_tls(home)[0])}
     # Synthesizing the CDK app is cached under the repo so every worker and run reuses it.
     started = subprocess.run([sys.executable, "-m", "kaos.cli", "local", "up", "--detach",
                               "--state-dir", str(home / "local")], env=env, capture_output=True, text=True,
@@ -93,3 +94,32 @@ def tiny_code(tmp: Path, body: str = "") -> Path:
         "json.dump({'accuracy': 1.0}, open(os.path.join(model, 'metrics.json'), 'w'))\n"
     )
     return code
+
+
+def local_tls(home: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert, key), made once per test session home."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = home / "tls-cert.pem", home / "tls-key.pem"
+    if cert_path.exists():
+        return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
