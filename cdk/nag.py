@@ -284,3 +284,13 @@ def acknowledge_batch_findings(stack: KaosStack) -> None:
             ),
         },
     )
+
+
+def acknowledge_remote_data_findings(stack: KaosStack) -> None:
+    """Read access to the buckets an operator lists in `remoteDataBuckets`, for remote data manifests."""
+    reason = ("Remote data manifests reference objects by key chosen by users at run time; reads only "
+              "(GetObject/GetObjectVersion) on a bucket the operator listed in the remoteDataBuckets context.")
+    findings = {_wildcard_resource(stack, arn): reason for arn in stack.remote_data_arns}
+    if findings:
+        _ack(stack.api.role, findings)
+        _ack(stack.training.prepare.role, findings)

@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import CfnOutput, Environment, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from cdk.api import Api
 from cdk.batch import DEFAULT_BATCH_IMAGE, BatchJobs
 from cdk.constants import REPO_ROOT
 from cdk.grid import Grid
-from cdk.nag import acknowledge_findings, acknowledge_grid_findings
+from cdk.nag import acknowledge_findings, acknowledge_grid_findings, acknowledge_remote_data_findings
 from cdk.storage import Storage
 from cdk.table import ProvenanceTable
 from cdk.nag import acknowledge_batch_findings
@@ -59,6 +60,10 @@ class KaosStack(Stack):
         self.batch = BatchJobs(self, "Batch", bucket=bucket, table=table,
                                image=str(self.node.try_get_context("batchImage") or DEFAULT_BATCH_IMAGE))
         self.grid = Grid(self, "Grid", bucket=bucket, table=table, training=self.training.state_machine)
+        # Remote data manifests (-m s3://...): the API pins objects (HeadObject) and PrepareTraining copies them.
+        # Only buckets named in context `remoteDataBuckets` (comma-separated) are readable: no s3:::*/* grant.
+        remote_buckets = [b for b in str(self.node.try_get_context("remoteDataBuckets") or "").split(",") if b]
+        self.remote_data_arns = [f"arn:{self.partition}:s3:::{name}/*" for name in remote_buckets]
         self.api = Api(
             self,
             "Api",
@@ -74,6 +79,11 @@ class KaosStack(Stack):
             manage_account_role=manage_api_gateway_account,
         )
 
+        if self.remote_data_arns:
+            statement = iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectVersion"],
+                                            resources=self.remote_data_arns)
+            for role in (self.api.role, self.training.prepare.role):
+                role.add_to_principal_policy(statement)
         CfnOutput(self, "ApiUrl", value=self.api.url)
         CfnOutput(self, "BucketName", value=bucket.bucket_name)
         CfnOutput(self, "TableName", value=table.table_name)
@@ -84,3 +94,4 @@ class KaosStack(Stack):
         acknowledge_findings(self)
         acknowledge_batch_findings(self)
         acknowledge_grid_findings(self)
+        acknowledge_remote_data_findings(self)

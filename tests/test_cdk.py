@@ -499,3 +499,19 @@ def test_prod_is_cdk_nag_clean(prod: tuple[Path, dict[str, Any]]) -> None:
     (nag,) = [p for p in report["pluginReports"] if p["pluginName"] == "AwsSolutions"]
     assert nag["conclusion"] == "success" and not nag["violations"]
 
+
+
+def test_remote_data_buckets_are_readable_only_when_listed() -> None:
+    from aws_cdk.assertions import Template
+
+    from cdk.app import build_app
+
+    app = build_app(outdir=str(Path(".cache") / "cdk-test" / "remote"),
+                    context={"remoteDataBuckets": "corp-datasets,shared-ml"})
+    template = Template.from_stack(app.node.find_child("Kaos")).to_json()  # type: ignore[arg-type]
+    statements = [st for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"
+                  for st in r["Properties"]["PolicyDocument"]["Statement"]]
+    reads = [st for st in statements if st["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]]
+    assert len(reads) == 2  # the API role (pins versions) and PrepareTraining (copies)
+    resources = json.dumps([st["Resource"] for st in reads])
+    assert "corp-datasets/*" in resources and "shared-ml/*" in resources and ":::*" not in resources
