@@ -72,6 +72,10 @@ CONTAINER_ENVIRONMENT = {
 # The container contract, run as `python -c` by every job: code snapshot → KAOS_WORK_DIR, input snapshot →
 # KAOS_INPUT_DIR, `/bin/sh -c $KAOS_COMMAND` in KAOS_WORK_DIR, then (exit 0 only) KAOS_OUTPUT_DIR → KAOS_OUTPUT_URI.
 # The command's own stdout/stderr pass through untouched (the log and the failure reason are the user's).
+# Per-file jobs (KAOS_DATUMS_URI: the plan Prepare wrote) download only the plan's datums and run the command once
+# per datum, KAOS_DATUM_PARALLELISM at a time (default: the CPU count), with KAOS_DATUM, KAOS_INPUT_FILE and a
+# KAOS_OUTPUT_DIR of its own; datum i's outputs go below KAOS_OUTPUT_URI/i/, then KAOS_OUTPUT_URI/i.done marks
+# it finished (even when another datum fails, so the finished ones are cached). Any failed datum fails the job.
 CONTAINER_BOOTSTRAP = """\
 import os, subprocess, sys, tarfile, tempfile
 try:
@@ -93,6 +97,46 @@ with tempfile.TemporaryDirectory() as scratch:
     s3.download_file(*split(env["KAOS_CODE_URI"]), archive)
     with tarfile.open(archive) as tar:
         tar.extractall(work, filter="data")
+def upload(directory, bucket, prefix):
+    count = 0
+    for root, _, names in os.walk(directory):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            s3.upload_file(path, bucket, prefix + os.path.relpath(path, directory).replace(os.sep, "/"))
+            count += 1
+    return count
+if env.get("KAOS_DATUMS_URI"):
+    import json, time
+    from concurrent.futures import ThreadPoolExecutor
+    plan = json.load(s3.get_object(**dict(zip(("Bucket", "Key"), split(env["KAOS_DATUMS_URI"]))))["Body"])
+    in_bucket, in_prefix = split(env["KAOS_INPUT_URI"])
+    out_bucket, out_prefix = split(env["KAOS_OUTPUT_URI"])
+    def datum(item):
+        index, path = item["i"], item["path"]
+        source, target = os.path.join(inputs, path), os.path.join(outputs, str(index))
+        os.makedirs(os.path.dirname(source), exist_ok=True)
+        os.makedirs(target, exist_ok=True)
+        s3.download_file(in_bucket, in_prefix + path, source)
+        code = subprocess.call(["/bin/sh", "-c", env["KAOS_COMMAND"]], cwd=work,
+                               env={**env, "KAOS_DATUM": path, "KAOS_INPUT_FILE": source, "KAOS_OUTPUT_DIR": target})
+        if code != 0:
+            print(f"kaos: datum {path} failed (exit code {code})", file=sys.stderr, flush=True)
+            return code
+        upload(target, out_bucket, f"{out_prefix}{index}/")
+        s3.put_object(Bucket=out_bucket, Key=f"{out_prefix}{index}.done", Body=b"")
+        return 0
+    todo = plan["process"]
+    workers = max(1, int(env.get("KAOS_DATUM_PARALLELISM") or os.cpu_count() or 1))
+    print(f"kaos: {len(todo)} datum(s) to process, {len(plan['reused'])} reused; {workers} at a time; "
+          f"running per datum: {env['KAOS_COMMAND']}", flush=True)
+    started = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        failed = sum(1 for code in pool.map(datum, todo) if code != 0)
+    print(f"kaos: processed {len(todo) - failed} datum(s) in {time.monotonic() - started:.1f} s", flush=True)
+    if failed:
+        print(f"kaos: {failed} of {len(todo)} datum(s) failed", file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(0)
 bucket, prefix = split(env["KAOS_INPUT_URI"])
 count = 0
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -105,13 +149,7 @@ print(f"kaos: {count} input file(s) in {inputs}; running: {env['KAOS_COMMAND']}"
 code = subprocess.call(["/bin/sh", "-c", env["KAOS_COMMAND"]], cwd=work)
 if code != 0:
     sys.exit(code if code > 0 else 1)
-bucket, prefix = split(env["KAOS_OUTPUT_URI"])
-count = 0
-for root, _, names in os.walk(outputs):
-    for name in sorted(names):
-        path = os.path.join(root, name)
-        s3.upload_file(path, bucket, prefix + os.path.relpath(path, outputs).replace(os.sep, "/"))
-        count += 1
+count = upload(outputs, *split(env["KAOS_OUTPUT_URI"]))
 print(f"kaos: uploaded {count} output file(s)", flush=True)
 """
 
@@ -174,6 +212,10 @@ class BatchJobs(Construct):
         self.job_role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject"],
             resources=[bucket.arn_for_objects("ws/*/sourcedirs/*"), bucket.arn_for_objects("ws/*/snapshots/*")],
+        ))
+        self.job_role.add_to_principal_policy(iam.PolicyStatement(
+            # The plan of a per-file job: which datums to process (written by PrepareBatch).
+            actions=["s3:GetObject"], resources=[bucket.arn_for_objects("ws/*/jobs/*/datums/*")],
         ))
         self.job_role.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:PutObject", "s3:AbortMultipartUpload"],
@@ -281,7 +323,16 @@ class BatchJobs(Construct):
         run.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         # An output that cannot be recorded (no files, too many) fails the job with that reason.
         record_success.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
-        definition = prepare.next(run).next(record_success).next(sfn.Succeed(self, "Processed"))
+        # A per-file job whose datums are all cached runs no container: Record reuses every output.
+        nothing_to_run = sfn.Pass(self, "AllDatumsCached", result=sfn.Result.from_object({}), result_path=RAN_PATH)
+        run.next(record_success)
+        nothing_to_run.next(record_success)
+        record_success.next(sfn.Succeed(self, "Processed"))
+        definition = prepare.next(
+            sfn.Choice(self, "AnythingToRun?")
+            .when(sfn.Condition.boolean_equals(f"{PREPARED_PATH}.run", False), nothing_to_run)
+            .otherwise(run)
+        )
 
         self.state_machine_log_group = logs.LogGroup(
             self, "StateMachineLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY

@@ -8,24 +8,40 @@ Container contract (implemented by the job definition's bootstrap command, see c
 is unpacked into `KAOS_WORK_DIR` (the command's working directory), the input snapshot is downloaded into
 `KAOS_INPUT_DIR`, the command runs with `/bin/sh -c`, and after exit 0 every file under `KAOS_OUTPUT_DIR` is
 uploaded below `KAOS_OUTPUT_URI`. Prepare passes the three S3 pointers and the command as environment overrides.
+
+Per-file jobs (`per_file: true`, optional `glob`): every input file matching the glob is a datum, and the command
+runs once per datum with `KAOS_DATUM` (its path), `KAOS_INPUT_FILE` and its own `KAOS_OUTPUT_DIR`. A datum's
+cache key is the sha256 of (its path, its content, the code snapshot, the command, the image); once a datum's
+outputs are recorded, `ws/<ws>/datums/<key>.json` lists them (path, sha256, size of blobs the workspace holds),
+and that marker is the cache entry. Prepare looks every datum up in the cache without downloading anything (the
+manifest carries the content hashes), materializes only the datums to process, and writes the plan the container
+reads (`KAOS_DATUMS_URI`: the datums to process). The container uploads datum i's outputs below
+`<output prefix>i/` and then writes `<output prefix>i.done`; Record registers them, writes their markers
+(written by the Lambda, never by user code, so a job cannot forge a cache entry), and commits the union of new
+and reused outputs as the output snapshot. A failed job still caches the datums it finished, so its resume (or
+the job on fixed data) does not redo them. The job's fingerprint still covers the whole input snapshot.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pynamodb.exceptions import PutError
 
 from chalicelib import config, limits
+from chalicelib import lineage_events
 from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
-from chalicelib.domain import JobSpec, Resources, attempt_name, params_manifest, validate_path
-from chalicelib.errors import InputInvalid, ValidationFailed
+from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
+                               sha256_hex, split_s3_url, validate_path)
+from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
 from chalicelib.models import JobItem, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.snapshots import Snapshots, blob_key
+from chalicelib.snapshots import Snapshots, blob_key, materialized_prefix
 from chalicelib.training import TERMINAL, Training, failure_reason, job_prefix
-from chalicelib.workspaces import now
+from chalicelib.workspaces import now, workspace_prefix
 
 KIND = "batch"
 INPUT_CHANNEL = "input"
@@ -41,11 +57,34 @@ FARGATE_STORAGE_GB = 21
 LOG_TAIL_LINES = 20
 FAILURE_REASON_CHARS = 2000
 _HASH_CHUNK = 1 << 20
+MAX_GLOB_CHARS = 256
+# Parallel S3 calls of Prepare (cache lookups, copies) and Record (hashing outputs, writing markers).
+DATUM_CONCURRENCY = 16
+# Bump when the meaning of a datum's outputs changes (the bootstrap's per-datum contract): old entries go unused.
+DATUM_KEY_VERSION = 1
+DONE_SUFFIX = ".done"
 
 
 def output_prefix(workspace: str, job_id: str, attempt: int) -> str:
     """Per attempt, so files a failed attempt managed to upload never leak into a later attempt's snapshot."""
     return f"{job_prefix(workspace, job_id)}output/{attempt}/"
+
+
+def plan_key(workspace: str, job_id: str, attempt: int) -> str:
+    """The datums one attempt of a per-file job processes; the job role may read it (cdk/batch.py)."""
+    return f"{job_prefix(workspace, job_id)}datums/{attempt}.json"
+
+
+def datum_marker_key(workspace: str, key: str) -> str:
+    return f"{workspace_prefix(workspace)}datums/{key}.json"
+
+
+def datum_key(entry: FileEntry, code: str, command: str, image: str) -> str:
+    """What a datum's outputs depend on. The path is part of it: the command sees it as KAOS_DATUM (and may name
+    outputs after it). Remote files without a sha256 are named by URL and pinned version."""
+    content = entry.sha256 or f"{entry.url}#{entry.version}"
+    return sha256_hex(canonical_json({"v": DATUM_KEY_VERSION, "path": entry.path, "content": content,
+                                      "code": code, "command": command, "image": image}).encode())
 
 
 class Batch:
@@ -106,8 +145,18 @@ class Batch:
             raise ValidationFailed(
                 f"max_runtime_seconds: must be an integer from {MIN_RUNTIME_SECONDS} to {limits.MAX_RUNTIME_SECONDS}"
             )
+        per_file, glob = request.get("per_file", False), request.get("glob")
+        if not isinstance(per_file, bool):
+            raise ValidationFailed("per_file: must be true or false")
+        if glob is not None and (not per_file or not isinstance(glob, str) or not glob.strip()
+                                 or len(glob) > MAX_GLOB_CHARS or "\x00" in glob):
+            raise ValidationFailed(f"glob: a pattern of at most {MAX_GLOB_CHARS} characters, only with per_file")
         # The command is an input like params are for training: content-addressed, so it is in the fingerprint.
-        manifest, body = params_manifest({"command": command} if command else {})
+        # So is the per-file mode (and its glob); a whole-input job's params stay exactly {"command": ...}.
+        document: dict[str, Any] = {"command": command} if command else {}
+        if per_file:
+            document.update({"per_file": True, "glob": glob or "*"})
+        manifest, body = params_manifest(document)
         params_snapshot = self.snapshots.put_small(workspace, manifest, {manifest.files[0].sha256: body}, user)
         spec = JobSpec(
             workspace=workspace, incarnation=incarnation, kind=KIND, code=code, data=((INPUT_CHANNEL, data),),
@@ -148,7 +197,8 @@ class Batch:
             raise InputInvalid(f"job {job_id} is already {item.status}")
         spec = item.spec
         code_uri, manifest = self.snapshots.sourcedir(workspace, spec["code"])
-        command = self.snapshots.read_params(workspace, spec["params"]).get("command")
+        params = self.snapshots.read_params(workspace, spec["params"])
+        command = params.get("command")
         if not command:
             paths = {f.path for f in manifest.files}
             command = next((c for entry, c in DEFAULT_COMMANDS if entry in paths), None)
@@ -156,13 +206,23 @@ class Batch:
                 names = ", ".join(entry for entry, _ in DEFAULT_COMMANDS)
                 raise InputInvalid(f"code: no command given and no default entry point found; add one of {names}")
         attempt = int(item.attempt)
+        data = spec["data"][INPUT_CHANNEL]
+        run = True
         environment = {
-            "KAOS_CODE_URI": code_uri,
-            "KAOS_INPUT_URI": self.snapshots.materialize(workspace, spec["data"][INPUT_CHANNEL]),
             "KAOS_OUTPUT_URI": self.store.uri(output_prefix(workspace, job_id, attempt)),
+            "KAOS_CODE_URI": code_uri,
             "KAOS_COMMAND": command,
             "KAOS_JOB_ID": job_id,
         }
+        if params.get("per_file"):
+            plan = self._plan(workspace, spec, command, str(params.get("glob") or "*"))
+            self.store.put_json(plan_key(workspace, job_id, attempt), plan)
+            environment["KAOS_INPUT_URI"] = self.store.uri(materialized_prefix(workspace, data))
+            environment["KAOS_DATUMS_URI"] = self.store.uri(plan_key(workspace, job_id, attempt))
+            # Nothing new to process: the state machine skips the container and Record reuses every output.
+            run = bool(plan["process"])
+        else:
+            environment["KAOS_INPUT_URI"] = self.snapshots.materialize(workspace, data)
         name = attempt_name(job_id, attempt)
         request = {
             "JobName": name,
@@ -174,7 +234,48 @@ class Batch:
             "Timeout": {"AttemptDurationSeconds": int(spec["resources"]["max_runtime_seconds"])},
         }
         jobs._set_status(item, "RUNNING", started_at=now())
-        return {"batch": request}
+        lineage_events.started(item)
+        return {"batch": request, "run": run}
+
+    def _plan(self, workspace: str, spec: dict[str, Any], command: str, glob: str) -> dict[str, Any]:
+        """Splits the input's datums into cached (their markers' outputs are reused) and to process (copied to
+        the materialized snapshot prefix: k copies, not N; the prefix stays valid for any later job)."""
+        data = spec["data"][INPUT_CHANNEL]
+        entries = [f for f in self.snapshots.manifest(workspace, data).files if fnmatch.fnmatchcase(f.path, glob)]
+        if not entries:
+            raise InputInvalid(f"per-file: no input file matches the glob {glob!r}")
+        keys = [datum_key(f, spec["code"], command, str(spec["environment"])) for f in entries]
+        with ThreadPoolExecutor(max_workers=DATUM_CONCURRENCY) as pool:
+            markers = list(pool.map(self._marker, (datum_marker_key(workspace, k) for k in keys)))
+            todo = [(i, f, k) for i, (f, k, m) in enumerate(zip(entries, keys, markers, strict=True)) if m is None]
+            prefix = materialized_prefix(workspace, data)
+            list(pool.map(lambda d: self._materialize_one(workspace, prefix, d[1]), todo))
+        return {
+            "glob": glob,
+            "process": [{"i": i, "path": f.path, "key": k} for i, f, k in todo],
+            "reused": [{"path": f.path, "key": k, "files": m["files"]}
+                       for f, k, m in zip(entries, keys, markers, strict=True) if m is not None],
+        }
+
+    def _marker(self, key: str) -> dict[str, Any] | None:
+        try:
+            marker = self.store.get_json(key)
+        except NotFound:
+            return None
+        return marker if isinstance(marker, dict) and isinstance(marker.get("files"), list) else None
+
+    def _materialize_one(self, workspace: str, prefix: str, f: FileEntry) -> None:
+        """One file of Snapshots.materialize: skipped when already there with its size."""
+        present = self.store.size(prefix + f.path)
+        if present is not None and (f.size < 0 or present == f.size):
+            return
+        if f.url.startswith("s3://"):
+            bucket, key = split_s3_url(f.url)
+            self.store.copy_pinned(bucket, key, f.version, prefix + f.path)
+        elif f.url:
+            self.snapshots._fetch(f, prefix + f.path)
+        else:
+            self.store.copy(blob_key(workspace, f.sha256), prefix + f.path)
 
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
@@ -186,14 +287,79 @@ class Batch:
             return Training.describe(item)
         if outcome == "Completed":
             self._archive_log(workspace, job_id, _log_stream(detail))
+            if self._per_file(workspace, item):
+                return self._record_datums(workspace, item)
             return self._record_output(workspace, item)
         reason, stream = self._failure(detail)
+        metrics = None
+        if self._per_file(workspace, item):
+            try:  # the datums that finished stay cached, so a resume (or fixed data) does not redo them
+                metrics = self._harvest(workspace, item)[1]
+            except NotFound:  # Prepare failed before writing the plan: nothing ran
+                pass
+            except Exception as exc:
+                reason = f"{reason}\n(finished datums could not be cached: {exc})"
         lines = self._archive_log(workspace, job_id, stream)
         tail = "\n".join(lines[-LOG_TAIL_LINES:]).strip()
         if tail and tail not in reason:
             reason = f"{reason}\n{tail}"
-        jobs._set_status(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now())
+        extra = {"metrics": metrics} if metrics else {}
+        jobs._set_status(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
+        lineage_events.ended(item)
         return Training.describe(item)
+
+    def _per_file(self, workspace: str, item: JobItem) -> bool:
+        return bool(self.snapshots.read_params(workspace, item.spec["params"]).get("per_file"))
+
+    def _harvest(self, workspace: str, item: JobItem) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Registers the outputs of every datum this attempt finished (its `.done` object exists) as blobs and
+        writes their cache markers. Returns each datum's outputs (plan order: reused, then processed) and counts."""
+        attempt = int(item.attempt)
+        plan = self.store.get_json(plan_key(workspace, item.job_id, attempt))
+        prefix = output_prefix(workspace, item.job_id, attempt)
+        by_datum: dict[str, list[str]] = {}
+        done: set[str] = set()
+        for key in self.store.keys(prefix):
+            rest = key[len(prefix):]
+            if "/" not in rest and rest.endswith(DONE_SUFFIX):
+                done.add(rest[: -len(DONE_SUFFIX)])
+            elif "/" in rest:
+                index, _, path = rest.partition("/")
+                by_datum.setdefault(index, []).append(path)
+        finished = [d for d in plan["process"] if str(d["i"]) in done]
+
+        def register(datum: dict[str, Any]) -> dict[str, Any]:
+            index = str(datum["i"])
+            files = [self._register_blob(workspace, f"{prefix}{index}/{path}", path)
+                     for path in sorted(by_datum.get(index, []))]
+            self.store.put_json(datum_marker_key(workspace, datum["key"]),
+                                {"path": datum["path"], "files": files, "job": item.job_id})
+            return {"path": datum["path"], "files": files}
+
+        with ThreadPoolExecutor(max_workers=DATUM_CONCURRENCY) as pool:
+            processed = list(pool.map(register, finished))
+        reused = [{"path": d["path"], "files": d["files"]} for d in plan["reused"]]
+        metrics = {"datums": len(plan["process"]) + len(reused), "datums_processed": len(processed),
+                   "datums_reused": len(reused)}
+        if len(finished) < len(plan["process"]):
+            metrics["datums_unfinished"] = len(plan["process"]) - len(finished)
+        return reused + processed, metrics
+
+    def _record_datums(self, workspace: str, item: JobItem) -> dict[str, Any]:
+        """The output snapshot of a per-file job: the union of every datum's outputs, reused and new."""
+        datums, metrics = self._harvest(workspace, item)
+        if metrics.get("datums_unfinished"):
+            raise InputInvalid(f"{metrics['datums_unfinished']} datum(s) were not processed although the job "
+                               "succeeded")
+        union: dict[str, tuple[dict[str, Any], str]] = {}
+        for datum in datums:
+            for f in datum["files"]:
+                seen = union.get(f["path"])
+                if seen is not None and seen[0]["sha256"] != f["sha256"]:
+                    raise InputInvalid(f"datums {seen[1]!r} and {datum['path']!r} both wrote {f['path']!r} with "
+                                       "different content; name outputs after $KAOS_DATUM")
+                union[f["path"]] = (f, datum["path"])
+        return self._commit_output(workspace, item, [f for f, _ in union.values()], metrics)
 
     def _record_output(self, workspace: str, item: JobItem) -> dict[str, Any]:
         """Registers every output object as a blob and records them as one data snapshot made by the job."""
@@ -205,6 +371,15 @@ class Batch:
             raise InputInvalid(f"the batch job wrote {len(keys)} files; a snapshot holds at most "
                                f"{limits.MAX_FILES_PER_SNAPSHOT}")
         files = [self._register_blob(workspace, key, key[len(prefix):]) for key in keys]
+        return self._commit_output(workspace, item, files, None)
+
+    def _commit_output(self, workspace: str, item: JobItem, files: list[dict[str, Any]],
+                       metrics: dict[str, int] | None) -> dict[str, Any]:
+        if not files:
+            raise InputInvalid("the batch job wrote no files to KAOS_OUTPUT_DIR, so there is no output snapshot")
+        if len(files) > limits.MAX_FILES_PER_SNAPSHOT:
+            raise InputInvalid(f"the batch job wrote {len(files)} files; a snapshot holds at most "
+                               f"{limits.MAX_FILES_PER_SNAPSHOT}")
         snapshot, _ = self.snapshots.commit(workspace, "data", files, item.created_by)
         if snapshot.get("status") == "pending":  # every blob was copied above; a pending answer is a lost race
             raise InputInvalid(f"output snapshot {snapshot['id']} is still missing blobs; retry the record step")
@@ -212,7 +387,9 @@ class Batch:
         node = f"snapshot:{snapshot['id']}"
         self.provenance.add_node(workspace, node, "snapshot", {"kind": "data"}, at)
         self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", node, at)
-        self.jobs._set_status(item, "COMPLETED", model_uri=node, ended_at=at)
+        extra = {"metrics": metrics} if metrics else {}
+        self.jobs._set_status(item, "COMPLETED", model_uri=node, ended_at=at, **extra)
+        lineage_events.ended(item)
         return Training.describe(item)
 
     def _register_blob(self, workspace: str, key: str, path: str) -> dict[str, Any]:
