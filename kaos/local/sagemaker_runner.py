@@ -19,6 +19,8 @@ The user's entry point sees the contract SageMaker framework containers
 Output is merged and streamed to CloudWatch Logs (``/aws/sagemaker/TrainingJobs``, stream
 ``<job>/algo-1-<epoch seconds>``) and copied to ``jobs/<job>/log.txt``. On exit 0 ``model/`` and
 ``output/data/`` are uploaded as ``<S3OutputPath>/<job>/output/{model,output}.tar.gz``.
+Unlike SageMaker's own archives they are byte-stable (see ``_tar_dir``): identical files give an
+identical model.tar.gz, so its sha256 compares two trainings.
 A non-zero exit is ``Failed`` with ``FailureReason`` from ``output/failure`` or the output tail.
 ``StopTrainingJob`` and ``StoppingCondition.MaxRuntimeInSeconds`` send SIGTERM to the process
 group, then SIGKILL after ``stop_grace_seconds`` (SageMaker: 120 s); the job ends ``Stopped``
@@ -29,6 +31,7 @@ group, then SIGKILL after ``stop_grace_seconds`` (SageMaker: 120 s); the job end
 from __future__ import annotations
 
 import datetime
+import gzip
 import hashlib
 import json
 import logging
@@ -98,9 +101,34 @@ def _env_value(value: Any) -> str:
 
 
 def _tar_dir(source: Path, target: Path) -> None:
-    with tarfile.open(target, "w:gz") as tar:
-        for path in sorted(source.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(source)), recursive=False)
+    """``source`` as a byte-stable tar.gz: the same files always give the same archive bytes.
+
+    Members are in sorted path order (a directory before its contents) with mtime 0, owner 0:0 and no
+    owner names, modes normalized to 0o644 (0o755 for directories and executables), and the gzip header
+    carries no time and no file name. Member names are relative to ``source`` as SageMaker writes them."""
+    members = sorted((path.relative_to(source).as_posix(), path) for path in source.rglob("*"))
+    with target.open("wb") as raw, \
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in members:
+            info = tar.gettarinfo(str(path), arcname=name)
+            if info is None:  # sockets and other special files (tarfile cannot store them)
+                continue
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.devmajor = info.devminor = 0
+            if info.isdir() or (info.isreg() and info.mode & 0o111):
+                info.mode = 0o755
+            elif info.issym():
+                info.mode = 0o777
+            else:
+                info.mode = 0o644
+            if info.isreg():
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+            else:
+                tar.addfile(info)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
