@@ -36,6 +36,7 @@ lint: setup
 bench: setup
 	$(BIN)/python -m bench.cold_imports
 	$(BIN)/python -m bench.submit
+	$(BIN)/python -m bench.datums
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache
