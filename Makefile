@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python -m bench.cold_imports
 	$(BIN)/python -m bench.submit
 	$(BIN)/python -m bench.datums
+	$(BIN)/python -m bench.lineage
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache

@@ -16,9 +16,11 @@ from chalicelib.errors import KaosError
 from chalicelib.grids import Grids
 from chalicelib.http import caller, error_body, json_body
 from chalicelib.provenance import Provenance
+from chalicelib.reproduce import Reproductions
 from chalicelib.schemas import SPECS, openapi, validate
 from chalicelib.snapshots import Snapshots
 from chalicelib.training import Training
+from chalicelib.triggers import Triggers
 from chalicelib.workspaces import Workspaces
 
 app = Chalice(app_name="kaos")
@@ -172,6 +174,13 @@ def resume_job(user: str, workspace: str, job: str) -> dict[str, Any]:
     return Training().resume(workspace, job, user)
 
 
+@route("/workspaces/{workspace}/jobs/{job}/reproduce", "POST")
+def reproduce_job(user: str, workspace: str, job: str) -> Response:
+    incarnation = Workspaces().require(workspace, user).created_at
+    reproduction, created = Reproductions().reproduce(workspace, incarnation, user, job)
+    return Response(reproduction, status_code=201 if created else 200)
+
+
 @route("/workspaces/{workspace}/jobs/{job}/logs", "GET")
 def job_logs(user: str, workspace: str, job: str) -> dict[str, Any]:
     Workspaces().require(workspace, user)
@@ -187,8 +196,34 @@ def job_files(user: str, workspace: str, job: str) -> dict[str, Any]:
 @route("/workspaces/{workspace}/lineage/{node}", "GET")
 def lineage(user: str, workspace: str, node: str) -> dict[str, Any]:
     Workspaces().require(workspace, user)
-    depth = _query("depth")
-    return Provenance().lineage(workspace, node, _query("direction") or "up", int(depth) if depth else None)
+    depth, limit = _query("depth"), _query("limit")
+    return Provenance().lineage(workspace, node, _query("direction") or "up", int(depth) if depth else None,
+                                int(limit) if limit else None, _query("cursor"))
+
+
+@route("/workspaces/{workspace}/impact", "GET")
+def impact(user: str, workspace: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Provenance().impact(workspace, _query("target"))
+
+
+@route("/workspaces/{workspace}/auto-retrain", "GET")
+def auto_retrain_status(user: str, workspace: str) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Triggers().status(workspace)
+
+
+@route("/workspaces/{workspace}/auto-retrain", "POST")
+def auto_retrain(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
+    # Any member may toggle it: members may deploy anyway, and auto-retrain only re-deploys the latest inputs.
+    Workspaces().require(workspace, user)
+    return Triggers().set_enabled(workspace, user, bool(body["enabled"]))
+
+
+@route("/workspaces/{workspace}/incoming", "POST")
+def incoming_urls(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
+    Workspaces().require(workspace, user)
+    return Triggers().upload_urls(workspace, body["files"])
 
 
 def _page_size(name: str) -> int:

@@ -242,6 +242,10 @@ def acknowledge_batch_findings(stack: KaosStack) -> None:
                 "The job container uploads its outputs below its job's output prefix (job ids are fingerprints "
                 "computed at run time). Put/AbortMultipartUpload only, never on blobs, manifests or snapshots."
             ),
+            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/jobs/*/datums/*")): (
+                "A per-file job's container reads its plan (the datums to process, written by PrepareBatch; job ids "
+                "are computed at run time). GetObject only, on plans of this one bucket."
+            ),
         },
     )
     objects = {
@@ -294,3 +298,43 @@ def acknowledge_remote_data_findings(stack: KaosStack) -> None:
     if findings:
         _ack(stack.api.role, findings)
         _ack(stack.training.prepare.role, findings)
+
+
+def acknowledge_trigger_findings(stack: KaosStack) -> None:
+    """S3-triggered retraining (cdk/triggers.py): OnUpload, ProcessBatch and the retrain state machine."""
+    triggers = stack.triggers
+    bucket = stack.storage.data_bucket
+    runtime_version = {
+        "AwsSolutions-L1": "python3.12 is pinned on purpose, as for the training task Lambdas (same asset and wheels)."
+    }
+    for task in (triggers.on_upload, triggers.process):
+        _ack(task.function, runtime_version)
+    _ack(triggers.process.role, {
+        _wildcard_resource(stack, bucket.arn_for_objects("*")): (
+            "ProcessBatch writes content-addressed blobs (keys are sha256 digests computed at run time), manifests "
+            "and materialized snapshots; Get/Put/AbortMultipartUpload only (no delete), on this one bucket."
+        ),
+        _wildcard_resource(stack, triggers.incoming_objects_arn): (
+            "Incoming files are read at the version their S3 event named (GetObjectVersion); workspace names and "
+            "file names are chosen at run time, and the grant is limited to ws/*/incoming/* of this one bucket."
+        ),
+        _wildcard_resource(stack, triggers.training_executions_arn): (
+            "Training execution names are job fingerprints computed at run time; DescribeExecution only (to tell an "
+            "idempotent restart from a conflict), on executions of the one training state machine."
+        ),
+    })
+    _ack(triggers.on_upload.role, {
+        _wildcard_resource(stack, triggers.retrain_executions_arn): (
+            "Retrain execution names are retrain-<workspace>-<batch id>, chosen at run time; DescribeExecution only "
+            "(to tell an idempotent restart from a conflict), on executions of the one retrain state machine."
+        ),
+    })
+    _ack(triggers.state_machine.role, {
+        _wildcard_resource(stack, f"{triggers.process.function.function_arn}:*"): (
+            "Added by tasks.LambdaInvoke so versions/aliases of ProcessBatch may be invoked; still that function."
+        ),
+        "AwsSolutions-IAM5[Resource::*]": (
+            "Added by the StateMachine construct for CloudWatch Logs vended delivery and X-Ray tracing, which "
+            "support no resource-level permissions."
+        ),
+    })

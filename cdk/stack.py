@@ -17,6 +17,8 @@ from cdk.storage import Storage
 from cdk.table import ProvenanceTable
 from cdk.nag import acknowledge_batch_findings
 from cdk.training import Training
+from cdk.triggers import Triggers
+from cdk.nag import acknowledge_trigger_findings
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class KaosStack(Stack):
         self.batch = BatchJobs(self, "Batch", bucket=bucket, table=table,
                                image=str(self.node.try_get_context("batchImage") or DEFAULT_BATCH_IMAGE))
         self.grid = Grid(self, "Grid", bucket=bucket, table=table, training=self.training.state_machine)
+        # S3-triggered retraining: files under ws/<ws>/incoming/ -> one derived snapshot + one job per batch.
+        self.triggers = Triggers(self, "Triggers", bucket=bucket, table=table,
+                                 training=self.training.state_machine, training_image=training_image)
         # Remote data manifests (-m s3://...): the API pins objects (HeadObject) and PrepareTraining copies them.
         # Only buckets named in context `remoteDataBuckets` (comma-separated) are readable: no s3:::*/* grant.
         remote_buckets = [b for b in str(self.node.try_get_context("remoteDataBuckets") or "").split(",") if b]
@@ -95,3 +100,4 @@ class KaosStack(Stack):
         acknowledge_batch_findings(self)
         acknowledge_grid_findings(self)
         acknowledge_remote_data_findings(self)
+        acknowledge_trigger_findings(self)

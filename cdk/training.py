@@ -169,6 +169,11 @@ class Training(Construct):
         for fn in (self.prepare.function, self.record.function):
             grant_table_read_write(table, fn)
             grant_bucket_read_write(bucket, fn)
+        # OpenLineage run events (chalicelib/lineage_events.py): on only with the `openLineageUrl` context.
+        open_lineage_url = self.node.try_get_context("openLineageUrl")
+        if open_lineage_url:
+            for fn in (self.prepare.function, self.record.function):
+                fn.add_environment(env_names.OPENLINEAGE_URL, str(open_lineage_url))
         self.record.function.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"],

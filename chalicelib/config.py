@@ -20,6 +20,11 @@ BATCH_JOB_DEFINITION = "KAOS_BATCH_JOB_DEFINITION"
 BATCH_IMAGE = "KAOS_BATCH_IMAGE"
 BATCH_LOG_GROUP = "KAOS_BATCH_LOG_GROUP"
 BATCH_MAX_RUNTIME_SECONDS = "KAOS_BATCH_MAX_RUNTIME_SECONDS"
+# OpenLineage run events (chalicelib/lineage_events.py): HTTP endpoint base URL and/or a local file; unset = off.
+OPENLINEAGE_URL = "KAOS_OPENLINEAGE_URL"
+OPENLINEAGE_FILE = "KAOS_OPENLINEAGE_FILE"
+# S3-triggered retraining (chalicelib/triggers.py): OnUpload starts the retrain state machine per batch.
+RETRAIN_STATE_MACHINE_ARN = "KAOS_RETRAIN_STATE_MACHINE_ARN"
 
 
 @dataclass(frozen=True)

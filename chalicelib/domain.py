@@ -5,7 +5,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from collections.abc import Mapping, Sequence
 
@@ -249,8 +249,12 @@ class JobSpec:
     params: str
     environment: str
     resources: Resources
+    # The job id this job reproduces (`kaos train reproduce`): same inputs, an identity of its own.
+    reproduces: str = ""
 
     def document(self) -> dict[str, Any]:
+        if self.reproduces:  # only reproductions carry it, so every other fingerprint stays as it was
+            return {**replace(self, reproduces="").document(), "reproduction_of": self.reproduces}
         return {
             "workspace": self.workspace,
             "incarnation": self.incarnation,

@@ -68,8 +68,26 @@ SUBMIT_BATCH_JOB = _object({
                 "description": "run with /bin/sh -c in the code directory (default: python process.py or main.py)"},
     "max_runtime_seconds": {"type": "integer", "minimum": 60, "maximum": limits.MAX_RUNTIME_SECONDS,
                             "description": f"60 to {limits.MAX_RUNTIME_SECONDS} (AWS Batch attempt timeout)"},
+    "per_file": {"type": "boolean", "description": "run the command once per input file (datum); files whose "
+                 "(path, content, code, command, image) were processed before reuse their earlier outputs"},
+    "glob": {"type": "string", "minLength": 1, "maxLength": 256,
+             "description": "with per_file: the input paths that are datums (fnmatch; default *)"},
 }, ["code", "data"])
 MEMBER = _object({"user": USER}, ["user"])
+AUTO_RETRAIN = _object({"enabled": {"type": "boolean"}}, ["enabled"])
+INCOMING = _object({"files": {"type": "array", "minItems": 1, "maxItems": limits.MAX_BLOBS_PER_REQUEST,
+                              "items": _object({"path": {"type": "string", "minLength": 1,
+                                                         "maxLength": limits.MAX_PATH_CHARS},
+                                                "size": {"type": "integer", "minimum": 0,
+                                                         "maximum": limits.MAX_FILE_BYTES}}, ["path"]),
+                              "description": f"1 to {limits.MAX_BLOBS_PER_REQUEST} files"}}, ["files"])
+AUTO_RETRAIN_OUT = _object({"workspace": {"type": "string"}, "enabled": {"type": "boolean"},
+                            "window_seconds": {"type": "integer"}, "batches": {"type": "array"}},
+                           ["workspace", "enabled", "window_seconds", "batches"], extra=True)
+INCOMING_URLS = _object({"workspace": {"type": "string"}, "auto_retrain": {"type": "boolean"},
+                         "files": {"type": "array", "items": _object(
+                             {"path": {"type": "string"}, "key": {"type": "string"}, "url": {"type": "string"}},
+                             ["path", "key", "url"])}}, ["workspace", "files"])
 
 # Responses
 ERROR = _object({"error": _object({"code": {"type": "string"}, "message": {"type": "string"}},
@@ -116,7 +134,10 @@ LINEAGE = _object({"root": {"type": "string"}, "direction": {"type": "string"},
                    "nodes": {"type": "array", "items": {"type": "object"}},
                    "edges": {"type": "array", "items": _object(
                        {"source": {"type": "string"}, "rel": {"type": "string"}, "target": {"type": "string"}},
-                       ["source", "rel", "target"])}}, ["root", "direction", "nodes", "edges"])
+                       ["source", "rel", "target"])},
+                   "next": {**NULLABLE_STRING, "description": "cursor of the next page (null: walk complete)"},
+                   "requests": {"type": "integer", "description": "DynamoDB requests this page cost"}},
+                  ["root", "direction", "nodes", "edges"])
 MEMBERS = _object({"workspace": {"type": "string"}, "members": {"type": "array", "items": _object(
     {"user": {"type": "string"}, "role": {"type": "string"}, "added_at": TIMESTAMP}, ["user", "role"])}},
     ["workspace", "members"])
@@ -189,6 +210,15 @@ ROUTES = [
               errors=(400, 403, 404, 409)),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/resume", "POST", "Run a FAILED or KILLED job again", 200, JOB,
               errors=(400, 403, 404, 409)),
+    RouteSpec("/workspaces/{workspace}/jobs/{job}/reproduce", "POST",
+              "Train a COMPLETED job again with exactly its recorded inputs, as a new job that reproduces it (the "
+              "same new job on every call), with the comparison of the two models' hashes", 201,
+              {**JOB_SUBMITTED, "required": [*JOB_SUBMITTED["required"], "reproduction_of", "comparison"],
+               "properties": {**JOB_SUBMITTED["properties"], "reproduction_of": JOB_ID, "comparison": _object({
+                   "original": {"type": ["object", "null"]}, "reproduction": {"type": ["object", "null"]},
+                   "archive_identical": {"type": ["boolean", "null"]},
+                   "content_identical": {"type": ["boolean", "null"]}, "identical": {"type": ["boolean", "null"]},
+               }, ["original", "reproduction", "identical"])}}, errors=(400, 403, 404, 409)),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/logs", "GET", "Read a job's training log", 200, LOGS,
               query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/files", "GET",
@@ -196,7 +226,30 @@ ROUTES = [
               query={"what": {"type": "string", "enum": ["code", "data", "params", "model"],
                               "description": "only this part (default: all)"}}, errors=(400, 403, 404, 413)),
     RouteSpec("/workspaces/{workspace}/lineage/{node}", "GET", "Provenance of a node, up or down", 200, LINEAGE,
-              query={"direction": {"type": "string", "enum": ["up", "down", "both"]}, "depth": DIGITS}),
+              query={"direction": {"type": "string", "enum": ["up", "down", "both"]}, "depth": DIGITS,
+                     "limit": {**DIGITS, "description": "nodes per page, 1 to 5000 (default 1000)"},
+                     "cursor": {"type": "string", "pattern": "^[0-9a-f]{32}$",
+                                "description": "the `next` of the previous page"}}),
+    RouteSpec("/workspaces/{workspace}/impact", "GET",
+              "Jobs and models downstream of a data snapshot, or of an S3 object referenced by data manifests",
+              200, _object({"target": {"type": "string"}, "matched": {"type": "array", "items": {"type": "string"}},
+                            "jobs": {"type": "array"}, "models": {"type": "array"}, "snapshots": {"type": "array"},
+                            "edges": {"type": "array"}, "manifests_scanned": {"type": "integer"},
+                            "requests": {"type": "integer"}, "truncated": {"type": "boolean"}},
+                           ["target", "matched", "jobs", "models"]),
+              query={"target": {"type": "string", "minLength": 1, "maxLength": 2048,
+                                "pattern": "^(s3://[^/]+/.*|snapshot:[0-9a-f]{64}|[0-9a-f]{64})$",
+                                "description": "s3://bucket/key (or prefix/), snapshot:<sha256> or a sha256"}}),
+    # S3-triggered retraining (chalicelib/triggers.py).
+    RouteSpec("/workspaces/{workspace}/auto-retrain", "GET",
+              "Auto-retrain status and the workspace's recent upload batches", 200, AUTO_RETRAIN_OUT),
+    RouteSpec("/workspaces/{workspace}/auto-retrain", "POST",
+              "Turn auto-retrain on or off (any member): files uploaded under ws/<ws>/incoming/ then retrain with "
+              "the latest code and params on the latest training data plus the files", 200, AUTO_RETRAIN_OUT,
+              AUTO_RETRAIN),
+    RouteSpec("/workspaces/{workspace}/incoming", "POST",
+              "Presigned PUT URLs for files under ws/<ws>/incoming/ (upload straight to S3; with auto-retrain on, "
+              "each upload window becomes one derived data snapshot and one job)", 200, INCOMING_URLS, INCOMING),
 ]
 SPECS = {(r.path, r.method): r for r in ROUTES}
 

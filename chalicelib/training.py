@@ -6,13 +6,14 @@ import hashlib
 import json
 import tarfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any, cast
 
 from pynamodb.exceptions import DoesNotExist, PutError
 from pynamodb.expressions.update import Action
 
 from chalicelib import config, limits
+from chalicelib import lineage_events
 from chalicelib.adapters import Executions, LogReader, ObjectStore, TrainingJobs, execution_arn_for
 from chalicelib.domain import (
     JobSpec,
@@ -49,6 +50,9 @@ class Inputs:
     params: dict[str, Any]
     resources: dict[str, Any]
     sources: dict[str, str]
+    # Reproductions only (chalicelib/reproduce.py): the original's environment and full resources, and its id.
+    environment: str = ""
+    reproduces: str = ""
 
 
 def job_prefix(workspace: str, job_id: str) -> str:
@@ -168,6 +172,9 @@ class Training:
             workspace=workspace, incarnation=incarnation, kind="train", code=inputs.code, data=inputs.data,
             params=params_snapshot["id"], environment=settings.training_image, resources=resources,
         )
+        if inputs.reproduces:  # the original's image and resources exactly; `reproduction_of` makes it a new job
+            spec = replace(spec, environment=inputs.environment, resources=Resources(**inputs.resources),
+                           reproduces=inputs.reproduces)
         at = now()
         # Execution names are the job id, so the ARN is known before the start and the row never needs a
         # second write from here (the pipeline's own status writes would race with it).
@@ -337,6 +344,7 @@ class Training:
             "StoppingCondition": {"MaxRuntimeInSeconds": resources["max_runtime_seconds"]},
         }
         self._set_status(item, "TRAINING", training_job_name=name, started_at=now())
+        lineage_events.started(item)
         return {"training": request}
 
     def _entry_point(self, workspace: str, manifest: Manifest) -> str:
@@ -370,6 +378,7 @@ class Training:
         if outcome == "Completed":
             return self._record_model(workspace, item, detail)
         self._set_status(item, "FAILED", failure_reason=failure_reason(detail), ended_at=now())
+        lineage_events.ended(item)
         return self.describe(item)
 
     def _record_model(self, workspace: str, item: JobItem, training: dict[str, Any]) -> dict[str, Any]:
@@ -379,30 +388,49 @@ class Training:
             raise InputInvalid(f"model artifacts {uri!r} are not in the workspace bucket")
         key = uri[len(prefix):]
         described = self.store.describe(key)
-        digest, metrics = self._read_model(key)
+        digest, metrics, content_sha256 = self._read_model(key)
         if not metrics:
             output_key = key.rsplit("/", 1)[0] + "/output.tar.gz"
             if self.store.size(output_key) is not None:
                 metrics = self._read_model(output_key)[1]
         at = now()
         model_node = f"model:{item.job_id}"
-        self.provenance.add_node(workspace, model_node, "model", {"uri": uri, "sha256": digest, **described}, at)
+        self.provenance.add_node(workspace, model_node, "model",
+                                 {"uri": uri, "sha256": digest, "content_sha256": content_sha256, **described}, at)
         self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", model_node, at)
         self._set_status(item, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at)
+        lineage_events.ended(item)
         return self.describe(item)
 
-    def _read_model(self, key: str) -> tuple[str, dict[str, Any]]:
-        """Streams the archive once: its sha256 and the metrics.json it holds (if any)."""
+    def _read_model(self, key: str) -> tuple[str, dict[str, Any], str]:
+        """Streams the archive once: its sha256, the metrics.json it holds (if any), and its content sha256.
+
+        The content sha256 is the sha256 of the JSON list (no spaces) of sorted [member name, sha256 of its
+        bytes] pairs of the archive's regular files (names without a leading "./"): unlike the archive's own
+        sha256 it does not depend on mtimes, owners or compression, which SageMaker's tars do not fix."""
         body = _HashingReader(self.store.stream(key))
         metrics: dict[str, Any] = {}
+        files: list[tuple[str, str]] = []
         with tarfile.open(fileobj=cast(IO[bytes], body), mode="r|gz") as archive:
             for member in archive:
-                if member.isfile() and member.name.lstrip("./") == METRICS_FILE:
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        metrics = _numeric_metrics(handle.read())
+                handle = archive.extractfile(member) if member.isfile() else None
+                if handle is None:
+                    continue
+                member_hash = hashlib.sha256()
+                if member.name.lstrip("./") == METRICS_FILE:
+                    raw = handle.read()
+                    member_hash.update(raw)
+                    metrics = _numeric_metrics(raw)
+                else:
+                    while chunk := handle.read(1 << 20):
+                        member_hash.update(chunk)
+                name = member.name
+                while name.startswith("./"):
+                    name = name[2:]
+                files.append((name, member_hash.hexdigest()))
         body.drain()
-        return body.hexdigest(), metrics
+        content = hashlib.sha256(json.dumps(sorted(files), separators=(",", ":")).encode()).hexdigest()
+        return body.hexdigest(), metrics, content
 
     def _archive_log(self, workspace: str, item: JobItem) -> None:
         """Keeps the job's log in S3 beside its outputs: CloudWatch retention is finite, provenance is not."""

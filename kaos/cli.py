@@ -197,6 +197,30 @@ def workspace_members(name: str | None = typer.Argument(None), as_json: bool = J
     _print_members(result)
 
 
+@workspace_app.command("auto-retrain")
+def workspace_auto_retrain(
+    name: str | None = typer.Argument(None, help="Workspace (default: the current one)."),
+    state: str | None = typer.Argument(None, metavar="[on|off]", help="Turn it on or off; omit to show it."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Retrain on new data: files under ws/<ws>/incoming/ (`kaos data push`) start one job per upload window."""
+    if state is not None and state not in ("on", "off"):
+        _fail(f"{state!r}: say on or off")
+    result = _call(lambda: _client().auto_retrain(_workspace(name), None if state is None else state == "on"))
+    if as_json:
+        return _emit_json(result)
+    console.print(f"auto-retrain in [bold]{result['workspace']}[/]: {'on' if result['enabled'] else 'off'} "
+                  f"(uploads within {result['window_seconds']} s make one retraining)")
+    if result["batches"]:
+        table = Table("batch", "status", "files", "snapshot", "job", "skipped / reason")
+        for batch in result["batches"]:
+            notes = ", ".join(f"{s['path']}: {s['reason']}" for s in batch["skipped"]) or batch.get("reason") or ""
+            table.add_row(batch["id"], batch["status"], str(batch["files"]), (batch["snapshot"] or "")[:12],
+                          batch["job"] or "", notes)
+        console.print(table)
+    return None
+
+
 def _print_members(result: dict[str, Any]) -> None:
     table = Table("user", "role", "added")
     for member in result["members"]:
@@ -513,6 +537,46 @@ def train_resume(job: str, workspace: str | None = WorkspaceOpt,
         _print_job(resumed)
 
 
+@train_app.command("reproduce")
+def train_reproduce(model_or_job: str = typer.Argument(..., metavar="MODEL_OR_JOB",
+                                                       help="model:<job id>, job:<job id> or a job id."),
+                    workspace: str | None = WorkspaceOpt,
+                    wait: bool = typer.Option(False, "--wait", help="Follow the new job and compare the models."),
+                    as_json: bool = JsonOpt) -> None:
+    """Train a COMPLETED job again with exactly its recorded inputs, as a new job linked to it in provenance."""
+    prefix, _, job = model_or_job.rpartition(":")
+    if prefix not in ("", "model", "job"):
+        _fail(f"{model_or_job!r}: give model:<job id>, job:<job id> or a job id")
+    client, ws = _client(), _workspace(workspace)
+    started = _call(lambda: client.reproduce(ws, job))
+    result = started
+    if wait:
+        _wait(client, ws, started["id"])
+        # Reproducing is idempotent: the same job again, now with its model compared to the original's.
+        result = {**_call(lambda: client.reproduce(ws, job)), "cached": started["cached"]}
+    if as_json:
+        return _emit_json(result)
+    note = "already reproduced: the same job" if result["cached"] else "started"
+    console.print(f"job [bold]{result['id']}[/] reproduces {result['reproduction_of']} ({note}); "
+                  f"status {result['status']}")
+    if wait:
+        _print_job(result)
+        comparison = result["comparison"]
+        new, original = comparison["reproduction"] or {}, comparison["original"] or {}
+        if comparison["identical"] is None:
+            verdict = "unknown (no model to compare)" if not new else "unknown (the original has no content hash)"
+        else:
+            said = {True: "equal", False: "differs", None: "not recorded"}
+            verdict = ("yes" if comparison["identical"] else "no") + (
+                f" (model.tar.gz sha256 {said[comparison['archive_identical']]}, content sha256 "
+                f"{said[comparison['content_identical']]}: {str(new.get('content_sha256'))[:12]} new vs "
+                f"{str(original.get('content_sha256'))[:12]} original)")
+        console.print(f"model bytes identical: {verdict}")
+        if result["status"] != "COMPLETED":
+            raise typer.Exit(1)
+    return None
+
+
 @train_app.command("logs")
 def train_logs(job: str, workspace: str | None = WorkspaceOpt,
                follow: bool = typer.Option(False, "--follow", "-f", help="Keep reading until the job ends.")) -> None:
@@ -533,13 +597,52 @@ def train_logs(job: str, workspace: str | None = WorkspaceOpt,
 @train_app.command("provenance")
 def train_provenance(node: str, workspace: str | None = WorkspaceOpt,
                      down: bool = typer.Option(False, "--down", help="Follow edges forward (what used it)."),
+                     depth: int | None = typer.Option(None, "--depth", min=1, help="Follow at most N hops."),
+                     fmt: str = typer.Option("text", "--format", "-f",
+                                             help="text (tree), json, dot, mermaid, png or svg (png/svg need "
+                                                  "Graphviz' dot)."),
+                     output: Path | None = typer.Option(None, "--output", "-o",
+                                                        help="Write to FILE (required for png)."),
                      as_json: bool = JsonOpt) -> None:
-    """Show the provenance graph of a job (train-...) or model (model:train-...) as a tree."""
-    node_id = node if ":" in node else f"job:{node}"
-    graph = _call(lambda: _client().lineage(_workspace(workspace), node_id, "down" if down else "up"))
-    if as_json:
-        return _emit_json(graph)
-    console.print(render_tree(graph, down))
+    """Show the provenance graph of a job (train-...), model (model:train-...) or snapshot (snapshot:<id>)."""
+    from kaos import render
+
+    fmt = "json" if as_json else fmt
+    if fmt not in render.FORMATS:
+        _fail(f"--format must be one of {', '.join(render.FORMATS)}")
+    if fmt == "png" and output is None:
+        _fail("--format png writes binary: give -o FILE")
+    try:
+        if fmt in render.IMAGE_FORMATS:
+            render.dot_binary()
+        node_id = node if ":" in node else f"job:{node}"
+        client, ws, pages, cursor = _client(), _workspace(workspace), [], None
+
+        def page_after(after: str | None) -> Any:
+            return _call(lambda: client.lineage(ws, node_id, "down" if down else "up", depth, cursor=after))
+
+        while True:  # every page of the walk (the API returns at most 1,000 nodes per page)
+            page = page_after(cursor)
+            pages.append(page)
+            if not (cursor := page.get("next")):
+                break
+        graph = render.merge_pages(pages)
+        rendered = b"" if fmt == "text" else render.render(graph, fmt)
+    except render.RenderError as exc:
+        _fail(str(exc))
+    if fmt == "text":
+        if output is None:
+            console.print(render_tree(graph, down))
+        else:
+            with output.open("w") as handle:
+                Console(file=handle, width=200).print(render_tree(graph, down))
+    elif output is None:
+        sys.stdout.write(rendered.decode())
+    else:
+        output.write_bytes(rendered)
+    if output is not None:
+        err.print(f"wrote {fmt} of {len(graph['nodes'])} node(s) to {output}")
+    return None
 
 
 def render_tree(graph: dict[str, Any], down: bool) -> Tree:
@@ -576,6 +679,59 @@ def render_tree(graph: dict[str, Any], down: bool) -> Tree:
 
 
 # --- batch ----------------------------------------------------------------------------------------------
+data_app = typer.Typer(help="Push new data files; with auto-retrain on they retrain the workspace.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("push")
+def data_push(files: list[Path] = typer.Argument(..., help="Files to upload (each under its own name)."),
+              workspace: str | None = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+    """Upload FILES to ws/<ws>/incoming/<name> straight to S3; auto-retrain turns them into a new data snapshot
+    (the latest training data + these files) and one training job."""
+    ws = _workspace(workspace)
+    named: dict[str, Path] = {}
+    for path in files:
+        if not path.is_file():
+            _fail(f"{path}: not a file")
+        if path.name in named:
+            _fail(f"{path.name}: two files with this name")
+        named[path.name] = path
+    client = _client()
+    total = sum(p.stat().st_size for p in named.values())
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"uploading {len(named)} file(s)", total=total)
+        result = _call(lambda: client.push_data(ws, list(named.items()), lambda n: progress.advance(task, n)))
+    if as_json:
+        return _emit_json(result)
+    note = ("auto-retrain is on: they retrain the workspace shortly" if result.get("auto_retrain")
+            else "auto-retrain is off: nothing retrains (`kaos workspace auto-retrain on`)")
+    console.print(f"pushed {len(result['files'])} file(s) to ws/{ws}/incoming/; {note}")
+    return None
+
+
+@data_app.command("impact")
+def data_impact(target: str = typer.Argument(..., help="s3://bucket/key (or prefix/), snapshot:<id> or an id."),
+                workspace: str | None = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+    """Every job and model downstream of a data snapshot, or of an S3 object that remote data manifests use."""
+    result = _call(lambda: _client().impact(_workspace(workspace), target))
+    if as_json:
+        return _emit_json(result)
+    if not result["matched"]:
+        console.print(f"no data snapshot of this workspace references {target}")
+        return None
+    console.print(f"{target}: in {len(result['matched'])} snapshot(s): {', '.join(result['matched'])}")
+    table = Table("type", "id", "detail")
+    for kind, key in (("job", "kind"), ("model", "uri"), ("snapshot", "kind")):
+        for row in result[f"{kind}s"]:
+            table.add_row(kind, row["id"], str(row.get(key) or ""))
+    console.print(table if table.rows else "nothing downstream: no job used it")
+    if result.get("truncated"):
+        err.print("[yellow]truncated:[/] more than 5,000 nodes downstream; see `kaos train provenance --down`")
+    return None
+
+
 batch_app = typer.Typer(help="Run processing jobs on AWS Batch; each output is a new data snapshot.",
                         no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
@@ -593,6 +749,10 @@ def batch_deploy(
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end."),
     max_runtime: int | None = typer.Option(None, "--max-runtime", min=60,
                                            help="Stop the job after this many seconds."),
+    per_file: bool = typer.Option(False, "--per-file",
+                                  help="Run the command once per input file ($KAOS_DATUM, $KAOS_INPUT_FILE); files "
+                                       "processed before by the same code and command reuse their outputs."),
+    glob: str | None = typer.Option(None, "--glob", help="With --per-file: which input paths are datums (fnmatch)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Snapshot code and data (uploading only new bytes) and run a batch job; its output is a data snapshot."""
@@ -602,7 +762,9 @@ def batch_deploy(
     _call(lambda: (scan(source, "-s"), scan(data, "-d")))
     code = _call(lambda: _snapshot(client, ws, "code", source, "-s"))
     dataset = _call(lambda: _snapshot(client, ws, "data", data, "-d"))
-    job = _call(lambda: client.submit_batch(ws, code["id"], dataset["id"], command, max_runtime))
+    if glob and not per_file:
+        raise typer.BadParameter("--glob needs --per-file", param_hint="--glob")
+    job = _call(lambda: client.submit_batch(ws, code["id"], dataset["id"], command, max_runtime, per_file, glob))
     if wait:
         job = {**_wait(client, ws, job["id"]), "cached": job["cached"]}
     if as_json:

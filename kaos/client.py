@@ -84,6 +84,26 @@ class Client:
     def unshare(self, name: str, user: str) -> Any:
         return self.request("POST", f"/workspaces/{name}/members/remove", {"user": user})
 
+    # auto-retrain (S3-triggered retraining)
+    def auto_retrain(self, workspace: str, enabled: bool | None = None) -> Any:
+        """Turns auto-retrain on/off (None: only reads it); the answer lists the recent upload batches."""
+        if enabled is None:
+            return self.request("GET", f"/workspaces/{workspace}/auto-retrain")
+        return self.request("POST", f"/workspaces/{workspace}/auto-retrain", {"enabled": enabled})
+
+    def push_data(self, workspace: str, files: list[tuple[str, Path]], on_bytes: Callable[[int], None]) -> Any:
+        """Uploads files under ws/<ws>/incoming/<name> straight to S3 by presigned PUT URLs (never via the API)."""
+        sizes = {name: path.stat().st_size for name, path in files}
+        answer = self.request("POST", f"/workspaces/{workspace}/incoming",
+                              {"files": [{"path": name, "size": sizes[name]} for name, _ in files]})
+        sources = dict(files)
+        for entry in answer["files"]:
+            with sources[entry["path"]].open("rb") as handle:
+                put = self.http.put(entry["url"], data=_Reading(handle, sizes[entry["path"]], on_bytes), timeout=None)
+            if put.status_code >= 300:
+                raise ApiError(put.status_code, "UploadFailed", f"{entry['path']}: {put.text[:300]}")
+        return answer
+
     # snapshots
     def upload_snapshot(
         self, workspace: str, kind: str, files: list[LocalFile], on_bytes: Callable[[int], None]
@@ -141,12 +161,23 @@ class Client:
     def resume_job(self, workspace: str, job_id: str) -> Any:
         return self.request("POST", f"/workspaces/{workspace}/jobs/{job_id}/resume")
 
+    def reproduce(self, workspace: str, job_id: str) -> Any:
+        """The job training a COMPLETED job's exact inputs again (the same one on every call), with `comparison`
+        of the two models' hashes (`identical` is null until it has completed)."""
+        return self.request("POST", f"/workspaces/{workspace}/jobs/{job_id}/reproduce")
+
     def logs(self, workspace: str, job_id: str, next_token: str | None = None) -> Any:
         return self.request("GET", f"/workspaces/{workspace}/jobs/{job_id}/logs", query={"next": next_token})
 
-    def lineage(self, workspace: str, node: str, direction: str, depth: int | None = None) -> Any:
+    def lineage(self, workspace: str, node: str, direction: str, depth: int | None = None,
+                limit: int | None = None, cursor: str | None = None) -> Any:
+        """One page of a provenance walk: at most `limit` nodes; pass its `next` as `cursor` for the rest."""
         return self.request("GET", f"/workspaces/{workspace}/lineage/{node}",
-                            query={"direction": direction, "depth": depth})
+                            query={"direction": direction, "depth": depth, "limit": limit, "cursor": cursor})
+
+    def impact(self, workspace: str, target: str) -> Any:
+        """Jobs and models downstream of a data snapshot (snapshot:<id> or an id) or an s3:// object."""
+        return self.request("GET", f"/workspaces/{workspace}/impact", query={"target": target})
 
     # downloads
     def job_files(self, workspace: str, job_id: str, what: str | None = None) -> Any:
@@ -167,10 +198,13 @@ class Client:
         return digest.hexdigest()
 
     def submit_batch(self, workspace: str, code: str, data: str, command: str | None = None,
-                     max_runtime_seconds: int | None = None) -> Any:
+                     max_runtime_seconds: int | None = None, per_file: bool = False,
+                     glob: str | None = None) -> Any:
         """A batch job over one data snapshot; once COMPLETED its `model` is `snapshot:<output data snapshot id>`."""
         body = {k: v for k, v in (("code", code), ("data", data), ("command", command),
                                   ("max_runtime_seconds", max_runtime_seconds)) if v is not None}
+        if per_file:
+            body.update({"per_file": True, **({"glob": glob} if glob else {})})
         return self.request("POST", f"/workspaces/{workspace}/batch-jobs", body)
 
 

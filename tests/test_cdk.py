@@ -134,8 +134,9 @@ def test_no_custom_resource_lambdas(resources: dict[str, Any]) -> None:
     # The offline loader creates resources through boto3: custom resources (and their handler Lambdas) would need
     # special cases. EventBridge notifications are the bucket's native property for that reason.
     assert not [r for r in resources.values() if r["Type"].startswith("Custom::")]
-    # Two task Lambdas each for training, grids and batch jobs (the API function is the SAM one).
-    assert len(_of_type(resources, "AWS::Lambda::Function")) == 6
+    # Two task Lambdas each for training, grids, batch jobs and auto-retrain (OnUpload, ProcessBatch); the API
+    # function is the SAM one.
+    assert len(_of_type(resources, "AWS::Lambda::Function")) == 8
 
 
 # --- table

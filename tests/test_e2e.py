@@ -81,6 +81,7 @@ def test_a_raising_training_script_fails_visibly(stack: Stack, tmp_path: Path) -
     assert "the learning rate exploded" in stack.kaos("train", "info", job["id"]).stdout
     logs = stack.kaos("train", "logs", job["id"]).stdout
     assert "starting up" in logs and "RuntimeError: the learning rate exploded: 42" in logs
+    assert "loaded 1797 examples" not in logs  # only this job's streams, not the whole log group
     runs = [e for e in executions(stack) if e["name"] == job["id"]]
     assert [e["status"] for e in runs] == ["FAILED"]
 

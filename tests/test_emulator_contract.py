@@ -337,3 +337,17 @@ def test_batch_submit_job_parameters_are_normalised(emulator: Emulator) -> None:
     assert result["status"] == "SUCCEEDED", result.get("cause")
     output = json.loads(result["output"])
     assert output["JobName"] == "contract-batch" and output["JobId"]
+
+
+def test_filter_log_events_honours_the_stream_prefix(emulator: Emulator) -> None:
+    logs = emulator.client("logs")
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+    for stream in ("job-a/algo-1-1", "job-ab/algo-1-1", "job-b/algo-1-1"):
+        logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
+        logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream,
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": f"from {stream}"}])
+    events = logs.filter_log_events(logGroupName="/aws/sagemaker/TrainingJobs",
+                                    logStreamNamePrefix="job-a/")["events"]
+    assert [e["message"] for e in events] == ["from job-a/algo-1-1"]
+    none = logs.filter_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix="zzz/")
+    assert none["events"] == []

@@ -136,6 +136,8 @@ class TemplateLoader:
         stack = LoadedStack(physical=dict(self.resolver.names))
         order = ["AWS::IAM::Role", "AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::Logs::LogGroup",
                  "AWS::Lambda::Function", "AWS::Serverless::Function", "AWS::StepFunctions::StateMachine"]
+        # EventBridge rules last: their targets (functions, state machines) exist by then.
+        order.append("AWS::Events::Rule")
         for kind in order:
             for logical_id, resource in self.resources.items():
                 if resource["Type"] == kind:
@@ -159,6 +161,11 @@ class TemplateLoader:
             self._idempotent(lambda: s3.create_bucket(Bucket=name), "BucketAlreadyOwnedByYou")
             if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
                 s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+            if props.get("NotificationConfiguration", {}).get("EventBridgeConfiguration", {}).get(
+                    "EventBridgeEnabled"):
+                # S3 -> EventBridge "Object Created" events (the rules below pick what they need).
+                s3.put_bucket_notification_configuration(
+                    Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}})
         elif kind == "AWS::DynamoDB::Table":
             self._create_table(name, props)
         elif kind == "AWS::Logs::LogGroup":
@@ -175,6 +182,8 @@ class TemplateLoader:
                 stack.api_handler = props["Handler"]
             else:
                 stack.handlers[name] = import_handler(props["Handler"])
+        elif kind == "AWS::Events::Rule":
+            self._create_rule(name, props)
         elif kind == "AWS::StepFunctions::StateMachine":
             definition = self.resolver.resolve(props["DefinitionString"])
             json.loads(definition)  # fail here, not inside an execution, if resolution broke the JSON
@@ -183,6 +192,20 @@ class TemplateLoader:
                 name=name, definition=definition, roleArn=self.resolver.resolve(props["RoleArn"]),
                 type=props.get("StateMachineType", "STANDARD"),
             ), "StateMachineAlreadyExists")
+
+    def _create_rule(self, name: str, props: dict[str, Any]) -> None:
+        """An EventBridge rule with its pattern on its bus (default), and its targets (the emulator delivers
+        Lambda targets to the in-process handler registered under the function's name)."""
+        events = self.client("events")
+        bus = self.resolver.resolve(props.get("EventBusName")) or "default"
+        events.put_rule(Name=name, EventBusName=bus, State=props.get("State", "ENABLED"),
+                        EventPattern=json.dumps(self.resolver.resolve(props["EventPattern"])),
+                        Description=props.get("Description", ""))
+        targets = [{key: value for key, value in self.resolver.resolve(target).items()
+                    if key in ("Id", "Arn", "Input", "InputPath", "RoleArn", "RetryPolicy")}
+                   for target in props.get("Targets", [])]
+        if targets:
+            events.put_targets(Rule=name, EventBusName=bus, Targets=targets)
 
     def _create_table(self, name: str, props: dict[str, Any]) -> None:
         kwargs: dict[str, Any] = {

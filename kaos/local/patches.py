@@ -53,6 +53,8 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.sagemaker.responses.SageMakerResponse.stop_training_job (added)",
     "moto.core.responses.BaseResponse.call_action",
     "moto.batch_simple.models.BatchSimpleBackend._mark_job_as_finished",
+    "moto.s3.notifications._send_event_bridge_message",
+    "moto.logs.responses.LogsResponse.filter_log_events",
 )
 
 
@@ -212,6 +214,22 @@ def _deliver_async(target_arn: str, service: str, event: Any) -> None:
             LOG.exception("EventBridge delivery to %s failed", target_arn)
 
     threading.Thread(target=deliver, name=f"events-{service}", daemon=True).start()
+
+
+def _s3_send_event_bridge_message(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
+    """S3 -> EventBridge events carry the object key URL-encoded, as S3 event notifications do ("a b+c" ->
+    "a+b%2Bc", "/" kept); moto 5.2.5 sends it raw, so consumers that correctly `unquote_plus` would mangle '+'."""
+    from urllib.parse import quote_plus
+
+    from moto.s3 import notifications
+
+    class EncodedKey:
+        def __init__(self, raw: Any) -> None:
+            self.name = quote_plus(raw.name, safe="/")
+            self.size, self.etag, self.version_id = raw.size, raw.etag, raw.version_id
+
+    original = _ORIGINALS[(notifications, "_send_event_bridge_message")]
+    original(account_id, bucket, event_name, EncodedKey(key))
 
 
 def _rule_cls() -> type:
@@ -696,6 +714,27 @@ def _set(owner: Any, name: str, value: Any) -> None:
 _MISSING: Final = object()
 
 
+def _filter_log_events(self: Any) -> str:
+    """FilterLogEvents honouring `logStreamNamePrefix` (moto ignores it and returns every stream's events).
+
+    kaos reads one job's training log as the streams `<job name>/...` of the shared SageMaker log group."""
+    prefix = self._get_param("logStreamNamePrefix")
+    if not prefix or self._get_param("logStreamNames"):
+        from moto.logs.responses import LogsResponse
+
+        return str(_ORIGINALS[(LogsResponse, "filter_log_events")](self))
+    group = self.logs_backend.groups.get(self._get_param("logGroupName"))
+    names = [name for name in (group.streams if group is not None else {}) if name.startswith(prefix)]
+    if not names:
+        return json.dumps({"events": [], "searchedLogStreams": []})
+    events, next_token, searched = self.logs_backend.filter_log_events(
+        self._get_param("logGroupName"), names, self._get_param("startTime"), self._get_param("endTime"),
+        self._get_param("limit"), self._get_param("nextToken"), self._get_param("filterPattern"),
+        self._get_param("interleaved", False),
+    )
+    return json.dumps({"events": events, "nextToken": next_token, "searchedLogStreams": searched})
+
+
 def apply(hooks: Hooks) -> None:
     """Install all patches (idempotent) and route them to ``hooks``."""
     global _HOOKS, _SAGEMAKER_TASK_CLS
@@ -735,6 +774,12 @@ def apply(hooks: Hooks) -> None:
         _set(SageMakerResponse, "stop_training_job", _response_stop_training_job)
         _set(BaseResponse, "call_action", _call_action)
         _set(BatchSimpleBackend, "_mark_job_as_finished", _mark_batch_job_as_finished)
+        from moto.s3 import notifications as s3_notifications
+
+        _set(s3_notifications, "_send_event_bridge_message", _s3_send_event_bridge_message)
+        from moto.logs.responses import LogsResponse
+
+        _set(LogsResponse, "filter_log_events", _filter_log_events)
 
 
 def remove() -> None:
