@@ -13,6 +13,8 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "pip<26.3"
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	# The SageMaker SDK's image URI catalogue, read at synth time: data only, so without its ~900 MB of dependencies.
+	$(BIN)/python -m pip install -q --no-deps sagemaker-core==2.27.0
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
