@@ -366,10 +366,16 @@ def _print_job(job: dict[str, Any]) -> None:
     for key in ("id", "status", "created_at", "started_at", "ended_at", "environment", "model", "failure_reason"):
         if job.get(key):
             table.add_row(key, str(job[key]))
-    table.add_row("code", job["inputs"]["code"])
+    sources = job.get("sources") or {}
+
+    def origin(kind: str) -> str:
+        # Where the input came from: given with this deploy, or reused from the workspace's latest.
+        return f" ({sources[kind]})" if kind in sources else ""
+
+    table.add_row("code" + origin("code"), job["inputs"]["code"])
     for channel, snapshot in sorted(job["inputs"]["data"].items()):
-        table.add_row(f"data:{channel}", snapshot)
-    table.add_row("params", job["inputs"]["params"])
+        table.add_row(f"data:{channel}" + origin("data"), snapshot)
+    table.add_row("params" + origin("params"), job["inputs"]["params"])
     for name, value in sorted(job["metrics"].items()):
         table.add_row(f"metric:{name}", f"{value:.6g}")
     console.print(table)
