@@ -118,6 +118,9 @@ class IncomingFileItem(_Item):
 
 CONFIG_SK = "AUTORETRAIN#CONFIG"
 OPEN_SK = "AUTORETRAIN#OPEN"
+# Reads of a batch just named by the pointer: 20 x 50 ms covers the gap between a transaction's items.
+_POINTER_READS = 20
+_POINTER_WAIT_SECONDS = 0.05
 
 
 def batch_sk(batch_id: str) -> str:
@@ -306,7 +309,7 @@ class Triggers:
     def _open_batch(self, workspace: str) -> BatchItem:
         """The workspace's open batch, opening one (conditionally on the pointer it replaces) if none is open."""
         pointer = _get(OpenBatchItem, workspace, OPEN_SK)
-        current = _get(BatchItem, workspace, batch_sk(pointer.batch_id)) if pointer is not None else None
+        current = self._pointed(workspace, pointer)
         if current is not None and current.status == OPEN:
             return cast(BatchItem, current)
         batch_id = _new_batch_id()
@@ -324,12 +327,26 @@ class Triggers:
         except TransactWriteError:
             # Another delivery opened a batch first: join it.
             pointer = _get(OpenBatchItem, workspace, OPEN_SK)
-            other = _get(BatchItem, workspace, batch_sk(pointer.batch_id)) if pointer is not None else None
+            other = self._pointed(workspace, pointer)
             if other is None:
                 raise
             return cast(BatchItem, other)
         log.info("opened batch %s in %s", batch_id, workspace)
         return batch
+
+    @staticmethod
+    def _pointed(workspace: str, pointer: Any) -> Any:
+        """The batch the pointer names. The pointer and the batch are written in one transaction, but a reader
+        can see the pointer before the batch (moto applies a transaction item by item); treating that as "no
+        batch" would open a second, empty batch that nobody runs. So wait briefly for it instead."""
+        if pointer is None:
+            return None
+        for _ in range(_POINTER_READS):
+            batch = _get(BatchItem, workspace, batch_sk(pointer.batch_id))
+            if batch is not None:
+                return batch
+            time.sleep(_POINTER_WAIT_SECONDS)
+        raise RuntimeError(f"batch {pointer.batch_id} named by the open-batch pointer is not readable yet")
 
     def _ensure_started(self, workspace: str, batch: BatchItem) -> None:
         if batch.started:
