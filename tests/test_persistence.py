@@ -150,6 +150,11 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
             assert time.monotonic() < deadline, "the running job never reached the stored state"
             time.sleep(0.5)
         assert stack.kaos_json("train", "info", job["id"])["status"] == "TRAINING"
+        # The log line must have reached an export too: wait for it live, then for one export period.
+        while "slow training started" not in stack.kaos("train", "logs", job["id"]).stdout:
+            assert time.monotonic() < deadline, "the running job's log never appeared"
+            time.sleep(0.5)
+        time.sleep(7)  # the periodic export runs every 5 s
         pid = int(stack.runtime["pid"])
         os.kill(pid, signal.SIGKILL)
         while _alive(pid):

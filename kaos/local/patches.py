@@ -55,6 +55,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.batch_simple.models.BatchSimpleBackend._mark_job_as_finished",
     "moto.s3.notifications._send_event_bridge_message",
     "moto.logs.responses.LogsResponse.filter_log_events",
+    "moto.dynamodb.models.DynamoDBBackend.{put_item,update_item,delete_item,transact_write_items} (serialized)",
 )
 
 
@@ -714,6 +715,21 @@ def _set(owner: Any, name: str, value: Any) -> None:
 _MISSING: Final = object()
 
 
+# DynamoDB checks a write's condition and applies it atomically, and runs transactions serializably; moto's server
+# handles requests on threads without a lock, so two conditional writes (or transactions) can both pass their
+# checks. One lock over the write operations restores what the product code relies on.
+_DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+_DYNAMODB_LOCK = threading.RLock()
+
+
+def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
+    def write(*args: Any, **kwargs: Any) -> Any:
+        with _DYNAMODB_LOCK:
+            return original(*args, **kwargs)
+
+    return write
+
+
 def _filter_log_events(self: Any) -> str:
     """FilterLogEvents honouring `logStreamNamePrefix` (moto ignores it and returns every stream's events).
 
@@ -780,6 +796,10 @@ def apply(hooks: Hooks) -> None:
         from moto.logs.responses import LogsResponse
 
         _set(LogsResponse, "filter_log_events", _filter_log_events)
+        from moto.dynamodb.models import DynamoDBBackend
+
+        for name in _DYNAMODB_WRITES:
+            _set(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
 
 
 def remove() -> None:
