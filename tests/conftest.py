@@ -52,15 +52,17 @@ class Stack:
 
     def aws(self, service: str) -> Any:
         """A client onto the stack's emulated AWS, for assertions on what the product wrote there."""
-        return boto3.client(service, endpoint_url=self.runtime["endpoint_url"], region_name="us-east-1",
-                            aws_access_key_id="test", aws_secret_access_key="test")
+        admin = json.loads((self.state_dir / "aws-admin.json").read_text())
+        return boto3.client(service, endpoint_url=self.runtime["endpoint_url"], region_name="us-east-1", **admin)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("kaos-home")
     # The stack trusts one local test CA, so https:// remote data can be served from 127.0.0.1 in tests.
-    env = {**os.environ, "KAOS_HOME": str(home), "SSL_CERT_FILE": str(local_tls(home)[0])}
+    # Test hooks: the fault-injection route and the local admin user who alone may call it (see inject()).
+    env = {**os.environ, "KAOS_HOME": str(home), "SSL_CERT_FILE": str(local_tls(home)[0]),
+           "KAOS_LOCAL_TEST_HOOKS": "1"}
     # Synthesizing the CDK app is cached under the repo so every worker and run reuses it.
     started = subprocess.run([sys.executable, "-m", "kaos.cli", "local", "up", "--detach",
                               "--state-dir", str(home / "local")], env=env, capture_output=True, text=True,
@@ -78,8 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def inject(stack: Stack, fault: dict[str, Any]) -> None:
-    """Test-only fault injection into the running embedded stack (see kaos/local/gateway.py CONTROL_PATH)."""
-    stack.client().request("POST", "/_local/faults", fault)
+    """Test-only fault injection into the running embedded stack (see kaos/local/gateway.py CONTROL_PATH): only
+    the admin user, which exists because the fixture starts the stack with test hooks, may call it."""
+    stack.client("admin").request("POST", "/_local/faults", fault)
 
 
 def tiny_code(tmp: Path, body: str = "") -> Path:

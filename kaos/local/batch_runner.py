@@ -36,6 +36,8 @@ from typing import IO, Any, Final
 import boto3
 from botocore.config import Config
 
+from kaos.local.containers import RoleKeys, anonymous_keys, container_base_environment
+
 LOG = logging.getLogger(__name__)
 
 DEFAULT_LOG_GROUP: Final[str] = "/aws/batch/job"
@@ -49,7 +51,9 @@ _FLUSH_SECONDS: Final[float] = 0.5
 class LocalBatchRunner:
     """Executes moto Batch jobs in subprocesses, one thread per job."""
 
-    def __init__(self, endpoint_url: str, work_dir: Path, *, region: str = "us-east-1") -> None:
+    def __init__(self, endpoint_url: str, work_dir: Path, *, region: str = "us-east-1",
+                 role_keys: RoleKeys = anonymous_keys) -> None:
+        self.role_keys = role_keys
         self.endpoint_url = endpoint_url
         self.work_dir = Path(work_dir)
         self.region = region
@@ -108,11 +112,17 @@ class LocalBatchRunner:
         root = self.job_dir(job.job_id)
         root.mkdir(parents=True, exist_ok=True)
         command = container_command(props, overrides, job.parameters or {})
-        env = self._environment(job, props, overrides, root / "root")
+        root.chmod(0o700)
+        # The task runs with the job role; the awslogs driver ships its output with the execution role.
+        job_keys = self.role_keys(props["jobRoleArn"], "ecs-tasks.amazonaws.com") if props.get("jobRoleArn") \
+            else {}
+        log_keys = self.role_keys(props["executionRoleArn"], "ecs-tasks.amazonaws.com") \
+            if props.get("executionRoleArn") else anonymous_keys("", "")
+        env = self._environment(job, props, overrides, root / "root", job_keys)
         options = (props.get("logConfiguration") or {}).get("options") or {}
         group = options.get("awslogs-group") or DEFAULT_LOG_GROUP
         stream = job.log_stream_name or f"{job.job_definition.name}/default/{job.job_id}"
-        shipper = _LogShipper(self._client("logs"), group, stream, root / "log.txt")
+        shipper = _LogShipper(self._client("logs", log_keys), group, stream, root / "log.txt")
         stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
         try:
             process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -157,19 +167,20 @@ class LocalBatchRunner:
             time.sleep(_POLL_SECONDS)
         return ""
 
-    def _environment(self, job: Any, props: dict[str, Any], overrides: dict[str, Any], root: Path) -> dict[str, str]:
+    def _environment(self, job: Any, props: dict[str, Any], overrides: dict[str, Any], root: Path,
+                     keys: dict[str, str]) -> dict[str, str]:
         variables = {e["name"]: str(e["value"]) for e in props.get("environment") or []}
         variables.update({e["name"]: str(e["value"]) for e in overrides.get("environment") or []})
         for name, value in list(variables.items()):
             if name.endswith("_DIR") and value.startswith("/"):
                 variables[name] = str(root / value.lstrip("/"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        # The task's environment: the container's basics, the definition's and overrides' variables, Batch's own
+        # and the job role's keys; nothing of the stack's process.
+        env = container_base_environment(root.parent / "home")
         env.update(variables)
         env.update({
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
+            **keys,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             "AWS_BATCH_JOB_ID": job.job_id,
@@ -178,11 +189,12 @@ class LocalBatchRunner:
         })
         return env
 
-    def _client(self, service: str) -> Any:
+    def _client(self, service: str, keys: dict[str, str]) -> Any:
         # boto3-stubs types client() per literal service name; ours arrive as plain strings.
         return boto3.client(  # type: ignore[call-overload]
             service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=keys.get("AWS_SESSION_TOKEN"),
             config=Config(retries={"max_attempts": 3, "mode": "standard"}),
         )
 

@@ -54,7 +54,8 @@ from typing import Any, Final
 import boto3
 from botocore.config import Config
 
-from kaos.local import patches
+from kaos.local import iam, patches
+from kaos.local.containers import anonymous_keys
 from kaos.local.sagemaker_runner import LocalTrainingRunner
 from kaos.local.batch_runner import LocalBatchRunner
 
@@ -92,8 +93,11 @@ class Emulator:
     """moto server in this process, on 127.0.0.1 and a free port, with kaos' patches."""
 
     def __init__(
-        self, work_dir: Path, *, region: str = "us-east-1", stop_grace_seconds: float = 10.0
+        self, work_dir: Path, *, region: str = "us-east-1", stop_grace_seconds: float = 10.0,
+        enforce_iam: bool = False,
     ) -> None:
+        self.enforce_iam = enforce_iam
+        self.admin: iam.Keys | None = None
         self.work_dir = Path(work_dir)
         self.region = region
         self.stop_grace_seconds = stop_grace_seconds
@@ -126,11 +130,19 @@ class Emulator:
         os.environ["MOTO_PORT"] = str(port)
         self._server = server
         self.endpoint_url = f"http://{host}:{port}"
+        role_keys = anonymous_keys
+        if self.enforce_iam:
+            # From here on every request is authenticated and decided by IAM (kaos/local/iam.py); the
+            # emulator's own calls (loader, persistence, assertions) use the admin user.
+            self.admin = iam.create_admin()
+            iam.enable()
+            role_keys = self.role_keys
         self._runner = LocalTrainingRunner(
             self.endpoint_url, self.work_dir, stop_grace_seconds=self.stop_grace_seconds,
-            region=self.region,
+            region=self.region, role_keys=role_keys,
         )
-        self._batch_runner = LocalBatchRunner(self.endpoint_url, self.work_dir, region=self.region)
+        self._batch_runner = LocalBatchRunner(self.endpoint_url, self.work_dir, region=self.region,
+                                              role_keys=role_keys)
         patches.apply(
             patches.Hooks(
                 invoke_lambda=self._invoke_lambda,
@@ -152,6 +164,8 @@ class Emulator:
             self._server.stop()
             self._server = None
         patches.remove()
+        if self.enforce_iam:
+            iam.disable()
         self.endpoint_url = None
 
     def __enter__(self) -> Emulator:
@@ -177,14 +191,20 @@ class Emulator:
         return self._batch_runner
 
     def client(self, service: str) -> Any:
-        """A boto3 client for the emulator, with dummy credentials."""
+        """A boto3 client for the emulator: the admin user's when IAM is enforced, else dummy credentials."""
         if self.endpoint_url is None:
             raise RuntimeError("Emulator not started")
+        keys = self.admin or iam.Keys("testing", "testing")
         return boto3.client(
             service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key,
             config=Config(retries={"max_attempts": 1}),
         )
+
+    @staticmethod
+    def role_keys(role_arn: str, service: str) -> dict[str, str]:
+        """A new session of ``role_arn`` as ``service`` (a job, a Lambda environment) gets it on AWS."""
+        return iam.service_credentials(role_arn, service, f"kaos-{uuid.uuid4().hex[:12]}").environment()
 
     # -- Lambda -----------------------------------------------------------------------------
 
@@ -232,8 +252,11 @@ class Emulator:
             result = handler(event, context)
         except Exception as exc:  # the Python runtime's unhandled-error shape
             stack = traceback.format_tb(exc.__traceback__.tb_next if exc.__traceback__ else None)
-            LOG.info("Lambda %s raised %s: %s", name, type(exc).__name__, exc)
-            return _error_payload(type(exc).__name__, str(exc), stack, request_id), "Unhandled"
+            # A handler running in its own environment reports the runtime's errorType (FunctionError).
+            error_type = str(getattr(exc, "error_type", type(exc).__name__))
+            stack = list(getattr(exc, "stack", stack))
+            LOG.info("Lambda %s raised %s: %s", name, error_type, exc)
+            return _error_payload(error_type, str(exc), stack, request_id), "Unhandled"
         try:
             return json.dumps(result).encode("utf-8"), None
         except (TypeError, ValueError) as exc:

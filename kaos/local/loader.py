@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
+from pathlib import Path
+
+from kaos.local.lambda_runtime import FunctionSpec
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -21,9 +24,9 @@ Handler = Callable[[dict[str, Any], Any], Any]
 @dataclass
 class LoadedStack:
     physical: dict[str, str] = field(default_factory=dict)
-    environment: dict[str, str] = field(default_factory=dict)
-    handlers: dict[str, Handler] = field(default_factory=dict)
-    api_handler: str = ""
+    # Each function as its template declares it: handler, its own variables, its role (kaos/local/lambda_runtime).
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    api: FunctionSpec | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,16 +51,19 @@ class Resolver:
         if logical_id in self.pseudo:
             return str(self.pseudo[logical_id])
         kind = self.resources[logical_id]["Type"]
-        if kind == "AWS::StepFunctions::StateMachine":
-            return self.arn(logical_id)
+        if kind in ("AWS::StepFunctions::StateMachine", "AWS::IAM::ManagedPolicy", "AWS::Batch::JobDefinition",
+                    "AWS::Batch::JobQueue", "AWS::Batch::ComputeEnvironment"):
+            return self.arn(logical_id)  # CloudFormation's Ref of these is their ARN
         return self.names[logical_id]
 
     def arn(self, logical_id: str) -> str:
         kind, name = self.resources[logical_id]["Type"], self.names[logical_id]
+        path = self.resources[logical_id].get("Properties", {}).get("Path", "/")
         arns = {
+            "AWS::IAM::ManagedPolicy": f"arn:aws:iam::{self.account}:policy{path}{name}",
             "AWS::S3::Bucket": f"arn:aws:s3:::{name}",
             "AWS::DynamoDB::Table": f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}",
-            "AWS::IAM::Role": f"arn:aws:iam::{self.account}:role/{name}",
+            "AWS::IAM::Role": f"arn:aws:iam::{self.account}:role{path}{name}",
             "AWS::Lambda::Function": f"arn:aws:lambda:{self.region}:{self.account}:function:{name}",
             "AWS::Serverless::Function": f"arn:aws:lambda:{self.region}:{self.account}:function:{name}",
             "AWS::StepFunctions::StateMachine": f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}",
@@ -126,15 +132,16 @@ def import_handler(path: str) -> Handler:
 class TemplateLoader:
     """Creates buckets, tables, roles, log groups and state machines; collects Lambda handlers and config."""
 
-    def __init__(self, template: dict[str, Any], clients: Callable[[str], Any]) -> None:
+    def __init__(self, template: dict[str, Any], clients: Callable[[str], Any], code_root: Path) -> None:
         self.template = template
+        self.code_root = code_root
         self.resources: dict[str, Any] = template["Resources"]
         self.resolver = Resolver(self.resources)
         self.client = clients
 
     def load(self) -> LoadedStack:
         stack = LoadedStack(physical=dict(self.resolver.names))
-        order = ["AWS::IAM::Role", "AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::Logs::LogGroup",
+        order = ["AWS::IAM::ManagedPolicy", "AWS::IAM::Role", "AWS::IAM::Policy", "AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::Logs::LogGroup",
                  "AWS::Lambda::Function", "AWS::Serverless::Function", "AWS::StepFunctions::StateMachine"]
         # EventBridge rules last: their targets (functions, state machines) exist by then.
         order.append("AWS::Events::Rule")
@@ -151,11 +158,18 @@ class TemplateLoader:
 
     def _create(self, stack: LoadedStack, logical_id: str, kind: str, props: dict[str, Any]) -> None:
         name = self.resolver.names[logical_id]
-        if kind == "AWS::IAM::Role":
-            self._idempotent(lambda: self.client("iam").create_role(
-                RoleName=name,
-                AssumeRolePolicyDocument=json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"])),
-            ), "EntityAlreadyExists")
+        if kind == "AWS::IAM::ManagedPolicy":
+            self._idempotent(lambda: self.client("iam").create_policy(
+                PolicyName=name, Path=props.get("Path", "/"),
+                PolicyDocument=json.dumps(self.resolver.resolve(props["PolicyDocument"]))), "EntityAlreadyExists")
+        elif kind == "AWS::IAM::Role":
+            self._create_role(name, props)
+        elif kind == "AWS::IAM::Policy":
+            # The policies the emulator decides every request by (kaos/local/iam.py): exactly the template's.
+            document = json.dumps(self.resolver.resolve(props["PolicyDocument"]))
+            for role in self.resolver.resolve(props.get("Roles", [])):
+                self.client("iam").put_role_policy(RoleName=role, PolicyName=props.get("PolicyName", name),
+                                                   PolicyDocument=document)
         elif kind == "AWS::S3::Bucket":
             s3 = self.client("s3")
             self._idempotent(lambda: s3.create_bucket(Bucket=name), "BucketAlreadyOwnedByYou")
@@ -174,14 +188,17 @@ class TemplateLoader:
                              "ResourceAlreadyExistsException")
         elif kind in ("AWS::Lambda::Function", "AWS::Serverless::Function"):
             variables = self.resolver.resolve(props.get("Environment", {}).get("Variables", {}))
-            for key, value in variables.items():
-                if stack.environment.setdefault(key, str(value)) != str(value):
-                    # All handlers share this process's environment, so they must agree on every value.
-                    raise ValueError(f"environment variable {key} differs between functions")
-            if kind == "AWS::Serverless::Function":
-                stack.api_handler = props["Handler"]
+            api = kind == "AWS::Serverless::Function"
+            spec = FunctionSpec(
+                name=name, handler=props["Handler"], variables={k: str(v) for k, v in variables.items()},
+                role_arn=str(self.resolver.resolve(props["Role"])), timeout_seconds=int(props.get("Timeout", 3)),
+                memory_mb=int(props.get("MemorySize", 128)),
+                # The deployment package: the Chalice project (app.py + chalicelib/) or functions/ + chalicelib/.
+                code_paths=(str(self.code_root / "app"),) if api else (str(self.code_root),))
+            if api:
+                stack.api = spec
             else:
-                stack.handlers[name] = import_handler(props["Handler"])
+                stack.functions[name] = spec
         elif kind == "AWS::Events::Rule":
             self._create_rule(name, props)
         elif kind == "AWS::StepFunctions::StateMachine":
@@ -192,6 +209,20 @@ class TemplateLoader:
                 name=name, definition=definition, roleArn=self.resolver.resolve(props["RoleArn"]),
                 type=props.get("StateMachineType", "STANDARD"),
             ), "StateMachineAlreadyExists")
+
+    def _create_role(self, name: str, props: dict[str, Any]) -> None:
+        iam = self.client("iam")
+        extra = {"PermissionsBoundary": self.resolver.resolve(props["PermissionsBoundary"])} \
+            if props.get("PermissionsBoundary") else {}
+        self._idempotent(lambda: iam.create_role(
+            RoleName=name, Path=props.get("Path", "/"),
+            AssumeRolePolicyDocument=json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"])),
+            **extra), "EntityAlreadyExists")
+        for policy in props.get("Policies", []):
+            iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"],
+                                PolicyDocument=json.dumps(self.resolver.resolve(policy["PolicyDocument"])))
+        for arn in self.resolver.resolve(props.get("ManagedPolicyArns", [])):
+            iam.attach_role_policy(RoleName=name, PolicyArn=arn)
 
     def _create_rule(self, name: str, props: dict[str, Any]) -> None:
         """An EventBridge rule with its pattern on its bus (default), and its targets (the emulator delivers

@@ -54,6 +54,8 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
+from kaos.local.containers import RoleKeys, anonymous_keys, container_base_environment
+
 LOG = logging.getLogger(__name__)
 
 LOG_GROUP: Final[str] = "/aws/sagemaker/TrainingJobs"
@@ -148,6 +150,7 @@ class _Job:
     thread: threading.Thread | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     log_stream: str | None = None
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 class _Stopped(Exception):
@@ -163,8 +166,9 @@ class LocalTrainingRunner:
 
     def __init__(
         self, endpoint_url: str, work_dir: Path, *, stop_grace_seconds: float = 10.0,
-        region: str = "us-east-1",
+        region: str = "us-east-1", role_keys: RoleKeys = anonymous_keys,
     ) -> None:
+        self.role_keys = role_keys
         self.endpoint_url = endpoint_url
         self.work_dir = Path(work_dir)
         self.stop_grace_seconds = stop_grace_seconds
@@ -226,10 +230,12 @@ class LocalTrainingRunner:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _client(self, service: str) -> Any:
+    def _client(self, service: str, job: _Job) -> Any:
+        """SageMaker reads channels and writes the model and logs with the job's execution role."""
         return boto3.client(
             service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            aws_access_key_id=job.keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=job.keys["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=job.keys.get("AWS_SESSION_TOKEN"),
             config=Config(retries={"max_attempts": 3, "mode": "standard"}),
         )
 
@@ -271,10 +277,15 @@ class LocalTrainingRunner:
                 shutil.rmtree(job.root)
             for sub in ("input/config", "input/data", "model", "output/data", "code"):
                 (opt_ml / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(job.root, 0o700)
+            try:
+                job.keys = self.role_keys(request["RoleArn"], "sagemaker.amazonaws.com")
+            except Exception as exc:  # SageMaker validates the role when the job is created
+                raise _ClientError(f"Could not assume role {request.get('RoleArn')}: {exc}") from exc
             log_file = open(job.root / "log.txt", "w", encoding="utf-8")
             start = _now()
             job.log_stream = f"{job.name}/{CURRENT_HOST}-{int(start.timestamp())}"
-            shipper = _LogShipper(self._client("logs"), job.log_stream, log_file)
+            shipper = _LogShipper(self._client("logs", job), job.log_stream, log_file)
             job.update({"TrainingStartTime": start})
 
             job.update({"SecondaryStatus": "Downloading",
@@ -357,7 +368,7 @@ class LocalTrainingRunner:
         }, indent=2))
         input_config: dict[str, Any] = {}
         channels: list[str] = []
-        s3 = self._client("s3")
+        s3 = self._client("s3", job)
         for channel in request.get("InputDataConfig") or []:
             name = channel["ChannelName"]
             channels.append(name)
@@ -416,7 +427,7 @@ class LocalTrainingRunner:
                 bucket, key = _split_s3(submit)
                 archive = job.root / "sourcedir.tar.gz"
                 try:
-                    self._client("s3").download_file(bucket, key, str(archive))
+                    self._client("s3", job).download_file(bucket, key, str(archive))
                 except Exception as exc:
                     raise _ClientError(f"Could not download {submit}: {exc}") from exc
                 self._extract(archive, code_dir)
@@ -563,12 +574,13 @@ class LocalTrainingRunner:
             "user_entry_point": entry_point,
             **{k: str(v) for k, v in paths.items()},
         }
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SM_"))}
+        # What the container gets, and nothing of the stack's or the client's environment (no KAOS_*, no home
+        # with other users' keys): the image's basics, the SageMaker variables and the execution role's keys.
+        env = container_base_environment(job.root / "home")
         env.update({
             "PYTHONUNBUFFERED": "1",
             "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
+            **job.keys,
             "AWS_DEFAULT_REGION": request.get("Region", self.region),
             "AWS_REGION": request.get("Region", self.region),
             "TRAINING_JOB_NAME": job.name,
@@ -644,7 +656,7 @@ class LocalTrainingRunner:
             return None
         bucket, prefix = _split_s3(output_path.rstrip("/"))
         base = "/".join(p for p in (prefix, job.name, "output") if p)
-        s3 = self._client("s3")
+        s3 = self._client("s3", job)
         model_tar = job.root / "model.tar.gz"
         _tar_dir(model_dir, model_tar)
         s3.upload_file(str(model_tar), bucket, f"{base}/model.tar.gz")

@@ -19,15 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kaos.local.gateway import ApiGateway, GatewayServer, LocalUser
+from kaos.local.gateway import ADMIN_USER, ApiGateway, GatewayServer, LocalUser
+from kaos.local import iam
+from kaos.local.lambda_runtime import FunctionPool, FunctionSpec, function_environment
 from kaos.local.loader import ACCOUNT_ID, REGION, TemplateLoader, import_handler
 from kaos.local.persistence import Persistence
 from kaos.settings import ClientConfig, home
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_USERS = ("dev", "guest")
-# The Lambda runtime hands handlers credentials of their execution role; in the emulator any key works.
-LAMBDA_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lambda-role", "AWS_SECRET_ACCESS_KEY": "lambda-role-secret"}
+# Set by the test suite's stack fixture (or `kaos local up --test-hooks`): serves the fault-injection route
+# to an extra local user, ADMIN_USER, that exists only then.
+TEST_HOOKS_ENV = "KAOS_LOCAL_TEST_HOOKS"
+# What a kaos user's IAM identity needs on AWS: calling the API (execute-api:Invoke); nothing else.
+API_USER_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": f"arn:aws:execute-api:{REGION}:*:*"}]}
 
 
 def default_state_dir() -> Path:
@@ -44,11 +50,14 @@ def local_environment_image() -> str:
     return f"kaos-local/python:{platform.python_version()}-{digest[:16]}"
 
 
-def load_users(state_dir: Path) -> dict[str, LocalUser]:
-    """Local IAM users, created once per state dir and kept, with a credentials profile for each."""
+def load_users(state_dir: Path, admin: bool = False) -> dict[str, LocalUser]:
+    """Local IAM users, created once per state dir and kept, with a credentials profile for each; the admin
+    user (test hooks) exists only while `admin` is set."""
     path = state_dir / "users.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
-    for name in LOCAL_USERS:
+    if not admin:
+        stored.pop(ADMIN_USER, None)
+    for name in (*LOCAL_USERS, *((ADMIN_USER,) if admin else ())):
         stored.setdefault(name, {"access_key": "AKIA" + secrets.token_hex(8).upper(),
                                  "secret_key": secrets.token_urlsafe(30)})
     path.write_text(json.dumps(stored, indent=2))
@@ -107,14 +116,16 @@ class Runtime:
 
 
 class LocalStack:
-    def __init__(self, state_dir: Path, api_port: int = 0) -> None:
+    def __init__(self, state_dir: Path, api_port: int = 0, test_hooks: bool | None = None) -> None:
         self.state_dir = state_dir
+        self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1" if test_hooks is None else test_hooks
         self.api_port = api_port
         self.emulator: Any = None
         self.gateway: GatewayServer | None = None
         self.outputs: dict[str, str] = {}
         self.faults = LambdaFaults()
         self.persistence: Persistence | None = None
+        self.pools: list[FunctionPool] = []
 
     def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fault injection for tests: an AWS API error on the next calls, or a raising Lambda handler."""
@@ -129,42 +140,74 @@ class LocalStack:
         from cdk.synth import synthesize
         from kaos.local.emulator import Emulator
 
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Every workspace's files pass through here: only this user may read them (dirs 0700, files 0600).
+        os.umask(0o077)
+        for private in (self.state_dir, self.state_dir / "work"):
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.chmod(0o700)
         # One synth cache per checkout: the template depends only on the sources and this context.
         template_path = synthesize(REPO_ROOT / ".cache" / "synth", {"trainingImage": local_environment_image()})
         template = json.loads(template_path.read_text())
-        self.emulator = Emulator(self.state_dir / "work")
+        # IAM enforced: every request to the emulator is decided by the caller's policies (kaos/local/iam.py).
+        self.emulator = Emulator(self.state_dir / "work", enforce_iam=True)
         endpoint = self.emulator.start()
         # Workspaces, snapshots, jobs, models and logs outlive the process: <state_dir>/data (see persistence.py).
         # The change tracker goes in front of moto's WSGI app before anything writes.
         self.persistence = Persistence(self.state_dir, self.emulator.client, REGION, ACCOUNT_ID)
         self.persistence.track(getattr(getattr(self.emulator, "_server", None), "_server", None))
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
-                           **LAMBDA_CREDENTIALS})
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(key, None)
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
-        stack = TemplateLoader(template, self.emulator.client).load()
-        os.environ.update(stack.environment)
+        stack = TemplateLoader(template, self.emulator.client, REPO_ROOT).load()
+        assert stack.api is not None, "the template has no API function"
+        # This process's own product-model calls (restore's fail_interrupted_jobs) act as the emulator's admin.
+        # Functions and jobs never inherit this environment: they get exactly theirs (lambda_runtime, containers).
+        admin = self.emulator.admin
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+                           "AWS_ACCESS_KEY_ID": admin.access_key, "AWS_SECRET_ACCESS_KEY": admin.secret_key,
+                           **stack.api.variables})
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(key, None)
         # The resources exist (empty) and nothing serves yet: load the stored state, fail interrupted jobs.
         restored = self.persistence.restore()
         if restored.counts:
             print(f"restored state from {self.persistence.store.data_dir} in {restored.seconds:.2f} s: "
                   f"{restored.counts}", flush=True)
         self.persistence.start()
-        for name, handler in stack.handlers.items():
-            self.emulator.register_lambda(name, self.faults.wrap(name, handler))
+        for name, spec in stack.functions.items():
+            pool = self._pool(spec, endpoint)
+            self.emulator.register_lambda(name, self.faults.wrap(name, pool.invoke))
         self.outputs = stack.outputs
+        api_pool = self._pool(stack.api, endpoint)
         sys.path.insert(0, str(REPO_ROOT / "app"))
-        chalice_app = import_handler(stack.api_handler)
-        gateway = ApiGateway(chalice_app, load_users(self.state_dir), self._control)  # type: ignore[arg-type]
-        self.gateway = GatewayServer(gateway, self.api_port)
+        chalice_app = import_handler(stack.api.handler)  # for route matching only; the API runs in api_pool
+        users = load_users(self.state_dir, admin=self.test_hooks)
+        for user in users.values():
+            # The local users are IAM users that may call the API and nothing else: no direct AWS access.
+            iam.create_user(user.name, user.access_key, user.secret_key, API_USER_POLICY)
+        gateway = ApiGateway(chalice_app, users,  # type: ignore[arg-type]
+                             region=REGION, control=self._control if self.test_hooks else None,
+                             invoke=api_pool.invoke)
+        self.gateway = GatewayServer(gateway, self.api_port, on_write=self.persistence.flush)
         api_url = self.gateway.start()
         runtime = Runtime(api_url=api_url, endpoint_url=endpoint, pid=os.getpid(), state_dir=str(self.state_dir))
         self._configure_client(runtime)
+        # The emulator's own identity, for inspecting what the product stored (tests, debugging); the state
+        # dir is 0700 and the file 0600.
+        admin = self.emulator.admin
+        (self.state_dir / "aws-admin.json").write_text(json.dumps(
+            {"aws_access_key_id": admin.access_key, "aws_secret_access_key": admin.secret_key}))
         (self.state_dir / "runtime.json").write_text(json.dumps(runtime.__dict__))
         return runtime
+
+    def _pool(self, spec: FunctionSpec, endpoint: str) -> FunctionPool:
+        """A function's environments: its template's variables and a fresh session of its role each."""
+        def environment() -> dict[str, str]:
+            keys = self.emulator.role_keys(spec.role_arn, "lambda.amazonaws.com")
+            return function_environment(spec, keys, REGION, endpoint)
+
+        pool = FunctionPool(spec, environment)
+        self.pools.append(pool)
+        return pool
 
     def _configure_client(self, runtime: Runtime) -> None:
         config = ClientConfig.load()
@@ -178,6 +221,8 @@ class LocalStack:
         (self.state_dir / "runtime.json").unlink(missing_ok=True)
         if self.gateway is not None:
             self.gateway.stop()
+        for pool in self.pools:
+            pool.close()
         try:
             if self.persistence is not None:
                 # Before the emulator stops: the last writes (and the in-flight jobs, failed on the next start).

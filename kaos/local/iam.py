@@ -1,0 +1,557 @@
+"""IAM for the embedded AWS: every request authenticated and decided by the caller's policies, as AWS does.
+
+moto can check identity policies (``INITIAL_NO_AUTH_ACTION_COUNT``), but what it evaluates is too little to show
+a wrong policy (see ``../shared/design/isolation-facts.md`` and ``moto/iam/access_control.py``):
+
+* it passes ``*`` as the resource for every service but S3, so a grant on the wrong table, log group or state
+  machine is never noticed (and a correctly scoped grant is refused);
+* a statement with a ``Condition`` is evaluated as a trust policy and *denies* when its keys are absent;
+* permissions boundaries, ``iam:PassRole`` and session expiry are not evaluated;
+* a presigned URL (no ``Authorization`` header) fails with a server error instead of being verified.
+
+:func:`enable` replaces moto's ``_authenticate_and_authorize_action`` with :func:`_authorize`, which keeps
+moto's own key lookup and header-signature check (its error shapes too) and decides itself:
+
+* the resource ARN of the request, per service kaos uses (:func:`resources_of`), as the Service
+  Authorization Reference defines it (log groups as ``log-group:NAME:*``, tables and their indexes, …);
+* conditions on the keys kaos' policies use (:data:`_OPERATORS`); an unknown key never satisfies an Allow;
+* explicit Deny wins; an assumed role's permissions boundary must also allow; ``CreateTrainingJob``
+  and ``SubmitJob`` also need ``iam:PassRole`` on the role they pass, as on AWS;
+* presigned URLs: the SigV4 query signature recomputed with the caller's secret, and ``X-Amz-Expires``.
+
+Service principals (Lambda, Step Functions, SageMaker, Batch) get their role's credentials from
+:func:`service_credentials`, which checks the role's trust policy names that service, then asks moto's STS
+backend directly: the emulator plays the service, which on AWS needs no caller credentials to assume a
+role that trusts it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlparse
+
+ACCOUNT_ID = "123456789012"
+PARTITION = "aws"
+ADMIN_USER = "kaos-local-admin"
+# Service sessions outlive any test or job run; AWS caps a role session at 12 h.
+SESSION_SECONDS = 12 * 3600
+# The credential scope's service name is the signing name; IAM's action prefix differs for a few.
+_IAM_PREFIX = {"monitoring": "cloudwatch", "email": "ses"}
+# REST operations whose IAM action name differs from the operation name.
+_ACTION_NAMES = {("lambda", "Invoke"): "InvokeFunction", ("lambda", "InvokeAsync"): "InvokeFunction"}
+
+_state = threading.local()
+_enabled = False
+_lock = threading.Lock()
+_original: Any = None
+
+
+@dataclass(frozen=True)
+class Keys:
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        if self.session_token:
+            env["AWS_SESSION_TOKEN"] = self.session_token
+        return env
+
+
+def _iam() -> Any:
+    from moto.iam.models import iam_backends
+
+    return iam_backends[ACCOUNT_ID][PARTITION]
+
+
+def _sts() -> Any:
+    from moto.sts.models import sts_backends
+
+    return sts_backends[ACCOUNT_ID][PARTITION]
+
+
+# -- identities ---------------------------------------------------------------------------------------
+
+
+def create_admin() -> Keys:
+    """The stack's own identity (loader, persistence, tests' assertions): an IAM user allowed everything.
+
+    Created in moto's backend directly, before enforcement starts, as an account's root would be."""
+    backend = _iam()
+    try:
+        backend.get_user(ADMIN_USER)
+    except Exception:  # moto raises NoSuchEntity
+        backend.create_user(region_name="us-east-1", user_name=ADMIN_USER, path="/", tags=[])
+        backend.put_user_policy(ADMIN_USER, "everything", json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = backend.create_access_key(ADMIN_USER, prefix="AKIA")
+    return Keys(key.access_key_id, key.secret_access_key)
+
+
+def create_user(name: str, access_key: str, secret_key: str, policy: dict[str, Any]) -> None:
+    """A local IAM user with the given keys (kept across restarts) and one inline policy."""
+    from moto.iam.models import AccessKey
+
+    backend = _iam()
+    try:
+        user = backend.get_user(name)
+    except Exception:
+        user = backend.create_user(region_name="us-east-1", user_name=name, path="/", tags=[])
+    backend.put_user_policy(name, "kaos-local", json.dumps(policy))
+    if not any(k.access_key_id == access_key for k in user.access_keys):
+        key = AccessKey(name, prefix="AKIA", account_id=ACCOUNT_ID)
+        key.access_key_id, key.secret_access_key = access_key, secret_key
+        user.access_keys.append(key)
+
+
+def trusts(role_arn: str, service: str) -> bool:
+    """Whether the role's trust policy lets ``service`` (e.g. ``lambda.amazonaws.com``) assume it."""
+    role = _iam().get_role_by_arn(role_arn)
+    document = role.assume_role_policy_document
+    statements = (json.loads(document) if isinstance(document, str) else document)["Statement"]
+    for statement in statements if isinstance(statements, list) else [statements]:
+        principals = (statement.get("Principal") or {}).get("Service", [])
+        principals = [principals] if isinstance(principals, str) else principals
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if statement.get("Effect") == "Allow" and service in principals and "sts:AssumeRole" in actions:
+            return True
+    return False
+
+
+class UntrustedService(Exception):
+    pass
+
+
+def service_credentials(role_arn: str, service: str, session_name: str) -> Keys:
+    """Temporary credentials of ``role_arn`` as ``service`` gets them on AWS (trust policy checked)."""
+    if not trusts(role_arn, service):
+        raise UntrustedService(f"{role_arn} does not trust {service}")
+    assumed = _sts().assume_role(region_name="us-east-1", role_session_name=session_name[:64],
+                                 role_arn=role_arn, policy="", duration=SESSION_SECONDS, external_id="")
+    return Keys(assumed.access_key_id, assumed.secret_access_key, assumed.session_token)
+
+
+_role_cache: dict[tuple[str, str], Keys] = {}
+
+
+def cached_service_credentials(role_arn: str, service: str) -> Keys:
+    """One session per (role, service) for the emulator's own service calls (Step Functions' integrations)."""
+    with _lock:
+        keys = _role_cache.get((role_arn, service))
+        if keys is None:
+            keys = service_credentials(role_arn, service, service.split(".")[0])
+            _role_cache[(role_arn, service)] = keys
+        return keys
+
+
+# -- policy evaluation --------------------------------------------------------------------------------
+
+
+def _glob(pattern: str, value: str, ignore_case: bool = False) -> bool:
+    regex = "^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$"
+    return re.match(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+
+
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _string_equals(patterns: list[str], values: list[str]) -> bool:
+    return any(v == p for v in values for p in patterns)
+
+
+def _string_like(patterns: list[str], values: list[str]) -> bool:
+    return any(_glob(p, v) for v in values for p in patterns)
+
+
+_OPERATORS = {
+    "StringEquals": _string_equals,
+    "StringLike": _string_like,
+    "ArnEquals": _string_equals,
+    "ArnLike": _string_like,
+    "Bool": lambda patterns, values: any(v.lower() == p.lower() for v in values for p in patterns),
+}
+_NEGATED = {"StringNotEquals": "StringEquals", "StringNotLike": "StringLike", "ArnNotEquals": "ArnEquals",
+            "ArnNotLike": "ArnLike"}
+
+
+def _conditions_hold(conditions: dict[str, Any], context: dict[str, list[str]]) -> bool:
+    for operator, entries in conditions.items():
+        if_exists = operator.endswith("IfExists")
+        base = operator.removesuffix("IfExists").split(":")[-1]  # ForAnyValue:StringLike -> StringLike
+        negated = base in _NEGATED
+        test = _OPERATORS.get(_NEGATED.get(base, base))
+        if test is None:
+            return False  # an operator this emulator does not evaluate never grants
+        for key, expected in entries.items():
+            values = context.get(key.lower())
+            if values is None:
+                if if_exists or negated:
+                    continue
+                return False
+            held = test([str(e) for e in _listed(expected)], values)
+            if held == negated:
+                return False
+    return True
+
+
+def decide(documents: list[dict[str, Any]], action: str, resource: str, context: dict[str, list[str]]) -> str:
+    """``allow``, ``deny`` (explicit) or ``implicit`` for one action on one resource."""
+    allowed = False
+    for document in documents:
+        statements = document.get("Statement", [])
+        for statement in statements if isinstance(statements, list) else [statements]:
+            if "NotAction" in statement:
+                concerned = not any(_glob(a, action, True) for a in _listed(statement["NotAction"]))
+            else:
+                concerned = any(_glob(a, action, True) for a in _listed(statement.get("Action")))
+            if not concerned:
+                continue
+            if "NotResource" in statement:
+                on_resource = not any(_glob(r, resource) for r in _listed(statement["NotResource"]))
+            else:
+                on_resource = any(_glob(r, resource) for r in _listed(statement.get("Resource")))
+            if not on_resource or not _conditions_hold(statement.get("Condition") or {}, context):
+                continue
+            if statement.get("Effect") == "Deny":
+                return "deny"
+            allowed = True
+    return "allow" if allowed else "implicit"
+
+
+def _document(policy: Any) -> dict[str, Any]:
+    from moto.iam.models import Policy
+
+    if isinstance(policy, Policy):
+        text = next(v.document for v in policy.versions if v.is_default)
+    elif isinstance(policy, str):
+        text = policy
+    else:
+        text = policy["policy_document"]
+    parsed: dict[str, Any] = json.loads(text) if isinstance(text, str) else text
+    return parsed
+
+
+def _boundary(access_key: Any) -> dict[str, Any] | None:
+    role_name = getattr(access_key, "_owner_role_name", None)
+    if role_name is None:
+        return None
+    try:
+        role = _iam().get_role(role_name)
+    except Exception:
+        return None
+    if not role.permissions_boundary_arn:
+        return None
+    return _document(_iam().get_policy(role.permissions_boundary_arn))
+
+
+def _session_expired(access_key: Any) -> bool:
+    key_id = getattr(access_key, "_access_key_id", None)
+    if getattr(access_key, "_owner_role_name", None) is None:
+        return False
+    for assumed in _sts().assumed_roles:
+        if assumed.access_key_id == key_id:
+            expiration = assumed.expiration
+            now = datetime.now(UTC) if expiration.tzinfo else datetime.now(UTC).replace(tzinfo=None)
+            return bool(expiration < now)
+    return True
+
+
+def permitted(access_key: Any, action: str, resource: str, context: dict[str, list[str]]) -> bool:
+    documents = [_document(p) for p in access_key.collect_policies()]
+    if decide(documents, action, resource, context) != "allow":
+        return False
+    boundary = _boundary(access_key)
+    return boundary is None or decide([boundary], action, resource, context) == "allow"
+
+
+# -- what a request acts on ---------------------------------------------------------------------------
+
+
+def _arn(service: str, region: str, rest: str) -> str:
+    return f"arn:{PARTITION}:{service}:{region}:{ACCOUNT_ID}:{rest}"
+
+
+def _json_body(response: Any) -> dict[str, Any]:
+    body = response.body
+    if isinstance(body, dict):  # moto has parsed it already for some protocols
+        return body
+    try:
+        body = json.loads(response.raw_body or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _query_param(response: Any, name: str) -> str | None:
+    values = response.querystring.get(name) if isinstance(response.querystring, dict) else None
+    return values[0] if values else None
+
+
+def resources_of(service: str, action: str, region: str, response: Any) -> list[tuple[str, str]]:
+    """The (IAM action, resource ARN) pairs a request needs, per the Service Authorization Reference.
+
+    Only the services and operations kaos uses are mapped; any other request is decided on ``*`` (a grant
+    must then name ``*``), which is moto's own behaviour."""
+    body = _json_body(response) if service in ("dynamodb", "states", "logs", "sagemaker", "batch", "events") \
+        else {}
+    iam_action = f"{service}:{action}"
+    if service == "dynamodb":
+        tables: list[str] = []
+        if "TableName" in body:
+            tables = [str(body["TableName"]) + (f"/index/{body['IndexName']}" if body.get("IndexName") else "")]
+        elif "RequestItems" in body:
+            tables = sorted(body["RequestItems"])
+        elif "TransactItems" in body:
+            # DynamoDB authorizes each item of a transaction by its own operation on its own table.
+            pairs = []
+            for item in body["TransactItems"]:
+                (kind, spec), = item.items()
+                op = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck":
+                      "ConditionCheckItem", "Get": "GetItem"}.get(kind, kind)
+                pairs.append((f"dynamodb:{op}", _arn("dynamodb", region, f"table/{spec['TableName']}")))
+            return pairs
+        return [(iam_action, _arn("dynamodb", region, f"table/{t}")) for t in tables] or [(iam_action, "*")]
+    if service == "states":
+        arn = body.get("stateMachineArn") or body.get("executionArn") or body.get("mapRunArn")
+        return [(iam_action, str(arn) if arn else "*")]
+    if service == "logs":
+        group = body.get("logGroupName")
+        if not group:
+            return [(iam_action, "*")]
+        if action in ("PutLogEvents", "CreateLogStream", "GetLogEvents") and body.get("logStreamName"):
+            stream_arn = _arn("logs", region, f"log-group:{group}:log-stream:{body['logStreamName']}")
+            if action != "GetLogEvents":
+                return [(iam_action, stream_arn)]
+        return [(iam_action, _arn("logs", region, f"log-group:{group}:*"))]
+    if service == "sagemaker":
+        name = body.get("TrainingJobName")
+        pairs = [(iam_action, _arn("sagemaker", region, f"training-job/{str(name).lower()}") if name else "*")]
+        if action == "CreateTrainingJob" and body.get("RoleArn"):
+            pairs.append(("iam:PassRole", str(body["RoleArn"])))
+        return pairs
+    if service == "batch":
+        if action == "SubmitJob":
+            queue, definition = str(body.get("jobQueue", "")), str(body.get("jobDefinition", ""))
+            if not queue.startswith("arn:"):
+                queue = _arn("batch", region, f"job-queue/{queue}")
+            if not definition.startswith("arn:"):
+                definition = _arn("batch", region, f"job-definition/{definition}")
+            return [(iam_action, queue), (iam_action, definition if ":" in definition.rsplit("/", 1)[-1]
+                                          else definition + ":*")]
+        if action == "TerminateJob" and body.get("jobId"):
+            return [(iam_action, _arn("batch", region, f"job/{body['jobId']}"))]
+        return [(iam_action, "*")]
+    if service == "lambda":
+        match = re.search(r"/functions/([^/]+)/", unquote(response.path or ""))
+        if match:
+            name = match.group(1)
+            arn = name if name.startswith("arn:") else _arn("lambda", region, f"function:{name}")
+            return [(iam_action, arn)]
+        return [(iam_action, "*")]
+    if service == "events":
+        if action in ("PutRule", "PutTargets", "DescribeRule", "RemoveTargets", "DeleteRule"):
+            name = body.get("Name") or body.get("Rule")
+            return [(iam_action, _arn("events", region, f"rule/{name}") if name else "*")]
+        return [(iam_action, _arn("events", region, "event-bus/default") if action == "PutEvents" else "*")]
+    if service == "sts" and action == "AssumeRole":
+        return [(iam_action, _query_param(response, "RoleArn") or "*")]
+    if service == "iam":
+        name = _query_param(response, "RoleName")
+        if name:
+            path = _query_param(response, "Path") or "/"
+            if action != "CreateRole":
+                try:
+                    return [(iam_action, str(_iam().get_role(name).arn))]
+                except Exception:
+                    pass
+            return [(iam_action, f"arn:{PARTITION}:iam::{ACCOUNT_ID}:role{path}{name}")]
+        return [(iam_action, "*")]
+    return [(iam_action, "*")]
+
+
+def _context(service: str, action: str, response: Any) -> dict[str, list[str]]:
+    """Condition keys this emulator can fill, by lower-case name."""
+    context: dict[str, list[str]] = {"aws:securetransport": ["false"]}
+    if service == "s3":
+        prefix = _query_param(response, "prefix")
+        if prefix is not None:
+            context["s3:prefix"] = [prefix]
+    if service == "monitoring":
+        namespace = _query_param(response, "Namespace")
+        if namespace is None:
+            namespace = _json_body(response).get("Namespace")
+        if namespace is not None:
+            context["cloudwatch:namespace"] = [str(namespace)]
+    return context
+
+
+# -- the replacement for moto's check -----------------------------------------------------------------
+
+
+def _sigv4_query_signature(secret: str, method: str, raw_path: str, query: list[tuple[str, str]],
+                           headers: dict[str, str]) -> str:
+    """SigV4 query-string signature (a presigned URL), recomputed from the request as received."""
+    params = dict(query)
+    scope = params["X-Amz-Credential"].split("/", 1)[1]
+    date, region, service, _ = scope.split("/")
+    signed = params["X-Amz-SignedHeaders"].split(";")
+    lower = {k.lower(): v for k, v in headers.items()}
+    canonical_query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+        for k, v in sorted(q for q in query if q[0] != "X-Amz-Signature"))
+    canonical_headers = "".join(f"{h}:{' '.join(lower.get(h, '').split())}\n" for h in signed)
+    canonical = "\n".join([method, raw_path or "/", canonical_query, canonical_headers, ";".join(signed),
+                           "UNSIGNED-PAYLOAD"])
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope,
+                         hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def _presigned_headers(self: Any, query: list[tuple[str, str]]) -> dict[str, str] | None:
+    params = dict(query)
+    if "X-Amz-Credential" not in params or "X-Amz-Signature" not in params:
+        return None
+    headers = dict(self.headers)
+    # moto's key lookup reads the scope from an Authorization header: give it the URL's.
+    headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={params['X-Amz-Credential']}, SignedHeaders=host,"
+    if "X-Amz-Security-Token" in params:
+        headers["X-Amz-Security-Token"] = params["X-Amz-Security-Token"]
+    return headers
+
+
+def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
+    from moto.core.exceptions import AccessDeniedError
+
+    if not _enabled:
+        return _original(self, iam_request_cls, resource)
+    parsed = urlparse(self.uri)
+    query = parse_qsl(parsed.query, keep_blank_values=True)
+    path = self.raw_path + (f"?{parsed.query}" if parsed.query else "")
+    headers = self.headers
+    presigned = None
+    if not headers.get("Authorization"):
+        presigned = _presigned_headers(self, query)
+        if presigned is None:
+            if iam_request_cls.__name__ == "S3IAMRequest":
+                from moto.s3.exceptions import S3AccessDeniedError
+
+                raise S3AccessDeniedError()
+            raise AccessDeniedError(user_arn="anonymous", action=str(self._get_action()))
+        headers = presigned
+    request = iam_request_cls(account_id=self.current_account, method=self.method, path=path, data=self.data,
+                              body=self.raw_body, headers=headers, action=self._get_action())
+    if presigned is None:
+        request.check_signature()
+    else:
+        params = dict(query)
+        signed_at = datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        expected = _sigv4_query_signature(request._access_key._secret_access_key, self.method,
+                                          urlparse(self.uri).path, query, dict(self.headers))
+        if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
+            request._raise_signature_does_not_match()
+        if datetime.now(UTC) > signed_at + timedelta(seconds=int(params.get("X-Amz-Expires", "0"))):
+            from moto.s3.exceptions import S3AccessDeniedError
+
+            raise S3AccessDeniedError()  # S3 answers 403 "Request has expired"
+    if _session_expired(request._access_key):
+        request._raise_invalid_access_key("InvalidToken")
+    service = request._service
+    prefix = _IAM_PREFIX.get(service, service)
+    operation = str(request._action).split(":", 1)[1]
+    operation = _ACTION_NAMES.get((service, operation), operation)
+    if request._action == "sts:GetCallerIdentity":
+        return None
+    region = request._region
+    if resource != "*" and prefix != "iam":
+        pairs = [(f"{prefix}:{operation}", resource)]  # S3: moto computed the object or bucket ARN
+    else:
+        pairs = resources_of(prefix, operation, region, self)
+    context = _context(service, operation, self)
+    for action, arn in pairs:
+        extra = dict(context)
+        if action == "iam:PassRole":
+            extra["iam:passedtoservice"] = [f"{prefix}.amazonaws.com"]
+        if not permitted(request._access_key, action, arn, extra):
+            request._action = action
+            request._raise_access_denied()
+    return None
+
+
+# -- Step Functions' own calls ------------------------------------------------------------------------
+
+
+def state_machine_keys(state_credentials: Any) -> tuple[str, str, str | None]:
+    """The keys an integration call of an execution is signed with: its state machine's role, as on AWS."""
+    role_arn = getattr(state_credentials, "role_arn", None)
+    if not _enabled or not role_arn:
+        return "ak", "sk", None
+    keys = cached_service_credentials(role_arn, "states.amazonaws.com")
+    return keys.access_key, keys.secret_key, keys.session_token
+
+
+def _boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+    """Body for moto's ``boto_client_for`` (Step Functions' client for every integration), which signs with
+    fixed dummy keys. Installed as that function's code object, so every module that imported the function
+    by name runs it; the names below resolve in moto's ``boto_client`` module."""
+    from kaos.local.iam import state_machine_keys
+
+    access_key, secret_key, token = state_machine_keys(state_credentials)
+    kwargs = {}
+    if not botocore_stubber.enabled:  # noqa: F821
+        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"  # noqa: F821
+    return boto3.client(  # noqa: F821
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key, aws_session_token=token,
+        region_name=region, service_name=service,
+        config=Config(  # noqa: F821
+            parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
+            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,  # noqa: F821
+            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS),  # noqa: F821
+        **kwargs)
+
+
+_original_client_code: Any = None
+
+
+def enable() -> None:
+    """Turn enforcement on for the in-process moto server (idempotent)."""
+    global _enabled, _original, _original_client_code
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    with _lock:
+        if _original is None:
+            _original = ActionAuthenticatorMixin._authenticate_and_authorize_action
+            ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize  # type: ignore[method-assign]
+            _original_client_code = boto_client.boto_client_for.__code__
+            boto_client.boto_client_for.__code__ = _boto_client_for.__code__
+        _enabled = True
+
+
+def disable() -> None:
+    global _enabled, _original, _original_client_code
+    from moto.core.authorization import ActionAuthenticatorMixin
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    with _lock:
+        if _original is not None:
+            ActionAuthenticatorMixin._authenticate_and_authorize_action = _original  # type: ignore[method-assign]
+            boto_client.boto_client_for.__code__ = _original_client_code
+            _original = _original_client_code = None
+        _enabled = False
+        _role_cache.clear()
+
+
+def enabled() -> bool:
+    return _enabled

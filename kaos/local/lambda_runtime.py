@@ -1,0 +1,237 @@
+"""Lambda execution environments for the embedded stack: one process per warm environment.
+
+On AWS each function runs in its own sandbox with exactly the environment variables its template declares, the
+runtime's reserved variables, and its execution role's temporary credentials. Offline, a function's handler
+runs in a worker process started with exactly that (:func:`function_environment`) — never in the stack's own
+process, whose environment and credentials are the emulator's. Like Lambda, one environment serves one
+invocation at a time; a pool per function grows on demand up to ``max_workers`` (further invocations wait, as
+throttled ones retry on AWS) and keeps idle environments warm.
+
+Wire protocol (worker side is :func:`main`): the parent writes one JSON line per invocation to the worker's
+stdin; the worker answers with one JSON line on a private descriptor (its stdout is redirected to stderr, so a
+handler's ``print`` never corrupts the protocol): ``{"result": ...}`` or ``{"errorType", "errorMessage",
+"stackTrace"}`` as the Python runtime reports an unhandled error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+# What the Lambda Python runtime sets in every function's environment besides the template's variables
+# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime).
+RESERVED = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "LAMBDA_TASK_ROOT",
+            "LAMBDA_RUNTIME_DIR", "LANG", "PATH", "LD_LIBRARY_PATH", "TZ", "PYTHONPATH")
+# The one variable the embedded stack adds: where AWS is. Trust-store variables pass through so https
+# remote data can be served by a local test CA (the Lambda image has its own trust store).
+OFFLINE_ONLY = ("AWS_ENDPOINT_URL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    handler: str  # module.attribute
+    variables: dict[str, str]
+    role_arn: str
+    timeout_seconds: int = 3
+    memory_mb: int = 128
+    code_paths: tuple[str, ...] = ()
+
+
+def function_environment(spec: FunctionSpec, credentials: dict[str, str], region: str,
+                         endpoint_url: str) -> dict[str, str]:
+    env = {
+        "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb), "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}", "LAMBDA_TASK_ROOT": spec.code_paths[0]
+        if spec.code_paths else "", "LANG": "en_US.UTF-8", "TZ": ":UTC",
+        "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(spec.code_paths),
+        **credentials, **spec.variables, "AWS_ENDPOINT_URL": endpoint_url,
+    }
+    for key in OFFLINE_ONLY[1:]:
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+class FunctionError(Exception):
+    """An unhandled error inside the function, carrying the runtime's errorType."""
+
+    def __init__(self, error_type: str, message: str, stack: list[str]) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.stack = stack
+
+
+class _Worker:
+    def __init__(self, spec: FunctionSpec, env: dict[str, str]) -> None:
+        read_fd, write_fd = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kaos.local.lambda_runtime", spec.handler, str(write_fd)],
+            stdin=subprocess.PIPE, env=env, pass_fds=(write_fd,), cwd=spec.code_paths[0] if spec.code_paths
+            else None, start_new_session=True)
+        os.close(write_fd)
+        self.answers: IO[bytes] = os.fdopen(read_fd, "rb")
+        self.started = time.monotonic()
+
+    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The worker's answer, or None if it did not answer in time or died (the worker is then unusable)."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.answers, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                return None
+        line = self.answers.readline()
+        if not line:
+            return None
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.answers.close()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+
+
+@dataclass
+class FunctionPool:
+    """The warm environments of one function."""
+
+    spec: FunctionSpec
+    environment: Callable[[], dict[str, str]]
+    max_workers: int = 4
+    _idle: list[_Worker] = field(default_factory=list)
+    _busy: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _closed: bool = False
+
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            while not self._idle and self._busy >= self.max_workers and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
+            self._busy += 1
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return _Worker(self.spec, self.environment())
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._cond:
+            self._busy -= 1
+            if worker is not None and not self._closed:
+                self._idle.append(worker)
+                worker = None
+            self._cond.notify()
+        if worker is not None:
+            worker.stop()
+
+    def invoke(self, event: Any, context: Any) -> Any:
+        """Runs the handler on ``event``; raises :class:`FunctionError` as the runtime reports failures."""
+        worker = self._acquire()
+        timeout = float(self.spec.timeout_seconds)
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        request = {"event": event, "request_id": getattr(context, "aws_request_id", ""),
+                   "function_arn": getattr(context, "invoked_function_arn", ""), "timeout": timeout}
+        answer = worker.call(request, timeout + 0.5 if remaining is None else timeout + 0.5)
+        if answer is None:
+            worker.stop()
+            self._release(None)
+            raise FunctionError("Sandbox.Timedout", f"Task timed out after {timeout:.2f} seconds", [])
+        self._release(worker)
+        if "errorType" in answer:
+            raise FunctionError(str(answer["errorType"]), str(answer.get("errorMessage", "")),
+                                list(answer.get("stackTrace", [])))
+        return answer.get("result")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for worker in idle:
+            worker.stop()
+
+
+# -- worker side ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    function_name: str
+    aws_request_id: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int
+    deadline: float
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def main() -> None:
+    import importlib
+    import traceback
+
+    handler_path, answer_fd = sys.argv[1], int(sys.argv[2])
+    answers = os.fdopen(answer_fd, "wb")
+    os.dup2(2, 1)  # the handler's prints go to the log (stderr), not into the protocol
+    sys.stdout = sys.stderr
+    module_name, _, attribute = handler_path.rpartition(".")
+    for path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+    init_error: dict[str, Any] | None = None
+    handler: Any = None
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except Exception as exc:  # Runtime.ImportModuleError: every invocation reports it
+        init_error = {"errorType": "Runtime.ImportModuleError",
+                      "errorMessage": f"Unable to import module '{module_name}': {exc}", "stackTrace": []}
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        if init_error is not None:
+            answer: dict[str, Any] = init_error
+        else:
+            context = _Context(os.environ.get("AWS_LAMBDA_FUNCTION_NAME", ""), request["request_id"],
+                               request["function_arn"], int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                                                                           "128")),
+                               time.monotonic() + float(request["timeout"]),
+                               log_group_name=os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", ""))
+            try:
+                answer = {"result": handler(request["event"], context)}
+                json.dumps(answer)
+            except Exception as exc:
+                stack = traceback.format_tb(exc.__traceback__.tb_next if exc.__traceback__ else None)
+                answer = {"errorType": type(exc).__name__, "errorMessage": str(exc), "stackTrace": stack}
+        answers.write(json.dumps(answer).encode() + b"\n")
+        answers.flush()
+
+
+if __name__ == "__main__":
+    main()
