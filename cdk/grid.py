@@ -14,8 +14,9 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from cdk.bundling import functions_code
-from cdk.constants import env_names
+from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE, DEFAULT_TRAINING_MAX_RUNTIME_SECONDS, env_names
 from cdk.grants import grant_bucket_read_write, grant_table_read_write
+from cdk.recording import guard_record_failure, mark_failed
 from cdk.training import LOG_RETENTION, TaskFunction, _lambda_retry
 
 ERROR_PATH = "$.error"
@@ -30,11 +31,17 @@ class Grid(Construct):
         bucket: s3.IBucket,
         table: dynamodb.ITable,
         training: sfn.IStateMachine,
+        training_image: str,
     ) -> None:
         super().__init__(scope, id_)
         code = functions_code()
+        # CreatePoint builds each point's job spec as the API does for one job: the same training settings
+        # (without them a point's job had an empty image, which the per-function environments offline exposed).
         environment = {env_names.BUCKET: bucket.bucket_name, env_names.TABLE: table.table_name,
-                       env_names.TRAINING_STATE_MACHINE_ARN: training.state_machine_arn}
+                       env_names.TRAINING_STATE_MACHINE_ARN: training.state_machine_arn,
+                       env_names.TRAINING_IMAGE: training_image,
+                       env_names.TRAINING_INSTANCE_TYPE: DEFAULT_TRAINING_INSTANCE_TYPE,
+                       env_names.TRAINING_MAX_RUNTIME_SECONDS: str(DEFAULT_TRAINING_MAX_RUNTIME_SECONDS)}
         self.create_point = TaskFunction(self, "CreatePoint", handler="functions.create_point.handler", code=code,
                                          environment=environment, timeout=Duration.minutes(1))
         self.record = TaskFunction(self, "RecordGrid", handler="functions.record_grid.handler", code=code,
@@ -106,9 +113,21 @@ class Grid(Construct):
             _lambda_retry(task)
             return task
 
-        failed = record("RecordGridFailure", "Failed").next(sfn.Fail(self, "GridFailed", error="GridFailed"))
-        points.add_catch(failed, errors=["States.ALL"], result_path=ERROR_PATH)
-        definition = points.next(record("RecordGridSuccess", "Completed")).next(sfn.Succeed(self, "GridDone"))
+        record_failure = record("RecordGridFailure", "Failed")
+        failed = sfn.Fail(self, "GridFailed", error="GridFailed")
+        record_failure.next(failed)
+        # A failure that cannot be recorded must not leave the grid RUNNING either (cdk/recording.py).
+        mark_grid_failed = mark_failed(
+            self, "MarkGridFailed", table=table, sort_key="GRID#{}", id_path="$.grid_id", running=("RUNNING",),
+            reason_attribute=None, time_attributes=("updated_at",), execution_attribute="execution_arn",
+            versioned=True,
+        )
+        guard_record_failure(record_failure, mark_grid_failed, failed)
+        points.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        record_success = record("RecordGridSuccess", "Completed")
+        # Nor an outcome that cannot be recorded: the grid is recorded as failed instead.
+        record_success.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        definition = points.next(record_success).next(sfn.Succeed(self, "GridDone"))
 
         self.log_group = logs.LogGroup(self, "Logs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY)
         self.state_machine = sfn.StateMachine(

@@ -61,7 +61,8 @@ class KaosStack(Stack):
         # Batch (processing) jobs; context `batchImage` picks the job image (default: a public python image).
         self.batch = BatchJobs(self, "Batch", bucket=bucket, table=table,
                                image=str(self.node.try_get_context("batchImage") or DEFAULT_BATCH_IMAGE))
-        self.grid = Grid(self, "Grid", bucket=bucket, table=table, training=self.training.state_machine)
+        self.grid = Grid(self, "Grid", bucket=bucket, table=table, training=self.training.state_machine,
+                         training_image=training_image)
         # S3-triggered retraining: files under ws/<ws>/incoming/ -> one derived snapshot + one job per batch.
         self.triggers = Triggers(self, "Triggers", bucket=bucket, table=table,
                                  training=self.training.state_machine, training_image=training_image)

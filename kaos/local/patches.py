@@ -35,6 +35,8 @@ import botocore.session
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
+from kaos.local import patches_s3
+
 LOG = logging.getLogger(__name__)
 
 PATCH_POINTS: Final[tuple[str, ...]] = (
@@ -730,12 +732,27 @@ def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
     return write
 
 
+def _lexer_next_token(self: Any) -> Any:
+    """moto's ASL lexer reads ``"RoleArn.$"`` as the task-credentials keyword everywhere, so a Parameters field
+    ``"RoleArn.$"`` (createTrainingJob's execution role) is dropped by the parser's error recovery. kaos' state
+    machines use no task ``Credentials``: the token is read as the ordinary ``"<field>.$"`` path binding."""
+    from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
+
+    token = super(ASLLexer, self).nextToken()
+    if token.type == ASLLexer.ROLEARNPATH:
+        token.type = ASLLexer.STRINGDOLLAR
+    return token
+
+
 def _filter_log_events(self: Any) -> str:
     """FilterLogEvents honouring `logStreamNamePrefix` (moto ignores it and returns every stream's events).
 
     kaos reads one job's training log as the streams `<job name>/...` of the shared SageMaker log group."""
     prefix = self._get_param("logStreamNamePrefix")
     if not prefix or self._get_param("logStreamNames"):
+        from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
+
+        _set(ASLLexer, "nextToken", _lexer_next_token)
         from moto.logs.responses import LogsResponse
 
         return str(_ORIGINALS[(LogsResponse, "filter_log_events")](self))
@@ -793,6 +810,9 @@ def apply(hooks: Hooks) -> None:
         from moto.s3 import notifications as s3_notifications
 
         _set(s3_notifications, "_send_event_bridge_message", _s3_send_event_bridge_message)
+        from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
+
+        _set(ASLLexer, "nextToken", _lexer_next_token)
         from moto.logs.responses import LogsResponse
 
         _set(LogsResponse, "filter_log_events", _filter_log_events)
@@ -800,6 +820,7 @@ def apply(hooks: Hooks) -> None:
 
         for name in _DYNAMODB_WRITES:
             _set(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
+        patches_s3.apply()  # S3 checksums verified and kept, conditional writes atomic (kaos/local/patches_s3.py)
 
 
 def remove() -> None:
@@ -814,3 +835,4 @@ def remove() -> None:
                 setattr(owner, name, original)
         _ORIGINALS.clear()
         _HOOKS = None
+    patches_s3.remove()
