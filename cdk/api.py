@@ -26,7 +26,12 @@ from cdk.constants import (
     SAGEMAKER_TRAINING_LOG_GROUP,
     env_names,
 )
-from cdk.grants import grant_bucket_read_write, grant_table_read_write, grant_workspace_deletion
+from cdk.grants import (
+    grant_bucket_read_write,
+    grant_log_read,
+    grant_table_read_write,
+    grant_workspace_deletion,
+)
 from cdk.training import LOG_RETENTION
 
 API_HANDLER = "APIHandler"  # logical id chalice gives the function behind the REST API
@@ -144,6 +149,7 @@ class Api(Construct):
         grid_state_machine: sfn.IStateMachine,
         training_image: str,
         manage_account_role: bool = True,
+        extra_environment: dict[str, str] | None = None,
     ) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
@@ -165,7 +171,9 @@ class Api(Construct):
         batch_state_machine_name = Fn.select(6, Fn.split(":", batch_state_machine.state_machine_arn))
         self.batch_executions_arn = f"arn:{partition}:states:{region}:{account}:execution:{batch_state_machine_name}:*"
         self.role.add_to_policy(
-            iam.PolicyStatement(actions=["states:DescribeExecution", "states:StopExecution"],
+            # GetExecutionHistory: a kill finds the Batch job an execution submitted (its TaskSubmitted event).
+            iam.PolicyStatement(actions=["states:DescribeExecution", "states:StopExecution",
+                                         "states:GetExecutionHistory"],
                                 resources=[self.batch_executions_arn])
         )
         grid_state_machine.grant_start_execution(self.role)
@@ -178,17 +186,27 @@ class Api(Construct):
                 resources=[self.executions_arn],
             )
         )
-        self.role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
-                resources=[training_log_group_arn, f"{training_log_group_arn}:log-stream:*"],
-            )
-        )
+        grant_log_read(training_log_group_arn, self.role)
         # `kaos train kill` stops the training itself too: stopping an execution does not always stop the job.
-        self.training_jobs_arn = f"arn:{partition}:sagemaker:{region}:{account}:training-job/*"
+        # `kaos workspace kill` also waits for it to end. kaos names every training job `train-<fingerprint>[-n]`.
+        self.training_jobs_arn = f"arn:{partition}:sagemaker:{region}:{account}:training-job/train-*"
         self.role.add_to_policy(
-            iam.PolicyStatement(actions=["sagemaker:StopTrainingJob"], resources=[self.training_jobs_arn])
+            iam.PolicyStatement(actions=["sagemaker:StopTrainingJob", "sagemaker:DescribeTrainingJob"],
+                                resources=[self.training_jobs_arn])
         )
+        # `kaos workspace kill` stops the workspace's grids (executions named `grid-<fingerprint>`) and terminates the
+        # Batch jobs of its batch executions, then waits for them to end.
+        grid_state_machine_name = Fn.select(6, Fn.split(":", grid_state_machine.state_machine_arn))
+        self.grid_executions_arn = (
+            f"arn:{partition}:states:{region}:{account}:execution:{grid_state_machine_name}:grid-*"
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(actions=["states:StopExecution"], resources=[self.grid_executions_arn])
+        )
+        self.batch_jobs_arn = f"arn:{partition}:batch:{region}:{account}:job/*"  # job ids are assigned by Batch
+        self.role.add_to_policy(iam.PolicyStatement(actions=["batch:TerminateJob"], resources=[self.batch_jobs_arn]))
+        # DescribeJobs supports no resource-level permissions.
+        self.role.add_to_policy(iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"]))
 
         stage_config = {
             "api_gateway_stage": API_GATEWAY_STAGE,
@@ -208,6 +226,7 @@ class Api(Construct):
                 env_names.TRAINING_INSTANCE_TYPE: DEFAULT_TRAINING_INSTANCE_TYPE,
                 env_names.TRAINING_MAX_RUNTIME_SECONDS: str(DEFAULT_TRAINING_MAX_RUNTIME_SECONDS),
                 env_names.TRAINING_LOG_GROUP: SAGEMAKER_TRAINING_LOG_GROUP,
+                **(extra_environment or {}),
             },
         }
         with _chalice_packaging(work_dir, region):
@@ -274,7 +293,7 @@ class ApiGatewayAccount(Construct):
             "CloudWatchRole",
             assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
             # Inline, instead of the AWS-managed AmazonAPIGatewayPushToCloudWatchLogs (Resource "*"): the same
-            # actions on log groups of this account and region only.
+            # actions on log groups of this account and region only (but DescribeLogGroups, which lists names).
             inline_policies={
                 "PushToCloudWatchLogs": iam.PolicyDocument(
                     statements=[
@@ -282,14 +301,15 @@ class ApiGatewayAccount(Construct):
                             actions=[
                                 "logs:CreateLogGroup",
                                 "logs:CreateLogStream",
-                                "logs:DescribeLogGroups",
                                 "logs:DescribeLogStreams",
                                 "logs:PutLogEvents",
                                 "logs:GetLogEvents",
                                 "logs:FilterLogEvents",
                             ],
                             resources=[self.log_groups_arn(stack)],
-                        )
+                        ),
+                        # DescribeLogGroups takes no resource type: only Resource "*" applies to it.
+                        iam.PolicyStatement(actions=["logs:DescribeLogGroups"], resources=["*"]),
                     ]
                 )
             },

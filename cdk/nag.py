@@ -74,6 +74,13 @@ def acknowledge_findings(stack: KaosStack) -> None:
             "to streams of the fixed /aws/sagemaker/TrainingJobs group."
         )
     }
+    training_log_read = {
+        _wildcard_resource(stack, f"{training_log_group}:*"): (
+            "Reading training logs: FilterLogEvents/DescribeLogStreams are authorized on the log group in its ':*' "
+            "form, which also covers GetLogEvents on its streams (named per job at run time); Get/Filter/Describe "
+            "only, on the one fixed /aws/sagemaker/TrainingJobs group."
+        )
+    }
     runtime_version = {
         "AwsSolutions-L1": (
             "python3.12 is pinned on purpose: the asset's wheels are resolved for 3.12 (pip --python-version) and the "
@@ -81,14 +88,29 @@ def acknowledge_findings(stack: KaosStack) -> None:
         )
     }
 
+    isolation = stack.isolation
+    workspace_roles = {
+        _wildcard_resource(stack, isolation.roles_arn): (
+            "One execution role per workspace incarnation, created at run time under the /kaos/workspaces/ path "
+            "(kaos-ws-<name>-<hash>); Create/PutRolePolicy only with the workspace boundary attached, PassRole only "
+            "to the service that runs user code."
+        )
+    }
     _ack(
-        training.sagemaker_role,
+        isolation.boundary,
         {
-            **objects,
             **training_log_streams,
             _wildcard_resource(stack, f"{training_log_group}:*"): (
-                "logs:DescribeLogStreams is authorized on the log group ARN in its ':*' form; still the one fixed "
-                "SageMaker training log group."
+                "logs:DescribeLogStreams/CreateLogGroup are authorized on the log group ARN in its ':*' form; still "
+                "the one fixed SageMaker training log group."
+            ),
+            _wildcard_resource(stack, bucket.arn_for_objects("ws/*")): (
+                "The ceiling of every workspace role: reads within ws/ of this bucket only; each role's own policy "
+                "narrows it to ws/<its workspace>/."
+            ),
+            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/jobs/*")): (
+                "The ceiling of every workspace role: writes only job outputs (ws/<workspace>/jobs/<job>/...), "
+                "named by fingerprint at run time."
             ),
             "AwsSolutions-IAM5[Resource::*]": (
                 "cloudwatch:PutMetricData supports no resource-level permissions; the statement is narrowed with a "
@@ -96,23 +118,26 @@ def acknowledge_findings(stack: KaosStack) -> None:
             ),
         },
     )
+    _ack(training.state_machine.role, workspace_roles)
     _ack(training.prepare.role, {**objects})
-    _ack(training.record.role, {**objects, **training_log_streams})
+    _ack(training.record.role, {**objects, **training_log_read})
     _ack(training.prepare.function, runtime_version)
     _ack(training.record.function, runtime_version)
     _ack(
         stack.api.role,
         {
             **objects,
-            **training_log_streams,
+            **training_log_read,
             _wildcard_resource(stack, bucket.arn_for_objects("ws/*")): (
                 "`kaos workspace kill` deletes every object version under ws/<name>/; names are chosen by users at "
                 "run time, and the grant is limited to the ws/ prefix of this one bucket."
             ),
             _wildcard_resource(stack, stack.api.training_jobs_arn): (
-                "`kaos train kill` stops the job's SageMaker training; job names are fingerprints chosen at run "
-                "time, and the only action granted is StopTrainingJob."
+                "`kaos train kill` and `kaos workspace kill` stop the job's SageMaker training and wait for it to "
+                "end; job names are fingerprints chosen at run time (train-*), and only Stop/DescribeTrainingJob "
+                "are granted."
             ),
+            **workspace_roles,
             _wildcard_resource(stack, stack.api.executions_arn): (
                 "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
                 "limited to executions of the one training state machine."
@@ -128,7 +153,11 @@ def acknowledge_findings(stack: KaosStack) -> None:
                     "The API Gateway CloudWatch role is one account-wide setting used for the execution and access "
                     "logs of every REST API in this region, whose log group names API Gateway chooses; it is limited "
                     "to log groups of this account and region (no Resource '*', unlike the AWS-managed policy)."
-                )
+                ),
+                "AwsSolutions-IAM5[Resource::*]": (
+                    "logs:DescribeLogGroups (part of the AWS-managed AmazonAPIGatewayPushToCloudWatchLogs) takes no "
+                    "resource type, so only Resource '*' applies; it lists log group names and nothing else."
+                ),
             },
         )
     _ack(
@@ -269,8 +298,9 @@ def acknowledge_batch_findings(stack: KaosStack) -> None:
                 "Added by tasks.LambdaInvoke so versions/aliases of RecordBatch may be invoked; still that function."
             ),
             _wildcard_resource(stack, jobs.jobs_arn): (
-                "batch:submitJob.sync terminates the job when the execution is stopped; Batch job ids are assigned "
-                "at submission. TerminateJob only, on jobs of this account and region."
+                "batch:submitJob.sync submits the job (SubmitJob is authorized on the job it creates too) and "
+                "terminates it when the execution is stopped; Batch job ids are assigned at submission. "
+                "Submit/TerminateJob only, on jobs of this account and region."
             ),
             "AwsSolutions-IAM5[Resource::*]": (
                 "batch:DescribeJobs (polled by the .sync integration) supports no resource-level permissions; the "
@@ -283,8 +313,20 @@ def acknowledge_batch_findings(stack: KaosStack) -> None:
         stack.api.role,
         {
             _wildcard_resource(stack, stack.api.batch_executions_arn): (
-                "Batch execution names are job fingerprints chosen at run time; Describe/StopExecution are limited "
-                "to executions of the one batch state machine."
+                "Batch execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory "
+                "are limited to executions of the one batch state machine."
+            ),
+            _wildcard_resource(stack, stack.api.grid_executions_arn): (
+                "`kaos workspace kill` stops the workspace's grids; grid execution names are fingerprints chosen at "
+                "run time (grid-*), and only StopExecution on the one grid state machine is granted."
+            ),
+            _wildcard_resource(stack, stack.api.batch_jobs_arn): (
+                "`kaos workspace kill` terminates the Batch jobs of the workspace's batch executions; Batch job ids "
+                "are assigned at submission. TerminateJob only, on jobs of this account and region."
+            ),
+            "AwsSolutions-IAM5[Resource::*]": (
+                "batch:DescribeJobs (a kill waits for the Batch jobs it terminated to end) supports no "
+                "resource-level permissions."
             ),
         },
     )

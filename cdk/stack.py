@@ -13,6 +13,7 @@ from cdk.batch import DEFAULT_BATCH_IMAGE, BatchJobs
 from cdk.constants import REPO_ROOT
 from cdk.grid import Grid
 from cdk.nag import acknowledge_findings, acknowledge_grid_findings, acknowledge_remote_data_findings
+from cdk.tenancy import WorkspaceIsolation
 from cdk.storage import Storage
 from cdk.table import ProvenanceTable
 from cdk.nag import acknowledge_batch_findings
@@ -58,6 +59,12 @@ class KaosStack(Stack):
         )
         bucket, table = self.storage.data_bucket, self.table.table
         self.training = Training(self, "Training", bucket=bucket, table=table)
+        # User code runs as its workspace's own role (cdk/tenancy.py): the training state machine may pass only
+        # those roles, PrepareTraining names the job's, the API creates and deletes them.
+        self.isolation = WorkspaceIsolation(self, "Isolation", bucket=bucket)
+        self.isolation.grant_pass(self.training.state_machine.role, "sagemaker.amazonaws.com")
+        for key, value in self.isolation.environment.items():
+            self.training.prepare.function.add_environment(key, value)
         # Batch (processing) jobs; context `batchImage` picks the job image (default: a public python image).
         self.batch = BatchJobs(self, "Batch", bucket=bucket, table=table,
                                image=str(self.node.try_get_context("batchImage") or DEFAULT_BATCH_IMAGE))
@@ -83,7 +90,9 @@ class KaosStack(Stack):
             grid_state_machine=self.grid.state_machine,
             training_image=training_image,
             manage_account_role=manage_api_gateway_account,
+            extra_environment=self.isolation.environment,
         )
+        self.isolation.grant_manage(self.api.role)
 
         if self.remote_data_arns:
             statement = iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectVersion"],

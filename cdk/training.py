@@ -1,7 +1,8 @@
 """The training pipeline: SageMaker execution role, the two task Lambdas and the Standard state machine.
 
 Input `{"workspace": str, "job_id": str}`; Prepare → Train (`sagemaker:createTrainingJob.sync`) → RecordSuccess, and
-any failure → RecordFailure → TrainingFailed. JSONPath throughout (moto's interpreter cannot run JSONata).
+any failure → RecordFailure → TrainingFailed (if RecordFailure itself fails: MarkJobFailed, a direct DynamoDB update,
+→ TrainingFailed). JSONPath throughout (moto's interpreter cannot run JSONata).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from constructs import Construct
 
 from cdk.bundling import LAMBDA_PYTHON_VERSION, functions_code
 from cdk.constants import SAGEMAKER_SYNC_RULE, SAGEMAKER_TRAINING_LOG_GROUP, env_names
-from cdk.grants import grant_bucket_read_write, grant_table_read_write
+from cdk.grants import grant_bucket_read_write, grant_log_read, grant_table_read_write, log_group_pattern
+from cdk.recording import guard_record_failure, mark_failed
 
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 LAMBDA_RUNTIME = lambda_.Runtime(f"python{LAMBDA_PYTHON_VERSION}", lambda_.RuntimeFamily.PYTHON)
@@ -118,32 +120,6 @@ class Training(Construct):
             f"arn:{partition}:logs:{region}:{account}:log-group:{SAGEMAKER_TRAINING_LOG_GROUP}"
         )
 
-        # --- SageMaker execution role: the role training containers run as (no AmazonSageMakerFullAccess).
-        self.sagemaker_role = iam.Role(
-            self, "SageMakerRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com")
-        )
-        grant_bucket_read_write(bucket, self.sagemaker_role)
-        self.sagemaker_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:DescribeLogStreams"],
-                resources=[training_log_group_arn, f"{training_log_group_arn}:*"],
-            )
-        )
-        self.sagemaker_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                resources=[f"{training_log_group_arn}:log-stream:*"],
-            )
-        )
-        self.sagemaker_role.add_to_principal_policy(
-            iam.PolicyStatement(
-                # PutMetricData has no resource-level permissions; the namespace condition narrows it instead.
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
-            )
-        )
-
         # --- Task Lambdas: one asset, two handlers.
         code = functions_code()
         self.prepare = TaskFunction(
@@ -154,7 +130,6 @@ class Training(Construct):
             environment={
                 env_names.BUCKET: bucket.bucket_name,
                 env_names.TABLE: table.table_name,
-                env_names.SAGEMAKER_ROLE_ARN: self.sagemaker_role.role_arn,
             },
             timeout=Duration.minutes(5),
         )
@@ -174,12 +149,7 @@ class Training(Construct):
         if open_lineage_url:
             for fn in (self.prepare.function, self.record.function):
                 fn.add_environment(env_names.OPENLINEAGE_URL, str(open_lineage_url))
-        self.record.function.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
-                resources=[training_log_group_arn, f"{training_log_group_arn}:log-stream:*"],
-            )
-        )
+        grant_log_read(training_log_group_arn, self.record.function)
 
         # --- States.
         prepare = tasks.LambdaInvoke(
@@ -271,6 +241,13 @@ class Training(Construct):
         _lambda_retry(record_failure)
         failed = sfn.Fail(self, "TrainingFailed", error="TrainingFailed", cause_path=f"{ERROR_PATH}.Cause")
         record_failure.next(failed)
+        # A failure that cannot be recorded must not leave the job TRAINING either (cdk/recording.py).
+        mark_job_failed = mark_failed(
+            self, "MarkJobFailed", table=table, sort_key="JOB#{}", id_path="$.job_id",
+            running=("SUBMITTED", "TRAINING"), reason_attribute="failure_reason",
+            time_attributes=("ended_at", "updated_at"), execution_attribute="execution_arn", versioned=True,
+        )
+        guard_record_failure(record_failure, mark_job_failed, failed)
 
         prepare.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         train.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
@@ -309,12 +286,5 @@ class Training(Construct):
             iam.PolicyStatement(
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
                 resources=[f"arn:{partition}:events:{region}:{account}:rule/{SAGEMAKER_SYNC_RULE}"],
-            )
-        )
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["iam:PassRole"],
-                resources=[self.sagemaker_role.role_arn],
-                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
             )
         )

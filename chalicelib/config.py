@@ -25,6 +25,13 @@ OPENLINEAGE_URL = "KAOS_OPENLINEAGE_URL"
 OPENLINEAGE_FILE = "KAOS_OPENLINEAGE_FILE"
 # S3-triggered retraining (chalicelib/triggers.py): OnUpload starts the retrain state machine per batch.
 RETRAIN_STATE_MACHINE_ARN = "KAOS_RETRAIN_STATE_MACHINE_ARN"
+# Buckets of the stack besides the data bucket (comma-separated, e.g. the access-log bucket): remote data manifests
+# may not name them (chalicelib/snapshots.py). The data bucket is always one of the platform's buckets.
+PLATFORM_BUCKETS = "KAOS_PLATFORM_BUCKETS"
+# Per-workspace execution roles (chalicelib/tenancy.py): their ARN prefix (path included) and the boundary.
+WORKSPACE_ROLE_PREFIX = "KAOS_WORKSPACE_ROLE_PREFIX"
+WORKSPACE_ROLE_BOUNDARY = "KAOS_WORKSPACE_ROLE_BOUNDARY"
+TRAINING_LOG_GROUP_ARN = "KAOS_TRAINING_LOG_GROUP_ARN"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,15 @@ class Settings:
     batch_image: str = ""
     batch_log_group: str = ""
     batch_max_runtime_seconds: int = 86400
+    other_buckets: tuple[str, ...] = ()
+    workspace_role_prefix: str = ""
+    workspace_role_boundary: str = ""
+    training_log_group_arn: str = ""
+
+    @property
+    def platform_buckets(self) -> frozenset[str]:
+        """Every bucket the stack owns: data kaos holds is referenced by snapshot or model, never by URL."""
+        return frozenset(b for b in (self.bucket, *self.other_buckets) if b)
 
 
 def settings() -> Settings:
@@ -65,4 +81,8 @@ def settings() -> Settings:
         batch_image=env.get(BATCH_IMAGE, ""),
         batch_log_group=env.get(BATCH_LOG_GROUP, "/aws/batch/job"),
         batch_max_runtime_seconds=int(env.get(BATCH_MAX_RUNTIME_SECONDS, "86400")),
+        other_buckets=tuple(b.strip() for b in env.get(PLATFORM_BUCKETS, "").split(",") if b.strip()),
+        workspace_role_prefix=env.get(WORKSPACE_ROLE_PREFIX, ""),
+        workspace_role_boundary=env.get(WORKSPACE_ROLE_BOUNDARY, ""),
+        training_log_group_arn=env.get(TRAINING_LOG_GROUP_ARN, ""),
     )

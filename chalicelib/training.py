@@ -4,17 +4,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import tarfile
 import tomllib
 from dataclasses import dataclass, replace
 from typing import IO, Any, cast
 
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib import config, limits
+from chalicelib.tenancy import role_arn
 from chalicelib import lineage_events
-from chalicelib.adapters import Executions, LogReader, ObjectStore, TrainingJobs, execution_arn_for
+from chalicelib.adapters import BatchJobs, Executions, LogReader, ObjectStore, TrainingJobs, execution_arn_for
 from chalicelib.domain import (
     JobSpec,
     Manifest,
@@ -29,10 +31,13 @@ from chalicelib.domain import (
     validate_sha256,
 )
 from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
-from chalicelib.models import JobItem, LatestInputsItem, ws_key
+from chalicelib.models import JobItem, LatestInputsItem, _Item, node_key, ws_key
 from chalicelib.provenance import Provenance
 from chalicelib.snapshots import Snapshots, blob_key
-from chalicelib.workspaces import now, workspace_prefix
+from chalicelib.workspaces import (IncarnationGone, fenced_write, incarnation_alive, item_condition_failed, now,
+                                   workspace_prefix)
+
+log = logging.getLogger("kaos.training")
 
 # Entry points tried, in order, when the code snapshot does not name one (SageMaker's `sagemaker_program`).
 DEFAULT_ENTRY_POINTS = ("train.py", "train.sh", "train")
@@ -185,19 +190,29 @@ class Training:
             execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}], sources=inputs.sources,
             gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
         )
-        created = True
-        try:
-            item.save(condition=JobItem.pk.does_not_exist())
-        except PutError as exc:
-            if exc.cause_response_code != "ConditionalCheckFailedException":
-                raise
-            created = False
+        created = self.put_job(item, workspace, incarnation)
+        if not created:
             item = self._job(workspace, spec.job_id)
         if created or item.status == "SUBMITTED":
             # Also on a retry of a submission that wrote the row and failed before this point; cache hits of
             # jobs that already ran have their provenance (each write below is idempotent anyway).
             self._record_inputs(workspace, spec, at)
         return item, created
+
+    @staticmethod
+    def put_job(item: JobItem, workspace: str, incarnation: str) -> bool:
+        """Writes a new job row, or finds it there (False: the fingerprint's job exists), only while the workspace
+        is this incarnation: a submission racing a kill, or a grid point or retrain of a killed workspace, creates
+        no job (Conflict)."""
+        try:
+            fenced_write(workspace, incarnation, lambda tx: tx.save(item, condition=JobItem.pk.does_not_exist()))
+        except IncarnationGone:
+            raise Conflict(f"workspace {workspace!r} is being killed (or was re-created); no job was created") from None
+        except TransactWriteError as exc:
+            if item_condition_failed(exc, 1):
+                return False
+            raise
+        return True
 
     def _snapshot_ref(self, workspace: str, value: Any, kind: str, field: str) -> str:
         snapshot_id = validate_sha256(value, field)
@@ -221,12 +236,39 @@ class Training:
         item = self._job(workspace, job_id)
         if item.status in TERMINAL:
             raise Conflict(f"job {job_id!r} already ended ({item.status}); nothing to kill")
-        self._set_status(item, "KILLED", ended_at=now(), failure_reason=f"killed by {user}")
-        if item.execution_arn:
-            self.executions.stop(item.execution_arn, f"killed by {user}")
-        if item.training_job_name:
-            self.training_jobs.stop(item.training_job_name)
+        self.halt(item, f"killed by {user}")
         return self.describe(item)
+
+    def halt(self, item: JobItem, reason: str, batch_jobs: BatchJobs | None = None) -> list[str]:
+        """Marks a job that has not ended KILLED, then stops what runs it: its execution, and its SageMaker training
+        job or (kind batch) the Batch jobs its execution submitted. Returns those containers ("sagemaker:<name>",
+        "batch:<id>"), which may take a while to end. Repeating it is harmless."""
+        for _ in range(5):
+            try:
+                if item.status not in TERMINAL:
+                    self._set_status(item, "KILLED", ended_at=now(), failure_reason=reason)
+                break
+            except UpdateError as exc:  # a pipeline task changed the row meanwhile (optimistic locking)
+                if exc.cause_response_code != "ConditionalCheckFailedException":
+                    raise
+                try:
+                    item.refresh(consistent_read=True)
+                except DoesNotExist:  # a concurrent workspace kill deleted it: it was stopped there
+                    return []
+        else:
+            raise Conflict(f"job {item.job_id!r} kept changing while it was being killed; kill it again")
+        if item.execution_arn:
+            self.executions.stop(item.execution_arn, reason)
+        if item.kind == "batch":
+            ids = self.executions.submitted_jobs(item.execution_arn) if item.execution_arn else []
+            batch_jobs = batch_jobs or BatchJobs()
+            for batch_job in ids:
+                batch_jobs.terminate(batch_job, reason)
+            return [f"batch:{batch_job}" for batch_job in ids]
+        # Named before Prepare records it (the attempt's name), in case CreateTrainingJob was already under way.
+        name = item.training_job_name or attempt_name(item.job_id, int(item.attempt))
+        self.training_jobs.stop(name)
+        return [f"sagemaker:{name}"]
 
     def resume(self, workspace: str, job_id: str, user: str) -> dict[str, Any]:
         """Runs a FAILED or KILLED job again with exactly its recorded inputs, as a new attempt.
@@ -265,7 +307,7 @@ class Training:
     def list(self, workspace: str, limit: int, cursor: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"limit": limit, "scan_index_forward": False}
         if cursor:
-            kwargs["last_evaluated_key"] = _decode_cursor(cursor)
+            kwargs["last_evaluated_key"] = _decode_cursor(cursor, workspace)
         result = JobItem.gsi1.query(f"JOBS#{workspace}", **kwargs)
         jobs = [self.describe(cast(JobItem, item)) for item in result]
         last = result.last_evaluated_key
@@ -306,6 +348,30 @@ class Training:
                     for name, value in fields.items()]
         item.update(actions=actions)
 
+    def finish(self, item: JobItem, status: str, **fields: Any) -> None:
+        """The job's last status change, as `_set_status` but fenced: it commits only while the workspace is still
+        the job's incarnation, and raises IncarnationGone otherwise (an outcome arriving after a kill is dropped)."""
+        at = now()
+        actions: list[Action] = [JobItem.status.set(status), JobItem.updated_at.set(at),
+                                 JobItem.history.set((item.history or []) + [{"status": status, "at": at}])]
+        actions += [getattr(JobItem, name).remove() if value is None else getattr(JobItem, name).set(value)
+                    for name, value in fields.items()]
+        fenced_write(item.pk.removeprefix("WS#"), item.spec.get("incarnation"),
+                     lambda tx: tx.update(item, actions=actions))
+        item.refresh(consistent_read=True)
+
+    @staticmethod
+    def retract_produced(workspace: str, job_id: str, output: str, *, node: bool) -> None:
+        """Deletes the `job -produced-> output` edge rows (and the output's node, if it is the job's own) that a
+        Record wrote before its fenced end failed: a dropped outcome leaves no provenance behind."""
+        job_node = f"job:{job_id}"
+        rows = [_Item(node_key(workspace, job_node), f"OUT#produced#{output}"),
+                _Item(node_key(workspace, output), f"IN#produced#{job_node}")]
+        if node:
+            rows.append(_Item(node_key(workspace, output), "META"))
+        for row in rows:
+            row.delete()
+
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
         """Materializes inputs and returns the CreateTrainingJob request the state machine runs."""
         settings = config.settings()
@@ -334,7 +400,8 @@ class Training:
         request = {
             "TrainingJobName": name,
             "AlgorithmSpecification": {"TrainingImage": spec["environment"], "TrainingInputMode": "File"},
-            "RoleArn": settings.sagemaker_role_arn,
+            # The workspace incarnation's own role: the job's code reaches only its workspace (tenancy.py).
+            "RoleArn": role_arn(settings.workspace_role_prefix, workspace, str(spec.get("incarnation", ""))),
             "HyperParameters": hps,
             "InputDataConfig": channels,
             "OutputDataConfig": {"S3OutputPath": self.store.uri(job_prefix(workspace, job_id) + "output")},
@@ -370,16 +437,31 @@ class Training:
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
-        item = self._job(workspace, job_id)
+        try:
+            item = self._job(workspace, job_id)
+        except NotFound:  # its workspace was killed: the outcome of a stopped job arrives late
+            return dropped(job_id)
         if item.status in TERMINAL or (execution and execution != item.execution_arn):
             # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
             return self.describe(item)
-        self._archive_log(workspace, item)
-        if outcome == "Completed":
-            return self._record_model(workspace, item, detail)
-        self._set_status(item, "FAILED", failure_reason=failure_reason(detail), ended_at=now())
-        lineage_events.ended(item)
-        return self.describe(item)
+        if not incarnation_alive(workspace, item.spec.get("incarnation")):
+            return {**self.describe(item), "dropped": True}
+        try:
+            if outcome == "Completed":
+                described = self._record_model(workspace, item, detail)
+            else:
+                self.finish(item, "FAILED", failure_reason=failure_reason(detail), ended_at=now())
+                lineage_events.ended(item)
+                described = self.describe(item)
+        except IncarnationGone:  # killed while recording: nothing of it stays
+            return {**self.describe(item), "dropped": True}
+        # After the fenced end, so a log is never archived into a killed (or later) incarnation's prefix. The job
+        # has ended: a failed copy is logged, not raised (CloudWatch Logs still holds the log).
+        try:
+            self._archive_log(workspace, item)
+        except Exception:
+            log.exception("could not archive the log of job %s", job_id)
+        return described
 
     def _record_model(self, workspace: str, item: JobItem, training: dict[str, Any]) -> dict[str, Any]:
         uri = str(training.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""))
@@ -398,7 +480,11 @@ class Training:
         self.provenance.add_node(workspace, model_node, "model",
                                  {"uri": uri, "sha256": digest, "content_sha256": content_sha256, **described}, at)
         self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", model_node, at)
-        self._set_status(item, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at)
+        try:
+            self.finish(item, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at)
+        except IncarnationGone:
+            self.retract_produced(workspace, item.job_id, model_node, node=True)
+            raise
         lineage_events.ended(item)
         return self.describe(item)
 
@@ -439,6 +525,11 @@ class Training:
         lines = self.logs.read_all(f"{item.training_job_name}/")
         self.store.put_bytes(job_prefix(workspace, item.job_id) + "log.txt", ("\n".join(lines) + "\n").encode(),
                              "text/plain")
+
+
+def dropped(job_id: str) -> dict[str, Any]:
+    """What Record answers for an outcome it dropped because the job's workspace incarnation was killed."""
+    return {"id": job_id, "status": "DROPPED", "model": None, "dropped": True}
 
 
 class _HashingReader:
@@ -492,11 +583,25 @@ def _encode_cursor(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> dict[str, Any]:
+# A jobs cursor is the LastEvaluatedKey of the gsi1 query: these string attributes, nothing else.
+_CURSOR_KEYS = {"pk", "sk", "gsi1pk", "gsi1sk"}
+
+
+def _decode_cursor(cursor: str, workspace: str) -> dict[str, Any]:
+    """The DynamoDB start key a cursor carries, checked to be one this listing can have answered: a forged
+    cursor (other attributes or value types, another workspace's keys) is a 400, never a DynamoDB error."""
+    invalid = ValidationFailed("cursor: invalid cursor (not a `next` returned by this workspace's job list)")
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, TypeError):
-        raise ValidationFailed("cursor: not a cursor returned by this API") from None
-    if not isinstance(value, dict):
-        raise ValidationFailed("cursor: not a cursor returned by this API")
+        raise invalid from None
+    if not isinstance(value, dict) or set(value) != _CURSOR_KEYS:
+        raise invalid
+    for attribute in value.values():
+        if not (isinstance(attribute, dict) and set(attribute) == {"S"} and isinstance(attribute["S"], str)
+                and 0 < len(attribute["S"]) <= 1024):
+            raise invalid
+    if value["pk"]["S"] != ws_key(workspace) or value["gsi1pk"]["S"] != f"JOBS#{workspace}" \
+            or not value["sk"]["S"].startswith("JOB#"):
+        raise invalid
     return value

@@ -385,6 +385,16 @@ def _context(service: str, action: str, response: Any) -> dict[str, list[str]]:
         prefix = _query_param(response, "prefix")
         if prefix is not None:
             context["s3:prefix"] = [prefix]
+    if service == "iam" and action in ("CreateRole", "PutRolePolicy", "DeleteRolePolicy"):
+        # The boundary the role gets (CreateRole) or has (the others): how a role-creating identity is capped.
+        boundary = _query_param(response, "PermissionsBoundary")
+        if boundary is None and action != "CreateRole":
+            try:
+                boundary = _iam().get_role(_query_param(response, "RoleName")).permissions_boundary_arn
+            except Exception:
+                boundary = None
+        if boundary:
+            context["iam:permissionsboundary"] = [boundary]
     if service == "monitoring":
         namespace = _query_param(response, "Namespace")
         if namespace is None:

@@ -1,0 +1,62 @@
+"""Per-workspace execution roles (chalicelib/tenancy.py creates them; this is what they may ever be).
+
+The boundary is the ceiling of every workspace role: whatever inline policy the API writes, a workspace role can
+touch nothing outside the data bucket's `ws/` prefix, the SageMaker training log group and SageMaker's metric
+namespace. The API may create and change roles only under the `/kaos/workspaces/` path and only with this
+boundary attached (`iam:PermissionsBoundary` condition), so its IAM rights cannot mint a broader role. The
+state machines may pass only those roles, and only to the service that runs user code.
+"""
+from __future__ import annotations
+
+from aws_cdk import Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from cdk.constants import SAGEMAKER_TRAINING_LOG_GROUP, env_names
+
+ROLE_PATH = "/kaos/workspaces/"
+ROLE_NAME_PATTERN = "kaos-ws-*"
+
+
+class WorkspaceIsolation(Construct):
+    def __init__(self, scope: Construct, id_: str, *, bucket: s3.IBucket) -> None:
+        super().__init__(scope, id_)
+        stack = Stack.of(self)
+        partition, region, account = stack.partition, stack.region, stack.account
+        self.role_prefix_arn = f"arn:{partition}:iam::{account}:role{ROLE_PATH}"
+        self.roles_arn = f"{self.role_prefix_arn}{ROLE_NAME_PATTERN}"
+        self.log_group_arn = f"arn:{partition}:logs:{region}:{account}:log-group:{SAGEMAKER_TRAINING_LOG_GROUP}"
+        self.boundary = iam.ManagedPolicy(self, "WorkspaceBoundary", path="/kaos/", statements=[
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects("ws/*")]),
+            iam.PolicyStatement(actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                                resources=[bucket.arn_for_objects("ws/*/jobs/*")]),
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
+                                conditions={"StringLike": {"s3:prefix": "ws/*"}}),
+            iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                                resources=[f"{self.log_group_arn}:log-stream:*"]),
+            iam.PolicyStatement(actions=["logs:CreateLogGroup", "logs:DescribeLogStreams"],
+                                resources=[f"{self.log_group_arn}:*"]),
+            # PutMetricData has no resource-level permissions; the namespace condition narrows it instead.
+            iam.PolicyStatement(actions=["cloudwatch:PutMetricData"], resources=["*"],
+                                conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}),
+        ])
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {env_names.WORKSPACE_ROLE_PREFIX: self.role_prefix_arn,
+                env_names.WORKSPACE_ROLE_BOUNDARY: self.boundary.managed_policy_arn,
+                env_names.TRAINING_LOG_GROUP_ARN: self.log_group_arn}
+
+    def grant_manage(self, role: iam.IRole) -> None:
+        """Create/update workspace roles (only with the boundary), delete them, read them."""
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["iam:CreateRole", "iam:PutRolePolicy"], resources=[self.roles_arn],
+            conditions={"ArnEquals": {"iam:PermissionsBoundary": self.boundary.managed_policy_arn}}))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["iam:DeleteRolePolicy", "iam:DeleteRole", "iam:GetRole"], resources=[self.roles_arn]))
+
+    def grant_pass(self, role: iam.IRole, service: str) -> None:
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=[self.roles_arn],
+            conditions={"StringEquals": {"iam:PassedToService": service}}))

@@ -1,0 +1,95 @@
+"""One IAM role per workspace incarnation: the only identity user code of that workspace ever runs as.
+
+A SageMaker training job has exactly one execution role for its whole life and no per-job session policy, so
+what a training script can reach is what its role can reach. AWS's documented pattern for tenant isolation on
+SageMaker is a role per tenant, created under a permissions boundary and an IAM path, and passed with an
+``iam:PassRole`` limited to that path. kaos creates the role when the workspace is created and deletes it when
+the workspace is killed; the role name carries the incarnation, so a job of a killed workspace, whose session
+names the deleted role, cannot write into a workspace later created under the same name.
+
+The role may read ``ws/<workspace>/*`` and write only job outputs (``ws/<workspace>/jobs/*``): never blobs,
+manifests, materialized snapshots, code bundles (``sourcedirs/``) or the ``incoming/`` prefix that drives
+auto-retraining. The boundary (written by CDK) caps every such role to ``ws/*`` whatever its inline policy says.
+Quotas and eventual consistency: docs/security.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from chalicelib.adapters import _client, _error_code
+
+ROLE_PATH = "/kaos/workspaces/"
+POLICY_NAME = "workspace"
+# Trusted by the services that run user code: SageMaker training and Batch (ECS) tasks.
+TRUST = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Action": "sts:AssumeRole",
+    "Principal": {"Service": ["sagemaker.amazonaws.com", "ecs-tasks.amazonaws.com"]}}]}
+
+
+def role_name(workspace: str, incarnation: str) -> str:
+    """``kaos-ws-<workspace>-<12 hex of the incarnation>``: 64 characters at most (IAM's role-name limit)."""
+    suffix = hashlib.sha256(incarnation.encode()).hexdigest()[:12]
+    return f"kaos-ws-{workspace[:64 - 8 - 13]}-{suffix}"
+
+
+def role_arn(role_prefix_arn: str, workspace: str, incarnation: str) -> str:
+    """``role_prefix_arn`` is ``arn:aws:iam::<account>:role/kaos/workspaces/`` (from CDK)."""
+    return f"{role_prefix_arn}{role_name(workspace, incarnation)}"
+
+
+def policy_document(bucket: str, workspace: str, log_group_arn: str) -> dict[str, Any]:
+    prefix = f"arn:aws:s3:::{bucket}/ws/{workspace}/"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadOwnWorkspace", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{prefix}*"},
+        {"Sid": "ListOwnWorkspace", "Effect": "Allow", "Action": "s3:ListBucket",
+         "Resource": f"arn:aws:s3:::{bucket}", "Condition": {"StringLike": {"s3:prefix": f"ws/{workspace}/*"}}},
+        {"Sid": "WriteJobOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+         "Resource": f"{prefix}jobs/*"},
+        {"Sid": "TrainingLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": f"{log_group_arn}:log-stream:*"},
+        {"Sid": "TrainingLogGroup", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:DescribeLogStreams"],
+         "Resource": f"{log_group_arn}:*"},
+        {"Sid": "Metrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
+         "Condition": {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}},
+    ]}
+
+
+class WorkspaceRoles:
+    """IAM: creates and deletes the execution role of a workspace incarnation (idempotent both ways)."""
+
+    def __init__(self, bucket: str, boundary_arn: str, role_prefix_arn: str, log_group_arn: str,
+                 client: Any = None) -> None:
+        self.bucket, self.boundary_arn = bucket, boundary_arn
+        self.role_prefix_arn, self.log_group_arn = role_prefix_arn, log_group_arn
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("iam")
+        return self._client
+
+    def ensure(self, workspace: str, incarnation: str) -> str:
+        name = role_name(workspace, incarnation)
+        try:
+            self.client.create_role(RoleName=name, Path=ROLE_PATH, AssumeRolePolicyDocument=json.dumps(TRUST),
+                                    PermissionsBoundary=self.boundary_arn, MaxSessionDuration=43200,
+                                    Description=f"kaos workspace {workspace} (incarnation {incarnation})")
+        except Exception as exc:
+            if _error_code(exc) != "EntityAlreadyExists":
+                raise
+        self.client.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(
+            policy_document(self.bucket, workspace, self.log_group_arn)))
+        return role_arn(self.role_prefix_arn, workspace, incarnation)
+
+    def delete(self, workspace: str, incarnation: str) -> None:
+        name = role_name(workspace, incarnation)
+        for call in (lambda: self.client.delete_role_policy(RoleName=name, PolicyName=POLICY_NAME),
+                     lambda: self.client.delete_role(RoleName=name)):
+            try:
+                call()
+            except Exception as exc:
+                if _error_code(exc) != "NoSuchEntity":
+                    raise
