@@ -31,6 +31,7 @@ from constructs import Construct
 from cdk.bundling import functions_code
 from cdk.constants import env_names
 from cdk.grants import grant_bucket_read_write, grant_table_read_write
+from cdk.recording import guard_record_failure, mark_failed
 from cdk.training import LAMBDA_TRANSIENT_ERRORS, LOG_RETENTION, TaskFunction
 
 # A public image with python; the bootstrap installs boto3 when the image lacks it. Override with
@@ -318,7 +319,15 @@ class BatchJobs(Construct):
 
         record_success = record("RecordSuccess", "Completed", "batch", RAN_PATH)
         record_failure = record("RecordFailure", "Failed", "error", ERROR_PATH)
-        record_failure.next(sfn.Fail(self, "BatchFailed", error="BatchFailed", cause_path=f"{ERROR_PATH}.Cause"))
+        failed = sfn.Fail(self, "BatchFailed", error="BatchFailed", cause_path=f"{ERROR_PATH}.Cause")
+        record_failure.next(failed)
+        # A failure that cannot be recorded must not leave the job RUNNING either (cdk/recording.py).
+        mark_job_failed = mark_failed(
+            self, "MarkJobFailed", table=table, sort_key="JOB#{}", id_path="$.job_id",
+            running=("SUBMITTED", "RUNNING"), reason_attribute="failure_reason",
+            time_attributes=("ended_at", "updated_at"), execution_attribute="execution_arn", versioned=True,
+        )
+        guard_record_failure(record_failure, mark_job_failed, failed)
         prepare.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         run.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         # An output that cannot be recorded (no files, too many) fails the job with that reason.
@@ -350,8 +359,9 @@ class BatchJobs(Construct):
         # CustomState grants nothing: the `.sync` Batch integration's permissions, written out.
         self.jobs_arn = f"arn:{partition}:batch:{region}:{account}:job/*"
         self.state_machine.add_to_role_policy(iam.PolicyStatement(
+            # SubmitJob is authorized on the job it creates (whose id Batch assigns) as well as the queue.
             actions=["batch:SubmitJob"],
-            resources=[self.job_queue.job_queue_arn, self.job_definition.job_definition_arn],
+            resources=[self.job_queue.job_queue_arn, self.job_definition.job_definition_arn, self.jobs_arn],
         ))
         self.state_machine.add_to_role_policy(iam.PolicyStatement(
             actions=["batch:TerminateJob"], resources=[self.jobs_arn],

@@ -209,8 +209,9 @@ IAM_IGNORED_FINDINGS: dict[str, str] = {
     ),
     "RESOURCE_MISMATCH": (
         "Superseded by REQUIRED_RESOURCE_MISSING below, the same test done strictly: parliament's version matches a "
-        "SAR variable against anything (a log-stream ARN passes for a log group) and takes the required resource "
-        "types of an action all at once, where some are alternatives (ALTERNATIVE_REQUIRED_TYPES)."
+        "SAR variable against anything (a log-stream ARN passes for a log group), takes the required resource types "
+        "of an action all at once where some are alternatives (ALTERNATIVE_REQUIRED_TYPES), and, its SAR copy "
+        "predating Batch's job-definition-revision type, wants a job definition ARN without its :revision."
     ),
 }
 # Required resource types the SAR lists for an action that are alternatives (each request names one of them), with

@@ -18,7 +18,7 @@ from constructs import Construct
 
 from cdk.bundling import LAMBDA_PYTHON_VERSION, functions_code
 from cdk.constants import SAGEMAKER_SYNC_RULE, SAGEMAKER_TRAINING_LOG_GROUP, env_names
-from cdk.grants import grant_bucket_read_write, grant_log_read, grant_table_read_write, log_group_pattern
+from cdk.grants import grant_bucket_read_write, grant_log_read, grant_table_read_write
 from cdk.recording import guard_record_failure, mark_failed
 
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH

@@ -29,6 +29,7 @@ from cdk.constants import (
     env_names,
 )
 from cdk.grants import grant_bucket_read_write, grant_table_read_write
+from cdk.recording import guard_record_failure, mark_failed
 from cdk.training import LOG_RETENTION, TaskFunction, _lambda_retry
 
 ERROR_PATH = "$.error"
@@ -108,7 +109,15 @@ class Triggers(Construct):
             payload_response_only=True, retry_on_service_exceptions=False, result_path="$.recorded",
         )
         _lambda_retry(record_failure)
-        record_failure.next(sfn.Fail(self, "RetrainFailed", error="RetrainFailed", cause_path=f"{ERROR_PATH}.Cause"))
+        failed = sfn.Fail(self, "RetrainFailed", error="RetrainFailed", cause_path=f"{ERROR_PATH}.Cause")
+        record_failure.next(failed)
+        # A failure that cannot be recorded must not leave the batch OPEN/CLOSED, blocking the workspace's next
+        # batches (cdk/recording.py).
+        mark_batch_failed = mark_failed(
+            self, "MarkBatchFailed", table=table, sort_key="PENDING#{}", id_path="$.batch",
+            running=("OPEN", "CLOSED"), reason_attribute="reason", time_attributes=("ended_at",),
+        )
+        guard_record_failure(record_failure, mark_batch_failed, failed)
         process.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
         definition = wait.next(process).next(sfn.Succeed(self, "Retrained"))
         self.log_group = logs.LogGroup(self, "StateMachineLogs", retention=LOG_RETENTION,
