@@ -129,7 +129,21 @@ def parse_manifest(kind: Any, files: Any) -> Manifest:
         if not isinstance(version, str) or len(version) > 1024:
             raise ValidationFailed(f"files[{i}].version: must be a string (an S3 version id or ETag)")
         entries[path] = FileEntry(path, digest, size, url or "", version)
+    _refuse_file_directory_clashes(files, entries)
     return Manifest(kind, tuple(entries[p] for p in sorted(entries)))
+
+
+def _refuse_file_directory_clashes(files: list[Any], entries: Mapping[str, FileEntry]) -> None:
+    """A snapshot materializes as a directory tree: `a` and `a/b` cannot both be files."""
+    for i, item in enumerate(files):
+        parts = item["path"].split("/")
+        for k in range(1, len(parts)):
+            parent = "/".join(parts[:k])
+            if parent in entries:
+                raise ValidationFailed(
+                    f"files[{i}].path: {item['path']!r} lies under {parent!r}, which is also a file; a path cannot "
+                    "be both a file and a directory"
+                )
 
 
 REMOTE_SCHEMES = ("s3://", "https://")

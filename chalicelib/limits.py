@@ -27,6 +27,10 @@ MAX_HYPERPARAMETER_VALUE_CHARS = 2_500
 MAX_PARAMS_BYTES = 64 * 1024
 # Request bodies: API Gateway accepts 10 MB, Lambda 6 MB; we keep to 6 MB.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
+# Nesting of a JSON request body (objects and arrays): the API's bodies nest 3 levels (params values may add a
+# few); refusing deep nesting before parsing keeps the recursive JSON decoder, schema validator and encoder far
+# from Python's recursion limit (1,000 levels raise RecursionError).
+MAX_JSON_DEPTH = 32
 # Page sizes for list routes; DynamoDB Query returns at most 1 MB per page anyway.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200

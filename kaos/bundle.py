@@ -1,6 +1,7 @@
 """Turns a directory into a content-addressed manifest (path, sha256, size), checking limits before upload."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,23 @@ IGNORED_NAMES = {".DS_Store"}
 
 
 class BundleError(Exception):
-    pass
+    """A local input the CLI cannot send; `exit_code` 2 marks input it cannot even read (a usage error)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _resolve(path: Path, label: str) -> Path:
+    """The real path of a file found by the walk; a symlink loop (or an unreadable link) is a clean error."""
+    try:
+        return path.resolve()
+    except RuntimeError:  # Python < 3.13 reports a symlink loop as RuntimeError
+        raise BundleError(f"{label}: {path} is a symlink loop", 2) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"{label}: {path} is a symlink loop", 2) from None
+        raise BundleError(f"{label}: {path} cannot be read ({exc.strerror})", 2) from None
 
 
 @dataclass(frozen=True)
@@ -42,9 +59,11 @@ def scan(root: Path, label: str) -> list[tuple[str, Path, int]]:
             if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
                 continue
             path = Path(dirpath) / name
-            real = path.resolve()
+            real = _resolve(path, label)
             if real != real_root and real_root not in real.parents:
                 raise BundleError(f"{label}: {path} is a symlink leaving the bundle (to {real})")
+            if path.is_symlink() and real.is_symlink():  # 3.13 resolves a loop to one of its links
+                raise BundleError(f"{label}: {path} is a symlink loop", 2)
             if not real.is_file():
                 continue
             rel = path.relative_to(root).as_posix()
@@ -82,6 +101,7 @@ def read_data_manifest(path: Path, label: str) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     problems: list[str] = []
     seen: set[str] = set()
+    directories: dict[str, str] = {}  # directory path -> a file under it
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -104,10 +124,24 @@ def read_data_manifest(path: Path, label: str) -> list[dict[str, Any]]:
         if entry["path"] in seen:
             problems.append(f"line {number}: path {entry['path']!r} appears twice")
             continue
+        parents = _parents(entry["path"])
+        clash = next((parent for parent in parents if parent in seen), None) or directories.get(entry["path"])
+        if clash is not None:
+            problems.append(f"line {number}: paths {entry['path']!r} and {clash!r} cannot both exist (one would be "
+                            "a file and a directory)")
+            continue
         seen.add(entry["path"])
+        for parent in parents:
+            directories.setdefault(parent, entry["path"])
         entries.append({k: entry[k] for k in ("url", "path", "sha256") if k in entry})
     if problems:
         raise BundleError(f"{label}: {path} has bad lines:\n  " + "\n  ".join(problems[:20]))
     if not entries:
         raise BundleError(f"{label}: manifest {str(path)!r} has no entries")
     return entries
+
+
+def _parents(path: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b']."""
+    parts = path.split("/")
+    return ["/".join(parts[:k]) for k in range(1, len(parts))]

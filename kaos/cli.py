@@ -61,7 +61,7 @@ def _call(fn: Callable[[], Any]) -> Any:
     except ApiError as exc:
         _fail(f"{exc.message} ({exc.code})")
     except BundleError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
 
 
 def _workspace(name: str | None) -> str:
@@ -809,10 +809,15 @@ def _alive(pid: int) -> bool:
 @local_app.command("up")
 def local_up(state_dir: Path | None = StateDirOpt,
              detach: bool = typer.Option(False, "--detach", help="Run in the background; return when ready."),
-             port: int = typer.Option(0, "--port", help="API port (default: a free one).")) -> None:
+             port: int = typer.Option(0, "--port", help="API port (default: a free one)."),
+             test_hooks: bool = typer.Option(False, "--test-hooks", hidden=True,
+                                             help="Serve /_local/faults to a local admin user (the test suite).")
+             ) -> None:
     """Start the embedded stack: AWS emulator, pipelines, Lambdas and the API on 127.0.0.1."""
-    from kaos.local.stack import LocalStack, Runtime
+    from kaos.local.stack import TEST_HOOKS_ENV, LocalStack, Runtime
 
+    if test_hooks:  # the detached child reads it from its environment
+        os.environ[TEST_HOOKS_ENV] = "1"
     directory = _state_dir(state_dir)
     running = Runtime.read(directory)
     if running and _alive(running.pid):
@@ -822,7 +827,8 @@ def local_up(state_dir: Path | None = StateDirOpt,
     if not detach:
         LocalStack(directory, port).run()
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the state dir, its log and pid file are this user's only (the stack keeps the umask)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = (directory / "stack.log").open("w")
     child = subprocess.Popen([sys.executable, "-m", "kaos.local.stack", str(directory), str(port)],
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
