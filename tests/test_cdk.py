@@ -13,7 +13,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from cdk import api
-from cdk.check import resolve
+from cdk.check import check_iam, resolve
 from cdk.constants import REPO_ROOT
 from cdk.synth import synthesize
 from chalicelib import config
@@ -223,6 +223,141 @@ def test_flow_prepare_train_record(definition: dict[str, Any]) -> None:
         assert (retry["IntervalSeconds"], retry["BackoffRate"], retry["MaxAttempts"]) == (2, 2, 6)
 
 
+# Each pipeline's failure path: the record step (a task Lambda), its last-resort DynamoDB update, the terminal Fail
+# state, the row's sort key template and the statuses the row may still be in.
+FAILURE_PATHS = {
+    "TrainingTraining": ("RecordFailure", "MarkJobFailed", "TrainingFailed", "JOB#{}", ["SUBMITTED", "TRAINING"]),
+    "BatchBatch": ("RecordFailure", "MarkJobFailed", "BatchFailed", "JOB#{}", ["SUBMITTED", "RUNNING"]),
+    "GridGrid": ("RecordGridFailure", "MarkGridFailed", "GridFailed", "GRID#{}", ["RUNNING"]),
+    "TriggersRetrain": ("RecordBatchFailure", "MarkBatchFailed", "RetrainFailed", "PENDING#{}", ["OPEN", "CLOSED"]),
+}
+
+
+def _machines(resources: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """State machines by logical-id prefix (FAILURE_PATHS keys): (logical id, resolved definition)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for logical_id, res in _of_type(resources, "AWS::StepFunctions::StateMachine").items():
+        (prefix,) = [p for p in FAILURE_PATHS if logical_id.startswith(p)]
+        out[prefix] = (logical_id, json.loads(resolve(res["Properties"]["DefinitionString"], resources)))
+    return out
+
+
+def _task_states(states: dict[str, Any]) -> dict[str, Any]:
+    """Every Task state, including those inside Map/Parallel states."""
+    out: dict[str, Any] = {}
+    for name, state in states.items():
+        if state["Type"] == "Task":
+            out[name] = state
+        for nested in [state.get("ItemProcessor") or state.get("Iterator") or {}, *state.get("Branches", [])]:
+            out.update(_task_states(nested.get("States", {})))
+    return out
+
+
+def test_every_record_step_is_retried_and_caught(resources: dict[str, Any]) -> None:
+    # A record step that fails for good must still end the run and move its row out of a running status: no job,
+    # grid or retrain batch may be left TRAINING/RUNNING/OPEN by a failing record step.
+    machines = _machines(resources)
+    assert set(machines) == set(FAILURE_PATHS)
+    for _, definition in machines.values():
+        records = {n: s for n, s in _task_states(definition["States"]).items() if n.startswith("Record")}
+        assert records
+        for name, state in records.items():
+            assert state.get("Retry"), name
+            assert [c["ErrorEquals"] for c in state.get("Catch", [])] == [["States.ALL"]], name
+
+
+@pytest.mark.parametrize("prefix", list(FAILURE_PATHS))
+def test_failing_record_step_falls_back_to_a_direct_update_then_fails(prefix: str, resources: dict[str, Any]) -> None:
+    record, mark, fail, sort_key, running = FAILURE_PATHS[prefix]
+    logical_id, definition = _machines(resources)[prefix]
+    states = definition["States"]
+    assert states[record]["Next"] == fail and states[fail]["Type"] == "Fail"
+    (retry,) = states[record]["Retry"]  # the Lambda retry is kept
+    assert "Lambda.TooManyRequestsException" in retry["ErrorEquals"]
+    assert states[record]["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.recordError", "Next": mark}]
+    fallback = states[mark]
+    assert fallback["Resource"] == "arn:aws:states:::dynamodb:updateItem"
+    # Whatever the update does (applied, refused by its condition, failed), the run ends in the Fail state.
+    assert fallback["Next"] == fail
+    assert fallback["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.markError", "Next": fail}]
+    assert fallback["Retry"] and fallback["ResultPath"] is None
+    params = fallback["Parameters"]
+    (table_id,) = _of_type(resources, "AWS::DynamoDB::Table")
+    assert params["TableName"] == resolve({"Ref": table_id}, resources)
+    assert params["Key"]["pk"] == {"S.$": "States.Format('WS#{}', $.workspace)"}
+    assert params["Key"]["sk"]["S.$"].startswith(f"States.Format('{sort_key}', $.")
+    values = params["ExpressionAttributeValues"]
+    assert values[":failed"] == {"S": "FAILED"} and params["ExpressionAttributeNames"]["#status"] == "status"
+    assert params["UpdateExpression"].startswith("SET #status = :failed")
+    # Only a row still running is changed, and only by the execution that is its current attempt (where rows say).
+    assert params["ConditionExpression"].startswith("#status IN (")
+    assert sorted(v["S"] for k, v in values.items() if k.startswith(":running")) == sorted(running)
+    if "#execution" in params["ExpressionAttributeNames"]:
+        assert values[":execution"] == {"S.$": "$$.Execution.Id"}
+    # The state machine's role may make that update.
+    role = resources[logical_id]["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    updates = [st for res in _of_type(resources, "AWS::IAM::Policy").values()
+               if {"Ref": role} in res["Properties"]["Roles"]
+               for st in res["Properties"]["PolicyDocument"]["Statement"]
+               if "dynamodb:UpdateItem" in _as_list(st["Action"])]
+    assert [resolve(st["Resource"], resources) for st in updates] == [
+        resolve({"Fn::GetAtt": [table_id, "Arn"]}, resources)
+    ]
+
+
+def test_job_fallback_runs_on_the_embedded_interpreter(resources: dict[str, Any]) -> None:
+    """MarkJobFailed, as synthesized, on moto's Step Functions interpreter (the embedded stack's): it marks the job
+    FAILED with the reason and bumps its version; a finished job, or one another execution owns, is left alone."""
+    import time
+
+    import boto3
+    from moto import mock_aws
+
+    _, definition = _machines(resources)["TrainingTraining"]
+    mark = definition["States"]["MarkJobFailed"]
+    table = mark["Parameters"]["TableName"]
+    probe = {"StartAt": "MarkJobFailed", "States": {
+        "MarkJobFailed": {**mark, "Next": "Marked", "Catch": [{**mark["Catch"][0], "Next": "Refused"}]},
+        "Marked": {"Type": "Succeed"}, "Refused": {"Type": "Fail", "Error": "Refused"},
+    }}
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                    {"AttributeName": "sk", "KeyType": "RANGE"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               {"AttributeName": "sk", "AttributeType": "S"}])
+        role = boto3.client("iam", region_name="us-east-1").create_role(
+            RoleName="sfn", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        machine = sfn.create_state_machine(name="Training", definition=json.dumps(probe), roleArn=role)
+        executions = machine["stateMachineArn"].replace(":stateMachine:", ":execution:")
+
+        def run(job: str, status: str, owner: str) -> tuple[str, dict[str, Any]]:
+            key = {"pk": {"S": "WS#ws"}, "sk": {"S": f"JOB#{job}"}}
+            ddb.put_item(TableName=table, Item={**key, "status": {"S": status}, "version": {"N": "3"},
+                                                "execution_arn": {"S": f"{executions}:{owner}"}})
+            arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=job, input=json.dumps({
+                "workspace": "ws", "job_id": job, "error": {"Error": "States.TaskFailed", "Cause": "boom"},
+                "recordError": {"Error": "Lambda.Unknown", "Cause": "record failed"},
+            }))["executionArn"]
+            for _ in range(100):
+                outcome = sfn.describe_execution(executionArn=arn)["status"]
+                if outcome != "RUNNING":
+                    break
+                time.sleep(0.05)
+            return outcome, ddb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+
+        outcome, item = run("train-1", "TRAINING", "train-1")
+        assert outcome == "SUCCEEDED" and item["status"] == {"S": "FAILED"} and item["version"] == {"N": "4"}
+        assert item["failure_reason"]["S"].startswith("States.TaskFailed; recording it failed with Lambda.Unknown")
+        assert item["ended_at"] == item["updated_at"]
+        outcome, item = run("train-2", "COMPLETED", "train-2")
+        assert outcome == "FAILED" and item["status"] == {"S": "COMPLETED"} and item["version"] == {"N": "3"}
+        outcome, item = run("train-3", "TRAINING", "a-resumed-attempt")
+        assert outcome == "FAILED" and item["status"] == {"S": "TRAINING"}
+
+
 def test_state_machine_role_can_run_sagemaker_sync(resources: dict[str, Any]) -> None:
     actions = {a for st in _statements(resources) for a in _as_list(st["Action"])}
     assert {"sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
@@ -236,7 +371,9 @@ def test_state_machine_role_can_run_sagemaker_sync(resources: dict[str, Any]) ->
 
 def test_task_lambdas(template: Template, resources: dict[str, Any]) -> None:
     for handler, env, timeout in (
-        ("functions.prepare_training.handler", {config.BUCKET, config.TABLE, config.SAGEMAKER_ROLE_ARN}, 300),
+        # PrepareTraining passes the workspace's own execution role (cdk/tenancy.py), named from the prefix.
+        ("functions.prepare_training.handler", {config.BUCKET, config.TABLE, config.WORKSPACE_ROLE_PREFIX,
+                                                config.WORKSPACE_ROLE_BOUNDARY, config.TRAINING_LOG_GROUP_ARN}, 300),
         ("functions.record_outcome.handler", {config.BUCKET, config.TABLE}, 120),
     ):
         (fn,) = [f for f in _of_type(resources, "AWS::Lambda::Function").values()
@@ -390,7 +527,9 @@ def test_api_gateway_account_role_is_set_before_the_stage(resources: dict[str, A
 
 
 def test_invoke_policy_grants_only_execute_api_on_the_stage(resources: dict[str, Any]) -> None:
-    (policy,) = _of_type(resources, "AWS::IAM::ManagedPolicy").values()
+    # The managed policies: this one and the workspace roles' permissions boundary (cdk/tenancy.py).
+    (policy,) = [p for p in _of_type(resources, "AWS::IAM::ManagedPolicy").values()
+                 if "execute-api:Invoke" in json.dumps(p["Properties"]["PolicyDocument"])]
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == "execute-api:Invoke"
     (api_id,) = _of_type(resources, "AWS::Serverless::Api")
@@ -431,7 +570,8 @@ STAR_RESOURCE_ALLOWED: dict[str, str] = {
         ("logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
          "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups"),
         "state machine role: CloudWatch Logs vended log delivery (added by sfn.StateMachine for LogOptions); these "
-        "actions take no resource ARN",
+        "actions take no resource ARN (DescribeLogGroups is also the API Gateway CloudWatch role's, as in "
+        "AmazonAPIGatewayPushToCloudWatchLogs)",
     ),
     **dict.fromkeys(
         ("xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"),
@@ -454,6 +594,13 @@ def test_no_star_resource_except_allow_listed(resources: dict[str, Any]) -> None
     assert on_star == set(STAR_RESOURCE_ALLOWED), "allow-list entries no statement needs any more"
     (metrics,) = [st for st in _statements(resources) if st["Action"] == "cloudwatch:PutMetricData"]
     assert metrics["Condition"] == {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}
+
+
+def test_static_iam_check_is_clean(dev: tuple[Path, dict[str, Any]], prod: tuple[Path, dict[str, Any]]) -> None:
+    # The check `make synth` runs (cdk/check.py, docs/security.md): every action on a resource type it takes.
+    for template, _ in (dev, prod):
+        report = check_iam(template)
+        assert report.policies >= 20 and not report.findings, "\n".join(map(str, report.findings))
 
 
 def test_no_managed_policies_and_no_sagemaker_full_access(resources: dict[str, Any]) -> None:
