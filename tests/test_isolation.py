@@ -116,7 +116,7 @@ CROSS_TENANT = ["list victim", "read victim sourcedir", "read victim model", "re
 
 def test_training_code_cannot_reach_another_workspace(walls: dict[str, Any]) -> None:
     attempts = walls["report"]["attempts"]
-    assert {name: attempts[name] for name in CROSS_TENANT} == {name: "denied" for name in CROSS_TENANT}
+    assert {name: attempts[name] for name in CROSS_TENANT} == dict.fromkeys(CROSS_TENANT, "denied")
 
 
 def test_training_code_reaches_its_own_workspace_read_only_except_job_outputs(walls: dict[str, Any]) -> None:

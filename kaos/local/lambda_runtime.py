@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 # What the Lambda Python runtime sets in every function's environment besides the template's variables
@@ -153,10 +152,10 @@ class FunctionPool:
         """Runs the handler on ``event``; raises :class:`FunctionError` as the runtime reports failures."""
         worker = self._acquire()
         timeout = float(self.spec.timeout_seconds)
-        remaining = getattr(context, "get_remaining_time_in_millis", None)
         request = {"event": event, "request_id": getattr(context, "aws_request_id", ""),
                    "function_arn": getattr(context, "invoked_function_arn", ""), "timeout": timeout}
-        answer = worker.call(request, timeout + 0.5 if remaining is None else timeout + 0.5)
+        # The function's own timeout, as Lambda enforces it; half a second for the pipe.
+        answer = worker.call(request, timeout + 0.5)
         if answer is None:
             worker.stop()
             self._release(None)
@@ -225,10 +224,14 @@ def main() -> None:
                                log_group_name=os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", ""))
             try:
                 answer = {"result": handler(request["event"], context)}
-                json.dumps(answer)
             except Exception as exc:
                 stack = traceback.format_tb(exc.__traceback__.tb_next if exc.__traceback__ else None)
                 answer = {"errorType": type(exc).__name__, "errorMessage": str(exc), "stackTrace": stack}
+            try:
+                json.dumps(answer)
+            except (TypeError, ValueError) as exc:
+                answer = {"errorType": "Runtime.MarshalError", "errorMessage": f"Unable to marshal response: {exc}",
+                          "stackTrace": []}
         answers.write(json.dumps(answer).encode() + b"\n")
         answers.flush()
 

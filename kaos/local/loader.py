@@ -141,8 +141,9 @@ class TemplateLoader:
 
     def load(self) -> LoadedStack:
         stack = LoadedStack(physical=dict(self.resolver.names))
-        order = ["AWS::IAM::ManagedPolicy", "AWS::IAM::Role", "AWS::IAM::Policy", "AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::Logs::LogGroup",
-                 "AWS::Lambda::Function", "AWS::Serverless::Function", "AWS::StepFunctions::StateMachine"]
+        order = ["AWS::IAM::ManagedPolicy", "AWS::IAM::Role", "AWS::IAM::Policy", "AWS::S3::Bucket",
+                 "AWS::DynamoDB::Table", "AWS::Logs::LogGroup", "AWS::Lambda::Function",
+                 "AWS::Serverless::Function", "AWS::StepFunctions::StateMachine"]
         # EventBridge rules last: their targets (functions, state machines) exist by then.
         order.append("AWS::Events::Rule")
         for kind in order:

@@ -464,8 +464,13 @@ class LocalTrainingRunner:
 
     @staticmethod
     def _extract(archive: Path, target: Path) -> None:
+        def private(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+            # The job's files are its workspace's: owner-only, whatever modes the archive carries.
+            member = tarfile.data_filter(member, path)
+            return member.replace(mode=(member.mode or 0o600) & 0o700, deep=False)
+
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(target, filter="data")
+            tar.extractall(target, filter=private)
 
     # -- environments -----------------------------------------------------------------------
 
