@@ -1,59 +1,92 @@
-"""Keeps the embedded stack's data across restarts: DynamoDB items, S3 objects and CloudWatch log events.
+"""Keeps the embedded stack's data across restarts and crashes: DynamoDB items, S3 objects, CloudWatch log events
+and Step Functions execution records.
 
 moto holds everything in memory. This module writes what the product stored to ``<state_dir>/data`` and
 loads it back into a freshly started emulator (after the template's resources exist, before the API
 serves)::
 
-    data/format.json                          {"format": 1}
-    data/dynamodb/<table>.jsonl               one low-level item per line, as Scan returns it
-    data/s3/<bucket>/index.json               {key: {sha256, size, etag, content_type, metadata, ...}}
+    data/format.json                          {"format": 2}
+    data/journal.log                          records since the snapshots, one a line: "<crc32 hex> <json>"
+    data/dynamodb/<table>.jsonl               a header {"kaos_snapshot": {"journal_seq", "key"}}, then one
+                                              low-level item per line, as Scan returns it
+    data/s3/<bucket>/index.json               {"journal_seq": n, "objects": {key: {sha256, size, etag, ...}}}
     data/s3/<bucket>/objects/<sha[:2]>/<sha>  object bodies, by content (identical bodies stored once)
     data/logs/<hash of group>/index.json      {"group": name, "streams": {name: {file, signature}}}
     data/logs/<hash of group>/<hash>.jsonl    one {"timestamp", "message"} event per line
-    data/stepfunctions/executions.jsonl       one record (name, input, status, dates, output) per execution
+    data/stepfunctions/executions.jsonl       a header, then one record (name, input, status, dates, output)
+                                              per execution
+    data/iam/roles.json                       {"journal_seq": n, "roles": {name: {path, trust, boundary,
+                                              policies, attached, ...}}}: roles made at run time
 
-Every file is written to a temporary name and renamed, so a crash in the middle of an export leaves each
-file either as it was or complete. Object bodies are written before the bucket index that names them, and
-exports go S3, then logs, then DynamoDB, so the items (which refer to objects) are never newer than the
-objects in the same export. Only the latest version of each S3 key is kept (versions are not history the
-product reads back; restored objects get new version ids). Step Functions executions are kept as records
-only (describe/list, and their names stay taken, so a cache hit's idempotent StartExecution still finds the
-job's execution instead of starting a second one); moto cannot resume a running one, so it comes back
-ABORTED, the jobs that were in flight are marked FAILED (:func:`fail_interrupted_jobs`) and
-``kaos train resume`` runs them again under a new execution name. SageMaker training job records are not
-kept (the product reads a job's outcome from its own table, its logs from CloudWatch).
+Durable before acknowledged. An API write answers 2xx only after what it changed is on disk: the local
+gateway calls :meth:`Persistence.flush` between the app's answer and sending it, and a presigned PUT straight
+to the emulator's S3 (uploads never go through the API) is flushed before S3's 200 leaves. A flush is
+incremental: :class:`ChangeTracker`, in front of the emulator's WSGI app, records *what* each write request
+touched — the DynamoDB keys (from the request body: PutItem, UpdateItem, DeleteItem, BatchWriteItem,
+TransactWriteItems), the S3 keys (from the path; DeleteObjects from its body), the Step Functions execution
+(StartExecution, StopExecution), the IAM role (a workspace's execution role, made by the API) — and the
+flush reads the current state of exactly those (one BatchGetItem, a GetObject per changed key, a
+DescribeExecution, GetRole and its policies) and appends it to ``journal.log`` as one write and one
+fdatasync: the item (or its deletion), the object's entry after its body is fsynced under ``objects/``, the
+execution record, the role. A write the tracker cannot attribute to keys (an unknown action, an unsigned
+request) makes the next flush record whole tables or buckets instead, so nothing is missed, only slower.
 
-When to export: :class:`ChangeTracker` sits in front of the emulator's WSGI app and marks a service dirty
-on any request that is not a read (by X-Amz-Target action name or HTTP method; the service from the SigV4
-credential scope). Executions are exported with DynamoDB: every step of a job writes its item.
-:class:`Persistence` exports the dirty services every few seconds from a thread and once more on a clean
-stop. Within a service, work is proportional to what changed where that is cheap to tell: S3 downloads
-only keys whose ETag changed, logs re-read only streams whose size or last timestamp changed, executions
-describe only new or running ones; DynamoDB tables are scanned whole (they hold metadata only).
+Concurrent flushes are one: a flush takes every change recorded so far, and a caller whose changes were
+taken by a flush that finished returns without a second one (group commit). DynamoDB keys are taken and
+read while the emulator's DynamoDB write lock is held (kaos.local.patches serializes writes under it), so a
+flush never sees half of a transaction; a key is also recorded when its write request arrives, so a write
+that has been applied is always among the keys taken. S3 objects are read after the items, so an item never
+names an object that is older on disk than the item.
+
+Snapshots (compaction): every few seconds a thread flushes what internal writes (Lambdas, jobs) changed and
+exports new log events; when the journal passes ``KAOS_LOCAL_JOURNAL_BYTES`` (and on the first tick after a
+start, and on a clean stop) the whole state is written as snapshot files that carry the journal sequence
+number they cover, and the journal is emptied. Restoring reads each snapshot and replays the journal records
+newer than it (a record holds the state after the write, so replaying is idempotent); a torn or corrupt
+journal tail (a crash during an append that was therefore never acknowledged) ends the replay there.
+
+Every file is written to a temporary name, fsynced, renamed, and its directory fsynced, so a crash (or power
+loss) leaves each file as it was or complete. Only the latest version of each S3 key is kept (restored
+objects get new version ids). Log events are not journaled: they are exported every few seconds and on a
+clean stop (a crash loses at most the last seconds of a job's log, and the job itself is marked FAILED).
+Step Functions executions are kept as records only (describe/list, and their names stay taken, so a cache
+hit's idempotent StartExecution still finds the job's execution instead of starting a second one); moto
+cannot resume a running one, so it comes back ABORTED, the jobs that were in flight are marked FAILED
+(:func:`fail_interrupted_jobs`) and ``kaos train resume`` runs them again under a new execution name.
+SageMaker training job records are not kept (the product reads a job's outcome from its own table, its logs
+from CloudWatch).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
+from xml.sax.saxutils import unescape
 
 LOG = logging.getLogger(__name__)
 
-FORMAT = 1
-SERVICES = ("s3", "logs", "dynamodb")  # export order: what refers to something comes after it
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: whole-table snapshots, no journal
+SERVICES = ("s3", "logs", "dynamodb")
 EXPORT_INTERVAL_SECONDS = float(os.environ.get("KAOS_LOCAL_EXPORT_SECONDS", "5"))
+JOURNAL_LIMIT_BYTES = int(os.environ.get("KAOS_LOCAL_JOURNAL_BYTES", str(8 << 20)))
 TRANSFER_THREADS = 8
 INTERRUPTED_REASON = (
     "the embedded stack stopped while this job was running; `kaos train resume {job}` runs it again"
@@ -62,12 +95,40 @@ IN_FLIGHT = ("SUBMITTED", "TRAINING")
 INTERRUPTED_EXECUTION = ("KaosStackStopped", "the embedded stack stopped while this execution was running")
 _READ_ACTIONS = ("Get", "Describe", "List", "Scan", "Query", "Filter", "BatchGet", "Head", "Test")
 _SCOPE = re.compile(r"Credential=[^/&,\s]+/\d{8}/[^/&,\s]+/([^/&,\s]+)/aws4_request")
+_HEADER = "kaos_snapshot"  # never a low-level item: attribute values are {"S": ...}-shaped
+# DynamoDB actions that change no item (the template's tables are re-created on every start).
+_DDB_NO_ITEMS = {"CreateTable", "UpdateTable", "UpdateTimeToLive", "TagResource", "UntagResource",
+                 "UpdateContinuousBackups", "UpdateContributorInsights", "CreateBackup", "DeleteBackup"}
+# S3 sub-resources whose writes change no object body or its listing (not persisted).
+_S3_NO_OBJECT = ("tagging", "acl", "retention", "legal-hold", "uploads", "select", "restore")
+_MAX_BUFFERED_BODY = 4 << 20
+_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
 
 
 # --- files -------------------------------------------------------------------------------------------
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """Creates ``path`` and its missing parents, each new directory entry made durable."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        fsync_dir(directory.parent)
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Writes through ``write(handle)`` to a temporary file beside ``path``, fsyncs it, renames it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes through ``write(handle)`` to a temporary file beside ``path``, fsyncs it, renames it over and
+    fsyncs the directory (the rename itself survives a power loss)."""
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
@@ -78,6 +139,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -115,46 +177,500 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _key_json(attributes: dict[str, Any], names: Iterable[str] | None = None) -> str:
+    """A DynamoDB key (or the key of an item, given the key's attribute names) as a canonical string."""
+    key = attributes if names is None else {name: attributes[name] for name in names}
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def _table_name(name: str) -> str:
+    return name.split(":table/", 1)[1].split("/", 1)[0] if name.startswith("arn:") else name
+
+
+def _snapshot_header(record: Any) -> dict[str, Any] | None:
+    if isinstance(record, dict) and set(record) == {_HEADER} and isinstance(record[_HEADER], dict):
+        return dict(record[_HEADER])
+    return None
+
+
+# --- the journal -------------------------------------------------------------------------------------
+class Journal:
+    """``data/journal.log``: append-only, one record a line, ``<crc32 of the JSON, 8 hex> <JSON>\\n``.
+
+    An append is one write and one fdatasync; a failed append is cut off again, so the file is always a
+    sequence of whole records followed by at most one torn line (a crash during an unacknowledged append)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._fd: int | None = None
+        self._broken: str | None = None
+
+    @staticmethod
+    def encode(record: dict[str, Any]) -> bytes:
+        payload = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+        return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+    def read(self) -> tuple[list[dict[str, Any]], int]:
+        """The records of the valid prefix and its length in bytes (the replay stops at the first bad line)."""
+        if not self.path.exists():
+            return [], 0
+        data = self.path.read_bytes()
+        records: list[dict[str, Any]] = []
+        position = 0
+        while True:
+            end = data.find(b"\n", position)
+            if end < 0:
+                break
+            crc, _, payload = data[position:end].partition(b" ")
+            try:
+                if int(crc, 16) != zlib.crc32(payload):
+                    break
+                record = json.loads(payload)
+            except ValueError:
+                break
+            records.append(record)
+            position = end + 1
+        if position < len(data):
+            LOG.warning("%s: ignoring %d bytes after the last whole record (a write the crash interrupted)",
+                        self.path, len(data) - position)
+        return records, position
+
+    def open(self, valid_length: int) -> None:
+        """Opens for appending, cutting off whatever follows the valid prefix first."""
+        make_dirs(self.path.parent)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if os.fstat(fd).st_size > valid_length:
+            os.ftruncate(fd, valid_length)
+            os.fsync(fd)
+        if created:
+            fsync_dir(self.path.parent)
+        self._fd, self.size, self._broken = fd, valid_length, None
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        if self._fd is None:
+            raise RuntimeError("the journal is not open")
+        if self._broken:
+            raise OSError(f"the journal cannot be written ({self._broken}); restart the stack")
+        data = b"".join(self.encode(r) for r in records)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            (getattr(os, "fdatasync", None) or os.fsync)(self._fd)
+        except OSError as exc:
+            try:  # a partial record must not stay in front of the next one
+                os.ftruncate(self._fd, self.size)
+                os.fsync(self._fd)
+            except OSError as cut:
+                self._broken = str(cut)
+            raise exc
+        self.size += len(data)
+
+    def reset(self) -> None:
+        """Empties the journal (its records are all covered by snapshots written before)."""
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+        self.size = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 # --- change tracking ---------------------------------------------------------------------------------
+@dataclass
+class Changes:
+    """What write requests touched since the last flush took it."""
+
+    ddb_keys: set[tuple[str, str, str]] = field(default_factory=set)  # (table, "key" | "item", json)
+    ddb_all: bool = False
+    s3_keys: dict[str, set[str]] = field(default_factory=dict)
+    s3_buckets: set[str] = field(default_factory=set)  # list and compare whole buckets
+    s3_all: bool = False
+    executions: set[str] = field(default_factory=set)  # execution ARNs
+    executions_all: bool = False
+    iam_roles: set[str] = field(default_factory=set)  # role names
+    logs: bool = False
+
+    def merge(self, other: Changes) -> None:
+        self.ddb_keys |= other.ddb_keys
+        self.ddb_all |= other.ddb_all
+        for bucket, keys in other.s3_keys.items():
+            self.s3_keys.setdefault(bucket, set()).update(keys)
+        self.s3_buckets |= other.s3_buckets
+        self.s3_all |= other.s3_all
+        self.executions |= other.executions
+        self.executions_all |= other.executions_all
+        self.iam_roles |= other.iam_roles
+        self.logs |= other.logs
+
+    @property
+    def durable_part(self) -> bool:
+        """Whether anything besides log events changed (log events are exported periodically)."""
+        return bool(self.ddb_keys or self.ddb_all or self.s3_keys or self.s3_buckets or self.s3_all
+                    or self.executions or self.executions_all or self.iam_roles)
+
+    @classmethod
+    def everything(cls) -> Changes:
+        return cls(ddb_all=True, s3_all=True, executions_all=True, logs=True)
+
+
+@dataclass
+class Request:
+    """A write request as the tracker classified it."""
+
+    changes: Changes
+    early: bool = False      # record before the emulator applies it too (DynamoDB keys)
+    presigned: bool = False  # a client's direct upload: acknowledged by the emulator's answer
+
+
+def _body(environ: dict[str, Any]) -> bytes | None:
+    """The request body, read and put back for the app; None when it is too large or of unknown length."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if length > _MAX_BUFFERED_BODY:
+        return None
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _dynamodb_keys(action: str, body: dict[str, Any]) -> set[tuple[str, str, str]]:
+    keys: set[tuple[str, str, str]] = set()
+    if action == "PutItem":
+        keys.add((_table_name(body["TableName"]), "item", _key_json(body["Item"])))
+    elif action in ("UpdateItem", "DeleteItem"):
+        keys.add((_table_name(body["TableName"]), "key", _key_json(body["Key"])))
+    elif action == "BatchWriteItem":
+        for table, requests in body["RequestItems"].items():
+            for request in requests:
+                if "PutRequest" in request:
+                    keys.add((_table_name(table), "item", _key_json(request["PutRequest"]["Item"])))
+                else:
+                    keys.add((_table_name(table), "key", _key_json(request["DeleteRequest"]["Key"])))
+    elif action == "TransactWriteItems":
+        for entry in body["TransactItems"]:
+            if "Put" in entry:
+                keys.add((_table_name(entry["Put"]["TableName"]), "item", _key_json(entry["Put"]["Item"])))
+            for kind in ("Update", "Delete"):
+                if kind in entry:
+                    keys.add((_table_name(entry[kind]["TableName"]), "key", _key_json(entry[kind]["Key"])))
+    else:
+        raise KeyError(action)
+    return keys
+
+
+def _path_style(host: str) -> bool:
+    """Whether moto reads the bucket from the path for this Host (it does for localhost and IP addresses)."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return (not name or name.startswith("localhost") or "." not in name or name.startswith("[")
+            or bool(re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", name)))
+
+
+def _s3_changes(environ: dict[str, Any], method: str) -> Changes:
+    if not _path_style(str(environ.get("HTTP_HOST", ""))):
+        return Changes(s3_all=True)  # virtual-hosted bucket: not worth parsing, rare offline
+    raw = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "")
+    path = unquote(raw.split("?", 1)[0]) if raw else str(environ.get("PATH_INFO", ""))
+    bucket, _, key = path.lstrip("/").partition("/")
+    query = parse_qs(str(environ.get("QUERY_STRING", "")), keep_blank_values=True)
+    if not bucket:
+        return Changes()
+    if not key:
+        if method == "POST" and "delete" in query:  # DeleteObjects: the keys are in the body
+            body = _body(environ)
+            if body is not None:
+                names = re.findall(rb"<Key>(.*?)</Key>", body, re.DOTALL)
+                return Changes(s3_keys={bucket: {unescape(n.decode()) for n in names}})
+            return Changes(s3_buckets={bucket})
+        if method in ("POST", "DELETE"):  # a browser-form upload, a bucket deletion
+            return Changes(s3_buckets={bucket})
+        return Changes()  # bucket configuration: the template's, applied on every start
+    if any(name in query for name in _S3_NO_OBJECT) or ("uploadId" in query and method != "POST"):
+        return Changes()  # tags, ACLs, multipart parts (the object appears on CompleteMultipartUpload)
+    return Changes(s3_keys={bucket: {key}})
+
+
+def classify(environ: dict[str, Any]) -> Request | None:
+    """What a request to the emulator may change, or None for reads and services that are not persisted."""
+    method = str(environ.get("REQUEST_METHOD", "GET"))
+    target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+    if target:
+        prefix, _, action = target.rpartition(".")
+        if action.startswith(_READ_ACTIONS):
+            return None
+        if prefix.startswith("DynamoDB"):
+            if action in _DDB_NO_ITEMS:
+                return None
+            body = _body(environ)
+            try:
+                keys = _dynamodb_keys(action, json.loads(body or b""))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return Request(Changes(ddb_all=True))  # not attributable to keys: whole tables next flush
+            return Request(Changes(ddb_keys=keys), early=True) if keys else None
+        if prefix.startswith("AWSStepFunctions"):
+            body = _body(environ)
+            try:
+                request = json.loads(body or b"")
+                if action in ("StartExecution", "StartSyncExecution") and request.get("name"):
+                    machine = str(request["stateMachineArn"])
+                    return Request(Changes(executions={
+                        f"{machine.replace(':stateMachine:', ':execution:')}:{request['name']}"}))
+                if action == "StopExecution":
+                    return Request(Changes(executions={str(request["executionArn"])}))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass
+            return Request(Changes(executions_all=True))
+        if prefix.startswith("Logs"):
+            return Request(Changes(logs=True))
+    elif method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    query = str(environ.get("QUERY_STRING", ""))
+    scope = _SCOPE.search(str(environ.get("HTTP_AUTHORIZATION", ""))) or _SCOPE.search(unquote(query))
+    presigned = "X-Amz-Signature=" in query or ("Signature=" in query and "AWSAccessKeyId=" in query)
+    service = scope.group(1) if scope else ("s3" if presigned else None)
+    if service is None:
+        return Request(Changes.everything())  # unsigned or unrecognised: assume the worst
+    if target:
+        # A JSON-protocol service not parsed above: only the persisted ones matter.
+        return {"dynamodb": Request(Changes(ddb_all=True)), "logs": Request(Changes(logs=True)),
+                "states": Request(Changes(executions_all=True))}.get(service)
+    if service == "s3":
+        changes = _s3_changes(environ, method)
+        return Request(changes, presigned=presigned) if changes.durable_part else None
+    if service == "iam":  # roles made at run time (a workspace's execution role); the template's are re-made
+        form = parse_qs((_body(environ) or b"").decode("utf-8", "replace")) if method == "POST" else {}
+        form = form or parse_qs(query)
+        action, role = (form.get("Action") or [""])[0], (form.get("RoleName") or [""])[0]
+        if role and not action.startswith(_READ_ACTIONS):
+            return Request(Changes(iam_roles={role}))
+    return None
+
+
 class ChangeTracker:
-    """Marks a persisted service dirty when the emulator receives a request that may change it."""
+    """Records what write requests to the emulator touched (see the module docstring), when they complete —
+    and DynamoDB keys also when they arrive, so a flush that reads under the write lock sees every applied
+    write among the keys it takes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._dirty: set[str] = set(SERVICES)  # nothing exported yet
+        self._changes = Changes()
+        self.generation = 0  # counts recordings; a flush that took generation g covers all before it
+        self.on_presigned_write: Callable[[int], object] | None = None
+        self.unattributed = 0
 
     def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def tracked(environ: dict[str, Any], start_response: Any) -> Any:
-            self.observe(environ)
-            return app(environ, start_response)
+            try:
+                request = classify(environ)
+            except Exception:
+                LOG.exception("could not classify a request to the emulator; exporting everything")
+                request = Request(Changes.everything())
+            if request is None:
+                return app(environ, start_response)
+            if request.changes.ddb_all or request.changes.s3_all or request.changes.s3_buckets:
+                self._unattributed(environ)
+            if request.early:
+                self.record(request.changes)
+            statuses: list[str] = []
+
+            def capture(status: str, headers: Any, exc_info: Any = None) -> Any:
+                statuses.append(status)
+                return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+            result = app(environ, capture)
+            code = int(statuses[-1].split(" ", 1)[0]) if statuses else 0
+            if 400 <= code < 500:
+                return result  # refused: nothing changed
+            generation = self.record(request.changes)
+            hook = self.on_presigned_write
+            if request.presigned and 200 <= code < 300 and hook is not None:
+                try:
+                    hook(generation)
+                except Exception as exc:
+                    LOG.exception("an upload could not be made durable")
+                    if hasattr(result, "close"):
+                        result.close()
+                    message = f"<Error><Code>ServiceUnavailable</Code><Message>the upload was not stored " \
+                              f"durably: {exc}</Message></Error>".encode()
+                    start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
+                                                               ("Content-Length", str(len(message)))],
+                                   sys.exc_info())
+                    return [message]
+            return result
 
         return tracked
 
-    def observe(self, environ: dict[str, Any]) -> None:
-        target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
-        if target:
-            if target.rsplit(".", 1)[-1].startswith(_READ_ACTIONS):
+    def _unattributed(self, environ: dict[str, Any]) -> None:
+        with self._lock:
+            self.unattributed += 1
+            if self.unattributed > 20:
                 return
-        elif environ.get("REQUEST_METHOD", "GET") in ("GET", "HEAD", "OPTIONS"):
-            return
-        scope = _SCOPE.search(str(environ.get("HTTP_AUTHORIZATION", ""))) or _SCOPE.search(
-            unquote(str(environ.get("QUERY_STRING", "")))
-        )
-        service = scope.group(1) if scope else None
-        if service is None:
-            self.mark(*SERVICES)  # unsigned or unrecognised: assume the worst
-        elif service in SERVICES:
-            self.mark(service)
+        LOG.info("a write to the emulator not attributed to keys (whole tables or buckets are compared at the "
+                 "next flush): %s %s %s", environ.get("REQUEST_METHOD"), environ.get("RAW_URI") or
+                 environ.get("PATH_INFO"), environ.get("HTTP_X_AMZ_TARGET", ""))
+
+    def observe(self, environ: dict[str, Any]) -> None:
+        """Records the request as if it had completed (for callers without a WSGI app to wrap)."""
+        request = classify(environ)
+        if request is not None:
+            self.record(request.changes)
+
+    def record(self, changes: Changes) -> int:
+        with self._lock:
+            self._changes.merge(changes)
+            self.generation += 1
+            return self.generation
 
     def mark(self, *services: str) -> None:
-        with self._lock:
-            self._dirty.update(services)
+        """Marks whole services changed (everything in them is compared at the next flush)."""
+        changes = Changes(ddb_all="dynamodb" in services, s3_all="s3" in services,
+                          executions_all="dynamodb" in services or "states" in services, logs="logs" in services)
+        self.record(changes)
 
-    def take(self) -> set[str]:
-        """The dirty services, now marked clean (writes from here on mark them again)."""
+    def take(self) -> tuple[int, Changes]:
+        """The changes recorded so far (now cleared) and the generation they cover."""
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-            return dirty
+            taken, self._changes = self._changes, Changes()
+            return self.generation, taken
+
+    def take_logs(self) -> bool:
+        with self._lock:
+            logs, self._changes.logs = self._changes.logs, False
+            return logs
+
+    def take_beyond_dynamodb(self) -> Changes:
+        """The S3, execution and IAM changes recorded so far (now cleared); DynamoDB keys stay for the next take."""
+        with self._lock:
+            current = self._changes
+            taken = Changes(s3_keys=current.s3_keys, s3_buckets=current.s3_buckets, s3_all=current.s3_all,
+                            executions=current.executions, executions_all=current.executions_all,
+                            iam_roles=current.iam_roles)
+            current.s3_keys, current.s3_buckets, current.s3_all = {}, set(), False
+            current.executions, current.executions_all, current.iam_roles = set(), False, set()
+            return taken
+
+    def clear(self) -> None:
+        with self._lock:
+            self._changes = Changes()
+
+
+# --- reading what was stored -------------------------------------------------------------------------
+@dataclass
+class Stored:
+    """The state as the files hold it: each snapshot with the journal records newer than it replayed."""
+
+    tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # table -> key json -> item
+    buckets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # bucket -> key -> entry
+    executions: dict[str, dict[str, Any]] = field(default_factory=dict)  # execution ARN -> record
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # IAM role name -> description
+    seq: int = 0
+    journal_records: int = 0
+    journal_length: int = 0
+    format: int | None = None
+
+
+def load_stored(data_dir: Path) -> Stored:
+    """Reads ``data_dir`` without an emulator (restore uses it; tests read what a crash would leave)."""
+    stored = Stored()
+    if (data_dir / "format.json").exists():
+        stored.format = read_json(data_dir / "format.json", {}).get("format")
+        if stored.format not in READABLE_FORMATS:
+            raise RuntimeError(f"{data_dir} holds state format {stored.format}; this kaos reads formats "
+                               f"{', '.join(map(str, READABLE_FORMATS))}")
+    records, stored.journal_length = Journal(data_dir / "journal.log").read()
+    stored.journal_records = len(records)
+    seq = max((int(r["seq"]) for r in records), default=0)
+
+    # DynamoDB: table snapshots, then the newer item records (a table record replaces the whole table).
+    covered: dict[str, int] = {}
+    key_names: dict[str, list[str]] = {}
+    snapshot_items: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((data_dir / "dynamodb").glob("*.jsonl")):
+        lines = list(read_lines(path))
+        header = _snapshot_header(lines[0]) if lines else None
+        covered[path.stem] = int(header["journal_seq"]) if header else 0
+        if header and header.get("key"):
+            key_names[path.stem] = list(header["key"])
+        snapshot_items[path.stem] = lines[1:] if header else lines
+        seq = max(seq, covered[path.stem])
+    replay: dict[str, tuple[bool, dict[str, dict[str, Any] | None]]] = {}
+    for record in records:
+        if record["t"] not in ("ddb", "ddb_table") or int(record["seq"]) <= covered.get(record["table"], 0):
+            continue
+        table = str(record["table"])
+        keep_snapshot, overrides = replay.setdefault(table, (True, {}))
+        if record["t"] == "ddb_table":
+            key_names[table] = list(record["key"])
+            replay[table] = (False, {_key_json(item, record["key"]): item for item in record["items"]})
+        else:
+            key_names.setdefault(table, sorted(record["key"]))
+            overrides[_key_json(record["key"])] = record["item"]
+    for table in sorted(set(snapshot_items) | set(replay)):
+        keep_snapshot, overrides = replay.get(table, (True, {}))
+        items: dict[str, dict[str, Any]] = {}
+        if keep_snapshot:
+            names = key_names.get(table)
+            for position, item in enumerate(snapshot_items.get(table, [])):
+                items[_key_json(item, names) if names else f"#{position}"] = item
+        for key, override in overrides.items():
+            if override is None:
+                items.pop(key, None)
+            else:
+                items[key] = override
+        stored.tables[table] = items
+
+    # S3: bucket indexes, then the newer object records.
+    bucket_covered: dict[str, int] = {}
+    for index_path in sorted((data_dir / "s3").glob("*/index.json")):
+        index = read_json(index_path, {})
+        if set(index) == {"journal_seq", "objects"} and isinstance(index["journal_seq"], int):
+            bucket_covered[index_path.parent.name] = index["journal_seq"]
+            index = index["objects"]
+        stored.buckets[index_path.parent.name] = dict(index)
+        seq = max(seq, bucket_covered.get(index_path.parent.name, 0))
+    for record in records:
+        if record["t"] == "s3" and int(record["seq"]) > bucket_covered.get(record["bucket"], 0):
+            objects = stored.buckets.setdefault(record["bucket"], {})
+            if record["entry"] is None:
+                objects.pop(record["key"], None)
+            else:
+                objects[record["key"]] = record["entry"]
+
+    # Step Functions execution records.
+    path = data_dir / "stepfunctions" / "executions.jsonl"
+    lines = list(read_lines(path)) if path.exists() else []
+    header = _snapshot_header(lines[0]) if lines else None
+    executions_covered = int(header["journal_seq"]) if header else 0
+    seq = max(seq, executions_covered)
+    stored.executions = {r["executionArn"]: r for r in (lines[1:] if header else lines)}
+    for record in records:
+        if record["t"] == "execution" and int(record["seq"]) > executions_covered:
+            stored.executions[record["record"]["executionArn"]] = record["record"]
+
+    # IAM roles made at run time.
+    roles = read_json(data_dir / "iam" / "roles.json", {"journal_seq": 0, "roles": {}})
+    seq = max(seq, int(roles["journal_seq"]))
+    stored.roles = dict(roles["roles"])
+    for record in records:
+        if record["t"] == "iam_role" and int(record["seq"]) > int(roles["journal_seq"]):
+            if record["role"] is None:
+                stored.roles.pop(record["name"], None)
+            else:
+                stored.roles[record["name"]] = record["role"]
+    stored.seq = seq
+    return stored
 
 
 # --- export / import ---------------------------------------------------------------------------------
@@ -168,14 +684,23 @@ class Report:
 
 
 class StateStore:
-    """Exports the emulator's persisted services to ``data_dir`` and imports them back."""
+    """Writes the emulator's persisted services to ``data_dir`` (journal records and snapshots) and imports
+    them back. Not thread-safe: :class:`Persistence` serializes the calls that write."""
 
     def __init__(self, data_dir: Path, client: Callable[[str], Any], region: str, account: str) -> None:
         self.data_dir = data_dir
         self.region, self.account = region, account
+        self.journal = Journal(data_dir / "journal.log")
+        self.seq = 0
+        # What the files hold now (snapshots + journal): S3 entries and execution records, to tell changes.
+        self.buckets: dict[str, dict[str, dict[str, Any]]] = {}
+        self.executions: dict[str, dict[str, Any]] = {}
+        self.roles: dict[str, dict[str, Any]] = {}
+        self._key_names: dict[str, list[str]] = {}
         self._clients: dict[str, Any] = {}
         self._client_factory = client
         self._client_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def client(self, service: str) -> Any:
         with self._client_lock:
@@ -186,123 +711,315 @@ class StateStore:
     def has_data(self) -> bool:
         return (self.data_dir / "format.json").exists()
 
-    # -- export
-    def export(self, services: Iterable[str] = SERVICES) -> Report:
-        started = time.monotonic()
-        report = Report()
-        wanted = set(services)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        for service in SERVICES:
-            if service in wanted:
-                getattr(self, f"_export_{service}")(report)
-        if not self.has_data():
+    def _map(self, function: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+        if len(values) <= 1:
+            return [function(v) for v in values]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="kaos-persist")
+        return list(self._pool.map(function, values))
+
+    def close(self) -> None:
+        self.journal.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    # -- opening
+    def open(self, stored: Stored) -> None:
+        """Continues the files ``stored`` was read from: the journal after its valid prefix."""
+        self.seq = stored.seq
+        self.buckets = {bucket: dict(objects) for bucket, objects in stored.buckets.items()}
+        self.executions = dict(stored.executions)
+        self.roles = dict(stored.roles)
+        self.journal.open(stored.journal_length)
+        if stored.format != FORMAT:
             write_json(self.data_dir / "format.json", {"format": FORMAT})
-        report.seconds = time.monotonic() - started
-        return report
 
-    def _export_dynamodb(self, report: Report) -> None:
-        self._export_executions(report)
+    def key_names(self, table: str) -> list[str]:
+        if table not in self._key_names:
+            schema = self.client("dynamodb").describe_table(TableName=table)["Table"]["KeySchema"]
+            self._key_names[table] = [k["AttributeName"] for k in schema]
+        return self._key_names[table]
+
+    # -- journal records: the current state of what changed
+    def read_dynamodb(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
         ddb = self.client("dynamodb")
-        for page in ddb.get_paginator("list_tables").paginate():
-            for table in page["TableNames"]:
-                items: list[dict[str, Any]] = []
-                for scanned in ddb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
-                    items.extend(scanned["Items"])
-                write_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", items)
+        records: list[dict[str, Any]] = []
+        if changes.ddb_all:
+            for table in self._tables():
+                items = self._scan(table)
+                records.append({"t": "ddb_table", "table": table, "key": self.key_names(table), "items": items})
                 report.add("dynamodb_items", len(items))
+            return records
+        wanted: dict[str, dict[str, dict[str, Any]]] = {}
+        for table, kind, attributes in changes.ddb_keys:
+            try:
+                names = self.key_names(table)
+            except Exception as exc:
+                if _code(exc) == "ResourceNotFoundException":
+                    continue  # the write was refused (no such table)
+                raise
+            value = json.loads(attributes)
+            try:
+                key = {name: value[name] for name in names} if kind == "item" else value
+            except KeyError:
+                continue  # an item without its key was refused
+            wanted.setdefault(table, {})[_key_json(key)] = key
+        for table, keys in wanted.items():
+            found: dict[str, dict[str, Any]] = {}
+            listed = list(keys.values())
+            for start in range(0, len(listed), 100):
+                pending: dict[str, Any] = {table: {"Keys": listed[start:start + 100], "ConsistentRead": True}}
+                while pending:
+                    response = ddb.batch_get_item(RequestItems=pending)
+                    for item in response["Responses"].get(table, []):
+                        found[_key_json(item, self.key_names(table))] = item
+                    pending = response.get("UnprocessedKeys") or {}
+            for key_json, key in keys.items():
+                records.append({"t": "ddb", "table": table, "key": key, "item": found.get(key_json)})
+            report.add("dynamodb_items", len(keys))
+        return records
 
-    def _export_executions(self, report: Report) -> None:
-        """Execution records; a closed execution never changes, so only new or running ones are described."""
-        sfn = self.client("stepfunctions")
-        path = self.data_dir / "stepfunctions" / "executions.jsonl"
-        old = {r["executionArn"]: r for r in read_lines(path)} if path.exists() else {}
+    def _tables(self) -> list[str]:
+        ddb = self.client("dynamodb")
+        return [t for page in ddb.get_paginator("list_tables").paginate() for t in page["TableNames"]]
+
+    def _scan(self, table: str) -> list[dict[str, Any]]:
+        pages = self.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+        return [item for page in pages for item in page["Items"]]
+
+    def read_s3(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
+        s3 = self.client("s3")
+        wanted: dict[str, set[str]] = {bucket: set(keys) for bucket, keys in changes.s3_keys.items()}
+        whole = set(changes.s3_buckets)
+        if changes.s3_all:
+            whole |= {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        for bucket in whole:
+            known = self.buckets.get(bucket, {})
+            try:
+                listed = self._listing(bucket)
+            except Exception as exc:
+                if _code(exc) != "NoSuchBucket":
+                    raise
+                listed = {}
+            # Listed with another ETag, or gone: each is read again (unchanged ones are not).
+            wanted.setdefault(bucket, set()).update(
+                {key for key, etag in listed.items() if key not in known or known[key]["etag"] != etag}
+                | (set(known) - set(listed)))
+        jobs = [(bucket, key) for bucket, keys in wanted.items() for key in sorted(keys)]
         records = []
-        for page in sfn.get_paginator("list_state_machines").paginate():
-            for machine in page["stateMachines"]:
-                pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=machine["stateMachineArn"])
-                for listed in (e for p in pages for e in p["executions"]):
-                    known = old.get(listed["executionArn"])
-                    if known is not None and known["status"] == listed["status"] != "RUNNING":
-                        records.append(known)
-                        continue
-                    described = sfn.describe_execution(executionArn=listed["executionArn"])
-                    record = {k: described.get(k) for k in ("executionArn", "stateMachineArn", "name", "input",
-                                                            "status", "output", "error", "cause")}
-                    for key in ("startDate", "stopDate"):
-                        record[key] = described[key].timestamp() if described.get(key) else None
-                    records.append(record)
-        records.sort(key=lambda r: (r["startDate"] or 0, r["executionArn"]))
-        if records != sorted(old.values(), key=lambda r: (r["startDate"] or 0, r["executionArn"])):
-            write_lines(path, records)
-        report.add("executions", len(records))
+        for bucket, key, entry in self._map(lambda job: self._object(*job), jobs):
+            if entry is False:
+                continue  # unchanged
+            records.append({"t": "s3", "bucket": bucket, "key": key, "entry": entry})
+            if entry is not None:
+                report.add("s3_bytes_stored", int(entry["size"]))
+        report.add("s3_objects", len(records))
+        return records
 
-    def _export_s3(self, report: Report) -> None:
-        s3 = self.client("s3")
-        for bucket in s3.list_buckets().get("Buckets", []):
-            self._export_bucket(bucket["Name"], report)
-
-    def _export_bucket(self, bucket: str, report: Report) -> None:
-        s3 = self.client("s3")
-        root = self.data_dir / "s3" / bucket
-        old: dict[str, dict[str, Any]] = read_json(root / "index.json", {})
+    def _listing(self, bucket: str) -> dict[str, str]:
         listed: dict[str, str] = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for page in self.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
                 listed[obj["Key"]] = obj["ETag"]
-        index = {key: old[key] for key, etag in listed.items()
-                 if key in old and old[key]["etag"] == etag and self._blob(root, old[key]["sha256"]).exists()}
-        fetch = [key for key in listed if key not in index]
+        return listed
 
-        def download(key: str) -> tuple[str, dict[str, Any] | None]:
-            try:
-                response = s3.get_object(Bucket=bucket, Key=key)
-            except Exception as exc:
-                if _code(exc) in ("NoSuchKey", "404"):
-                    return key, None  # deleted since the listing
-                raise
-            digest = hashlib.sha256()
-            size = 0
-            (root / "objects").mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=root / "objects", prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    for chunk in iter(lambda: response["Body"].read(1 << 20), b""):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        handle.write(chunk)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                blob = self._blob(root, digest.hexdigest())
-                blob.parent.mkdir(parents=True, exist_ok=True)
+    def _object(self, bucket: str, key: str) -> tuple[str, str, dict[str, Any] | bool | None]:
+        """The key's entry after its body is stored durably; None if it is gone, False if the files have it."""
+        known = self.buckets.get(bucket, {}).get(key)
+        root = self.data_dir / "s3" / bucket
+        try:
+            response = self.client("s3").get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except Exception as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
+                return bucket, key, (None if known is not None else False)
+            raise
+        if known is not None and known["etag"] == response["ETag"] and self._blob(root, known["sha256"]).exists():
+            response["Body"].close()
+            return bucket, key, False
+        digest, size = self._store_body(root, response["Body"])
+        entry: dict[str, Any] = {"sha256": digest, "size": size, "etag": response["ETag"],
+                                 "content_type": response.get("ContentType"),
+                                 "metadata": response.get("Metadata") or {}}
+        for name, header in (("content_encoding", "ContentEncoding"), ("cache_control", "CacheControl"),
+                             ("content_disposition", "ContentDisposition")):
+            if response.get(header):
+                entry[name] = response[header]
+        # The checksum S3 stored with the bytes (the product reads it back as proof of content); a multipart
+        # object's composite one ("...-N") cannot be given to a single PutObject and is not kept.
+        checksums = {name: response[name] for name in _CHECKSUMS if response.get(name) and "-" not in response[name]}
+        if checksums:
+            entry["checksums"] = checksums
+        return bucket, key, entry
+
+    def _store_body(self, root: Path, body: Any) -> tuple[str, int]:
+        objects = root / "objects"
+        make_dirs(objects)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=objects, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in iter(lambda: body.read(1 << 20), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            blob = self._blob(root, digest.hexdigest())
+            if blob.exists():
+                os.unlink(tmp)  # the same bytes are stored (and were fsynced) already
+            else:
+                make_dirs(blob.parent)
                 os.replace(tmp, blob)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            entry = {"sha256": digest.hexdigest(), "size": size, "etag": response["ETag"],
-                     "content_type": response.get("ContentType"), "metadata": response.get("Metadata") or {}}
-            for name, header in (("content_encoding", "ContentEncoding"), ("cache_control", "CacheControl"),
-                                 ("content_disposition", "ContentDisposition")):
-                if response.get(header):
-                    entry[name] = response[header]
-            return key, entry
-
-        with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
-            for key, entry in pool.map(download, fetch):
-                if entry is not None:
-                    index[key] = entry
-                    report.add("s3_bytes_downloaded", int(entry["size"]))
-        if index != old or not (root / "index.json").exists():
-            write_json(root / "index.json", index)
-        # Bodies nothing names any more (deleted or overwritten keys), after the new index is in place.
-        for digest in {e["sha256"] for e in old.values()} - {e["sha256"] for e in index.values()}:
-            self._blob(root, digest).unlink(missing_ok=True)
-        report.add("s3_objects", len(index))
+                fsync_dir(blob.parent)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest.hexdigest(), size
 
     @staticmethod
     def _blob(root: Path, digest: str) -> Path:
         return root / "objects" / digest[:2] / digest
 
-    def _export_logs(self, report: Report) -> None:
+    def read_executions(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
+        """Execution records that are new or changed status (a closed execution never changes again)."""
+        sfn = self.client("stepfunctions")
+        arns: dict[str, str | None] = dict.fromkeys(changes.executions)
+        if changes.executions_all:
+            for page in sfn.get_paginator("list_state_machines").paginate():
+                for machine in page["stateMachines"]:
+                    pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=machine["stateMachineArn"])
+                    for listed in (e for p in pages for e in p["executions"]):
+                        known = self.executions.get(listed["executionArn"])
+                        if known is None or known["status"] != listed["status"]:
+                            arns[listed["executionArn"]] = listed["status"]
+        records = []
+        for arn in arns:
+            try:
+                described = sfn.describe_execution(executionArn=arn)
+            except Exception as exc:
+                if _code(exc) == "ExecutionDoesNotExist":
+                    continue
+                raise
+            record = {k: described.get(k) for k in ("executionArn", "stateMachineArn", "name", "input",
+                                                    "status", "output", "error", "cause")}
+            for key in ("startDate", "stopDate"):
+                record[key] = described[key].timestamp() if described.get(key) else None
+            if record != self.executions.get(arn):
+                records.append({"t": "execution", "record": record})
+        report.add("executions", len(records))
+        return records
+
+    def read_iam(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
+        records = []
+        for name in sorted(changes.iam_roles):
+            role = self._role(name)
+            if role != self.roles.get(name):
+                records.append({"t": "iam_role", "name": name, "role": role})
+        report.add("iam_roles", len(records))
+        return records
+
+    def _role(self, name: str) -> dict[str, Any] | None:
+        iam = self.client("iam")
+        try:
+            role = iam.get_role(RoleName=name)["Role"]
+        except Exception as exc:
+            if _code(exc) == "NoSuchEntity":
+                return None
+            raise
+        policies = {}
+        for page in iam.get_paginator("list_role_policies").paginate(RoleName=name):
+            for policy in page["PolicyNames"]:
+                policies[policy] = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+        pages = iam.get_paginator("list_attached_role_policies").paginate(RoleName=name)
+        return {"path": role.get("Path", "/"), "trust": role.get("AssumeRolePolicyDocument"),
+                "boundary": (role.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn"),
+                "max_session": role.get("MaxSessionDuration"), "description": role.get("Description"),
+                "tags": role.get("Tags") or [], "policies": policies,
+                "attached": [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]}
+
+    def snapshot_iam(self, report: Report) -> None:
+        write_json(self.data_dir / "iam" / "roles.json", {"journal_seq": self.seq, "roles": self.roles})
+        report.add("iam_roles", len(self.roles))
+
+    def commit(self, records: list[dict[str, Any]]) -> None:
+        """Appends the records to the journal durably; then the store's view of the files follows them."""
+        if not records:
+            return
+        for record in records:
+            self.seq += 1
+            record["seq"] = self.seq
+        try:
+            self.journal.append(records)
+        except BaseException:
+            self.seq -= len(records)
+            raise
+        for record in records:
+            if record["t"] == "s3":
+                objects = self.buckets.setdefault(record["bucket"], {})
+                if record["entry"] is None:
+                    objects.pop(record["key"], None)
+                else:
+                    objects[record["key"]] = record["entry"]
+            elif record["t"] == "execution":
+                self.executions[record["record"]["executionArn"]] = record["record"]
+            elif record["t"] == "iam_role":
+                if record["role"] is None:
+                    self.roles.pop(record["name"], None)
+                else:
+                    self.roles[record["name"]] = record["role"]
+
+    # -- snapshots
+    def snapshot_dynamodb(self, report: Report) -> None:
+        """Every table as of now, covering the journal so far (the caller holds the DynamoDB write lock)."""
+        for table in self._tables():
+            items = self._scan(table)
+            header = {_HEADER: {"journal_seq": self.seq, "key": self.key_names(table)}}
+            write_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", [header, *items])
+            report.add("dynamodb_items", len(items))
+
+    def snapshot_s3(self, report: Report) -> None:
+        """Every bucket's index as of now: listed objects whose ETag the files have keep their entry; others
+        (changed without a request the tracker attributed, so rare) are downloaded."""
+        for bucket in [b["Name"] for b in self.client("s3").list_buckets().get("Buckets", [])]:
+            root = self.data_dir / "s3" / bucket
+            known = self.buckets.get(bucket, {})
+            listed = self._listing(bucket)
+            index = {key: known[key] for key, etag in listed.items()
+                     if key in known and known[key]["etag"] == etag and self._blob(root, known[key]["sha256"]).exists()}
+            fetch = [(bucket, key) for key in listed if key not in index]
+            for _, key, entry in self._map(lambda job: self._object(*job), fetch):
+                if isinstance(entry, dict):
+                    index[key] = entry
+                    report.add("s3_bytes_stored", int(entry["size"]))
+            write_json(root / "index.json", {"journal_seq": self.seq, "objects": index})
+            self.buckets[bucket] = index
+            report.add("s3_objects", len(index))
+
+    def snapshot_executions(self, report: Report) -> None:
+        self.commit(self.read_executions(Changes(executions_all=True), Report()))
+        records = sorted(self.executions.values(), key=lambda r: (r["startDate"] or 0, r["executionArn"]))
+        write_lines(self.data_dir / "stepfunctions" / "executions.jsonl",
+                    [{_HEADER: {"journal_seq": self.seq}}, *records])
+        report.add("executions", len(records))
+
+    def collect_garbage(self) -> int:
+        """Removes bodies no stored entry names (overwritten or deleted keys); the journal must be empty."""
+        removed = 0
+        for bucket, objects in self.buckets.items():
+            root = self.data_dir / "s3" / bucket / "objects"
+            if not root.is_dir():
+                continue
+            named = {entry["sha256"] for entry in objects.values()}
+            for blob in root.glob("*/*"):
+                if blob.name not in named and not blob.name.startswith(".tmp-"):
+                    blob.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    # -- logs (exported periodically, not journaled)
+    def export_logs(self, report: Report) -> None:
         logs = self.client("logs")
         for page in logs.get_paginator("describe_log_groups").paginate():
             for group in page["logGroups"]:
@@ -346,36 +1063,59 @@ class StateStore:
             token = response["nextForwardToken"]
 
     # -- import
-    def import_all(self) -> Report:
+    def import_all(self, stored: Stored) -> Report:
         started = time.monotonic()
         report = Report()
-        if not self.has_data():
+        if stored.format is None and not stored.journal_records:
             return report
-        stored = read_json(self.data_dir / "format.json", {}).get("format")
-        if stored != FORMAT:
-            raise RuntimeError(f"{self.data_dir} holds state format {stored}; this kaos reads format {FORMAT}")
-        self._import_s3(report)
+        self._import_iam(stored, report)
+        self._import_s3(stored, report)
         self._import_logs(report)
-        self._import_executions(report)
-        self._import_dynamodb(report)
+        self._import_executions(stored, report)
+        self._import_dynamodb(stored, report)
+        if stored.journal_records:
+            report.add("journal_records", stored.journal_records)
         report.seconds = time.monotonic() - started
         return report
 
-    def _import_executions(self, report: Report) -> None:
+    def _import_iam(self, stored: Stored, report: Report) -> None:
+        iam = self.client("iam")
+
+        def document(value: Any) -> str:
+            return value if isinstance(value, str) else json.dumps(value)
+
+        for name, role in sorted(stored.roles.items()):
+            kwargs: dict[str, Any] = {"RoleName": name, "Path": role["path"],
+                                      "AssumeRolePolicyDocument": document(role["trust"])}
+            for key, value in (("PermissionsBoundary", role.get("boundary")), ("Tags", role.get("tags")),
+                               ("MaxSessionDuration", role.get("max_session")),
+                               ("Description", role.get("description"))):
+                if value:
+                    kwargs[key] = value
+            try:
+                iam.create_role(**kwargs)
+            except Exception as exc:
+                if _code(exc) != "EntityAlreadyExists":
+                    raise
+                iam.update_assume_role_policy(RoleName=name, PolicyDocument=kwargs["AssumeRolePolicyDocument"])
+            for policy, value in role["policies"].items():
+                iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=document(value))
+            for arn in role["attached"]:
+                iam.attach_role_policy(RoleName=name, PolicyArn=arn)
+            report.add("iam_roles", 1)
+
+    def _import_executions(self, stored: Stored, report: Report) -> None:
         """Closed execution records straight into moto's state machines (StartExecution would run them)."""
         from moto.stepfunctions.models import Execution
         from moto.stepfunctions.responses import get_backend
 
-        path = self.data_dir / "stepfunctions" / "executions.jsonl"
-        if not path.exists():
-            return
         backend = get_backend(self.account, self.region)
 
         def moment(value: float | None) -> datetime | None:
             # Aware, as the executing backend's own executions (ListExecutions sorts them all by start date).
             return None if value is None else datetime.fromtimestamp(value, UTC)
 
-        for record in read_lines(path):
+        for record in sorted(stored.executions.values(), key=lambda r: (r["startDate"] or 0, r["executionArn"])):
             try:
                 machine = backend.describe_state_machine(record["stateMachineArn"])
             except Exception:
@@ -394,39 +1134,30 @@ class StateStore:
             machine.executions.append(execution)
             report.add("executions", 1)
 
-    def _import_dynamodb(self, report: Report) -> None:
-        ddb = self.client("dynamodb")
-        existing = {t for page in ddb.get_paginator("list_tables").paginate() for t in page["TableNames"]}
-        for path in sorted((self.data_dir / "dynamodb").glob("*.jsonl")):
-            table = path.stem
+    def _import_dynamodb(self, stored: Stored, report: Report) -> None:
+        existing = set(self._tables())
+        for table, items in sorted(stored.tables.items()):
             if table not in existing:
-                LOG.warning("not restoring %s: the template no longer has table %s", path, table)
+                LOG.warning("not restoring %d items: the template no longer has table %s", len(items), table)
                 continue
-            batch: list[dict[str, Any]] = []
-            for item in read_lines(path):
-                batch.append({"PutRequest": {"Item": item}})
-                if len(batch) == 25:
-                    self._write_batch(table, batch)
-                    report.add("dynamodb_items", len(batch))
-                    batch = []
-            if batch:
-                self._write_batch(table, batch)
-                report.add("dynamodb_items", len(batch))
+            values = list(items.values())
+            for start in range(0, len(values), 25):
+                self._write_batch(table, [{"PutRequest": {"Item": item}} for item in values[start:start + 25]])
+            report.add("dynamodb_items", len(values))
 
     def _write_batch(self, table: str, requests: list[dict[str, Any]]) -> None:
         pending: dict[str, Any] = {table: requests}
         while pending:
             pending = self.client("dynamodb").batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
 
-    def _import_s3(self, report: Report) -> None:
+    def _import_s3(self, stored: Stored, report: Report) -> None:
         s3 = self.client("s3")
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-        for index_path in sorted((self.data_dir / "s3").glob("*/index.json")):
-            bucket, root = index_path.parent.name, index_path.parent
+        for bucket, index in sorted(stored.buckets.items()):
+            root = self.data_dir / "s3" / bucket
             if bucket not in existing:
                 LOG.warning("not restoring %s: the template no longer has bucket %s", root, bucket)
                 continue
-            index: dict[str, dict[str, Any]] = read_json(index_path, {})
 
             def upload(item: tuple[str, dict[str, Any]], bucket: str = bucket, root: Path = root) -> int:
                 key, entry = item
@@ -436,14 +1167,14 @@ class StateStore:
                                      ("content_disposition", "ContentDisposition")):
                     if entry.get(name):
                         kwargs[header] = entry[name]
+                kwargs.update(entry.get("checksums") or {})
                 with self._blob(root, entry["sha256"]).open("rb") as body:
                     s3.put_object(Body=body, **kwargs)
                 return int(entry["size"])
 
-            with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
-                for size in pool.map(upload, index.items()):
-                    report.add("s3_objects", 1)
-                    report.add("s3_bytes", size)
+            for size in self._map(upload, list(index.items())):
+                report.add("s3_objects", 1)
+                report.add("s3_bytes", size)
 
     def _import_logs(self, report: Report) -> None:
         # CloudWatch's PutLogEvents (and moto's) rejects events older than 14 days, so restored events go
@@ -499,23 +1230,42 @@ def fail_interrupted_jobs() -> list[str]:
     return failed
 
 
+def _dynamodb_write_lock() -> Any:
+    """The lock kaos.local.patches applies moto's DynamoDB writes under (a flush reads under it, so it never
+    sees half a transaction); a no-op lock when the patches are not in use."""
+    try:
+        from kaos.local import patches
+    except Exception:  # pragma: no cover - the emulator is not importable here
+        return contextlib.nullcontext()
+    return getattr(patches, "_DYNAMODB_LOCK", None) or contextlib.nullcontext()
+
+
 class Persistence:
-    """Restore on start, periodic export while running, a final export on a clean stop."""
+    """Restore on start; every acknowledged write flushed before it is acknowledged; a periodic thread for
+    internal writes, log events and snapshots; a final snapshot on a clean stop."""
 
     def __init__(self, state_dir: Path, client: Callable[[str], Any], region: str, account: str,
-                 interval: float = EXPORT_INTERVAL_SECONDS) -> None:
+                 interval: float = EXPORT_INTERVAL_SECONDS, journal_limit: int = JOURNAL_LIMIT_BYTES) -> None:
         self.store = StateStore(state_dir / "data", client, region, account)
         self.tracker = ChangeTracker()
         self.interval = interval
-        self._export_lock = threading.Lock()
+        self.journal_limit = journal_limit
+        self._flush_lock = threading.Lock()
+        self._logs_lock = threading.Lock()
+        self._ddb_lock = _dynamodb_write_lock()
+        self._flushed = 0  # the tracker generation the last finished flush took
+        self._snapshot_due = True
+        self._executions_stale = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tracked = False
-        self.last_export: Report | None = None
+        self.last_flush: Report | None = None
+        self.flushes = 0
+        self.waits: deque[float] = deque(maxlen=100_000)  # how long each flush() call took, waiting included
 
     def track(self, server: Any) -> bool:
         """Puts the change tracker in front of a werkzeug server's WSGI app; False if there is none to wrap
-        (then every export writes everything)."""
+        (then every flush compares everything)."""
         if server is None or not hasattr(server, "app"):
             return False
         server.app = self.tracker.wrap(server.app)
@@ -523,33 +1273,114 @@ class Persistence:
         return True
 
     def restore(self) -> Report:
-        """Loads the stored state and fails the interrupted jobs. Raises rather than start empty: an empty
-        stack would overwrite the stored state with nothing on its first export."""
-        report = self.store.import_all()
+        """Loads the stored state, opens the journal and fails the interrupted jobs. Raises rather than start
+        empty: an empty stack would overwrite the stored state with nothing on its first snapshot."""
+        stored = load_stored(self.store.data_dir)
+        report = self.store.import_all(stored)
+        # The emulator now holds what the files hold: what the import (and the template) wrote is not news.
+        self.tracker.clear()
+        self.store.open(stored)
+        # A clean stop leaves snapshots only; otherwise the first tick writes them (and empties the journal).
+        self._snapshot_due = stored.journal_records > 0 or stored.format != FORMAT
         if report.counts:
             failed = fail_interrupted_jobs()
             report.add("jobs_failed", len(failed))
+            self.flush()
             LOG.info("restored %s in %.2f s; interrupted jobs marked failed: %s", report.counts, report.seconds,
                      failed or "none")
         return report
 
-    def export(self, everything: bool = False) -> Report | None:
-        with self._export_lock:
-            services = self.tracker.take()
-            if everything or not self._tracked:
-                services = set(SERVICES)
-            if not services:
-                return None
+    def flush(self, generation: int | None = None) -> Report | None:
+        """Makes every change recorded so far durable (those up to ``generation`` suffice when given). Callers
+        wait for one flush at a time; a caller whose changes a finished flush took returns at once."""
+        target = self.tracker.generation if generation is None else generation
+        started = time.perf_counter()
+        try:
+            with self._flush_lock:
+                if self._flushed >= target and self._tracked:
+                    return None
+                return self._flush_locked()
+        finally:
+            self.waits.append(time.perf_counter() - started)
+
+    def _flush_locked(self) -> Report | None:
+        if not self.store.journal.is_open:
+            raise RuntimeError("the state is not open: restore() first")
+        started = time.monotonic()
+        report = Report()
+        if not self._tracked:
+            self.tracker.mark("dynamodb", "s3", "states")
+        with self._ddb_lock:  # no write is half applied while the keys are taken and read
+            generation, changes = self.tracker.take()
             try:
-                report = self.store.export(services)
+                ddb = self.store.read_dynamodb(changes, report) if changes.ddb_keys or changes.ddb_all else []
             except BaseException:
-                self.tracker.mark(*services)  # try again next time
+                self.tracker.record(changes)
                 raise
-            self.last_export = report
-            LOG.debug("exported %s in %.3f s: %s", sorted(services), report.seconds, report.counts)
-            return report
+        try:
+            # After the items: every object an item names was written before it, so is among these.
+            changes.merge(self.tracker.take_beyond_dynamodb())
+            s3 = self.store.read_s3(changes, report) if changes.s3_keys or changes.s3_buckets or changes.s3_all \
+                else []
+            executions = self.store.read_executions(changes, report) \
+                if changes.executions or changes.executions_all else []
+            roles = self.store.read_iam(changes, report) if changes.iam_roles else []
+            self.store.commit(roles + s3 + executions + ddb)  # what items name before the items
+        except BaseException:
+            changes.logs = False
+            self.tracker.record(changes)  # taken but not stored: the next flush tries again
+            raise
+        if changes.ddb_keys or changes.ddb_all:
+            self._executions_stale = True  # a job step: its execution may have moved on
+        self._flushed = generation
+        self.flushes += 1
+        report.seconds = time.monotonic() - started
+        if report.counts:
+            self.last_flush = report
+            LOG.debug("flushed in %.4f s: %s", report.seconds, report.counts)
+        return report
+
+    def snapshot(self) -> Report:
+        """Writes every service as snapshot files covering the journal, then empties the journal."""
+        started = time.monotonic()
+        report = Report()
+        with self._flush_lock:
+            self._flush_locked()
+            with self._ddb_lock:
+                self.store.snapshot_dynamodb(report)
+            self.store.snapshot_executions(report)
+            self.store.snapshot_s3(report)  # after the items: objects are never older than the items
+            self.store.snapshot_iam(report)
+            self.store.journal.reset()
+            report.add("bodies_removed", self.store.collect_garbage())
+            self._snapshot_due = False
+        self.export_logs(report)
+        report.seconds = time.monotonic() - started
+        LOG.debug("snapshot in %.3f s: %s", report.seconds, report.counts)
+        return report
+
+    def export_logs(self, report: Report | None = None) -> None:
+        with self._logs_lock:
+            if self.tracker.take_logs() or not self._tracked or report is not None:
+                try:
+                    self.store.export_logs(report or Report())
+                except BaseException:
+                    self.tracker.record(Changes(logs=True))
+                    raise
+
+    def tick(self) -> None:
+        """The periodic work: internal writes flushed (and executions that moved on), new log events exported,
+        a snapshot when due."""
+        if self._executions_stale or any(r["status"] == "RUNNING" for r in self.store.executions.values()):
+            self._executions_stale = False
+            self.tracker.record(Changes(executions_all=True))
+        self.flush()
+        self.export_logs()
+        if self._snapshot_due or self.store.journal.size > self.journal_limit:
+            self.snapshot()
 
     def start(self) -> None:
+        self.tracker.on_presigned_write = self.flush
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="kaos-persistence", daemon=True)
         self._thread.start()
@@ -557,14 +1388,26 @@ class Persistence:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.export()
+                self.tick()
             except Exception:
-                LOG.exception("exporting the embedded stack's state failed; retrying in %s s", self.interval)
+                LOG.exception("storing the embedded stack's state failed; retrying in %s s", self.interval)
 
     def stop(self) -> Report | None:
-        """Stops the periodic export and exports what changed since the last one."""
+        """Stops the periodic thread and writes a final snapshot (so the journal is empty after a clean stop)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        return self.export()
+        self.tracker.on_presigned_write = None
+        if not self.store.journal.is_open:
+            return None
+        try:
+            report = self.snapshot()
+            if self.waits:  # what durability cost the writes of this run, for `kaos local down`'s last line
+                waits = sorted(self.waits)
+                report.counts.update(flush_calls=len(waits), flushes=self.flushes,
+                                     flush_p50_us=int(waits[len(waits) // 2] * 1e6),
+                                     flush_p95_us=int(waits[int(len(waits) * 0.95)] * 1e6))
+            return report
+        finally:
+            self.store.close()

@@ -1,0 +1,262 @@
+"""Durable before acknowledged: every API write that answered 2xx, and every upload the emulator's S3 answered
+200, survives `kill -9` of the embedded stack (kaos/local/persistence.py).
+
+The stack runs with the periodic thread effectively off (KAOS_LOCAL_EXPORT_SECONDS=3600), and is killed right
+after the last answer: whatever survives was made durable on the write's own path."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from kaos.bundle import LocalFile
+from kaos.client import ApiError, Client
+from kaos.local.persistence import Journal, classify, load_stored
+
+from .test_persistence import Restartable
+
+
+def _timed(latencies: list[float], call: Any, *args: Any) -> Any:
+    started = time.perf_counter()
+    result = call(*args)
+    latencies.append(time.perf_counter() - started)
+    return result
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def _names(client: Client) -> set[str]:
+    return {w["name"] for w in client.workspaces()}
+
+
+def _restore_line(local: Restartable) -> str:
+    lines = [line for line in (local.state_dir / "stack.log").read_text().splitlines() if "restored state" in line]
+    assert lines, "the restarted stack restored nothing"
+    return lines[-1]
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Restartable]:
+    stack = Restartable(tmp_path / "kaos-home")
+    stack.env["KAOS_LOCAL_EXPORT_SECONDS"] = "3600"  # no periodic flush or snapshot during the test
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+def test_acknowledged_writes_survive_kill_9(local: Restartable, tmp_path: Path) -> None:
+    stack = local.up()
+    dev, guest = stack.client("dev"), stack.client("guest")
+    acknowledged = 0
+    create_latency: list[float] = []
+    member_latency: list[float] = []
+
+    # 20 workspaces of dev's, 4 requests at a time (concurrent writes share flushes), and 5 of guest's.
+    dev_names = [f"cd-{i:02d}" for i in range(20)]
+    with ThreadPoolExecutor(4) as pool:
+        clients = [stack.client("dev") for _ in range(4)]
+        list(pool.map(lambda i: _timed(create_latency, clients[i % 4].create_workspace, dev_names[i]), range(20)))
+    guest_names = [f"cg-{i}" for i in range(5)]
+    for name in guest_names:
+        _timed(create_latency, guest.create_workspace, name)
+    acknowledged += 25
+
+    # Shares and unshares: guest is a member of cd-05..09 in the end, not of cd-00..04.
+    for name in dev_names[:10]:
+        _timed(member_latency, dev.share, name, "guest")
+    for name in dev_names[:5]:
+        _timed(member_latency, dev.unshare, name, "guest")
+    acknowledged += 15
+
+    # A data snapshot: the commit (202 pending), one presigned PUT per blob straight to S3, the complete (201).
+    source = tmp_path / "snapshot"
+    source.mkdir()
+    files = []
+    for i in range(3):
+        body = f"row {i}\n".encode() * (100 + i)
+        (source / f"part-{i}.csv").write_bytes(body)
+        files.append(LocalFile(f"part-{i}.csv", source / f"part-{i}.csv", hashlib.sha256(body).hexdigest(),
+                               len(body)))
+    snapshot = dev.upload_snapshot("cd-11", "data", files, lambda n: None)
+    assert snapshot.get("status") != "pending", snapshot
+    acknowledged += 2 + len(files)
+
+    # Incoming files for auto-retrain: one API request, then presigned PUTs the emulator's S3 acknowledges.
+    incoming = {"new-a.csv": b"a,b\n1,2\n", "new-b.csv": b"a,b\n3,4\n" * 50}
+    for name, body in incoming.items():
+        (tmp_path / name).write_bytes(body)
+    pushed = dev.push_data("cd-12", [(name, tmp_path / name) for name in incoming], lambda n: None)
+    acknowledged += 1 + len(incoming)
+
+    dev.kill_workspace("cd-19")
+    # The issue's case: an unshare answered 200, then the stack is killed.
+    dev.share("cd-10", "guest")
+    dev.unshare("cd-10", "guest")
+    acknowledged += 3
+    local.crash()
+
+    started = time.monotonic()
+    stack = local.up()
+    restart_seconds = time.monotonic() - started
+    dev, guest = stack.client("dev"), stack.client("guest")
+
+    assert _names(dev) >= set(dev_names[:19]) and "cd-19" not in _names(dev)
+    assert _names(guest) == set(guest_names) | set(dev_names[5:10])
+    for name in [*dev_names[:5], "cd-10"]:
+        with pytest.raises(ApiError) as refused:
+            guest.workspace(name)
+        assert refused.value.status in (403, 404), name
+        assert "guest" not in json.dumps(dev.members(name)), name
+    for name in dev_names[5:10]:
+        assert guest.workspace(name)["name"] == name
+    # The snapshot commits again as the same, complete snapshot: its manifest and every blob came back.
+    again = dev.request("POST", "/workspaces/cd-11/snapshots", {
+        "kind": "data", "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]})
+    assert again["id"] == snapshot["id"] and again.get("status") != "pending", again
+    s3 = stack.aws("s3")
+    for entry in pushed["files"]:
+        bucket, key = unquote(urlsplit(entry["url"]).path).lstrip("/").split("/", 1)
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == incoming[entry["path"]]
+
+    restored = _restore_line(local)
+    print(f"\ncrash durability: N={acknowledged} acknowledged writes, kill -9 right after the last one; "
+          f"all {acknowledged} present after restart ({restart_seconds:.1f} s to restart incl. `kaos local up`; "
+          f"{restored.split(': ', 1)[0].split(' in ', 1)[-1]} restoring {restored.split(': ', 1)[1]}); "
+          f"workspace create p50 {_percentile(create_latency, 0.5) * 1e3:.0f} ms "
+          f"p95 {_percentile(create_latency, 0.95) * 1e3:.0f} ms, share/unshare p50 "
+          f"{_percentile(member_latency, 0.5) * 1e3:.0f} ms p95 {_percentile(member_latency, 0.95) * 1e3:.0f} ms")
+
+    # A second crash after writes made on top of the replayed journal: it continues where the valid part ended.
+    for i in range(3):
+        dev.create_workspace(f"after-{i}")
+    dev.unshare("cd-05", "guest")
+    local.crash()
+    stack = local.up()
+    dev, guest = stack.client("dev"), stack.client("guest")
+    assert {f"after-{i}" for i in range(3)} | set(dev_names[:19]) <= _names(dev)
+    assert _names(guest) == set(guest_names) | set(dev_names[6:10])
+
+    # A clean stop leaves snapshots only, and they hold the same.
+    local.down()
+    assert (local.state_dir / "data" / "journal.log").stat().st_size == 0
+    stored = load_stored(local.state_dir / "data")
+    members = {json.loads(key)["pk"]["S"] for items in stored.tables.values() for key, item in items.items()
+               if "user/guest" in item.get("sk", {}).get("S", "")}
+    assert members >= {f"WS#{name}" for name in [*dev_names[6:10], *guest_names]}
+    assert not members & {f"WS#{name}" for name in [*dev_names[:6], "cd-10"]}
+
+
+# --- the pieces, without a stack ------------------------------------------------------------------------------
+def test_a_torn_journal_tail_is_ignored_and_cut_off(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.log")
+    journal.open(0)
+    journal.append([{"t": "s3", "seq": 1, "bucket": "b", "key": "k", "entry": None}])
+    journal.append([{"t": "s3", "seq": 2, "bucket": "b", "key": "l", "entry": None}])
+    journal.close()
+    whole = (tmp_path / "journal.log").read_bytes()
+    # A crash during the third append: part of a line, or a whole line with another checksum.
+    for tail in (b"0badc0de {\"t\":", Journal.encode({"t": "s3", "seq": 3})[:-1], b"00000000 {}\n"):
+        (tmp_path / "journal.log").write_bytes(whole + tail)
+        records, length = Journal(tmp_path / "journal.log").read()
+        assert [r["seq"] for r in records] == [1, 2] and length == len(whole)
+    journal = Journal(tmp_path / "journal.log")
+    journal.open(length)
+    journal.append([{"t": "s3", "seq": 3, "bucket": "b", "key": "m", "entry": None}])
+    assert [r["seq"] for r in journal.read()[0]] == [1, 2, 3]
+
+
+def test_replay_applies_only_records_newer_than_each_snapshot(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "dynamodb").mkdir(parents=True)
+    (data / "format.json").write_text('{"format": 2}')
+
+    def item(pk: str, value: str) -> dict[str, Any]:
+        return {"pk": {"S": pk}, "v": {"S": value}}
+
+    lines = [{"kaos_snapshot": {"journal_seq": 2, "key": ["pk"]}}, item("a", "snap"), item("b", "snap")]
+    (data / "dynamodb" / "T.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    journal = Journal(data / "journal.log")
+    journal.open(0)
+    journal.append([
+        {"t": "ddb", "seq": 1, "table": "T", "key": {"pk": {"S": "a"}}, "item": item("a", "old")},  # covered
+        {"t": "ddb", "seq": 3, "table": "T", "key": {"pk": {"S": "b"}}, "item": None},
+        {"t": "ddb", "seq": 4, "table": "T", "key": {"pk": {"S": "c"}}, "item": item("c", "new")},
+        {"t": "ddb_table", "seq": 5, "table": "U", "key": ["pk"], "items": [item("x", "1"), item("y", "1")]},
+        {"t": "ddb", "seq": 6, "table": "U", "key": {"pk": {"S": "y"}}, "item": None},
+    ])
+    stored = load_stored(data)
+    assert {k: v["v"]["S"] for k, v in stored.tables["T"].items()} == {'{"pk":{"S":"a"}}': "snap",
+                                                                       '{"pk":{"S":"c"}}': "new"}
+    assert list(stored.tables["U"]) == ['{"pk":{"S":"x"}}']
+    assert stored.seq == 6 and stored.journal_records == 5
+
+
+def _environ(method: str, path: str, body: bytes = b"", **headers: str) -> dict[str, Any]:
+    import io
+
+    environ = {"REQUEST_METHOD": method, "RAW_URI": path, "PATH_INFO": unquote(path.split("?")[0]),
+               "QUERY_STRING": path.split("?", 1)[1] if "?" in path else "", "HTTP_HOST": "127.0.0.1:5000",
+               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+    environ.update({f"HTTP_{k.upper()}": v for k, v in headers.items()})
+    return environ
+
+
+SIGNED = "AWS4-HMAC-SHA256 Credential=AKIA/20260101/us-east-1/{}/aws4_request, SignedHeaders=host, Signature=ab"
+
+
+def test_writes_are_attributed_to_the_keys_they_touch() -> None:
+    ddb = SIGNED.format("dynamodb")
+    put = {"TableName": "T", "Item": {"pk": {"S": "a"}, "v": {"N": "1"}}}
+    request = classify(_environ("POST", "/", json.dumps(put).encode(), authorization=ddb,
+                                x_amz_target="DynamoDB_20120810.PutItem"))
+    assert request is not None and request.early and request.changes.ddb_keys == {("T", "item", json.dumps(
+        put["Item"], sort_keys=True, separators=(",", ":")))}
+    transaction = {"TransactItems": [{"ConditionCheck": {"TableName": "T", "Key": {"pk": {"S": "c"}}}},
+                                     {"Update": {"TableName": "T", "Key": {"pk": {"S": "u"}}}},
+                                     {"Delete": {"TableName": "arn:aws:dynamodb:us-east-1:1:table/U",
+                                                 "Key": {"pk": {"S": "d"}}}}]}
+    request = classify(_environ("POST", "/", json.dumps(transaction).encode(), authorization=ddb,
+                                x_amz_target="DynamoDB_20120810.TransactWriteItems"))
+    assert request is not None
+    assert {(t, k) for t, _, k in request.changes.ddb_keys} == {("T", '{"pk":{"S":"u"}}'), ("U", '{"pk":{"S":"d"}}')}
+    assert classify(_environ("POST", "/", b"{}", authorization=ddb, x_amz_target="DynamoDB_20120810.Query")) is None
+    unknown = classify(_environ("POST", "/", b"{}", authorization=ddb,
+                                x_amz_target="DynamoDB_20120810.ExecuteStatement"))
+    assert unknown is not None and unknown.changes.ddb_all
+
+    s3 = SIGNED.format("s3")
+    put_object = classify(_environ("PUT", "/bucket/ws/a%20b/%C3%A9.csv", authorization=s3))
+    assert put_object is not None and put_object.changes.s3_keys == {"bucket": {"ws/a b/é.csv"}}
+    assert not put_object.presigned
+    for ignored in ("/bucket/k?tagging", "/bucket/k?uploadId=1&partNumber=2", "/bucket?versioning"):
+        assert classify(_environ("PUT", ignored, authorization=s3)) is None, ignored
+    complete = classify(_environ("POST", "/bucket/big?uploadId=1", authorization=s3))
+    assert complete is not None and complete.changes.s3_keys == {"bucket": {"big"}}
+    deletes = b"<Delete><Object><Key>x/1</Key></Object><Object><Key>x/&amp;2</Key><VersionId>v</VersionId></Object>"
+    many = classify(_environ("POST", "/bucket?delete", deletes + b"</Delete>", authorization=s3))
+    assert many is not None and many.changes.s3_keys == {"bucket": {"x/1", "x/&2"}}
+    for query in ("AWSAccessKeyId=AKIA&Signature=x&Expires=1",
+                  "X-Amz-Credential=AKIA%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=ab"):
+        presigned = classify(_environ("PUT", f"/bucket/ws/w/blobs/abc?{query}"))
+        assert presigned is not None and presigned.presigned and presigned.changes.s3_keys == {
+            "bucket": {"ws/w/blobs/abc"}}
+
+    start = classify(_environ("POST", "/", json.dumps({
+        "stateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:M", "name": "job-1"}).encode(),
+        authorization=SIGNED.format("states"), x_amz_target="AWSStepFunctions.StartExecution"))
+    assert start is not None and start.changes.executions == {"arn:aws:states:us-east-1:1:execution:M:job-1"}
+    unsigned = classify(_environ("POST", "/anything"))
+    assert unsigned is not None and unsigned.changes.ddb_all and unsigned.changes.s3_all
+    assert re.fullmatch(r"[0-9a-f]{8} \{.*\}\n", Journal.encode({"t": "x"}).decode())
