@@ -463,7 +463,14 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
     request = iam_request_cls(account_id=self.current_account, method=self.method, path=path, data=self.data,
                               body=self.raw_body, headers=headers, action=self._get_action())
     if presigned is None:
-        request.check_signature()
+        if not self.raw_body and "x-www-form-urlencoded" not in str(headers.get("Content-Type", "")):
+            # moto signs "body or parsed parameters": with no body (a Lambda Invoke without payload, a GET) the
+            # client signed the empty payload, and so must the check (a form POST's body is moto's parsed form).
+            data, request._data = request._data, {}
+            request.check_signature()
+            request._data = data  # moto's error responses read the bucket name from it
+        else:
+            request.check_signature()
     else:
         params = dict(query)
         signed_at = datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
