@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from collections.abc import Iterable, Iterator
 
-from chalicelib.errors import Conflict, InputInvalid, NotFound
+from chalicelib.errors import Conflict, InputInvalid, NotFound, PlatformBucketReference
 
 # Presigned PUT URLs live long enough for a slow upload of a 5 GiB file; S3 caps SigV4 presigning at 7 days.
 PRESIGN_SECONDS = 3600
@@ -101,8 +101,21 @@ class ObjectStore:
             "version_id": head.get("VersionId"),
         }
 
+    def refuse_platform_bucket(self, bucket: str, key: str, field: str = "url") -> None:
+        """Remote data may not name the platform's own buckets: what kaos holds is reached only through a workspace
+        the caller is a member of (its snapshots and models), never by URL, which would reach any workspace."""
+        from chalicelib import config  # settings are read at call time
+
+        if bucket == self.bucket or bucket in config.settings().platform_buckets:
+            raise PlatformBucketReference(
+                f"{field}: s3://{bucket}/{key} is in the kaos platform's own bucket {bucket!r}, which remote data "
+                "may not name; reference the snapshot instead (snapshot:<id>: a job's data maps each channel to a "
+                "snapshot id) or the model (model:<job id>)"
+            )
+
     def pin(self, bucket: str, key: str) -> dict[str, Any]:
         """Version id (versioned buckets) or ETag, and size, of an object in any bucket the role may read."""
+        self.refuse_platform_bucket(bucket, key)
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except Exception as exc:
@@ -116,6 +129,7 @@ class ObjectStore:
 
     def copy_pinned(self, bucket: str, key: str, version: str, dest_key: str) -> None:
         """Copies exactly the pinned object: by version id, or only if its ETag is unchanged."""
+        self.refuse_platform_bucket(bucket, key)
         source: dict[str, str] = {"Bucket": bucket, "Key": key}
         extra: dict[str, str] = {}
         kind, _, value = version.partition(":")

@@ -14,6 +14,7 @@ from chalicelib.adapters import ObjectStore
 from chalicelib.errors import InputInvalid, ValidationFailed
 from chalicelib.snapshots import Snapshots, blob_key
 from chalicelib.training import Training
+from chalicelib.workspaces import workspace_prefix
 
 PARTS = ("code", "data", "params", "model")
 # What bounds the response: Lambda answers at most 6 MB. A snapshot holds at most MAX_FILES_PER_SNAPSHOT
@@ -66,7 +67,7 @@ class Downloads:
         if "params" in wanted:
             result["params"] = self.snapshots.read_params(workspace, inputs["params"])
         if "model" in wanted:
-            result["model"] = self._model(job.get("model"))
+            result["model"] = self._model(workspace, job.get("model"))
         size = len(json.dumps(result))
         if size > MAX_RESPONSE_BYTES:
             raise ResponseTooLarge(
@@ -88,13 +89,14 @@ class Downloads:
         """One URL per distinct blob (identical files share one)."""
         return {key: self.store.presign_get(key) for key in dict.fromkeys(keys)}
 
-    def _model(self, uri: str | None) -> dict[str, Any] | None:
+    def _model(self, workspace: str, uri: str | None) -> dict[str, Any] | None:
         if not uri or not uri.startswith("s3://"):
             return None  # no model yet, or a batch job's output (`snapshot:<id>`), which is not a model archive
-        prefix = f"s3://{self.store.bucket}/"
+        # Only keys of the workspace whose membership the route checked are presigned.
+        prefix = f"s3://{self.store.bucket}/{workspace_prefix(workspace)}"
         if not uri.startswith(prefix):
-            raise InputInvalid(f"model {uri!r} is not in the workspace bucket")
-        key = uri[len(prefix):]
+            raise InputInvalid(f"model {uri!r} is not in the workspace's prefix of the bucket")
+        key = uri[len(f"s3://{self.store.bucket}/"):]
         size = self.store.size(key)
         if size is None:
             return None

@@ -39,3 +39,10 @@ class InputInvalid(KaosError):
     """A task Lambda found the job's recorded inputs unusable; Step Functions does not retry it."""
 
     code = "InputInvalid"
+
+class PlatformBucketReference(ValidationFailed):
+    """A remote data entry names one of the platform's own buckets: data kaos holds is referenced by its snapshot
+    (or model), never by URL, so a manifest cannot reach keys outside the caller's workspace."""
+
+    code = "PlatformBucketReference"
+

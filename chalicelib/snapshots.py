@@ -7,13 +7,14 @@ import json
 import tarfile
 from typing import Any
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
 from chalicelib.adapters import ObjectStore, WebFiles
 from chalicelib.domain import FileEntry, Manifest, parse_manifest, split_s3_url
-from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
+from chalicelib.errors import InputInvalid, NotFound, PlatformBucketReference, ValidationFailed
 from chalicelib.models import LatestItem, SnapshotItem, ws_key
 from chalicelib.workspaces import now, workspace_prefix
 
@@ -35,6 +36,22 @@ def materialized_prefix(workspace: str, snapshot_id: str) -> str:
 
 def sourcedir_key(workspace: str, snapshot_id: str) -> str:
     return f"{workspace_prefix(workspace)}sourcedirs/{snapshot_id}/sourcedir.tar.gz"
+
+
+def _s3_bucket_of_https(url: str) -> str | None:
+    """The bucket an https URL of S3 names (virtual-hosted `bucket.s3....amazonaws.com/key` or path-style
+    `s3....amazonaws.com/bucket/key`), or None for any other host."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return None
+    labels = host.split(".")
+    first_s3 = next((i for i, label in enumerate(labels) if label == "s3" or label.startswith("s3-")), None)
+    if first_s3 is None:
+        return None
+    if first_s3 > 0:
+        return ".".join(labels[:first_s3])
+    return parts.path.lstrip("/").split("/", 1)[0] or None
 
 
 class Snapshots:
@@ -59,9 +76,26 @@ class Snapshots:
         remote = [i for i, f in enumerate(manifest.files) if f.remote]
         if remote and kind == "code":
             raise ValidationFailed(f"files[{remote[0]}].url: code snapshots hold uploaded files only")
+        for i, item in enumerate(files):  # as sent, so the index names the entry
+            if isinstance(item.get("url"), str):
+                self._refuse_platform_url(item["url"], f"files[{i}].url (path {item.get('path')!r})")
         manifest = self._pin(manifest)
         self.store.put_json(manifest_key(workspace, manifest.snapshot_id), manifest.document)
         return self._complete(workspace, manifest, user)
+
+    def _refuse_platform_url(self, url: str, field: str) -> None:
+        """Remote data may not name a bucket of the platform (s3:// or an https URL of S3): a workspace's data is
+        reached through its snapshots and models only, where membership was checked, never by URL."""
+        if url.startswith("s3://"):
+            self.store.refuse_platform_bucket(*split_s3_url(url), field=field)
+            return
+        bucket = _s3_bucket_of_https(url)
+        if bucket is not None and (bucket == self.store.bucket or bucket in config.settings().platform_buckets):
+            raise PlatformBucketReference(
+                f"{field}: {url.split('?', 1)[0]} is in the kaos platform's own bucket {bucket!r}, which remote data "
+                "may not name; reference the snapshot instead (snapshot:<id>: a job's data maps each channel to a "
+                "snapshot id) or the model (model:<job id>)"
+            )
 
     def _pin(self, manifest: Manifest) -> Manifest:
         """S3 references get their version id (or ETag) and size now, so the snapshot means fixed bytes."""
