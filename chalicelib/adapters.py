@@ -2,8 +2,11 @@
 creates it lazily on first use, so importing this module costs nothing and warm Lambdas reuse clients."""
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterable, Iterator
 
@@ -27,6 +30,46 @@ def _error_code(exc: Exception) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+def checksum_sha256(sha256_hex: str) -> str:
+    """S3's spelling of a SHA-256 (`ChecksumSHA256`, header `x-amz-checksum-sha256`): base64 of the 32 bytes."""
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+
+
+def _sha256_hex(checksum: Any, checksum_type: Any) -> str | None:
+    """The hex SHA-256 of the whole object from a HeadObject/CopyObject answer, or None when S3 holds none (or
+    only a composite one of a multipart upload, `<base64>-<parts>`, which is not the object's hash)."""
+    if not isinstance(checksum, str) or "-" in checksum or checksum_type == "COMPOSITE":
+        return None
+    try:
+        raw = base64.b64decode(checksum, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def blob_put_headers(sha256_hex: str) -> dict[str, str]:
+    """The headers a blob's presigned PUT is signed with (`ObjectStore.presign_blob_put`); the uploader sends them.
+
+    `x-amz-checksum-sha256`: S3 computes the body's SHA-256 and refuses the PUT (400 BadDigest) unless it is this
+    one, so a blob is stored only if its bytes hash to its name. `If-None-Match: *`: a conditional write, refused
+    (412 PreconditionFailed) when the key exists, so a committed blob is never overwritten (a URL reused after the
+    commit writes nothing)."""
+    return {"x-amz-checksum-sha256": checksum_sha256(sha256_hex), "If-None-Match": "*"}
+
+
+@dataclass(frozen=True)
+class ObjectFacts:
+    """What a HeadObject with ChecksumMode=ENABLED tells: the SHA-256 is the one S3 computed when it stored the
+    bytes (it verifies a checksum sent with a PUT, and computes one on a copy asking for it); None when the object
+    was written without one."""
+
+    size: int
+    sha256: str | None
+    version: str | None
+    content_type: str
+    metadata: dict[str, str]
+
+
 class ObjectStore:
     """The workspace bucket: content-addressed blobs, manifests, materialized snapshots, models, logs."""
 
@@ -37,7 +80,12 @@ class ObjectStore:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client("s3")
+            import boto3
+            from botocore.config import Config
+
+            # SigV4 presigning: the checksum and If-None-Match headers of a blob's PUT are then part of the
+            # signature (SigV2 URLs, botocore's default for presigning in some regions, cannot sign them).
+            self._client = boto3.client("s3", config=Config(signature_version="s3v4"))
         return self._client
 
     def uri(self, key: str) -> str:
@@ -47,6 +95,18 @@ class ObjectStore:
         return str(
             self.client.generate_presigned_url(
                 "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS
+            )
+        )
+
+    def presign_blob_put(self, key: str, sha256_hex: str) -> str:
+        """A PUT URL for a content-addressed blob: S3 accepts it only with bytes whose SHA-256 is `sha256_hex`, and
+        only while the key does not exist; the uploader sends `blob_put_headers(sha256_hex)`, which it signs."""
+        return str(
+            self.client.generate_presigned_url(
+                "put_object",
+                Params={"Bucket": self.bucket, "Key": key, "ChecksumSHA256": checksum_sha256(sha256_hex),
+                        "IfNoneMatch": "*"},
+                ExpiresIn=PRESIGN_SECONDS,
             )
         )
 
@@ -72,11 +132,82 @@ class ObjectStore:
         with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
             return dict(zip(keys, pool.map(self.size, keys), strict=False))
 
-    def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+    def facts(self, key: str) -> ObjectFacts | None:
+        """Size, stored SHA-256, version and content type of the object (one HeadObject); None when absent."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        version = head.get("VersionId")
+        return ObjectFacts(
+            size=int(head["ContentLength"]), sha256=_sha256_hex(head.get("ChecksumSHA256"), head.get("ChecksumType")),
+            version=str(version) if version and version != "null" else None,
+            content_type=str(head.get("ContentType") or "application/octet-stream"),
+            metadata=dict(head.get("Metadata") or {}),
+        )
 
-    def put_json(self, key: str, value: Any) -> None:
-        self.put_bytes(key, json.dumps(value, sort_keys=True).encode(), "application/json")
+    def facts_of(self, keys: Iterable[str]) -> dict[str, ObjectFacts | None]:
+        """`facts` of many keys, HEAD_CONCURRENCY at a time (as many requests as `sizes`)."""
+        keys = list(dict.fromkeys(keys))
+        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
+            return dict(zip(keys, pool.map(self.facts, keys), strict=True))
+
+    def stored_sha256(self, key: str, facts: ObjectFacts) -> tuple[str, str | None]:
+        """The SHA-256 of the object's bytes computed by S3, with the version holding them: the stored checksum,
+        or, for an object written without one (before kaos asked for checksums, or by a copy that did not), a copy
+        in place that asks S3 to compute it (server-side: no bytes pass through the caller). The copy keeps the
+        content type and metadata, and later reads of the key find the checksum."""
+        if facts.sha256 is not None:
+            return facts.sha256, facts.version
+        result = self.client.copy_object(
+            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+            MetadataDirective="REPLACE", ContentType=facts.content_type, Metadata=facts.metadata,
+            ChecksumAlgorithm="SHA256",
+        )
+        copied = result.get("CopyObjectResult", {})
+        digest = _sha256_hex(copied.get("ChecksumSHA256"), None)
+        if digest is None:
+            raise InputInvalid(f"S3 did not return a SHA-256 for the copy of {key!r}")
+        version = result.get("VersionId")
+        return digest, str(version) if version and version != "null" else None
+
+    def discard(self, key: str, versions: Iterable[str | None]) -> None:
+        """Removes these versions of the key (None: the object of an unversioned bucket), so bytes that proved
+        wrong can neither be read nor block the conditional PUT of the right ones."""
+        for version in dict.fromkeys(versions):
+            if version:
+                self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+            else:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream",
+                  sha256_hex: str | None = None, if_absent: bool = False) -> bool:
+        """Writes the object; with `sha256_hex` S3 verifies the bytes against it and keeps it as the object's
+        checksum. With `if_absent` the write is conditional (If-None-Match: *): False when the key already exists,
+        which leaves the existing object as it is."""
+        extra: dict[str, str] = {}
+        if sha256_hex is not None:
+            extra["ChecksumSHA256"] = checksum_sha256(sha256_hex)
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra)
+        except Exception as exc:
+            if if_absent and _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def put_json(self, key: str, value: Any) -> str:
+        """Writes the JSON document (its SHA-256 verified and kept by S3); returns that SHA-256 (hex)."""
+        import hashlib
+
+        body = json.dumps(value, sort_keys=True).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        self.put_bytes(key, body, "application/json", sha256_hex=digest)
+        return digest
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -149,8 +280,12 @@ class ObjectStore:
     def put_stream(self, key: str, body: Any) -> None:
         self.client.upload_fileobj(body, self.bucket, key)
 
-    def copy(self, source_key: str, key: str) -> None:
-        self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+    def copy(self, source_key: str, key: str) -> str | None:
+        """Server-side copy; S3 computes the copy's SHA-256 and keeps it as its checksum. Returns it (hex)."""
+        result = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket,
+                                                                                   "Key": source_key},
+                                         ChecksumAlgorithm="SHA256")
+        return _sha256_hex(result.get("CopyObjectResult", {}).get("ChecksumSHA256"), None)
 
     def keys(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -35,11 +35,12 @@ from chalicelib import config, limits
 from chalicelib import lineage_events
 from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
 from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
-                               sha256_hex, split_s3_url, validate_path)
-from chalicelib.errors import InputInvalid, NotFound, ValidationFailed
+                               sha256_hex, validate_path)
+from chalicelib.errors import InputInvalid, IntegrityError, NotFound, ValidationFailed
 from chalicelib.models import JobItem, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.snapshots import Snapshots, blob_key, materialized_prefix
+from chalicelib.snapshots import (DerivedItem, Snapshots, blob_key, forget_derived, materialized_prefix,
+                                  put_recorded_json, read_recorded_json, recorded)
 from chalicelib.training import TERMINAL, Training, failure_reason, job_prefix
 from chalicelib.workspaces import now, workspace_prefix
 
@@ -216,7 +217,8 @@ class Batch:
         }
         if params.get("per_file"):
             plan = self._plan(workspace, spec, command, str(params.get("glob") or "*"))
-            self.store.put_json(plan_key(workspace, job_id, attempt), plan)
+            # Record reads the plan back (its `reused` outputs become the job's): recorded, so it is checked then.
+            put_recorded_json(self.store, workspace, plan_key(workspace, job_id, attempt), plan)
             environment["KAOS_INPUT_URI"] = self.store.uri(materialized_prefix(workspace, data))
             environment["KAOS_DATUMS_URI"] = self.store.uri(plan_key(workspace, job_id, attempt))
             # Nothing new to process: the state machine skips the container and Record reuses every output.
@@ -245,11 +247,13 @@ class Batch:
         if not entries:
             raise InputInvalid(f"per-file: no input file matches the glob {glob!r}")
         keys = [datum_key(f, spec["code"], command, str(spec["environment"])) for f in entries]
+        marker_keys = [datum_marker_key(workspace, k) for k in keys]
+        # Only entries kaos recorded are cache hits (one BatchGetItem per 100); each is checked against its record.
+        records = recorded(workspace, marker_keys)
         with ThreadPoolExecutor(max_workers=DATUM_CONCURRENCY) as pool:
-            markers = list(pool.map(self._marker, (datum_marker_key(workspace, k) for k in keys)))
-            todo = [(i, f, k) for i, (f, k, m) in enumerate(zip(entries, keys, markers, strict=True)) if m is None]
-            prefix = materialized_prefix(workspace, data)
-            list(pool.map(lambda d: self._materialize_one(workspace, prefix, d[1]), todo))
+            markers = list(pool.map(lambda key: self._marker(workspace, key, records.get(key)), marker_keys))
+        todo = [(i, f, k) for i, (f, k, m) in enumerate(zip(entries, keys, markers, strict=True)) if m is None]
+        self.snapshots.materialize_entries(workspace, data, [f for _, f, _ in todo])
         return {
             "glob": glob,
             "process": [{"i": i, "path": f.path, "key": k} for i, f, k in todo],
@@ -257,25 +261,20 @@ class Batch:
                        for f, k, m in zip(entries, keys, markers, strict=True) if m is not None],
         }
 
-    def _marker(self, key: str) -> dict[str, Any] | None:
+    def _marker(self, workspace: str, key: str, record: DerivedItem | None) -> dict[str, Any] | None:
+        """A datum's cache entry, or None (a miss) when kaos recorded none or it is gone. One whose bytes are not
+        the recorded ones fails the job (IntegrityError); its record is dropped, so a resume processes the datum."""
+        if record is None:
+            return None
         try:
-            marker = self.store.get_json(key)
+            marker, _ = read_recorded_json(self.store, workspace, key, "a datum cache entry", record)
         except NotFound:
             return None
+        except IntegrityError as exc:
+            forget_derived(workspace, key)
+            raise IntegrityError(f"{exc.message}. The job was not run; the entry was dropped, so resuming the job "
+                                 "processes the datum again") from None
         return marker if isinstance(marker, dict) and isinstance(marker.get("files"), list) else None
-
-    def _materialize_one(self, workspace: str, prefix: str, f: FileEntry) -> None:
-        """One file of Snapshots.materialize: skipped when already there with its size."""
-        present = self.store.size(prefix + f.path)
-        if present is not None and (f.size < 0 or present == f.size):
-            return
-        if f.url.startswith("s3://"):
-            bucket, key = split_s3_url(f.url)
-            self.store.copy_pinned(bucket, key, f.version, prefix + f.path)
-        elif f.url:
-            self.snapshots._fetch(f, prefix + f.path)
-        else:
-            self.store.copy(blob_key(workspace, f.sha256), prefix + f.path)
 
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
@@ -315,7 +314,8 @@ class Batch:
         """Registers the outputs of every datum this attempt finished (its `.done` object exists) as blobs and
         writes their cache markers. Returns each datum's outputs (plan order: reused, then processed) and counts."""
         attempt = int(item.attempt)
-        plan = self.store.get_json(plan_key(workspace, item.job_id, attempt))
+        plan, _ = read_recorded_json(self.store, workspace, plan_key(workspace, item.job_id, attempt),
+                                     f"the datum plan of {item.job_id} (attempt {attempt})")
         prefix = output_prefix(workspace, item.job_id, attempt)
         by_datum: dict[str, list[str]] = {}
         done: set[str] = set()
@@ -332,8 +332,8 @@ class Batch:
             index = str(datum["i"])
             files = [self._register_blob(workspace, f"{prefix}{index}/{path}", path)
                      for path in sorted(by_datum.get(index, []))]
-            self.store.put_json(datum_marker_key(workspace, datum["key"]),
-                                {"path": datum["path"], "files": files, "job": item.job_id})
+            put_recorded_json(self.store, workspace, datum_marker_key(workspace, datum["key"]),
+                              {"path": datum["path"], "files": files, "job": item.job_id})
             return {"path": datum["path"], "files": files}
 
         with ThreadPoolExecutor(max_workers=DATUM_CONCURRENCY) as pool:
@@ -402,8 +402,11 @@ class Batch:
             digest.update(chunk)
             size += len(chunk)
         sha256 = digest.hexdigest()
-        if self.store.size(blob_key(workspace, sha256)) != size:
-            self.store.copy(key, blob_key(workspace, sha256))
+        present = self.store.facts(blob_key(workspace, sha256))
+        if present is None or present.sha256 != sha256:  # absent, or without (or with another) stored SHA-256
+            copied = self.store.copy(key, blob_key(workspace, sha256))
+            if copied is not None and copied != sha256:
+                raise InputInvalid(f"output {path!r} changed while it was recorded (sha256 {sha256}, then {copied})")
         return {"path": path, "sha256": sha256, "size": size}
 
     def _failure(self, error: dict[str, Any]) -> tuple[str, str | None]:

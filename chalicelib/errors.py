@@ -40,9 +40,24 @@ class InputInvalid(KaosError):
 
     code = "InputInvalid"
 
+
 class PlatformBucketReference(ValidationFailed):
     """A remote data entry names one of the platform's own buckets: data kaos holds is referenced by its snapshot
     (or model), never by URL, so a manifest cannot reach keys outside the caller's workspace."""
 
     code = "PlatformBucketReference"
 
+
+class ChecksumMismatch(ValidationFailed):
+    """Bytes stored under a blob's name do not hash to that name: the snapshot is not committed."""
+
+    code = "ChecksumMismatch"
+
+
+class IntegrityError(InputInvalid):
+    """A stored object kaos built or recorded (a snapshot manifest, a code snapshot's sourcedir.tar.gz, a batch
+    datum cache entry or plan) no longer matches the sha256 recorded when it was written. The job fails with this
+    reason and nothing runs on the object; Step Functions does not retry it (its error name is this class name)."""
+
+    status = 409
+    code = "IntegrityError"

@@ -1,25 +1,44 @@
-"""Content-addressed snapshots: clients upload only the blobs a workspace lacks, then commit a manifest."""
+"""Content-addressed snapshots: clients upload only the blobs a workspace lacks, then commit a manifest.
+
+Integrity (what holds the bytes to their names):
+
+* A blob is stored only if its bytes hash to its name. Its presigned PUT is signed with the SHA-256 as the
+  object's checksum (`x-amz-checksum-sha256`), so S3 refuses other bytes, and with `If-None-Match: *`, so a stored
+  blob is never overwritten (a URL reused after the commit writes nothing). Before committing, the server compares
+  the SHA-256 S3 stored for each blob with its name; a blob without one is checksummed by S3 (a copy in place),
+  and bytes that do not match are removed and the commit refused.
+* A manifest is read back only if it hashes to its snapshot id.
+* Derived objects are checked before a job uses them: a code snapshot's sourcedir.tar.gz against the SHA-256
+  recorded in DynamoDB when it was built (`DerivedItem`; no job role may write the table), a materialized data
+  snapshot's files against the manifest. A mismatch raises IntegrityError: the job fails with that reason and
+  never runs (the object is rebuilt from the verified blobs, so a resume runs it on the right bytes).
+"""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
-from chalicelib.adapters import ObjectStore, WebFiles
+from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles
 from chalicelib.domain import FileEntry, Manifest, parse_manifest, split_s3_url
-from chalicelib.errors import InputInvalid, NotFound, PlatformBucketReference, ValidationFailed
-from chalicelib.models import LatestItem, SnapshotItem, ws_key
+from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
+                               ValidationFailed)
+from chalicelib.models import LatestItem, SnapshotItem, _Item, ws_key
 from chalicelib.workspaces import now, workspace_prefix
 
 # A deterministic archive: fixed mtime and owner so the same snapshot always yields the same bytes.
 _EPOCH = 0
+_NO_FACTS = ObjectFacts(size=-1, sha256=None, version=None, content_type="", metadata={})
 
 
 def blob_key(workspace: str, sha256: str) -> str:
@@ -36,6 +55,77 @@ def materialized_prefix(workspace: str, snapshot_id: str) -> str:
 
 def sourcedir_key(workspace: str, snapshot_id: str) -> str:
     return f"{workspace_prefix(workspace)}sourcedirs/{snapshot_id}/sourcedir.tar.gz"
+
+
+class DerivedItem(_Item):
+    """`WS#<ws>` / `DERIVED#<key below ws/<ws>/>`: the SHA-256 and size of an object kaos derived and will reuse (a
+    code snapshot's sourcedir.tar.gz, a batch datum's cache entry, a per-file job's plan), written by the Lambda
+    that wrote the object. It lives in DynamoDB because no job role may write the table: whoever can overwrite the
+    object cannot rewrite its record, so a reuse that compares the two notices. `workspace kill` deletes it with
+    the workspace's other rows."""
+
+    sha256 = UnicodeAttribute()
+    size = NumberAttribute()
+    written_at = UnicodeAttribute()
+
+
+def _derived_sk(workspace: str, key: str) -> str:
+    prefix = workspace_prefix(workspace)
+    if not key.startswith(prefix):
+        raise ValueError(f"{key!r} is not a key of workspace {workspace!r}")
+    return f"DERIVED#{key[len(prefix):]}"
+
+
+def record_derived(workspace: str, key: str, sha256: str, size: int) -> None:
+    """Records what kaos wrote at `key` (after writing it), for `recorded`/`check_derived` on reuse."""
+    DerivedItem(ws_key(workspace), _derived_sk(workspace, key), sha256=sha256, size=size, written_at=now()).save()
+
+
+def recorded(workspace: str, keys: Iterable[str]) -> dict[str, DerivedItem]:
+    """The records of those keys that have one (BatchGetItem, strongly consistent)."""
+    by_sk = {_derived_sk(workspace, key): key for key in keys}
+    items = DerivedItem.batch_get([(ws_key(workspace), sk) for sk in by_sk], consistent_read=True)
+    return {by_sk[item.sk]: item for item in items}
+
+
+def check_derived(workspace: str, key: str, body: bytes, what: str) -> bool:
+    """True when the bytes read from `key` are the ones kaos recorded, False when nothing was recorded (an entry
+    older than the records, or one kaos never wrote: callers treat it as absent). IntegrityError otherwise."""
+    record = recorded(workspace, [key]).get(key)
+    if record is None:
+        return False
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != record.sha256:
+        raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
+                             f"recorded when it was written is {record.sha256}; nothing was run on it")
+    return True
+
+
+def forget_derived(workspace: str, key: str) -> None:
+    """Drops the record of `key`, so the object counts as absent (a cache entry that proved wrong)."""
+    DerivedItem(ws_key(workspace), _derived_sk(workspace, key)).delete()
+
+
+def put_recorded_json(store: ObjectStore, workspace: str, key: str, value: Any) -> None:
+    """Writes a JSON document kaos will read back (S3 verifies its SHA-256), then records that SHA-256."""
+    body = json.dumps(value, sort_keys=True).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    store.put_bytes(key, body, "application/json", sha256_hex=digest)
+    record_derived(workspace, key, digest, len(body))
+
+
+def read_recorded_json(store: ObjectStore, workspace: str, key: str, what: str,
+                       record: DerivedItem | None = None) -> tuple[Any, bool]:
+    """A document written by `put_recorded_json`, checked against its record (looked up unless given); the flag
+    is False when it has none. NotFound when the object is absent; IntegrityError when its bytes differ."""
+    body = store.get_bytes(key)
+    if record is None:
+        return json.loads(body), check_derived(workspace, key, body, what)
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != record.sha256:
+        raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
+                             f"recorded when it was written is {record.sha256}; nothing was run on it")
+    return json.loads(body), True
 
 
 def _s3_bucket_of_https(url: str) -> str | None:
@@ -115,27 +205,67 @@ class Snapshots:
         return self._complete(workspace, manifest, user)
 
     def _complete(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], int]:
-        """201/200 with the snapshot once every blob is present with its declared size; else 202 pending."""
+        """201/200 with the snapshot once every blob is present, hashing to its name, with its declared size;
+        else 202 pending with upload URLs (each bound to its blob's SHA-256 and to a key that does not exist)."""
         local = [f for f in manifest.files if not f.remote]
-        sizes = self.store.sizes(blob_key(workspace, f.sha256) for f in local)
-        absent = sorted({f.sha256 for f in local if sizes[blob_key(workspace, f.sha256)] is None})
+        # One HeadObject per blob, as a size check costs; the answer also carries the SHA-256 S3 stored.
+        facts = self.store.facts_of(blob_key(workspace, f.sha256) for f in local)
+        absent = sorted({f.sha256 for f in local if facts[blob_key(workspace, f.sha256)] is None})
         if absent:
             # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
             page = absent[: limits.MAX_BLOBS_PER_REQUEST]
             return {"id": manifest.snapshot_id, "kind": manifest.kind, "status": "pending",
                     "missing_count": len(absent),
-                    "missing": [{"sha256": d, "url": self.store.presign_put(blob_key(workspace, d))}
+                    "missing": [{"sha256": d, "url": self.store.presign_blob_put(blob_key(workspace, d), d)}
                                 for d in page]}, 202
-        wrong = [f for f in local if sizes[blob_key(workspace, f.sha256)] != f.size]
+        self._verify_blobs(workspace, local, facts)
+        wrong = [f for f in local if self._size(facts, blob_key(workspace, f.sha256)) != f.size]
         if wrong:
             raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
         snapshot, created = self._record(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
 
+    @staticmethod
+    def _size(facts: Mapping[str, ObjectFacts | None], key: str) -> int | None:
+        fact = facts[key]
+        return None if fact is None else fact.size
+
+    def _verify_blobs(self, workspace: str, local: list[FileEntry],
+                      facts: Mapping[str, ObjectFacts | None]) -> None:
+        """Every blob's bytes hash to its name, as S3 computed it: blobs uploaded through kaos' URLs carry that
+        SHA-256 already (S3 verified it on the PUT), so in the usual case this costs nothing beyond the HEADs. A
+        blob without a stored SHA-256 (written before kaos asked for checksums, or by a writer that sent none) is
+        checksummed by S3 with a copy in place, once. Bytes that do not hash to their name are removed (so the
+        right ones can be uploaded: the PUT is conditional on the key being absent) and nothing is committed."""
+        todo = {f.sha256: f for f in local if (facts[blob_key(workspace, f.sha256)] or _NO_FACTS).sha256 != f.sha256}
+        if not todo:
+            return
+
+        def check(entry: FileEntry) -> tuple[FileEntry, str] | None:
+            key = blob_key(workspace, entry.sha256)
+            fact = facts[key]
+            assert fact is not None  # absent blobs were answered with upload URLs above
+            digest, version = self.store.stored_sha256(key, fact)
+            if digest == entry.sha256:
+                return None
+            self.store.discard(key, (fact.version, version))
+            return entry, digest
+
+        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
+            bad = [b for b in pool.map(check, todo.values()) if b is not None]
+        if bad:
+            entry, digest = bad[0]
+            more = f" ({len(bad) - 1} other blob(s) too)" if len(bad) > 1 else ""
+            raise ChecksumMismatch(
+                f"files: {entry.path!r}: the bytes stored for its blob {entry.sha256} hash to {digest}, not to the "
+                f"blob's name{more}; they were removed and the snapshot was not committed. Upload it again."
+            )
+
     def put_small(self, workspace: str, manifest: Manifest, blobs: Mapping[str, bytes], user: str) -> dict[str, Any]:
-        """Stores a snapshot whose bytes the server already holds (params): blobs first, then the record."""
+        """Stores a snapshot whose bytes the server already holds (params): blobs first, then the record. A blob
+        that exists is left alone (its bytes are checked when they are read)."""
         for digest, body in blobs.items():
-            self.store.put_bytes(blob_key(workspace, digest), body)
+            self.store.put_bytes(blob_key(workspace, digest), body, sha256_hex=digest, if_absent=True)
         return self._record(workspace, manifest, user)[0]
 
     def _record(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], bool]:
@@ -170,8 +300,19 @@ class Snapshots:
         return item
 
     def manifest(self, workspace: str, snapshot_id: str) -> Manifest:
-        document = self.store.get_json(manifest_key(workspace, snapshot_id))
-        return parse_manifest(document["kind"], document["files"])
+        """The snapshot's manifest, verified: its content hashes to its id (the id is that hash)."""
+        key = manifest_key(workspace, snapshot_id)
+        document = self.store.get_json(key)
+        try:
+            manifest = parse_manifest(document["kind"], document["files"])
+        except (KeyError, TypeError, ValidationFailed) as exc:
+            raise IntegrityError(f"the manifest of snapshot {snapshot_id} (s3 key {key}) is not one kaos wrote "
+                                 f"({exc}); nothing was run on it") from None
+        if manifest.snapshot_id != snapshot_id:
+            raise IntegrityError(f"the manifest of snapshot {snapshot_id} (s3 key {key}) does not hash to the "
+                                 f"snapshot's id (its content is snapshot {manifest.snapshot_id}); nothing was run "
+                                 "on it")
+        return manifest
 
     def materialize(self, workspace: str, snapshot_id: str) -> str:
         """Copies the snapshot's blobs to their paths under one prefix (an S3Prefix channel); returns its URI.
@@ -180,18 +321,46 @@ class Snapshots:
         second job on the same data finds it complete and copies nothing."""
         prefix = materialized_prefix(workspace, snapshot_id)
         manifest = self.manifest(workspace, snapshot_id)
-        present = self.store.sizes(prefix + f.path for f in manifest.files)
-        for f in manifest.files:
-            if present[prefix + f.path] is not None and (f.size < 0 or present[prefix + f.path] == f.size):
-                continue
-            if f.url.startswith("s3://"):
-                bucket, key = split_s3_url(f.url)
-                self.store.copy_pinned(bucket, key, f.version, prefix + f.path)
-            elif f.url:
-                self._fetch(f, prefix + f.path)
-            else:
-                self.store.copy(blob_key(workspace, f.sha256), prefix + f.path)
+        self.materialize_entries(workspace, snapshot_id, manifest.files)
         return self.store.uri(prefix)
+
+    def materialize_entries(self, workspace: str, snapshot_id: str, entries: Iterable[FileEntry]) -> None:
+        """Puts these files of the snapshot under its prefix, reusing the ones already there when they are the
+        snapshot's bytes: an uploaded file's copy must carry its blob's SHA-256 (S3 computes it on the copy), a
+        remote file's its size. A copy holding other bytes was overwritten since kaos made it: it is copied again
+        from the blob and IntegrityError is raised, so the job does not run (a resume finds the prefix repaired)."""
+        entries = list(entries)
+        prefix = materialized_prefix(workspace, snapshot_id)
+        facts = self.store.facts_of(prefix + f.path for f in entries)
+
+        def one(f: FileEntry) -> str | None:
+            key, fact = prefix + f.path, facts[prefix + f.path]
+            if f.remote:
+                if fact is not None and (f.size < 0 or fact.size == f.size):
+                    return None
+                if f.url.startswith("s3://"):
+                    bucket, source = split_s3_url(f.url)
+                    self.store.copy_pinned(bucket, source, f.version, key)
+                else:
+                    self._fetch(f, key)
+                return None
+            if fact is not None and fact.sha256 == f.sha256:
+                return None
+            copied = self.store.copy(blob_key(workspace, f.sha256), key)
+            if copied is not None and copied != f.sha256:
+                raise IntegrityError(f"the blob of {f.path!r} in snapshot {snapshot_id} does not hash to its name "
+                                     f"{f.sha256} (S3 computed {copied}); nothing was run on it")
+            # Overwritten: it held bytes S3 checksummed as others (a copy kaos made before checksums has none).
+            return f.path if fact is not None and fact.sha256 is not None else None
+
+        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
+            tampered = [path for path in pool.map(one, entries) if path is not None]
+        if tampered:
+            raise IntegrityError(
+                f"{len(tampered)} file(s) of data snapshot {snapshot_id} under {prefix} (first: {tampered[0]!r}) "
+                "were overwritten since kaos materialized them; the job was not run. They were copied again from the "
+                "snapshot's blobs, so resuming the job runs it on the snapshot's bytes"
+            )
 
     def _fetch(self, entry: FileEntry, key: str) -> None:
         """Streams an https file into the materialized snapshot, checking its sha256 when the manifest has one."""
@@ -212,27 +381,58 @@ class Snapshots:
             raise InputInvalid(f"{entry.url}: its sha256 is {digest.hexdigest()}, the manifest pins {entry.sha256}")
 
     def sourcedir(self, workspace: str, snapshot_id: str) -> tuple[str, Manifest]:
-        """Builds sourcedir.tar.gz (the SageMaker script-mode code bundle) once per code snapshot."""
+        """sourcedir.tar.gz, the SageMaker script-mode code bundle, built once per code snapshot and verified on
+        every reuse: the SHA-256 S3 holds for it must be the one recorded (DerivedItem) when kaos built it."""
         key = sourcedir_key(workspace, snapshot_id)
         manifest = self.manifest(workspace, snapshot_id)
-        if self.store.size(key) is None:
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as archive:
+        record = recorded(workspace, [key]).get(key)
+        fact = self.store.facts(key)
+        if record is not None and fact is not None:
+            if fact.sha256 == record.sha256 and fact.size == int(record.size):
+                return self.store.uri(key), manifest
+            self._build_sourcedir(workspace, key, manifest)  # repaired for the next attempt, never used now
+            raise IntegrityError(
+                f"the code bundle of snapshot {snapshot_id} (s3 key {key}) was overwritten since kaos built it: "
+                f"S3 holds sha256 {fact.sha256 or '(none: written without a checksum)'}, kaos recorded "
+                f"{record.sha256}; the job was not run. The bundle was rebuilt from the snapshot's blobs, so "
+                "resuming the job runs the recorded code"
+            )
+        # Never built, deleted, or built before the records: (re)build it from the blobs.
+        self._build_sourcedir(workspace, key, manifest)
+        return self.store.uri(key), manifest
+
+    def _build_sourcedir(self, workspace: str, key: str, manifest: Manifest) -> None:
+        """A deterministic archive (sorted paths, fixed mtime, owner and gzip header) of the verified blobs;
+        written with its SHA-256 (S3 verifies and keeps it), which is then recorded."""
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=_EPOCH) as zipped:
+            with tarfile.open(fileobj=zipped, mode="w") as archive:
                 for f in manifest.files:
-                    body = self.store.get_bytes(blob_key(workspace, f.sha256))
+                    body = self._blob(workspace, f)
                     info = tarfile.TarInfo(f.path)
                     info.size = len(body)
                     info.mtime = _EPOCH
                     info.mode = 0o755 if f.path.endswith(".sh") else 0o644
                     archive.addfile(info, io.BytesIO(body))
-            self.store.put_bytes(key, buffer.getvalue(), "application/gzip")
-        return self.store.uri(key), manifest
+        body = buffer.getvalue()
+        digest = hashlib.sha256(body).hexdigest()
+        self.store.put_bytes(key, body, "application/gzip", sha256_hex=digest)
+        record_derived(workspace, key, digest, len(body))
+
+    def _blob(self, workspace: str, entry: FileEntry) -> bytes:
+        """A blob's bytes, checked against its name."""
+        body = self.store.get_bytes(blob_key(workspace, entry.sha256))
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != entry.sha256:
+            raise IntegrityError(f"the blob of {entry.path!r} ({entry.sha256}) holds bytes hashing to {digest}; "
+                                 "nothing was run on it")
+        return body
 
     def read_params(self, workspace: str, snapshot_id: str) -> dict[str, Any]:
         manifest = self.manifest(workspace, snapshot_id)
         if manifest.kind != "params" or len(manifest.files) != 1:
             raise InputInvalid(f"params snapshot {snapshot_id} is not a single params.json")
-        value = json.loads(self.store.get_bytes(blob_key(workspace, manifest.files[0].sha256)))
+        value = json.loads(self._blob(workspace, manifest.files[0]))
         if not isinstance(value, dict):
             raise InputInvalid(f"params snapshot {snapshot_id} does not hold a JSON object")
         return value

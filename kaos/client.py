@@ -14,6 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from chalicelib import limits
+from chalicelib.adapters import blob_put_headers
 from kaos.bundle import LocalFile
 from kaos.settings import ClientConfig
 
@@ -120,9 +121,18 @@ class Client:
             for blob in result["missing"]:
                 uploaded.add(blob["sha256"])
                 local = by_digest[blob["sha256"]]
+                # The URL is signed with these headers: S3 stores the bytes only if they hash to the blob's name,
+                # and only if the blob is not stored yet.
                 with local.source.open("rb") as handle:
-                    put = self.http.put(blob["url"], data=_Reading(handle, local.size, on_bytes), timeout=None)
+                    put = self.http.put(blob["url"], data=_Reading(handle, local.size, on_bytes),
+                                        headers=blob_put_headers(blob["sha256"]), timeout=None)
+                if put.status_code == 412:
+                    continue  # stored meanwhile (by another upload of the same bytes); `complete` checks it
                 if put.status_code >= 300:
+                    if "BadDigest" in put.text:
+                        raise ApiError(put.status_code, "UploadFailed",
+                                       f"{local.path}: S3 refused the bytes: they no longer hash to the sha256 "
+                                       "computed before the upload (was the file changed meanwhile?)")
                     raise ApiError(put.status_code, "UploadFailed", f"{local.path}: {put.text[:300]}")
             result = self.request("POST", f"/workspaces/{workspace}/snapshots/{result['id']}/complete")
         return result
