@@ -208,24 +208,8 @@ class BatchJobs(Construct):
                                                                    order=1)],
         )
 
-        # --- The role the job's container runs as: read code/input snapshots, write job outputs, nothing else.
-        self.job_role = iam.Role(self, "JobRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"))
-        self.job_role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:GetObject"],
-            resources=[bucket.arn_for_objects("ws/*/sourcedirs/*"), bucket.arn_for_objects("ws/*/snapshots/*")],
-        ))
-        self.job_role.add_to_principal_policy(iam.PolicyStatement(
-            # The plan of a per-file job: which datums to process (written by PrepareBatch).
-            actions=["s3:GetObject"], resources=[bucket.arn_for_objects("ws/*/jobs/*/datums/*")],
-        ))
-        self.job_role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-            resources=[bucket.arn_for_objects("ws/*/jobs/*/output/*")],
-        ))
-        self.job_role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": ["ws/*/snapshots/*"]}},
-        ))
+        # No job role here: this definition is the template the API copies per workspace with the workspace's own
+        # role as job role (chalicelib/tenancy.py); the state machine may submit only those copies.
         self.log_group = logs.LogGroup(self, "JobLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY)
         self.container = batch.EcsFargateContainerDefinition(
             self, "Container",
@@ -234,7 +218,6 @@ class BatchJobs(Construct):
             memory=Size.mebibytes(JOB_MEMORY_MIB),
             command=["python", "-c", CONTAINER_BOOTSTRAP],
             environment=CONTAINER_ENVIRONMENT,
-            job_role=self.job_role,
             assign_public_ip=True,
             logging=ecs.LogDriver.aws_logs(stream_prefix=LOG_STREAM_PREFIX, log_group=self.log_group),
         )
@@ -358,10 +341,12 @@ class BatchJobs(Construct):
 
         # CustomState grants nothing: the `.sync` Batch integration's permissions, written out.
         self.jobs_arn = f"arn:{partition}:batch:{region}:{account}:job/*"
+        # Each workspace's copy of the job definition, named like its role (kaos-ws-<name>-<hash>:<revision>).
+        self.workspace_definitions_arn = f"arn:{partition}:batch:{region}:{account}:job-definition/kaos-ws-*"
         self.state_machine.add_to_role_policy(iam.PolicyStatement(
             # SubmitJob is authorized on the job it creates (whose id Batch assigns) as well as the queue.
             actions=["batch:SubmitJob"],
-            resources=[self.job_queue.job_queue_arn, self.job_definition.job_definition_arn, self.jobs_arn],
+            resources=[self.job_queue.job_queue_arn, self.workspace_definitions_arn, self.jobs_arn],
         ))
         self.state_machine.add_to_role_policy(iam.PolicyStatement(
             actions=["batch:TerminateJob"], resources=[self.jobs_arn],

@@ -138,6 +138,10 @@ def acknowledge_findings(stack: KaosStack) -> None:
                 "are granted."
             ),
             **workspace_roles,
+            _wildcard_resource(stack, stack.batch.workspace_definitions_arn): (
+                "Each workspace's copy of the Batch job definition (job role = the workspace role) is registered "
+                "when the workspace is created and deregistered when it is killed: kaos-ws-<name>-<hash>."
+            ),
             _wildcard_resource(stack, stack.api.executions_arn): (
                 "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
                 "limited to executions of the one training state machine."
@@ -257,23 +261,11 @@ def acknowledge_batch_findings(stack: KaosStack) -> None:
     jobs = stack.batch
     bucket = stack.storage.data_bucket
     _ack(
-        jobs.job_role,
+        jobs.state_machine.role,
         {
-            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/sourcedirs/*")): (
-                "The job container downloads its code bundle; workspace names and snapshot ids are chosen at run "
-                "time. GetObject only, on code bundles of this one bucket."
-            ),
-            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/snapshots/*")): (
-                "The job container downloads its materialized input snapshot (ids chosen at run time). GetObject "
-                "only, on materialized snapshots of this one bucket (ListBucket is conditioned on the same prefix)."
-            ),
-            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/jobs/*/output/*")): (
-                "The job container uploads its outputs below its job's output prefix (job ids are fingerprints "
-                "computed at run time). Put/AbortMultipartUpload only, never on blobs, manifests or snapshots."
-            ),
-            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/jobs/*/datums/*")): (
-                "A per-file job's container reads its plan (the datums to process, written by PrepareBatch; job ids "
-                "are computed at run time). GetObject only, on plans of this one bucket."
+            _wildcard_resource(stack, jobs.workspace_definitions_arn): (
+                "Batch jobs are submitted with their workspace's copy of the job definition (whose job role is the "
+                "workspace role), registered at run time when the workspace is created: kaos-ws-<name>-<hash>."
             ),
         },
     )

@@ -10,7 +10,7 @@ from constructs import Construct
 
 from cdk.api import Api
 from cdk.batch import DEFAULT_BATCH_IMAGE, BatchJobs
-from cdk.constants import REPO_ROOT
+from cdk.constants import REPO_ROOT, env_names
 from cdk.grid import Grid
 from cdk.nag import acknowledge_findings, acknowledge_grid_findings, acknowledge_remote_data_findings
 from cdk.tenancy import WorkspaceIsolation
@@ -90,9 +90,15 @@ class KaosStack(Stack):
             grid_state_machine=self.grid.state_machine,
             training_image=training_image,
             manage_account_role=manage_api_gateway_account,
-            extra_environment=self.isolation.environment,
+            # The API copies the stack's Batch job definition for each workspace (chalicelib/tenancy.py).
+            extra_environment={**self.isolation.environment,
+                               env_names.BATCH_JOB_DEFINITION: self.batch.job_definition.job_definition_arn},
         )
         self.isolation.grant_manage(self.api.role)
+        execution_role = self.batch.container.execution_role
+        assert execution_role is not None, "Fargate job definitions always have an execution role"
+        self.isolation.grant_batch_definitions(self.api.role, self.batch.workspace_definitions_arn,
+                                               execution_role.role_arn)
 
         if self.remote_data_arns:
             statement = iam.PolicyStatement(actions=["s3:GetObject", "s3:GetObjectVersion"],

@@ -56,6 +56,18 @@ class WorkspaceIsolation(Construct):
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["iam:DeleteRolePolicy", "iam:DeleteRole", "iam:GetRole"], resources=[self.roles_arn]))
 
+    def grant_batch_definitions(self, role: iam.IRole, definitions_arn: str, execution_role_arn: str) -> None:
+        """Register/deregister each workspace's copy of the Batch job definition (its job role is the workspace
+        role; its execution role the stack's), which means passing both roles to ECS tasks."""
+        role.add_to_principal_policy(iam.PolicyStatement(
+            # DescribeJobDefinitions supports no resource-level permissions.
+            actions=["batch:DescribeJobDefinitions"], resources=["*"]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["batch:RegisterJobDefinition", "batch:DeregisterJobDefinition"], resources=[definitions_arn]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["iam:PassRole"], resources=[self.roles_arn, execution_role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}))
+
     def grant_pass(self, role: iam.IRole, service: str) -> None:
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["iam:PassRole"], resources=[self.roles_arn],

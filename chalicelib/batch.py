@@ -29,10 +29,9 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pynamodb.exceptions import PutError
-
 from chalicelib import config, limits
 from chalicelib import lineage_events
+from chalicelib.tenancy import job_definition_name
 from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
 from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
                                sha256_hex, validate_path)
@@ -41,8 +40,8 @@ from chalicelib.models import JobItem, ws_key
 from chalicelib.provenance import Provenance
 from chalicelib.snapshots import (DerivedItem, Snapshots, blob_key, forget_derived, materialized_prefix,
                                   put_recorded_json, read_recorded_json, recorded)
-from chalicelib.training import TERMINAL, Training, failure_reason, job_prefix
-from chalicelib.workspaces import now, workspace_prefix
+from chalicelib.training import TERMINAL, Training, dropped, failure_reason, job_prefix
+from chalicelib.workspaces import Fence, IncarnationGone, now, workspace_prefix
 
 KIND = "batch"
 INPUT_CHANNEL = "input"
@@ -99,6 +98,8 @@ class Batch:
         self._executions = executions
         self._logs = logs
         self.provenance = Provenance()
+        # While Record runs: the job's workspace incarnation, checked before each write (see `record`).
+        self._fence: Fence | None = None
 
     @property
     def store(self) -> ObjectStore:
@@ -173,13 +174,8 @@ class Batch:
             execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}],
             gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
         )
-        created = True
-        try:
-            item.save(condition=JobItem.pk.does_not_exist())
-        except PutError as exc:
-            if exc.cause_response_code != "ConditionalCheckFailedException":
-                raise
-            created = False
+        created = jobs.put_job(item, workspace, incarnation)
+        if not created:
             item = jobs._job(workspace, spec.job_id)
         if created or item.status == "SUBMITTED":
             jobs._record_inputs(workspace, spec, at)
@@ -229,7 +225,8 @@ class Batch:
         request = {
             "JobName": name,
             "JobQueue": settings.batch_job_queue,
-            "JobDefinition": settings.batch_job_definition,
+            # The workspace's own definition: its job role is the workspace role (chalicelib/tenancy.py).
+            "JobDefinition": job_definition_name(workspace, str(spec.get("incarnation", ""))),
             "ContainerOverrides": {
                 "Environment": [{"Name": k, "Value": v} for k, v in sorted(environment.items())],
             },
@@ -279,11 +276,30 @@ class Batch:
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
-        jobs = self.jobs
-        item = jobs._job(workspace, job_id)
+        try:
+            item = self.jobs._job(workspace, job_id)
+        except NotFound:  # its workspace was killed: the outcome of a stopped job arrives late
+            return dropped(job_id)
         if item.status in TERMINAL or (execution and execution != item.execution_arn):
             # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
             return Training.describe(item)
+        # Every write below (log, output blobs, datum markers, snapshot, provenance) first checks that the workspace
+        # is still the job's incarnation, and the job's end is fenced by it: a kill drops the outcome.
+        self._fence = Fence(workspace, item.spec.get("incarnation"))
+        try:
+            self._fence_check()
+            return self._record(workspace, item, outcome, detail)
+        except IncarnationGone:
+            return {**Training.describe(item), "dropped": True}
+        finally:
+            self._fence = None
+
+    def _fence_check(self) -> None:
+        if self._fence is not None:
+            self._fence.check()
+
+    def _record(self, workspace: str, item: JobItem, outcome: str, detail: dict[str, Any]) -> dict[str, Any]:
+        jobs, job_id = self.jobs, item.job_id
         if outcome == "Completed":
             self._archive_log(workspace, job_id, _log_stream(detail))
             if self._per_file(workspace, item):
@@ -296,6 +312,8 @@ class Batch:
                 metrics = self._harvest(workspace, item)[1]
             except NotFound:  # Prepare failed before writing the plan: nothing ran
                 pass
+            except IncarnationGone:
+                raise
             except Exception as exc:
                 reason = f"{reason}\n(finished datums could not be cached: {exc})"
         lines = self._archive_log(workspace, job_id, stream)
@@ -303,7 +321,7 @@ class Batch:
         if tail and tail not in reason:
             reason = f"{reason}\n{tail}"
         extra = {"metrics": metrics} if metrics else {}
-        jobs._set_status(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
+        jobs.finish(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
         lineage_events.ended(item)
         return Training.describe(item)
 
@@ -332,6 +350,7 @@ class Batch:
             index = str(datum["i"])
             files = [self._register_blob(workspace, f"{prefix}{index}/{path}", path)
                      for path in sorted(by_datum.get(index, []))]
+            self._fence_check()
             put_recorded_json(self.store, workspace, datum_marker_key(workspace, datum["key"]),
                               {"path": datum["path"], "files": files, "job": item.job_id})
             return {"path": datum["path"], "files": files}
@@ -380,6 +399,7 @@ class Batch:
         if len(files) > limits.MAX_FILES_PER_SNAPSHOT:
             raise InputInvalid(f"the batch job wrote {len(files)} files; a snapshot holds at most "
                                f"{limits.MAX_FILES_PER_SNAPSHOT}")
+        self._fence_check()
         snapshot, _ = self.snapshots.commit(workspace, "data", files, item.created_by)
         if snapshot.get("status") == "pending":  # every blob was copied above; a pending answer is a lost race
             raise InputInvalid(f"output snapshot {snapshot['id']} is still missing blobs; retry the record step")
@@ -388,13 +408,18 @@ class Batch:
         self.provenance.add_node(workspace, node, "snapshot", {"kind": "data"}, at)
         self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", node, at)
         extra = {"metrics": metrics} if metrics else {}
-        self.jobs._set_status(item, "COMPLETED", model_uri=node, ended_at=at, **extra)
+        try:
+            self.jobs.finish(item, "COMPLETED", model_uri=node, ended_at=at, **extra)
+        except IncarnationGone:  # the output snapshot's node may be shared with other jobs: only the edge goes
+            Training.retract_produced(workspace, item.job_id, node, node=False)
+            raise
         lineage_events.ended(item)
         return Training.describe(item)
 
     def _register_blob(self, workspace: str, key: str, path: str) -> dict[str, Any]:
         """Streams the object once for its sha256, then copies it to its content address (unless present)."""
         validate_path(path, f"output {path!r}")
+        self._fence_check()
         digest = hashlib.sha256()
         size = 0
         body = self.store.stream(key)
@@ -434,6 +459,7 @@ class Batch:
         if not stream:
             return []
         lines = self.logs.read_all(stream)
+        self._fence_check()
         if lines:
             self.store.put_bytes(job_prefix(workspace, job_id) + "log.txt", ("\n".join(lines) + "\n").encode(),
                                  "text/plain")

@@ -56,20 +56,57 @@ def policy_document(bucket: str, workspace: str, log_group_arn: str) -> dict[str
     ]}
 
 
+def job_definition_name(workspace: str, incarnation: str) -> str:
+    """The workspace's Batch job definition: Batch takes the job role from the definition, so each workspace has
+    its own, a copy of the stack's with the workspace role (named like the role)."""
+    return role_name(workspace, incarnation)
+
+
 class WorkspaceRoles:
-    """IAM: creates and deletes the execution role of a workspace incarnation (idempotent both ways)."""
+    """IAM and Batch: creates and deletes the execution role of a workspace incarnation and the Batch job
+    definition that runs its batch jobs under that role (idempotent both ways)."""
 
     def __init__(self, bucket: str, boundary_arn: str, role_prefix_arn: str, log_group_arn: str,
-                 client: Any = None) -> None:
+                 base_job_definition: str = "", client: Any = None, batch_client: Any = None) -> None:
         self.bucket, self.boundary_arn = bucket, boundary_arn
         self.role_prefix_arn, self.log_group_arn = role_prefix_arn, log_group_arn
-        self._client = client
+        self.base_job_definition = base_job_definition
+        self._client, self._batch = client, batch_client
 
     @property
     def client(self) -> Any:
         if self._client is None:
             self._client = _client("iam")
         return self._client
+
+    @property
+    def batch(self) -> Any:
+        if self._batch is None:
+            self._batch = _client("batch")
+        return self._batch
+
+    def _register_job_definition(self, workspace: str, incarnation: str, role: str) -> None:
+        """A copy of the stack's definition (image, command, resources, logging, execution role) whose job role is
+        the workspace's. Registering again adds a revision; jobs name the definition, so the latest is used."""
+        if not self.base_job_definition:
+            return
+        name = job_definition_name(workspace, incarnation)
+        if self.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]:
+            return
+        base = self.batch.describe_job_definitions(jobDefinitions=[self.base_job_definition])["jobDefinitions"][0]
+        container = {**base["containerProperties"], "jobRoleArn": role}
+        copied = {key: base[key] for key in ("parameters", "retryStrategy", "timeout", "platformCapabilities",
+                                             "propagateTags") if key in base}
+        self.batch.register_job_definition(jobDefinitionName=name, type=base["type"], containerProperties=container,
+                                           **copied)
+
+    def _deregister_job_definitions(self, workspace: str, incarnation: str) -> None:
+        if not self.base_job_definition:
+            return
+        name = job_definition_name(workspace, incarnation)
+        for definition in self.batch.describe_job_definitions(jobDefinitionName=name,
+                                                              status="ACTIVE")["jobDefinitions"]:
+            self.batch.deregister_job_definition(jobDefinition=definition["jobDefinitionArn"])
 
     def ensure(self, workspace: str, incarnation: str) -> str:
         name = role_name(workspace, incarnation)
@@ -82,14 +119,21 @@ class WorkspaceRoles:
                 raise
         self.client.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(
             policy_document(self.bucket, workspace, self.log_group_arn)))
-        return role_arn(self.role_prefix_arn, workspace, incarnation)
+        arn = role_arn(self.role_prefix_arn, workspace, incarnation)
+        self._register_job_definition(workspace, incarnation, arn)
+        return arn
 
     def delete(self, workspace: str, incarnation: str) -> None:
+        self._deregister_job_definitions(workspace, incarnation)
         name = role_name(workspace, incarnation)
-        for call in (lambda: self.client.delete_role_policy(RoleName=name, PolicyName=POLICY_NAME),
-                     lambda: self.client.delete_role(RoleName=name)):
-            try:
-                call()
-            except Exception as exc:
-                if _error_code(exc) != "NoSuchEntity":
-                    raise
+        # IAM refuses to delete a role that still has inline policies: the policy first. Both are idempotent.
+        try:
+            self.client.delete_role_policy(RoleName=name, PolicyName=POLICY_NAME)
+        except Exception as exc:
+            if _error_code(exc) != "NoSuchEntity":
+                raise
+        try:
+            self.client.delete_role(RoleName=name)
+        except Exception as exc:
+            if _error_code(exc) != "NoSuchEntity":
+                raise

@@ -155,7 +155,8 @@ class Workspaces:
         if self._roles is None:
             settings = config.settings()
             self._roles = WorkspaceRoles(settings.bucket, settings.workspace_role_boundary,
-                                         settings.workspace_role_prefix, settings.training_log_group_arn)
+                                         settings.workspace_role_prefix, settings.training_log_group_arn,
+                                         settings.batch_job_definition)
         return self._roles
 
     @property
@@ -280,8 +281,6 @@ class Workspaces:
                 "deleted_rows": 0, "deleted_objects": 0}
         if not self._current(item):  # a concurrent kill (or create) finished it: the name may be a new workspace
             return done
-        # First, so no job of this incarnation can write anywhere from now on, whatever is still running.
-        self.roles.delete(name, item.created_at)
         jobs, grids, refs = self._stop_running(name, reason)
         known = list(item.kill_pending or [])
         self._stop_refs(known, reason)  # a previous kill's, again: a stop that did not take effect is retried
@@ -298,9 +297,13 @@ class Workspaces:
             if self._set_pending(item, still):
                 return {**result, "status": "stopping", "deleted_rows": rows, "deleted_objects": objects}
             return {**result, "status": "killed", "pending": [], "deleted_rows": rows, "deleted_objects": objects}
-        # What the stopped containers uploaded while stopping, and rows a task that was already running wrote.
         if not self._current(item):
             return {**done, **result, "deleted_rows": rows, "deleted_objects": objects}
+        # The incarnation's execution role goes once every container that ran as it has ended (so they stop as
+        # SageMaker and Batch stop them, uploads included, and what they wrote is swept below) and before the name is
+        # free: no job of this incarnation can write into a workspace created later under the same name.
+        self.roles.delete(name, item.created_at)
+        # What the stopped containers uploaded while stopping, and rows a task that was already running wrote.
         rows += self._delete_rows(name)
         objects += self.store.delete_prefix(workspace_prefix(name))
         try:

@@ -347,6 +347,16 @@ def resources_of(service: str, action: str, region: str, response: Any) -> list[
                 definition = _arn("batch", region, f"job-definition/{definition}")
             return [(iam_action, queue), (iam_action, definition if ":" in definition.rsplit("/", 1)[-1]
                                           else definition + ":*")]
+        if action == "RegisterJobDefinition":
+            name = body.get("jobDefinitionName", "")
+            container = body.get("containerProperties") or {}
+            passed = [r for r in (container.get("jobRoleArn"), container.get("executionRoleArn")) if r]
+            return [(iam_action, _arn("batch", region, f"job-definition/{name}"))] + [
+                ("iam:PassRole", str(r)) for r in passed]
+        if action == "DeregisterJobDefinition":
+            definition = str(body.get("jobDefinition", ""))
+            return [(iam_action, definition if definition.startswith("arn:")
+                     else _arn("batch", region, f"job-definition/{definition}"))]
         if action == "TerminateJob" and body.get("jobId"):
             return [(iam_action, _arn("batch", region, f"job/{body['jobId']}"))]
         return [(iam_action, "*")]
@@ -499,7 +509,9 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
     for action, arn in pairs:
         extra = dict(context)
         if action == "iam:PassRole":
-            extra["iam:passedtoservice"] = [f"{prefix}.amazonaws.com"]
+            # The service the role is handed to: Batch hands job and execution roles to ECS tasks.
+            extra["iam:passedtoservice"] = ["ecs-tasks.amazonaws.com" if prefix == "batch"
+                                            else f"{prefix}.amazonaws.com"]
         if not permitted(request._access_key, action, arn, extra):
             request._action = action
             request._raise_access_denied()
