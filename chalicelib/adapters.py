@@ -305,7 +305,13 @@ class ObjectStore:
             # DeleteObjects takes at most 1,000 keys per call.
             for start in range(0, len(objects), 1000):
                 chunk = objects[start : start + 1000]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                # DeleteObjects answers 200 and lists the keys it could not delete: a kill must not pass over them.
+                errors = answer.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    raise RuntimeError(f"could not delete {len(errors)} object version(s) under {prefix}, e.g. "
+                                       f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
                 removed += len(chunk)
         return removed
 
@@ -353,6 +359,33 @@ class Executions:
             if _error_code(exc) not in ("ExecutionDoesNotExist", "ValidationException"):
                 raise
 
+    def submitted_jobs(self, execution_arn: str) -> list[str]:
+        """The ids of the jobs the execution's `.sync` Batch tasks submitted (their TaskSubmitted events: SubmitJob's
+        answer), so a kill can terminate them; an execution that does not exist has none."""
+        ids: list[str] = []
+        kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+        while True:
+            try:
+                page = self.client.get_execution_history(**kwargs)
+            except Exception as exc:
+                if _error_code(exc) == "ExecutionDoesNotExist":
+                    return ids
+                raise
+            for event in page.get("events", []):
+                details = event.get("taskSubmittedEventDetails") or {}
+                if event.get("type") != "TaskSubmitted" or details.get("resourceType") != "batch":
+                    continue
+                try:
+                    output = json.loads(details.get("output") or "{}")
+                except ValueError:
+                    continue
+                job_id = (output.get("JobId") or output.get("jobId")) if isinstance(output, dict) else None
+                if isinstance(job_id, str) and job_id not in ids:
+                    ids.append(job_id)
+            if not page.get("nextToken"):
+                return ids
+            kwargs["nextToken"] = page["nextToken"]
+
 
 class TrainingJobs:
     """SageMaker training jobs, for what the state machine cannot do itself (stopping on a kill)."""
@@ -373,6 +406,39 @@ class TrainingJobs:
         except Exception as exc:
             if _error_code(exc) not in ("ValidationException", "ResourceNotFound"):
                 raise
+
+    def status(self, name: str) -> str | None:
+        """TrainingJobStatus (InProgress, Stopping, Completed, Failed, Stopped), or None if there is no such job."""
+        try:
+            return str(self.client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"])
+        except Exception as exc:
+            if _error_code(exc) in ("ValidationException", "ResourceNotFound"):
+                return None
+            raise
+
+
+class BatchJobs:
+    """AWS Batch jobs, for what the state machine cannot do itself (terminating them on a workspace kill)."""
+
+    ENDED = ("SUCCEEDED", "FAILED")
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client("batch")
+        return self._client
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        """TerminateJob: a job that already ended is left as it is (Batch accepts the call)."""
+        self.client.terminate_job(jobId=job_id, reason=reason[:1024])
+
+    def status(self, job_id: str) -> str | None:
+        """The job's status (SUBMITTED ... RUNNING, SUCCEEDED, FAILED), or None if Batch does not know it."""
+        jobs = self.client.describe_jobs(jobs=[job_id]).get("jobs", [])
+        return str(jobs[0]["status"]) if jobs else None
 
 
 class LogReader:

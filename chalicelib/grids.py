@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 
 from chalicelib import config, limits
 from chalicelib.adapters import Executions, ObjectStore
 from chalicelib.domain import FINGERPRINT_CHARS, canonical_json, grid_points, sha256_hex
-from chalicelib.errors import NotFound, ValidationFailed
+from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
 from chalicelib.models import GridItem, GridPointItem, JobItem, grid_key, ws_key
 from chalicelib.training import Inputs, Training
-from chalicelib.workspaces import now, workspace_prefix
+from chalicelib.workspaces import (IncarnationGone, fenced_write, item_condition_failed, now,
+                                   workspace_prefix)
 
 
 class Grids:
@@ -63,10 +64,13 @@ class Grids:
             updated_at=at,
         )
         created = True
-        try:
-            item.save(condition=GridItem.pk.does_not_exist())
-        except PutError as exc:
-            if exc.cause_response_code != "ConditionalCheckFailedException":
+        try:  # fenced like job rows: a submission racing a kill of the workspace creates no grid
+            fenced_write(workspace, incarnation, lambda tx: tx.save(item, condition=GridItem.pk.does_not_exist()))
+        except IncarnationGone:
+            raise Conflict(f"workspace {workspace!r} is being killed (or was re-created); no grid was created") \
+                from None
+        except TransactWriteError as exc:
+            if not item_condition_failed(exc, 1):
                 raise
             created = False
             item = self._grid(workspace, grid_id)
@@ -81,6 +85,8 @@ class Grids:
         """Map iteration: the point's job row (a cache hit if these inputs ran before) and its index row."""
         workspace, grid_id = event["workspace"], event["grid_id"]
         grid = self._grid(workspace, grid_id)
+        if grid.status != "RUNNING":  # killed (with its workspace): no more points; the job row is fenced too
+            raise InputInvalid(f"grid {grid_id} is {grid.status}; no more points are created")
         spec = grid.spec
         inputs = Inputs(spec["code"], tuple(sorted(spec["data"].items())), spec["params"],
                         spec["resources"], {"grid": grid_id})
@@ -91,10 +97,42 @@ class Grids:
         return {"job_id": job.job_id, "run": created}
 
     def finish(self, workspace: str, grid_id: str, outcome: str) -> dict[str, Any]:
-        grid = self._grid(workspace, grid_id)
+        try:
+            grid = self._grid(workspace, grid_id)
+        except NotFound:  # its workspace was killed
+            return {"grid_id": grid_id, "status": "DROPPED"}
+        if grid.status == "KILLED":
+            return {"grid_id": grid_id, "status": grid.status}
         grid.update(actions=[GridItem.status.set("COMPLETED" if outcome == "Completed" else "FAILED"),
                              GridItem.updated_at.set(now())])
         return {"grid_id": grid_id, "status": grid.status}
+
+    def halt_all(self, workspace: str, reason: str) -> int:
+        """Marks every running grid of the workspace KILLED (CreatePoint then refuses its points) and stops its
+        execution (its Distributed Map starts no more points; the points' own executions are stopped with their
+        jobs). Returns how many grids it stopped; repeating it is harmless."""
+        stopped = 0
+        for grid in GridItem.query(ws_key(workspace), GridItem.sk.startswith("GRID#"), consistent_read=True):
+            if grid.status != "RUNNING":
+                continue
+            for _ in range(5):
+                try:
+                    grid.update(actions=[GridItem.status.set("KILLED"), GridItem.updated_at.set(now())])
+                    break
+                except UpdateError as exc:  # RecordGrid changed it meanwhile (optimistic locking)
+                    if exc.cause_response_code != "ConditionalCheckFailedException":
+                        raise
+                    try:
+                        grid.refresh(consistent_read=True)
+                    except DoesNotExist:  # a concurrent kill deleted it
+                        break
+                    if grid.status != "RUNNING":
+                        break
+            else:
+                raise Conflict(f"grid {grid.grid_id!r} kept changing while it was being killed; kill again")
+            self.executions.stop(grid.execution_arn, reason)
+            stopped += 1
+        return stopped
 
     def _grid(self, workspace: str, grid_id: str) -> GridItem:
         try:

@@ -68,7 +68,12 @@ def node_key(workspace: str, node: str) -> str:
 
 class WorkspaceItem(_Item):
     owner = UnicodeAttribute()
-    created_at = UnicodeAttribute()
+    created_at = UnicodeAttribute()  # also the workspace's incarnation (in every job's fingerprint)
+    # Set when `kaos workspace kill` starts: from then on the row is a tombstone that keeps the name taken, and
+    # every write on behalf of this incarnation is refused, until the kill has stopped and swept everything.
+    killed_at = UnicodeAttribute(null=True)
+    # Training and batch containers the kill stopped and still waits for ("sagemaker:<name>", "batch:<id>").
+    kill_pending: JSONAttribute = JSONAttribute(null=True)
 
 
 class MemberItem(_Item):

@@ -99,7 +99,13 @@ WORKSPACE_INFO = {**WORKSPACE_OUT, "required": ["name", "owner", "created_at", "
                                  "jobs": {"type": "integer"}, "members": {"type": "integer"}}}
 WORKSPACES = _object({"workspaces": {"type": "array", "items": WORKSPACE_OUT}}, ["workspaces"])
 KILLED = _object({"name": {"type": "string"}, "deleted_rows": {"type": "integer"},
-                  "deleted_objects": {"type": "integer"}}, ["name", "deleted_rows", "deleted_objects"])
+                  "deleted_objects": {"type": "integer"},
+                  "status": {"type": "string", "enum": ["killed", "stopping"],
+                             "description": "stopping: stopped jobs have not ended yet; kill again to finish"},
+                  "stopped_jobs": {"type": "integer"}, "stopped_grids": {"type": "integer"},
+                  "pending": {"type": "array", "items": {"type": "string"},
+                              "description": "stopped containers still ending (sagemaker:<name>, batch:<id>)"}},
+                 ["name", "deleted_rows", "deleted_objects", "status", "stopped_jobs", "stopped_grids", "pending"])
 MISSING = _object({"missing": {"type": "array", "items": _object(
     {"sha256": SHA256, "url": {"type": "string"}}, ["sha256", "url"])}}, ["missing"])
 SNAPSHOT = _object({"id": SHA256, "kind": {"type": "string"}, "files": {"type": "integer"},

@@ -10,4 +10,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("batch") if event["outcome"] == "Completed" else event.get("error")
     job = Batch().record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
                          detail or {})
-    return {"job_id": job["id"], "status": job["status"], "output": job["model"]}
+    # `dropped`: the job's workspace was killed (or re-created) before its outcome arrived, so nothing was written.
+    return {"job_id": job["id"], "status": job["status"], "output": job["model"], "dropped": bool(job.get("dropped"))}

@@ -10,4 +10,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("training") if event["outcome"] == "Completed" else event.get("error")
     job = Training().record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
                             detail or {})
-    return {"job_id": job["id"], "status": job["status"]}
+    # `dropped`: the job's workspace was killed (or re-created) before its outcome arrived, so nothing was written.
+    return {"job_id": job["id"], "status": job["status"], "dropped": bool(job.get("dropped"))}
