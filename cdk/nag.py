@@ -108,8 +108,8 @@ def acknowledge_findings(stack: KaosStack) -> None:
                 "The ceiling of every workspace role: reads within ws/ of this bucket only; each role's own policy "
                 "narrows it to ws/<its workspace>/."
             ),
-            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/jobs/*")): (
-                "The ceiling of every workspace role: writes only job outputs (ws/<workspace>/jobs/<job>/...), "
+            _wildcard_resource(stack, bucket.arn_for_objects("ws/*/jobs/*/output/*")): (
+                "The ceiling of every workspace role: writes only job outputs (ws/<workspace>/jobs/<job>/output/...), "
                 "named by fingerprint at run time."
             ),
             "AwsSolutions-IAM5[Resource::*]": (

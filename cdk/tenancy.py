@@ -30,7 +30,7 @@ class WorkspaceIsolation(Construct):
         self.boundary = iam.ManagedPolicy(self, "WorkspaceBoundary", path="/kaos/", statements=[
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects("ws/*")]),
             iam.PolicyStatement(actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-                                resources=[bucket.arn_for_objects("ws/*/jobs/*")]),
+                                resources=[bucket.arn_for_objects("ws/*/jobs/*/output/*")]),
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
                                 conditions={"StringLike": {"s3:prefix": "ws/*"}}),
             iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"],

@@ -7,7 +7,7 @@ SageMaker is a role per tenant, created under a permissions boundary and an IAM 
 the workspace is killed; the role name carries the incarnation, so a job of a killed workspace, whose session
 names the deleted role, cannot write into a workspace later created under the same name.
 
-The role may read ``ws/<workspace>/*`` and write only job outputs (``ws/<workspace>/jobs/*``): never blobs,
+The role may read ``ws/<workspace>/*`` and write only job outputs (``ws/<workspace>/jobs/*/output/*``): never blobs,
 manifests, materialized snapshots, code bundles (``sourcedirs/``) or the ``incoming/`` prefix that drives
 auto-retraining. The boundary (written by CDK) caps every such role to ``ws/*`` whatever its inline policy says.
 Quotas and eventual consistency: docs/security.md.
@@ -46,7 +46,7 @@ def policy_document(bucket: str, workspace: str, log_group_arn: str) -> dict[str
         {"Sid": "ListOwnWorkspace", "Effect": "Allow", "Action": "s3:ListBucket",
          "Resource": f"arn:aws:s3:::{bucket}", "Condition": {"StringLike": {"s3:prefix": f"ws/{workspace}/*"}}},
         {"Sid": "WriteJobOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-         "Resource": f"{prefix}jobs/*"},
+         "Resource": f"{prefix}jobs/*/output/*"},
         {"Sid": "TrainingLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": f"{log_group_arn}:log-stream:*"},
         {"Sid": "TrainingLogGroup", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:DescribeLogStreams"],

@@ -51,13 +51,37 @@ attempt("add self to victim (DynamoDB)", lambda: ddb.put_item(TableName=table, I
 attempt("read table", lambda: ddb.get_item(TableName=table, Key={"pk": {"S": f"WS#{victim}"}, "sk": {"S": "META"}}))
 attempt("list own", lambda: s3.list_objects_v2(Bucket=bucket, Prefix=f"ws/{own}/"))
 attempt("read own sourcedir", lambda: s3.get_object(Bucket=bucket, Key=first(f"ws/{own}/sourcedirs/")))
-attempt("write own job output", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{own}/jobs/probe/x", Body=b"1"))
+attempt("write own job output", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{own}/jobs/probe/output/x", Body=b"1"))
 attempt("overwrite own code bundle", lambda: s3.put_object(Bucket=bucket, Key=first(f"ws/{own}/sourcedirs/"),
                                                             Body=b"evil"))
 attempt("write own incoming", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{own}/incoming/x.csv", Body=b"1"))
 environment = sorted(k for k in os.environ if k.startswith(("KAOS", "AWS_")))
 json.dump({"attempts": attempts, "environment": environment, "home": os.environ.get("HOME")},
           open(os.path.join(os.environ["SM_MODEL_DIR"], "attempts.json"), "w"))
+'''
+
+
+# Runs as guest's Batch job: the same attempts with the job role's credentials, reported in its output snapshot.
+BATCH_ATTACK = r'''
+import boto3, json, os
+from botocore.exceptions import ClientError
+t = json.load(open(os.path.join(os.environ["KAOS_INPUT_DIR"], "targets.json")))
+s3 = boto3.client("s3")
+attempts = {}
+def attempt(name, call):
+    try:
+        call()
+        attempts[name] = "allowed"
+    except ClientError as exc:
+        attempts[name] = "denied" if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403 else "error"
+attempt("read victim sourcedir", lambda: s3.get_object(Bucket=t["bucket"], Key=t["victim_sourcedir"]))
+attempt("read victim model", lambda: s3.get_object(Bucket=t["bucket"], Key=t["victim_model"]))
+attempt("overwrite victim model", lambda: s3.put_object(Bucket=t["bucket"], Key=t["victim_model"], Body=b"evil"))
+attempt("write victim incoming", lambda: s3.put_object(Bucket=t["bucket"], Key=f"ws/{t['victim']}/incoming/b.csv",
+                                                       Body=b"1"))
+attempt("list victim", lambda: s3.list_objects_v2(Bucket=t["bucket"], Prefix=f"ws/{t['victim']}/"))
+attempt("list own", lambda: s3.list_objects_v2(Bucket=t["bucket"], Prefix=f"ws/{t['own']}/"))
+json.dump(attempts, open(os.path.join(os.environ["KAOS_OUTPUT_DIR"], "attempts.json"), "w"))
 '''
 
 
@@ -105,8 +129,22 @@ def walls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
         member = tar.extractfile("attempts.json")
         assert member is not None
         report: dict[str, Any] = json.loads(member.read())
-    return {"report": report, "before": before, "after": objects(stack, bucket, f"ws/{DEV}/"), "bucket": bucket,
-            "table": table}
+    # The same from a Batch job of guest's (its job definition's role is guest's workspace role).
+    batch_code, batch_data = tmp / "batch-attack", tmp / "batch-data"
+    batch_code.mkdir()
+    batch_data.mkdir()
+    (batch_code / "process.py").write_text(BATCH_ATTACK)
+    (batch_data / "targets.json").write_text(params.read_text())
+    batch = as_user(stack, "guest", "batch", "deploy", "-w", GUEST, "-s", str(batch_code), "-d", str(batch_data),
+                    "--wait")
+    assert batch["status"] == "COMPLETED", batch
+    output = batch["model"].removeprefix("snapshot:")
+    s3 = stack.aws("s3")
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"ws/{GUEST}/manifests/{output}.json")["Body"].read())
+    sha = next(f["sha256"] for f in manifest["files"] if f["path"] == "attempts.json")
+    batch_report = json.loads(s3.get_object(Bucket=bucket, Key=f"ws/{GUEST}/blobs/{sha}")["Body"].read())
+    return {"report": report, "batch": batch_report, "before": before,
+            "after": objects(stack, bucket, f"ws/{DEV}/"), "bucket": bucket, "table": table}
 
 
 CROSS_TENANT = ["list victim", "read victim sourcedir", "read victim model", "read victim blob",
@@ -124,6 +162,13 @@ def test_training_code_reaches_its_own_workspace_read_only_except_job_outputs(wa
     assert attempts["list own"] == attempts["read own sourcedir"] == attempts["write own job output"] == "allowed"
     # Code bundles and the auto-retrain prefix are written by kaos only, even within the workspace.
     assert attempts["overwrite own code bundle"] == attempts["write own incoming"] == "denied"
+
+
+def test_batch_code_cannot_reach_another_workspace(walls: dict[str, Any]) -> None:
+    attempts = walls["batch"]
+    assert attempts == {"read victim sourcedir": "denied", "read victim model": "denied",
+                        "overwrite victim model": "denied", "write victim incoming": "denied",
+                        "list victim": "denied", "list own": "allowed"}
 
 
 def test_victim_objects_are_byte_identical(walls: dict[str, Any]) -> None:
