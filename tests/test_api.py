@@ -13,6 +13,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from chalicelib.adapters import blob_put_headers
 from kaos.client import ApiError
 
 from .conftest import REPO, Stack
@@ -125,7 +126,9 @@ def test_snapshot_commit_is_pending_until_blobs_arrive_and_writes_no_row_before(
     assert dev.workspace("api-blobs")["snapshots"] == 0
     still = dev.request("POST", f"/workspaces/api-blobs/snapshots/{pending['id']}/complete")
     assert still["status"] == "pending" and still["missing_count"] == 1
-    assert requests.put(pending["missing"][0]["url"], data=b"hello", timeout=10).status_code == 200
+    # The presigned PUT is signed with the blob's checksum and If-None-Match: the upload must send both.
+    assert requests.put(pending["missing"][0]["url"], data=b"hello", headers=blob_put_headers(digest),
+                        timeout=10).status_code == 200
     with pytest.raises(ApiError) as wrong_size:
         dev.request("POST", "/workspaces/api-blobs/snapshots", {"kind": "data", "files": [{**files[0], "size": 6}]})
     assert wrong_size.value.status == 400 and "files" in wrong_size.value.message
@@ -149,7 +152,8 @@ def test_kill_removes_exactly_that_workspace(stack: Stack) -> None:
         files = [{"path": "x", "sha256": digest, "size": len(name)}]
         pending = dev.request("POST", f"/workspaces/{name}/snapshots", {"kind": "data", "files": files})
         for blob in pending["missing"]:
-            requests.put(blob["url"], data=name.encode(), timeout=10).raise_for_status()
+            requests.put(blob["url"], data=name.encode(), headers=blob_put_headers(digest),
+                         timeout=10).raise_for_status()
         dev.request("POST", f"/workspaces/{name}/snapshots/{pending['id']}/complete")
     result = dev.kill_workspace("mnist")
     assert result["deleted_objects"] >= 2

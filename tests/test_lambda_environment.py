@@ -11,7 +11,7 @@ import pytest
 from kaos.local.lambda_runtime import OFFLINE_ONLY, RESERVED
 from kaos.local.loader import Resolver
 
-from .conftest import REPO, TEMPLATE, Stack, tiny_code
+from .conftest import TEMPLATE, Stack, tiny_code
 
 
 def function_processes(stack_pid: int) -> dict[str, dict[str, str]]:
@@ -42,8 +42,8 @@ def environments(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict
     return function_processes(int(stack.runtime["pid"]))
 
 
-def template_functions() -> dict[str, tuple[str, dict[str, str]]]:
-    template = json.loads((REPO / ".cache" / "synth" / "Kaos.template.json").read_text())
+def template_functions(stack: Stack) -> dict[str, tuple[str, dict[str, str]]]:
+    template = json.loads((stack.state_dir / "template.json").read_text())
     resolver = Resolver(template["Resources"])
     functions = {}
     for logical_id, resource in template["Resources"].items():
@@ -54,8 +54,9 @@ def template_functions() -> dict[str, tuple[str, dict[str, str]]]:
     return functions
 
 
-def test_each_function_sees_exactly_its_template_environment(environments: dict[str, dict[str, str]]) -> None:
-    declared = template_functions()
+def test_each_function_sees_exactly_its_template_environment(environments: dict[str, dict[str, str]],
+                                                             stack: Stack) -> None:
+    declared = template_functions(stack)
     # The API, the training pipeline's two tasks: all ran for the job above.
     assert {"app.app", "functions.prepare_training.handler", "functions.record_outcome.handler"} <= set(environments)
     for handler, env in environments.items():
@@ -68,9 +69,10 @@ def test_each_function_sees_exactly_its_template_environment(environments: dict[
         assert env["AWS_SESSION_TOKEN"], handler  # a session of the function's role, not a user's key
 
 
-def test_functions_differ_where_their_templates_differ(environments: dict[str, dict[str, str]]) -> None:
+def test_functions_differ_where_their_templates_differ(environments: dict[str, dict[str, str]],
+                                                        stack: Stack) -> None:
     """The old shared environment hid a function missing a variable; now each has only its own."""
-    declared = template_functions()
+    declared = template_functions(stack)
     prepare, record = declared["functions.prepare_training.handler"][1], declared["functions.record_outcome.handler"][1]
     only_prepare = set(prepare) - set(record)
     assert only_prepare, "the two task templates should differ (PrepareTraining names the workspace roles)"
