@@ -236,12 +236,12 @@ class _LogShipper:
         self._lock = threading.Lock()
         self._last_ts = 0
         self._closed = threading.Event()
-        for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
-                               (logs.create_log_stream, {"logGroupName": group, "logStreamName": stream})):
-            try:
-                create(**kwargs)
-            except logs.exceptions.ResourceAlreadyExistsException:
-                pass
+        # The awslogs driver writes into the group the job definition names (CDK creates it; the driver does not
+        # unless `awslogs-create-group` is set) and creates the stream, with the task execution role.
+        try:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
         self._thread = threading.Thread(target=self._loop, name=f"logs-{stream}", daemon=True)
         self._thread.start()
 

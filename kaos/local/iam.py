@@ -417,6 +417,28 @@ def _context(service: str, action: str, response: Any) -> dict[str, list[str]]:
 # -- the replacement for moto's check -----------------------------------------------------------------
 
 
+_BOTOCORE_NAMES = {"states": "stepfunctions", "monitoring": "cloudwatch", "execute-api": "apigateway"}
+_operations: dict[str, dict[str, str]] = {}
+
+
+def _canonical_operation(service: str, name: str) -> str:
+    """moto names some REST operations by their lower-cased path (Batch: ``submitjob``); IAM's action names are
+    the API's operation names (``SubmitJob``), taken from botocore's model of the service."""
+    if not name.islower():
+        return name
+    names = _operations.get(service)
+    if names is None:
+        import botocore.session
+
+        try:
+            model = botocore.session.get_session().get_service_model(_BOTOCORE_NAMES.get(service, service))
+            names = {op.lower(): op for op in model.operation_names}
+        except Exception:
+            names = {}
+        _operations[service] = names
+    return names.get(name.lower(), name)
+
+
 def _sigv4_query_signature(secret: str, method: str, raw_path: str, query: list[tuple[str, str]],
                            headers: dict[str, str]) -> str:
     """SigV4 query-string signature (a presigned URL), recomputed from the request as received."""
@@ -496,7 +518,7 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
         request._raise_invalid_access_key("InvalidToken")
     service = request._service
     prefix = _IAM_PREFIX.get(service, service)
-    operation = str(request._action).split(":", 1)[1]
+    operation = _canonical_operation(service, str(request._action).split(":", 1)[1])
     operation = _ACTION_NAMES.get((service, operation), operation)
     if request._action == "sts:GetCallerIdentity":
         return None
