@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from chalicelib.tenancy import POLICY_NAME, ROLE_PATH, job_definition_name, role_name
 from kaos.bundle import LocalFile
 from kaos.client import ApiError, Client
 from kaos.local.persistence import Journal, classify, load_stored
@@ -129,6 +130,15 @@ def test_acknowledged_writes_survive_kill_9(local: Restartable, tmp_path: Path) 
     for entry in pushed["files"]:
         bucket, key = unquote(urlsplit(entry["url"]).path).lstrip("/").split("/", 1)
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == incoming[entry["path"]]
+
+    # Each workspace's execution role and Batch job definition (made by the API with the workspace) came back.
+    iam, batch = stack.aws("iam"), stack.aws("batch")
+    for name in [*dev_names[:19], *guest_names]:
+        incarnation = dev.workspace(name)["created_at"] if name in dev_names else guest.workspace(name)["created_at"]
+        assert iam.get_role(RoleName=role_name(name, incarnation))["Role"]["Path"] == ROLE_PATH, name
+        assert iam.get_role_policy(RoleName=role_name(name, incarnation), PolicyName=POLICY_NAME)["PolicyDocument"]
+        assert batch.describe_job_definitions(jobDefinitionName=job_definition_name(name, incarnation),
+                                              status="ACTIVE")["jobDefinitions"], name
 
     restored = _restore_line(local)
     print(f"\ncrash durability: N={acknowledged} acknowledged writes, kill -9 right after the last one; "
@@ -257,6 +267,15 @@ def test_writes_are_attributed_to_the_keys_they_touch() -> None:
         "stateMachineArn": "arn:aws:states:us-east-1:1:stateMachine:M", "name": "job-1"}).encode(),
         authorization=SIGNED.format("states"), x_amz_target="AWSStepFunctions.StartExecution"))
     assert start is not None and start.changes.executions == {"arn:aws:states:us-east-1:1:execution:M:job-1"}
+    role = classify(_environ("POST", "/", b"Action=PutRolePolicy&RoleName=kaos-ws-a-1&PolicyName=p&Version=2010-05-08",
+                             authorization=SIGNED.format("iam")))
+    assert role is not None and role.changes.resources == {("iam_role", "kaos-ws-a-1")}
+    assert classify(_environ("POST", "/", b"Action=GetRole&RoleName=kaos-ws-a-1",
+                             authorization=SIGNED.format("iam"))) is None
+    definition = classify(_environ("POST", "/v1/deregisterjobdefinition", json.dumps({
+        "jobDefinition": "arn:aws:batch:us-east-1:1:job-definition/kaos-ws-a-1:3"}).encode(),
+        authorization=SIGNED.format("batch")))
+    assert definition is not None and definition.changes.resources == {("batch_job_definition", "kaos-ws-a-1")}
     unsigned = classify(_environ("POST", "/anything"))
     assert unsigned is not None and unsigned.changes.ddb_all and unsigned.changes.s3_all
     assert re.fullmatch(r"[0-9a-f]{8} \{.*\}\n", Journal.encode({"t": "x"}).decode())

@@ -15,8 +15,9 @@ serves)::
     data/logs/<hash of group>/<hash>.jsonl    one {"timestamp", "message"} event per line
     data/stepfunctions/executions.jsonl       a header, then one record (name, input, status, dates, output)
                                               per execution
-    data/iam/roles.json                       {"journal_seq": n, "roles": {name: {path, trust, boundary,
-                                              policies, attached, ...}}}: roles made at run time
+    data/resources.json                       {"journal_seq": n, "resources": {kind: {name: description}}}:
+                                              what the API makes at run time besides items and objects (a
+                                              workspace's IAM role, its Batch job definition)
 
 Durable before acknowledged. An API write answers 2xx only after what it changed is on disk: the local
 gateway calls :meth:`Persistence.flush` between the app's answer and sending it, and a presigned PUT straight
@@ -24,12 +25,13 @@ to the emulator's S3 (uploads never go through the API) is flushed before S3's 2
 incremental: :class:`ChangeTracker`, in front of the emulator's WSGI app, records *what* each write request
 touched — the DynamoDB keys (from the request body: PutItem, UpdateItem, DeleteItem, BatchWriteItem,
 TransactWriteItems), the S3 keys (from the path; DeleteObjects from its body), the Step Functions execution
-(StartExecution, StopExecution), the IAM role (a workspace's execution role, made by the API) — and the
-flush reads the current state of exactly those (one BatchGetItem, a GetObject per changed key, a
-DescribeExecution, GetRole and its policies) and appends it to ``journal.log`` as one write and one
-fdatasync: the item (or its deletion), the object's entry after its body is fsynced under ``objects/``, the
-execution record, the role. A write the tracker cannot attribute to keys (an unknown action, an unsigned
-request) makes the next flush record whole tables or buckets instead, so nothing is missed, only slower.
+(StartExecution, StopExecution), the IAM role and Batch job definition (a workspace's, made by the API) —
+and the flush reads the current state of exactly those (one BatchGetItem, a GetObject per changed key, a
+DescribeExecution, GetRole and its policies, DescribeJobDefinitions) and appends it to ``journal.log`` as
+one write and one fdatasync: the item (or its deletion), the object's entry after its body is fsynced under
+``objects/``, the execution record, the resource's description. A write the tracker cannot attribute to
+keys (an unknown action, an unsigned request) makes the next flush record whole tables or buckets instead, so
+nothing is missed, only slower.
 
 Concurrent flushes are one: a flush takes every change recorded so far, and a caller whose changes were
 taken by a flush that finished returns without a second one (group commit). DynamoDB keys are taken and
@@ -58,6 +60,7 @@ from CloudWatch).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -102,6 +105,10 @@ _DDB_NO_ITEMS = {"CreateTable", "UpdateTable", "UpdateTimeToLive", "TagResource"
 # S3 sub-resources whose writes change no object body or its listing (not persisted).
 _S3_NO_OBJECT = ("tagging", "acl", "retention", "legal-hold", "uploads", "select", "restore")
 _MAX_BUFFERED_BODY = 4 << 20
+# What RegisterJobDefinition takes back from DescribeJobDefinitions.
+_JOB_DEFINITION_FIELDS = ("type", "parameters", "schedulingPriority", "containerProperties", "nodeProperties",
+                          "retryStrategy", "propagateTags", "timeout", "tags", "platformCapabilities",
+                          "eksProperties", "ecsProperties")
 _CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
 
 
@@ -185,6 +192,40 @@ def _key_json(attributes: dict[str, Any], names: Iterable[str] | None = None) ->
 
 def _table_name(name: str) -> str:
     return name.split(":table/", 1)[1].split("/", 1)[0] if name.startswith("arn:") else name
+
+
+def _json_safe(item: dict[str, Any]) -> dict[str, Any]:
+    """A low-level item as boto returns it, with binary values base64-encoded as DynamoDB's JSON has them."""
+    def value(attribute: dict[str, Any]) -> dict[str, Any]:
+        ((kind, inner),) = attribute.items()
+        if kind == "B":
+            return {kind: base64.b64encode(inner).decode() if isinstance(inner, bytes) else inner}
+        if kind == "BS":
+            return {kind: [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in inner]}
+        if kind == "M":
+            return {kind: {k: value(v) for k, v in inner.items()}}
+        if kind == "L":
+            return {kind: [value(v) for v in inner]}
+        return attribute
+
+    return {name: value(attribute) for name, attribute in item.items()}
+
+
+def _from_json_safe(item: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_json_safe`, for boto (which base64-encodes bytes itself)."""
+    def value(attribute: dict[str, Any]) -> dict[str, Any]:
+        ((kind, inner),) = attribute.items()
+        if kind == "B":
+            return {kind: base64.b64decode(inner) if isinstance(inner, str) else inner}
+        if kind == "BS":
+            return {kind: [base64.b64decode(v) if isinstance(v, str) else v for v in inner]}
+        if kind == "M":
+            return {kind: {k: value(v) for k, v in inner.items()}}
+        if kind == "L":
+            return {kind: [value(v) for v in inner]}
+        return attribute
+
+    return {name: value(attribute) for name, attribute in item.items()}
 
 
 def _snapshot_header(record: Any) -> dict[str, Any] | None:
@@ -298,7 +339,7 @@ class Changes:
     s3_all: bool = False
     executions: set[str] = field(default_factory=set)  # execution ARNs
     executions_all: bool = False
-    iam_roles: set[str] = field(default_factory=set)  # role names
+    resources: set[tuple[str, str]] = field(default_factory=set)  # (kind, name): see RESOURCE_KINDS
     logs: bool = False
 
     def merge(self, other: Changes) -> None:
@@ -310,14 +351,14 @@ class Changes:
         self.s3_all |= other.s3_all
         self.executions |= other.executions
         self.executions_all |= other.executions_all
-        self.iam_roles |= other.iam_roles
+        self.resources |= other.resources
         self.logs |= other.logs
 
     @property
     def durable_part(self) -> bool:
         """Whether anything besides log events changed (log events are exported periodically)."""
         return bool(self.ddb_keys or self.ddb_all or self.s3_keys or self.s3_buckets or self.s3_all
-                    or self.executions or self.executions_all or self.iam_roles)
+                    or self.executions or self.executions_all or self.resources)
 
     @classmethod
     def everything(cls) -> Changes:
@@ -334,12 +375,15 @@ class Request:
 
 
 def _body(environ: dict[str, Any]) -> bytes | None:
-    """The request body, read and put back for the app; None when it is too large or of unknown length."""
+    """The request body, read and put back for the app; None when it is too large or of unknown length (then
+    the app reads it as it came)."""
+    if not environ.get("CONTENT_LENGTH"):
+        return None if environ.get("HTTP_TRANSFER_ENCODING") else b""
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(environ["CONTENT_LENGTH"])
     except ValueError:
         return None
-    if length > _MAX_BUFFERED_BODY:
+    if length > _MAX_BUFFERED_BODY or length < 0:
         return None
     body = environ["wsgi.input"].read(length) if length else b""
     environ["wsgi.input"] = io.BytesIO(body)
@@ -449,12 +493,22 @@ def classify(environ: dict[str, Any]) -> Request | None:
     if service == "s3":
         changes = _s3_changes(environ, method)
         return Request(changes, presigned=presigned) if changes.durable_part else None
-    if service == "iam":  # roles made at run time (a workspace's execution role); the template's are re-made
+    # Resources made at run time (a workspace's role and job definition); the template's are made on every start.
+    if service == "iam":
         form = parse_qs((_body(environ) or b"").decode("utf-8", "replace")) if method == "POST" else {}
         form = form or parse_qs(query)
         action, role = (form.get("Action") or [""])[0], (form.get("RoleName") or [""])[0]
         if role and not action.startswith(_READ_ACTIONS):
-            return Request(Changes(iam_roles={role}))
+            return Request(Changes(resources={("iam_role", role)}))
+    if service == "batch" and str(environ.get("PATH_INFO", "")).rstrip("/") in (
+            "/v1/registerjobdefinition", "/v1/deregisterjobdefinition"):
+        try:
+            request = json.loads(_body(environ) or b"")
+            name = str(request.get("jobDefinitionName") or request["jobDefinition"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # refused by Batch too
+        # A definition is named by ARN (arn:...:job-definition/NAME:REV), NAME:REV or NAME.
+        return Request(Changes(resources={("batch_job_definition", name.rsplit("/", 1)[-1].split(":", 1)[0])}))
     return None
 
 
@@ -540,9 +594,11 @@ class ChangeTracker:
         self.record(changes)
 
     def take(self) -> tuple[int, Changes]:
-        """The changes recorded so far (now cleared) and the generation they cover."""
+        """The changes recorded so far (now cleared) and the generation they cover; log changes stay (they are
+        exported periodically, see :meth:`take_logs`)."""
         with self._lock:
-            taken, self._changes = self._changes, Changes()
+            taken, self._changes = self._changes, Changes(logs=self._changes.logs)
+            taken.logs = False
             return self.generation, taken
 
     def take_logs(self) -> bool:
@@ -551,14 +607,14 @@ class ChangeTracker:
             return logs
 
     def take_beyond_dynamodb(self) -> Changes:
-        """The S3, execution and IAM changes recorded so far (now cleared); DynamoDB keys stay for the next take."""
+        """The changes besides DynamoDB's recorded so far (now cleared); DynamoDB keys stay for the next take."""
         with self._lock:
             current = self._changes
             taken = Changes(s3_keys=current.s3_keys, s3_buckets=current.s3_buckets, s3_all=current.s3_all,
                             executions=current.executions, executions_all=current.executions_all,
-                            iam_roles=current.iam_roles)
+                            resources=current.resources)
             current.s3_keys, current.s3_buckets, current.s3_all = {}, set(), False
-            current.executions, current.executions_all, current.iam_roles = set(), False, set()
+            current.executions, current.executions_all, current.resources = set(), False, set()
             return taken
 
     def clear(self) -> None:
@@ -574,7 +630,7 @@ class Stored:
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # table -> key json -> item
     buckets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # bucket -> key -> entry
     executions: dict[str, dict[str, Any]] = field(default_factory=dict)  # execution ARN -> record
-    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # IAM role name -> description
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # kind -> name -> description
     seq: int = 0
     journal_records: int = 0
     journal_length: int = 0
@@ -659,16 +715,17 @@ def load_stored(data_dir: Path) -> Stored:
         if record["t"] == "execution" and int(record["seq"]) > executions_covered:
             stored.executions[record["record"]["executionArn"]] = record["record"]
 
-    # IAM roles made at run time.
-    roles = read_json(data_dir / "iam" / "roles.json", {"journal_seq": 0, "roles": {}})
-    seq = max(seq, int(roles["journal_seq"]))
-    stored.roles = dict(roles["roles"])
+    # Resources made at run time.
+    resources = read_json(data_dir / "resources.json", {"journal_seq": 0, "resources": {}})
+    seq = max(seq, int(resources["journal_seq"]))
+    stored.resources = {kind: dict(named) for kind, named in resources["resources"].items()}
     for record in records:
-        if record["t"] == "iam_role" and int(record["seq"]) > int(roles["journal_seq"]):
-            if record["role"] is None:
-                stored.roles.pop(record["name"], None)
+        if record["t"] == "resource" and int(record["seq"]) > int(resources["journal_seq"]):
+            named = stored.resources.setdefault(record["kind"], {})
+            if record["state"] is None:
+                named.pop(record["name"], None)
             else:
-                stored.roles[record["name"]] = record["role"]
+                named[record["name"]] = record["state"]
     stored.seq = seq
     return stored
 
@@ -695,7 +752,7 @@ class StateStore:
         # What the files hold now (snapshots + journal): S3 entries and execution records, to tell changes.
         self.buckets: dict[str, dict[str, dict[str, Any]]] = {}
         self.executions: dict[str, dict[str, Any]] = {}
-        self.roles: dict[str, dict[str, Any]] = {}
+        self.resources: dict[str, dict[str, dict[str, Any]]] = {}
         self._key_names: dict[str, list[str]] = {}
         self._clients: dict[str, Any] = {}
         self._client_factory = client
@@ -730,7 +787,7 @@ class StateStore:
         self.seq = stored.seq
         self.buckets = {bucket: dict(objects) for bucket, objects in stored.buckets.items()}
         self.executions = dict(stored.executions)
-        self.roles = dict(stored.roles)
+        self.resources = {kind: dict(named) for kind, named in stored.resources.items()}
         self.journal.open(stored.journal_length)
         if stored.format != FORMAT:
             write_json(self.data_dir / "format.json", {"format": FORMAT})
@@ -766,19 +823,38 @@ class StateStore:
                 continue  # an item without its key was refused
             wanted.setdefault(table, {})[_key_json(key)] = key
         for table, keys in wanted.items():
-            found: dict[str, dict[str, Any]] = {}
-            listed = list(keys.values())
-            for start in range(0, len(listed), 100):
-                pending: dict[str, Any] = {table: {"Keys": listed[start:start + 100], "ConsistentRead": True}}
-                while pending:
-                    response = ddb.batch_get_item(RequestItems=pending)
-                    for item in response["Responses"].get(table, []):
-                        found[_key_json(item, self.key_names(table))] = item
-                    pending = response.get("UnprocessedKeys") or {}
+            found = self._items_in_process(table, keys)
+            if found is None:
+                found = {}
+                listed = list(keys.values())
+                for start in range(0, len(listed), 100):
+                    pending: dict[str, Any] = {table: {"Keys": listed[start:start + 100], "ConsistentRead": True}}
+                    while pending:
+                        response = ddb.batch_get_item(RequestItems=pending)
+                        for item in response["Responses"].get(table, []):
+                            found[_key_json(item, self.key_names(table))] = _json_safe(item)
+                        pending = response.get("UnprocessedKeys") or {}
             for key_json, key in keys.items():
                 records.append({"t": "ddb", "table": table, "key": key, "item": found.get(key_json)})
             report.add("dynamodb_items", len(keys))
         return records
+
+    def _items_in_process(self, table: str, keys: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The items straight from the emulator's backend in this process (a GetItem over HTTP costs ~100x more,
+        and the caller holds the write lock, so nothing changes meanwhile); None when it is not reachable."""
+        try:
+            from moto.dynamodb.models import dynamodb_backends
+
+            backend = dynamodb_backends[self.account][self.region]
+            found = {}
+            for key_json, key in keys.items():
+                item = backend.get_item(table, key)
+                if item is not None:  # a copy: the backend's values may change once the lock is released
+                    found[key_json] = json.loads(json.dumps(item.to_json()["Attributes"]))
+            return found
+        except Exception:
+            LOG.debug("reading %s in process failed; reading over HTTP", table, exc_info=True)
+            return None
 
     def _tables(self) -> list[str]:
         ddb = self.client("dynamodb")
@@ -786,7 +862,7 @@ class StateStore:
 
     def _scan(self, table: str) -> list[dict[str, Any]]:
         pages = self.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
-        return [item for page in pages for item in page["Items"]]
+        return [_json_safe(item) for page in pages for item in page["Items"]]
 
     def read_s3(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
         s3 = self.client("s3")
@@ -911,14 +987,22 @@ class StateStore:
         report.add("executions", len(records))
         return records
 
-    def read_iam(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
+    def read_resources(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
         records = []
-        for name in sorted(changes.iam_roles):
-            role = self._role(name)
-            if role != self.roles.get(name):
-                records.append({"t": "iam_role", "name": name, "role": role})
-        report.add("iam_roles", len(records))
+        for kind, name in sorted(changes.resources):
+            state = {"iam_role": self._role, "batch_job_definition": self._job_definition}[kind](name)
+            if state != self.resources.get(kind, {}).get(name):
+                records.append({"t": "resource", "kind": kind, "name": name, "state": state})
+        report.add("resources", len(records))
         return records
+
+    def _job_definition(self, name: str) -> dict[str, Any] | None:
+        """The latest active revision (jobs name the definition, so the latest is what runs), as registered."""
+        active = self.client("batch").describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
+        if not active["jobDefinitions"]:
+            return None
+        latest = max(active["jobDefinitions"], key=lambda d: int(d.get("revision", 0)))
+        return {key: latest[key] for key in _JOB_DEFINITION_FIELDS if latest.get(key) not in (None, {}, [])}
 
     def _role(self, name: str) -> dict[str, Any] | None:
         iam = self.client("iam")
@@ -939,9 +1023,9 @@ class StateStore:
                 "tags": role.get("Tags") or [], "policies": policies,
                 "attached": [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]}
 
-    def snapshot_iam(self, report: Report) -> None:
-        write_json(self.data_dir / "iam" / "roles.json", {"journal_seq": self.seq, "roles": self.roles})
-        report.add("iam_roles", len(self.roles))
+    def snapshot_resources(self, report: Report) -> None:
+        write_json(self.data_dir / "resources.json", {"journal_seq": self.seq, "resources": self.resources})
+        report.add("resources", sum(len(named) for named in self.resources.values()))
 
     def commit(self, records: list[dict[str, Any]]) -> None:
         """Appends the records to the journal durably; then the store's view of the files follows them."""
@@ -964,11 +1048,12 @@ class StateStore:
                     objects[record["key"]] = record["entry"]
             elif record["t"] == "execution":
                 self.executions[record["record"]["executionArn"]] = record["record"]
-            elif record["t"] == "iam_role":
-                if record["role"] is None:
-                    self.roles.pop(record["name"], None)
+            elif record["t"] == "resource":
+                named = self.resources.setdefault(record["kind"], {})
+                if record["state"] is None:
+                    named.pop(record["name"], None)
                 else:
-                    self.roles[record["name"]] = record["role"]
+                    named[record["name"]] = record["state"]
 
     # -- snapshots
     def snapshot_dynamodb(self, report: Report) -> None:
@@ -1068,7 +1153,7 @@ class StateStore:
         report = Report()
         if stored.format is None and not stored.journal_records:
             return report
-        self._import_iam(stored, report)
+        self._import_resources(stored, report)
         self._import_s3(stored, report)
         self._import_logs(report)
         self._import_executions(stored, report)
@@ -1078,13 +1163,14 @@ class StateStore:
         report.seconds = time.monotonic() - started
         return report
 
-    def _import_iam(self, stored: Stored, report: Report) -> None:
-        iam = self.client("iam")
+    def _import_resources(self, stored: Stored, report: Report) -> None:
+        """IAM roles first (a job definition names its role)."""
+        iam, batch = self.client("iam"), self.client("batch")
 
         def document(value: Any) -> str:
             return value if isinstance(value, str) else json.dumps(value)
 
-        for name, role in sorted(stored.roles.items()):
+        for name, role in sorted(stored.resources.get("iam_role", {}).items()):
             kwargs: dict[str, Any] = {"RoleName": name, "Path": role["path"],
                                       "AssumeRolePolicyDocument": document(role["trust"])}
             for key, value in (("PermissionsBoundary", role.get("boundary")), ("Tags", role.get("tags")),
@@ -1103,6 +1189,10 @@ class StateStore:
             for arn in role["attached"]:
                 iam.attach_role_policy(RoleName=name, PolicyArn=arn)
             report.add("iam_roles", 1)
+        for name, definition in sorted(stored.resources.get("batch_job_definition", {}).items()):
+            if not batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]:
+                batch.register_job_definition(jobDefinitionName=name, **definition)
+            report.add("batch_job_definitions", 1)
 
     def _import_executions(self, stored: Stored, report: Report) -> None:
         """Closed execution records straight into moto's state machines (StartExecution would run them)."""
@@ -1140,7 +1230,7 @@ class StateStore:
             if table not in existing:
                 LOG.warning("not restoring %d items: the template no longer has table %s", len(items), table)
                 continue
-            values = list(items.values())
+            values = [_from_json_safe(item) for item in items.values()]
             for start in range(0, len(values), 25):
                 self._write_batch(table, [{"PutRequest": {"Item": item}} for item in values[start:start + 25]])
             report.add("dynamodb_items", len(values))
@@ -1324,8 +1414,8 @@ class Persistence:
                 else []
             executions = self.store.read_executions(changes, report) \
                 if changes.executions or changes.executions_all else []
-            roles = self.store.read_iam(changes, report) if changes.iam_roles else []
-            self.store.commit(roles + s3 + executions + ddb)  # what items name before the items
+            resources = self.store.read_resources(changes, report) if changes.resources else []
+            self.store.commit(resources + s3 + executions + ddb)  # what items name before the items
         except BaseException:
             changes.logs = False
             self.tracker.record(changes)  # taken but not stored: the next flush tries again
@@ -1350,7 +1440,7 @@ class Persistence:
                 self.store.snapshot_dynamodb(report)
             self.store.snapshot_executions(report)
             self.store.snapshot_s3(report)  # after the items: objects are never older than the items
-            self.store.snapshot_iam(report)
+            self.store.snapshot_resources(report)
             self.store.journal.reset()
             report.add("bodies_removed", self.store.collect_garbage())
             self._snapshot_due = False
@@ -1371,7 +1461,7 @@ class Persistence:
     def tick(self) -> None:
         """The periodic work: internal writes flushed (and executions that moved on), new log events exported,
         a snapshot when due."""
-        if self._executions_stale or any(r["status"] == "RUNNING" for r in self.store.executions.values()):
+        if self._executions_stale or any(r["status"] == "RUNNING" for r in list(self.store.executions.values())):
             self._executions_stale = False
             self.tracker.record(Changes(executions_all=True))
         self.flush()
