@@ -105,6 +105,14 @@ class KaosStack(Stack):
                                             resources=self.remote_data_arns)
             for role in (self.api.role, self.training.prepare.role):
                 role.add_to_principal_policy(statement)
+        # OpenLineage run events (chalicelib/lineage_events.py), emitted by the training and batch tasks: on only with
+        # the `openLineageUrl` context (`openLineageFile`: a file transport, for the embedded stack).
+        lineage = {name: str(self.node.try_get_context(key)) for name, key in (
+            (env_names.OPENLINEAGE_URL, "openLineageUrl"), (env_names.OPENLINEAGE_FILE, "openLineageFile"))
+            if self.node.try_get_context(key)}
+        for task in (self.training.prepare, self.training.record, self.batch.prepare, self.batch.record):
+            for name, value in lineage.items():
+                task.function.add_environment(name, value)
         CfnOutput(self, "ApiUrl", value=self.api.url)
         CfnOutput(self, "BucketName", value=bucket.bucket_name)
         CfnOutput(self, "TableName", value=table.table_name)

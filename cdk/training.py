@@ -144,11 +144,6 @@ class Training(Construct):
         for fn in (self.prepare.function, self.record.function):
             grant_table_read_write(table, fn)
             grant_bucket_read_write(bucket, fn)
-        # OpenLineage run events (chalicelib/lineage_events.py): on only with the `openLineageUrl` context.
-        open_lineage_url = self.node.try_get_context("openLineageUrl")
-        if open_lineage_url:
-            for fn in (self.prepare.function, self.record.function):
-                fn.add_environment(env_names.OPENLINEAGE_URL, str(open_lineage_url))
         grant_log_read(training_log_group_arn, self.record.function)
 
         # --- States.

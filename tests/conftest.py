@@ -62,8 +62,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The stack trusts one local test CA, so https:// remote data can be served from 127.0.0.1 in tests.
     # Test hooks: the fault-injection route and the local admin user who alone may call it (see inject()).
     env = {**os.environ, "KAOS_HOME": str(home), "SSL_CERT_FILE": str(local_tls(home)[0]),
-           # tests/test_remote_data.py references an emulator bucket of its own in manifests.
-           "KAOS_LOCAL_REMOTE_DATA_BUCKETS": "external-data",
+           # tests/test_remote_data.py and test_provenance.py reference emulator buckets of their own in manifests.
+           "KAOS_LOCAL_REMOTE_DATA_BUCKETS": "external-data,impact-data",
            "KAOS_LOCAL_TEST_HOOKS": "1"}
     # Synthesizing the CDK app is cached under the repo so every worker and run reuses it.
     started = subprocess.run([sys.executable, "-m", "kaos.cli", "local", "up", "--detach",

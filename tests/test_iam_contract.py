@@ -279,3 +279,18 @@ def test_service_credentials_need_the_trust_policy(emulator: Emulator) -> None:
     with pytest.raises(iam.UntrustedService):
         emulator.role_keys(f"arn:aws:iam::{ACCOUNT}:role/ecs-only", "sagemaker.amazonaws.com")
     assert emulator.role_keys(f"arn:aws:iam::{ACCOUNT}:role/ecs-only", "ecs-tasks.amazonaws.com")["AWS_SESSION_TOKEN"]
+
+
+def test_multi_object_delete_is_decided_per_key(emulator: Emulator) -> None:
+    s3_admin = emulator.client("s3")
+    s3_admin.create_bucket(Bucket="deletes")
+    for key in ("ws/a/1", "ws/b/1"):
+        s3_admin.put_object(Bucket="deletes", Key=key, Body=b"x")
+    arn = role(emulator, "deleter", [allow("s3:DeleteObject", "arn:aws:s3:::deletes/ws/a/*")])
+    s3 = as_role(emulator, arn, "s3")
+    # S3 answers a multi-object delete with per-key errors; a key outside the grant is never deleted (the
+    # emulator refuses the whole request when any key is outside it: stricter, never looser).
+    mixed = s3.delete_objects(Bucket="deletes", Delete={"Objects": [{"Key": "ws/a/1"}, {"Key": "ws/b/1"}]})
+    assert {e["Key"] for e in mixed.get("Errors", []) if e["Code"] == "AccessDenied"} >= {"ws/b/1"}
+    assert s3.delete_objects(Bucket="deletes", Delete={"Objects": [{"Key": "ws/a/1"}]}).get("Errors") is None
+    assert [o["Key"] for o in s3_admin.list_objects_v2(Bucket="deletes")["Contents"]] == ["ws/b/1"]

@@ -388,6 +388,21 @@ def resources_of(service: str, action: str, region: str, response: Any) -> list[
     return [(iam_action, "*")]
 
 
+def _multi_delete(bucket_arn: str, body: bytes) -> list[tuple[str, str]]:
+    """S3 DeleteObjects is a bucket-level request that S3 authorizes per key, as s3:DeleteObject (or
+    s3:DeleteObjectVersion when a version is named) on each object."""
+    import xml.etree.ElementTree as ElementTree
+
+    pairs = []
+    for element in ElementTree.fromstring(body or b"<Delete/>").iter():
+        if element.tag.rsplit("}", 1)[-1] != "Object":
+            continue
+        fields = {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in element}
+        action = "s3:DeleteObjectVersion" if fields.get("VersionId") else "s3:DeleteObject"
+        pairs.append((action, f"{bucket_arn}/{fields.get('Key', '')}"))
+    return pairs
+
+
 def _context(service: str, action: str, response: Any) -> dict[str, list[str]]:
     """Condition keys this emulator can fill, by lower-case name."""
     context: dict[str, list[str]] = {"aws:securetransport": ["false"]}
@@ -523,7 +538,9 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
     if request._action == "sts:GetCallerIdentity":
         return None
     region = request._region
-    if resource != "*" and prefix != "iam":
+    if prefix == "s3" and self.method == "POST" and "delete" in dict(query):
+        pairs = _multi_delete(resource, self.raw_body)
+    elif resource != "*" and prefix != "iam":
         pairs = [(f"{prefix}:{operation}", resource)]  # S3: moto computed the object or bucket ARN
     else:
         pairs = resources_of(prefix, operation, region, self)

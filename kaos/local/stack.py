@@ -31,9 +31,10 @@ LOCAL_USERS = ("dev", "guest")
 # Set by the test suite's stack fixture (or `kaos local up --test-hooks`): serves the fault-injection route
 # to an extra local user, ADMIN_USER, that exists only then.
 TEST_HOOKS_ENV = "KAOS_LOCAL_TEST_HOOKS"
-# Comma-separated emulator buckets that remote data manifests (-m s3://...) may name (synth context
-# remoteDataBuckets, the same switch as on AWS); none by default.
-REMOTE_BUCKETS_ENV = "KAOS_LOCAL_REMOTE_DATA_BUCKETS"
+# Environment of `kaos local up` -> synth context: emulator buckets that remote data manifests (-m s3://...) may
+# name (comma-separated), and OpenLineage's HTTP endpoint and file transport. All unset by default.
+LOCAL_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "remoteDataBuckets", "KAOS_OPENLINEAGE_URL": "openLineageUrl",
+                 "KAOS_OPENLINEAGE_FILE": "openLineageFile"}
 # What a kaos user's IAM identity needs on AWS: calling the API (execute-api:Invoke); nothing else.
 API_USER_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": f"arn:aws:execute-api:{REGION}:*:*"}]}
@@ -149,13 +150,12 @@ class LocalStack:
             private.mkdir(mode=0o700, parents=True, exist_ok=True)
             private.chmod(0o700)
         # One synth cache per checkout: the template depends only on the sources and this context.
-        context = {"trainingImage": local_environment_image()}
-        remote = os.environ.get(REMOTE_BUCKETS_ENV, "")
-        if remote:
-            # Buckets of the emulator that remote data manifests may name: the API and PrepareTraining roles get
-            # read access to exactly these, as `-c remoteDataBuckets=...` gives on AWS.
-            context["remoteDataBuckets"] = remote
-        outdir = "synth" if not remote else f"synth-{hashlib.sha256(remote.encode()).hexdigest()[:8]}"
+        # Settings that are CDK context on AWS come from the environment of `kaos local up`: the template (and so
+        # each function's environment and role) is what `cdk synth -c ...` would give.
+        extra = {key: os.environ[name] for name, key in LOCAL_CONTEXT.items() if os.environ.get(name)}
+        context = {"trainingImage": local_environment_image(), **extra}
+        digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+        outdir = f"synth-{digest}" if extra else "synth"
         template_path = synthesize(REPO_ROOT / ".cache" / outdir, context)
         template = json.loads(template_path.read_text())
         # The exact template this stack runs (roles, policies, functions): for inspection and the tests.
