@@ -220,7 +220,7 @@ def test_the_late_outcome_of_a_killed_job_writes_nothing_into_the_new_incarnatio
     kill_until_done(dev, ws)
     guest.create_workspace(ws)
     lam = stack.aws("lambda")
-    name = record_outcome_function()
+    name = record_outcome_function(stack)
     event = {"workspace": ws, "job_id": job["id"], "execution": job["execution"], "outcome": "Completed",
              "training": {"ModelArtifacts": {"S3ModelArtifacts": model_uri}}}
     # 1. The job row is gone with the old incarnation: dropped.
@@ -250,12 +250,10 @@ def test_the_late_outcome_of_a_killed_job_writes_nothing_into_the_new_incarnatio
     guest.kill_workspace(ws)
 
 
-def record_outcome_function() -> str:
+def record_outcome_function(stack: Stack) -> str:
     from kaos.local.loader import physical_name
 
-    from .conftest import REPO
-
-    template = json.loads((REPO / ".cache" / "synth" / "Kaos.template.json").read_text())
+    template = json.loads((stack.state_dir / "template.json").read_text())  # the template the stack runs
     logical = next(k for k, v in template["Resources"].items()
                    if v["Type"] == "AWS::Lambda::Function" and k.startswith("TrainingRecordOutcomeFunction"))
     return physical_name(logical, "AWS::Lambda::Function")
@@ -355,6 +353,7 @@ def test_terminate_job_stops_the_local_batch_process(tmp_path: Path) -> None:
     emulator.start()
     try:
         batch, iam = emulator.client("batch"), emulator.client("iam")
+        emulator.client("logs").create_log_group(logGroupName="/aws/batch/job")  # the awslogs driver's default
         role_arn = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         env_arn = batch.create_compute_environment(
             computeEnvironmentName="kill-ce", type="UNMANAGED", state="ENABLED", serviceRole=role_arn,
