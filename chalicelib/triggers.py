@@ -253,6 +253,9 @@ class Triggers:
             return {"ignored": "auto-retrain off", "key": key}
         fid = file_id(bucket, key, version, etag)
         for _ in range(_JOIN_ATTEMPTS):
+            if _get(IncomingFileItem, workspace, f"INCOMING#{fid}") is not None:
+                # A late duplicate (the file's batch may be closed by now) must not open a new, empty batch.
+                return self._duplicate(workspace, key, fid)
             batch = self._open_batch(workspace)
             member = PendingFileItem(ws_key(workspace), file_sk(batch.batch_id, fid), key=key, path=path,
                                      version=version if version and version != "null" else None,
@@ -266,18 +269,21 @@ class Triggers:
                     tx.condition_check(BatchItem, ws_key(workspace), batch_sk(batch.batch_id),
                                        condition=BatchItem.status == OPEN)
             except TransactWriteError:
-                existing = _get(IncomingFileItem, workspace, f"INCOMING#{fid}")
-                if existing is not None:
-                    # A duplicate delivery: the file is already in a batch; make sure that batch's run started
-                    # (the first delivery may have failed after its transaction).
-                    taken = _get(BatchItem, workspace, batch_sk(existing.batch_id))
-                    if taken is not None:
-                        self._ensure_started(workspace, taken)
-                    return {"duplicate": key, "batch": existing.batch_id}
+                if _get(IncomingFileItem, workspace, f"INCOMING#{fid}") is not None:
+                    return self._duplicate(workspace, key, fid)
                 continue  # the batch closed meanwhile: join (or open) the next one
             self._ensure_started(workspace, batch)
             return {"pending": key, "path": path, "batch": batch.batch_id}
         raise RuntimeError(f"{key}: could not join a batch after {_JOIN_ATTEMPTS} attempts")
+
+    def _duplicate(self, workspace: str, key: str, fid: str) -> dict[str, Any]:
+        """A duplicate delivery: the file is already in a batch; make sure that batch's run started (the first
+        delivery may have failed after its transaction)."""
+        existing = _get(IncomingFileItem, workspace, f"INCOMING#{fid}")
+        taken = _get(BatchItem, workspace, batch_sk(existing.batch_id))
+        if taken is not None:
+            self._ensure_started(workspace, taken)
+        return {"duplicate": key, "batch": existing.batch_id}
 
     def _ignored(self, bucket: str, key: str, kind: str) -> dict[str, Any] | None:
         reason = None

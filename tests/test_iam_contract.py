@@ -294,3 +294,14 @@ def test_multi_object_delete_is_decided_per_key(emulator: Emulator) -> None:
     assert {e["Key"] for e in mixed.get("Errors", []) if e["Code"] == "AccessDenied"} >= {"ws/b/1"}
     assert s3.delete_objects(Bucket="deletes", Delete={"Objects": [{"Key": "ws/a/1"}]}).get("Errors") is None
     assert [o["Key"] for o in s3_admin.list_objects_v2(Bucket="deletes")["Contents"]] == ["ws/b/1"]
+
+
+def test_sessions_of_a_deleted_role_are_refused(emulator: Emulator) -> None:
+    emulator.client("s3").create_bucket(Bucket="gone")
+    arn = role(emulator, "deleted-later", [allow("s3:PutObject", "arn:aws:s3:::gone/*")])
+    s3 = as_role(emulator, arn, "s3")
+    s3.put_object(Bucket="gone", Key="before", Body=b"x")
+    admin = emulator.client("iam")
+    admin.delete_role_policy(RoleName="deleted-later", PolicyName="p")
+    admin.delete_role(RoleName="deleted-later")
+    assert refused(lambda: s3.put_object(Bucket="gone", Key="after", Body=b"x"))  # 403, not a server error

@@ -266,7 +266,11 @@ def _session_expired(access_key: Any) -> bool:
 
 
 def permitted(access_key: Any, action: str, resource: str, context: dict[str, list[str]]) -> bool:
-    documents = [_document(p) for p in access_key.collect_policies()]
+    try:
+        policies = access_key.collect_policies()
+    except Exception:  # a session of a role deleted since (a killed workspace's): it has no policies left
+        return False
+    documents = [_document(p) for p in policies]
     if decide(documents, action, resource, context) != "allow":
         return False
     boundary = _boundary(access_key)

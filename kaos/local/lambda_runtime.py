@@ -117,7 +117,9 @@ class FunctionPool:
 
     spec: FunctionSpec
     environment: Callable[[], dict[str, str]]
-    max_workers: int = 4
+    # Lambda scales out per concurrent invocation; offline the pool grows on demand up to this many processes
+    # (~50 MB each), enough for the bursts the tests and the demo make on a laptop.
+    max_workers: int = 8
     _idle: list[_Worker] = field(default_factory=list)
     _busy: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
