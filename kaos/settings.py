@@ -28,11 +28,22 @@ class ClientConfig:
         path = config_path()
         values = json.loads(path.read_text()) if path.exists() else {}
         config = cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
-        config.api_url = os.environ.get("KAOS_API_URL", config.api_url)
-        config.profile = os.environ.get("KAOS_PROFILE", config.profile)
+        for variable, name in ENVIRONMENT_OVERRIDES.items():
+            if os.environ.get(variable):
+                setattr(config, name, os.environ[variable])
         return config
 
     def save(self) -> None:
+        """Writes the config. A value the environment overrides (KAOS_PROFILE, KAOS_API_URL) keeps what the file
+        had: `KAOS_PROFILE=other kaos workspace create x` must not make `other` the profile of later commands."""
         path = config_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        values = asdict(self)
+        for variable, name in ENVIRONMENT_OVERRIDES.items():
+            if os.environ.get(variable) and values[name] == os.environ[variable] and name in stored:
+                values[name] = stored[name]
+        path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+ENVIRONMENT_OVERRIDES = {"KAOS_API_URL": "api_url", "KAOS_PROFILE": "profile"}

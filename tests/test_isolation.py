@@ -86,7 +86,12 @@ json.dump(attempts, open(os.path.join(os.environ["KAOS_OUTPUT_DIR"], "attempts.j
 
 
 def as_user(stack: Stack, user: str, *args: str, json_out: bool = True) -> Any:
-    env = {**stack.env, "KAOS_PROFILE": f"kaos-local-{user}"}
+    """The CLI as `user`, with a client home of its own (its current workspace is its own, as on two laptops)."""
+    home = stack.home.parent / f"{stack.home.name}-{user}"
+    home.mkdir(exist_ok=True)
+    config = json.loads((stack.home / "config.json").read_text())
+    (home / "config.json").write_text(json.dumps({**config, "profile": f"kaos-local-{user}", "workspace": ""}))
+    env = {**stack.env, "KAOS_HOME": str(home)}
     result = subprocess.run([sys.executable, "-m", "kaos.cli", *args, *(["--json"] if json_out else [])], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -215,8 +220,9 @@ def test_direct_emulator_calls_by_a_user_are_refused(walls: dict[str, Any], stac
 
 
 def test_api_keeps_guest_out_of_dev_workspace(walls: dict[str, Any], stack: Stack) -> None:
-    env = {**stack.env, "KAOS_PROFILE": "kaos-local-guest"}
+    env = {**stack.env, "KAOS_PROFILE": "kaos-local-guest"}  # the override, for one command
     result = subprocess.run([sys.executable, "-m", "kaos.cli", "train", "list", "-w", DEV, "--json"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "does not exist (or you are not a member)" in result.stderr + result.stdout
     assert objects(stack, walls["bucket"], f"ws/{DEV}/") == walls["before"]
