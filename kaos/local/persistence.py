@@ -34,11 +34,13 @@ keys (an unknown action, an unsigned request) makes the next flush record whole 
 nothing is missed, only slower.
 
 Concurrent flushes are one: a flush takes every change recorded so far, and a caller whose changes were
-taken by a flush that finished returns without a second one (group commit). DynamoDB keys are taken and
-read while the emulator's DynamoDB write lock is held (kaos.local.patches serializes writes under it), so a
-flush never sees half of a transaction; a key is also recorded when its write request arrives, so a write
-that has been applied is always among the keys taken. S3 objects are read after the items, so an item never
-names an object that is older on disk than the item.
+taken by a flush that finished returns without a second one (group commit). Items are read from moto's
+backend in this process (a GetItem over HTTP costs ~100x more). A flush never stores half of a transaction
+(or of an UpdateItem's actions): the tracker knows which DynamoDB writes are in flight and their keys; when
+none of them touched a key the flush read while it read, the read was clean; otherwise it reads again while
+holding the emulator's DynamoDB write lock (kaos.local.patches applies every write under it, so nothing is
+half applied then), together with the keys of the writes in flight. S3 objects are read after the items, so
+an item never names an object that is older on disk than the item.
 
 Snapshots (compaction): every few seconds a thread flushes what internal writes (Lambdas, jobs) changed and
 exports new log events; when the journal passes ``KAOS_LOCAL_JOURNAL_BYTES`` (and on the first tick after a
@@ -370,7 +372,7 @@ class Request:
     """A write request as the tracker classified it."""
 
     changes: Changes
-    early: bool = False      # record before the emulator applies it too (DynamoDB keys)
+    early: bool = False      # a DynamoDB write: known to be in flight from its arrival to its answer
     presigned: bool = False  # a client's direct upload: acknowledged by the emulator's answer
 
 
@@ -461,7 +463,7 @@ def classify(environ: dict[str, Any]) -> Request | None:
             try:
                 keys = _dynamodb_keys(action, json.loads(body or b""))
             except (KeyError, TypeError, ValueError, AttributeError):
-                return Request(Changes(ddb_all=True))  # not attributable to keys: whole tables next flush
+                return Request(Changes(ddb_all=True), early=True)  # not attributable: whole tables next flush
             return Request(Changes(ddb_keys=keys), early=True) if keys else None
         if prefix.startswith("AWSStepFunctions"):
             body = _body(environ)
@@ -513,9 +515,8 @@ def classify(environ: dict[str, Any]) -> Request | None:
 
 
 class ChangeTracker:
-    """Records what write requests to the emulator touched (see the module docstring), when they complete —
-    and DynamoDB keys also when they arrive, so a flush that reads under the write lock sees every applied
-    write among the keys it takes."""
+    """Records what write requests to the emulator touched (see the module docstring) when they complete, and
+    which DynamoDB writes are in flight (arrived, not answered yet) with their keys."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -523,6 +524,10 @@ class ChangeTracker:
         self.generation = 0  # counts recordings; a flush that took generation g covers all before it
         self.on_presigned_write: Callable[[int], object] | None = None
         self.unattributed = 0
+        # DynamoDB writes in flight (arrived, not answered), numbered by arrival; their keys (None: any key).
+        self._writes = 0
+        self._in_flight: dict[int, frozenset[tuple[str, str, str]] | None] = {}
+        self._recent: deque[tuple[int, frozenset[tuple[str, str, str]] | None]] = deque(maxlen=4096)
 
     def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def tracked(environ: dict[str, Any], start_response: Any) -> Any:
@@ -535,15 +540,18 @@ class ChangeTracker:
                 return app(environ, start_response)
             if request.changes.ddb_all or request.changes.s3_all or request.changes.s3_buckets:
                 self._unattributed(environ)
-            if request.early:
-                self.record(request.changes)
+            number = self._arrive(request.changes) if request.early else 0
             statuses: list[str] = []
 
             def capture(status: str, headers: Any, exc_info: Any = None) -> Any:
                 statuses.append(status)
                 return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
-            result = app(environ, capture)
+            try:
+                result = app(environ, capture)
+            finally:
+                if number:
+                    self._leave(number)
             code = int(statuses[-1].split(" ", 1)[0]) if statuses else 0
             if 400 <= code < 500:
                 return result  # refused: nothing changed
@@ -565,6 +573,38 @@ class ChangeTracker:
             return result
 
         return tracked
+
+    def _arrive(self, changes: Changes) -> int:
+        keys = None if changes.ddb_all else frozenset(changes.ddb_keys)
+        with self._lock:
+            self._writes += 1
+            self._in_flight[self._writes] = keys
+            self._recent.append((self._writes, keys))
+            return self._writes
+
+    def _leave(self, number: int) -> None:
+        with self._lock:
+            self._in_flight.pop(number, None)
+
+    def in_flight(self) -> list[frozenset[tuple[str, str, str]] | None]:
+        """The keys of the DynamoDB writes in flight now (None: a write of unknown keys)."""
+        with self._lock:
+            return list(self._in_flight.values())
+
+    def writes_window(self) -> tuple[int, list[frozenset[tuple[str, str, str]] | None]]:
+        """Opens a window: the DynamoDB writes in flight now (see :meth:`writes_since`)."""
+        with self._lock:
+            return self._writes, list(self._in_flight.values())
+
+    def writes_since(self, window: tuple[int, list[frozenset[tuple[str, str, str]] | None]]
+                     ) -> list[frozenset[tuple[str, str, str]] | None] | None:
+        """The keys of every DynamoDB write that was in flight at some moment since the window opened; None when
+        too many arrived to tell."""
+        start, in_flight = window
+        with self._lock:
+            if self._writes > start and (not self._recent or self._recent[0][0] > start + 1):
+                return None
+            return in_flight + [keys for number, keys in self._recent if number > start]
 
     def _unattributed(self, environ: dict[str, Any]) -> None:
         with self._lock:
@@ -800,7 +840,6 @@ class StateStore:
 
     # -- journal records: the current state of what changed
     def read_dynamodb(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
-        ddb = self.client("dynamodb")
         records: list[dict[str, Any]] = []
         if changes.ddb_all:
             for table in self._tables():
@@ -808,8 +847,12 @@ class StateStore:
                 records.append({"t": "ddb_table", "table": table, "key": self.key_names(table), "items": items})
                 report.add("dynamodb_items", len(items))
             return records
+        return self.read_items(self.resolve(changes.ddb_keys), report)
+
+    def resolve(self, marks: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Recorded DynamoDB keys (a key, or an item whose key the table's schema tells) by table and key."""
         wanted: dict[str, dict[str, dict[str, Any]]] = {}
-        for table, kind, attributes in changes.ddb_keys:
+        for table, kind, attributes in marks:
             try:
                 names = self.key_names(table)
             except Exception as exc:
@@ -822,6 +865,11 @@ class StateStore:
             except KeyError:
                 continue  # an item without its key was refused
             wanted.setdefault(table, {})[_key_json(key)] = key
+        return wanted
+
+    def read_items(self, wanted: dict[str, dict[str, dict[str, Any]]], report: Report) -> list[dict[str, Any]]:
+        ddb = self.client("dynamodb")
+        records: list[dict[str, Any]] = []
         for table, keys in wanted.items():
             found = self._items_in_process(table, keys)
             if found is None:
@@ -840,16 +888,22 @@ class StateStore:
         return records
 
     def _items_in_process(self, table: str, keys: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        """The items straight from the emulator's backend in this process (a GetItem over HTTP costs ~100x more,
-        and the caller holds the write lock, so nothing changes meanwhile); None when it is not reachable."""
+        """The items straight from the emulator's backend in this process (a GetItem over HTTP costs ~100x more);
+        None when it is not reachable."""
         try:
             from moto.dynamodb.models import dynamodb_backends
 
             backend = dynamodb_backends[self.account][self.region]
+            moto_table = backend.get_table(table)
             found = {}
             for key_json, key in keys.items():
-                item = backend.get_item(table, key)
-                if item is not None:  # a copy: the backend's values may change once the lock is released
+                hash_key, range_key = backend.get_keys_value(moto_table, key)
+                # .get, not moto's get_item: its items are a defaultdict, and looking up an absent partition
+                # would insert one (a change under a concurrent transaction's deepcopy of the table).
+                item = moto_table.items.get(hash_key)
+                if item is not None and range_key is not None:
+                    item = item.get(range_key)
+                if item is not None:  # a copy: the backend's values may change after this
                     found[key_json] = json.loads(json.dumps(item.to_json()["Attributes"]))
             return found
         except Exception:
@@ -861,6 +915,16 @@ class StateStore:
         return [t for page in ddb.get_paginator("list_tables").paginate() for t in page["TableNames"]]
 
     def _scan(self, table: str) -> list[dict[str, Any]]:
+        """Every item of the table: from moto's backend in this process (Scan over HTTP took seconds for a few
+        thousand items under load, while the caller holds the write lock), else over HTTP."""
+        try:
+            from moto.dynamodb.models import dynamodb_backends
+
+            moto_table = dynamodb_backends[self.account][self.region].get_table(table)
+            # One JSON round trip: copies, as the backend's values may change after the caller's lock.
+            return list(json.loads(json.dumps([item.to_json()["Attributes"] for item in moto_table.all_items()])))
+        except Exception:
+            LOG.debug("scanning %s in process failed; scanning over HTTP", table, exc_info=True)
         pages = self.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
         return [_json_safe(item) for page in pages for item in page["Items"]]
 
@@ -1400,13 +1464,27 @@ class Persistence:
         report = Report()
         if not self._tracked:
             self.tracker.mark("dynamodb", "s3", "states")
-        with self._ddb_lock:  # no write is half applied while the keys are taken and read
-            generation, changes = self.tracker.take()
-            try:
-                ddb = self.store.read_dynamodb(changes, report) if changes.ddb_keys or changes.ddb_all else []
-            except BaseException:
-                self.tracker.record(changes)
-                raise
+        window = self.tracker.writes_window()
+        generation, changes = self.tracker.take()
+        ddb = self._read_outside_lock(window, changes, report)
+        if ddb is None:
+            # A write to one of these keys (or of unknown keys) was in flight meanwhile: what was read may hold
+            # half of a transaction (or of an UpdateItem's actions). Under the write lock nothing is half
+            # applied; the writes in flight (applied or not) are read too, so no transaction is stored in part.
+            with self._ddb_lock:
+                more_generation, more = self.tracker.take()
+                changes.merge(more)
+                generation = more_generation
+                for keys in self.tracker.in_flight():
+                    if keys is None:
+                        changes.ddb_all = True
+                    else:
+                        changes.ddb_keys |= keys
+                try:
+                    ddb = self.store.read_dynamodb(changes, report)
+                except BaseException:
+                    self.tracker.record(changes)
+                    raise
         try:
             # After the items: every object an item names was written before it, so is among these.
             changes.merge(self.tracker.take_beyond_dynamodb())
@@ -1429,6 +1507,32 @@ class Persistence:
             self.last_flush = report
             LOG.debug("flushed in %.4f s: %s", report.seconds, report.counts)
         return report
+
+    def _read_outside_lock(self, window: Any, changes: Changes, report: Report) -> list[dict[str, Any]] | None:
+        """The items of the taken keys read without the write lock, or None when that read may be torn."""
+        if changes.ddb_all:
+            return None
+        if not changes.ddb_keys:
+            return []
+        try:
+            wanted = self.store.resolve(changes.ddb_keys)
+            attempt = Report()
+            records = self.store.read_items(wanted, attempt)
+        except Exception:
+            LOG.debug("reading without the write lock failed; reading under it", exc_info=True)
+            return None
+        overlapping = self.tracker.writes_since(window)
+        if overlapping is None:
+            return None
+        for keys in overlapping:
+            if keys is None:
+                return None
+            for table, key_json in ((t, k) for t, by_key in self.store.resolve(keys).items() for k in by_key):
+                if key_json in wanted.get(table, {}):
+                    return None
+        for name, value in attempt.counts.items():
+            report.add(name, value)
+        return records
 
     def snapshot(self) -> Report:
         """Writes every service as snapshot files covering the journal, then empties the journal."""
