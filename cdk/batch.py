@@ -86,7 +86,11 @@ except ImportError:
                    check=True, stdout=subprocess.DEVNULL)
     import boto3
 env = os.environ
+os.umask(0o077)  # the job's files are its workspace's: owner-only
 s3 = boto3.client("s3")
+def private(member, path):
+    member = tarfile.data_filter(member, path)
+    return member if member.mode is None else member.replace(mode=member.mode & 0o700, deep=False)
 def split(uri):
     bucket, _, key = uri[len("s3://"):].partition("/")
     return bucket, key
@@ -97,7 +101,7 @@ with tempfile.TemporaryDirectory() as scratch:
     archive = os.path.join(scratch, "code.tar.gz")
     s3.download_file(*split(env["KAOS_CODE_URI"]), archive)
     with tarfile.open(archive) as tar:
-        tar.extractall(work, filter="data")
+        tar.extractall(work, filter=private)
 def upload(directory, bucket, prefix):
     count = 0
     for root, _, names in os.walk(directory):

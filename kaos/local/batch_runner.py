@@ -126,7 +126,7 @@ class LocalBatchRunner:
         stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
         try:
             process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
             with self.lock:
                 self._processes[job.job_id] = process
             readers = [

@@ -467,7 +467,7 @@ class LocalTrainingRunner:
         def private(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
             # The job's files are its workspace's: owner-only, whatever modes the archive carries.
             member = tarfile.data_filter(member, path)
-            return member.replace(mode=(member.mode or 0o600) & 0o700, deep=False)
+            return member if member.mode is None else member.replace(mode=member.mode & 0o700, deep=False)
 
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(target, filter=private)
@@ -634,7 +634,8 @@ class LocalTrainingRunner:
                 raise _Stopped()
             job.process = subprocess.Popen(
                 command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                # What the job writes is its workspace's: owner-only on this shared machine.
+                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077,
             )
         process = job.process
         max_runtime = (job.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
