@@ -4,8 +4,9 @@ A SageMaker training job has exactly one execution role for its whole life and n
 what a training script can reach is what its role can reach. AWS's documented pattern for tenant isolation on
 SageMaker is a role per tenant, created under a permissions boundary and an IAM path, and passed with an
 ``iam:PassRole`` limited to that path. kaos creates the role when the workspace is created and deletes it when
-the workspace is killed (once its containers have ended); the role name carries the incarnation, so a job of a killed workspace, whose session
-names the deleted role, cannot write into a workspace later created under the same name.
+the workspace is killed (once its containers have ended); the role name carries the incarnation, so a job of a
+killed workspace, whose session names the deleted role, cannot write into a workspace later created under the
+same name.
 
 The role may read ``ws/<workspace>/*`` and write only job outputs (``ws/<workspace>/jobs/*/output/*``): never blobs,
 manifests, materialized snapshots, code bundles (``sourcedirs/``) or the ``incoming/`` prefix that drives
