@@ -20,7 +20,7 @@ import pytest
 from chalicelib.tenancy import POLICY_NAME, ROLE_PATH, job_definition_name, role_name
 from kaos.bundle import LocalFile
 from kaos.client import ApiError, Client
-from kaos.local.persistence import Journal, classify, load_stored
+from kaos.local.persistence import Journal, _from_json_safe, _json_safe, classify, load_stored
 
 from .test_persistence import Restartable
 
@@ -279,3 +279,65 @@ def test_writes_are_attributed_to_the_keys_they_touch() -> None:
     unsigned = classify(_environ("POST", "/anything"))
     assert unsigned is not None and unsigned.changes.ddb_all and unsigned.changes.s3_all
     assert re.fullmatch(r"[0-9a-f]{8} \{.*\}\n", Journal.encode({"t": "x"}).decode())
+
+
+def test_in_process_reads_describe_what_the_api_describes(tmp_path: Path) -> None:
+    """The flush reads items, roles and job definitions from moto's backends in this process (each API call
+    costs tens of ms there); they must say what the API says, which restore gives back to the API."""
+    from kaos.local.emulator import Emulator
+    from kaos.local.persistence import StateStore
+
+    with Emulator(tmp_path / "work") as emulator:
+        store = StateStore(tmp_path / "data", emulator.client, "us-east-1", "123456789012")
+        ddb, iam, batch = emulator.client("dynamodb"), emulator.client("iam"), emulator.client("batch")
+        ddb.create_table(TableName="T", BillingMode="PAY_PER_REQUEST",
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                    {"AttributeName": "sk", "KeyType": "RANGE"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               {"AttributeName": "sk", "AttributeType": "S"}])
+        item = {"pk": {"S": "a"}, "sk": {"S": "b"}, "n": {"N": "1.5"}, "ss": {"SS": ["p", "q"]},
+                "m": {"M": {"l": {"L": [{"S": "x"}, {"BOOL": True}]}}}, "bin": {"B": b"\x00\x01"},
+                "nul": {"NULL": True}}
+        ddb.put_item(TableName="T", Item=item)
+        keys = {'{"pk":{"S":"a"},"sk":{"S":"b"}}': {"pk": {"S": "a"}, "sk": {"S": "b"}},
+                '{"pk":{"S":"a"},"sk":{"S":"none"}}': {"pk": {"S": "a"}, "sk": {"S": "none"}},
+                '{"pk":{"S":"absent"},"sk":{"S":"b"}}': {"pk": {"S": "absent"}, "sk": {"S": "b"}}}
+        in_process = store._items_in_process("T", keys)
+        assert in_process is not None and list(in_process) == ['{"pk":{"S":"a"},"sk":{"S":"b"}}']
+        got = ddb.get_item(TableName="T", Key=keys['{"pk":{"S":"a"},"sk":{"S":"b"}}'])["Item"]
+        assert in_process['{"pk":{"S":"a"},"sk":{"S":"b"}}'] == _json_safe(got)
+        assert _from_json_safe(_json_safe(got)) == got
+        assert store._scan("T") == [_json_safe(got)]
+        assert len(emulator_table_partitions(store)) == 1  # looking up an absent key created no partition
+
+        policy = iam.create_policy(PolicyName="boundary", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        iam.create_role(RoleName="kaos-ws-a-1", Path="/kaos/workspaces/", MaxSessionDuration=43200, Description="d",
+                        PermissionsBoundary=policy["Policy"]["Arn"], Tags=[{"Key": "k", "Value": "v"}],
+                        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+                            "Effect": "Allow", "Action": "sts:AssumeRole",
+                            "Principal": {"Service": ["sagemaker.amazonaws.com"]}}]}))
+        iam.put_role_policy(RoleName="kaos-ws-a-1", PolicyName="workspace", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+        iam.attach_role_policy(RoleName="kaos-ws-a-1", PolicyArn=policy["Policy"]["Arn"])
+        batch.register_job_definition(jobDefinitionName="kaos-ws-a-1", type="container", containerProperties={
+            "image": "img", "vcpus": 1, "memory": 128, "command": ["run"],
+            "jobRoleArn": "arn:aws:iam::123456789012:role/kaos/workspaces/kaos-ws-a-1"})
+        described = (store._role("kaos-ws-a-1"), store._job_definition("kaos-ws-a-1"))
+        assert described[0] is not None and described[0]["policies"]["workspace"]["Statement"][0]["Resource"] == "*"
+        assert described[1] is not None and described[1]["containerProperties"]["image"] == "img"
+        assert store._role("absent") is None and store._job_definition("absent") is None
+
+        def unreachable(name: str) -> Any:
+            raise RuntimeError("moto's backends changed")
+
+        # The same over HTTP, what the store falls back to when the backends are out of reach.
+        store._role_in_process = store._job_definitions_in_process = unreachable  # type: ignore[method-assign]
+        assert (store._role("kaos-ws-a-1"), store._job_definition("kaos-ws-a-1")) == described
+        assert store._role("absent") is None and store._job_definition("absent") is None
+
+
+def emulator_table_partitions(store: Any) -> list[Any]:
+    from moto.dynamodb.models import dynamodb_backends
+
+    return list(dynamodb_backends[store.account][store.region].get_table("T").items)

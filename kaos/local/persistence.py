@@ -196,6 +196,13 @@ def _table_name(name: str) -> str:
     return name.split(":table/", 1)[1].split("/", 1)[0] if name.startswith("arn:") else name
 
 
+def _base64(value: Any) -> str:
+    """JSON for the bytes of binary attributes in moto's items (as DynamoDB's JSON spells them)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _json_safe(item: dict[str, Any]) -> dict[str, Any]:
     """A low-level item as boto returns it, with binary values base64-encoded as DynamoDB's JSON has them."""
     def value(attribute: dict[str, Any]) -> dict[str, Any]:
@@ -904,7 +911,7 @@ class StateStore:
                 if item is not None and range_key is not None:
                     item = item.get(range_key)
                 if item is not None:  # a copy: the backend's values may change after this
-                    found[key_json] = json.loads(json.dumps(item.to_json()["Attributes"]))
+                    found[key_json] = json.loads(json.dumps(item.to_json()["Attributes"], default=_base64))
             return found
         except Exception:
             LOG.debug("reading %s in process failed; reading over HTTP", table, exc_info=True)
@@ -922,7 +929,8 @@ class StateStore:
 
             moto_table = dynamodb_backends[self.account][self.region].get_table(table)
             # One JSON round trip: copies, as the backend's values may change after the caller's lock.
-            return list(json.loads(json.dumps([item.to_json()["Attributes"] for item in moto_table.all_items()])))
+            items = [item.to_json()["Attributes"] for item in moto_table.all_items()]
+            return list(json.loads(json.dumps(items, default=_base64)))
         except Exception:
             LOG.debug("scanning %s in process failed; scanning over HTTP", table, exc_info=True)
         pages = self.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
@@ -1062,13 +1070,22 @@ class StateStore:
 
     def _job_definition(self, name: str) -> dict[str, Any] | None:
         """The latest active revision (jobs name the definition, so the latest is what runs), as registered."""
-        active = self.client("batch").describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
-        if not active["jobDefinitions"]:
+        try:  # in process, as DescribeJobDefinitions answers (over HTTP, each call costs tens of ms)
+            active = self._job_definitions_in_process(name)
+        except Exception:
+            LOG.debug("reading job definition %s in process failed", name, exc_info=True)
+            active = self.client("batch").describe_job_definitions(jobDefinitionName=name,
+                                                                   status="ACTIVE")["jobDefinitions"]
+        if not active:
             return None
-        latest = max(active["jobDefinitions"], key=lambda d: int(d.get("revision", 0)))
+        latest = max(active, key=lambda d: int(d.get("revision", 0)))
         return {key: latest[key] for key in _JOB_DEFINITION_FIELDS if latest.get(key) not in (None, {}, [])}
 
     def _role(self, name: str) -> dict[str, Any] | None:
+        try:  # in process (over HTTP: four calls, each evaluated by the emulator's IAM, tens of ms)
+            return self._role_in_process(name)
+        except Exception:
+            LOG.debug("reading role %s in process failed", name, exc_info=True)
         iam = self.client("iam")
         try:
             role = iam.get_role(RoleName=name)["Role"]
@@ -1086,6 +1103,36 @@ class StateStore:
                 "max_session": role.get("MaxSessionDuration"), "description": role.get("Description"),
                 "tags": role.get("Tags") or [], "policies": policies,
                 "attached": [p["PolicyArn"] for page in pages for p in page["AttachedPolicies"]]}
+
+    def _job_definitions_in_process(self, name: str) -> list[dict[str, Any]]:
+        from moto.batch.models import batch_backends
+
+        stored = list(batch_backends[self.account][self.region]._job_definitions.values())
+        return [json.loads(json.dumps(d.describe())) for d in stored if d.name == name and d.status == "ACTIVE"]
+
+    def _role_in_process(self, name: str) -> dict[str, Any] | None:
+        from moto.iam.models import iam_backends
+
+        def document(value: Any) -> Any:
+            try:
+                return json.loads(unquote(value)) if isinstance(value, str) else value
+            except ValueError:
+                return value
+
+        roles = list(iam_backends[self.account]["aws"].roles.values())  # not get_role: it iterates the live dict
+        role = next((r for r in roles if r.name == name), None)
+        if role is None:
+            return None
+        tags = role.tags
+        if isinstance(tags, dict):
+            tags = [{"Key": k, "Value": v.get("Value", v) if isinstance(v, dict) else v} for k, v in tags.items()]
+        return json.loads(json.dumps({
+            "path": role.path, "trust": document(role.assume_role_policy_document),
+            "boundary": role.permissions_boundary_arn,
+            "max_session": int(role.max_session_duration) if role.max_session_duration else None,
+            "description": role.description or None, "tags": list(tags or []),
+            "policies": {policy: document(value) for policy, value in dict(role.policies).items()},
+            "attached": list(dict(role.managed_policies))}))
 
     def snapshot_resources(self, report: Report) -> None:
         write_json(self.data_dir / "resources.json", {"journal_seq": self.seq, "resources": self.resources})
@@ -1567,7 +1614,12 @@ class Persistence:
         a snapshot when due."""
         if self._executions_stale or any(r["status"] == "RUNNING" for r in list(self.store.executions.values())):
             self._executions_stale = False
-            self.tracker.record(Changes(executions_all=True))
+            # Listed and described outside the flush lock (~100 ms over HTTP): acknowledged writes do not wait.
+            records = self.store.read_executions(Changes(executions_all=True), Report())
+            with self._flush_lock:  # a closed execution never changes: what a flush stored meanwhile stays
+                known = self.store.executions
+                self.store.commit([r for r in records if r["record"] != known.get(r["record"]["executionArn"]) and (
+                    known.get(r["record"]["executionArn"]) or {"status": "RUNNING"})["status"] == "RUNNING"])
         self.flush()
         self.export_logs()
         if self._snapshot_due or self.store.journal.size > self.journal_limit:
