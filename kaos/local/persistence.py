@@ -26,21 +26,21 @@ incremental: :class:`ChangeTracker`, in front of the emulator's WSGI app, record
 touched — the DynamoDB keys (from the request body: PutItem, UpdateItem, DeleteItem, BatchWriteItem,
 TransactWriteItems), the S3 keys (from the path; DeleteObjects from its body), the Step Functions execution
 (StartExecution, StopExecution), the IAM role and Batch job definition (a workspace's, made by the API) —
-and the flush reads the current state of exactly those (one BatchGetItem, a GetObject per changed key, a
-DescribeExecution, GetRole and its policies, DescribeJobDefinitions) and appends it to ``journal.log`` as
-one write and one fdatasync: the item (or its deletion), the object's entry after its body is fsynced under
-``objects/``, the execution record, the resource's description. A write the tracker cannot attribute to
-keys (an unknown action, an unsigned request) makes the next flush record whole tables or buckets instead, so
-nothing is missed, only slower.
+and the flush reads the current state of exactly those (items, roles and job definitions from moto's
+backends in this process, a GetObject per changed key, a DescribeExecution) and appends it to
+``journal.log`` as one write and one fdatasync: the item (or its deletion), the object's entry after its
+body is fsynced under ``objects/``, the execution record, the resource's description. A write the tracker
+cannot attribute to keys (an unknown action, an unsigned request) makes the next flush record whole tables or
+buckets instead, so nothing is missed, only slower. What Lambdas and jobs write (acknowledged to no user) is
+flushed by the next API write or by the periodic thread within a few seconds.
 
 Concurrent flushes are one: a flush takes every change recorded so far, and a caller whose changes were
-taken by a flush that finished returns without a second one (group commit). Items are read from moto's
-backend in this process (a GetItem over HTTP costs ~100x more). A flush never stores half of a transaction
-(or of an UpdateItem's actions): the tracker knows which DynamoDB writes are in flight and their keys; when
-none of them touched a key the flush read while it read, the read was clean; otherwise it reads again while
-holding the emulator's DynamoDB write lock (kaos.local.patches applies every write under it, so nothing is
-half applied then), together with the keys of the writes in flight. S3 objects are read after the items, so
-an item never names an object that is older on disk than the item.
+taken by a flush that finished returns without a second one (group commit). A flush never stores half of a
+transaction (or of an UpdateItem's actions): the tracker knows which DynamoDB writes are in flight and their
+keys; when none of them touched a key the flush read while it read, the read was clean; otherwise it reads
+again while holding the emulator's DynamoDB write lock (kaos.local.patches applies every write under it, so
+nothing is half applied then), together with the keys of the writes in flight. S3 objects are read after the
+items, so an item never names an object that is older on disk than the item.
 
 Snapshots (compaction): every few seconds a thread flushes what internal writes (Lambdas, jobs) changed and
 exports new log events; when the journal passes ``KAOS_LOCAL_JOURNAL_BYTES`` (and on the first tick after a
@@ -89,7 +89,6 @@ LOG = logging.getLogger(__name__)
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)  # 1: whole-table snapshots, no journal
-SERVICES = ("s3", "logs", "dynamodb")
 EXPORT_INTERVAL_SECONDS = float(os.environ.get("KAOS_LOCAL_EXPORT_SECONDS", "5"))
 JOURNAL_LIMIT_BYTES = int(os.environ.get("KAOS_LOCAL_JOURNAL_BYTES", str(8 << 20)))
 TRANSFER_THREADS = 8
