@@ -20,7 +20,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from chalicelib.triggers import WINDOW_SECONDS
+from chalicelib.triggers import MAX_WINDOW_SECONDS, WINDOW_SECONDS, BatchStillFilling
 from cdk.bundling import functions_code
 from cdk.constants import (
     DEFAULT_TRAINING_INSTANCE_TYPE,
@@ -99,6 +99,10 @@ class Triggers(Construct):
         # The previous batch of the workspace is still processing: batches derive in order. Worst case
         # 5+7.5+11.25+... ≈ 5 min of waiting over 8 retries.
         process.add_retry(errors=["BatchNotReady"], interval=Duration.seconds(5), backoff_rate=1.5, max_attempts=8)
+        # Files still joining (a slow or long burst): close only after a quiet window; ProcessBatch stops asking
+        # after MAX_WINDOW_SECONDS, so this retry runs out only if that bound is wrong.
+        process.add_retry(errors=[BatchStillFilling.code], interval=Duration.seconds(WINDOW_SECONDS),
+                          backoff_rate=1, max_attempts=MAX_WINDOW_SECONDS // WINDOW_SECONDS + 2)
         record_failure = tasks.LambdaInvoke(
             self, "RecordBatchFailure", lambda_function=self.process.function,
             payload=sfn.TaskInput.from_object({

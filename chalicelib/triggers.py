@@ -12,8 +12,11 @@ Exactly once, by construction (every step is a conditional write or a name-keyed
   batch is still OPEN: a duplicate delivery fails the condition and changes nothing; a file can never join a batch
   that processing has already closed (it retries into the next batch).
 - A batch is opened by the first file after the previous one closed (pointer row `AUTORETRAIN#OPEN`, conditional
-  on the pointer it replaced); every later file of the burst joins it. The window therefore starts at the first
-  file and lasts WINDOW_SECONDS — a burst is never split by a clock boundary as `floor(time / window)` would.
+  on the pointer it replaced); every later file of the burst joins it (and stamps `last_joined_at` in the same
+  transaction). The batch closes once no file has joined for WINDOW_SECONDS (ProcessBatch raises BatchStillFilling,
+  which the state machine retries every WINDOW_SECONDS), at most MAX_WINDOW_SECONDS after it opened: a burst is one
+  retraining however slowly its events are delivered, and never split by a clock boundary as `floor(time / window)`
+  would.
 - The batch's execution name is `retrain-<ws>-<batch>` with a fixed input: starting it again is a no-op.
 - ProcessBatch flips OPEN → CLOSED (conditional), pins its base inputs once (`base`, a conditional set), and builds a
   content-addressed snapshot (same files → same id) and a job keyed by its fingerprint: a retry after any partial
@@ -23,7 +26,8 @@ Exactly once, by construction (every step is a conditional write or a name-keyed
 Row layout (all in the workspace's partition `WS#<ws>`, so `kaos workspace kill` removes them with the rest):
   AUTORETRAIN#CONFIG                 enabled, updated_by, updated_at
   AUTORETRAIN#OPEN                   batch_id of the newest batch (open or not)
-  PENDING#<batch>                    the batch: status OPEN|CLOSED|DONE|FAILED, previous, base, snapshot, job, skipped
+  PENDING#<batch>                    the batch: status OPEN|CLOSED|DONE|FAILED, previous, base, snapshot, job, skipped,
+                                     last_joined_at
   PENDINGFILE#<batch>#<file id>      a file of the batch (key, path, version, etag, sequencer)
   INCOMING#<file id>                 dedupe row (which batch took the file)
 """
@@ -34,6 +38,7 @@ import logging
 import os
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
@@ -57,6 +62,10 @@ log = logging.getLogger("kaos.triggers")
 # The batch window: a retraining starts WINDOW_SECONDS after the first file of a burst; every file that arrives
 # meanwhile joins it. Long enough for a `kaos data push` of many files, short enough to feel immediate.
 WINDOW_SECONDS = 10
+# A burst that keeps arriving (or whose events are delivered slowly) keeps its batch open: ProcessBatch closes it only
+# after WINDOW_SECONDS without a new file, but at most MAX_WINDOW_SECONDS after it opened, so a steady trickle still
+# retrains. The state machine retries ProcessBatch on BatchStillFilling every WINDOW_SECONDS (cdk/triggers.py).
+MAX_WINDOW_SECONDS = 300
 INCOMING = "incoming/"
 CHANNEL = "training"
 # Jobs and snapshots made by a trigger are created by this principal (the job's `sources` say why).
@@ -65,6 +74,12 @@ OPEN, CLOSED, DONE, FAILED = "OPEN", "CLOSED", "DONE", "FAILED"
 _KEY = re.compile(r"^ws/([^/]+)/incoming/(.+)$", re.DOTALL)
 _JOIN_ATTEMPTS = 5
 RECENT_BATCHES = 10
+
+
+class BatchStillFilling(KaosError):
+    """Files joined the batch less than WINDOW_SECONDS ago; the state machine retries this (debounce)."""
+
+    code = "BatchStillFilling"
 
 
 class BatchNotReady(KaosError):
@@ -99,6 +114,8 @@ class BatchItem(_Item):
     files = NumberAttribute(default=0)
     skipped: JSONAttribute = JSONAttribute(null=True)
     reason = UnicodeAttribute(null=True)
+    # When the latest file joined (set in the join's transaction): ProcessBatch waits for a quiet window.
+    last_joined_at = UnicodeAttribute(null=True)
 
 
 class PendingFileItem(_Item):
@@ -266,8 +283,8 @@ class Triggers:
                 with TransactWrite(connection=_connection()) as tx:
                     tx.save(dedupe, condition=IncomingFileItem.pk.does_not_exist())
                     tx.save(member)
-                    tx.condition_check(BatchItem, ws_key(workspace), batch_sk(batch.batch_id),
-                                       condition=BatchItem.status == OPEN)
+                    tx.update(batch, actions=[BatchItem.last_joined_at.set(member.received_at)],
+                              condition=BatchItem.status == OPEN)
             except TransactWriteError:
                 if _get(IncomingFileItem, workspace, f"INCOMING#{fid}") is not None:
                     return self._duplicate(workspace, key, fid)
@@ -374,6 +391,9 @@ class Triggers:
         if batch.status in (DONE, FAILED):
             return self.describe(batch)
         if batch.status == OPEN:
+            quiet, age = _seconds_since(batch.last_joined_at), _seconds_since(batch.opened_at)
+            if quiet is not None and quiet < WINDOW_SECONDS and (age is None or age < MAX_WINDOW_SECONDS):
+                raise BatchStillFilling(f"batch {batch_id} of {workspace}: a file joined {quiet:.1f} s ago")
             try:
                 batch.update(actions=[BatchItem.status.set(CLOSED), BatchItem.closed_at.set(now())],
                              condition=BatchItem.status == OPEN)
@@ -490,6 +510,12 @@ class Triggers:
 
 class _Vanished(Exception):
     pass
+
+
+def _seconds_since(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
 
 
 def _order(row: PendingFileItem) -> tuple[str, str]:
