@@ -63,7 +63,9 @@ class KaosStack(Stack):
         # those roles, PrepareTraining names the job's, the API creates and deletes them.
         self.isolation = WorkspaceIsolation(self, "Isolation", bucket=bucket)
         self.isolation.grant_pass(self.training.state_machine.role, "sagemaker.amazonaws.com")
-        for key, value in self.isolation.environment.items():
+        # The stack's other buckets, which remote data manifests may not name either (the data bucket always).
+        platform = {env_names.PLATFORM_BUCKETS: self.storage.access_log_bucket.bucket_name}
+        for key, value in {**self.isolation.environment, **platform}.items():
             self.training.prepare.function.add_environment(key, value)
         # Batch (processing) jobs; context `batchImage` picks the job image (default: a public python image).
         self.batch = BatchJobs(self, "Batch", bucket=bucket, table=table,
@@ -91,7 +93,7 @@ class KaosStack(Stack):
             training_image=training_image,
             manage_account_role=manage_api_gateway_account,
             # The API copies the stack's Batch job definition for each workspace (chalicelib/tenancy.py).
-            extra_environment={**self.isolation.environment,
+            extra_environment={**self.isolation.environment, **platform,
                                env_names.BATCH_JOB_DEFINITION: self.batch.job_definition.job_definition_arn},
         )
         self.isolation.grant_manage(self.api.role)

@@ -111,9 +111,15 @@ def create_user(name: str, access_key: str, secret_key: str, policy: dict[str, A
         user.access_keys.append(key)
 
 
+def _role_by_arn(role_arn: str) -> Any:
+    """moto's get_role_by_arn iterates its live roles dict, which a concurrent CreateRole (workspace creates) may
+    change mid-iteration; the lookup is by name, which is a dict access."""
+    return _iam().get_role(role_arn.rsplit("/", 1)[-1])
+
+
 def trusts(role_arn: str, service: str) -> bool:
     """Whether the role's trust policy lets ``service`` (e.g. ``lambda.amazonaws.com``) assume it."""
-    role = _iam().get_role_by_arn(role_arn)
+    role = _role_by_arn(role_arn)
     document = role.assume_role_policy_document
     statements = (json.loads(document) if isinstance(document, str) else document)["Statement"]
     for statement in statements if isinstance(statements, list) else [statements]:
