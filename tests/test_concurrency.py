@@ -64,7 +64,7 @@ def test_200_concurrent_deploys(stack: Stack, tmp_path: Path) -> None:
         for name in inputs:
             for job in client.jobs(name, limit=200)["jobs"]:
                 if job["status"] in ("COMPLETED", "FAILED", "KILLED"):
-                    assert job["status"] == "COMPLETED", job
+                    assert job["status"] == "COMPLETED", (job["id"], job.get("failure_reason"))
                     pending.discard(job["id"])
         time.sleep(2)
     print(f"\n200 submissions accepted in {accepted:.1f} s; 100 trainings done "
