@@ -1,7 +1,7 @@
 """Lineage walks on large synthetic provenance graphs: DynamoDB requests and seconds, against a naive walk.
 
 Starts moto's server in this process (127.0.0.1, a free port), creates the table with the key schema of
-chalicelib/models.py (pk/sk + gsi1: gsi1pk/gsi1sk) and a bucket (lineage cursors), points chalicelib at them
+chalicelib/tables.py (pk/sk + gsi1: gsi1pk/gsi1sk) and a bucket (lineage cursors), points chalicelib at them
 (KAOS_TABLE, KAOS_BUCKET, AWS_ENDPOINT_URL) and writes the graphs with chalicelib.provenance.Provenance:
   * chains of depth 10, 100 and 1,000: snapshot <-used- job -produced-> model <-used- job -produced-> ...
     walked up from the last node (depth + 1 nodes);
@@ -131,7 +131,7 @@ def build_fan_in(prov: Any, width: int) -> str:
 
 def naive_walk(root: str) -> int:
     """Sequential BFS up: GetItem for the node, then one Query for its upstream edges. Returns nodes seen."""
-    from chalicelib.models import EdgeItem, NodeItem, node_key
+    from chalicelib.tables import EdgeItem, NodeItem, node_key
     from chalicelib.provenance import _UPSTREAM
 
     condition = EdgeItem.sk.startswith(_UPSTREAM[0])

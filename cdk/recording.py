@@ -13,7 +13,7 @@ The update is conditional, so it never overwrites an outcome:
 - it increments a `version` attribute where the row has one (pynamodb's optimistic lock), so a writer holding the
   old version cannot overwrite it.
 
-Keys follow chalicelib/models.py (a pk of `WS#<workspace>`, an sk of `<KIND>#<id>`). Only the fields the state
+Keys follow chalicelib/tables.py (a pk of `WS#<workspace>`, an sk of `<KIND>#<id>`). Only the fields the state
 machine knows are set: the job's `history` list (a JSON string written by pynamodb) is left as it is.
 """
 from __future__ import annotations

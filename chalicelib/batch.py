@@ -36,7 +36,7 @@ from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_ar
 from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
                                sha256_hex, validate_path)
 from chalicelib.errors import InputInvalid, IntegrityError, NotFound, ValidationFailed
-from chalicelib.models import JobItem, ws_key
+from chalicelib.tables import JobItem, ws_key
 from chalicelib.provenance import Provenance
 from chalicelib.snapshots import (DerivedItem, Snapshots, blob_key, forget_derived, materialized_prefix,
                                   put_recorded_json, read_recorded_json, recorded)

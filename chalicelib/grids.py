@@ -14,7 +14,7 @@ from chalicelib import config, limits
 from chalicelib.adapters import Executions, ObjectStore
 from chalicelib.domain import FINGERPRINT_CHARS, canonical_json, grid_points, sha256_hex
 from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
-from chalicelib.models import GridItem, GridPointItem, JobItem, grid_key, ws_key
+from chalicelib.tables import GridItem, GridPointItem, JobItem, grid_key, ws_key
 from chalicelib.training import Inputs, Training
 from chalicelib.workspaces import (IncarnationGone, fenced_write, item_condition_failed, now,
                                    workspace_prefix)

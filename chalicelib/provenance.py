@@ -32,7 +32,7 @@ from pynamodb.exceptions import DoesNotExist, PutError
 from chalicelib import config
 from chalicelib.adapters import ObjectStore
 from chalicelib.errors import NotFound, ValidationFailed
-from chalicelib.models import EdgeItem, NodeItem, SnapshotItem, node_key, ws_key
+from chalicelib.tables import EdgeItem, NodeItem, SnapshotItem, node_key, ws_key
 from chalicelib.workspaces import workspace_prefix
 
 NODE_TYPES = ("snapshot", "environment", "job", "model")

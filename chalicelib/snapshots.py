@@ -33,7 +33,7 @@ from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebF
 from chalicelib.domain import FileEntry, Manifest, parse_manifest, split_s3_url
 from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
                                ValidationFailed)
-from chalicelib.models import LatestItem, SnapshotItem, _Item, ws_key
+from chalicelib.tables import LatestItem, SnapshotItem, _Item, ws_key
 from chalicelib.workspaces import now, workspace_prefix
 
 # A deterministic archive: fixed mtime and owner so the same snapshot always yields the same bytes.

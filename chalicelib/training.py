@@ -31,7 +31,7 @@ from chalicelib.domain import (
     validate_sha256,
 )
 from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
-from chalicelib.models import JobItem, LatestInputsItem, _Item, node_key, ws_key
+from chalicelib.tables import JobItem, LatestInputsItem, _Item, node_key, ws_key
 from chalicelib.provenance import Provenance
 from chalicelib.snapshots import Snapshots, blob_key
 from chalicelib.workspaces import (IncarnationGone, fenced_write, incarnation_alive, item_condition_failed, now,

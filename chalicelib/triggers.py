@@ -51,7 +51,7 @@ from chalicelib import config, limits
 from chalicelib.adapters import Executions, ObjectStore, _error_code
 from chalicelib.domain import FileEntry, Manifest, validate_path, validate_workspace_name
 from chalicelib.errors import KaosError, ValidationFailed
-from chalicelib.models import LatestInputsItem, WorkspaceItem, _Item, ws_key
+from chalicelib.tables import LatestInputsItem, WorkspaceItem, _Item, ws_key
 from chalicelib.provenance import Provenance
 from chalicelib.snapshots import Snapshots, blob_key
 from chalicelib.training import Inputs, Training

@@ -36,7 +36,7 @@ from chalicelib.adapters import BatchJobs, ObjectStore, TrainingJobs
 from chalicelib.tenancy import WorkspaceRoles
 from chalicelib.domain import validate_workspace_name
 from chalicelib.errors import Conflict, Forbidden, KaosError, NotFound, ValidationFailed
-from chalicelib.models import JobItem, MemberItem, WorkspaceItem, _Item, grid_key, ws_key
+from chalicelib.tables import JobItem, MemberItem, WorkspaceItem, _Item, grid_key, ws_key
 
 # How long a kill waits for the containers it stopped to end, within the API Lambda's 30 s: SageMaker sends SIGTERM
 # and uploads what the job saved; longer stops (SageMaker allows 120 s) answer `stopping` (see the module doc).

@@ -165,9 +165,9 @@ def test_table_schema_matches_the_pynamodb_models(template: Template) -> None:
 
 
 def test_pynamodb_models_use_the_same_names() -> None:
-    from chalicelib import models
+    from chalicelib import tables
 
-    source = Path(models.__file__).read_text()
+    source = Path(tables.__file__).read_text()
     for name in ('"gsi1"', "pk = UnicodeAttribute(hash_key=True)", "sk = UnicodeAttribute(range_key=True)",
                  "gsi1pk = UnicodeAttribute(hash_key=True)", "gsi1sk = UnicodeAttribute(range_key=True)"):
         assert name in source

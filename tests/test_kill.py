@@ -388,10 +388,10 @@ def test_terminate_job_stops_the_local_batch_process(tmp_path: Path) -> None:
 # --- the fences, in process on moto ---------------------------------------------------------------------------
 @pytest.fixture
 def moto_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """chalicelib against moto in this process: one table (the schema of chalicelib.models) and one bucket."""
+    """chalicelib against moto in this process: one table (the schema of chalicelib.tables) and one bucket."""
     from moto import mock_aws
 
-    from chalicelib import models, workspaces
+    from chalicelib import tables, workspaces
 
     env = {"KAOS_TABLE": "kill-fences", "KAOS_BUCKET": "kill-fences", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -402,7 +402,7 @@ def moto_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
 
     def reset_connections() -> None:
         workspaces._connection.cache_clear()
-        pending: list[type[Any]] = [models._Item]
+        pending: list[type[Any]] = [tables._Item]
         while pending:
             cls = pending.pop()
             cls._connection = None
@@ -423,7 +423,7 @@ def moto_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
 
 
 def _job_row(workspace: str, job_id: str, incarnation: str) -> Any:
-    from chalicelib.models import JobItem, ws_key
+    from chalicelib.tables import JobItem, ws_key
 
     spec = {"workspace": workspace, "incarnation": incarnation, "kind": "train", "code": "c" * 64,
             "data": {"training": "d" * 64}, "params": "p" * 64, "environment": "image",
@@ -450,7 +450,7 @@ def _model(bucket_name: str, workspace: str, job_id: str) -> dict[str, Any]:
 
 def _written(bucket_name: str, workspace: str, job_id: str) -> dict[str, Any]:
     """What a Record of the job left: its row's status and model, its model's provenance rows, its log."""
-    from chalicelib.models import JobItem, _Item, node_key, ws_key
+    from chalicelib.tables import JobItem, _Item, node_key, ws_key
 
     row = JobItem.get(ws_key(workspace), f"JOB#{job_id}", consistent_read=True)
     model_rows = list(_Item.query(node_key(workspace, f"model:{job_id}")))

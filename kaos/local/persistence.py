@@ -1412,7 +1412,7 @@ def fail_interrupted_jobs() -> list[str]:
 
     Goes through the product's own versioned model, as the pipeline's status writes do (one update that
     bumps the version and appends to the history)."""
-    from chalicelib.models import JobItem
+    from chalicelib.tables import JobItem
     from chalicelib.workspaces import now
 
     failed: list[str] = []
