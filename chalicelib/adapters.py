@@ -1,33 +1,118 @@
-"""One small class per AWS boundary. Each takes its client injected (tests pass a Stubber-wrapped one) or
-creates it lazily on first use, so importing this module costs nothing and warm Lambdas reuse clients."""
+"""One small class per AWS boundary, each taking its boto3 client in `__init__` (tests pass a Stubber-wrapped or a
+moto-backed one). `AwsClients` makes those clients: once per process (`clients()`), lazily per service, all from one
+botocore Config, so importing this module costs nothing and warm Lambdas reuse their clients and connections.
+
+Adapters catch `botocore.exceptions.ClientError` only (anything else is a bug or a network failure botocore has
+already retried) and turn the error codes they expect into answers (None, False) or named errors (chalicelib.errors).
+"""
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-from collections.abc import Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from botocore.exceptions import ClientError
 
 from chalicelib.errors import Conflict, InputInvalid, NotFound, PlatformBucketReference
+
+if TYPE_CHECKING:
+    from botocore.config import Config
 
 # Presigned PUT URLs live long enough for a slow upload of a 5 GiB file; S3 caps SigV4 presigning at 7 days.
 PRESIGN_SECONDS = 3600
 # HEAD requests are cheap but sequential latency adds up for 10,000-file snapshots.
 HEAD_CONCURRENCY = 16
+# Every thread pool that shares a client (HEADs and copies here, datum reads in batch.py, lineage Queries) uses at
+# most HEAD_CONCURRENCY threads; botocore's default pool holds 10 connections, so 16 threads would queue for one
+# (and urllib3 warns "Connection pool is full, discarding connection"). The pool is sized for them, with room.
+MAX_POOL_CONNECTIONS = 2 * HEAD_CONCURRENCY
+# botocore's "standard" retry mode retries throttling and transient errors with jittered backoff (legacy mode
+# retries fewer error codes).
+RETRIES = {"mode": "standard", "max_attempts": 5}
+# The S3 error codes of an absent object (HeadObject answers a bare 404; GetObject NoSuchKey; versions NoSuchVersion).
+_ABSENT = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
+_UNREADABLE = _ABSENT | {"403", "AccessDenied", "NoSuchBucket"}
+_PRECONDITION = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+
+T = TypeVar("T")
 
 
-def _client(service: str) -> Any:
-    import boto3  # imported here: boto3 costs ~0.16 s and only some code paths need each client
-
-    # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-    return boto3.client(service)  # type: ignore[call-overload]
+def error_code(exc: ClientError) -> str:
+    """The service's error code (`Error.Code`) of a failed call."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
+def client_config() -> Config:
+    """The one botocore Config of every kaos client: a pool large enough for our thread pools, standard retries,
+    and SigV4 for S3 presigning (the checksum and If-None-Match headers of a blob's PUT are part of its signature;
+    SigV2 URLs, botocore's default for presigning in some regions, cannot sign them)."""
+    from botocore.config import Config
+
+    return Config(max_pool_connections=MAX_POOL_CONNECTIONS, retries=RETRIES,  # type: ignore[arg-type]
+                  signature_version="s3v4")
+
+
+class AwsClients:
+    """The process's boto3 clients, one per service, each made on first use (boto3 costs ~0.16 s to import and
+    a client ~20 ms to build; a Lambda that never touches SageMaker never builds its client)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self._config = config
+
+    def _make(self, service: str) -> Any:
+        import boto3
+
+        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+        return boto3.client(service, config=self._config or client_config())  # type: ignore[call-overload]
+
+    @functools.cached_property
+    def s3(self) -> Any:
+        return self._make("s3")
+
+    @functools.cached_property
+    def stepfunctions(self) -> Any:
+        return self._make("stepfunctions")
+
+    @functools.cached_property
+    def sagemaker(self) -> Any:
+        return self._make("sagemaker")
+
+    @functools.cached_property
+    def batch(self) -> Any:
+        return self._make("batch")
+
+    @functools.cached_property
+    def logs(self) -> Any:
+        return self._make("logs")
+
+    @functools.cached_property
+    def iam(self) -> Any:
+        return self._make("iam")
+
+    @functools.cached_property
+    def sts(self) -> Any:
+        return self._make("sts")
+
+
+@functools.cache
+def clients() -> AwsClients:
+    """The clients of this process (the composition root hands them to the adapters it builds)."""
+    return AwsClients()
+
+
+def _answer_or(call: Callable[[], T], absent: frozenset[str]) -> T | None:
+    """The call's answer, or None when AWS answers one of the `absent` error codes."""
+    try:
+        return call()
+    except ClientError as exc:
+        if error_code(exc) in absent:
+            return None
+        raise
 
 
 def checksum_sha256(sha256_hex: str) -> str:
@@ -71,22 +156,16 @@ class ObjectFacts:
 
 
 class ObjectStore:
-    """The workspace bucket: content-addressed blobs, manifests, materialized snapshots, models, logs."""
+    """The workspace bucket: content-addressed blobs, manifests, materialized snapshots, models, logs.
 
-    def __init__(self, bucket: str, client: Any = None) -> None:
+    `platform_buckets`: every bucket of the stack (this one always included). Remote data may not name them: what
+    kaos holds is reached only through a workspace the caller is a member of (its snapshots and models), never by
+    URL, which would reach any workspace."""
+
+    def __init__(self, s3: Any, bucket: str, *, platform_buckets: Iterable[str] = ()) -> None:
+        self.client = s3
         self.bucket = bucket
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            # SigV4 presigning: the checksum and If-None-Match headers of a blob's PUT are then part of the
-            # signature (SigV2 URLs, botocore's default for presigning in some regions, cannot sign them).
-            self._client = boto3.client("s3", config=Config(signature_version="s3v4"))
-        return self._client
+        self.platform_buckets = frozenset({bucket, *platform_buckets})
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -119,37 +198,23 @@ class ObjectStore:
 
     def size(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return int(head["ContentLength"])
-
-    def sizes(self, keys: Iterable[str]) -> dict[str, int | None]:
-        keys = list(keys)
-        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
-            return dict(zip(keys, pool.map(self.size, keys), strict=False))
+        head = _answer_or(lambda: self.client.head_object(Bucket=self.bucket, Key=key), _ABSENT)
+        return None if head is None else int(head["ContentLength"])
 
     def facts(self, key: str) -> ObjectFacts | None:
         """Size, stored SHA-256, version and content type of the object (one HeadObject); None when absent."""
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        version = head.get("VersionId")
+        head = _answer_or(lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"),
+                          _ABSENT)
+        if head is None:
+            return None
         return ObjectFacts(
             size=int(head["ContentLength"]), sha256=_sha256_hex(head.get("ChecksumSHA256"), head.get("ChecksumType")),
-            version=str(version) if version and version != "null" else None,
-            content_type=str(head.get("ContentType") or "application/octet-stream"),
+            version=_version(head), content_type=str(head.get("ContentType") or "application/octet-stream"),
             metadata=dict(head.get("Metadata") or {}),
         )
 
     def facts_of(self, keys: Iterable[str]) -> dict[str, ObjectFacts | None]:
-        """`facts` of many keys, HEAD_CONCURRENCY at a time (as many requests as `sizes`)."""
+        """`facts` of many keys, HEAD_CONCURRENCY at a time."""
         keys = list(dict.fromkeys(keys))
         with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
             return dict(zip(keys, pool.map(self.facts, keys), strict=True))
@@ -166,12 +231,10 @@ class ObjectStore:
             MetadataDirective="REPLACE", ContentType=facts.content_type, Metadata=facts.metadata,
             ChecksumAlgorithm="SHA256",
         )
-        copied = result.get("CopyObjectResult", {})
-        digest = _sha256_hex(copied.get("ChecksumSHA256"), None)
+        digest = _sha256_hex(result.get("CopyObjectResult", {}).get("ChecksumSHA256"), None)
         if digest is None:
             raise InputInvalid(f"S3 did not return a SHA-256 for the copy of {key!r}")
-        version = result.get("VersionId")
-        return digest, str(version) if version and version != "null" else None
+        return digest, _version(result)
 
     def discard(self, key: str, versions: Iterable[str | None]) -> None:
         """Removes these versions of the key (None: the object of an unversioned bucket), so bytes that proved
@@ -194,8 +257,8 @@ class ObjectStore:
             extra["IfNoneMatch"] = "*"
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra)
-        except Exception as exc:
-            if if_absent and _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        except ClientError as exc:
+            if if_absent and error_code(exc) in _PRECONDITION:
                 return False
             raise
         return True
@@ -210,19 +273,24 @@ class ObjectStore:
         return digest
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-        except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                raise NotFound(f"object {key!r} does not exist") from exc
-            raise
+        return bytes(self.stream(key).read())
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
-    def stream(self, key: str) -> Any:
-        """A file-like body for streaming reads (model archives can be large)."""
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+    def stream(self, key: str, version: str | None = None, start: int = 0, end: int | None = None) -> IO[bytes]:
+        """A file-like body for streaming reads (model archives and logs can be large), of one version if given,
+        of bytes `start` to `end` (inclusive) if given. NotFound when the object (or that version) is absent."""
+        extra: dict[str, str] = {"VersionId": version} if version else {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
+        try:
+            body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        except ClientError as exc:
+            if error_code(exc) in _ABSENT:
+                raise NotFound(f"object {key!r} does not exist") from exc
+            raise
+        return body
 
     def describe(self, key: str) -> dict[str, Any]:
         head = self.client.head_object(Bucket=self.bucket, Key=key)
@@ -233,11 +301,8 @@ class ObjectStore:
         }
 
     def refuse_platform_bucket(self, bucket: str, key: str, field: str = "url") -> None:
-        """Remote data may not name the platform's own buckets: what kaos holds is reached only through a workspace
-        the caller is a member of (its snapshots and models), never by URL, which would reach any workspace."""
-        from chalicelib import config  # settings are read at call time
-
-        if bucket == self.bucket or bucket in config.settings().platform_buckets:
+        """Remote data may not name the platform's own buckets (see the class)."""
+        if bucket in self.platform_buckets:
             raise PlatformBucketReference(
                 f"{field}: s3://{bucket}/{key} is in the kaos platform's own bucket {bucket!r}, which remote data "
                 "may not name; reference the snapshot instead (snapshot:<id>: a job's data maps each channel to a "
@@ -247,16 +312,12 @@ class ObjectStore:
     def pin(self, bucket: str, key: str) -> dict[str, Any]:
         """Version id (versioned buckets) or ETag, and size, of an object in any bucket the role may read."""
         self.refuse_platform_bucket(bucket, key)
-        try:
-            head = self.client.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
-                raise NotFound(f"s3://{bucket}/{key} does not exist or is not readable") from exc
-            raise
-        version = head.get("VersionId") or ""
+        head = _answer_or(lambda: self.client.head_object(Bucket=bucket, Key=key), _UNREADABLE)
+        if head is None:
+            raise NotFound(f"s3://{bucket}/{key} does not exist or is not readable")
+        version = _version(head)
         etag = str(head.get("ETag", "")).strip('"')
-        return {"version": f"version:{version}" if version and version != "null" else f"etag:{etag}",
-                "size": int(head["ContentLength"])}
+        return {"version": f"version:{version}" if version else f"etag:{etag}", "size": int(head["ContentLength"])}
 
     def copy_pinned(self, bucket: str, key: str, version: str, dest_key: str) -> None:
         """Copies exactly the pinned object: by version id, or only if its ETag is unchanged."""
@@ -270,21 +331,22 @@ class ObjectStore:
             extra["CopySourceIfMatch"] = f'"{value}"'
         try:
             self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source, **extra)
-        except Exception as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412"):
+        except ClientError as exc:
+            if error_code(exc) in _PRECONDITION:
                 raise InputInvalid(f"s3://{bucket}/{key} changed since the snapshot pinned it ({version})") from exc
-            if _error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion", "403", "AccessDenied"):
+            if error_code(exc) in _UNREADABLE:
                 raise InputInvalid(f"s3://{bucket}/{key} ({version}) is gone or not readable") from exc
             raise
 
-    def put_stream(self, key: str, body: Any) -> None:
-        self.client.upload_fileobj(body, self.bucket, key)
+    def put_stream(self, key: str, body: Any, content_type: str = "application/octet-stream") -> None:
+        """Uploads a file-like body of unknown length without holding it: multipart, one part (8 MiB) at a time."""
+        self.client.upload_fileobj(body, self.bucket, key, ExtraArgs={"ContentType": content_type})
 
-    def copy(self, source_key: str, key: str) -> str | None:
-        """Server-side copy; S3 computes the copy's SHA-256 and keeps it as its checksum. Returns it (hex)."""
-        result = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket,
-                                                                                   "Key": source_key},
-                                         ChecksumAlgorithm="SHA256")
+    def copy(self, source_key: str, key: str, version: str | None = None) -> str | None:
+        """Server-side copy (of one version of the source, if given); S3 computes the copy's SHA-256 and keeps it
+        as its checksum. Returns it (hex)."""
+        source = {"Bucket": self.bucket, "Key": source_key, **({"VersionId": version} if version else {})}
+        result = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource=source, ChecksumAlgorithm="SHA256")
         return _sha256_hex(result.get("CopyObjectResult", {}).get("ChecksumSHA256"), None)
 
     def keys(self, prefix: str) -> Iterator[str]:
@@ -292,6 +354,10 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 yield str(obj["Key"])
+
+    def delete_keys(self, keys: Iterable[str]) -> None:
+        """Deletes these objects (their current version; absent ones are no error), 1,000 per DeleteObjects."""
+        self._delete_objects([{"Key": key} for key in keys], "the given keys")
 
     def delete_prefix(self, prefix: str) -> int:
         """Deletes every version under the prefix (the bucket is versioned); returns how many were removed."""
@@ -302,35 +368,40 @@ class ObjectStore:
                 {"Key": v["Key"], "VersionId": v["VersionId"]}
                 for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
             ]
-            # DeleteObjects takes at most 1,000 keys per call.
-            for start in range(0, len(objects), 1000):
-                chunk = objects[start : start + 1000]
-                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
-                # DeleteObjects answers 200 and lists the keys it could not delete: a kill must not pass over them.
-                errors = answer.get("Errors") or []
-                if errors:
-                    first = errors[0]
-                    raise RuntimeError(f"could not delete {len(errors)} object version(s) under {prefix}, e.g. "
-                                       f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
-                removed += len(chunk)
+            removed += self._delete_objects(objects, prefix)
         return removed
+
+    def _delete_objects(self, objects: list[dict[str, str]], what: str) -> int:
+        # DeleteObjects takes at most 1,000 keys per call.
+        for start in range(0, len(objects), 1000):
+            chunk = objects[start : start + 1000]
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            # DeleteObjects answers 200 and lists the keys it could not delete: a kill must not pass over them.
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RuntimeError(f"could not delete {len(errors)} object version(s) under {what}, e.g. "
+                                   f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+        return len(objects)
+
+
+def _version(answer: dict[str, Any]) -> str | None:
+    """The VersionId of an S3 answer; None in an unversioned bucket (S3 spells that "null")."""
+    version = answer.get("VersionId")
+    return str(version) if version and version != "null" else None
 
 
 def execution_arn_for(state_machine_arn: str, name: str) -> str:
+    """The ARN Step Functions gives the execution `name` of the machine (known before the start, so a job row
+    written once can carry it)."""
     return f"{state_machine_arn.replace(':stateMachine:', ':execution:')}:{name}"
 
 
 class Executions:
     """Step Functions executions, named by job fingerprints so a start is exactly-once."""
 
-    def __init__(self, client: Any = None) -> None:
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = _client("stepfunctions")
-        return self._client
+    def __init__(self, sfn: Any) -> None:
+        self.client = sfn
 
     def start(self, state_machine_arn: str, name: str, payload: dict[str, Any]) -> str:
         """Starts the execution, or returns the existing one of that name (a retried submission)."""
@@ -338,8 +409,8 @@ class Executions:
             response = self.client.start_execution(
                 stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload)
             )
-        except Exception as exc:
-            if _error_code(exc) != "ExecutionAlreadyExists":
+        except ClientError as exc:
+            if error_code(exc) != "ExecutionAlreadyExists":
                 raise
             arn = execution_arn_for(state_machine_arn, name)
             described = self.client.describe_execution(executionArn=arn)
@@ -353,11 +424,9 @@ class Executions:
 
     def stop(self, execution_arn: str, cause: str) -> None:
         """Stops a running execution; one that already ended (or never started) is left as it is."""
-        try:
-            self.client.stop_execution(executionArn=execution_arn, error="Killed", cause=cause[:32768])
-        except Exception as exc:
-            if _error_code(exc) not in ("ExecutionDoesNotExist", "ValidationException"):
-                raise
+        _answer_or(lambda: self.client.stop_execution(executionArn=execution_arn, error="Killed",
+                                                      cause=cause[:32768]),
+                   frozenset({"ExecutionDoesNotExist", "ValidationException"}))
 
     def submitted_jobs(self, execution_arn: str) -> list[str]:
         """The ids of the jobs the execution's `.sync` Batch tasks submitted (their TaskSubmitted events: SubmitJob's
@@ -365,56 +434,49 @@ class Executions:
         ids: list[str] = []
         kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
         while True:
-            try:
-                page = self.client.get_execution_history(**kwargs)
-            except Exception as exc:
-                if _error_code(exc) == "ExecutionDoesNotExist":
-                    return ids
-                raise
+            page = _answer_or(lambda: self.client.get_execution_history(**kwargs),
+                              frozenset({"ExecutionDoesNotExist"}))
+            if page is None:
+                return ids
             for event in page.get("events", []):
-                details = event.get("taskSubmittedEventDetails") or {}
-                if event.get("type") != "TaskSubmitted" or details.get("resourceType") != "batch":
-                    continue
-                try:
-                    output = json.loads(details.get("output") or "{}")
-                except ValueError:
-                    continue
-                job_id = (output.get("JobId") or output.get("jobId")) if isinstance(output, dict) else None
-                if isinstance(job_id, str) and job_id not in ids:
+                job_id = _submitted_batch_job(event)
+                if job_id is not None and job_id not in ids:
                     ids.append(job_id)
             if not page.get("nextToken"):
                 return ids
             kwargs["nextToken"] = page["nextToken"]
 
 
+def _submitted_batch_job(event: dict[str, Any]) -> str | None:
+    details = event.get("taskSubmittedEventDetails") or {}
+    if event.get("type") != "TaskSubmitted" or details.get("resourceType") != "batch":
+        return None
+    try:
+        output = json.loads(details.get("output") or "{}")
+    except ValueError:
+        return None
+    job_id = (output.get("JobId") or output.get("jobId")) if isinstance(output, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+# SageMaker answers ValidationException for a job that already ended (stop) or never existed (both).
+_NO_TRAINING_JOB = frozenset({"ValidationException", "ResourceNotFound"})
+
+
 class TrainingJobs:
     """SageMaker training jobs, for what the state machine cannot do itself (stopping on a kill)."""
 
-    def __init__(self, client: Any = None) -> None:
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = _client("sagemaker")
-        return self._client
+    def __init__(self, sagemaker: Any) -> None:
+        self.client = sagemaker
 
     def stop(self, name: str) -> None:
-        """Stops the job; SageMaker answers ValidationException for jobs that already ended or never existed."""
-        try:
-            self.client.stop_training_job(TrainingJobName=name)
-        except Exception as exc:
-            if _error_code(exc) not in ("ValidationException", "ResourceNotFound"):
-                raise
+        """Stops the job; one that already ended or never existed is left as it is."""
+        _answer_or(lambda: self.client.stop_training_job(TrainingJobName=name), _NO_TRAINING_JOB)
 
     def status(self, name: str) -> str | None:
         """TrainingJobStatus (InProgress, Stopping, Completed, Failed, Stopped), or None if there is no such job."""
-        try:
-            return str(self.client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"])
-        except Exception as exc:
-            if _error_code(exc) in ("ValidationException", "ResourceNotFound"):
-                return None
-            raise
+        answer = _answer_or(lambda: self.client.describe_training_job(TrainingJobName=name), _NO_TRAINING_JOB)
+        return None if answer is None else str(answer["TrainingJobStatus"])
 
 
 class BatchJobs:
@@ -422,14 +484,8 @@ class BatchJobs:
 
     ENDED = ("SUCCEEDED", "FAILED")
 
-    def __init__(self, client: Any = None) -> None:
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = _client("batch")
-        return self._client
+    def __init__(self, batch: Any) -> None:
+        self.client = batch
 
     def terminate(self, job_id: str, reason: str) -> None:
         """TerminateJob: a job that already ended is left as it is (Batch accepts the call)."""
@@ -441,44 +497,52 @@ class BatchJobs:
         return str(jobs[0]["status"]) if jobs else None
 
 
+@dataclass(frozen=True)
+class LogPage:
+    """One FilterLogEvents answer: its events ({"timestamp", "message"}, oldest first) and the token of the next
+    page (None once every event stored so far was returned)."""
+
+    events: list[dict[str, Any]]
+    token: str | None
+
+
 class LogReader:
-    """Training logs, where SageMaker writes them: CloudWatch Logs, one stream per job instance."""
+    """Job logs where SageMaker and Batch write them: CloudWatch Logs, one stream per job instance.
 
-    def __init__(self, log_group: str, client: Any = None) -> None:
+    FilterLogEvents answers at most `limit` (<= 10,000) events or 1 MB per call, and may answer an EMPTY page that
+    still carries a `nextToken` (it searches the group in time slices): only a page without a token ends a read."""
+
+    def __init__(self, logs: Any, log_group: str) -> None:
+        self.client = logs
         self.log_group = log_group
-        self._client = client
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = _client("logs")
-        return self._client
-
-    def read(self, stream_prefix: str, token: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        kwargs: dict[str, Any] = {
-            "logGroupName": self.log_group,
-            "logStreamNamePrefix": stream_prefix,
-            "limit": limit,
-        }
+    def page(self, stream_prefix: str, limit: int, token: str | None = None, start_time: int | None = None) -> LogPage:
+        """One page from `token`, or (without one) from `start_time` (ms since the epoch, inclusive) or the start.
+        A group that does not exist (no job has logged yet) is an empty last page."""
+        kwargs: dict[str, Any] = {"logGroupName": self.log_group, "logStreamNamePrefix": stream_prefix,
+                                  "limit": limit}
         if token:
             kwargs["nextToken"] = token
-        try:
-            response = self.client.filter_log_events(**kwargs)
-        except Exception as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
-                return [], None
-            raise
-        events = [{"timestamp": e["timestamp"], "message": e["message"]} for e in response.get("events", [])]
-        return events, response.get("nextToken")
+        elif start_time is not None:
+            kwargs["startTime"] = start_time
+        response = _answer_or(lambda: self.client.filter_log_events(**kwargs),
+                              frozenset({"ResourceNotFoundException"}))
+        if response is None:
+            return LogPage([], None)
+        events = [{"timestamp": int(e["timestamp"]), "message": str(e["message"])}
+                  for e in response.get("events", [])]
+        return LogPage(events, response.get("nextToken") or None)
 
-    def read_all(self, stream_prefix: str) -> list[str]:
-        lines: list[str] = []
+    def messages(self, stream_prefix: str) -> Iterator[str]:
+        """Every message of the streams, oldest first, a page at a time (never the whole log at once)."""
         token: str | None = None
         while True:
-            events, token = self.read(stream_prefix, token, 10_000)
-            lines.extend(e["message"] for e in events)
-            if not token or not events:
-                return lines
+            page = self.page(stream_prefix, 10_000, token)
+            for event in page.events:
+                yield event["message"]
+            if page.token is None:
+                return
+            token = page.token
 
 
 class WebFiles:

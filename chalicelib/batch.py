@@ -32,7 +32,8 @@ from typing import Any
 from chalicelib import config, limits
 from chalicelib import lineage_events
 from chalicelib.tenancy import job_definition_name
-from chalicelib.adapters import Executions, LogReader, ObjectStore, execution_arn_for
+from chalicelib.adapters import Executions, LogReader, ObjectStore, clients, execution_arn_for
+from chalicelib.logs import JobLogs
 from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
                                sha256_hex, validate_path)
 from chalicelib.errors import InputInvalid, IntegrityError, NotFound, ValidationFailed
@@ -92,7 +93,7 @@ class Batch:
         self,
         store: ObjectStore | None = None,
         executions: Executions | None = None,
-        logs: LogReader | None = None,
+        logs: JobLogs | None = None,
     ) -> None:
         self._store = store
         self._executions = executions
@@ -104,7 +105,8 @@ class Batch:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     @property
@@ -114,13 +116,14 @@ class Batch:
     @property
     def executions(self) -> Executions:
         if self._executions is None:
-            self._executions = Executions()
+            self._executions = Executions(clients().stepfunctions)
         return self._executions
 
     @property
-    def logs(self) -> LogReader:
+    def logs(self) -> JobLogs:
         if self._logs is None:
-            self._logs = LogReader(config.settings().batch_log_group)
+            reader = LogReader(clients().logs, config.settings().batch_log_group)
+            self._logs = JobLogs(store=self.store, reader=reader)
         return self._logs
 
     @property
@@ -317,7 +320,7 @@ class Batch:
             except Exception as exc:
                 reason = f"{reason}\n(finished datums could not be cached: {exc})"
         lines = self._archive_log(workspace, job_id, stream)
-        tail = "\n".join(lines[-LOG_TAIL_LINES:]).strip()
+        tail = "\n".join(lines).strip()
         if tail and tail not in reason:
             reason = f"{reason}\n{tail}"
         extra = {"metrics": metrics} if metrics else {}
@@ -455,15 +458,11 @@ class Batch:
         return reason, _log_stream(job)
 
     def _archive_log(self, workspace: str, job_id: str, stream: str | None) -> list[str]:
-        """Keeps the job's log beside its outputs (CloudWatch retention is finite); returns its lines."""
+        """Keeps the job's log beside its outputs (CloudWatch retention is finite); returns its last lines."""
         if not stream:
             return []
-        lines = self.logs.read_all(stream)
         self._fence_check()
-        if lines:
-            self.store.put_bytes(job_prefix(workspace, job_id) + "log.txt", ("\n".join(lines) + "\n").encode(),
-                                 "text/plain")
-        return lines
+        return self.logs.archive(stream, job_prefix(workspace, job_id) + "log.txt", tail=LOG_TAIL_LINES)
 
 
 def _get(document: Any, name: str) -> Any:

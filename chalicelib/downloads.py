@@ -10,7 +10,7 @@ from typing import Any
 from collections.abc import Iterable
 
 from chalicelib import config, limits
-from chalicelib.adapters import ObjectStore
+from chalicelib.adapters import ObjectStore, clients
 from chalicelib.errors import InputInvalid, ValidationFailed
 from chalicelib.snapshots import Snapshots, blob_key
 from chalicelib.training import Training
@@ -38,7 +38,8 @@ class Downloads:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     @property

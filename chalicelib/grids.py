@@ -11,7 +11,7 @@ from typing import Any
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 
 from chalicelib import config, limits
-from chalicelib.adapters import Executions, ObjectStore
+from chalicelib.adapters import Executions, ObjectStore, clients
 from chalicelib.domain import FINGERPRINT_CHARS, canonical_json, grid_points, sha256_hex
 from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
 from chalicelib.tables import GridItem, GridPointItem, JobItem, grid_key, ws_key
@@ -29,13 +29,14 @@ class Grids:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     @property
     def executions(self) -> Executions:
         if self._executions is None:
-            self._executions = Executions()
+            self._executions = Executions(clients().stepfunctions)
         return self._executions
 
     def submit(

@@ -30,7 +30,7 @@ from typing import Any
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config
-from chalicelib.adapters import ObjectStore
+from chalicelib.adapters import ObjectStore, clients
 from chalicelib.errors import NotFound, ValidationFailed
 from chalicelib.tables import EdgeItem, NodeItem, SnapshotItem, node_key, ws_key
 from chalicelib.workspaces import workspace_prefix
@@ -71,7 +71,8 @@ class Provenance:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     def add_node(self, workspace: str, node: str, node_type: str, attrs: dict[str, Any], at: str) -> None:

@@ -29,7 +29,7 @@ from pynamodb.attributes import NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
-from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles
+from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles, clients
 from chalicelib.domain import FileEntry, Manifest, parse_manifest, split_s3_url
 from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
                                ValidationFailed)
@@ -151,7 +151,8 @@ class Snapshots:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     def commit(self, workspace: str, kind: Any, files: Any, user: str) -> tuple[dict[str, Any], int]:

@@ -19,7 +19,9 @@ import hashlib
 import json
 from typing import Any
 
-from chalicelib.adapters import _client, _error_code
+from botocore.exceptions import ClientError
+
+from chalicelib.adapters import clients, error_code
 
 ROLE_PATH = "/kaos/workspaces/"
 POLICY_NAME = "workspace"
@@ -77,13 +79,13 @@ class WorkspaceRoles:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client("iam")
+            self._client = clients().iam
         return self._client
 
     @property
     def batch(self) -> Any:
         if self._batch is None:
-            self._batch = _client("batch")
+            self._batch = clients().batch
         return self._batch
 
     def _register_job_definition(self, workspace: str, incarnation: str, role: str) -> None:
@@ -115,8 +117,8 @@ class WorkspaceRoles:
             self.client.create_role(RoleName=name, Path=ROLE_PATH, AssumeRolePolicyDocument=json.dumps(TRUST),
                                     PermissionsBoundary=self.boundary_arn, MaxSessionDuration=43200,
                                     Description=f"kaos workspace {workspace} (incarnation {incarnation})")
-        except Exception as exc:
-            if _error_code(exc) != "EntityAlreadyExists":
+        except ClientError as exc:
+            if error_code(exc) != "EntityAlreadyExists":
                 raise
         self.client.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(
             policy_document(self.bucket, workspace, self.log_group_arn)))
@@ -130,11 +132,11 @@ class WorkspaceRoles:
         # IAM refuses to delete a role that still has inline policies: the policy first. Both are idempotent.
         try:
             self.client.delete_role_policy(RoleName=name, PolicyName=POLICY_NAME)
-        except Exception as exc:
-            if _error_code(exc) != "NoSuchEntity":
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
                 raise
         try:
             self.client.delete_role(RoleName=name)
-        except Exception as exc:
-            if _error_code(exc) != "NoSuchEntity":
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
                 raise

@@ -13,10 +13,12 @@ from typing import IO, Any, cast
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 
-from chalicelib import config, limits
+from chalicelib import config
 from chalicelib.tenancy import role_arn
 from chalicelib import lineage_events
-from chalicelib.adapters import BatchJobs, Executions, LogReader, ObjectStore, TrainingJobs, execution_arn_for
+from chalicelib.logs import JobLogs
+from chalicelib.adapters import (BatchJobs, Executions, LogReader, ObjectStore, TrainingJobs, clients,
+                                 execution_arn_for)
 from chalicelib.domain import (
     JobSpec,
     Manifest,
@@ -69,7 +71,7 @@ class Training:
         self,
         store: ObjectStore | None = None,
         executions: Executions | None = None,
-        logs: LogReader | None = None,
+        logs: JobLogs | None = None,
         training_jobs: TrainingJobs | None = None,
     ) -> None:
         self._training_jobs = training_jobs
@@ -81,7 +83,8 @@ class Training:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     @property
@@ -91,19 +94,20 @@ class Training:
     @property
     def executions(self) -> Executions:
         if self._executions is None:
-            self._executions = Executions()
+            self._executions = Executions(clients().stepfunctions)
         return self._executions
 
     @property
     def training_jobs(self) -> TrainingJobs:
         if self._training_jobs is None:
-            self._training_jobs = TrainingJobs()
+            self._training_jobs = TrainingJobs(clients().sagemaker)
         return self._training_jobs
 
     @property
-    def logs(self) -> LogReader:
+    def logs(self) -> JobLogs:
         if self._logs is None:
-            self._logs = LogReader(config.settings().training_log_group)
+            reader = LogReader(clients().logs, config.settings().training_log_group)
+            self._logs = JobLogs(store=self.store, reader=reader)
         return self._logs
 
     # --- submission -------------------------------------------------------------------------------------
@@ -261,7 +265,7 @@ class Training:
             self.executions.stop(item.execution_arn, reason)
         if item.kind == "batch":
             ids = self.executions.submitted_jobs(item.execution_arn) if item.execution_arn else []
-            batch_jobs = batch_jobs or BatchJobs()
+            batch_jobs = batch_jobs or BatchJobs(clients().batch)
             for batch_job in ids:
                 batch_jobs.terminate(batch_job, reason)
             return [f"batch:{batch_job}" for batch_job in ids]
@@ -315,12 +319,9 @@ class Training:
 
     def read_logs(self, workspace: str, job_id: str, token: str | None, limit: int) -> dict[str, Any]:
         item = self._job(workspace, job_id)
-        if not 1 <= limit <= limits.MAX_LOG_LINES:
-            raise ValidationFailed(f"limit: must be an integer from 1 to {limits.MAX_LOG_LINES}")
-        if item.training_job_name is None:
-            return {"job": job_id, "status": item.status, "events": [], "next": None}
-        events, next_token = self.logs.read(f"{item.training_job_name}/", token, limit)
-        return {"job": job_id, "status": item.status, "events": events, "next": next_token or token}
+        prefix = f"{item.training_job_name}/" if item.training_job_name else None
+        return self.logs.page(job_id=job_id, status=item.status, ended=item.status in TERMINAL, stream_prefix=prefix,
+                              archive_key=job_prefix(workspace, job_id) + "log.txt", cursor=token, limit=limit)
 
     @staticmethod
     def describe(item: JobItem) -> dict[str, Any]:
@@ -522,9 +523,7 @@ class Training:
         """Keeps the job's log in S3 beside its outputs: CloudWatch retention is finite, provenance is not."""
         if item.training_job_name is None:
             return
-        lines = self.logs.read_all(f"{item.training_job_name}/")
-        self.store.put_bytes(job_prefix(workspace, item.job_id) + "log.txt", ("\n".join(lines) + "\n").encode(),
-                             "text/plain")
+        self.logs.archive(f"{item.training_job_name}/", job_prefix(workspace, item.job_id) + "log.txt")
 
 
 def dropped(job_id: str) -> dict[str, Any]:

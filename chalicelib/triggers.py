@@ -42,13 +42,14 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
+from botocore.exceptions import ClientError
 from pynamodb.attributes import BooleanAttribute, JSONAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import config, limits
-from chalicelib.adapters import Executions, ObjectStore, _error_code
+from chalicelib.adapters import Executions, ObjectStore, clients, error_code
 from chalicelib.domain import FileEntry, Manifest, validate_path, validate_workspace_name
 from chalicelib.errors import KaosError, ValidationFailed
 from chalicelib.tables import LatestInputsItem, WorkspaceItem, _Item, ws_key
@@ -202,13 +203,14 @@ class Triggers:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     @property
     def executions(self) -> Executions:
         if self._executions is None:
-            self._executions = Executions()
+            self._executions = Executions(clients().stepfunctions)
         return self._executions
 
     # --- settings (API) ------------------------------------------------------------------------------------
@@ -477,8 +479,8 @@ class Triggers:
         client, bucket = self.store.client, self.store.bucket
         try:
             client.head_object(Bucket=bucket, Key=row.key)
-        except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 raise _Vanished("deleted before processing (HeadObject 404)") from exc
             raise
         pinned: dict[str, str] = {"Bucket": bucket, "Key": row.key}
@@ -486,8 +488,8 @@ class Triggers:
             pinned["VersionId"] = row.version
         try:
             body = client.get_object(**pinned)["Body"]
-        except Exception as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion", "NotFound"):
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion", "NotFound"):
                 raise _Vanished("this version was deleted before processing") from exc
             raise
         digest, size = hashlib.sha256(), 0

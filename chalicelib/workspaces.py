@@ -32,7 +32,7 @@ from pynamodb.exceptions import DeleteError, DoesNotExist, TransactWriteError, U
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import config, limits
-from chalicelib.adapters import BatchJobs, ObjectStore, TrainingJobs
+from chalicelib.adapters import BatchJobs, ObjectStore, TrainingJobs, clients
 from chalicelib.tenancy import WorkspaceRoles
 from chalicelib.domain import validate_workspace_name
 from chalicelib.errors import Conflict, Forbidden, KaosError, NotFound, ValidationFailed
@@ -147,7 +147,8 @@ class Workspaces:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = ObjectStore(config.settings().bucket)
+            settings = config.settings()
+            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
         return self._store
 
     @property
@@ -162,13 +163,13 @@ class Workspaces:
     @property
     def training_jobs(self) -> TrainingJobs:
         if self._training_jobs is None:
-            self._training_jobs = TrainingJobs()
+            self._training_jobs = TrainingJobs(clients().sagemaker)
         return self._training_jobs
 
     @property
     def batch_jobs(self) -> BatchJobs:
         if self._batch_jobs is None:
-            self._batch_jobs = BatchJobs()
+            self._batch_jobs = BatchJobs(clients().batch)
         return self._batch_jobs
 
     def create(self, name: str, user: str, *, _after_kill: bool = False) -> tuple[dict[str, Any], bool]:

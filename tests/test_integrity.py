@@ -139,7 +139,7 @@ def test_task_lambdas_refuse_platform_references_of_older_snapshots() -> None:
         def __getattr__(self, name: str) -> Any:
             raise AssertionError(f"S3 was called ({name}) for a platform-bucket reference")
 
-    store = ObjectStore("kaos-data", NoCalls())
+    store = ObjectStore(NoCalls(), "kaos-data")
     with pytest.raises(PlatformBucketReference, match="kaos-data"):
         store.copy_pinned("kaos-data", "ws/other/blobs/x", "version:1", "ws/mine/snapshots/s/x")
     with pytest.raises(PlatformBucketReference):

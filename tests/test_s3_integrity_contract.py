@@ -75,7 +75,7 @@ def test_patch_points_are_installed_while_the_emulator_runs(emulator: Emulator) 
 def test_presigned_put_with_other_bytes_than_its_signed_checksum_is_refused(s3: Any) -> None:
     """Fails without the patch: moto stores any bytes under any x-amz-checksum-sha256."""
     key = key_for("bad")
-    url = ObjectStore(BUCKET, s3).presign_blob_put(key, sha(GOOD))
+    url = ObjectStore(s3, BUCKET).presign_blob_put(key, sha(GOOD))
     assert "x-amz-checksum-sha256" in url.split("X-Amz-SignedHeaders=", 1)[1].split("&", 1)[0]
     refused = requests.put(url, data=OTHER, headers=blob_put_headers(sha(GOOD)), timeout=30)
     assert refused.status_code == 400 and "<Code>BadDigest</Code>" in refused.text, refused.text
@@ -90,17 +90,17 @@ def test_checksum_sent_with_a_presigned_put_is_kept(s3: Any) -> None:
     """Fails without the patch: moto keeps a checksum only when x-amz-sdk-checksum-algorithm names it, which a
     presigned PUT does not send, so HeadObject with ChecksumMode=ENABLED returns none."""
     key = key_for("kept")
-    url = ObjectStore(BUCKET, s3).presign_blob_put(key, sha(GOOD))
+    url = ObjectStore(s3, BUCKET).presign_blob_put(key, sha(GOOD))
     assert requests.put(url, data=GOOD, headers=blob_put_headers(sha(GOOD)), timeout=30).status_code == 200
     head = s3.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(GOOD).digest()).decode()
-    facts = ObjectStore(BUCKET, s3).facts(key)
+    facts = ObjectStore(s3, BUCKET).facts(key)
     assert facts is not None and facts.sha256 == sha(GOOD) and facts.size == len(GOOD)
 
 
 def test_sdk_put_object_checksum_is_verified_and_kept(s3: Any) -> None:
     """Fails without the patch. How kaos writes what it derives (sourcedir.tar.gz, manifests, cache entries)."""
-    store = ObjectStore(BUCKET, s3)
+    store = ObjectStore(s3, BUCKET)
     key = key_for("sdk")
     with pytest.raises(Exception, match="BadDigest"):
         store.put_bytes(key, OTHER, sha256_hex=sha(GOOD))
@@ -117,13 +117,13 @@ def test_sdk_put_object_checksum_is_verified_and_kept(s3: Any) -> None:
 def test_a_presigned_put_is_refused_once_the_key_exists(s3: Any) -> None:
     """moto honours If-None-Match: * without a patch; kaos relies on it (a URL reused after the commit)."""
     key = key_for("reuse")
-    url = ObjectStore(BUCKET, s3).presign_blob_put(key, sha(GOOD))
+    url = ObjectStore(s3, BUCKET).presign_blob_put(key, sha(GOOD))
     assert requests.put(url, data=GOOD, headers=blob_put_headers(sha(GOOD)), timeout=30).status_code == 200
     again = requests.put(url, data=GOOD, headers=blob_put_headers(sha(GOOD)), timeout=30)
     assert again.status_code == 412 and "PreconditionFailed" in again.text
     versions = s3.list_object_versions(Bucket=BUCKET, Prefix=key).get("Versions", [])
     assert len(versions) == 1 and stored(s3, key) == GOOD
-    assert ObjectStore(BUCKET, s3).put_bytes(key, GOOD, sha256_hex=sha(GOOD), if_absent=True) is False
+    assert ObjectStore(s3, BUCKET).put_bytes(key, GOOD, sha256_hex=sha(GOOD), if_absent=True) is False
 
 
 def test_conditional_puts_of_an_absent_key_have_one_winner(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +139,7 @@ def test_conditional_puts_of_an_absent_key_have_one_winner(s3: Any, monkeypatch:
 
     monkeypatch.setattr(S3Backend, "put_object", slow_put_object)
     key = key_for("race")
-    url = ObjectStore(BUCKET, s3).presign_blob_put(key, sha(GOOD))
+    url = ObjectStore(s3, BUCKET).presign_blob_put(key, sha(GOOD))
     statuses: list[int] = []
     start = threading.Barrier(2)
 
