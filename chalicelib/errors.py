@@ -1,4 +1,8 @@
-"""Named exceptions: the API maps them to 4xx bodies, and their class names are the Step Functions error contract."""
+"""Named exceptions: the API maps them to 4xx bodies, and their class names are the Step Functions error contract.
+
+A task Lambda that raises one fails with the class's `__name__` as its error name (Lambda reports only the concrete
+class, never a base), and the state machines in cdk/ match those names: `names(Transient)` lists every retryable one.
+"""
 from __future__ import annotations
 
 
@@ -33,6 +37,56 @@ class Forbidden(KaosError):
 class Conflict(KaosError):
     status = 409
     code = "Conflict"
+
+
+class Transient(KaosError):
+    """A failure worth repeating as it was: the state machines retry every subclass (by name) before any Catch, so a
+    throttled write in Record does not fail a finished training."""
+
+    status = 503
+    code = "Transient"
+
+
+class Throttled(Transient):
+    """An AWS service refused a call for its rate (a code in THROTTLING_CODES) after the SDK's own retries."""
+
+    code = "Throttled"
+
+
+class ConcurrentUpdate(Conflict, Transient):
+    """A conditional write lost a race with another writer (DynamoDB ConditionalCheckFailed on a version or status
+    check): the API answers 409 (Conflict), a task Lambda is retried on the row as it now is (Transient)."""
+
+    code = "ConcurrentUpdate"
+
+
+# Error codes AWS services use for "slow down" (botocore's standard retry mode treats the same as throttling).
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+    "EC2ThrottledException",
+})
+
+
+def names(base: type[Exception]) -> list[str]:
+    """`base` and all its subclasses by name: a Step Functions `ErrorEquals` matches the concrete class only."""
+    found, todo = [], [base]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ not in found:
+            found.append(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return sorted(found)
+
+
+class ConfigError(Exception):
+    """A deployment fault, not a request's: a variable `component` reads is missing, malformed or undeclared
+    (chalicelib/config.py). Raised at cold start, so the function fails before it does any work."""
+
+    def __init__(self, message: str, *, variable: str, component: str) -> None:
+        super().__init__(message)
+        self.variable, self.component = variable, component
 
 
 class InputInvalid(KaosError):
