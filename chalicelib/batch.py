@@ -24,7 +24,6 @@ the job on fixed data) does not redo them. The job's fingerprint still covers th
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,7 +38,8 @@ from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, cano
 from chalicelib.errors import InputInvalid, IntegrityError, NotFound, ValidationFailed
 from chalicelib.tables import JobItem, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.snapshots import (DerivedItem, Snapshots, blob_key, forget_derived, materialized_prefix,
+from chalicelib.blobs import ingest
+from chalicelib.snapshots import (DerivedItem, Snapshots, forget_derived, materialized_prefix,
                                   put_recorded_json, read_recorded_json, recorded)
 from chalicelib.training import TERMINAL, Training, dropped, failure_reason, job_prefix
 from chalicelib.workspaces import Fence, IncarnationGone, now, workspace_prefix
@@ -57,7 +57,6 @@ FARGATE_RESOURCES = "fargate-1vcpu-2048mib"
 FARGATE_STORAGE_GB = 21
 LOG_TAIL_LINES = 20
 FAILURE_REASON_CHARS = 2000
-_HASH_CHUNK = 1 << 20
 MAX_GLOB_CHARS = 256
 # Parallel S3 calls of Prepare (cache lookups, copies) and Record (hashing outputs, writing markers).
 DATUM_CONCURRENCY = 16
@@ -423,19 +422,8 @@ class Batch:
         """Streams the object once for its sha256, then copies it to its content address (unless present)."""
         validate_path(path, f"output {path!r}")
         self._fence_check()
-        digest = hashlib.sha256()
-        size = 0
-        body = self.store.stream(key)
-        for chunk in iter(lambda: body.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-        sha256 = digest.hexdigest()
-        present = self.store.facts(blob_key(workspace, sha256))
-        if present is None or present.sha256 != sha256:  # absent, or without (or with another) stored SHA-256
-            copied = self.store.copy(key, blob_key(workspace, sha256))
-            if copied is not None and copied != sha256:
-                raise InputInvalid(f"output {path!r} changed while it was recorded (sha256 {sha256}, then {copied})")
-        return {"path": path, "sha256": sha256, "size": size}
+        blob = ingest(self.store, workspace, key)
+        return {"path": path, "sha256": blob.sha256, "size": blob.size}
 
     def _failure(self, error: dict[str, Any]) -> tuple[str, str | None]:
         """A readable reason and the log stream from a Catch result; the Cause of a failed `.sync` task is the

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from chalicelib import config, limits
 from chalicelib.adapters import ObjectStore, clients
 from chalicelib.errors import InputInvalid, ValidationFailed
-from chalicelib.snapshots import Snapshots, blob_key
+from chalicelib.blobs import blob_key
+from chalicelib.snapshots import Snapshots
 from chalicelib.training import Training
 from chalicelib.workspaces import workspace_prefix
 

@@ -16,7 +16,6 @@ Integrity (what holds the bytes to their names):
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
@@ -30,7 +29,8 @@ from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib import config, limits
 from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles, clients
-from chalicelib.domain import FileEntry, Manifest, parse_manifest, split_s3_url
+from chalicelib.blobs import HashingReader, blob_key
+from chalicelib.domain import FileEntry, Manifest, parse_manifest, sha256_hex, split_s3_url
 from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
                                ValidationFailed)
 from chalicelib.tables import LatestItem, SnapshotItem, _Item, ws_key
@@ -39,10 +39,6 @@ from chalicelib.workspaces import now, workspace_prefix
 # A deterministic archive: fixed mtime and owner so the same snapshot always yields the same bytes.
 _EPOCH = 0
 _NO_FACTS = ObjectFacts(size=-1, sha256=None, version=None, content_type="", metadata={})
-
-
-def blob_key(workspace: str, sha256: str) -> str:
-    return f"{workspace_prefix(workspace)}blobs/{sha256}"
 
 
 def manifest_key(workspace: str, snapshot_id: str) -> str:
@@ -94,7 +90,7 @@ def check_derived(workspace: str, key: str, body: bytes, what: str) -> bool:
     record = recorded(workspace, [key]).get(key)
     if record is None:
         return False
-    digest = hashlib.sha256(body).hexdigest()
+    digest = sha256_hex(body)
     if digest != record.sha256:
         raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
                              f"recorded when it was written is {record.sha256}; nothing was run on it")
@@ -109,7 +105,7 @@ def forget_derived(workspace: str, key: str) -> None:
 def put_recorded_json(store: ObjectStore, workspace: str, key: str, value: Any) -> None:
     """Writes a JSON document kaos will read back (S3 verifies its SHA-256), then records that SHA-256."""
     body = json.dumps(value, sort_keys=True).encode()
-    digest = hashlib.sha256(body).hexdigest()
+    digest = sha256_hex(body)
     store.put_bytes(key, body, "application/json", sha256_hex=digest)
     record_derived(workspace, key, digest, len(body))
 
@@ -121,7 +117,7 @@ def read_recorded_json(store: ObjectStore, workspace: str, key: str, what: str,
     body = store.get_bytes(key)
     if record is None:
         return json.loads(body), check_derived(workspace, key, body, what)
-    digest = hashlib.sha256(body).hexdigest()
+    digest = sha256_hex(body)
     if digest != record.sha256:
         raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
                              f"recorded when it was written is {record.sha256}; nothing was run on it")
@@ -365,21 +361,11 @@ class Snapshots:
 
     def _fetch(self, entry: FileEntry, key: str) -> None:
         """Streams an https file into the materialized snapshot, checking its sha256 when the manifest has one."""
-        digest = hashlib.sha256()
-
-        class Hashing:
-            def __init__(self, raw: Any) -> None:
-                self.raw = raw
-
-            def read(self, size: int = -1) -> bytes:
-                chunk = bytes(self.raw.read(size))
-                digest.update(chunk)
-                return chunk
-
         with WebFiles().open(entry.url) as response:
-            self.store.put_stream(key, Hashing(response))
-        if entry.sha256 and digest.hexdigest() != entry.sha256:
-            raise InputInvalid(f"{entry.url}: its sha256 is {digest.hexdigest()}, the manifest pins {entry.sha256}")
+            body = HashingReader(response)
+            self.store.put_stream(key, body)
+        if entry.sha256 and body.hexdigest() != entry.sha256:
+            raise InputInvalid(f"{entry.url}: its sha256 is {body.hexdigest()}, the manifest pins {entry.sha256}")
 
     def sourcedir(self, workspace: str, snapshot_id: str) -> tuple[str, Manifest]:
         """sourcedir.tar.gz, the SageMaker script-mode code bundle, built once per code snapshot and verified on
@@ -416,14 +402,14 @@ class Snapshots:
                     info.mode = 0o755 if f.path.endswith(".sh") else 0o644
                     archive.addfile(info, io.BytesIO(body))
         body = buffer.getvalue()
-        digest = hashlib.sha256(body).hexdigest()
+        digest = sha256_hex(body)
         self.store.put_bytes(key, body, "application/gzip", sha256_hex=digest)
         record_derived(workspace, key, digest, len(body))
 
     def _blob(self, workspace: str, entry: FileEntry) -> bytes:
         """A blob's bytes, checked against its name."""
         body = self.store.get_bytes(blob_key(workspace, entry.sha256))
-        digest = hashlib.sha256(body).hexdigest()
+        digest = sha256_hex(body)
         if digest != entry.sha256:
             raise IntegrityError(f"the blob of {entry.path!r} ({entry.sha256}) holds bytes hashing to {digest}; "
                                  "nothing was run on it")

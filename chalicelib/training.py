@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import tarfile
@@ -30,12 +29,14 @@ from chalicelib.domain import (
     params_manifest,
     parse_params,
     validate_channel,
+    sha256_hex,
     validate_sha256,
 )
 from chalicelib.errors import Conflict, InputInvalid, NotFound, ValidationFailed
 from chalicelib.tables import JobItem, LatestInputsItem, _Item, node_key, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.snapshots import Snapshots, blob_key
+from chalicelib.blobs import HashingReader, blob_key, sha256_of
+from chalicelib.snapshots import Snapshots
 from chalicelib.workspaces import (IncarnationGone, fenced_write, incarnation_alive, item_condition_failed, now,
                                    workspace_prefix)
 
@@ -495,7 +496,7 @@ class Training:
         The content sha256 is the sha256 of the JSON list (no spaces) of sorted [member name, sha256 of its
         bytes] pairs of the archive's regular files (names without a leading "./"): unlike the archive's own
         sha256 it does not depend on mtimes, owners or compression, which SageMaker's tars do not fix."""
-        body = _HashingReader(self.store.stream(key))
+        body = HashingReader(self.store.stream(key))
         metrics: dict[str, Any] = {}
         files: list[tuple[str, str]] = []
         with tarfile.open(fileobj=cast(IO[bytes], body), mode="r|gz") as archive:
@@ -503,20 +504,18 @@ class Training:
                 handle = archive.extractfile(member) if member.isfile() else None
                 if handle is None:
                     continue
-                member_hash = hashlib.sha256()
                 if member.name.lstrip("./") == METRICS_FILE:
                     raw = handle.read()
-                    member_hash.update(raw)
+                    member_sha256 = sha256_hex(raw)
                     metrics = _numeric_metrics(raw)
                 else:
-                    while chunk := handle.read(1 << 20):
-                        member_hash.update(chunk)
+                    member_sha256 = sha256_of(handle)[0]
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]
-                files.append((name, member_hash.hexdigest()))
+                files.append((name, member_sha256))
         body.drain()
-        content = hashlib.sha256(json.dumps(sorted(files), separators=(",", ":")).encode()).hexdigest()
+        content = sha256_hex(json.dumps(sorted(files), separators=(",", ":")).encode())
         return body.hexdigest(), metrics, content
 
     def _archive_log(self, workspace: str, item: JobItem) -> None:
@@ -529,24 +528,6 @@ class Training:
 def dropped(job_id: str) -> dict[str, Any]:
     """What Record answers for an outcome it dropped because the job's workspace incarnation was killed."""
     return {"id": job_id, "status": "DROPPED", "model": None, "dropped": True}
-
-
-class _HashingReader:
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-        self._hash = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = bytes(self._raw.read(size))
-        self._hash.update(chunk)
-        return chunk
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
 
 def _numeric_metrics(raw: bytes) -> dict[str, Any]:

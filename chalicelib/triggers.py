@@ -42,19 +42,19 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
-from botocore.exceptions import ClientError
 from pynamodb.attributes import BooleanAttribute, JSONAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import config, limits
-from chalicelib.adapters import Executions, ObjectStore, clients, error_code
+from chalicelib.adapters import Executions, ObjectStore, clients
 from chalicelib.domain import FileEntry, Manifest, validate_path, validate_workspace_name
-from chalicelib.errors import KaosError, ValidationFailed
+from chalicelib.errors import KaosError, NotFound, ValidationFailed
 from chalicelib.tables import LatestInputsItem, WorkspaceItem, _Item, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.snapshots import Snapshots, blob_key
+from chalicelib.blobs import ingest
+from chalicelib.snapshots import Snapshots
 from chalicelib.training import Inputs, Training
 from chalicelib.workspaces import _connection, now, workspace_prefix
 
@@ -476,31 +476,13 @@ class Triggers:
         return entries, skipped
 
     def _ingest(self, workspace: str, row: PendingFileItem) -> FileEntry:
-        client, bucket = self.store.client, self.store.bucket
+        if self.store.size(row.key) is None:
+            raise _Vanished("deleted before processing (HeadObject 404)")
         try:
-            client.head_object(Bucket=bucket, Key=row.key)
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                raise _Vanished("deleted before processing (HeadObject 404)") from exc
-            raise
-        pinned: dict[str, str] = {"Bucket": bucket, "Key": row.key}
-        if row.version:
-            pinned["VersionId"] = row.version
-        try:
-            body = client.get_object(**pinned)["Body"]
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion", "NotFound"):
-                raise _Vanished("this version was deleted before processing") from exc
-            raise
-        digest, size = hashlib.sha256(), 0
-        for chunk in iter(lambda: body.read(1 << 20), b""):
-            digest.update(chunk)
-            size += len(chunk)
-        sha = digest.hexdigest()
-        target = blob_key(workspace, sha)
-        if self.store.size(target) != size:
-            client.copy_object(Bucket=bucket, Key=target, CopySource=pinned)
-        return FileEntry(row.path, sha, size)
+            blob = ingest(self.store, workspace, row.key, row.version)
+        except NotFound as exc:
+            raise _Vanished("this version was deleted before processing") from exc
+        return FileEntry(row.path, blob.sha256, blob.size)
 
     def _finish(self, batch: BatchItem, status: str, **fields: Any) -> dict[str, Any]:
         actions: list[Action] = [BatchItem.status.set(status), BatchItem.ended_at.set(now())]

@@ -107,7 +107,7 @@ def test_stopping_an_ended_training_job_is_a_no_op(aws_env: None) -> None:
 def test_log_reads_go_on_past_empty_pages_that_carry_a_token(aws_env: None) -> None:
     """Bug 3: FilterLogEvents may answer an empty page with a nextToken; the archive stopped there."""
     client, stub = stubbed("logs")
-    pages = [({"events": [{"timestamp": 1, "message": "one"}], "nextToken": "t1"}, None),
+    pages: list[tuple[dict[str, Any], str | None]] = [({"events": [{"timestamp": 1, "message": "one"}], "nextToken": "t1"}, None),
              ({"events": [], "nextToken": "t2"}, "t1"),
              ({"events": [{"timestamp": 2, "message": "two"}]}, "t2")]
     with stub:
