@@ -74,6 +74,9 @@ class WorkspaceItem(_Item):
     killed_at = UnicodeAttribute(null=True)
     # Training and batch containers the kill stopped and still waits for ("sagemaker:<name>", "batch:<id>").
     kill_pending: JSONAttribute = JSONAttribute(null=True)
+    # How many members the workspace has: adding one is a transaction conditioned on it (limits.MAX_MEMBERS).
+    # Absent on rows written before it existed (chalicelib.repositories.workspaces starts it from a count).
+    member_count = NumberAttribute(null=True)
 
 
 class MemberItem(_Item):
