@@ -8,6 +8,7 @@ from typing import Any
 from collections.abc import Callable, Iterable
 from urllib.parse import urlencode
 
+import botocore.exceptions
 import botocore.session
 import requests
 from botocore.auth import SigV4Auth
@@ -22,6 +23,8 @@ TIMEOUT = 60
 
 
 class ApiError(Exception):
+    """A refusal by the API (`status` >= 400) or a local condition that stops a request (`status` 0)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
@@ -29,19 +32,52 @@ class ApiError(Exception):
         self.message = message
 
 
+def is_local_url(url: str) -> bool:
+    return url.startswith(("http://127.0.0.1", "http://localhost"))
+
+
+def unreachable(url: str, exc: Exception) -> ApiError:
+    """The everyday "next morning" case: the stack is down (locally) or the network/URL is wrong (on AWS)."""
+    if is_local_url(url):
+        return ApiError(0, "Unreachable", f"the embedded stack at {url} is not running; "
+                                          "start it with `kaos local up --detach`")
+    return ApiError(0, "Unreachable", f"cannot reach the kaos API at {url} ({type(exc).__name__}); "
+                                      "`kaos cloud status` checks the deployed stack")
+
+
+def profiles(credentials_file: str) -> list[str]:
+    """The profiles botocore can see (config and credentials files, or the given credentials file)."""
+    session = botocore.session.Session()
+    if credentials_file:
+        session.set_config_variable("credentials_file", credentials_file)
+    return sorted(session.available_profiles)
+
+
+def credentials(profile: str, credentials_file: str) -> Any:
+    """Frozen-able botocore credentials of a profile; an unknown profile names the ones that exist."""
+    session = botocore.session.Session(profile=profile or None)
+    if credentials_file:
+        session.set_config_variable("credentials_file", credentials_file)
+    try:
+        found = session.get_credentials()
+    except botocore.exceptions.ProfileNotFound:
+        known = ", ".join(profiles(credentials_file)) or "none"
+        where = f" in {credentials_file}" if credentials_file else ""
+        raise ApiError(0, "ProfileNotFound", f"profile {profile!r} does not exist{where}; profiles: {known} "
+                                             "(set KAOS_PROFILE or `kaos config show` to see the target)") from None
+    if found is None:
+        raise ApiError(0, "NoCredentials", f"no AWS credentials for profile {profile!r}")
+    return found
+
+
 class Client:
     def __init__(self, config: ClientConfig) -> None:
         if not config.api_url:
-            raise ApiError(0, "NotConfigured", "no API URL: run `kaos local up` or set KAOS_API_URL")
+            raise ApiError(0, "NotConfigured", "no API URL configured: start the embedded stack with "
+                                               "`kaos local up --detach` (or deploy with `kaos cloud deploy`)")
         self.base = config.api_url.rstrip("/")
         self.region = config.region
-        session = botocore.session.Session(profile=config.profile or None)
-        if config.credentials_file:
-            session.set_config_variable("credentials_file", config.credentials_file)
-        credentials = session.get_credentials()
-        if credentials is None:
-            raise ApiError(0, "NoCredentials", f"no AWS credentials for profile {config.profile!r}")
-        self.credentials = credentials
+        self.credentials = credentials(config.profile, config.credentials_file)
         self.http = requests.Session()
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
@@ -53,7 +89,11 @@ class Client:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         signed = AWSRequest(method=method, url=url, data=data, headers=headers)
         SigV4Auth(self.credentials.get_frozen_credentials(), "execute-api", self.region).add_auth(signed)
-        response = self.http.request(method, url, data=data, headers=dict(signed.headers.items()), timeout=TIMEOUT)
+        try:
+            response = self.http.request(method, url, data=data, headers=dict(signed.headers.items()),
+                                         timeout=TIMEOUT)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise unreachable(self.base, exc) from exc
         try:
             payload = response.json()
         except ValueError:

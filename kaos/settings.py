@@ -1,10 +1,18 @@
-"""Client-side settings: where the API is and which credentials sign requests (KAOS_HOME/config.json)."""
+"""Client-side settings: where the API is and which credentials sign requests (KAOS_HOME/config.json).
+
+The config holds the active target (`api_url`, `region`, `profile`, `credentials_file`) plus a remembered copy of
+each target kaos knows (`targets["local"]`, `targets["cloud"]`), so `kaos config use local|cloud` switches between
+the embedded stack and a deployed AWS stack without retyping anything."""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+TARGETS = ("local", "cloud")
+# The fields that make up a target: what `config use` swaps in and out.
+TARGET_FIELDS = ("api_url", "region", "profile", "credentials_file", "workspace")
 
 
 def home() -> Path:
@@ -22,6 +30,10 @@ class ClientConfig:
     profile: str = "default"
     credentials_file: str = ""
     workspace: str = ""
+    target: str = "local"
+    targets: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The state directory of the last `kaos local up --state-dir DIR`, so `local status` and `down` find it.
+    state_dir: str = ""
 
     @classmethod
     def load(cls) -> ClientConfig:
@@ -44,6 +56,21 @@ class ClientConfig:
             if os.environ.get(variable) and values[name] == os.environ[variable] and name in stored:
                 values[name] = stored[name]
         path.write_text(json.dumps(values, indent=2) + "\n")
+
+    def active(self) -> dict[str, str]:
+        return {name: str(getattr(self, name)) for name in TARGET_FIELDS}
+
+    def switch(self, target: str, settings: dict[str, str] | None = None) -> None:
+        """Remembers the active target's settings, then makes `target` active with `settings` (or what was
+        remembered for it). The caller saves."""
+        self.targets[self.target] = {**self.targets.get(self.target, {}), **self.active()}
+        chosen = settings if settings is not None else self.targets.get(target)
+        if chosen is None:
+            raise KeyError(target)
+        for name in TARGET_FIELDS:
+            setattr(self, name, chosen.get(name, ""))
+        self.targets[target] = {**chosen, **self.active()}
+        self.target = target
 
 
 ENVIRONMENT_OVERRIDES = {"KAOS_API_URL": "api_url", "KAOS_PROFILE": "profile"}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from kaos.cli import _close_names
+from kaos.cli.workspace import _close_names
 from kaos.client import ApiError, extract_archive
 
 from .conftest import TEMPLATE, Stack, tiny_code

@@ -1,0 +1,384 @@
+"""Client-side rules the CLI only displays: what a deploy needs (checked before any file is hashed), whether params
+make a grid, id prefixes, waiting for jobs and grids, and reading logs to their end. Everything here talks to the
+API through kaos.client and has a timeout; nothing here prints."""
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from chalicelib.domain import grid_points, is_grid, parse_params, validate_channel
+from chalicelib.errors import ValidationFailed
+from kaos.bundle import read_data_manifest, scan
+from kaos.client import ApiError, Client, load_params
+from kaos.settings import ClientConfig
+
+TERMINAL = ("COMPLETED", "FAILED", "KILLED")
+# The server's defaults (chalicelib.training / chalicelib.batch); the server stays the authority, this only
+# turns its late refusal into an early one.
+TRAIN_ENTRY_POINTS = ("train.py", "train.sh", "train")
+BATCH_ENTRY_POINTS = ("process.py", "main.py", "process.sh")
+CODE_CONFIG = "kaos.toml"
+FULL_ID = re.compile(r"^(?:[a-z]+-[0-9a-f]{24}|[0-9a-f]{64})$")
+# What may be an id prefix: anything else goes to the server as given, which names what is wrong with it.
+PREFIX = re.compile(r"^(?:[a-z]+-)?[0-9a-f]*$")
+LIST_PAGE = 200
+# A job may run 24 h (SageMaker's MaxRuntimeInSeconds default cap in kaos); waiting longer means something is stuck.
+WAIT_TIMEOUT_SECONDS = 25 * 3600
+POLL_FIRST, POLL_MAX = 0.5, 5.0
+
+
+class Refused(ApiError):
+    """A local check refused the input before anything was sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "ValidationFailed", message)
+
+
+# --- deploy inputs, checked before hashing -----------------------------------------------------------------
+def check_params(path: Path) -> dict[str, Any]:
+    """The params file, read and checked as the server will (names, sizes, grid size) before any folder is hashed."""
+    params = load_params(path)
+    try:
+        parse_params(params)
+        if is_grid(params):
+            grid_points(params)
+    except ValidationFailed as exc:
+        raise Refused(f"-h {path}: {exc.message}") from None
+    return params
+
+
+def check_entry_point(code: Path, defaults: tuple[str, ...], label: str) -> None:
+    """A code folder the pipeline could not start: no default entry point and no kaos.toml naming one."""
+    config = code / CODE_CONFIG
+    if config.is_file():
+        try:
+            entry = tomllib.loads(config.read_text()).get("train", {}).get("entry_point")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise Refused(f"{label}: {config} is not valid TOML ({exc})") from None
+        if entry is not None:
+            if not isinstance(entry, str) or not (code / entry).is_file():
+                raise Refused(f"{label}: {CODE_CONFIG} names entry_point {entry!r}, which is not in {code}")
+            return
+    if code.is_dir() and not any((code / name).is_file() for name in defaults):
+        raise Refused(f"{label}: {code} has no entry point; add one of {', '.join(defaults)} "
+                      f"or name it in {CODE_CONFIG} ([train] entry_point = \"...\")")
+
+
+@dataclass
+class DeployInputs:
+    """What `train deploy` was given, checked: folders to snapshot, snapshots to reuse, remote manifests, params."""
+
+    code: Path | None = None
+    folders: dict[str, Path] = field(default_factory=dict)
+    snapshots: dict[str, str] = field(default_factory=dict)
+    remote: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    params: dict[str, Any] | None = None
+
+    @property
+    def grid(self) -> bool:
+        return self.params is not None and is_grid(self.params)
+
+
+def channels(values: list[str], flag: str) -> dict[str, str]:
+    """`DIR` is the channel `training`; `NAME=DIR` names it, as SageMaker channels are named."""
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        name, path = (name, path) if sep and not Path(value).exists() else ("training", value)
+        try:
+            validate_channel(name, f"{flag} {value}")
+        except ValidationFailed as exc:
+            raise Refused(exc.message) from None
+        if name in named:
+            raise Refused(f"{flag}: channel {name!r} given twice")
+        named[name] = path
+    return named
+
+
+def check_deploy(source: Path | None, data: list[str], manifests: list[str], params: Path | None) -> DeployInputs:
+    """Every local check of a deploy, cheapest first, so a mistake costs no hashing and no upload."""
+    if data and manifests:
+        raise Refused("-d and -m are mutually exclusive: give data as directories (-d) or as remote manifests (-m)")
+    inputs = DeployInputs(code=source, params=check_params(params) if params else None)
+    for name, value in channels(data, "-d").items():
+        if value.startswith("snapshot:"):
+            inputs.snapshots[name] = value.removeprefix("snapshot:")
+        else:
+            inputs.folders[name] = Path(value)
+    for name, value in channels(manifests, "-m").items():
+        inputs.remote[name] = read_data_manifest(Path(value), f"-m {name}")
+    if source is not None:
+        scan(source, "-s")
+        check_entry_point(source, TRAIN_ENTRY_POINTS, "-s")
+    for name, path in inputs.folders.items():
+        scan(path, f"-d {name}")
+    return inputs
+
+
+def submit(client: Client, workspace: str, code: str | None, data: dict[str, str] | None,
+           params: dict[str, Any] | None, resources: dict[str, Any], parallelism: int) -> dict[str, Any]:
+    """One job, or a grid when a param is a list; the answer carries `grid: True` for a grid."""
+    if params is not None and is_grid(params):
+        return {**client.submit_grid(workspace, code, data, params, resources, parallelism), "grid": True}
+    return {**client.submit(workspace, code, data, params, resources), "grid": False}
+
+
+def commit_remote(client: Client, workspace: str, entries: list[dict[str, Any]]) -> str:
+    """A data snapshot of remote objects (referenced, not uploaded)."""
+    committed: dict[str, Any] = client.request("POST", f"/workspaces/{workspace}/snapshots",
+                                               {"kind": "data", "files": entries})
+    return str(committed["id"])
+
+
+def failed_before(job: dict[str, Any]) -> bool:
+    """An identical job that ended FAILED or KILLED is no cache hit: nothing useful came back."""
+    return bool(job.get("cached")) and job.get("status") in ("FAILED", "KILLED")
+
+
+# --- members -------------------------------------------------------------------------------------------------
+LOCAL_PROFILE = "kaos-local-"
+_ARN = re.compile(r"^arn:aws[a-z-]*:(?:iam|sts)::\d{12}:(?:user|role|assumed-role|federated-user)/[\w+=,.@/-]+$"
+                  r"|^arn:aws[a-z-]*:iam::\d{12}:root$")
+_IAM_USER = re.compile(r"^[\w+=,.@-]{1,64}$")
+
+
+def check_member(config: ClientConfig, user: str) -> None:
+    """Offline, the users the embedded stack made (its credentials file's kaos-local-* profiles); on AWS, the form
+    of an IAM principal ARN or user name (whether it exists IAM only tells an administrator)."""
+    if user.startswith("arn:"):
+        if not _ARN.match(user):
+            raise Refused(f"user: {user!r} is not an IAM principal ARN (arn:aws:iam::123456789012:user/NAME or "
+                          ":role/NAME)")
+        return
+    if config.profile.startswith(LOCAL_PROFILE) and config.credentials_file:
+        from kaos.client import profiles
+
+        local = sorted(p.removeprefix(LOCAL_PROFILE) for p in profiles(config.credentials_file)
+                       if p.startswith(LOCAL_PROFILE))
+        if user not in local:
+            raise Refused(f"user: the embedded stack has no user {user!r}; its users: {', '.join(local)}")
+        return
+    if not _IAM_USER.match(user):
+        raise Refused(f"user: {user!r} is not an IAM user name (1-64 letters, digits and +=,.@_-) nor an ARN")
+
+
+# --- ids -----------------------------------------------------------------------------------------------------
+def jobs_pages(client: Client, workspace: str, cursor: str | None = None,
+               limit: int = LIST_PAGE) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+    """Every page of the workspace's jobs, newest first, with the cursor of the page after it."""
+    while True:
+        page = client.jobs(workspace, limit, cursor)
+        cursor = page.get("next")
+        yield page["jobs"], cursor
+        if not cursor:
+            return
+
+
+def _ids(job: dict[str, Any], kind: str) -> list[str]:
+    if kind == "job":
+        return [job["id"]]
+    if kind == "grid":
+        grid = (job.get("sources") or {}).get("grid")
+        return [grid] if grid else []
+    inputs = job.get("inputs") or {}
+    found = [inputs.get("code"), inputs.get("params"), *(inputs.get("data") or {}).values()]
+    model = job.get("model") or ""
+    if model.startswith("snapshot:"):  # a batch job's output
+        found.append(model.removeprefix("snapshot:"))
+    return [f for f in found if f]
+
+
+def resolve(client: Client, workspace: str, value: str, kinds: tuple[str, ...] = ("job",)) -> str:
+    """A full id as given; a unique prefix (with or without `train-`/`grid-`/`batch-`) to its full id.
+
+    Prefixes are resolved from the jobs list (jobs, the grids their points belong to, the snapshots they used or
+    made), so a snapshot no job used yet must be given in full."""
+    if FULL_ID.match(value) or not PREFIX.match(value) or not value:
+        return value
+    matches: set[str] = set()
+    for jobs, _ in jobs_pages(client, workspace):
+        for job in jobs:
+            for kind in kinds:
+                matches.update(i for i in _ids(job, kind)
+                               if i.startswith(value) or i.partition("-")[2].startswith(value))
+    what = " or ".join(kinds)
+    if not matches:
+        raise ApiError(404, "NotFound", f"no {what} id in workspace {workspace!r} starts with {value!r}")
+    if len(matches) > 1:
+        shown = sorted(matches)
+        more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+        raise ApiError(400, "Ambiguous", f"{value!r} matches {len(shown)} {what} ids: {', '.join(shown[:10])}{more}")
+    return matches.pop()
+
+
+def resolve_node(client: Client, workspace: str, node: str) -> str:
+    """A provenance node `type:id` (or a bare job id) with its id part resolved from a prefix."""
+    kind, sep, ident = node.partition(":")
+    if not sep:
+        kind, ident = "job", node
+    kinds = {"snapshot": ("snapshot",), "job": ("job",), "model": ("job",)}.get(kind)
+    return f"{kind}:{resolve(client, workspace, ident, kinds) if kinds else ident}"
+
+
+def resolve_target(client: Client, workspace: str, target: str) -> str:
+    """`data impact`'s target: an s3:// URL as given, a snapshot (`snapshot:` optional) resolved from a prefix."""
+    ident = target.removeprefix("snapshot:")
+    if target.startswith("s3://") or not PREFIX.match(ident):
+        return target
+    return f"snapshot:{resolve(client, workspace, ident, ('snapshot',))}"
+
+
+# --- lists ---------------------------------------------------------------------------------------------------
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def since_time(value: str, now: datetime | None = None) -> str:
+    """`--since`: an ISO date/time, or a duration back from now (30m, 2h, 7d, 1w); as the API's created_at text."""
+    relative = _RELATIVE.match(value)
+    if relative:
+        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[relative[2]]: int(relative[1])})
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise Refused(f"--since {value!r}: give an ISO date (2026-12-01, 2026-12-01T10:00) or a duration "
+                          "(30m, 2h, 7d, 1w)") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class JobList:
+    jobs: list[dict[str, Any]]
+    next: str | None
+
+
+def list_jobs(client: Client, workspace: str, limit: int, cursor: str | None, every: bool,
+              status: str | None = None, since: str | None = None) -> JobList:
+    """Up to `limit` jobs (all with `every`) from `cursor` on, newest first, filtered by status and creation time;
+    `next` continues exactly after the last job returned."""
+    wanted = status.upper() if status else None
+    chosen: list[dict[str, Any]] = []
+    after = cursor
+    while True:
+        page = client.jobs(workspace, LIST_PAGE if (wanted or since or every) else limit, after)
+        rows: list[dict[str, Any]] = page["jobs"]
+        for index, job in enumerate(rows):
+            if since and job["created_at"] < since:
+                return JobList(chosen, None)  # newest first: everything after is older
+            if wanted and job["status"] != wanted:
+                continue
+            chosen.append(job)
+            if not every and len(chosen) == limit:
+                if index == len(rows) - 1:
+                    return JobList(chosen, page.get("next"))
+                # The API's cursor is a page boundary; a page cut short is resumed after this job's position.
+                return JobList(chosen, _cursor_after(client, workspace, after, index))
+        after = page.get("next")
+        if not after:
+            return JobList(chosen, None)
+
+
+def _cursor_after(client: Client, workspace: str, start: str | None, index: int) -> str | None:
+    """The cursor right after the job at `index` of the page that began at `start`."""
+    page = client.jobs(workspace, index + 1, start)
+    return str(page["next"]) if page.get("next") else None
+
+
+# --- waiting -------------------------------------------------------------------------------------------------
+class TimedOut(ApiError):
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(0, "TimedOut", f"{what} did not end within {seconds:.0f} s")
+
+
+def _polls(timeout: float, what: str) -> Iterator[None]:
+    """Yields until the deadline, sleeping between polls from POLL_FIRST growing to POLL_MAX."""
+    deadline = time.monotonic() + timeout
+    delay = POLL_FIRST
+    while True:
+        yield
+        if time.monotonic() >= deadline:
+            raise TimedOut(what, timeout)
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, POLL_MAX)
+
+
+def wait_job(client: Client, workspace: str, job_id: str, on_change: Callable[[dict[str, Any]], None],
+             timeout: float = WAIT_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """Polls the job until it is terminal; `on_change` sees it once per status (the first one included)."""
+    seen = None
+    for _ in _polls(timeout, f"job {job_id}"):
+        job: dict[str, Any] = client.job(workspace, job_id)
+        if job["status"] != seen:
+            seen = job["status"]
+            on_change(job)
+        if job["status"] in TERMINAL:
+            return job
+    raise AssertionError("unreachable: _polls ends by raising")
+
+
+def grid_done(grid: dict[str, Any]) -> int:
+    return sum(n for status, n in grid["counts"].items() if status in TERMINAL)
+
+
+def wait_grid(client: Client, workspace: str, grid_id: str, on_change: Callable[[dict[str, Any]], None],
+              timeout: float = WAIT_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """Polls the grid (one point per request) until every point ended; `on_change` sees each new count."""
+    seen: tuple[str, int] | None = None
+    for _ in _polls(timeout, f"grid {grid_id}"):
+        grid: dict[str, Any] = client.grid(workspace, grid_id, limit=1)
+        state = (grid["status"], grid_done(grid))
+        if state != seen:
+            seen = state
+            on_change(grid)
+        if grid["status"] in ("COMPLETED", "FAILED", "KILLED") and state[1] == grid["points"]:
+            return grid
+    raise AssertionError("unreachable: _polls ends by raising")
+
+
+# --- logs ----------------------------------------------------------------------------------------------------
+class LogReader:
+    """The events of a job's log, page by page (contract C7: `next` always moves on, `complete` says the job ended
+    and everything was returned). Also tolerates the older answer without `complete`, whose `next` may be the token
+    sent with the same events again: those are skipped, and the log ends when the job is terminal and a page brings
+    nothing new. After iterating, `status` is the job's last status."""
+
+    def __init__(self, client: Client, workspace: str, job_id: str, follow: bool,
+                 timeout: float = WAIT_TIMEOUT_SECONDS) -> None:
+        self.client, self.workspace, self.job_id = client, workspace, job_id
+        self.follow, self.timeout = follow, timeout
+        self.status = ""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        served: dict[str | None, int] = {}  # old shape: events already printed from a token re-served
+        for _ in _polls(self.timeout, f"the log of {self.job_id}"):
+            while True:
+                page = self.client.logs(self.workspace, self.job_id, token)
+                self.status = page["status"]
+                events: list[dict[str, Any]] = page["events"]
+                after = page.get("next")
+                fresh = events[served.get(token, 0):] if after == token else events
+                served[token] = len(events) if after == token else 0
+                yield from fresh
+                if page.get("complete"):
+                    return
+                ended = "complete" not in page and self.status in TERMINAL and not fresh
+                if ended or not fresh:
+                    break
+                token = after
+            if ended or not self.follow:
+                return
+        raise AssertionError("unreachable: _polls ends by raising")
+
+
+def exit_code(status: str) -> int:
+    return 0 if status == "COMPLETED" else 1
