@@ -9,6 +9,12 @@ Key layout (one table keeps every workspace operation a single-partition Query):
   WS#<ws>            JOB#<job id>            JobItem         gsi1: JOBS#<ws> / <created_at>#<job id>
   WS#<ws>            GRID#<grid id>          GridItem
   GRID#<ws>#<grid>   POINT#<index>           GridPointItem   (one per grid point: its job id)
+  WS#<ws>            DERIVED#<key below ws/<ws>/>   DerivedItem (SHA-256 and size of an object kaos derived)
+  WS#<ws>            AUTORETRAIN#CONFIG      AutoRetrainItem (auto-retrain on or off)
+  WS#<ws>            AUTORETRAIN#OPEN        OpenBatchItem   (pointer to the newest retrain batch, open or not)
+  WS#<ws>            PENDING#<batch>         BatchItem       (a retrain batch: OPEN|CLOSED|DONE|FAILED)
+  WS#<ws>            PENDINGFILE#<batch>#<file id>  PendingFileItem (a file of the batch)
+  WS#<ws>            INCOMING#<file id>      IncomingFileItem (dedupe row: which batch took the file)
   NODE#<ws>#<node>   META                    NodeItem        gsi1: PROV#<ws> / <node>
   NODE#<ws>#<node>   OUT|IN#<rel>#<other>    EdgeItem        gsi1: PROV#<ws> / <node>#<sk>
 Provenance edges are stored once per direction so each hop either way is one Query, and no item grows
@@ -19,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from pynamodb.attributes import (
+    BooleanAttribute,
     JSONAttribute,
     NumberAttribute,
     UnicodeAttribute,
@@ -176,3 +183,61 @@ class GridPointItem(_Item):
 
 def grid_key(workspace: str, grid_id: str) -> str:
     return f"GRID#{workspace}#{grid_id}"
+
+
+class DerivedItem(_Item):
+    """The SHA-256 and size of an object kaos derived and will reuse (a code snapshot's sourcedir.tar.gz, a batch
+    datum's cache entry, a per-file job's plan), written by the Lambda that wrote the object. It lives in DynamoDB
+    because no job role may write the table: whoever can overwrite the object cannot rewrite its record, so a reuse
+    that compares the two notices. `workspace kill` deletes it with the workspace's other rows."""
+
+    sha256 = UnicodeAttribute()
+    size = NumberAttribute()
+    written_at = UnicodeAttribute()
+
+
+# --- auto-retrain (chalicelib/triggers.py) ---------------------------------------------------------------------
+class AutoRetrainItem(_Item):
+    enabled = BooleanAttribute()
+    updated_by = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class OpenBatchItem(_Item):
+    batch_id = UnicodeAttribute()
+
+
+class BatchItem(_Item):
+    batch_id = UnicodeAttribute()
+    status = UnicodeAttribute()
+    opened_at = UnicodeAttribute()
+    previous = UnicodeAttribute(null=True)
+    started = BooleanAttribute(default=False)
+    closed_at = UnicodeAttribute(null=True)
+    ended_at = UnicodeAttribute(null=True)
+    base: JSONAttribute = JSONAttribute(null=True)
+    snapshot = UnicodeAttribute(null=True)
+    previous_snapshot = UnicodeAttribute(null=True)
+    job = UnicodeAttribute(null=True)
+    files = NumberAttribute(default=0)
+    skipped: JSONAttribute = JSONAttribute(null=True)
+    reason = UnicodeAttribute(null=True)
+    # When the latest file joined (set in the join's transaction): ProcessBatch waits for a quiet window.
+    last_joined_at = UnicodeAttribute(null=True)
+    # Its wait for the batch ahead outlasted the state machine's retries: the batch ahead processes it when done.
+    stalled = BooleanAttribute(null=True)
+
+
+class PendingFileItem(_Item):
+    key = UnicodeAttribute()
+    path = UnicodeAttribute()
+    version = UnicodeAttribute(null=True)
+    etag = UnicodeAttribute(null=True)
+    sequencer = UnicodeAttribute(null=True)
+    received_at = UnicodeAttribute()
+
+
+class IncomingFileItem(_Item):
+    key = UnicodeAttribute()
+    batch_id = UnicodeAttribute()
+    received_at = UnicodeAttribute()

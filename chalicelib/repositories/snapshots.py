@@ -1,0 +1,205 @@
+"""Snapshot rows, the workspace's latest pointers and the records of derived objects.
+
+- A snapshot row (`SNAP#<id>`) is written once: its id is the hash of its manifest, so a second `create` of the same
+  id finds the stored row (`created` False) and never overwrites who made it or when.
+- `LATEST#<kind>` and `LATEST#inputs` are mutable pointers (last writer wins: they name what the newest submission
+  used, and two concurrent submissions have no order to keep).
+- `DERIVED#<name>` records the SHA-256 and size of an object kaos derived (`name` is its key below `ws/<ws>/`);
+  lookups are BatchGetItem (100 keys per request; pynamodb splits larger lookups), strongly consistent.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pynamodb.exceptions import DoesNotExist, PutError
+
+from chalicelib.repositories.workspaces import MemoryWorkspaces
+from chalicelib.tables import DerivedItem, LatestInputsItem, LatestItem, SnapshotItem, ws_key
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    workspace: str
+    snapshot_id: str
+    kind: str
+    file_count: int
+    total_bytes: int
+    manifest_key: str
+    created_at: str
+    created_by: str
+
+
+@dataclass(frozen=True)
+class LatestInputs:
+    """The inputs of the workspace's latest submission: what a deploy that omits an input reuses."""
+
+    code: str
+    data: dict[str, str]
+    params: dict[str, Any]
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class Derived:
+    sha256: str
+    size: int
+    written_at: str
+
+
+class SnapshotRepository(Protocol):
+    def create(self, snapshot: Snapshot) -> tuple[Snapshot, bool]:
+        """Stores the row unless its id exists: (the stored row, whether this call created it)."""
+
+    def get(self, workspace: str, snapshot_id: str) -> Snapshot | None: ...
+
+    def of_kind(self, workspace: str, kind: str) -> list[Snapshot]:
+        """Every snapshot of that kind in the workspace (one Query over its partition)."""
+
+    def set_latest(self, workspace: str, kind: str, snapshot_id: str, at: str) -> None: ...
+
+    def latest(self, workspace: str, kind: str) -> str | None: ...
+
+    def set_latest_inputs(self, workspace: str, inputs: LatestInputs) -> None: ...
+
+    def latest_inputs(self, workspace: str) -> LatestInputs | None:
+        """Read consistently: a deploy right after another reuses what it stored."""
+
+    def put_derived(self, workspace: str, name: str, derived: Derived) -> None: ...
+
+    def derived(self, workspace: str, names: Iterable[str]) -> dict[str, Derived]:
+        """The records of those names that have one."""
+
+    def forget_derived(self, workspace: str, name: str) -> None: ...
+
+
+def _snapshot(item: SnapshotItem) -> Snapshot:
+    return Snapshot(item.pk.removeprefix("WS#"), item.snapshot_id, item.kind, int(item.file_count),
+                    int(item.total_bytes), item.manifest_key, item.created_at, item.created_by)
+
+
+def _derived_sk(name: str) -> str:
+    return f"DERIVED#{name}"
+
+
+class DynamoSnapshots:
+    def create(self, snapshot: Snapshot) -> tuple[Snapshot, bool]:
+        item = SnapshotItem(
+            ws_key(snapshot.workspace), f"SNAP#{snapshot.snapshot_id}", snapshot_id=snapshot.snapshot_id,
+            kind=snapshot.kind, file_count=snapshot.file_count, total_bytes=snapshot.total_bytes,
+            manifest_key=snapshot.manifest_key, created_at=snapshot.created_at, created_by=snapshot.created_by,
+        )
+        try:
+            item.save(condition=SnapshotItem.pk.does_not_exist())
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            stored = self.get(snapshot.workspace, snapshot.snapshot_id)
+            assert stored is not None  # rows are never deleted but with the whole workspace
+            return stored, False
+        return snapshot, True
+
+    def get(self, workspace: str, snapshot_id: str) -> Snapshot | None:
+        try:
+            return _snapshot(SnapshotItem.get(ws_key(workspace), f"SNAP#{snapshot_id}", consistent_read=True))
+        except DoesNotExist:
+            return None
+
+    def of_kind(self, workspace: str, kind: str) -> list[Snapshot]:
+        rows = SnapshotItem.query(ws_key(workspace), SnapshotItem.sk.startswith("SNAP#"),
+                                  filter_condition=SnapshotItem.kind == kind)
+        return [_snapshot(row) for row in rows]
+
+    def set_latest(self, workspace: str, kind: str, snapshot_id: str, at: str) -> None:
+        LatestItem(ws_key(workspace), f"LATEST#{kind}", snapshot_id=snapshot_id, updated_at=at).save()
+
+    def latest(self, workspace: str, kind: str) -> str | None:
+        try:
+            return str(LatestItem.get(ws_key(workspace), f"LATEST#{kind}").snapshot_id)
+        except DoesNotExist:
+            return None
+
+    def set_latest_inputs(self, workspace: str, inputs: LatestInputs) -> None:
+        LatestInputsItem(ws_key(workspace), "LATEST#inputs", code=inputs.code, data=inputs.data,
+                         params=inputs.params, updated_at=inputs.updated_at).save()
+
+    def latest_inputs(self, workspace: str) -> LatestInputs | None:
+        try:
+            item = LatestInputsItem.get(ws_key(workspace), "LATEST#inputs", consistent_read=True)
+        except DoesNotExist:
+            return None
+        return LatestInputs(item.code, dict(item.data), dict(item.params), item.updated_at)
+
+    def put_derived(self, workspace: str, name: str, derived: Derived) -> None:
+        DerivedItem(ws_key(workspace), _derived_sk(name), sha256=derived.sha256, size=derived.size,
+                    written_at=derived.written_at).save()
+
+    def derived(self, workspace: str, names: Iterable[str]) -> dict[str, Derived]:
+        keys = [(ws_key(workspace), _derived_sk(name)) for name in dict.fromkeys(names)]
+        return {item.sk.removeprefix("DERIVED#"): Derived(item.sha256, int(item.size), item.written_at)
+                for item in DerivedItem.batch_get(keys, consistent_read=True)}
+
+    def forget_derived(self, workspace: str, name: str) -> None:
+        DerivedItem(ws_key(workspace), _derived_sk(name)).delete()
+
+
+class MemorySnapshots:
+    """The in-memory twin; rows live in the workspace twin's partitions, so a workspace kill sweeps them."""
+
+    def __init__(self, workspaces: MemoryWorkspaces) -> None:
+        self._workspaces = workspaces
+        self._lock: threading.RLock = workspaces.lock
+
+    def _rows(self, workspace: str, kind: str) -> dict[Any, Any]:
+        return self._workspaces.table(workspace, kind)
+
+    def create(self, snapshot: Snapshot) -> tuple[Snapshot, bool]:
+        with self._lock:
+            rows = self._rows(snapshot.workspace, "snapshots")
+            if snapshot.snapshot_id in rows:
+                return rows[snapshot.snapshot_id], False
+            rows[snapshot.snapshot_id] = snapshot
+            return snapshot, True
+
+    def get(self, workspace: str, snapshot_id: str) -> Snapshot | None:
+        with self._lock:
+            found: Snapshot | None = self._rows(workspace, "snapshots").get(snapshot_id)
+            return found
+
+    def of_kind(self, workspace: str, kind: str) -> list[Snapshot]:
+        with self._lock:
+            return [s for _, s in sorted(self._rows(workspace, "snapshots").items()) if s.kind == kind]
+
+    def set_latest(self, workspace: str, kind: str, snapshot_id: str, at: str) -> None:
+        with self._lock:
+            self._rows(workspace, "latest")[kind] = snapshot_id
+
+    def latest(self, workspace: str, kind: str) -> str | None:
+        with self._lock:
+            found: str | None = self._rows(workspace, "latest").get(kind)
+            return found
+
+    def set_latest_inputs(self, workspace: str, inputs: LatestInputs) -> None:
+        with self._lock:
+            self._rows(workspace, "latest")["inputs"] = copy.deepcopy(inputs)
+
+    def latest_inputs(self, workspace: str) -> LatestInputs | None:
+        with self._lock:
+            found: LatestInputs | None = copy.deepcopy(self._rows(workspace, "latest").get("inputs"))
+            return found
+
+    def put_derived(self, workspace: str, name: str, derived: Derived) -> None:
+        with self._lock:
+            self._rows(workspace, "derived")[name] = derived
+
+    def derived(self, workspace: str, names: Iterable[str]) -> dict[str, Derived]:
+        with self._lock:
+            rows = self._rows(workspace, "derived")
+            return {name: rows[name] for name in names if name in rows}
+
+    def forget_derived(self, workspace: str, name: str) -> None:
+        with self._lock:
+            self._rows(workspace, "derived").pop(name, None)

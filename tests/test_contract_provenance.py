@@ -1,0 +1,49 @@
+"""The provenance repository contract, run against pynamodb (moto in process) and the in-memory twin."""
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.repositories.provenance import DynamoProvenance, MemoryProvenance, Node, ProvenanceRepository
+from chalicelib.repositories.workspaces import MemoryWorkspaces
+from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
+
+WS = "ws-a"
+
+
+@pytest.fixture(params=["dynamo", "memory"])
+def provenance(request: pytest.FixtureRequest) -> ProvenanceRepository:
+    if request.param == "memory":
+        return MemoryProvenance(MemoryWorkspaces())
+    request.getfixturevalue("dynamo_table")
+    return DynamoProvenance()
+
+
+def test_nodes_are_appended_once(provenance: ProvenanceRepository) -> None:
+    assert provenance.add_node(WS, Node("job:j", "job", {"kind": "train"}, "t1"))
+    assert not provenance.add_node(WS, Node("job:j", "job", {"kind": "other"}, "t2"))
+    assert provenance.node(WS, "job:j") == Node("job:j", "job", {"kind": "train"}, "t1")
+    assert provenance.node(WS, "job:none") is None
+    assert provenance.node("other", "job:j") is None
+
+
+def test_an_edge_is_one_hop_either_way(provenance: ProvenanceRepository) -> None:
+    provenance.add_node(WS, Node("job:j", "job", {}, "t"))
+    for target in ("snapshot:b", "snapshot:a"):
+        provenance.add_edge(WS, "job:j", "used", target, "t")
+        provenance.add_edge(WS, "job:j", "used", target, "t")  # a retried task writes nothing twice
+    provenance.add_edge(WS, "job:j", "produced", "model:j", "t")
+    up = provenance.expand(WS, "job:j", ("OUT#used#",))
+    assert up.node is not None and up.node.id == "job:j"
+    assert up.edges == [("OUT", "used", "snapshot:a"), ("OUT", "used", "snapshot:b")]
+    down = provenance.expand(WS, "snapshot:a", ("IN#used#",))
+    assert down.node is None and down.edges == [("IN", "used", "job:j")]
+    assert provenance.expand(WS, "job:j", ()).edges == []
+
+
+def test_retract_removes_what_a_dropped_record_wrote(provenance: ProvenanceRepository) -> None:
+    provenance.add_node(WS, Node("model:j", "model", {}, "t"))
+    provenance.add_edge(WS, "job:j", "produced", "model:j", "t")
+    provenance.retract(WS, "job:j", "produced", "model:j", node=True)
+    assert provenance.expand(WS, "job:j", ("OUT#",)).edges == []
+    assert provenance.node(WS, "model:j") is None
+    provenance.retract(WS, "job:j", "produced", "model:j", node=False)  # again: nothing left, no error
