@@ -53,10 +53,11 @@ def check_params(path: Path) -> dict[str, Any]:
     return params
 
 
-def check_entry_point(code: Path, defaults: tuple[str, ...], label: str) -> None:
-    """A code folder the pipeline could not start: no default entry point and no kaos.toml naming one."""
+def check_entry_point(code: Path, defaults: tuple[str, ...], label: str, otherwise: str) -> None:
+    """A code folder the pipeline could not start: no default entry point (and, for training, no kaos.toml
+    naming one). `otherwise` says the other way to name it."""
     config = code / CODE_CONFIG
-    if config.is_file():
+    if config.is_file() and defaults == TRAIN_ENTRY_POINTS:
         try:
             entry = tomllib.loads(config.read_text()).get("train", {}).get("entry_point")
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -65,9 +66,12 @@ def check_entry_point(code: Path, defaults: tuple[str, ...], label: str) -> None
             if not isinstance(entry, str) or not (code / entry).is_file():
                 raise Refused(f"{label}: {CODE_CONFIG} names entry_point {entry!r}, which is not in {code}")
             return
-    if code.is_dir() and not any((code / name).is_file() for name in defaults):
-        raise Refused(f"{label}: {code} has no entry point; add one of {', '.join(defaults)} "
-                      f"or name it in {CODE_CONFIG} ([train] entry_point = \"...\")")
+    if not any((code / name).is_file() for name in defaults):
+        raise Refused(f"{label}: {code} has no entry point; add one of {', '.join(defaults)} or {otherwise}")
+
+
+TRAIN_OTHERWISE = f"name it in {CODE_CONFIG} ([train] entry_point = \"...\")"
+BATCH_OTHERWISE = "give --command"
 
 
 @dataclass
@@ -115,7 +119,7 @@ def check_deploy(source: Path | None, data: list[str], manifests: list[str], par
         inputs.remote[name] = read_data_manifest(Path(value), f"-m {name}")
     if source is not None:
         scan(source, "-s")
-        check_entry_point(source, TRAIN_ENTRY_POINTS, "-s")
+        check_entry_point(source, TRAIN_ENTRY_POINTS, "-s", TRAIN_OTHERWISE)
     for name, path in inputs.folders.items():
         scan(path, f"-d {name}")
     return inputs
@@ -371,10 +375,10 @@ class LogReader:
                 yield from fresh
                 if page.get("complete"):
                     return
+                token = after
                 ended = "complete" not in page and self.status in TERMINAL and not fresh
                 if ended or not fresh:
                     break
-                token = after
             if ended or not self.follow:
                 return
         raise AssertionError("unreachable: _polls ends by raising")

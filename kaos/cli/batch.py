@@ -96,7 +96,7 @@ def batch_deploy(
     scan(source, "-s")
     scan(data, "-d")
     if command is None:
-        ops.check_entry_point(source, ops.BATCH_ENTRY_POINTS, "-s")
+        ops.check_entry_point(source, ops.BATCH_ENTRY_POINTS, "-s", ops.BATCH_OTHERWISE)
     api = client()
     code = upload(api, ws, "code", source, "-s")
     dataset = upload(api, ws, "data", data, "-d")

@@ -28,7 +28,7 @@ def byte_bar() -> Iterator[Progress]:
 def status_line(first: str) -> Iterator[Callable[[str], None]]:
     """A spinner whose text is replaced on each change (terminal), or one printed line per change (otherwise)."""
     if not interactive():
-        err.print(first, markup=False, highlight=False)
+        # Only the changes: the caller printed what it waits for, and `first` is a placeholder until one.
         yield lambda text: err.print(text, markup=False, highlight=False)
         return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,

@@ -1,0 +1,385 @@
+"""The CLI as a user meets it, as a subprocess: every failure is a message (a traceback only with --debug), ids by
+prefix, paging, --version/-h/completion, early checks, non-terminal --wait, logs -f ending, the cloud target, and
+every command the CLI suggests runs as printed.
+
+The first part needs no stack; the second shares ONE embedded stack (module-scoped) and a few tiny jobs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaos import cloud
+from kaos import operations as ops
+from kaos.client import ApiError
+
+from .conftest import TEMPLATE, Stack, tiny_code
+
+SUGGESTION = re.compile(r"`(kaos [^`]+)`")
+
+
+def kaos(home: Path, *args: str, env: dict[str, str] | None = None,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "KAOS_HOME": str(home), "COLUMNS": "100", **(env or {})}
+    for key in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAOS_PROFILE", "KAOS_API_URL",
+                "KAOS_DEBUG"):
+        environment.pop(key, None)
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=environment, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def failed(result: subprocess.CompletedProcess[str], *expected: str) -> str:
+    """The one-line error of a failed command: no traceback, each expected text present."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    text = " ".join(result.stderr.split())
+    for part in expected:
+        assert part in text, (part, result.stderr)
+    return text
+
+
+def configure(home: Path, **values: Any) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.json").write_text(json.dumps(values))
+
+
+def credentials(home: Path) -> Path:
+    path = home / "credentials"
+    path.write_text("[kaos-local-dev]\naws_access_key_id = AKIAEXAMPLEDEV\naws_secret_access_key = secret\n"
+                    "[kaos-local-guest]\naws_access_key_id = AKIAEXAMPLEGUEST\naws_secret_access_key = secret\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Path:
+    """A client home pointed at a local API that is not running, signing as a local user."""
+    home = tmp_path / "home"
+    configure(home, api_url=f"http://127.0.0.1:{free_port()}", profile="kaos-local-dev",
+              credentials_file=str(credentials(tmp_path)), workspace="w")
+    return home
+
+
+# --- no stack ------------------------------------------------------------------------------------------------
+def test_version_and_short_help(tmp_path: Path) -> None:
+    version = kaos(tmp_path, "--version")
+    assert version.returncode == 0 and re.fullmatch(r"kaos \S+\n", version.stdout)
+    helped = kaos(tmp_path, "-h")
+    assert helped.returncode == 0 and "Usage: kaos" in helped.stdout and "cloud" in helped.stdout
+    # Under `train deploy`, -h stays the hyperparameters file.
+    deploy_help = kaos(tmp_path, "train", "deploy", "--help", env={"COLUMNS": "200"})
+    assert "--hyperparams" in deploy_help.stdout and re.search(r"-h\s", deploy_help.stdout)
+
+
+def test_install_completion(tmp_path: Path) -> None:
+    result = kaos(tmp_path, "--install-completion", "bash", env={"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "kaos" in (tmp_path / ".bashrc").read_text()
+
+
+def test_stack_down_is_one_line_and_debug_shows_the_traceback(offline: Path) -> None:
+    failed(kaos(offline, "workspace", "list"), "is not running", "start it with `kaos local up --detach`")
+    debug = kaos(offline, "--debug", "workspace", "list")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_bad_profile_names_the_profiles_that_exist(offline: Path) -> None:
+    failed(kaos(offline, "workspace", "list", env={"KAOS_PROFILE": "kaos-local-nobody"}),
+           "profile 'kaos-local-nobody' does not exist", "profiles: kaos-local-dev, kaos-local-guest")
+
+
+def test_no_api_url_says_how_to_get_one(tmp_path: Path) -> None:
+    failed(kaos(tmp_path, "workspace", "list"), "`kaos local up --detach`", "`kaos cloud deploy`")
+
+
+def test_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        failed(kaos(tmp_path, "local", "up", "--detach", "--port", str(port), "--state-dir", str(tmp_path / "s")),
+               f"port {port} on 127.0.0.1 is in use")
+    assert not (tmp_path / "s" / "stack.pid").exists()  # nothing was started
+
+
+def test_error_text_keeps_brackets(offline: Path, tmp_path: Path) -> None:
+    failed(kaos(offline, "train", "deploy", "-d", f"a[0-9]b={tmp_path}"), "-d a[0-9]b=")
+
+
+def test_deploy_inputs_are_checked_before_hashing(offline: Path, tmp_path: Path) -> None:
+    """The API is down: each refusal can only come from the client, before any hashing or request."""
+    code = tiny_code(tmp_path)
+    no_entry = tmp_path / "no-entry"
+    no_entry.mkdir()
+    (no_entry / "model.py").write_text("")
+    failed(kaos(offline, "train", "deploy", "-s", str(no_entry)), "has no entry point", "train.py")
+    toml = tmp_path / "toml"
+    toml.mkdir()
+    (toml / "kaos.toml").write_text('[train]\nentry_point = "fit.sh"\n')
+    failed(kaos(offline, "train", "deploy", "-s", str(toml)), "names entry_point 'fit.sh'")
+    failed(kaos(offline, "train", "deploy", "-s", str(code), "-d", f"Bad Name={TEMPLATE / 'data'}"),
+           "channel names are")
+    huge = tmp_path / "grid.json"
+    huge.write_text(json.dumps({name: list(range(10)) for name in "abcdefg"}))  # 10^7 points
+    failed(kaos(offline, "train", "deploy", "-s", str(code), "-h", str(huge)), "the grid has 10000000 points")
+    failed(kaos(offline, "batch", "deploy", "-s", str(no_entry), "-d", str(TEMPLATE / "data")), "process.py")
+
+
+def test_members_are_checked_on_the_client(offline: Path) -> None:
+    failed(kaos(offline, "workspace", "share", "w", "nobody"), "no user 'nobody'", "dev, guest")
+    failed(kaos(offline, "workspace", "share", "w", "arn:aws:iam::12:user/x"), "not an IAM principal ARN")
+    # A well-formed ARN passes the client's check and reaches the (absent) API.
+    failed(kaos(offline, "workspace", "share", "w", "arn:aws:iam::123456789012:user/ana"), "is not running")
+
+
+def test_since_and_id_patterns() -> None:
+    assert ops.since_time("2026-12-01") == "2026-12-01T00:00:00.000+00:00"
+    with pytest.raises(ApiError, match="duration"):
+        ops.since_time("yesterday")
+    assert ops.PREFIX.match("train-3f2a") and ops.PREFIX.match("3f2a") and not ops.PREFIX.match("s3://x")
+
+
+class FakeApi:
+    """The API boundary for the log reader: pages as a server answers them, in order."""
+
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+        self.tokens: list[str | None] = []
+
+    def logs(self, workspace: str, job_id: str, token: str | None) -> dict[str, Any]:
+        self.tokens.append(token)
+        return self.pages[min(len(self.tokens), len(self.pages)) - 1]
+
+
+def events(*messages: str) -> list[dict[str, Any]]:
+    return [{"timestamp": i, "message": m} for i, m in enumerate(messages)]
+
+
+def test_log_reader_follows_c7_until_complete() -> None:
+    api = FakeApi([{"status": "RUNNING", "events": events("a", "b"), "next": "t1", "complete": False},
+                   {"status": "RUNNING", "events": [], "next": "t1b", "complete": False},
+                   {"status": "COMPLETED", "events": events("c"), "next": "t2", "complete": True}])
+    reader = ops.LogReader(api, "w", "train-x", follow=True, timeout=30)  # type: ignore[arg-type]
+    assert [e["message"] for e in reader] == ["a", "b", "c"] and reader.status == "COMPLETED"
+    assert api.tokens == [None, "t1", "t1b"]
+
+
+def test_log_reader_tolerates_the_old_answer() -> None:
+    """The old server re-served the sent token with the same events and had no `complete`: printed once, and the
+    log ends when the job is terminal and a page brings nothing new."""
+    page = {"status": "FAILED", "events": events("a", "b"), "next": None}
+    api = FakeApi([page, page])
+    reader = ops.LogReader(api, "w", "train-x", follow=True, timeout=30)  # type: ignore[arg-type]
+    assert [e["message"] for e in reader] == ["a", "b"] and ops.exit_code(reader.status) == 1
+
+
+def test_log_reader_without_follow_stops_at_the_end_of_what_is_there() -> None:
+    api = FakeApi([{"status": "RUNNING", "events": events("a"), "next": "t1", "complete": False},
+                   {"status": "RUNNING", "events": [], "next": "t2", "complete": False}])
+    assert [e["message"] for e in ops.LogReader(api, "w", "j", follow=False)] == ["a"]  # type: ignore[arg-type]
+
+
+def stand_in_cdk(tmp_path: Path, api_url: str) -> Path:
+    """The one faked boundary of `cloud deploy`: a cdk that records its arguments and writes the outputs file a
+    real `cdk deploy --outputs-file` writes (same shape, the given API URL)."""
+    script = tmp_path / "cdk"
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+args = sys.argv[1:]
+open({str(tmp_path / 'cdk-args.json')!r}, 'w').write(json.dumps(args))
+if args[0] == 'deploy':
+    out = args[args.index('--outputs-file') + 1]
+    json.dump({{'Kaos': {{'ApiUrl': {api_url!r}, 'BucketName': 'kaos-data', 'TableName': 'kaos'}}}}, open(out, 'w'))
+""")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def test_cloud_deploy_dry_run_prints_the_exact_cdk_command(tmp_path: Path) -> None:
+    result = kaos(tmp_path, "cloud", "deploy", "--profile", "admin", "--region", "eu-west-1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert shlex.split(result.stdout) == [
+        str(cloud.REPO_ROOT / "node_modules" / ".bin" / "cdk"), "deploy", "Kaos", "--require-approval", "never",
+        "--outputs-file", str(tmp_path / "cloud-outputs.json"), "-c", "region=eu-west-1", "-c", "stage=dev",
+        "--profile", "admin"]
+
+
+def test_cloud_deploy_writes_the_client_config_and_config_use_switches(offline: Path, tmp_path: Path) -> None:
+    url = "https://abc123.execute-api.eu-west-1.amazonaws.com/api/"
+    env = {cloud.CDK_ENV: str(stand_in_cdk(tmp_path, url))}
+    deployed = kaos(offline, "cloud", "deploy", "--profile", "kaos-local-dev", "--region", "eu-west-1", env=env)
+    assert deployed.returncode == 0, deployed.stderr
+    assert json.loads((tmp_path / "cdk-args.json").read_text())[:3] == ["deploy", "Kaos", "--require-approval"]
+    shown = json.loads(kaos(offline, "config", "show", "--json").stdout)
+    assert shown["target"] == "cloud" and shown["api_url"] == url and shown["region"] == "eu-west-1"
+    assert shown["profile"] == "kaos-local-dev" and shown["known_targets"] == ["cloud", "local"]
+    back = kaos(offline, "config", "use", "local")
+    assert back.returncode == 0 and json.loads(kaos(offline, "config", "show", "--json").stdout)["target"] == "local"
+    failed(kaos(offline, "workspace", "list"), "start it with `kaos local up --detach`")
+    assert kaos(offline, "config", "use", "cloud").returncode == 0
+    assert json.loads(kaos(offline, "config", "show", "--json").stdout)["api_url"] == url
+
+
+def test_config_use_cloud_before_any_deploy_says_how(tmp_path: Path) -> None:
+    failed(kaos(tmp_path, "config", "use", "cloud"), "`kaos cloud deploy` creates it")
+
+
+def test_destroy_names_what_prod_keeps() -> None:
+    from cdk.synth import synthesize
+
+    # The template tests/test_cdk.py synthesizes (a cache hit when it ran first).
+    template = json.loads(synthesize(cloud.REPO_ROOT / ".cache" / "cdk-test" / "prod", {"stage": "prod"})
+                          .read_text())
+    kept = cloud.kept_resources(template)
+    assert any(k.startswith("AWS::DynamoDB::Table ") for k in kept)
+    assert sum(k.startswith("AWS::S3::Bucket ") for k in kept) >= 2
+
+
+# --- one embedded stack --------------------------------------------------------------------------------------
+WS = "cli"
+
+
+class Session:
+    """The stack's client home, plus every suggestion the CLI printed along the way."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.suggested: set[str] = set()
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = kaos(self.stack.home, *args, env=env)
+        self.suggested |= set(SUGGESTION.findall(result.stdout + result.stderr))
+        assert "Traceback" not in result.stderr, result.stderr
+        if check:
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result
+
+    def deploy(self, code: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("train", "deploy", "-w", WS, "-s", str(code), "-d", str(TEMPLATE / "data"), *args,
+                        check=check)
+
+
+@pytest.fixture(scope="module")
+def cli(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    session = Session(stack)
+    session.run("workspace", "create", WS)
+    yield session
+
+
+@pytest.fixture(scope="module")
+def jobs(cli: Session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three tiny jobs: one quick, one logging while it runs, one failing."""
+    quick = json.loads(cli.deploy(tiny_code(tmp_path_factory.mktemp("quick")), "--json").stdout)
+    slow_code = tiny_code(tmp_path_factory.mktemp("slow"),
+                          "for i in range(3):\n    print('line', i, flush=True)\n    time.sleep(1)")
+    slow = json.loads(cli.deploy(slow_code, "--json").stdout)
+    bad_code = tiny_code(tmp_path_factory.mktemp("bad"), "print('about to fail'); sys.exit(3)")
+    return {"quick": quick, "slow": slow, "bad_code": bad_code}
+
+
+def test_wait_without_a_terminal_prints_the_id_first_and_one_line_per_state(cli: Session,
+                                                                           jobs: dict[str, Any]) -> None:
+    result = cli.deploy(jobs["bad_code"], "--wait", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    job_id = re.match(r"job (train-[0-9a-f]{24}) submitted$", lines[0])
+    assert job_id, lines
+    states = [line.removeprefix(f"{job_id[1]}: ") for line in lines[1:]]
+    assert states[-1] == "FAILED" and all(a != b for a, b in zip(states, states[1:], strict=False)), lines
+    jobs["bad"] = job_id[1]
+
+
+def test_a_failed_identical_job_is_no_cache_hit(cli: Session, jobs: dict[str, Any]) -> None:
+    again = cli.deploy(jobs["bad_code"], check=False)
+    text = failed(again, f"job {jobs['bad']} with identical inputs ended FAILED",
+                  f"`kaos train resume {jobs['bad']} -w {WS}`")
+    assert "cache hit" not in text
+
+
+def test_logs_follow_ends_with_the_job(cli: Session, jobs: dict[str, Any]) -> None:
+    followed = cli.run("train", "logs", "-w", WS, "-f", jobs["slow"]["id"])
+    assert [line for line in followed.stdout.splitlines() if line.startswith("line")] == \
+        ["line 0", "line 1", "line 2"]
+    whole = cli.run("train", "logs", "-w", WS, jobs["slow"]["id"])
+    assert whole.stdout == followed.stdout
+    failing = cli.run("train", "logs", "-w", WS, "-f", jobs["bad"], check=False)
+    assert failing.returncode == 1 and "about to fail" in failing.stdout
+
+
+def test_ids_by_prefix(cli: Session, jobs: dict[str, Any], tmp_path: Path) -> None:
+    quick = jobs["quick"]["id"]
+    for prefix in (quick[:12], quick.removeprefix("train-")[:8]):
+        assert json.loads(cli.run("train", "info", "-w", WS, prefix, "--json").stdout)["id"] == quick
+    failed(cli.run("train", "info", "-w", WS, "train-", check=False), "matches 3 job or grid ids",
+           jobs["slow"]["id"])
+    failed(cli.run("train", "info", "-w", WS, "train-fffffff", check=False), "no job or grid id")
+    data = cli.run("train", "info", "-w", WS, quick, "--json")
+    snapshot = json.loads(data.stdout)["inputs"]["data"]["training"]
+    reused = json.loads(cli.run("train", "deploy", "-w", WS, "-s", str(tiny_code(tmp_path)),
+                                "-d", f"snapshot:{snapshot[:10]}", "--json").stdout)
+    assert reused["inputs"]["data"] == {"training": snapshot}
+
+
+def test_lists_show_full_ids_and_page(cli: Session, jobs: dict[str, Any]) -> None:
+    table = cli.run("train", "list", "-w", WS).stdout  # COLUMNS=100
+    assert jobs["quick"]["id"] in table and jobs["slow"]["id"] in table
+    first = cli.run("train", "list", "-w", WS, "--limit", "1")
+    token = re.search(r"--next (\S+)`", first.stderr)
+    assert token, first.stderr
+    every = json.loads(cli.run("train", "list", "-w", WS, "--all", "--json").stdout)["jobs"]
+    rest = json.loads(cli.run("train", "list", "-w", WS, "--limit", "1", "--next", token[1], "--json").stdout)
+    assert rest["jobs"] == [every[1]]
+    failed_only = json.loads(cli.run("train", "list", "-w", WS, "--status", "failed", "--json").stdout)["jobs"]
+    assert [j["id"] for j in failed_only] == [jobs["bad"]]
+    assert json.loads(cli.run("train", "list", "-w", WS, "--since", "2000-01-01", "--json").stdout)["jobs"] == every
+    assert json.loads(cli.run("train", "list", "-w", WS, "--since", "2999-01-01", "--json").stdout)["jobs"] == []
+
+
+def test_share_checks_local_users(cli: Session) -> None:
+    failed(cli.run("workspace", "share", WS, "nobody", check=False), "no user 'nobody'")
+    assert "guest" in cli.run("workspace", "share", WS, "guest").stdout
+
+
+def test_data_push_with_auto_retrain_off_suggests_a_command_that_works(cli: Session, tmp_path: Path) -> None:
+    extra = tmp_path / "more.csv"
+    extra.write_text((TEMPLATE / "data" / "digits.csv").read_text().splitlines()[0] + "\n")
+    pushed = cli.run("data", "push", "-w", WS, str(extra))
+    assert f"`kaos workspace auto-retrain {WS} on`" in pushed.stdout
+
+
+def test_cloud_deploy_then_workspace_list_talks_to_the_deployed_api(cli: Session, tmp_path: Path) -> None:
+    """The embedded stack stands in for the account: the stand-in cdk reports its API as the stack's ApiUrl."""
+    home = tmp_path / "home"
+    env = {cloud.CDK_ENV: str(stand_in_cdk(tmp_path, cli.stack.api_url)),
+           "AWS_SHARED_CREDENTIALS_FILE": str(cli.stack.state_dir / "credentials")}
+    deployed = kaos(home, "cloud", "deploy", "--profile", "kaos-local-dev", "--region", "us-east-1", env=env)
+    assert deployed.returncode == 0, deployed.stderr
+    listed = kaos(home, "workspace", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert WS in {w["name"] for w in json.loads(listed.stdout)}
+
+
+def test_every_suggested_command_runs_as_printed(cli: Session, jobs: dict[str, Any]) -> None:
+    """Runs after the tests above collected what the CLI suggested (module order)."""
+    assert {f"kaos train resume {jobs['bad']} -w {WS}", f"kaos workspace auto-retrain {WS} on"} <= cli.suggested
+    for command in sorted(cli.suggested):
+        args = shlex.split(command)[1:]
+        if "NAME" in args:  # a placeholder the user fills in
+            args = [WS if a == "NAME" else a for a in args]
+        cli.run(*args)
