@@ -5,6 +5,7 @@ every command the CLI suggests runs as printed.
 The first part needs no stack; the second shares ONE embedded stack (module-scoped) and a few tiny jobs."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -262,7 +263,8 @@ class Session:
         self.stack = stack
         self.suggested: set[str] = set()
 
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         result = kaos(self.stack.home, *args, env=env)
         self.suggested |= set(SUGGESTION.findall(result.stdout + result.stderr))
         assert "Traceback" not in result.stderr, result.stderr
@@ -301,7 +303,7 @@ def test_wait_without_a_terminal_prints_the_id_first_and_one_line_per_state(cli:
     job_id = re.match(r"job (train-[0-9a-f]{24}) submitted$", lines[0])
     assert job_id, lines
     states = [line.removeprefix(f"{job_id[1]}: ") for line in lines[1:]]
-    assert states[-1] == "FAILED" and all(a != b for a, b in zip(states, states[1:], strict=False)), lines
+    assert states[-1] == "FAILED" and all(a != b for a, b in itertools.pairwise(states)), lines
     jobs["bad"] = job_id[1]
 
 
