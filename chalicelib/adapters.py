@@ -263,6 +263,11 @@ class ObjectStore:
             raise
         return True
 
+    def put_file(self, key: str, body: IO[bytes], content_type: str, sha256_hex: str) -> None:
+        """Writes a seekable file (one PUT, up to S3's 5 GiB) that S3 verifies against `sha256_hex` and keeps it."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type,
+                               ChecksumSHA256=checksum_sha256(sha256_hex))
+
     def put_json(self, key: str, value: Any) -> str:
         """Writes the JSON document (its SHA-256 verified and kept by S3); returns that SHA-256 (hex)."""
         import hashlib

@@ -21,19 +21,32 @@ def blob_key(workspace: str, sha256: str) -> str:
     return f"{workspace_prefix(workspace)}blobs/{sha256}"
 
 
-class HashingReader:
+class Digest:
+    """A running SHA-256 and byte count."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class HashingReader(Digest):
     """A file-like wrapper whose every read updates the SHA-256 and the size of the bytes read so far (so one pass
     can both consume a stream, e.g. tarfile or an upload, and hash it)."""
 
     def __init__(self, raw: IO[bytes] | Any) -> None:
+        super().__init__()
         self._raw = raw
-        self._hash = hashlib.sha256()
-        self.size = 0
 
     def read(self, size: int = -1) -> bytes:
         chunk = bytes(self._raw.read(size))
-        self._hash.update(chunk)
-        self.size += len(chunk)
+        self.update(chunk)
         return chunk
 
     def drain(self) -> None:
@@ -41,8 +54,20 @@ class HashingReader:
         while self.read(CHUNK_BYTES):
             pass
 
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+
+class HashingWriter(Digest):
+    """A write-only file that hashes (and counts) what passes through it to `raw`."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        self.update(data)
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
 
 
 def sha256_of(body: IO[bytes] | Any) -> tuple[str, int]:

@@ -15,8 +15,9 @@ grows with every page, which no URL carries (API Gateway caps the request line a
 a resumable BFS "level + offset" would have to re-walk every earlier level on each page. The stored state is
 exact (no node is visited twice across pages, `both` walks terminate), costs one S3 PUT per page that has a
 `next` and one GET per resumed page, is scoped to the workspace (a cursor of another workspace is unknown
-here) and is deleted with the workspace (`kaos workspace kill` deletes its prefix). Cursor objects are not
-expired yet: a lifecycle rule on the `lineage-cursors/` prefix (CDK) is the follow-up.
+here) and is deleted with the workspace (`kaos workspace kill` deletes its prefix). Only a page that answers a
+`next` writes one: `impact`, which answers whole (or `truncated`), walks without cursors. Cursors a client never
+resumes are not expired yet: a lifecycle rule on the `lineage-cursors/` prefix (CDK) is the follow-up.
 Edges are returned with the page whose node they leave, so an edge may name a node that arrives on a later page;
 clients merge pages by node id.
 """
@@ -25,14 +26,13 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, PutError
-
-from chalicelib import config
-from chalicelib.adapters import ObjectStore, clients
+from chalicelib.adapters import ObjectStore
 from chalicelib.errors import NotFound, ValidationFailed
-from chalicelib.tables import EdgeItem, NodeItem, SnapshotItem, node_key, ws_key
+from chalicelib.repositories.provenance import Node, ProvenanceRepository
+from chalicelib.repositories.snapshots import SnapshotRepository
 from chalicelib.workspaces import workspace_prefix
 
 NODE_TYPES = ("snapshot", "environment", "job", "model")
@@ -49,80 +49,47 @@ _DOWNSTREAM = ("IN#used#", "OUT#produced#", "IN#derived#", "IN#reproduces#")
 _PREFIXES = {"up": _UPSTREAM, "down": _DOWNSTREAM, "both": _UPSTREAM + _DOWNSTREAM}
 
 
-def _put_once(item: NodeItem | EdgeItem) -> bool:
-    """Appends a row unless it is already there (retries and duplicate events write the same row)."""
-    try:
-        item.save(condition=NodeItem.pk.does_not_exist())
-    except PutError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
 def cursor_key(workspace: str, cursor: str) -> str:
     return f"{workspace_prefix(workspace)}lineage-cursors/{cursor}.json"
 
 
-class Provenance:
-    def __init__(self, store: ObjectStore | None = None) -> None:
-        self._store = store
+@dataclass
+class _Walk:
+    """One page of a breadth-first walk: what it found, and the frontier (with levels) and visited set left."""
 
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            settings = config.settings()
-            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
-        return self._store
+    nodes: list[dict[str, Any]]
+    edges: dict[tuple[str, str, str], dict[str, str]]
+    queue: deque[tuple[str, int]]
+    seen: set[str]
+    requests: int
+
+
+class Provenance:
+    def __init__(self, *, store: ObjectStore, repository: ProvenanceRepository,
+                 snapshots: SnapshotRepository) -> None:
+        self.store = store
+        self.repository = repository
+        self.snapshots = snapshots
 
     def add_node(self, workspace: str, node: str, node_type: str, attrs: dict[str, Any], at: str) -> None:
-        _put_once(
-            NodeItem(
-                node_key(workspace, node), "META", node_type=node_type, attrs=attrs, created_at=at,
-                gsi1pk=f"PROV#{workspace}", gsi1sk=node,
-            )
-        )
+        self.repository.add_node(workspace, Node(node, node_type, attrs, at))
 
     def add_edge(self, workspace: str, source: str, rel: str, target: str, at: str) -> None:
         """`source -rel-> target`, e.g. job -used-> snapshot, job -produced-> model."""
-        for here, direction, other in ((source, "OUT", target), (target, "IN", source)):
-            sk = f"{direction}#{rel}#{other}"
-            _put_once(
-                EdgeItem(
-                    node_key(workspace, here), sk, rel=rel, direction=direction, other=other, created_at=at,
-                    gsi1pk=f"PROV#{workspace}", gsi1sk=f"{here}#{sk}",
-                )
-            )
+        self.repository.add_edge(workspace, source, rel, target, at)
+
+    def retract_produced(self, workspace: str, job_id: str, output: str, *, node: bool) -> None:
+        """Deletes the `job -produced-> output` edge (and the output's node, if it is the job's own) that a Record
+        wrote before its fenced end failed: a dropped outcome leaves no provenance behind."""
+        self.repository.retract(workspace, f"job:{job_id}", "produced", output, node=node)
 
     def node(self, workspace: str, node: str) -> dict[str, Any]:
-        try:
-            item = NodeItem.get(node_key(workspace, node), "META")
-        except DoesNotExist:
-            raise NotFound(f"node {node!r} does not exist in workspace {workspace!r}") from None
-        return {"id": node, "type": item.node_type, "attrs": item.attrs, "created_at": item.created_at}
+        found = self.repository.node(workspace, node)
+        if found is None:
+            raise NotFound(f"node {node!r} does not exist in workspace {workspace!r}")
+        return {"id": node, "type": found.type, "attrs": found.attrs, "created_at": found.created_at}
 
     # -- walking -----------------------------------------------------------------------------------------
-
-    def _expand(self, workspace: str, node: str, prefixes: tuple[str, ...]) -> tuple[dict[str, Any] | None,
-                                                                                   list[tuple[str, str, str]], int]:
-        """One Query (more pages only past 1 MB): the node's META and its edges (direction tag, rel, other)."""
-        condition = NodeItem.sk == "META"
-        for prefix in prefixes:
-            condition = condition | NodeItem.sk.startswith(prefix)
-        pages = NodeItem.query(node_key(workspace, node), filter_condition=condition).page_iter
-        meta: dict[str, Any] | None = None
-        edges: list[tuple[str, str, str]] = []
-        requests = 0
-        for page in pages:
-            requests += 1
-            for raw in page.get("Items", []):
-                row = NodeItem.from_raw_data(raw)
-                if row.sk == "META":
-                    meta = {"id": node, "type": row.node_type, "attrs": row.attrs}
-                else:
-                    tag, rel, other = row.sk.split("#", 2)
-                    edges.append((tag, rel, other))
-        return meta, edges, requests
 
     def lineage(self, workspace: str, node: str, direction: str = "up", depth: int | None = None,
                 limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
@@ -134,44 +101,47 @@ class Provenance:
         limit = DEFAULT_LIMIT if limit is None else limit
         if not 1 <= limit <= MAX_LIMIT:
             raise ValidationFailed(f"limit: must be 1 to {MAX_LIMIT} nodes")
-        queue: deque[tuple[str, int]]
         if cursor:
             queue, seen = self._resume(workspace, cursor, node, direction, depth)
         else:
             queue, seen = deque([(node, 0)]), {node}
+        walk = self._walk(workspace, node, direction, depth, limit, queue, seen, resumed=bool(cursor))
+        next_cursor = self._suspend(workspace, node, direction, depth, walk.queue, walk.seen) if walk.queue else None
+        return {"root": node, "direction": direction, "nodes": walk.nodes, "edges": list(walk.edges.values()),
+                "next": next_cursor, "requests": walk.requests}
+
+    def _walk(self, workspace: str, root: str, direction: str, depth: int | None, limit: int,
+              queue: deque[tuple[str, int]], seen: set[str], *, resumed: bool) -> _Walk:
+        """Expands up to `limit` nodes from `queue`, level by level, the Queries of a level concurrently."""
         prefixes = _PREFIXES[direction]
-        nodes: list[dict[str, Any]] = []
-        edges: dict[tuple[str, str, str], dict[str, str]] = {}
-        requests = 0
+        walk = _Walk([], {}, queue, seen, 0)
         workers = ThreadPoolExecutor(max_workers=QUERY_CONCURRENCY)
         try:
-            while queue and len(nodes) < limit:
+            while queue and len(walk.nodes) < limit:
                 # The rest of the current level (up to the page's remaining budget), queried concurrently.
                 level = queue[0][1]
                 batch: list[str] = []
-                while queue and queue[0][1] == level and len(batch) < limit - len(nodes):
+                while queue and queue[0][1] == level and len(batch) < limit - len(walk.nodes):
                     batch.append(queue.popleft()[0])
-                expanded = list(workers.map(lambda n: self._expand(workspace, n, prefixes), batch))
-                for current, (meta, rows, count) in zip(batch, expanded, strict=True):
-                    requests += count
-                    if meta is None:
-                        if current == node and not cursor:
-                            raise NotFound(f"node {node!r} does not exist in workspace {workspace!r}")
-                        meta = {"id": current, "type": current.split(":", 1)[0], "attrs": {}}
-                    nodes.append(meta)
+                expanded = list(workers.map(lambda n: self.repository.expand(workspace, n, prefixes), batch))
+                for current, expansion in zip(batch, expanded, strict=True):
+                    walk.requests += expansion.requests
+                    if expansion.node is None and current == root and not resumed:
+                        raise NotFound(f"node {root!r} does not exist in workspace {workspace!r}")
+                    found = expansion.node
+                    walk.nodes.append({"id": current, "type": found.type, "attrs": found.attrs} if found is not None
+                                      else {"id": current, "type": current.split(":", 1)[0], "attrs": {}})
                     if depth is not None and level >= depth:
                         continue
-                    for tag, rel, other in sorted(rows):
+                    for tag, rel, other in sorted(expansion.edges):
                         source, target = (other, current) if tag == "IN" else (current, other)
-                        edges[(source, rel, target)] = {"source": source, "rel": rel, "target": target}
+                        walk.edges[(source, rel, target)] = {"source": source, "rel": rel, "target": target}
                         if other not in seen:
                             seen.add(other)
                             queue.append((other, level + 1))
         finally:
             workers.shutdown(wait=False)
-        next_cursor = self._suspend(workspace, node, direction, depth, queue, seen) if queue else None
-        return {"root": node, "direction": direction, "nodes": nodes, "edges": list(edges.values()),
-                "next": next_cursor, "requests": requests}
+        return walk
 
     def _suspend(self, workspace: str, root: str, direction: str, depth: int | None,
                  queue: deque[tuple[str, int]], seen: set[str]) -> str:
@@ -204,7 +174,7 @@ class Provenance:
         s3:// targets are resolved by reading the manifest of every data snapshot of the workspace (one S3
         GET per snapshot, plus a Query over the snapshot rows): fine for hundreds of snapshots, linear in them.
         The better design records an `object:<url>` node with `contains` edges (object -> snapshot) when a
-        snapshot with remote entries is committed (chalicelib/snapshots.py `_record`), so this becomes one
+        snapshot with remote entries is committed (chalicelib/snapshots.py `record`), so this becomes one
         Query per hop like any lineage walk."""
         if not target:
             raise ValidationFailed("target: required: s3://bucket/key, snapshot:<id> or a snapshot id")
@@ -221,21 +191,21 @@ class Provenance:
         requests = 0
         truncated = False
         for snapshot_id in matched:
+            root = f"snapshot:{snapshot_id}"
             try:
-                graph = self.lineage(workspace, f"snapshot:{snapshot_id}", "down", limit=MAX_LIMIT)
+                # Walked here, not through `lineage`: the answer is whole or `truncated`, and hands out no cursor,
+                # so no cursor object is written that nobody could resume.
+                walk = self._walk(workspace, root, "down", None, MAX_LIMIT, deque([(root, 0)]), {root},
+                                  resumed=False)
             except NotFound:
                 # Never used by a job: no provenance node. An explicit id must still name a real snapshot.
-                if not target.startswith("s3://"):
-                    try:
-                        SnapshotItem.get(ws_key(workspace), f"SNAP#{snapshot_id}")
-                    except DoesNotExist:
-                        raise NotFound(f"snapshot {snapshot_id!r} does not exist in workspace "
-                                       f"{workspace!r}") from None
+                if not target.startswith("s3://") and self.snapshots.get(workspace, snapshot_id) is None:
+                    raise NotFound(f"snapshot {snapshot_id!r} does not exist in workspace {workspace!r}") from None
                 continue
-            requests += graph["requests"]
-            truncated = truncated or graph["next"] is not None
-            nodes.update({n["id"]: n for n in graph["nodes"]})
-            edges.update({(e["source"], e["rel"], e["target"]): e for e in graph["edges"]})
+            requests += walk.requests
+            truncated = truncated or bool(walk.queue)
+            nodes.update({n["id"]: n for n in walk.nodes})
+            edges.update(walk.edges)
 
         def of_type(kind: str) -> list[dict[str, Any]]:
             found = [{"id": n["id"], **n["attrs"]} for n in nodes.values() if n["type"] == kind]
@@ -251,9 +221,7 @@ class Provenance:
         }
 
     def _snapshots_referencing(self, workspace: str, url: str) -> tuple[list[str], int]:
-        rows = SnapshotItem.query(ws_key(workspace), SnapshotItem.sk.startswith("SNAP#"),
-                                  filter_condition=SnapshotItem.kind == "data")
-        keys = [(row.snapshot_id, row.manifest_key) for row in rows]
+        keys = [(row.snapshot_id, row.manifest_key) for row in self.snapshots.of_kind(workspace, "data")]
 
         def references(entry: tuple[str, str]) -> bool:
             files = self.store.get_json(entry[1]).get("files", [])

@@ -16,29 +16,28 @@ Integrity (what holds the bytes to their names):
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute
-from pynamodb.exceptions import DoesNotExist, PutError
-
-from chalicelib import config, limits
-from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles, clients
-from chalicelib.blobs import HashingReader, blob_key
+from chalicelib import limits
+from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles
+from chalicelib.blobs import HashingReader, HashingWriter, blob_key
 from chalicelib.domain import FileEntry, Manifest, parse_manifest, sha256_hex, split_s3_url
 from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
                                ValidationFailed)
-from chalicelib.tables import LatestItem, SnapshotItem, _Item, ws_key
+from chalicelib.repositories.snapshots import Derived, Snapshot, SnapshotRepository
 from chalicelib.workspaces import now, workspace_prefix
 
 # A deterministic archive: fixed mtime and owner so the same snapshot always yields the same bytes.
 _EPOCH = 0
 _NO_FACTS = ObjectFacts(size=-1, sha256=None, version=None, content_type="", metadata={})
+# A code bundle up to this size is built in memory; a larger one spills to the Lambda's /tmp (never held whole).
+SPOOL_BYTES = 8 * 1024 * 1024
 
 
 def manifest_key(workspace: str, snapshot_id: str) -> str:
@@ -51,77 +50,6 @@ def materialized_prefix(workspace: str, snapshot_id: str) -> str:
 
 def sourcedir_key(workspace: str, snapshot_id: str) -> str:
     return f"{workspace_prefix(workspace)}sourcedirs/{snapshot_id}/sourcedir.tar.gz"
-
-
-class DerivedItem(_Item):
-    """`WS#<ws>` / `DERIVED#<key below ws/<ws>/>`: the SHA-256 and size of an object kaos derived and will reuse (a
-    code snapshot's sourcedir.tar.gz, a batch datum's cache entry, a per-file job's plan), written by the Lambda
-    that wrote the object. It lives in DynamoDB because no job role may write the table: whoever can overwrite the
-    object cannot rewrite its record, so a reuse that compares the two notices. `workspace kill` deletes it with
-    the workspace's other rows."""
-
-    sha256 = UnicodeAttribute()
-    size = NumberAttribute()
-    written_at = UnicodeAttribute()
-
-
-def _derived_sk(workspace: str, key: str) -> str:
-    prefix = workspace_prefix(workspace)
-    if not key.startswith(prefix):
-        raise ValueError(f"{key!r} is not a key of workspace {workspace!r}")
-    return f"DERIVED#{key[len(prefix):]}"
-
-
-def record_derived(workspace: str, key: str, sha256: str, size: int) -> None:
-    """Records what kaos wrote at `key` (after writing it), for `recorded`/`check_derived` on reuse."""
-    DerivedItem(ws_key(workspace), _derived_sk(workspace, key), sha256=sha256, size=size, written_at=now()).save()
-
-
-def recorded(workspace: str, keys: Iterable[str]) -> dict[str, DerivedItem]:
-    """The records of those keys that have one (BatchGetItem, strongly consistent)."""
-    by_sk = {_derived_sk(workspace, key): key for key in keys}
-    items = DerivedItem.batch_get([(ws_key(workspace), sk) for sk in by_sk], consistent_read=True)
-    return {by_sk[item.sk]: item for item in items}
-
-
-def check_derived(workspace: str, key: str, body: bytes, what: str) -> bool:
-    """True when the bytes read from `key` are the ones kaos recorded, False when nothing was recorded (an entry
-    older than the records, or one kaos never wrote: callers treat it as absent). IntegrityError otherwise."""
-    record = recorded(workspace, [key]).get(key)
-    if record is None:
-        return False
-    digest = sha256_hex(body)
-    if digest != record.sha256:
-        raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
-                             f"recorded when it was written is {record.sha256}; nothing was run on it")
-    return True
-
-
-def forget_derived(workspace: str, key: str) -> None:
-    """Drops the record of `key`, so the object counts as absent (a cache entry that proved wrong)."""
-    DerivedItem(ws_key(workspace), _derived_sk(workspace, key)).delete()
-
-
-def put_recorded_json(store: ObjectStore, workspace: str, key: str, value: Any) -> None:
-    """Writes a JSON document kaos will read back (S3 verifies its SHA-256), then records that SHA-256."""
-    body = json.dumps(value, sort_keys=True).encode()
-    digest = sha256_hex(body)
-    store.put_bytes(key, body, "application/json", sha256_hex=digest)
-    record_derived(workspace, key, digest, len(body))
-
-
-def read_recorded_json(store: ObjectStore, workspace: str, key: str, what: str,
-                       record: DerivedItem | None = None) -> tuple[Any, bool]:
-    """A document written by `put_recorded_json`, checked against its record (looked up unless given); the flag
-    is False when it has none. NotFound when the object is absent; IntegrityError when its bytes differ."""
-    body = store.get_bytes(key)
-    if record is None:
-        return json.loads(body), check_derived(workspace, key, body, what)
-    digest = sha256_hex(body)
-    if digest != record.sha256:
-        raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
-                             f"recorded when it was written is {record.sha256}; nothing was run on it")
-    return json.loads(body), True
 
 
 def _s3_bucket_of_https(url: str) -> str | None:
@@ -141,15 +69,12 @@ def _s3_bucket_of_https(url: str) -> str | None:
 
 
 class Snapshots:
-    def __init__(self, store: ObjectStore | None = None) -> None:
-        self._store = store
+    """Snapshot commits and reads, code bundles, materialized data, and the records of derived objects."""
 
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            settings = config.settings()
-            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
-        return self._store
+    def __init__(self, *, store: ObjectStore, repository: SnapshotRepository, web: WebFiles) -> None:
+        self.store = store
+        self.repository = repository
+        self.web = web
 
     def commit(self, workspace: str, kind: Any, files: Any, user: str) -> tuple[dict[str, Any], int]:
         """Stores the manifest (content-addressed, so a retry writes the same object), then completes it.
@@ -177,7 +102,7 @@ class Snapshots:
             self.store.refuse_platform_bucket(*split_s3_url(url), field=field)
             return
         bucket = _s3_bucket_of_https(url)
-        if bucket is not None and (bucket == self.store.bucket or bucket in config.settings().platform_buckets):
+        if bucket is not None and bucket in self.store.platform_buckets:
             raise PlatformBucketReference(
                 f"{field}: {url.split('?', 1)[0]} is in the kaos platform's own bucket {bucket!r}, which remote data "
                 "may not name; reference the snapshot instead (snapshot:<id>: a job's data maps each channel to a "
@@ -219,7 +144,7 @@ class Snapshots:
         wrong = [f for f in local if self._size(facts, blob_key(workspace, f.sha256)) != f.size]
         if wrong:
             raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
-        snapshot, created = self._record(workspace, manifest, user)
+        snapshot, created = self.record(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
 
     @staticmethod
@@ -263,38 +188,29 @@ class Snapshots:
         that exists is left alone (its bytes are checked when they are read)."""
         for digest, body in blobs.items():
             self.store.put_bytes(blob_key(workspace, digest), body, sha256_hex=digest, if_absent=True)
-        return self._record(workspace, manifest, user)[0]
+        return self.record(workspace, manifest, user)[0]
 
-    def _record(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], bool]:
+    def record(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], bool]:
+        """Stores a snapshot whose blobs are all present: its manifest object, then its row (written once; the
+        manifest first, so a row never points at a missing manifest), then the kind's latest pointer. Returns the
+        snapshot and whether this call created it."""
         snapshot_id = manifest.snapshot_id
         key = manifest_key(workspace, snapshot_id)
-        # The manifest object is written before the row, so a row never points at a missing manifest.
         self.store.put_json(key, manifest.document)
         created_at = now()
-        item = SnapshotItem(
-            ws_key(workspace), f"SNAP#{snapshot_id}", snapshot_id=snapshot_id, kind=manifest.kind,
-            file_count=len(manifest.files), total_bytes=manifest.total_bytes, manifest_key=key,
-            created_at=created_at, created_by=user,
-        )
-        created = True
-        try:
-            item.save(condition=SnapshotItem.pk.does_not_exist())
-        except PutError as exc:
-            if exc.cause_response_code != "ConditionalCheckFailedException":
-                raise
-            created = False
-            item = SnapshotItem.get(ws_key(workspace), f"SNAP#{snapshot_id}")
-        LatestItem(ws_key(workspace), f"LATEST#{manifest.kind}", snapshot_id=snapshot_id, updated_at=created_at).save()
-        return self.describe(item), created
+        snapshot, created = self.repository.create(Snapshot(
+            workspace, snapshot_id, manifest.kind, len(manifest.files), manifest.total_bytes, key, created_at, user))
+        self.repository.set_latest(workspace, manifest.kind, snapshot_id, created_at)
+        return self.describe(snapshot), created
 
-    def get(self, workspace: str, snapshot_id: str, kind: str | None = None, field: str = "snapshot") -> SnapshotItem:
-        try:
-            item = SnapshotItem.get(ws_key(workspace), f"SNAP#{snapshot_id}")
-        except DoesNotExist:
-            raise NotFound(f"{field}: snapshot {snapshot_id!r} does not exist in workspace {workspace!r}") from None
-        if kind is not None and item.kind != kind:
-            raise ValidationFailed(f"{field}: snapshot {snapshot_id!r} is a {item.kind} snapshot, not {kind}")
-        return item
+    def get(self, workspace: str, snapshot_id: str, kind: str | None = None, field: str = "snapshot") -> Snapshot:
+        """The snapshot; NotFound if the workspace has none of that id, ValidationFailed if it is not of `kind`."""
+        snapshot = self.repository.get(workspace, snapshot_id)
+        if snapshot is None:
+            raise NotFound(f"{field}: snapshot {snapshot_id!r} does not exist in workspace {workspace!r}")
+        if kind is not None and snapshot.kind != kind:
+            raise ValidationFailed(f"{field}: snapshot {snapshot_id!r} is a {snapshot.kind} snapshot, not {kind}")
+        return snapshot
 
     def manifest(self, workspace: str, snapshot_id: str) -> Manifest:
         """The snapshot's manifest, verified: its content hashes to its id (the id is that hash)."""
@@ -361,7 +277,7 @@ class Snapshots:
 
     def _fetch(self, entry: FileEntry, key: str) -> None:
         """Streams an https file into the materialized snapshot, checking its sha256 when the manifest has one."""
-        with WebFiles().open(entry.url) as response:
+        with self.web.open(entry.url) as response:
             body = HashingReader(response)
             self.store.put_stream(key, body)
         if entry.sha256 and body.hexdigest() != entry.sha256:
@@ -369,13 +285,13 @@ class Snapshots:
 
     def sourcedir(self, workspace: str, snapshot_id: str) -> tuple[str, Manifest]:
         """sourcedir.tar.gz, the SageMaker script-mode code bundle, built once per code snapshot and verified on
-        every reuse: the SHA-256 S3 holds for it must be the one recorded (DerivedItem) when kaos built it."""
+        every reuse: the SHA-256 S3 holds for it must be the one recorded (a derived record) when kaos built it."""
         key = sourcedir_key(workspace, snapshot_id)
         manifest = self.manifest(workspace, snapshot_id)
-        record = recorded(workspace, [key]).get(key)
+        record = self.recorded(workspace, [key]).get(key)
         fact = self.store.facts(key)
         if record is not None and fact is not None:
-            if fact.sha256 == record.sha256 and fact.size == int(record.size):
+            if fact.sha256 == record.sha256 and fact.size == record.size:
                 return self.store.uri(key), manifest
             self._build_sourcedir(workspace, key, manifest)  # repaired for the next attempt, never used now
             raise IntegrityError(
@@ -389,50 +305,102 @@ class Snapshots:
         return self.store.uri(key), manifest
 
     def _build_sourcedir(self, workspace: str, key: str, manifest: Manifest) -> None:
-        """A deterministic archive (sorted paths, fixed mtime, owner and gzip header) of the verified blobs;
-        written with its SHA-256 (S3 verifies and keeps it), which is then recorded."""
-        buffer = io.BytesIO()
-        with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=_EPOCH) as zipped:
-            with tarfile.open(fileobj=zipped, mode="w") as archive:
-                for f in manifest.files:
-                    body = self._blob(workspace, f)
-                    info = tarfile.TarInfo(f.path)
-                    info.size = len(body)
-                    info.mtime = _EPOCH
-                    info.mode = 0o755 if f.path.endswith(".sh") else 0o644
-                    archive.addfile(info, io.BytesIO(body))
-        body = buffer.getvalue()
-        digest = sha256_hex(body)
-        self.store.put_bytes(key, body, "application/gzip", sha256_hex=digest)
-        record_derived(workspace, key, digest, len(body))
+        """A deterministic archive (sorted paths, fixed mtime, owner and gzip header: the same snapshot always makes
+        the same bytes) of the verified blobs, streamed: each blob is read a chunk at a time into the archive, which
+        is spooled (to /tmp past SPOOL_BYTES), hashed as it is written, and uploaded with that SHA-256 (S3 verifies
+        and keeps it), which is then recorded."""
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            written = HashingWriter(spool)
+            # No file name in the gzip header (a BytesIO-less fileobj would lend its name) and a fixed mtime.
+            with gzip.GzipFile(filename="", fileobj=written, mode="wb", compresslevel=6, mtime=_EPOCH) as zipped:
+                with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+                    for f in manifest.files:
+                        info = tarfile.TarInfo(f.path)
+                        info.size, info.mtime = f.size, _EPOCH
+                        info.mode = 0o755 if f.path.endswith(".sh") else 0o644
+                        body = HashingReader(self.store.stream(blob_key(workspace, f.sha256)))
+                        try:
+                            archive.addfile(info, body)
+                        except OSError as exc:  # a blob shorter than its entry: _check_blob says which
+                            if "unexpected end of data" not in str(exc):
+                                raise
+                        self._check_blob(f, body)
+            spool.seek(0)
+            self.store.put_file(key, spool, "application/gzip", written.hexdigest())
+        self.record_derived(workspace, key, written.hexdigest(), written.size)
 
-    def _blob(self, workspace: str, entry: FileEntry) -> bytes:
-        """A blob's bytes, checked against its name."""
-        body = self.store.get_bytes(blob_key(workspace, entry.sha256))
-        digest = sha256_hex(body)
-        if digest != entry.sha256:
-            raise IntegrityError(f"the blob of {entry.path!r} ({entry.sha256}) holds bytes hashing to {digest}; "
-                                 "nothing was run on it")
-        return body
+    @staticmethod
+    def _check_blob(entry: FileEntry, body: HashingReader) -> None:
+        """The bytes read from a blob (all of them: a longer blob is not its entry either) hash to its name."""
+        body.drain()
+        if body.hexdigest() != entry.sha256 or body.size != entry.size:
+            raise IntegrityError(f"the blob of {entry.path!r} ({entry.sha256}) holds {body.size} bytes hashing to "
+                                 f"{body.hexdigest()}; nothing was run on it")
 
     def read_params(self, workspace: str, snapshot_id: str) -> dict[str, Any]:
         manifest = self.manifest(workspace, snapshot_id)
         if manifest.kind != "params" or len(manifest.files) != 1:
             raise InputInvalid(f"params snapshot {snapshot_id} is not a single params.json")
-        value = json.loads(self._blob(workspace, manifest.files[0]))
+        entry = manifest.files[0]
+        body = HashingReader(self.store.stream(blob_key(workspace, entry.sha256)))
+        raw = body.read(limits.MAX_PARAMS_BYTES + 1)
+        self._check_blob(entry, body)
+        value = json.loads(raw)
         if not isinstance(value, dict):
             raise InputInvalid(f"params snapshot {snapshot_id} does not hold a JSON object")
         return value
 
-    def latest(self, workspace: str, kind: str) -> str | None:
-        try:
-            return str(LatestItem.get(ws_key(workspace), f"LATEST#{kind}").snapshot_id)
-        except DoesNotExist:
-            return None
+    # --- derived objects ------------------------------------------------------------------------------------
+    # What kaos derived and will reuse (a code bundle, a batch datum's cache entry, a per-file job's plan) is recorded
+    # in DynamoDB by the Lambda that wrote it; no job role may write the table, so whoever can overwrite the object
+    # cannot rewrite its record, and a reuse that compares the two notices.
+
+    def record_derived(self, workspace: str, key: str, sha256: str, size: int) -> None:
+        """Records what kaos wrote at `key` (after writing it), for `recorded` on reuse."""
+        self.repository.put_derived(workspace, _derived_name(workspace, key), Derived(sha256, size, now()))
+
+    def recorded(self, workspace: str, keys: Iterable[str]) -> dict[str, Derived]:
+        """The records of those keys that have one (strongly consistent)."""
+        by_name = {_derived_name(workspace, key): key for key in keys}
+        return {by_name[name]: record for name, record in self.repository.derived(workspace, by_name).items()}
+
+    def forget_derived(self, workspace: str, key: str) -> None:
+        """Drops the record of `key`, so the object counts as absent (a cache entry that proved wrong)."""
+        self.repository.forget_derived(workspace, _derived_name(workspace, key))
+
+    def put_recorded_json(self, workspace: str, key: str, value: Any) -> None:
+        """Writes a JSON document kaos will read back (S3 verifies its SHA-256), then records that SHA-256."""
+        body = json.dumps(value, sort_keys=True).encode()
+        digest = sha256_hex(body)
+        self.store.put_bytes(key, body, "application/json", sha256_hex=digest)
+        self.record_derived(workspace, key, digest, len(body))
+
+    def read_recorded_json(self, workspace: str, key: str, what: str,
+                           record: Derived | None = None) -> tuple[Any, bool]:
+        """A document written by `put_recorded_json`, checked against its record (looked up unless given); the flag
+        is False when it has none (an entry older than the records, or one kaos never wrote: callers treat it as
+        absent). NotFound when the object is absent; IntegrityError when its bytes differ from the recorded ones."""
+        body = self.store.get_bytes(key)
+        if record is None:
+            record = self.recorded(workspace, [key]).get(key)
+            if record is None:
+                return json.loads(body), False
+        digest = sha256_hex(body)
+        if digest != record.sha256:
+            raise IntegrityError(f"{what} (s3 key {key}) is not what kaos wrote: its sha256 is {digest}, the one "
+                                 f"recorded when it was written is {record.sha256}; nothing was run on it")
+        return json.loads(body), True
 
     @staticmethod
-    def describe(item: SnapshotItem) -> dict[str, Any]:
+    def describe(snapshot: Snapshot) -> dict[str, Any]:
         return {
-            "id": item.snapshot_id, "kind": item.kind, "files": int(item.file_count),
-            "bytes": int(item.total_bytes), "created_at": item.created_at,
+            "id": snapshot.snapshot_id, "kind": snapshot.kind, "files": snapshot.file_count,
+            "bytes": snapshot.total_bytes, "created_at": snapshot.created_at,
         }
+
+
+def _derived_name(workspace: str, key: str) -> str:
+    prefix = workspace_prefix(workspace)
+    if not key.startswith(prefix):
+        raise ValueError(f"{key!r} is not a key of workspace {workspace!r}")
+    return key[len(prefix):]

@@ -22,41 +22,36 @@ Exactly once, by construction (every step is a conditional write or a name-keyed
   content-addressed snapshot (same files → same id) and a job keyed by its fingerprint: a retry after any partial
   progress converges on the same snapshot, job and execution. Batches of one workspace are processed in order
   (a batch waits for its predecessor: BatchNotReady is retried by the state machine), so batch N derives from N-1.
+- A queued batch is never dropped: if its wait outlasts the state machine's retries (a chain of batches each
+  waiting for the one ahead), RecordBatchFailure marks it `stalled` instead of FAILED, and the batch ahead,
+  once processed, processes it (in its own ProcessBatch task; see `process` and `fail`).
 
-Row layout (all in the workspace's partition `WS#<ws>`, so `kaos workspace kill` removes them with the rest):
-  AUTORETRAIN#CONFIG                 enabled, updated_by, updated_at
-  AUTORETRAIN#OPEN                   batch_id of the newest batch (open or not)
-  PENDING#<batch>                    the batch: status OPEN|CLOSED|DONE|FAILED, previous, base, snapshot, job, skipped,
-                                     last_joined_at
-  PENDINGFILE#<batch>#<file id>      a file of the batch (key, path, version, etag, sequencer)
-  INCOMING#<file id>                 dedupe row (which batch took the file)
+Rows: chalicelib/repositories/triggers.py.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote_plus
 
-from pynamodb.attributes import BooleanAttribute, JSONAttribute, NumberAttribute, UnicodeAttribute
-from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
-from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
-
-from chalicelib import config, limits
-from chalicelib.adapters import Executions, ObjectStore, clients
+from chalicelib import limits
+from chalicelib.adapters import Executions, ObjectStore
+from chalicelib.blobs import ingest
+from chalicelib.config import Settings
 from chalicelib.domain import FileEntry, Manifest, validate_path, validate_workspace_name
 from chalicelib.errors import KaosError, NotFound, ValidationFailed
-from chalicelib.tables import LatestInputsItem, WorkspaceItem, _Item, ws_key
 from chalicelib.provenance import Provenance
-from chalicelib.blobs import ingest
+from chalicelib.repositories.snapshots import SnapshotRepository
+from chalicelib.repositories.triggers import (CLOSED, DONE, FAILED, OPEN, AutoRetrain, PendingFile, RetrainBatch,
+                                              TriggerRepository)
+from chalicelib.repositories.workspaces import WorkspaceRepository
 from chalicelib.snapshots import Snapshots
 from chalicelib.training import Inputs, Training
-from chalicelib.workspaces import _connection, now, workspace_prefix
+from chalicelib.workspaces import now, workspace_prefix
 
 log = logging.getLogger("kaos.triggers")
 
@@ -71,10 +66,12 @@ INCOMING = "incoming/"
 CHANNEL = "training"
 # Jobs and snapshots made by a trigger are created by this principal (the job's `sources` say why).
 TRIGGER_USER = "kaos:auto-retrain"
-OPEN, CLOSED, DONE, FAILED = "OPEN", "CLOSED", "DONE", "FAILED"
 _KEY = re.compile(r"^ws/([^/]+)/incoming/(.+)$", re.DOTALL)
 _JOIN_ATTEMPTS = 5
 RECENT_BATCHES = 10
+# Reads of a batch just named by the pointer: 20 x 50 ms covers the gap between a transaction's items.
+_POINTER_READS = 20
+_POINTER_WAIT_SECONDS = 0.05
 
 
 class BatchStillFilling(KaosError):
@@ -84,69 +81,10 @@ class BatchStillFilling(KaosError):
 
 
 class BatchNotReady(KaosError):
-    """The previous batch of the workspace is still being processed; the state machine retries this."""
+    """The previous batch of the workspace is still being processed; the state machine retries this, and when its
+    retries run out the batch is marked stalled (never failed): the batch ahead processes it once done."""
 
     code = "BatchNotReady"
-
-
-# --- rows --------------------------------------------------------------------------------------------------
-class AutoRetrainItem(_Item):
-    enabled = BooleanAttribute()
-    updated_by = UnicodeAttribute()
-    updated_at = UnicodeAttribute()
-
-
-class OpenBatchItem(_Item):
-    batch_id = UnicodeAttribute()
-
-
-class BatchItem(_Item):
-    batch_id = UnicodeAttribute()
-    status = UnicodeAttribute()
-    opened_at = UnicodeAttribute()
-    previous = UnicodeAttribute(null=True)
-    started = BooleanAttribute(default=False)
-    closed_at = UnicodeAttribute(null=True)
-    ended_at = UnicodeAttribute(null=True)
-    base: JSONAttribute = JSONAttribute(null=True)
-    snapshot = UnicodeAttribute(null=True)
-    previous_snapshot = UnicodeAttribute(null=True)
-    job = UnicodeAttribute(null=True)
-    files = NumberAttribute(default=0)
-    skipped: JSONAttribute = JSONAttribute(null=True)
-    reason = UnicodeAttribute(null=True)
-    # When the latest file joined (set in the join's transaction): ProcessBatch waits for a quiet window.
-    last_joined_at = UnicodeAttribute(null=True)
-
-
-class PendingFileItem(_Item):
-    key = UnicodeAttribute()
-    path = UnicodeAttribute()
-    version = UnicodeAttribute(null=True)
-    etag = UnicodeAttribute(null=True)
-    sequencer = UnicodeAttribute(null=True)
-    received_at = UnicodeAttribute()
-
-
-class IncomingFileItem(_Item):
-    key = UnicodeAttribute()
-    batch_id = UnicodeAttribute()
-    received_at = UnicodeAttribute()
-
-
-CONFIG_SK = "AUTORETRAIN#CONFIG"
-OPEN_SK = "AUTORETRAIN#OPEN"
-# Reads of a batch just named by the pointer: 20 x 50 ms covers the gap between a transaction's items.
-_POINTER_READS = 20
-_POINTER_WAIT_SECONDS = 0.05
-
-
-def batch_sk(batch_id: str) -> str:
-    return f"PENDING#{batch_id}"
-
-
-def file_sk(batch_id: str, file_id: str) -> str:
-    return f"PENDINGFILE#{batch_id}#{file_id}"
 
 
 def incoming_prefix(workspace: str) -> str:
@@ -155,13 +93,6 @@ def incoming_prefix(workspace: str) -> str:
 
 def execution_name(workspace: str, batch_id: str) -> str:
     return f"retrain-{workspace}-{batch_id}"
-
-
-def _get(model: type[Any], workspace: str, sk: str) -> Any:
-    try:
-        return model.get(ws_key(workspace), sk, consistent_read=True)
-    except DoesNotExist:
-        return None
 
 
 # --- events ------------------------------------------------------------------------------------------------
@@ -196,38 +127,32 @@ def _new_batch_id() -> str:
 
 
 class Triggers:
-    def __init__(self, store: ObjectStore | None = None, executions: Executions | None = None) -> None:
-        self._store = store
-        self._executions = executions
-
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            settings = config.settings()
-            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
-        return self._store
-
-    @property
-    def executions(self) -> Executions:
-        if self._executions is None:
-            self._executions = Executions(clients().stepfunctions)
-        return self._executions
+    def __init__(self, *, settings: Settings, store: ObjectStore, executions: Executions,
+                 repository: TriggerRepository, workspaces: WorkspaceRepository, latest: SnapshotRepository,
+                 snapshots: Snapshots, provenance: Provenance, training: Training) -> None:
+        self.settings = settings
+        self.store = store
+        self.executions = executions
+        self.repository = repository
+        self.workspaces = workspaces
+        self.latest = latest
+        self.snapshots = snapshots
+        self.provenance = provenance
+        self.training = training
 
     # --- settings (API) ------------------------------------------------------------------------------------
     def set_enabled(self, workspace: str, user: str, enabled: bool) -> dict[str, Any]:
         """Any member may toggle: members may already deploy, and auto-retrain only re-deploys the latest inputs."""
-        AutoRetrainItem(ws_key(workspace), CONFIG_SK, enabled=enabled, updated_by=user, updated_at=now()).save()
+        self.repository.set_config(workspace, AutoRetrain(enabled, user, now()))
         return self.status(workspace)
 
     def status(self, workspace: str) -> dict[str, Any]:
-        item = _get(AutoRetrainItem, workspace, CONFIG_SK)
-        batches = BatchItem.query(ws_key(workspace), BatchItem.sk.startswith("PENDING#"), scan_index_forward=False,
-                                  limit=RECENT_BATCHES, consistent_read=True)
+        config = self.repository.config(workspace)
         return {
-            "workspace": workspace, "enabled": bool(item and item.enabled),
-            "updated_by": item.updated_by if item else None, "updated_at": item.updated_at if item else None,
+            "workspace": workspace, "enabled": bool(config and config.enabled),
+            "updated_by": config.updated_by if config else None, "updated_at": config.updated_at if config else None,
             "window_seconds": WINDOW_SECONDS, "incoming_prefix": incoming_prefix(workspace),
-            "batches": [self.describe(b) for b in batches],
+            "batches": [self.describe(b) for b in self.repository.recent(workspace, RECENT_BATCHES)],
         }
 
     def upload_urls(self, workspace: str, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,11 +171,11 @@ class Triggers:
         return {"workspace": workspace, "files": out, "auto_retrain": self.status(workspace)["enabled"]}
 
     @staticmethod
-    def describe(item: BatchItem) -> dict[str, Any]:
-        return {"id": item.batch_id, "status": item.status, "opened_at": item.opened_at,
-                "closed_at": item.closed_at, "ended_at": item.ended_at, "files": int(item.files or 0),
-                "snapshot": item.snapshot, "previous_snapshot": item.previous_snapshot, "job": item.job,
-                "skipped": item.skipped or [], "reason": item.reason}
+    def describe(batch: RetrainBatch) -> dict[str, Any]:
+        return {"id": batch.batch_id, "status": batch.status, "opened_at": batch.opened_at,
+                "closed_at": batch.closed_at, "ended_at": batch.ended_at, "files": batch.files,
+                "snapshot": batch.snapshot, "previous_snapshot": batch.previous_snapshot, "job": batch.job,
+                "skipped": batch.skipped, "reason": batch.reason}
 
     # --- OnUpload ----------------------------------------------------------------------------------------
     def on_event(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -266,29 +191,20 @@ class Triggers:
         match = _KEY.match(key)
         assert match is not None
         workspace, path = match.group(1), match.group(2)
-        auto = _get(AutoRetrainItem, workspace, CONFIG_SK)
-        if auto is None or not auto.enabled:
+        config = self.repository.config(workspace)
+        if config is None or not config.enabled:
             log.info("auto-retrain is off in %s: %s starts nothing", workspace, key)
             return {"ignored": "auto-retrain off", "key": key}
         fid = file_id(bucket, key, version, etag)
         for _ in range(_JOIN_ATTEMPTS):
-            if _get(IncomingFileItem, workspace, f"INCOMING#{fid}") is not None:
+            if self.repository.taken_by(workspace, fid) is not None:
                 # A late duplicate (the file's batch may be closed by now) must not open a new, empty batch.
                 return self._duplicate(workspace, key, fid)
             batch = self._open_batch(workspace)
-            member = PendingFileItem(ws_key(workspace), file_sk(batch.batch_id, fid), key=key, path=path,
-                                     version=version if version and version != "null" else None,
-                                     etag=(etag or "").strip('"') or None, sequencer=sequencer, received_at=now())
-            dedupe = IncomingFileItem(ws_key(workspace), f"INCOMING#{fid}", key=key, batch_id=batch.batch_id,
-                                      received_at=member.received_at)
-            try:
-                with TransactWrite(connection=_connection()) as tx:
-                    tx.save(dedupe, condition=IncomingFileItem.pk.does_not_exist())
-                    tx.save(member)
-                    tx.update(batch, actions=[BatchItem.last_joined_at.set(member.received_at)],
-                              condition=BatchItem.status == OPEN)
-            except TransactWriteError:
-                if _get(IncomingFileItem, workspace, f"INCOMING#{fid}") is not None:
+            pending = PendingFile(fid, key, path, version if version and version != "null" else None,
+                                  (etag or "").strip('"') or None, sequencer, now())
+            if not self.repository.join(workspace, batch.batch_id, pending):
+                if self.repository.taken_by(workspace, fid) is not None:
                     return self._duplicate(workspace, key, fid)
                 continue  # the batch closed meanwhile: join (or open) the next one
             self._ensure_started(workspace, batch)
@@ -298,17 +214,18 @@ class Triggers:
     def _duplicate(self, workspace: str, key: str, fid: str) -> dict[str, Any]:
         """A duplicate delivery: the file is already in a batch; make sure that batch's run started (the first
         delivery may have failed after its transaction)."""
-        existing = _get(IncomingFileItem, workspace, f"INCOMING#{fid}")
-        taken = _get(BatchItem, workspace, batch_sk(existing.batch_id))
+        batch_id = self.repository.taken_by(workspace, fid)
+        assert batch_id is not None  # dedupe rows are never deleted but with the workspace
+        taken = self.repository.batch(workspace, batch_id)
         if taken is not None:
             self._ensure_started(workspace, taken)
-        return {"duplicate": key, "batch": existing.batch_id}
+        return {"duplicate": key, "batch": batch_id}
 
     def _ignored(self, bucket: str, key: str, kind: str) -> dict[str, Any] | None:
         reason = None
         if kind and kind != "Object Created":
             reason = f"event type {kind!r}"
-        elif bucket != config.settings().bucket:
+        elif bucket != self.store.bucket:
             reason = f"bucket {bucket!r} is not the kaos data bucket"
         else:
             match = _KEY.match(key)
@@ -321,7 +238,7 @@ class Triggers:
                 except ValidationFailed as exc:
                     reason = exc.message
                 else:
-                    if _get(WorkspaceItem, match.group(1), "META") is None:
+                    if self.workspaces.get(match.group(1)) is None:
                         reason = f"workspace {match.group(1)!r} does not exist"
         if reason is None:
             return None
@@ -331,136 +248,141 @@ class Triggers:
             log.warning("ignored s3://%s/%s: %s", bucket, key, reason)
         return {"ignored": reason, "key": key}
 
-    def _open_batch(self, workspace: str) -> BatchItem:
+    def _open_batch(self, workspace: str) -> RetrainBatch:
         """The workspace's open batch, opening one (conditionally on the pointer it replaces) if none is open."""
-        pointer = _get(OpenBatchItem, workspace, OPEN_SK)
+        pointer = self.repository.pointer(workspace)
         current = self._pointed(workspace, pointer)
         if current is not None and current.status == OPEN:
-            return cast(BatchItem, current)
+            return current
         batch_id = _new_batch_id()
         if current is not None and batch_id <= current.batch_id:
             batch_id = f"{int(current.batch_id) + 1:013d}"
-        at = now()
-        batch = BatchItem(ws_key(workspace), batch_sk(batch_id), batch_id=batch_id, status=OPEN, opened_at=at,
-                          previous=pointer.batch_id if pointer is not None else None, started=False, files=0)
-        replaced = (OpenBatchItem.pk.does_not_exist() if pointer is None
-                    else OpenBatchItem.batch_id == pointer.batch_id)
-        try:
-            with TransactWrite(connection=_connection()) as tx:
-                tx.save(OpenBatchItem(ws_key(workspace), OPEN_SK, batch_id=batch_id), condition=replaced)
-                tx.save(batch, condition=BatchItem.pk.does_not_exist())
-        except TransactWriteError:
+        batch = RetrainBatch(workspace, batch_id, OPEN, now(), previous=pointer)
+        if not self.repository.open(batch, pointer):
             # Another delivery opened a batch first: join it.
-            pointer = _get(OpenBatchItem, workspace, OPEN_SK)
-            other = self._pointed(workspace, pointer)
+            other = self._pointed(workspace, self.repository.pointer(workspace))
             if other is None:
-                raise
-            return cast(BatchItem, other)
+                raise RuntimeError(f"{workspace}: the open-batch pointer changed but names no batch")
+            return other
         log.info("opened batch %s in %s", batch_id, workspace)
         return batch
 
-    @staticmethod
-    def _pointed(workspace: str, pointer: Any) -> Any:
+    def _pointed(self, workspace: str, pointer: str | None) -> RetrainBatch | None:
         """The batch the pointer names. The pointer and the batch are written in one transaction, but a reader
         can see the pointer before the batch (moto applies a transaction item by item); treating that as "no
         batch" would open a second, empty batch that nobody runs. So wait briefly for it instead."""
         if pointer is None:
             return None
         for _ in range(_POINTER_READS):
-            batch = _get(BatchItem, workspace, batch_sk(pointer.batch_id))
+            batch = self.repository.batch(workspace, pointer)
             if batch is not None:
                 return batch
             time.sleep(_POINTER_WAIT_SECONDS)
-        raise RuntimeError(f"batch {pointer.batch_id} named by the open-batch pointer is not readable yet")
+        raise RuntimeError(f"batch {pointer} named by the open-batch pointer is not readable yet")
 
-    def _ensure_started(self, workspace: str, batch: BatchItem) -> None:
+    def _ensure_started(self, workspace: str, batch: RetrainBatch) -> None:
         if batch.started:
             return
-        machine = os.environ.get(config.RETRAIN_STATE_MACHINE_ARN, "")
-        self.executions.start(machine, execution_name(workspace, batch.batch_id),
+        self.executions.start(self.settings.retrain_state_machine_arn, execution_name(workspace, batch.batch_id),
                               {"workspace": workspace, "batch": batch.batch_id})
-        try:
-            batch.update(actions=[BatchItem.started.set(True)])
-        except UpdateError:
-            log.warning("could not mark batch %s started (it runs regardless)", batch.batch_id)
+        self.repository.mark_started(workspace, batch.batch_id)
 
     # --- ProcessBatch ------------------------------------------------------------------------------------
     def process(self, workspace: str, batch_id: str) -> dict[str, Any]:
-        """Closes the batch and turns it into one derived snapshot and one job; every step is idempotent."""
-        batch = _get(BatchItem, workspace, batch_sk(batch_id))
+        """Closes the batch and turns it into one derived snapshot and one job; every step is idempotent. Then
+        processes the batch behind it if that one stalled waiting for this one (see `fail`)."""
+        batch = self.repository.batch(workspace, batch_id)
         if batch is None:
             return {"batch": batch_id, "status": "missing", "reason": "no such batch (workspace deleted?)"}
-        if batch.status in (DONE, FAILED):
-            return self.describe(batch)
+        if batch.status not in (DONE, FAILED):
+            self._process(batch)
+        self._take_over_stalled(workspace, batch_id)
+        return self.describe(self.repository.batch(workspace, batch_id) or batch)
+
+    def _process(self, batch: RetrainBatch) -> None:
+        workspace, batch_id = batch.workspace, batch.batch_id
         if batch.status == OPEN:
             quiet, age = _seconds_since(batch.last_joined_at), _seconds_since(batch.opened_at)
             if quiet is not None and quiet < WINDOW_SECONDS and (age is None or age < MAX_WINDOW_SECONDS):
                 raise BatchStillFilling(f"batch {batch_id} of {workspace}: a file joined {quiet:.1f} s ago")
-            try:
-                batch.update(actions=[BatchItem.status.set(CLOSED), BatchItem.closed_at.set(now())],
-                             condition=BatchItem.status == OPEN)
-            except UpdateError:
-                batch.refresh(consistent_read=True)
-        if batch.previous:
-            previous = _get(BatchItem, workspace, batch_sk(batch.previous))
-            if previous is not None and previous.status in (OPEN, CLOSED):
-                raise BatchNotReady(f"batch {batch.previous} of {workspace} is still being processed")
-        workspace_item = _get(WorkspaceItem, workspace, "META")
-        if workspace_item is None:
+            self.repository.close(workspace, batch_id, now())
+        if self._waits(batch):
+            raise BatchNotReady(f"batch {batch.previous} of {workspace} is still being processed")
+        owner = self.workspaces.get(workspace)
+        if owner is None or owner.killed_at is not None:
             return self._finish(batch, DONE, reason="the workspace no longer exists")
         if batch.base is None:
-            latest = _get(LatestInputsItem, workspace, "LATEST#inputs")
-            if latest is None or CHANNEL not in (latest.data or {}):
+            latest = self.latest.latest_inputs(workspace)
+            if latest is None or CHANNEL not in latest.data:
                 return self._finish(batch, DONE, reason=f"no deploy with a {CHANNEL!r} data channel yet; deploy once "
                                                         "(kaos train deploy) and later uploads retrain it")
-            base = {"code": latest.code, "data": dict(latest.data), "params": latest.params}
-            try:
-                batch.update(actions=[BatchItem.base.set(base)], condition=BatchItem.base.does_not_exist())
-            except UpdateError:
-                pass
-            batch.refresh(consistent_read=True)
-        base = dict(batch.base)
+            self.repository.pin_base(workspace, batch_id, {"code": latest.code, "data": dict(latest.data),
+                                                          "params": latest.params})
+        pinned = self.repository.batch(workspace, batch_id)
+        assert pinned is not None and pinned.base is not None
+        base = pinned.base
         entries, skipped = self._collect(workspace, batch_id)
         if not entries:
             return self._finish(batch, DONE, skipped=skipped, reason="no file of the batch is left to add")
         previous_id = str(base["data"][CHANNEL])
-        snapshots = Snapshots(self.store)
-        files = {f.path: f for f in snapshots.manifest(workspace, previous_id).files}
+        files = {f.path: f for f in self.snapshots.manifest(workspace, previous_id).files}
         files.update({f.path: f for f in entries})
         manifest = Manifest("data", tuple(files[p] for p in sorted(files)))
-        snapshot, _ = snapshots._record(workspace, manifest, TRIGGER_USER)
+        snapshot, _ = self.snapshots.record(workspace, manifest, TRIGGER_USER)
         at = now()
-        provenance = Provenance()
         new_node, old_node = f"snapshot:{snapshot['id']}", f"snapshot:{previous_id}"
-        provenance.add_node(workspace, new_node, "snapshot", {"kind": "data"}, at)
+        self.provenance.add_node(workspace, new_node, "snapshot", {"kind": "data"}, at)
         if snapshot["id"] != previous_id:
-            provenance.add_node(workspace, old_node, "snapshot", {"kind": "data"}, at)
-            provenance.add_edge(workspace, new_node, "derived", old_node, at)
+            self.provenance.add_node(workspace, old_node, "snapshot", {"kind": "data"}, at)
+            self.provenance.add_edge(workspace, new_node, "derived", old_node, at)
         data = {**base["data"], CHANNEL: snapshot["id"]}
         inputs = Inputs(str(base["code"]), tuple(sorted(data.items())), dict(base["params"]), {},
                         {"code": "latest", "data": "auto-retrain", "params": "latest"})
-        training = Training(store=self.store)
-        item, _ = training.create(workspace, workspace_item.created_at, TRIGGER_USER, inputs, inputs.params)
-        training.executions.start(config.settings().training_state_machine_arn, item.job_id,
-                                  {"workspace": workspace, "job_id": item.job_id})
-        training.remember_inputs(workspace, inputs)
-        return self._finish(batch, DONE, snapshot=snapshot["id"], previous_snapshot=previous_id, job=item.job_id,
+        job, _ = self.training.deploy(workspace, owner.created_at, TRIGGER_USER, inputs)
+        return self._finish(batch, DONE, snapshot=snapshot["id"], previous_snapshot=previous_id, job=job.job_id,
                             files=len(entries), skipped=skipped)
 
+    def _waits(self, batch: RetrainBatch) -> bool:
+        """Whether the batch ahead (batches derive in order) is still open or being processed."""
+        if not batch.previous:
+            return False
+        previous = self.repository.batch(batch.workspace, batch.previous)
+        return previous is not None and previous.status in (OPEN, CLOSED)
+
     def fail(self, workspace: str, batch_id: str, error: dict[str, Any]) -> dict[str, Any]:
-        """The state machine's catch: the batch ends FAILED with the reason (its successors go on)."""
-        batch = _get(BatchItem, workspace, batch_sk(batch_id))
+        """The state machine's catch. A batch whose wait for the batch ahead outlasted the retries is queued, not
+        failed: marked stalled, it is processed by the batch ahead once that is done (or here, if it is done by
+        now). Any other error ends the batch FAILED with the reason (its successors go on)."""
+        batch = self.repository.batch(workspace, batch_id)
         if batch is None or batch.status in (DONE, FAILED):
             return {"batch": batch_id, "status": batch.status if batch else "missing"}
+        if error.get("Error") == BatchNotReady.__name__ and self.repository.stall(workspace, batch_id):
+            if not self._waits(batch):  # the batch ahead finished while this one gave up: nobody else will run it
+                return self.process(workspace, batch_id)
+            log.info("batch %s of %s waits for batch %s; it will process this one", batch_id, workspace,
+                     batch.previous)
+            return {**self.describe(batch), "stalled": True}
         reason = f"{error.get('Error', 'Error')}: {error.get('Cause', '')}"[:2000]
-        return self._finish(batch, FAILED, reason=reason)
+        self._finish(batch, FAILED, reason=reason)
+        self._take_over_stalled(workspace, batch_id)
+        return self.describe(batch)
+
+    def _take_over_stalled(self, workspace: str, batch_id: str) -> None:
+        """Processes the batch behind this (ended) one if it stalled waiting for it; in turn, that one takes over
+        its own stalled successor, so a queue drains in order."""
+        successor = self.repository.successor(workspace, batch_id)
+        if successor is None or not successor.stalled or successor.status not in (OPEN, CLOSED):
+            return
+        log.info("batch %s of %s takes over the stalled batch %s", batch_id, workspace, successor.batch_id)
+        try:
+            self.process(workspace, successor.batch_id)
+        except KaosError as exc:  # its own failure, not this batch's: it ends FAILED, this task succeeds
+            self._finish(successor, FAILED, reason=f"{exc.code}: {exc.message}"[:2000])
 
     def _collect(self, workspace: str, batch_id: str) -> tuple[list[FileEntry], list[dict[str, str]]]:
-        """The batch's files, newest per path; each copied to its content-addressed blob after a streamed hash."""
-        rows = PendingFileItem.query(ws_key(workspace), PendingFileItem.sk.startswith(f"PENDINGFILE#{batch_id}#"),
-                                     consistent_read=True)
-        newest: dict[str, PendingFileItem] = {}
-        for row in rows:
+        """The batch's files, newest per path; each made a blob (blobs.ingest)."""
+        newest: dict[str, PendingFile] = {}
+        for row in self.repository.files(workspace, batch_id):
             seen = newest.get(row.path)
             if seen is None or _order(row) > _order(seen):
                 newest[row.path] = row
@@ -468,32 +390,23 @@ class Triggers:
         skipped: list[dict[str, str]] = []
         for path in sorted(newest):
             row = newest[path]
-            try:
-                entries.append(self._ingest(workspace, row))
-            except _Vanished as exc:
-                log.warning("skipped %s in %s: %s", row.key, workspace, exc)
-                skipped.append({"path": path, "key": row.key, "reason": str(exc)})
+            if self.store.size(row.key) is None:
+                reason = "deleted before processing (HeadObject 404)"
+            else:
+                try:
+                    blob = ingest(self.store, workspace, row.key, row.version)
+                except NotFound:
+                    reason = "this version was deleted before processing"
+                else:
+                    entries.append(FileEntry(row.path, blob.sha256, blob.size))
+                    continue
+            log.warning("skipped %s in %s: %s", row.key, workspace, reason)
+            skipped.append({"path": path, "key": row.key, "reason": reason})
         return entries, skipped
 
-    def _ingest(self, workspace: str, row: PendingFileItem) -> FileEntry:
-        if self.store.size(row.key) is None:
-            raise _Vanished("deleted before processing (HeadObject 404)")
-        try:
-            blob = ingest(self.store, workspace, row.key, row.version)
-        except NotFound as exc:
-            raise _Vanished("this version was deleted before processing") from exc
-        return FileEntry(row.path, blob.sha256, blob.size)
-
-    def _finish(self, batch: BatchItem, status: str, **fields: Any) -> dict[str, Any]:
-        actions: list[Action] = [BatchItem.status.set(status), BatchItem.ended_at.set(now())]
-        actions += [getattr(BatchItem, name).set(value) for name, value in fields.items() if value is not None]
-        batch.update(actions=actions)
-        log.info("batch %s of %s: %s %s", batch.batch_id, batch.pk, status, fields)
-        return self.describe(batch)
-
-
-class _Vanished(Exception):
-    pass
+    def _finish(self, batch: RetrainBatch, status: str, **fields: Any) -> None:
+        self.repository.finish(batch, status, now(), **fields)
+        log.info("batch %s of %s: %s %s", batch.batch_id, batch.workspace, status, fields)
 
 
 def _seconds_since(stamp: str | None) -> float | None:
@@ -502,7 +415,6 @@ def _seconds_since(stamp: str | None) -> float | None:
     return (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
 
 
-def _order(row: PendingFileItem) -> tuple[str, str]:
+def _order(row: PendingFile) -> tuple[str, str]:
     # S3 sequencers of one key grow with time; compare them at equal length, then by arrival.
     return ((row.sequencer or "").rjust(32, "0"), row.received_at)
-
