@@ -7,49 +7,53 @@ import logging
 from typing import Any
 from collections.abc import Callable
 
-from chalice import Chalice, IAMAuthorizer, Response
+from chalice.app import Chalice, IAMAuthorizer, Request, Response
 
-from chalicelib.batch import Batch
 from chalicelib.domain import page_size
-from chalicelib.downloads import Downloads
 from chalicelib.errors import KaosError
-from chalicelib.grids import Grids
 from chalicelib.http import caller, error_body, json_body
-from chalicelib.provenance import Provenance
-from chalicelib.reproduce import Reproductions
+from chalicelib.repositories.workspaces import Workspace
 from chalicelib.schemas import SPECS, openapi, validate
-from chalicelib.snapshots import Snapshots
-from chalicelib.training import Training
-from chalicelib.triggers import Triggers
-from chalicelib.workspaces import Workspaces
+from chalicelib.wiring import Wiring, wiring
 
 app = Chalice(app_name="kaos")
 log = logging.getLogger("kaos.api")
 # API Gateway verifies SigV4 against IAM on every route but the OpenAPI document (AWS_IAM authorization).
 iam = IAMAuthorizer()
 View = Callable[..., Any]
+# Built at import (cold start): a missing or malformed setting fails here, naming the variable.
+WIRING: Wiring = wiring("api")
+# The one route that may reach a workspace being killed (its owner finishes the kill); every other route with
+# {workspace} in its path is refused (404) unless the caller is a member of a live workspace.
+KILL = ("/workspaces/{workspace}", "DELETE")
 
 
 def route(path: str, method: str) -> Callable[[View], View]:
     """Registers a view declared in chalicelib.schemas: validates path, query and body against its schemas,
     passes the caller (and the parsed body), and answers errors as 4xx JSON, never a traceback.
 
+    Whenever the path has {workspace}, the view receives the `Workspace` (not its name), and only after the
+    caller's membership was checked here: a view cannot forget the check.
+
     Chalice turns exceptions raised in a view into its own 500 before any middleware sees them, so the
-    translation has to sit around the view itself."""
+    translation has to sit around the view itself (the only `except Exception` of the API)."""
     spec = SPECS[(path, method)]
 
     def register(view: View) -> View:
         @functools.wraps(view)
         def guarded(**params: str) -> Any:
             try:
-                request = app.current_request
+                request = _request()
                 validate("path", spec, params)
                 validate("query", spec, dict(request.query_params or {}))
                 kwargs: dict[str, Any] = dict(params)
                 if not spec.public:
                     kwargs["user"] = caller(request.context)
+                if "workspace" in params:
+                    kwargs["workspace"] = WIRING.workspaces.admit(params["workspace"], kwargs["user"],
+                                                                  killing=(path, method) == KILL)
                 if spec.body is not None:
-                    kwargs["body"] = validate("body", spec, json_body(request.raw_body))
+                    kwargs["body"] = validate("body", spec, json_body(_raw_body(request)))
                 return view(**kwargs)
             except KaosError as exc:
                 return Response(error_body(exc.code, exc.message), status_code=exc.status)
@@ -63,8 +67,28 @@ def route(path: str, method: str) -> Callable[[View], View]:
     return register
 
 
+def _request() -> Request:
+    request = app.current_request
+    assert request is not None, "a view runs only while Chalice handles a request"
+    return request
+
+
+def _raw_body(request: Request) -> bytes | None:
+    raw = request.raw_body
+    return raw.encode() if isinstance(raw, str) else raw
+
+
 def _query(name: str) -> str | None:
-    return (app.current_request.query_params or {}).get(name)
+    params = _request().query_params
+    return None if params is None else params.get(name)
+
+
+def _created(document: dict[str, Any], created: bool) -> Response:
+    return Response(document, status_code=201 if created else 200)
+
+
+def _cached(document: dict[str, Any], created: bool) -> Response:
+    return _created({**document, "cached": not created}, created)
 
 
 @route("/openapi.json", "GET")
@@ -74,156 +98,134 @@ def openapi_document() -> dict[str, Any]:
 
 @route("/workspaces", "POST")
 def create_workspace(user: str, body: dict[str, Any]) -> Response:
-    workspace, created = Workspaces().create(body["name"], user)
-    return Response(workspace, status_code=201 if created else 200)
+    return _created(*WIRING.workspaces.create(body["name"], user))
 
 
 @route("/workspaces", "GET")
 def list_workspaces(user: str) -> dict[str, Any]:
-    return {"workspaces": Workspaces().list_for(user)}
+    return {"workspaces": WIRING.workspaces.list_for(user)}
 
 
 @route("/workspaces/{workspace}", "GET")
-def workspace_info(user: str, workspace: str) -> dict[str, Any]:
-    return Workspaces().info(workspace, user)
+def workspace_info(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.workspaces.info(workspace.name, user)
 
 
 @route("/workspaces/{workspace}", "DELETE")
-def kill_workspace(user: str, workspace: str) -> dict[str, Any]:
-    return Workspaces().kill(workspace, user)
+def kill_workspace(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.workspaces.kill(workspace.name, user)
 
 
 @route("/workspaces/{workspace}/members", "GET")
-def members(user: str, workspace: str) -> dict[str, Any]:
-    return Workspaces().members(workspace, user)
+def members(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.workspaces.members(workspace.name, user)
 
 
 @route("/workspaces/{workspace}/members", "POST")
-def share(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
-    return Workspaces().share(workspace, user, body["user"])
+def share(user: str, workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]:
+    return WIRING.workspaces.share(workspace.name, user, body["user"])
 
 
 @route("/workspaces/{workspace}/members/remove", "POST")
-def unshare(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
-    return Workspaces().unshare(workspace, user, body["user"])
+def unshare(user: str, workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]:
+    return WIRING.workspaces.unshare(workspace.name, user, body["user"])
 
 
 @route("/workspaces/{workspace}/snapshots", "POST")
-def commit_snapshot(user: str, workspace: str, body: dict[str, Any]) -> Response:
-    Workspaces().require(workspace, user)
-    snapshot, status = Snapshots().commit(workspace, body["kind"], body["files"], user)
+def commit_snapshot(user: str, workspace: Workspace, body: dict[str, Any]) -> Response:
+    snapshot, status = WIRING.snapshots.commit(workspace.name, body["kind"], body["files"], user)
     return Response(snapshot, status_code=status)
 
 
 @route("/workspaces/{workspace}/snapshots/{snapshot}/complete", "POST")
-def complete_snapshot(user: str, workspace: str, snapshot: str) -> Response:
-    Workspaces().require(workspace, user)
-    result, status = Snapshots().complete(workspace, snapshot, user)
+def complete_snapshot(user: str, workspace: Workspace, snapshot: str) -> Response:
+    result, status = WIRING.snapshots.complete(workspace.name, snapshot, user)
     return Response(result, status_code=status)
 
 
 @route("/workspaces/{workspace}/jobs", "POST")
-def submit_job(user: str, workspace: str, body: dict[str, Any]) -> Response:
-    incarnation = Workspaces().require(workspace, user).created_at
-    job, created = Training().submit(workspace, incarnation, user, body)
-    return Response({**job, "cached": not created}, status_code=201 if created else 200)
+def submit_job(user: str, workspace: Workspace, body: dict[str, Any]) -> Response:
+    return _cached(*WIRING.training.submit(workspace.name, workspace.created_at, user, body))
 
 
 @route("/workspaces/{workspace}/grids", "POST")
-def submit_grid(user: str, workspace: str, body: dict[str, Any]) -> Response:
-    incarnation = Workspaces().require(workspace, user).created_at
-    grid, created = Grids().submit(workspace, incarnation, user, body)
-    return Response({**grid, "cached": not created}, status_code=201 if created else 200)
+def submit_grid(user: str, workspace: Workspace, body: dict[str, Any]) -> Response:
+    return _cached(*WIRING.grids.submit(workspace.name, workspace.created_at, user, body))
 
 
 @route("/workspaces/{workspace}/grids/{grid}", "GET")
-def grid_info(user: str, workspace: str, grid: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
+def grid_info(user: str, workspace: Workspace, grid: str) -> dict[str, Any]:
     page = int(_query("page") or 1)
-    return Grids().info(workspace, grid, _query("sort_by"), _query("desc") == "true", _page_size("limit"), page)
+    return WIRING.grids.info(workspace.name, grid, _query("sort_by"), _query("desc") == "true", _page_size("limit"),
+                             page)
 
 
 @route("/workspaces/{workspace}/batch-jobs", "POST")
-def submit_batch_job(user: str, workspace: str, body: dict[str, Any]) -> Response:
-    incarnation = Workspaces().require(workspace, user).created_at
-    job, created = Batch().submit(workspace, incarnation, user, body)
-    return Response({**job, "cached": not created}, status_code=201 if created else 200)
+def submit_batch_job(user: str, workspace: Workspace, body: dict[str, Any]) -> Response:
+    return _cached(*WIRING.batch.submit(workspace.name, workspace.created_at, user, body))
 
 
 @route("/workspaces/{workspace}/jobs", "GET")
-def list_jobs(user: str, workspace: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Training().list(workspace, _page_size("limit"), _query("cursor"))
+def list_jobs(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.jobs.page(workspace.name, _page_size("limit"), _query("cursor"))
 
 
 @route("/workspaces/{workspace}/jobs/{job}", "GET")
-def job_info(user: str, workspace: str, job: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Training().get(workspace, job)
+def job_info(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
+    return WIRING.jobs.get(workspace.name, job)
 
 
 @route("/workspaces/{workspace}/jobs/{job}/kill", "POST")
-def kill_job(user: str, workspace: str, job: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Training().kill(workspace, job, user)
+def kill_job(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
+    return WIRING.jobs.kill(workspace.name, job, user)
 
 
 @route("/workspaces/{workspace}/jobs/{job}/resume", "POST")
-def resume_job(user: str, workspace: str, job: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Training().resume(workspace, job, user)
+def resume_job(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
+    return WIRING.jobs.resume(workspace.name, job, user)
 
 
 @route("/workspaces/{workspace}/jobs/{job}/reproduce", "POST")
-def reproduce_job(user: str, workspace: str, job: str) -> Response:
-    incarnation = Workspaces().require(workspace, user).created_at
-    reproduction, created = Reproductions().reproduce(workspace, incarnation, user, job)
-    return Response(reproduction, status_code=201 if created else 200)
+def reproduce_job(user: str, workspace: Workspace, job: str) -> Response:
+    return _created(*WIRING.reproductions.reproduce(workspace.name, workspace.created_at, user, job))
 
 
 @route("/workspaces/{workspace}/jobs/{job}/logs", "GET")
-def job_logs(user: str, workspace: str, job: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Training().read_logs(workspace, job, _query("next"), int(_query("limit") or 1000))
+def job_logs(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
+    return WIRING.jobs.read_logs(workspace.name, job, _query("next"), int(_query("limit") or 1000))
 
 
 @route("/workspaces/{workspace}/jobs/{job}/files", "GET")
-def job_files(user: str, workspace: str, job: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Downloads().files(workspace, job, _query("what"))
+def job_files(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
+    return WIRING.downloads.files(workspace.name, job, _query("what"))
 
 
 @route("/workspaces/{workspace}/lineage/{node}", "GET")
-def lineage(user: str, workspace: str, node: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
+def lineage(user: str, workspace: Workspace, node: str) -> dict[str, Any]:
     depth, limit = _query("depth"), _query("limit")
-    return Provenance().lineage(workspace, node, _query("direction") or "up", int(depth) if depth else None,
-                                int(limit) if limit else None, _query("cursor"))
+    return WIRING.provenance.lineage(workspace.name, node, _query("direction") or "up",
+                                     int(depth) if depth else None, int(limit) if limit else None, _query("cursor"))
 
 
 @route("/workspaces/{workspace}/impact", "GET")
-def impact(user: str, workspace: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Provenance().impact(workspace, _query("target"))
+def impact(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.provenance.impact(workspace.name, _query("target"))
 
 
 @route("/workspaces/{workspace}/auto-retrain", "GET")
-def auto_retrain_status(user: str, workspace: str) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Triggers().status(workspace)
+def auto_retrain_status(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.triggers.status(workspace.name)
 
 
 @route("/workspaces/{workspace}/auto-retrain", "POST")
-def auto_retrain(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
+def auto_retrain(user: str, workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]:
     # Any member may toggle it: members may deploy anyway, and auto-retrain only re-deploys the latest inputs.
-    Workspaces().require(workspace, user)
-    return Triggers().set_enabled(workspace, user, bool(body["enabled"]))
+    return WIRING.triggers.set_enabled(workspace.name, user, bool(body["enabled"]))
 
 
 @route("/workspaces/{workspace}/incoming", "POST")
-def incoming_urls(user: str, workspace: str, body: dict[str, Any]) -> dict[str, Any]:
-    Workspaces().require(workspace, user)
-    return Triggers().upload_urls(workspace, body["files"])
+def incoming_urls(user: str, workspace: Workspace, body: dict[str, Any]) -> dict[str, Any]:
+    return WIRING.triggers.upload_urls(workspace.name, body["files"])
 
 
 def _page_size(name: str) -> int:

@@ -1,7 +1,7 @@
 """Batch (processing) jobs on AWS Batch: submission by fingerprint, the pipeline's prepare and record tasks.
 
 A batch job runs a command over one data snapshot and its output becomes a new data snapshot, usable as a
-training channel. It is a JobItem of kind "batch", so the jobs list/info/kill routes serve it unchanged; its
+training channel. It is a job row of kind "batch", so the jobs list/info/kill routes serve it unchanged; its
 output snapshot is stored in `model_uri` as `snapshot:<id>` (the `model` field of the job's description).
 
 Container contract (implemented by the job definition's bootstrap command, see cdk/batch.py): the code snapshot
@@ -28,21 +28,25 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from chalicelib import config, limits
+from chalicelib import limits
 from chalicelib import lineage_events
 from chalicelib.tenancy import job_definition_name
-from chalicelib.adapters import Executions, LogReader, ObjectStore, clients, execution_arn_for
+from chalicelib.adapters import ObjectStore
+from chalicelib.config import Settings
 from chalicelib.logs import JobLogs
 from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
                                sha256_hex, validate_path)
-from chalicelib.errors import InputInvalid, IntegrityError, NotFound, ValidationFailed
-from chalicelib.tables import JobItem, ws_key
+from chalicelib.errors import InputInvalid, IntegrityError, KaosError, NotFound, ValidationFailed
+from chalicelib.lifecycle import Jobs, dropped, job_prefix
+from chalicelib.repositories.jobs import TERMINAL, Job, describe
+from chalicelib.repositories.workspaces import IncarnationGone, WorkspaceRepository
 from chalicelib.provenance import Provenance
 from chalicelib.blobs import ingest
-from chalicelib.snapshots import (DerivedItem, Snapshots, forget_derived, materialized_prefix,
-                                  put_recorded_json, read_recorded_json, recorded)
-from chalicelib.training import TERMINAL, Training, dropped, failure_reason, job_prefix
-from chalicelib.workspaces import Fence, IncarnationGone, now, workspace_prefix
+from chalicelib.repositories.snapshots import Derived
+from chalicelib.snapshots import Snapshots, materialized_prefix
+from chalicelib.pipeline import failure_reason
+from chalicelib.training import snapshot_ref
+from chalicelib.workspaces import Fence, now, workspace_prefix
 
 KIND = "batch"
 INPUT_CHANNEL = "input"
@@ -88,57 +92,26 @@ def datum_key(entry: FileEntry, code: str, command: str, image: str) -> str:
 
 
 class Batch:
-    def __init__(
-        self,
-        store: ObjectStore | None = None,
-        executions: Executions | None = None,
-        logs: JobLogs | None = None,
-    ) -> None:
-        self._store = store
-        self._executions = executions
-        self._logs = logs
-        self.provenance = Provenance()
+    def __init__(self, *, settings: Settings, jobs: Jobs, workspaces: WorkspaceRepository, store: ObjectStore,
+                 snapshots: Snapshots, provenance: Provenance, logs: JobLogs) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._workspaces = workspaces
+        self.store = store
+        self.snapshots = snapshots
+        self.provenance = provenance
+        self.logs = logs
         # While Record runs: the job's workspace incarnation, checked before each write (see `record`).
         self._fence: Fence | None = None
-
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            settings = config.settings()
-            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
-        return self._store
-
-    @property
-    def snapshots(self) -> Snapshots:
-        return Snapshots(self.store)
-
-    @property
-    def executions(self) -> Executions:
-        if self._executions is None:
-            self._executions = Executions(clients().stepfunctions)
-        return self._executions
-
-    @property
-    def logs(self) -> JobLogs:
-        if self._logs is None:
-            reader = LogReader(clients().logs, config.settings().batch_log_group)
-            self._logs = JobLogs(store=self.store, reader=reader)
-        return self._logs
-
-    @property
-    def jobs(self) -> Training:
-        """Job rows are shared with training: reads, status updates, input provenance and descriptions."""
-        return Training(store=self.store, executions=self.executions)
 
     # --- submission -------------------------------------------------------------------------------------
     def submit(
         self, workspace: str, incarnation: str, user: str, request: dict[str, Any]
     ) -> tuple[dict[str, Any], bool]:
         """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity."""
-        settings = config.settings()
-        jobs = self.jobs
-        code = jobs._snapshot_ref(workspace, request.get("code"), "code", "code")
-        data = jobs._snapshot_ref(workspace, request.get("data"), "data", "data")
+        settings = self._settings
+        code = snapshot_ref(self.snapshots, workspace, request.get("code"), "code", "code")
+        data = snapshot_ref(self.snapshots, workspace, request.get("data"), "data", "data")
         command = request.get("command")
         if command is not None and (not isinstance(command, str) or not command.strip()
                                     or len(command) > MAX_COMMAND_CHARS or "\x00" in command):
@@ -168,30 +141,15 @@ class Batch:
             resources=Resources(instance_type=FARGATE_RESOURCES, instance_count=1, volume_gb=FARGATE_STORAGE_GB,
                                 max_runtime_seconds=runtime),
         )
-        at = now()
-        execution_arn = execution_arn_for(settings.batch_state_machine_arn, spec.job_id)
-        item = JobItem(
-            ws_key(workspace), f"JOB#{spec.job_id}", job_id=spec.job_id, fingerprint=spec.fingerprint,
-            kind=spec.kind, status="SUBMITTED", spec=spec.document(), created_at=at, created_by=user, updated_at=at,
-            execution_arn=execution_arn, history=[{"status": "SUBMITTED", "at": at}],
-            gsi1pk=f"JOBS#{workspace}", gsi1sk=f"{at}#{spec.job_id}",
-        )
-        created = jobs.put_job(item, workspace, incarnation)
-        if not created:
-            item = jobs._job(workspace, spec.job_id)
-        if created or item.status == "SUBMITTED":
-            jobs._record_inputs(workspace, spec, at)
-        # Idempotent by name, as for training: a cache hit or a retried submission ends with one execution.
-        self.executions.start(settings.batch_state_machine_arn, spec.job_id,
-                              {"workspace": workspace, "job_id": spec.job_id})
-        return Training.describe(item), created
+        job, created = self._jobs.register(spec, incarnation, user, {})
+        self._jobs.start(job)
+        return describe(job), created
 
     # --- pipeline tasks ---------------------------------------------------------------------------------
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
         """Materializes the inputs and returns the pieces of the SubmitJob request the state machine sends."""
-        settings = config.settings()
-        jobs = self.jobs
-        item = jobs._job(workspace, job_id)
+        settings = self._settings
+        item = self._jobs.repository.get(workspace, job_id)
         if item.status in TERMINAL:
             raise InputInvalid(f"job {job_id} is already {item.status}")
         spec = item.spec
@@ -216,7 +174,7 @@ class Batch:
         if params.get("per_file"):
             plan = self._plan(workspace, spec, command, str(params.get("glob") or "*"))
             # Record reads the plan back (its `reused` outputs become the job's): recorded, so it is checked then.
-            put_recorded_json(self.store, workspace, plan_key(workspace, job_id, attempt), plan)
+            self.snapshots.put_recorded_json(workspace, plan_key(workspace, job_id, attempt), plan)
             environment["KAOS_INPUT_URI"] = self.store.uri(materialized_prefix(workspace, data))
             environment["KAOS_DATUMS_URI"] = self.store.uri(plan_key(workspace, job_id, attempt))
             # Nothing new to process: the state machine skips the container and Record reuses every output.
@@ -234,7 +192,8 @@ class Batch:
             },
             "Timeout": {"AttemptDurationSeconds": int(spec["resources"]["max_runtime_seconds"])},
         }
-        jobs._set_status(item, "RUNNING", started_at=now())
+        at = now()
+        self._jobs.repository.set_status(item, "RUNNING", at, started_at=at)
         lineage_events.started(item)
         return {"batch": request, "run": run}
 
@@ -248,7 +207,7 @@ class Batch:
         keys = [datum_key(f, spec["code"], command, str(spec["environment"])) for f in entries]
         marker_keys = [datum_marker_key(workspace, k) for k in keys]
         # Only entries kaos recorded are cache hits (one BatchGetItem per 100); each is checked against its record.
-        records = recorded(workspace, marker_keys)
+        records = self.snapshots.recorded(workspace, marker_keys)
         with ThreadPoolExecutor(max_workers=DATUM_CONCURRENCY) as pool:
             markers = list(pool.map(lambda key: self._marker(workspace, key, records.get(key)), marker_keys))
         todo = [(i, f, k) for i, (f, k, m) in enumerate(zip(entries, keys, markers, strict=True)) if m is None]
@@ -260,17 +219,17 @@ class Batch:
                        for f, k, m in zip(entries, keys, markers, strict=True) if m is not None],
         }
 
-    def _marker(self, workspace: str, key: str, record: DerivedItem | None) -> dict[str, Any] | None:
+    def _marker(self, workspace: str, key: str, record: Derived | None) -> dict[str, Any] | None:
         """A datum's cache entry, or None (a miss) when kaos recorded none or it is gone. One whose bytes are not
         the recorded ones fails the job (IntegrityError); its record is dropped, so a resume processes the datum."""
         if record is None:
             return None
         try:
-            marker, _ = read_recorded_json(self.store, workspace, key, "a datum cache entry", record)
+            marker, _ = self.snapshots.read_recorded_json(workspace, key, "a datum cache entry", record)
         except NotFound:
             return None
         except IntegrityError as exc:
-            forget_derived(workspace, key)
+            self.snapshots.forget_derived(workspace, key)
             raise IntegrityError(f"{exc.message}. The job was not run; the entry was dropped, so resuming the job "
                                  "processes the datum again") from None
         return marker if isinstance(marker, dict) and isinstance(marker.get("files"), list) else None
@@ -279,20 +238,20 @@ class Batch:
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
         try:
-            item = self.jobs._job(workspace, job_id)
+            item = self._jobs.repository.get(workspace, job_id)
         except NotFound:  # its workspace was killed: the outcome of a stopped job arrives late
             return dropped(job_id)
         if item.status in TERMINAL or (execution and execution != item.execution_arn):
             # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
-            return Training.describe(item)
+            return describe(item)
         # Every write below (log, output blobs, datum markers, snapshot, provenance) first checks that the workspace
         # is still the job's incarnation, and the job's end is fenced by it: a kill drops the outcome.
-        self._fence = Fence(workspace, item.spec.get("incarnation"))
+        self._fence = Fence(self._workspaces, workspace, item.spec.get("incarnation"))
         try:
             self._fence_check()
             return self._record(workspace, item, outcome, detail)
         except IncarnationGone:
-            return {**Training.describe(item), "dropped": True}
+            return {**describe(item), "dropped": True}
         finally:
             self._fence = None
 
@@ -300,8 +259,8 @@ class Batch:
         if self._fence is not None:
             self._fence.check()
 
-    def _record(self, workspace: str, item: JobItem, outcome: str, detail: dict[str, Any]) -> dict[str, Any]:
-        jobs, job_id = self.jobs, item.job_id
+    def _record(self, workspace: str, item: Job, outcome: str, detail: dict[str, Any]) -> dict[str, Any]:
+        job_id = item.job_id
         if outcome == "Completed":
             self._archive_log(workspace, job_id, _log_stream(detail))
             if self._per_file(workspace, item):
@@ -316,25 +275,25 @@ class Batch:
                 pass
             except IncarnationGone:
                 raise
-            except Exception as exc:
+            except KaosError as exc:
                 reason = f"{reason}\n(finished datums could not be cached: {exc})"
         lines = self._archive_log(workspace, job_id, stream)
         tail = "\n".join(lines).strip()
         if tail and tail not in reason:
             reason = f"{reason}\n{tail}"
         extra = {"metrics": metrics} if metrics else {}
-        jobs.finish(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
+        self._jobs.finish(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
         lineage_events.ended(item)
-        return Training.describe(item)
+        return describe(item)
 
-    def _per_file(self, workspace: str, item: JobItem) -> bool:
+    def _per_file(self, workspace: str, item: Job) -> bool:
         return bool(self.snapshots.read_params(workspace, item.spec["params"]).get("per_file"))
 
-    def _harvest(self, workspace: str, item: JobItem) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def _harvest(self, workspace: str, item: Job) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Registers the outputs of every datum this attempt finished (its `.done` object exists) as blobs and
         writes their cache markers. Returns each datum's outputs (plan order: reused, then processed) and counts."""
         attempt = int(item.attempt)
-        plan, _ = read_recorded_json(self.store, workspace, plan_key(workspace, item.job_id, attempt),
+        plan, _ = self.snapshots.read_recorded_json(workspace, plan_key(workspace, item.job_id, attempt),
                                      f"the datum plan of {item.job_id} (attempt {attempt})")
         prefix = output_prefix(workspace, item.job_id, attempt)
         by_datum: dict[str, list[str]] = {}
@@ -353,7 +312,7 @@ class Batch:
             files = [self._register_blob(workspace, f"{prefix}{index}/{path}", path)
                      for path in sorted(by_datum.get(index, []))]
             self._fence_check()
-            put_recorded_json(self.store, workspace, datum_marker_key(workspace, datum["key"]),
+            self.snapshots.put_recorded_json(workspace, datum_marker_key(workspace, datum["key"]),
                               {"path": datum["path"], "files": files, "job": item.job_id})
             return {"path": datum["path"], "files": files}
 
@@ -366,7 +325,7 @@ class Batch:
             metrics["datums_unfinished"] = len(plan["process"]) - len(finished)
         return reused + processed, metrics
 
-    def _record_datums(self, workspace: str, item: JobItem) -> dict[str, Any]:
+    def _record_datums(self, workspace: str, item: Job) -> dict[str, Any]:
         """The output snapshot of a per-file job: the union of every datum's outputs, reused and new."""
         datums, metrics = self._harvest(workspace, item)
         if metrics.get("datums_unfinished"):
@@ -382,7 +341,7 @@ class Batch:
                 union[f["path"]] = (f, datum["path"])
         return self._commit_output(workspace, item, [f for f, _ in union.values()], metrics)
 
-    def _record_output(self, workspace: str, item: JobItem) -> dict[str, Any]:
+    def _record_output(self, workspace: str, item: Job) -> dict[str, Any]:
         """Registers every output object as a blob and records them as one data snapshot made by the job."""
         prefix = output_prefix(workspace, item.job_id, int(item.attempt))
         keys = sorted(self.store.keys(prefix))
@@ -394,7 +353,7 @@ class Batch:
         files = [self._register_blob(workspace, key, key[len(prefix):]) for key in keys]
         return self._commit_output(workspace, item, files, None)
 
-    def _commit_output(self, workspace: str, item: JobItem, files: list[dict[str, Any]],
+    def _commit_output(self, workspace: str, item: Job, files: list[dict[str, Any]],
                        metrics: dict[str, int] | None) -> dict[str, Any]:
         if not files:
             raise InputInvalid("the batch job wrote no files to KAOS_OUTPUT_DIR, so there is no output snapshot")
@@ -411,12 +370,12 @@ class Batch:
         self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", node, at)
         extra = {"metrics": metrics} if metrics else {}
         try:
-            self.jobs.finish(item, "COMPLETED", model_uri=node, ended_at=at, **extra)
+            self._jobs.finish(item, "COMPLETED", model_uri=node, ended_at=at, **extra)
         except IncarnationGone:  # the output snapshot's node may be shared with other jobs: only the edge goes
-            Training.retract_produced(workspace, item.job_id, node, node=False)
+            self._jobs.retract_produced(workspace, item.job_id, node, node=False)
             raise
         lineage_events.ended(item)
-        return Training.describe(item)
+        return describe(item)
 
     def _register_blob(self, workspace: str, key: str, path: str) -> dict[str, Any]:
         """Streams the object once for its sha256, then copies it to its content address (unless present)."""

@@ -9,12 +9,12 @@ import json
 from typing import Any
 from collections.abc import Iterable
 
-from chalicelib import config, limits
-from chalicelib.adapters import ObjectStore, clients
+from chalicelib import limits
+from chalicelib.adapters import ObjectStore
 from chalicelib.errors import InputInvalid, ValidationFailed
 from chalicelib.blobs import blob_key
 from chalicelib.snapshots import Snapshots
-from chalicelib.training import Training
+from chalicelib.lifecycle import Jobs
 from chalicelib.workspaces import workspace_prefix
 
 PARTS = ("code", "data", "params", "model")
@@ -32,32 +32,16 @@ class ResponseTooLarge(ValidationFailed):
 
 
 class Downloads:
-    def __init__(self, store: ObjectStore | None = None, training: Training | None = None) -> None:
-        self._store = store
-        self._training = training
-
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            settings = config.settings()
-            self._store = ObjectStore(clients().s3, settings.bucket, platform_buckets=settings.platform_buckets)
-        return self._store
-
-    @property
-    def training(self) -> Training:
-        if self._training is None:
-            self._training = Training(self.store)
-        return self._training
-
-    @property
-    def snapshots(self) -> Snapshots:
-        return Snapshots(self.store)
+    def __init__(self, *, store: ObjectStore, jobs: Jobs, snapshots: Snapshots) -> None:
+        self.store = store
+        self._jobs = jobs
+        self.snapshots = snapshots
 
     def files(self, workspace: str, job_id: str, what: str | None = None) -> dict[str, Any]:
         """The parts of the job named by `what` (all of them when None), each ready for direct download."""
         if what is not None and what not in PARTS:
             raise ValidationFailed(f"what: must be one of {', '.join(PARTS)}")
-        job = self.training.get(workspace, job_id)
+        job = self._jobs.get(workspace, job_id)
         inputs = job["inputs"]
         wanted = PARTS if what is None else (what,)
         result: dict[str, Any] = {"job": job["id"], "status": job["status"]}

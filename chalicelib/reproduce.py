@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib import config
 from chalicelib.errors import Conflict, KaosError, NotFound, ValidationFailed
+from chalicelib.lifecycle import Jobs
+from chalicelib.provenance import Provenance
+from chalicelib.repositories.jobs import describe
+from chalicelib.snapshots import Snapshots
 from chalicelib.training import Inputs, Training
 from chalicelib.workspaces import now
 
@@ -31,14 +34,16 @@ class ReproductionMismatch(KaosError):
 
 
 class Reproductions:
-    def __init__(self, training: Training | None = None) -> None:
-        self.training = training or Training()
+    def __init__(self, *, training: Training, jobs: Jobs, snapshots: Snapshots, provenance: Provenance) -> None:
+        self._training = training
+        self._jobs = jobs
+        self._snapshots = snapshots
+        self._provenance = provenance
 
     def reproduce(self, workspace: str, incarnation: str, user: str, job_id: str) -> tuple[dict[str, Any], bool]:
         """The reproduction of `job_id` (created and started the first time; the same job on every later call)
         with the comparison of its model to the original's once it has one."""
-        training = self.training
-        original = training.get(workspace, job_id)
+        original = self._jobs.get(workspace, job_id)
         if original["kind"] != "train":
             raise ValidationFailed(f"job: {job_id!r} is a {original['kind']} job; only training jobs can be "
                                    "reproduced")
@@ -48,23 +53,22 @@ class Reproductions:
                            + ("; wait for it to end" if original["status"] in ("SUBMITTED", "TRAINING")
                               else "; `kaos train resume` runs it again"))
         recorded = original["inputs"]
-        params = training.snapshots.read_params(workspace, recorded["params"])
+        params = self._snapshots.read_params(workspace, recorded["params"])
         inputs = Inputs(
             code=recorded["code"], data=tuple(sorted(recorded["data"].items())), params=params,
             resources=dict(original["resources"]), sources={"code": "original", "data": "original",
                                                             "params": "original"},
             environment=original["environment"], reproduces=job_id,
         )
-        item, created = training.create(workspace, incarnation, user, inputs, params)
-        reproduction = training.describe(item)
+        item, created = self._training.create(workspace, incarnation, user, inputs, params)
+        reproduction = describe(item)
         for name in ("inputs", "environment", "resources"):
             if reproduction[name] != original[name]:
                 raise ReproductionMismatch(f"the reproduction {item.job_id} of {job_id} would not have the "
                                            f"original's {name}: {reproduction[name]!r} != {original[name]!r}")
-        training.provenance.add_edge(workspace, f"job:{item.job_id}", REL, f"job:{job_id}", now())
+        self._provenance.add_edge(workspace, f"job:{item.job_id}", REL, f"job:{job_id}", now())
         # Idempotent by name, as for submissions: a repeated reproduction never starts a second execution.
-        training.executions.start(config.settings().training_state_machine_arn, item.job_id,
-                                  {"workspace": workspace, "job_id": item.job_id})
+        self._jobs.start(item)
         return {**reproduction, "cached": not created, "reproduction_of": job_id,
                 "comparison": self.compare(workspace, job_id, reproduction)}, created
 
@@ -85,7 +89,7 @@ class Reproductions:
 
     def _model(self, workspace: str, job_id: str) -> dict[str, Any] | None:
         try:
-            node = self.training.provenance.node(workspace, f"model:{job_id}")
+            node = self._provenance.node(workspace, f"model:{job_id}")
         except NotFound:
             return None
         return {k: node["attrs"].get(k) for k in MODEL_FIELDS}

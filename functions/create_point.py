@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.grids import Grids
+from chalicelib.wiring import wiring
+
+WIRING = wiring("create_point")  # at import: a missing setting fails the cold start, naming it
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return Grids().create_point(event)
+    return WIRING.grids.create_point(event)

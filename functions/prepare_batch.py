@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.batch import Batch
+from chalicelib.wiring import wiring
+
+WIRING = wiring("prepare_batch")  # at import: a missing setting fails the cold start, naming it
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return Batch().prepare(event["workspace"], event["job_id"])
+    return WIRING.batch.prepare(event["workspace"], event["job_id"])

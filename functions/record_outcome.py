@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.training import Training
+from chalicelib.wiring import wiring
+
+WIRING = wiring("record_outcome")  # at import: a missing setting fails the cold start, naming it
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("training") if event["outcome"] == "Completed" else event.get("error")
-    job = Training().record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
-                            detail or {})
+    job = WIRING.pipeline.record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
+                                 detail or {})
     # `dropped`: the job's workspace was killed (or re-created) before its outcome arrived, so nothing was written.
     return {"job_id": job["id"], "status": job["status"], "dropped": bool(job.get("dropped"))}

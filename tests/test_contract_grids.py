@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.errors import Conflict, NotFound
-from chalicelib.repositories.grids import Grid, GridPoint, StaleGrid
+from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound
+from chalicelib.repositories.grids import Grid, GridPoint
 from chalicelib.repositories.workspaces import IncarnationGone, Workspace
 from tests.contract_tables import Repositories, dynamo_table, repos  # noqa: F401  (fixtures)
 
@@ -38,7 +38,7 @@ def test_status_is_versioned(live: Repositories) -> None:
     grid, _ = live.grids.create(_grid(), INCARNATION)
     racer = live.grids.get(WS, grid.grid_id)
     live.grids.set_status(grid, "KILLED", "t1")
-    with pytest.raises(StaleGrid):
+    with pytest.raises(ConcurrentUpdate):
         live.grids.set_status(racer, "COMPLETED", "t2")
     assert live.grids.get(WS, grid.grid_id).status == "KILLED"
     assert live.grids.running(WS) == []
@@ -52,6 +52,7 @@ def test_points_page_by_index_and_are_fenced(live: Repositories) -> None:
     assert [p.index for p in live.grids.points(WS, "grid-0001")] == list(range(12))
     assert [p.index for p in live.grids.points(WS, "grid-0001", 5, 5)] == [5, 6, 7, 8, 9]
     assert [p.job_id for p in live.grids.points(WS, "grid-0001", 10, 5)] == ["train-0010", "train-0011"]
+    assert live.grids.job_ids(WS, "grid-0001") == [f"train-{i:04d}" for i in range(12)]
     live.workspaces.tombstone(live.workspaces.get(WS), "t1")  # type: ignore[arg-type]
     with pytest.raises(IncarnationGone):
         live.grids.put_point(WS, INCARNATION, "grid-0001", GridPoint(12, "train-0012", {"lr": 12}))

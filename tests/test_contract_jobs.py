@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.errors import Conflict, NotFound, ValidationFailed
-from chalicelib.repositories.jobs import Job, StaleJob
+from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound, ValidationFailed
+from chalicelib.repositories.jobs import Job
 from chalicelib.repositories.workspaces import IncarnationGone, Workspace
 from tests.contract_tables import Repositories, dynamo_table, repos  # noqa: F401  (fixtures)
 
@@ -57,7 +57,7 @@ def test_set_status_is_versioned_and_a_stale_writer_gets_a_409(live: Repositorie
     racer = live.jobs.get(WS, job.job_id)
     live.jobs.set_status(job, "KILLED", "t1", ended_at="t1", failure_reason="killed by dev")
     assert (job.status, job.version, job.history[-1]) == ("KILLED", 2, {"status": "KILLED", "at": "t1"})
-    with pytest.raises(StaleJob) as stale:  # e.g. a resume that read the job before the kill
+    with pytest.raises(ConcurrentUpdate) as stale:  # e.g. a resume that read the job before the kill
         live.jobs.set_status(racer, "SUBMITTED", "t2", attempt=2, failure_reason=None)
     assert isinstance(stale.value, Conflict) and stale.value.status == 409
     stored = live.jobs.get(WS, job.job_id)
@@ -102,3 +102,5 @@ def test_unfinished_and_many(live: Repositories) -> None:
     assert sorted(j.job_id for j in live.jobs.unfinished(WS)) == ["train-0000", "train-0002"]
     found = live.jobs.many(WS, ["train-0001", "train-0009", "train-0002"])
     assert sorted(found) == ["train-0001", "train-0002"] and found["train-0001"].status == "COMPLETED"
+    assert live.jobs.statuses(WS, ["train-0001", "train-0009", "train-0000"]) == {
+        "train-0001": "COMPLETED", "train-0000": "SUBMITTED"}

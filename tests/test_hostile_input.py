@@ -136,12 +136,12 @@ def test_forged_jobs_cursors_are_a_400(stack: Stack) -> None:
 
 
 def test_jobs_cursor_round_trip() -> None:
-    from chalicelib.training import _decode_cursor, _encode_cursor
+    from chalicelib.repositories.jobs import decode_cursor, encode_cursor
 
     key = _key("ws-a")
-    assert _decode_cursor(_encode_cursor(key), "ws-a") == key
+    assert decode_cursor(encode_cursor(key), "ws-a") == key
     with pytest.raises(ValidationFailed, match="invalid cursor"):
-        _decode_cursor(_encode_cursor(key), "ws-b")
+        decode_cursor(encode_cursor(key), "ws-b")
 
 
 # --- manifests holding `a` and `a/b` ----------------------------------------------------------------------------

@@ -391,7 +391,8 @@ def moto_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """chalicelib against moto in this process: one table (the schema of chalicelib.tables) and one bucket."""
     from moto import mock_aws
 
-    from chalicelib import tables, workspaces
+    from chalicelib import tables
+    from chalicelib.repositories import workspaces
 
     env = {"KAOS_TABLE": "kill-fences", "KAOS_BUCKET": "kill-fences", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -401,7 +402,7 @@ def moto_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         monkeypatch.delenv(key, raising=False)
 
     def reset_connections() -> None:
-        workspaces._connection.cache_clear()
+        workspaces.connection.cache_clear()
         pending: list[type[Any]] = [tables._Item]
         while pending:
             cls = pending.pop()
@@ -464,10 +465,9 @@ def _written(bucket_name: str, workspace: str, job_id: str) -> dict[str, Any]:
 def test_record_writes_only_while_the_workspace_is_the_jobs_incarnation(
     moto_backend: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chalicelib import training as training_module
-    from chalicelib.batch import Batch
-    from chalicelib.training import Training
-    from chalicelib.workspaces import Workspaces, current_incarnation
+    from chalicelib import config
+    from chalicelib.wiring import Wiring
+    from tests.test_contract_jobs import _job
 
     class NoTrainingJobs:  # moto has no StopTrainingJob; the embedded stack's patch is tested above
         def stop(self, name: str) -> None:
@@ -484,14 +484,29 @@ def test_record_writes_only_while_the_workspace_is_the_jobs_incarnation(
             pass
 
     bucket_name = moto_backend["KAOS_BUCKET"]
-    workspaces = Workspaces(training_jobs=NoTrainingJobs(), roles=NoRoles())  # type: ignore[arg-type]
-    training = Training()
+    wiring = Wiring(config.settings())
+    wiring.training_jobs = NoTrainingJobs()  # type: ignore[assignment]
+    wiring.roles = NoRoles()  # type: ignore[assignment]
+    workspaces, training, rows, jobs = (wiring.workspaces, wiring.pipeline, wiring.repositories.workspaces,
+                                        wiring.repositories.jobs)
+
+    def current_incarnation(name: str) -> str | None:
+        found = rows.get(name)
+        return None if found is None or found.killed_at else found.created_at
+
     workspaces.create("wk", DEV)
     incarnation = current_incarnation("wk")
     assert incarnation is not None
 
     # Positive control: a live incarnation records the model, its provenance and the log.
     _job_row("wk", "train-live", incarnation).save()
+    logs = boto3.client("logs")
+    group = wiring.settings.training_log_group
+    logs.create_log_group(logGroupName=group)
+    for job_id in ("train-live", "train-racing"):
+        logs.create_log_stream(logGroupName=group, logStreamName=f"{job_id}/algo-1")
+        logs.put_log_events(logGroupName=group, logStreamName=f"{job_id}/algo-1",
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": "epoch 1"}])
     done = training.record("wk", "train-live", "", "Completed", _model(bucket_name, "wk", "train-live"))
     assert done["status"] == "COMPLETED" and "dropped" not in done
     assert _written(bucket_name, "wk", "train-live") == {
@@ -501,16 +516,16 @@ def test_record_writes_only_while_the_workspace_is_the_jobs_incarnation(
     # retracted, and no log is archived.
     _job_row("wk", "train-racing", incarnation).save()
     detail = _model(bucket_name, "wk", "train-racing")
-    real_check = training_module.incarnation_alive
+    real_check = rows.alive
 
     def check_then_killed(workspace: str, incarnation: str | None) -> bool:
         passed = real_check(workspace, incarnation)
-        Workspaces._tombstone(workspaces._get("wk"))  # type: ignore[arg-type]
+        rows.tombstone(rows.get("wk"), "killed")  # type: ignore[arg-type]
         return passed
 
-    monkeypatch.setattr(training_module, "incarnation_alive", check_then_killed)
+    monkeypatch.setattr(rows, "alive", check_then_killed)
     racing = training.record("wk", "train-racing", "", "Completed", detail)
-    monkeypatch.setattr(training_module, "incarnation_alive", real_check)
+    monkeypatch.setattr(rows, "alive", real_check)
     assert racing["dropped"] is True and racing["status"] == "TRAINING"
     assert _written(bucket_name, "wk", "train-racing") == {"status": "TRAINING", "model": None, "provenance": 0,
                                                           "log": False}
@@ -519,16 +534,16 @@ def test_record_writes_only_while_the_workspace_is_the_jobs_incarnation(
     batch_row = _job_row("wk", "batch-racing", incarnation)
     batch_row.kind = "batch"
     batch_row.save()
-    assert Batch().record("wk", "batch-racing", "", "Failed", {"Error": "X", "Cause": "y"})["dropped"] is True
+    assert wiring.batch.record("wk", "batch-racing", "", "Failed", {"Error": "X", "Cause": "y"})["dropped"] is True
     assert _written(bucket_name, "wk", "batch-racing")["status"] == "TRAINING"
 
     # No job can be created in a workspace being killed (a grid point, a retrain, a racing submission)...
     from chalicelib.errors import Conflict
 
     with pytest.raises(Conflict):
-        Training.put_job(_job_row("wk", "train-new", incarnation), "wk", incarnation)
+        jobs.create(_job("train-new", workspace="wk", incarnation=incarnation), incarnation)
     # ...and once the kill has finished and guest re-created the name, the old incarnation's outcomes are dropped.
-    assert workspaces._reap(workspaces._get("wk"), "test", 0)["status"] == "killed"  # type: ignore[arg-type]
+    assert workspaces._reap(rows.get("wk"), "test", 0)["status"] == "killed"  # type: ignore[arg-type]
     workspaces.create("wk", GUEST)
     new = current_incarnation("wk")
     assert new is not None and new != incarnation
@@ -539,7 +554,7 @@ def test_record_writes_only_while_the_workspace_is_the_jobs_incarnation(
                                                        "log": False}
     assert training.record("wk", "train-gone", "", "Completed", {})["status"] == "DROPPED"
     # Positive control for the job fence: the new incarnation creates jobs; the same one again is a cache hit.
-    assert Training.put_job(_job_row("wk", "train-new", new), "wk", new) is True
-    assert Training.put_job(_job_row("wk", "train-new", new), "wk", new) is False
+    assert jobs.create(_job("train-new", workspace="wk", incarnation=new), new)[1] is True
+    assert jobs.create(_job("train-new", workspace="wk", incarnation=new), new)[1] is False
     with pytest.raises(Conflict):  # but not with the old incarnation
-        Training.put_job(_job_row("wk", "train-other", incarnation), "wk", incarnation)
+        jobs.create(_job("train-other", workspace="wk", incarnation=incarnation), incarnation)

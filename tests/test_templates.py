@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from chalicelib.training import DEFAULT_ENTRY_POINTS
+from chalicelib.pipeline import DEFAULT_ENTRY_POINTS
 from kaos.cli import app
 from kaos.cli_templates import templates_dir
 from kaos.local.sagemaker_runner import to_cmd_args

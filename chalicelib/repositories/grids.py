@@ -1,10 +1,10 @@
 """Grid rows and their points.
 
 A grid row (WS#<ws> / GRID#<id>) is created once per fingerprint, fenced by the workspace incarnation like job
-rows, and changes status by versioned updates (a kill racing RecordGrid is a `StaleGrid`, HTTP 409). Each point is
-a row in the grid's own partition (GRID#<ws>#<id> / POINT#<index, 5 digits>), so one page of points is one Query
-over a key range, whatever the grid's size (limits.MAX_GRID_POINTS <= 99,999 keeps the zero-padded order). Point
-rows are written fenced too: a CreatePoint that outlives a workspace kill leaves no row behind.
+rows, and changes status by versioned updates (a kill racing RecordGrid is a `ConcurrentUpdate`, HTTP 409). Each
+point is a row in the grid's own partition (GRID#<ws>#<id> / POINT#<index, 5 digits>), so one page of points is one
+Query over a key range, whatever the grid's size (limits.MAX_GRID_POINTS <= 99,999 keeps the zero-padded order).
+Point rows are written fenced too: a CreatePoint that outlives a workspace kill leaves no row behind.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 
-from chalicelib.errors import Conflict, NotFound
+from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound
 from chalicelib.repositories.workspaces import (IncarnationGone, MemoryWorkspaces, condition_failed, fenced_write,
                                                 item_condition_failed)
 from chalicelib.tables import GridItem, GridPointItem, grid_key, ws_key
@@ -45,9 +45,6 @@ class GridPoint:
     params: dict[str, Any]
 
 
-class StaleGrid(Conflict):
-    """The grid row changed since it was read (optimistic locking)."""
-
 
 class GridRepository(Protocol):
     def create(self, grid: Grid, incarnation: str) -> tuple[Grid, bool]:
@@ -57,7 +54,7 @@ class GridRepository(Protocol):
     def get(self, workspace: str, grid_id: str) -> Grid: ...
 
     def set_status(self, grid: Grid, status: str, at: str) -> None:
-        """A versioned status change (`grid` updated in place); StaleGrid if the row changed since it was read."""
+        """A versioned status change (`grid` updated in place); ConcurrentUpdate if the row changed since read."""
 
     def running(self, workspace: str) -> list[Grid]: ...
 
@@ -66,6 +63,9 @@ class GridRepository(Protocol):
 
     def points(self, workspace: str, grid_id: str, start: int = 0, limit: int | None = None) -> list[GridPoint]:
         """The recorded points with `start <= index < start + limit` (all from `start` when limit is None)."""
+
+    def job_ids(self, workspace: str, grid_id: str) -> list[str]:
+        """The job of every recorded point, in index order (reads only the job ids)."""
 
 
 def point_sk(index: int) -> str:
@@ -113,7 +113,7 @@ class DynamoGrids:
             item.update(actions=[GridItem.status.set(status), GridItem.updated_at.set(at)])
         except UpdateError as exc:
             if condition_failed(exc):
-                raise StaleGrid(f"grid {grid.grid_id!r} changed while it was being updated; try again") from None
+                raise ConcurrentUpdate(f"grid {grid.grid_id!r} changed while it was being updated; try again") from None
             raise
         grid.status, grid.updated_at, grid.version = status, at, int(item.version)
 
@@ -133,6 +133,10 @@ class DynamoGrids:
             GridPointItem.sk.between(point_sk(start), point_sk(start + limit - 1))
         return [GridPoint(int(row.index), row.job_id, row.params)
                 for row in GridPointItem.query(key, condition, consistent_read=True)]
+
+    def job_ids(self, workspace: str, grid_id: str) -> list[str]:
+        rows = GridPointItem.query(grid_key(workspace, grid_id), consistent_read=True, attributes_to_get=["job_id"])
+        return [row.job_id for row in rows]
 
 
 class MemoryGrids:
@@ -165,7 +169,7 @@ class MemoryGrids:
         with self._workspaces.lock:
             stored = self._workspaces.rows.get(grid.workspace, {}).get("grids", {}).get(grid.grid_id)
             if stored is None or stored.version != grid.version:
-                raise StaleGrid(f"grid {grid.grid_id!r} changed while it was being updated; try again")
+                raise ConcurrentUpdate(f"grid {grid.grid_id!r} changed while it was being updated; try again")
             stored.status, stored.updated_at, stored.version = status, at, stored.version + 1
             grid.status, grid.updated_at, grid.version = status, at, stored.version
 
@@ -185,3 +189,6 @@ class MemoryGrids:
             rows = self._workspaces.rows.get(workspace, {}).get("points", {})
             return sorted((p for (g, i), p in rows.items() if g == grid_id and start <= i < end),
                           key=lambda p: p.index)
+
+    def job_ids(self, workspace: str, grid_id: str) -> list[str]:
+        return [point.job_id for point in self.points(workspace, grid_id)]

@@ -4,7 +4,7 @@ status updates.
 - `create` is a conditional put fenced by the workspace incarnation (see repositories.workspaces): the job id is
   the fingerprint's prefix, so an identical second create finds the stored job (`created` False).
 - `set_status` is optimistic locking on the row's `version`: a concurrent change (a kill racing a resume, or a
-  pipeline task) raises `StaleJob`, a `Conflict` (HTTP 409), and leaves the row as the other writer left it.
+  pipeline task) raises `ConcurrentUpdate`, a `Conflict` (HTTP 409), and leaves the row as the other writer left it.
 - `page` lists newest first through gsi1 (JOBS#<ws> / <created_at>#<job id>); its cursor is the query's
   LastEvaluatedKey, checked on the way back in (a forged one is a 400, never a DynamoDB error).
 """
@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 
-from chalicelib.errors import Conflict, NotFound, ValidationFailed
+from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound, ValidationFailed
 from chalicelib.repositories.workspaces import (IncarnationGone, MemoryWorkspaces, condition_failed, fenced_write,
                                                 item_condition_failed)
 from chalicelib.tables import JobItem, ws_key
@@ -62,9 +62,6 @@ CHANGEABLE = frozenset({"execution_arn", "training_job_name", "started_at", "end
                         "model_uri", "attempt", "attempts"})
 
 
-class StaleJob(Conflict):
-    """The job row changed since it was read (optimistic locking): read it again and decide again."""
-
 
 class JobRepository(Protocol):
     def create(self, job: Job, incarnation: str) -> tuple[Job, bool]:
@@ -76,7 +73,7 @@ class JobRepository(Protocol):
 
     def set_status(self, job: Job, status: str, at: str, *, fenced: bool = False, **changes: Any) -> None:
         """One versioned change: the status, `updated_at`, a history entry, and `changes` (CHANGEABLE fields).
-        `job` is updated in place. StaleJob if the row changed since `job` was read; with `fenced`, the change
+        `job` is updated in place. ConcurrentUpdate if the row changed since `job` was read; with `fenced`, the change
         commits only while the workspace is the job's incarnation (IncarnationGone otherwise)."""
 
     def page(self, workspace: str, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
@@ -87,6 +84,9 @@ class JobRepository(Protocol):
 
     def many(self, workspace: str, job_ids: Iterable[str]) -> dict[str, Job]:
         """The jobs that exist among `job_ids`, by id."""
+
+    def statuses(self, workspace: str, job_ids: Iterable[str]) -> dict[str, str]:
+        """The status of each job that exists among `job_ids` (reads only the status attribute)."""
 
 
 def validate_job_id(job_id: Any) -> str:
@@ -205,7 +205,7 @@ class DynamoJobs:
                                  JobItem.history.set(_history(job, status, at))]
         actions += [getattr(JobItem, name).remove() if value is None else getattr(JobItem, name).set(value)
                     for name, value in changes.items()]
-        stale = StaleJob(f"job {job.job_id!r} changed while it was being updated; try again")
+        stale = ConcurrentUpdate(f"job {job.job_id!r} changed while it was being updated; try again")
         if fenced:
             try:
                 fenced_write(job.workspace, job.spec.get("incarnation"), lambda tx: tx.update(item, actions=actions))
@@ -242,6 +242,11 @@ class DynamoJobs:
     def many(self, workspace: str, job_ids: Iterable[str]) -> dict[str, Job]:
         keys = [(ws_key(workspace), f"JOB#{job_id}") for job_id in dict.fromkeys(job_ids)]
         return {job.job_id: job for job in map(_job, JobItem.batch_get(keys))}
+
+    def statuses(self, workspace: str, job_ids: Iterable[str]) -> dict[str, str]:
+        keys = [(ws_key(workspace), f"JOB#{job_id}") for job_id in dict.fromkeys(job_ids)]
+        return {row.sk.removeprefix("JOB#"): row.status
+                for row in JobItem.batch_get(keys, attributes_to_get=["sk", "status"])}
 
 
 def _stored(job: Job, version: int) -> Job:
@@ -286,7 +291,7 @@ class MemoryJobs:
                 self._workspaces.fence(job.workspace, job.spec.get("incarnation"))
             stored = self._workspaces.rows.get(job.workspace, {}).get("jobs", {}).get(job.job_id)
             if stored is None or stored.version != job.version:
-                raise StaleJob(f"job {job.job_id!r} changed while it was being updated; try again")
+                raise ConcurrentUpdate(f"job {job.job_id!r} changed while it was being updated; try again")
             stored.history = _history(stored, status, at)
             stored.status, stored.updated_at = status, at
             for name, value in changes.items():
@@ -315,3 +320,6 @@ class MemoryJobs:
         with self._workspaces.lock:
             rows = self._workspaces.rows.get(workspace, {}).get("jobs", {})
             return {job_id: copy.deepcopy(rows[job_id]) for job_id in job_ids if job_id in rows}
+
+    def statuses(self, workspace: str, job_ids: Iterable[str]) -> dict[str, str]:
+        return {job_id: job.status for job_id, job in self.many(workspace, job_ids).items()}
