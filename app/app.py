@@ -44,14 +44,14 @@ def route(path: str, method: str) -> Callable[[View], View]:
         def guarded(**params: str) -> Any:
             try:
                 request = _request()
-                validate("path", spec, params)
-                validate("query", spec, dict(request.query_params or {}))
                 kwargs: dict[str, Any] = dict(params)
                 if not spec.public:
                     kwargs["user"] = caller(request.context)
-                if "workspace" in params:
+                if "workspace" in params:  # first: a non-member learns nothing, not even which input is invalid
                     kwargs["workspace"] = WIRING.workspaces.admit(params["workspace"], kwargs["user"],
                                                                   killing=(path, method) == KILL)
+                validate("path", spec, params)
+                validate("query", spec, dict(request.query_params or {}))
                 if spec.body is not None:
                     kwargs["body"] = validate("body", spec, json_body(_raw_body(request)))
                 return view(**kwargs)
@@ -192,7 +192,7 @@ def reproduce_job(user: str, workspace: Workspace, job: str) -> Response:
 
 @route("/workspaces/{workspace}/jobs/{job}/logs", "GET")
 def job_logs(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
-    return WIRING.jobs.read_logs(workspace.name, job, _query("next"), int(_query("limit") or 1000))
+    return WIRING.job_logs.read(workspace.name, job, _query("next"), int(_query("limit") or 1000))
 
 
 @route("/workspaces/{workspace}/jobs/{job}/files", "GET")

@@ -33,9 +33,8 @@ def dropped(job_id: str) -> dict[str, Any]:
 
 class Jobs:
     def __init__(self, *, settings: Settings, repository: JobRepository, provenance: Provenance,
-                 executions: Executions, training_jobs: TrainingJobs, batch_jobs: BatchJobs, logs: JobLogs) -> None:
+                 executions: Executions, training_jobs: TrainingJobs, batch_jobs: BatchJobs) -> None:
         self._settings = settings
-        self._logs = logs
         self.repository = repository
         self._provenance = provenance
         self._executions = executions
@@ -87,13 +86,6 @@ class Jobs:
     def page(self, workspace: str, limit: int, cursor: str | None) -> dict[str, Any]:
         jobs, next_cursor = self.repository.page(workspace, limit, cursor)
         return {"jobs": [describe(job) for job in jobs], "next": next_cursor}
-
-    def read_logs(self, workspace: str, job_id: str, cursor: str | None, limit: int) -> dict[str, Any]:
-        """A page of the job's log (chalicelib.logs: CloudWatch while it runs, the archived copy after)."""
-        job = self.repository.get(workspace, job_id)
-        prefix = f"{job.training_job_name}/" if job.training_job_name else None
-        return self._logs.page(job_id=job_id, status=job.status, ended=job.status in TERMINAL, stream_prefix=prefix,
-                               archive_key=job_prefix(workspace, job_id) + "log.txt", cursor=cursor, limit=limit)
 
     # --- the pipeline's end ---------------------------------------------------------------------------------
     def finish(self, job: Job, status: str, **changes: Any) -> None:
@@ -168,3 +160,18 @@ class Jobs:
                                    ended_at=None, attempts=[*job.attempts, previous])
         self.start(job)
         return describe(job)
+
+
+class JobLogPages:
+    """GET /workspaces/{workspace}/jobs/{job}/logs: pages of a job's log (chalicelib.logs reads CloudWatch while
+    the job runs, the archived copy after)."""
+
+    def __init__(self, *, repository: JobRepository, logs: JobLogs) -> None:
+        self._repository = repository
+        self._logs = logs
+
+    def read(self, workspace: str, job_id: str, cursor: str | None, limit: int) -> dict[str, Any]:
+        job = self._repository.get(workspace, job_id)
+        prefix = f"{job.training_job_name}/" if job.training_job_name else None
+        return self._logs.page(job_id=job_id, status=job.status, ended=job.status in TERMINAL, stream_prefix=prefix,
+                               archive_key=job_prefix(workspace, job_id) + "log.txt", cursor=cursor, limit=limit)

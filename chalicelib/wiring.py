@@ -17,7 +17,7 @@ from chalicelib.batch import Batch
 from chalicelib.config import Settings
 from chalicelib.downloads import Downloads
 from chalicelib.grids import Grids
-from chalicelib.lifecycle import Jobs
+from chalicelib.lifecycle import JobLogPages, Jobs
 from chalicelib.logs import JobLogs
 from chalicelib.pipeline import TrainingPipeline
 from chalicelib.provenance import Provenance
@@ -114,8 +114,11 @@ class Wiring:
     @functools.cached_property
     def jobs(self) -> Jobs:
         return Jobs(settings=self.settings, repository=self.repositories.jobs, provenance=self.provenance,
-                    executions=self.executions, training_jobs=self.training_jobs, batch_jobs=self.batch_jobs,
-                    logs=self.training_logs)
+                    executions=self.executions, training_jobs=self.training_jobs, batch_jobs=self.batch_jobs)
+
+    @functools.cached_property
+    def job_logs(self) -> JobLogPages:
+        return JobLogPages(repository=self.repositories.jobs, logs=self.training_logs)
 
     @functools.cached_property
     def training(self) -> Training:
