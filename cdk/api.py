@@ -9,30 +9,23 @@ from pathlib import Path
 
 import json
 
-from aws_cdk import Fn, RemovalPolicy, Stack
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
 from chalice.cdk import Chalice
 from constructs import Construct
 
 from cdk.bundling import LAMBDA_PYTHON_VERSION
-from cdk.constants import (
-    DEFAULT_TRAINING_INSTANCE_TYPE,
-    DEFAULT_TRAINING_MAX_RUNTIME_SECONDS,
-    SAGEMAKER_TRAINING_LOG_GROUP,
-    env_names,
-)
 from cdk.grants import (
-    grant_bucket_read_write,
+    DataStores,
+    executions_arn,
     grant_log_read,
-    grant_table_read_write,
     grant_workspace_deletion,
+    training_log_group_arn,
 )
-from cdk.training import LOG_RETENTION
+from cdk.lambdas import LOG_RETENTION
 
 API_HANDLER = "APIHandler"  # logical id chalice gives the function behind the REST API
 REST_API = "RestAPI"
@@ -141,52 +134,39 @@ class Api(Construct):
         *,
         source_dir: Path,
         work_dir: Path,
-        bucket: s3.IBucket,
-        table: dynamodb.ITable,
+        data: DataStores,
         state_machine: sfn.IStateMachine,
         batch_state_machine: sfn.IStateMachine,
-        batch_image: str,
         grid_state_machine: sfn.IStateMachine,
-        training_image: str,
+        environment: dict[str, str],
         manage_account_role: bool = True,
-        extra_environment: dict[str, str] | None = None,
     ) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
         partition, region, account = stack.partition, stack.region, stack.account
-        training_log_group_arn = (
-            f"arn:{partition}:logs:{region}:{account}:log-group:{SAGEMAKER_TRAINING_LOG_GROUP}"
-        )
 
         self.log_group = logs.LogGroup(self, "Logs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY)
         # manage_iam_role=False: chalice's generated policy would be broad; this role is least privilege.
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
         self.log_group.grant_write(self.role)
-        grant_table_read_write(table, self.role)
-        grant_bucket_read_write(bucket, self.role)
-        grant_workspace_deletion(bucket, self.role)
-        state_machine.grant_start_execution(self.role)
-        # Batch jobs: start the batch state machine, and describe/stop its executions (`kaos train kill`).
-        batch_state_machine.grant_start_execution(self.role)
-        batch_state_machine_name = Fn.select(6, Fn.split(":", batch_state_machine.state_machine_arn))
-        self.batch_executions_arn = f"arn:{partition}:states:{region}:{account}:execution:{batch_state_machine_name}:*"
-        self.role.add_to_policy(
-            # GetExecutionHistory: a kill finds the Batch job an execution submitted (its TaskSubmitted event).
-            iam.PolicyStatement(actions=["states:DescribeExecution", "states:StopExecution",
-                                         "states:GetExecutionHistory"],
-                                resources=[self.batch_executions_arn])
-        )
-        grid_state_machine.grant_start_execution(self.role)
-        # Executions of this one state machine: arn:...:execution:<state machine name>:<execution name>.
-        state_machine_name = Fn.select(6, Fn.split(":", state_machine.state_machine_arn))
-        self.executions_arn = f"arn:{partition}:states:{region}:{account}:execution:{state_machine_name}:*"
-        self.role.add_to_policy(
-            iam.PolicyStatement(
+        data.grant_read_write(self.role)
+        grant_workspace_deletion(data.bucket, self.role)
+
+        def start_and_manage(machine: sfn.IStateMachine) -> str:
+            """Start executions and describe/stop them (`kaos train kill`); GetExecutionHistory: a kill finds the
+            job an execution submitted (its TaskSubmitted event). Returns the executions' ARN pattern."""
+            machine.grant_start_execution(self.role)
+            executions = executions_arn(machine)
+            self.role.add_to_policy(iam.PolicyStatement(
                 actions=["states:DescribeExecution", "states:StopExecution", "states:GetExecutionHistory"],
-                resources=[self.executions_arn],
-            )
-        )
-        grant_log_read(training_log_group_arn, self.role)
+                resources=[executions],
+            ))
+            return executions
+
+        self.executions_arn = start_and_manage(state_machine)
+        self.batch_executions_arn = start_and_manage(batch_state_machine)
+        grid_state_machine.grant_start_execution(self.role)
+        grant_log_read(training_log_group_arn(self), self.role)
         # `kaos train kill` stops the training itself too: stopping an execution does not always stop the job.
         # `kaos workspace kill` also waits for it to end. kaos names every training job `train-<fingerprint>[-n]`.
         self.training_jobs_arn = f"arn:{partition}:sagemaker:{region}:{account}:training-job/train-*"
@@ -196,10 +176,7 @@ class Api(Construct):
         )
         # `kaos workspace kill` stops the workspace's grids (executions named `grid-<fingerprint>`) and terminates the
         # Batch jobs of its batch executions, then waits for them to end.
-        grid_state_machine_name = Fn.select(6, Fn.split(":", grid_state_machine.state_machine_arn))
-        self.grid_executions_arn = (
-            f"arn:{partition}:states:{region}:{account}:execution:{grid_state_machine_name}:grid-*"
-        )
+        self.grid_executions_arn = executions_arn(grid_state_machine, ":grid-*")
         self.role.add_to_policy(
             iam.PolicyStatement(actions=["states:StopExecution"], resources=[self.grid_executions_arn])
         )
@@ -215,19 +192,7 @@ class Api(Construct):
             "iam_role_arn": self.role.role_arn,
             "lambda_timeout": 30,
             "lambda_memory_size": 512,
-            "environment_variables": {
-                env_names.BUCKET: bucket.bucket_name,
-                env_names.TABLE: table.table_name,
-                env_names.TRAINING_STATE_MACHINE_ARN: state_machine.state_machine_arn,
-                env_names.BATCH_STATE_MACHINE_ARN: batch_state_machine.state_machine_arn,
-                env_names.BATCH_IMAGE: batch_image,
-                env_names.GRID_STATE_MACHINE_ARN: grid_state_machine.state_machine_arn,
-                env_names.TRAINING_IMAGE: training_image,
-                env_names.TRAINING_INSTANCE_TYPE: DEFAULT_TRAINING_INSTANCE_TYPE,
-                env_names.TRAINING_MAX_RUNTIME_SECONDS: str(DEFAULT_TRAINING_MAX_RUNTIME_SECONDS),
-                env_names.TRAINING_LOG_GROUP: SAGEMAKER_TRAINING_LOG_GROUP,
-                **(extra_environment or {}),
-            },
+            "environment_variables": environment,
         }
         with _chalice_packaging(work_dir, region):
             self.chalice = Chalice(self, "Chalice", source_dir=str(source_dir), stage_config=stage_config)

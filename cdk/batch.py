@@ -18,21 +18,23 @@ from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_batch as batch
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from cdk.bundling import functions_code
-from cdk.constants import env_names
-from cdk.grants import grant_bucket_read_write, grant_table_read_write
-from cdk.recording import guard_record_failure, mark_failed
-from cdk.training import LAMBDA_TRANSIENT_ERRORS, LOG_RETENTION, TaskFunction
+from cdk.grants import DataStores, grant_sync_rule
+from cdk.lambdas import LOG_RETENTION, TaskFunction
+from cdk.states import (
+    API_THROTTLING_BACKOFF,
+    catch_all,
+    job_outcome_steps,
+    lambda_task,
+    standard_state_machine,
+    sync_task,
+)
 
 # A public image with python; the bootstrap installs boto3 when the image lacks it. Override with
 # `-c batchImage=<uri>` (an image with boto3 preinstalled starts faster and needs no PyPI access).
@@ -48,8 +50,6 @@ LOG_STREAM_PREFIX = "kaos"
 PREPARED_PATH = "$.prepared"
 SUBMIT_REQUEST = "$.prepared.batch"
 RAN_PATH = "$.ran"
-RECORDED_PATH = "$.recorded"
-ERROR_PATH = "$.error"
 
 # The SubmitJob request fields PrepareBatch returns (PascalCase, as Step Functions takes them).
 SUBMIT_REQUEST_FIELDS = ("JobName", "JobQueue", "JobDefinition", "ContainerOverrides", "Timeout")
@@ -159,12 +159,6 @@ print(f"kaos: uploaded {count} output file(s)", flush=True)
 """
 
 
-def _lambda_retry(task: sfn.TaskStateBase) -> None:
-    # MaxAttempts counts retries: worst case 2+4+8+16+32+64 = 126 s of waiting (FULL jitter only shortens waits).
-    task.add_retry(errors=LAMBDA_TRANSIENT_ERRORS, interval=Duration.seconds(2), backoff_rate=2, max_attempts=6,
-                   jitter_strategy=sfn.JitterType.FULL)
-
-
 class BatchJobs(Construct):
     """Compute environment, queue, job definition, task Lambdas and the state machine the API starts."""
 
@@ -173,8 +167,7 @@ class BatchJobs(Construct):
         scope: Construct,
         id_: str,
         *,
-        bucket: s3.IBucket,
-        table: dynamodb.ITable,
+        data: DataStores,
         image: str = DEFAULT_BATCH_IMAGE,
     ) -> None:
         super().__init__(scope, id_)
@@ -230,95 +223,32 @@ class BatchJobs(Construct):
         self.job_definition = batch.EcsJobDefinition(self, "JobDefinition", container=self.container,
                                                      retry_attempts=1)
 
-        # --- Task Lambdas: the shared functions asset, two handlers.
-        code = functions_code()
-        self.prepare = TaskFunction(
-            self, "PrepareBatch", handler="functions.prepare_batch.handler", code=code,
-            environment={
-                env_names.BUCKET: bucket.bucket_name,
-                env_names.TABLE: table.table_name,
-                env_names.BATCH_JOB_QUEUE: self.job_queue.job_queue_arn,
-                env_names.BATCH_JOB_DEFINITION: self.job_definition.job_definition_arn,
-            },
-            timeout=Duration.minutes(5),
-        )
-        self.record = TaskFunction(
-            self, "RecordBatch", handler="functions.record_batch.handler", code=code,
-            environment={
-                env_names.BUCKET: bucket.bucket_name,
-                env_names.TABLE: table.table_name,
-                env_names.BATCH_LOG_GROUP: self.log_group.log_group_name,
-            },
-            # Hashes every output object (streamed) before registering it as a blob.
-            timeout=Duration.minutes(15),
-            memory_size=1024,
-        )
-        for fn in (self.prepare.function, self.record.function):
-            grant_table_read_write(table, fn)
-            grant_bucket_read_write(bucket, fn)
+        # --- Task Lambdas (their environments: cdk/lambdas.py).
+        self.prepare = TaskFunction(self, "PrepareBatch", component="prepare_batch", timeout=Duration.minutes(5))
+        # Hashes every output object (streamed) before registering it as a blob.
+        self.record = TaskFunction(self, "RecordBatch", component="record_batch", timeout=Duration.minutes(15),
+                                   memory_size=1024)
+        data.grant_read_write(self.prepare.function, self.record.function)
         self.record.function.add_to_role_policy(iam.PolicyStatement(
             actions=["logs:GetLogEvents", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
             resources=[self.log_group.log_group_arn],
         ))
 
-        # --- States.
-        prepare = tasks.LambdaInvoke(
-            self, "Prepare", lambda_function=self.prepare.function, payload_response_only=True,
-            retry_on_service_exceptions=False, result_path=PREPARED_PATH,
+        # --- States. Prepare's input ({"workspace", "job_id"}) is its event.
+        prepare = lambda_task(self, "Prepare", self.prepare.function, result_path=PREPARED_PATH)
+        run = sync_task(
+            self, "Run", resource=f"arn:{partition}:states:::batch:submitJob.sync", request_path=SUBMIT_REQUEST,
+            request_fields=SUBMIT_REQUEST_FIELDS, result_fields=("JobId", "JobName", "Status", "Container"),
+            result_path=RAN_PATH,
         )
-        _lambda_retry(prepare)
-        run = sfn.CustomState(
-            self, "Run",
-            # CustomState, not tasks.BatchSubmitJob: the environment overrides (S3 pointers, command) are decided
-            # per job by PrepareBatch, and that construct fixes their names at synth time.
-            state_json={
-                "Type": "Task",
-                "Resource": f"arn:{partition}:states:::batch:submitJob.sync",
-                "Parameters": {f"{f}.$": f"{SUBMIT_REQUEST}.{f}" for f in SUBMIT_REQUEST_FIELDS},
-                "ResultSelector": {
-                    "JobId.$": "$.JobId",
-                    "JobName.$": "$.JobName",
-                    "Status.$": "$.Status",
-                    "Container.$": "$.Container",
-                },
-                "ResultPath": RAN_PATH,
-            },
+        API_THROTTLING_BACKOFF.retry(run, BATCH_TRANSIENT_ERRORS)
+        # An output that cannot be recorded (no files, too many) fails the job with that reason; a failure that
+        # cannot be recorded marks it FAILED.
+        record_success, record_failure = job_outcome_steps(
+            self, self.record.function, table=data.table, running=("SUBMITTED", "RUNNING"),
+            success={"batch": sfn.JsonPath.object_at(RAN_PATH)}, failed="BatchFailed",
         )
-        # API throttling: worst case 5+10+20+40+80 = 155 s of waiting over 5 retries.
-        run.add_retry(errors=BATCH_TRANSIENT_ERRORS, interval=Duration.seconds(5), backoff_rate=2, max_attempts=5,
-                      jitter_strategy=sfn.JitterType.FULL)
-
-        def record(name: str, outcome: str, key: str, path: str) -> tasks.LambdaInvoke:
-            task = tasks.LambdaInvoke(
-                self, name, lambda_function=self.record.function,
-                payload=sfn.TaskInput.from_object({
-                    "workspace": sfn.JsonPath.string_at("$.workspace"),
-                    "job_id": sfn.JsonPath.string_at("$.job_id"),
-                    # Lets RecordBatch ignore a late outcome of an execution that is no longer the job's attempt.
-                    "execution": sfn.JsonPath.execution_id,
-                    "outcome": outcome,
-                    key: sfn.JsonPath.object_at(path),
-                }),
-                payload_response_only=True, retry_on_service_exceptions=False, result_path=RECORDED_PATH,
-            )
-            _lambda_retry(task)
-            return task
-
-        record_success = record("RecordSuccess", "Completed", "batch", RAN_PATH)
-        record_failure = record("RecordFailure", "Failed", "error", ERROR_PATH)
-        failed = sfn.Fail(self, "BatchFailed", error="BatchFailed", cause_path=f"{ERROR_PATH}.Cause")
-        record_failure.next(failed)
-        # A failure that cannot be recorded must not leave the job RUNNING either (cdk/recording.py).
-        mark_job_failed = mark_failed(
-            self, "MarkJobFailed", table=table, sort_key="JOB#{}", id_path="$.job_id",
-            running=("SUBMITTED", "RUNNING"), reason_attribute="failure_reason",
-            time_attributes=("ended_at", "updated_at"), execution_attribute="execution_arn", versioned=True,
-        )
-        guard_record_failure(record_failure, mark_job_failed, failed)
-        prepare.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
-        run.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
-        # An output that cannot be recorded (no files, too many) fails the job with that reason.
-        record_success.add_catch(record_failure, errors=["States.ALL"], result_path=ERROR_PATH)
+        catch_all(record_failure, prepare, run)
         # A per-file job whose datums are all cached runs no container: Record reuses every output.
         nothing_to_run = sfn.Pass(self, "AllDatumsCached", result=sfn.Result.from_object({}), result_path=RAN_PATH)
         run.next(record_success)
@@ -330,18 +260,8 @@ class BatchJobs(Construct):
             .otherwise(run)
         )
 
-        self.state_machine_log_group = logs.LogGroup(
-            self, "StateMachineLogs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY
-        )
-        self.state_machine = sfn.StateMachine(
-            self, "BatchStateMachine",
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            query_language=sfn.QueryLanguage.JSON_PATH,
-            definition_body=sfn.DefinitionBody.from_chainable(definition),
-            logs=sfn.LogOptions(destination=self.state_machine_log_group, level=sfn.LogLevel.ALL,
-                                include_execution_data=True),
-            tracing_enabled=True,
-        )
+        self.state_machine = standard_state_machine(self, "BatchStateMachine", definition,
+                                                    include_execution_data=True)
 
         # CustomState grants nothing: the `.sync` Batch integration's permissions, written out.
         self.jobs_arn = f"arn:{partition}:batch:{region}:{account}:job/*"
@@ -359,7 +279,4 @@ class BatchJobs(Construct):
             # DescribeJobs supports no resource-level permissions.
             actions=["batch:DescribeJobs"], resources=["*"],
         ))
-        self.state_machine.add_to_role_policy(iam.PolicyStatement(
-            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-            resources=[f"arn:{partition}:events:{region}:{account}:rule/{BATCH_SYNC_RULE}"],
-        ))
+        grant_sync_rule(self.state_machine, BATCH_SYNC_RULE)

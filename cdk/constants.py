@@ -20,6 +20,7 @@ DEFAULT_STAGE = "dev"
 DEFAULT_REGION = "us-east-1"
 DEFAULT_TRAINING_INSTANCE_TYPE = "ml.m5.large"
 DEFAULT_TRAINING_MAX_RUNTIME_SECONDS = 86400
+DEFAULT_BATCH_MAX_RUNTIME_SECONDS = 86400
 
 # The default training image: the SageMaker scikit-learn framework image, resolved at synth time from the image URI
 # catalogue the SageMaker Python SDK ships (sagemaker-core's image_uri_config/*.json). Only the catalogue's data is

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from aws_cdk import Acknowledgment, Fn, Stack, Validations
+from aws_cdk import Acknowledgment, Stack, Validations
 from constructs import IConstruct
 
 from cdk.api import ApiGatewayAccount
-from cdk.constants import SAGEMAKER_TRAINING_LOG_GROUP
+from cdk.grants import executions_arn, training_log_group_arn
+from cdk.lambdas import TaskFunction
 
 if TYPE_CHECKING:
     from cdk.stack import KaosStack
@@ -55,19 +56,50 @@ def _wildcard_resource(stack: Stack, arn: str) -> str:
     return f"AwsSolutions-IAM5[Resource::{_render(stack, arn)}]"
 
 
+# The Resource::* statements every StateMachine construct adds for its logs and tracing.
+_LOGS_AND_TRACING = (
+    "the StateMachine construct adds CloudWatch Logs vended delivery (logs:*LogDelivery, DescribeResourcePolicies, "
+    "...) and X-Ray tracing (xray:PutTraceSegments, ...) actions, which support no resource-level permissions."
+)
+
+
+def _invoked(stack: Stack, *functions: TaskFunction) -> dict[str, str]:
+    """The `<function ARN>:*` grants tasks.LambdaInvoke adds to a state machine's role."""
+    return {
+        _wildcard_resource(stack, f"{task.function.function_arn}:*"): (
+            f"Added by tasks.LambdaInvoke so the state machine may invoke qualified versions/aliases of the "
+            f"{task.node.id} function; it is still that one function."
+        )
+        for task in functions
+    }
+
+
+def _objects(stack: KaosStack, keys: str) -> dict[str, str]:
+    """Get/Put on any object of the data bucket (grants.grant_bucket_read_write), whose keys are made at run time."""
+    return {
+        _wildcard_resource(stack, stack.storage.data_bucket.arn_for_objects("*")): (
+            f"Object keys are {keys} computed at run time; access is limited to this one bucket and to "
+            "Get/Put/AbortMultipartUpload (no delete)."
+        )
+    }
+
+
+def acknowledge_task_functions(stack: KaosStack) -> None:
+    """Every task Lambda (cdk/lambdas.py) runs the runtime the asset's wheels are built for."""
+    for construct in stack.node.find_all():
+        if isinstance(construct, TaskFunction):
+            _ack(construct.function, {"AwsSolutions-L1": (
+                "python3.12 is pinned on purpose: the asset's wheels are resolved for 3.12 (pip --python-version) "
+                "and the Chalice API function uses the same runtime; a newer runtime is a deliberate, tested upgrade."
+            )})
+
+
 def acknowledge_findings(stack: KaosStack) -> None:
     """Acknowledge the accepted findings on the narrowest construct (the role) that raises them."""
     bucket = stack.storage.data_bucket
     training = stack.training
-    training_log_group = (
-        f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:{SAGEMAKER_TRAINING_LOG_GROUP}"
-    )
-    objects = {
-        _wildcard_resource(stack, bucket.arn_for_objects("*")): (
-            "Object keys are content hashes and job prefixes computed at run time; access is limited to this one "
-            "bucket and to Get/Put/AbortMultipartUpload (no delete)."
-        )
-    }
+    training_log_group = training_log_group_arn(stack)
+    objects = _objects(stack, "content hashes and job prefixes")
     training_log_streams = {
         _wildcard_resource(stack, f"{training_log_group}:log-stream:*"): (
             "SageMaker names one log stream per training job at run time (<job>/algo-1-<ts>); the grant is limited "
@@ -81,13 +113,6 @@ def acknowledge_findings(stack: KaosStack) -> None:
             "only, on the one fixed /aws/sagemaker/TrainingJobs group."
         )
     }
-    runtime_version = {
-        "AwsSolutions-L1": (
-            "python3.12 is pinned on purpose: the asset's wheels are resolved for 3.12 (pip --python-version) and the "
-            "Chalice API function uses the same runtime; a newer runtime is a deliberate, tested upgrade."
-        )
-    }
-
     isolation = stack.isolation
     workspace_roles = {
         _wildcard_resource(stack, isolation.roles_arn): (
@@ -121,8 +146,6 @@ def acknowledge_findings(stack: KaosStack) -> None:
     _ack(training.state_machine.role, workspace_roles)
     _ack(training.prepare.role, {**objects})
     _ack(training.record.role, {**objects, **training_log_read})
-    _ack(training.prepare.function, runtime_version)
-    _ack(training.record.function, runtime_version)
     _ack(
         stack.api.role,
         {
@@ -142,9 +165,24 @@ def acknowledge_findings(stack: KaosStack) -> None:
                 "Each workspace's copy of the Batch job definition (job role = the workspace role) is registered "
                 "when the workspace is created and deregistered when it is killed: kaos-ws-<name>-<hash>."
             ),
-            _wildcard_resource(stack, stack.api.executions_arn): (
-                "Execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory are "
-                "limited to executions of the one training state machine."
+            **{
+                _wildcard_resource(stack, arn): (
+                    f"{kind.capitalize()} execution names are job fingerprints chosen at run time; Describe/Stop/"
+                    f"GetExecutionHistory are limited to executions of the one {kind} state machine."
+                )
+                for kind, arn in (("training", stack.api.executions_arn), ("batch", stack.api.batch_executions_arn))
+            },
+            _wildcard_resource(stack, stack.api.grid_executions_arn): (
+                "`kaos workspace kill` stops the workspace's grids; grid execution names are fingerprints chosen at "
+                "run time (grid-*), and only StopExecution on the one grid state machine is granted."
+            ),
+            _wildcard_resource(stack, stack.api.batch_jobs_arn): (
+                "`kaos workspace kill` terminates the Batch jobs of the workspace's batch executions; Batch job ids "
+                "are assigned at submission. TerminateJob only, on jobs of this account and region."
+            ),
+            "AwsSolutions-IAM5[Resource::*]": (
+                "batch:DescribeJobs (a kill waits for the Batch jobs it terminated to end) supports no "
+                "resource-level permissions."
             ),
         },
     )
@@ -177,25 +215,14 @@ def acknowledge_findings(stack: KaosStack) -> None:
     _ack(
         training.state_machine.role,
         {
-            _wildcard_resource(stack, f"{training.prepare.function.function_arn}:*"): (
-                "Added by tasks.LambdaInvoke so the state machine may invoke qualified versions/aliases of the "
-                "PrepareTraining function; it is still that one function."
-            ),
-            _wildcard_resource(stack, f"{training.record.function.function_arn}:*"): (
-                "Added by tasks.LambdaInvoke so the state machine may invoke qualified versions/aliases of the "
-                "RecordOutcome function; it is still that one function."
-            ),
+            **_invoked(stack, training.prepare, training.record),
             _wildcard_resource(
                 stack, f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}:training-job/*"
             ): (
                 "Training job names are job fingerprints computed at run time; the grant is limited to training jobs "
                 "in this account and region (Create/Describe/Stop/AddTags)."
             ),
-            "AwsSolutions-IAM5[Resource::*]": (
-                "Added by the StateMachine construct for CloudWatch Logs vended delivery (logs:*LogDelivery, "
-                "DescribeResourcePolicies, ...) and X-Ray tracing (xray:PutTraceSegments, ...): these actions "
-                "support no resource-level permissions."
-            ),
+            "AwsSolutions-IAM5[Resource::*]": f"Added by the StateMachine construct: {_LOGS_AND_TRACING}",
         },
     )
 
@@ -204,39 +231,18 @@ def acknowledge_grid_findings(stack: KaosStack) -> None:
     """The grid state machine (a Distributed Map of child training executions) and its two task Lambdas."""
     grid = stack.grid
     bucket = stack.storage.data_bucket
-    objects = {
-        _wildcard_resource(stack, bucket.arn_for_objects("*")): (
-            "Object keys are content hashes and grid ids computed at run time; access is limited to this one "
-            "bucket and to Get/Put/AbortMultipartUpload (no delete)."
-        )
-    }
-    runtime_version = {
-        "AwsSolutions-L1": "python3.12 is pinned on purpose, as for the training task Lambdas (same asset)."
-    }
     for task in (grid.create_point, grid.record):
-        _ack(task.role, objects)
-        _ack(task.function, runtime_version)
-    training_name = Fn.select(6, Fn.split(":", stack.training.state_machine.state_machine_arn))
-    grid_name = Fn.select(6, Fn.split(":", grid.state_machine.state_machine_arn))
-    executions = f"arn:{stack.partition}:states:{stack.region}:{stack.account}:execution"
+        _ack(task.role, _objects(stack, "content hashes and grid ids"))
     _ack(
         grid.state_machine.role,
         {
-            "AwsSolutions-IAM5[Resource::*]": (
-                "Added by the StateMachine construct for CloudWatch Logs vended delivery and X-Ray tracing, which "
-                "support no resource-level permissions."
-            ),
+            "AwsSolutions-IAM5[Resource::*]": f"Added by the StateMachine construct: {_LOGS_AND_TRACING}",
             _wildcard_resource(stack, f"arn:{stack.partition}:s3:::{bucket.bucket_name}/*"): (
                 "The Distributed Map's ItemReader reads the grid's points file, whose key holds the grid id chosen "
                 "at run time; GetObject on this one bucket only."
             ),
-            _wildcard_resource(stack, f"{grid.create_point.function.function_arn}:*"): (
-                "Added by tasks.LambdaInvoke so versions/aliases of CreatePoint may be invoked; still that function."
-            ),
-            _wildcard_resource(stack, f"{grid.record.function.function_arn}:*"): (
-                "Added by tasks.LambdaInvoke so versions/aliases of RecordGrid may be invoked; still that function."
-            ),
-            _wildcard_resource(stack, f"{executions}:{training_name}*"): (
+            **_invoked(stack, grid.create_point, grid.record),
+            _wildcard_resource(stack, executions_arn(stack.training.state_machine, "*")): (
                 "startExecution.sync:2 describes and stops the child training executions it starts; their names are "
                 "job fingerprints chosen at run time, limited to the one training state machine."
             ),
@@ -245,11 +251,11 @@ def acknowledge_grid_findings(stack: KaosStack) -> None:
     _ack(
         grid.state_machine,
         {
-            _wildcard_resource(stack, f"{executions}:{grid_name}:*"): (
+            _wildcard_resource(stack, executions_arn(grid.state_machine)): (
                 "Distributed Map runs each point as a child execution of this same state machine; names are "
                 "generated by Step Functions at run time."
             ),
-            _wildcard_resource(stack, f"{executions}:{grid_name}/*:*"): (
+            _wildcard_resource(stack, executions_arn(grid.state_machine, "/*:*")): (
                 "Map Run child executions (<state machine>/<map run>:<child>) are named by Step Functions at run time."
             ),
         },
@@ -259,7 +265,6 @@ def acknowledge_grid_findings(stack: KaosStack) -> None:
 def acknowledge_batch_findings(stack: KaosStack) -> None:
     """The batch pipeline (cdk/batch.py): Fargate compute, job role, task Lambdas, state machine, API grant."""
     jobs = stack.batch
-    bucket = stack.storage.data_bucket
     _ack(
         jobs.state_machine.role,
         {
@@ -269,56 +274,20 @@ def acknowledge_batch_findings(stack: KaosStack) -> None:
             ),
         },
     )
-    objects = {
-        _wildcard_resource(stack, bucket.arn_for_objects("*")): (
-            "Object keys are content hashes and job prefixes computed at run time; access is limited to this one "
-            "bucket and to Get/Put/AbortMultipartUpload (no delete)."
-        )
-    }
     for task in (jobs.prepare, jobs.record):
-        _ack(task.role, objects)
-        _ack(task.function, {"AwsSolutions-L1": (
-            "python3.12 is pinned on purpose, as for the training task Lambdas (same asset and wheels)."
-        )})
+        _ack(task.role, _objects(stack, "content hashes and job prefixes"))
     _ack(
         jobs.state_machine.role,
         {
-            _wildcard_resource(stack, f"{jobs.prepare.function.function_arn}:*"): (
-                "Added by tasks.LambdaInvoke so versions/aliases of PrepareBatch may be invoked; still that function."
-            ),
-            _wildcard_resource(stack, f"{jobs.record.function.function_arn}:*"): (
-                "Added by tasks.LambdaInvoke so versions/aliases of RecordBatch may be invoked; still that function."
-            ),
+            **_invoked(stack, jobs.prepare, jobs.record),
             _wildcard_resource(stack, jobs.jobs_arn): (
                 "batch:submitJob.sync submits the job (SubmitJob is authorized on the job it creates too) and "
                 "terminates it when the execution is stopped; Batch job ids are assigned at submission. "
                 "Submit/TerminateJob only, on jobs of this account and region."
             ),
             "AwsSolutions-IAM5[Resource::*]": (
-                "batch:DescribeJobs (polled by the .sync integration) supports no resource-level permissions; the "
-                "StateMachine construct adds CloudWatch Logs vended delivery and X-Ray actions, which support none "
-                "either."
-            ),
-        },
-    )
-    _ack(
-        stack.api.role,
-        {
-            _wildcard_resource(stack, stack.api.batch_executions_arn): (
-                "Batch execution names are job fingerprints chosen at run time; Describe/Stop/GetExecutionHistory "
-                "are limited to executions of the one batch state machine."
-            ),
-            _wildcard_resource(stack, stack.api.grid_executions_arn): (
-                "`kaos workspace kill` stops the workspace's grids; grid execution names are fingerprints chosen at "
-                "run time (grid-*), and only StopExecution on the one grid state machine is granted."
-            ),
-            _wildcard_resource(stack, stack.api.batch_jobs_arn): (
-                "`kaos workspace kill` terminates the Batch jobs of the workspace's batch executions; Batch job ids "
-                "are assigned at submission. TerminateJob only, on jobs of this account and region."
-            ),
-            "AwsSolutions-IAM5[Resource::*]": (
-                "batch:DescribeJobs (a kill waits for the Batch jobs it terminated to end) supports no "
-                "resource-level permissions."
+                f"batch:DescribeJobs (polled by the .sync integration) supports no resource-level permissions; "
+                f"{_LOGS_AND_TRACING}"
             ),
         },
     )
@@ -330,24 +299,15 @@ def acknowledge_remote_data_findings(stack: KaosStack) -> None:
               "(GetObject/GetObjectVersion) on a bucket the operator listed in the remoteDataBuckets context.")
     findings = {_wildcard_resource(stack, arn): reason for arn in stack.remote_data_arns}
     if findings:
-        _ack(stack.api.role, findings)
-        _ack(stack.training.prepare.role, findings)
+        for role in (stack.api.role, stack.training.prepare.role, stack.batch.prepare.role):
+            _ack(role, findings)
 
 
 def acknowledge_trigger_findings(stack: KaosStack) -> None:
     """S3-triggered retraining (cdk/triggers.py): OnUpload, ProcessBatch and the retrain state machine."""
     triggers = stack.triggers
-    bucket = stack.storage.data_bucket
-    runtime_version = {
-        "AwsSolutions-L1": "python3.12 is pinned on purpose, as for the training task Lambdas (same asset and wheels)."
-    }
-    for task in (triggers.on_upload, triggers.process):
-        _ack(task.function, runtime_version)
     _ack(triggers.process.role, {
-        _wildcard_resource(stack, bucket.arn_for_objects("*")): (
-            "ProcessBatch writes content-addressed blobs (keys are sha256 digests computed at run time), manifests "
-            "and materialized snapshots; Get/Put/AbortMultipartUpload only (no delete), on this one bucket."
-        ),
+        **_objects(stack, "the sha256 digests of content-addressed blobs, manifests and materialized snapshots"),
         _wildcard_resource(stack, triggers.incoming_objects_arn): (
             "Incoming files are read at the version their S3 event named (GetObjectVersion); workspace names and "
             "file names are chosen at run time, and the grant is limited to ws/*/incoming/* of this one bucket."
@@ -364,11 +324,6 @@ def acknowledge_trigger_findings(stack: KaosStack) -> None:
         ),
     })
     _ack(triggers.state_machine.role, {
-        _wildcard_resource(stack, f"{triggers.process.function.function_arn}:*"): (
-            "Added by tasks.LambdaInvoke so versions/aliases of ProcessBatch may be invoked; still that function."
-        ),
-        "AwsSolutions-IAM5[Resource::*]": (
-            "Added by the StateMachine construct for CloudWatch Logs vended delivery and X-Ray tracing, which "
-            "support no resource-level permissions."
-        ),
+        **_invoked(stack, triggers.process),
+        "AwsSolutions-IAM5[Resource::*]": f"Added by the StateMachine construct: {_LOGS_AND_TRACING}",
     })

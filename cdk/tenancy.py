@@ -13,7 +13,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from cdk.constants import SAGEMAKER_TRAINING_LOG_GROUP, env_names
+from cdk.grants import training_log_group_arn
 
 ROLE_PATH = "/kaos/workspaces/"
 ROLE_NAME_PATTERN = "kaos-ws-*"
@@ -23,10 +23,9 @@ class WorkspaceIsolation(Construct):
     def __init__(self, scope: Construct, id_: str, *, bucket: s3.IBucket) -> None:
         super().__init__(scope, id_)
         stack = Stack.of(self)
-        partition, region, account = stack.partition, stack.region, stack.account
-        self.role_prefix_arn = f"arn:{partition}:iam::{account}:role{ROLE_PATH}"
+        self.role_prefix_arn = f"arn:{stack.partition}:iam::{stack.account}:role{ROLE_PATH}"
         self.roles_arn = f"{self.role_prefix_arn}{ROLE_NAME_PATTERN}"
-        self.log_group_arn = f"arn:{partition}:logs:{region}:{account}:log-group:{SAGEMAKER_TRAINING_LOG_GROUP}"
+        self.log_group_arn = training_log_group_arn(self)
         self.boundary = iam.ManagedPolicy(self, "WorkspaceBoundary", path="/kaos/", statements=[
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects("ws/*")]),
             iam.PolicyStatement(actions=["s3:PutObject", "s3:AbortMultipartUpload"],
@@ -41,12 +40,6 @@ class WorkspaceIsolation(Construct):
             iam.PolicyStatement(actions=["cloudwatch:PutMetricData"], resources=["*"],
                                 conditions={"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}),
         ])
-
-    @property
-    def environment(self) -> dict[str, str]:
-        return {env_names.WORKSPACE_ROLE_PREFIX: self.role_prefix_arn,
-                env_names.WORKSPACE_ROLE_BOUNDARY: self.boundary.managed_policy_arn,
-                env_names.TRAINING_LOG_GROUP_ARN: self.log_group_arn}
 
     def grant_manage(self, role: iam.IRole) -> None:
         """Create/update workspace roles (only with the boundary), delete them, read them."""

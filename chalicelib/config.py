@@ -46,7 +46,8 @@ WORKSPACE_ROLE_PREFIX = "KAOS_WORKSPACE_ROLE_PREFIX"
 WORKSPACE_ROLE_BOUNDARY = "KAOS_WORKSPACE_ROLE_BOUNDARY"
 TRAINING_LOG_GROUP_ARN = "KAOS_TRAINING_LOG_GROUP_ARN"
 
-_STORAGE = frozenset({BUCKET, TABLE})
+# Every component builds the ObjectStore, which refuses remote references to any platform bucket.
+_STORAGE = frozenset({BUCKET, TABLE, PLATFORM_BUCKETS})
 _LINEAGE = frozenset({OPENLINEAGE_URL, OPENLINEAGE_FILE})
 # What creating a training job reads (chalicelib/training.py `create`): the API, grid points and auto-retrain all
 # create them, and must agree, or the same inputs get different fingerprints.
@@ -62,7 +63,8 @@ COMPONENTS: Mapping[str, frozenset[str]] = {
     "prepare_training": _STORAGE | _LINEAGE | {WORKSPACE_ROLE_PREFIX, PLATFORM_BUCKETS},
     # Archives the training log beside the model.
     "record_outcome": _STORAGE | _LINEAGE | {TRAINING_LOG_GROUP},
-    "create_point": _STORAGE | _TRAINING_JOB,
+    # Writes the point's job row, whose execution ARN names the training state machine (the map starts it).
+    "create_point": _STORAGE | _TRAINING_JOB | {TRAINING_STATE_MACHINE_ARN},
     "record_grid": _STORAGE,
     "prepare_batch": _STORAGE | _LINEAGE | {BATCH_JOB_QUEUE, PLATFORM_BUCKETS},
     "record_batch": _STORAGE | _LINEAGE | {BATCH_LOG_GROUP},
@@ -73,6 +75,8 @@ COMPONENTS: Mapping[str, frozenset[str]] = {
 T = TypeVar("T")
 
 
+# ARNs and names are only required to be non-empty: Chalice imports the app (and so loads `api`) while CDK packages
+# it, with unresolved tokens standing for them.
 def _text(value: str) -> str:
     if not value:
         raise ValueError("it is empty")
@@ -80,12 +84,6 @@ def _text(value: str) -> str:
 
 
 def _optional(value: str) -> str:
-    return value
-
-
-def _arn(value: str) -> str:
-    if not value.startswith("arn:"):
-        raise ValueError(f"{value!r} is not an ARN")
     return value
 
 
@@ -122,24 +120,24 @@ class Settings:
 
     bucket = _Variable(BUCKET, _text)
     table = _Variable(TABLE, _text)
-    training_state_machine_arn = _Variable(TRAINING_STATE_MACHINE_ARN, _arn)
-    grid_state_machine_arn = _Variable(GRID_STATE_MACHINE_ARN, _arn)
-    retrain_state_machine_arn = _Variable(RETRAIN_STATE_MACHINE_ARN, _arn)
+    training_state_machine_arn = _Variable(TRAINING_STATE_MACHINE_ARN, _text)
+    grid_state_machine_arn = _Variable(GRID_STATE_MACHINE_ARN, _text)
+    retrain_state_machine_arn = _Variable(RETRAIN_STATE_MACHINE_ARN, _text)
     training_image = _Variable(TRAINING_IMAGE, _text)
     training_instance_type = _Variable(TRAINING_INSTANCE_TYPE, _text)
     training_max_runtime_seconds = _Variable(TRAINING_MAX_RUNTIME_SECONDS, _seconds)
     # SageMaker writes training logs to one fixed group (/aws/sagemaker/TrainingJobs); CDK passes its name.
     training_log_group = _Variable(TRAINING_LOG_GROUP, _text)
-    training_log_group_arn = _Variable(TRAINING_LOG_GROUP_ARN, _arn)
-    batch_state_machine_arn = _Variable(BATCH_STATE_MACHINE_ARN, _arn)
+    training_log_group_arn = _Variable(TRAINING_LOG_GROUP_ARN, _text)
+    batch_state_machine_arn = _Variable(BATCH_STATE_MACHINE_ARN, _text)
     batch_job_queue = _Variable(BATCH_JOB_QUEUE, _text)
     batch_job_definition = _Variable(BATCH_JOB_DEFINITION, _text)
     batch_image = _Variable(BATCH_IMAGE, _text)
     batch_log_group = _Variable(BATCH_LOG_GROUP, _text)
     batch_max_runtime_seconds = _Variable(BATCH_MAX_RUNTIME_SECONDS, _seconds)
     other_buckets = _Variable(PLATFORM_BUCKETS, _names)
-    workspace_role_prefix = _Variable(WORKSPACE_ROLE_PREFIX, _arn)
-    workspace_role_boundary = _Variable(WORKSPACE_ROLE_BOUNDARY, _arn)
+    workspace_role_prefix = _Variable(WORKSPACE_ROLE_PREFIX, _text)
+    workspace_role_boundary = _Variable(WORKSPACE_ROLE_BOUNDARY, _text)
     openlineage_url = _Variable(OPENLINEAGE_URL, _optional)
     openlineage_file = _Variable(OPENLINEAGE_FILE, _optional)
 

@@ -379,10 +379,8 @@ def test_state_machine_role_can_run_sagemaker_sync(resources: dict[str, Any]) ->
 def test_task_lambdas(template: Template, resources: dict[str, Any]) -> None:
     for handler, env, timeout in (
         # PrepareTraining passes the workspace's own execution role (cdk/tenancy.py), named from the prefix.
-        ("functions.prepare_training.handler", {config.BUCKET, config.TABLE, config.WORKSPACE_ROLE_PREFIX,
-                                                config.WORKSPACE_ROLE_BOUNDARY, config.TRAINING_LOG_GROUP_ARN,
-                                                config.PLATFORM_BUCKETS}, 300),
-        ("functions.record_outcome.handler", {config.BUCKET, config.TABLE}, 120),
+        ("functions.prepare_training.handler", config.COMPONENTS["prepare_training"], 300),
+        ("functions.record_outcome.handler", config.COMPONENTS["record_outcome"], 120),
     ):
         (fn,) = [f for f in _of_type(resources, "AWS::Lambda::Function").values()
                  if f["Properties"]["Handler"] == handler]
