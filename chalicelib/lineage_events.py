@@ -11,18 +11,17 @@ is recorded as a success, FAIL when it is recorded as a failure.
   `s3://<bucket>` / its object key.
 
 Off unless KAOS_OPENLINEAGE_URL (HTTP transport, POST <url>/api/v1/lineage) or KAOS_OPENLINEAGE_FILE (file
-transport, one JSON event per line appended) is set, both read at call time: the openlineage client is imported
+transport, one JSON event per line appended) is set in the task's settings: the openlineage client is imported
 only then (it costs ~0.25 s on a cold start). Emitting never fails the pipeline: any error is logged and dropped.
 """
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from functools import cache
 from typing import Any
 
-from chalicelib import config
+from chalicelib.config import Settings
 from chalicelib.snapshots import manifest_key
 
 log = logging.getLogger(__name__)
@@ -37,10 +36,6 @@ HTTP_RETRY = {"total": 1, "connect": 1, "read": 1, "backoff_factor": 0.2,
 JOB_TYPES = {"train": "TRAINING", "batch": "BATCH"}
 
 
-def enabled() -> bool:
-    return bool(os.environ.get(config.OPENLINEAGE_URL) or os.environ.get(config.OPENLINEAGE_FILE))
-
-
 def job_namespace(workspace: str) -> str:
     return f"kaos://{workspace}"
 
@@ -50,25 +45,26 @@ def run_id(workspace: str, job_id: str, attempt: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{job_namespace(workspace)}/{job_id}#{attempt}"))
 
 
-def started(item: Any) -> None:
+def started(item: Any, settings: Settings) -> None:
     """START of the job's current attempt (call once Prepare has set it running)."""
-    _emit(item, "START")
+    _emit(item, "START", settings)
 
 
-def ended(item: Any) -> None:
+def ended(item: Any, settings: Settings) -> None:
     """COMPLETE or FAIL, from the status the record task has just written (other statuses emit nothing)."""
     event_type = {"COMPLETED": "COMPLETE", "FAILED": "FAIL"}.get(str(item.status))
     if event_type is not None:
-        _emit(item, event_type)
+        _emit(item, event_type, settings)
 
 
-def _emit(item: Any, event_type: str) -> None:
-    if not enabled():
+def _emit(item: Any, event_type: str, settings: Settings) -> None:
+    """`settings` are the task's (a component that emits declares the OpenLineage variables)."""
+    if not settings.lineage_enabled:
         return
     # Lineage is an observer: never the reason a job fails, and one dead transport does not silence the other.
     try:
-        event = build_event(item, event_type, config.settings().bucket)
-        clients = _clients(os.environ.get(config.OPENLINEAGE_URL, ""), os.environ.get(config.OPENLINEAGE_FILE, ""))
+        event = build_event(item, event_type, settings.bucket)
+        clients = _clients(settings.openlineage_url, settings.openlineage_file)
     except Exception:
         log.warning("OpenLineage %s event for job %s not built", event_type, getattr(item, "job_id", "?"),
                     exc_info=True)

@@ -29,7 +29,7 @@ from chalicelib import config, lineage_events
 from chalicelib.snapshots import manifest_key
 from kaos.bundle import hash_files, scan
 
-from .conftest import TEMPLATE, Stack, tiny_code
+from .conftest import TEMPLATE, Stack, stack_environment, tiny_code
 
 WS = "lineage"
 LINEAGE_PATH = "/api/v1/lineage"
@@ -155,7 +155,7 @@ def receiver() -> Iterator[Receiver]:
 def lineage_stack(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Stack]:
     """A stack of its own: the shared one runs without the lineage variables."""
     home = tmp_path_factory.mktemp("kaos-lineage-home")
-    env = {**os.environ, "KAOS_HOME": str(home), config.OPENLINEAGE_URL: receiver.url,
+    env = {**stack_environment(home), config.OPENLINEAGE_URL: receiver.url,
            config.OPENLINEAGE_FILE: str(home / "lineage.jsonl")}
     command = [sys.executable, "-m", "kaos.cli", "local"]
     started = subprocess.run([*command, "up", "--detach", "--state-dir", str(home / "local")], env=env,
@@ -273,8 +273,9 @@ def test_a_batch_output_is_the_dataset_a_later_training_reads(lineage_stack: Sta
 # --- without a stack ----------------------------------------------------------------------------------------
 def test_off_by_default_the_client_is_never_imported() -> None:
     env = {k: v for k, v in os.environ.items() if k not in (config.OPENLINEAGE_URL, config.OPENLINEAGE_FILE)}
-    probe = ("import sys, types\nfrom chalicelib import batch, lineage_events, training\n"
-             "lineage_events.started(types.SimpleNamespace(job_id='j'))\n"
+    probe = ("import sys, types\nfrom chalicelib import batch, config, lineage_events, training\n"
+             "settings = config.Settings('record_outcome', {'KAOS_OPENLINEAGE_URL': '', 'KAOS_OPENLINEAGE_FILE': ''})\n"
+             "lineage_events.started(types.SimpleNamespace(job_id='j'), settings)\n"
              "assert not [m for m in sys.modules if m.startswith('openlineage')]\n")
     subprocess.run([sys.executable, "-c", probe], env=env, check=True, timeout=60)
 
@@ -290,10 +291,11 @@ def test_emission_never_fails_the_pipeline(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv(config.BUCKET, "b")
     monkeypatch.setenv(config.OPENLINEAGE_URL, "http://127.0.0.1:9")  # nothing listens (discard port)
     monkeypatch.setenv(config.OPENLINEAGE_FILE, str(tmp_path / "missing-dir" / "events.jsonl"))
+    settings = config.Settings("record_outcome", os.environ)
     started = time.monotonic()
-    lineage_events.started(_item())
-    lineage_events.ended(_item())
-    lineage_events.ended(_item(spec=None))  # an event that cannot even be built
+    lineage_events.started(_item(), settings)
+    lineage_events.ended(_item(), settings)
+    lineage_events.ended(_item(spec=None), settings)  # an event that cannot even be built
     assert time.monotonic() - started < 10
 
 
