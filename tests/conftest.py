@@ -56,16 +56,31 @@ class Stack:
         return boto3.client(service, endpoint_url=self.runtime["endpoint_url"], region_name="us-east-1", **admin)
 
 
+# The synth context of every stack the tests start (the shared one, the restarted ones, the lineage one) and of
+# the template the template tests read: one cached synth for all (kaos.local.stack.local_template), where each
+# distinct context costs 40-90 s on a clean clone. tests/test_remote_data.py and test_provenance.py reference
+# emulator buckets of their own in manifests.
+STACK_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "external-data,impact-data"}
+
+
+def stack_environment(home: Path) -> dict[str, str]:
+    """The environment `kaos local up` gets in tests: this KAOS_HOME and the shared synth context."""
+    return {**os.environ, "KAOS_HOME": str(home), **STACK_CONTEXT}
+
+
+def stack_template() -> dict[str, Any]:
+    """The template the test stacks run (from the synth cache they share)."""
+    from kaos.local.stack import local_template
+
+    return local_template(STACK_CONTEXT)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("kaos-home")
     # The stack trusts one local test CA, so https:// remote data can be served from 127.0.0.1 in tests.
     # Test hooks: the fault-injection route and the local admin user who alone may call it (see inject()).
-    env = {**os.environ, "KAOS_HOME": str(home), "SSL_CERT_FILE": str(local_tls(home)[0]),
-           # tests/test_remote_data.py and test_provenance.py reference emulator buckets of their own in manifests.
-           "KAOS_LOCAL_REMOTE_DATA_BUCKETS": "external-data,impact-data",
-           "KAOS_LOCAL_TEST_HOOKS": "1"}
-    # Synthesizing the CDK app is cached under the repo so every worker and run reuses it.
+    env = {**stack_environment(home), "SSL_CERT_FILE": str(local_tls(home)[0]), "KAOS_LOCAL_TEST_HOOKS": "1"}
     started = subprocess.run([sys.executable, "-m", "kaos.cli", "local", "up", "--detach",
                               "--state-dir", str(home / "local")], env=env, capture_output=True, text=True,
                              timeout=600)

@@ -18,14 +18,14 @@ import pytest
 
 from kaos.local.persistence import INTERRUPTED_REASON, Stored, load_stored
 
-from .conftest import TEMPLATE, Stack, tiny_code
+from .conftest import TEMPLATE, Stack, stack_environment, tiny_code
 
 
 class Restartable:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.state_dir = home / "local"
-        self.env = {**os.environ, "KAOS_HOME": str(home)}
+        self.env = stack_environment(home)
         self.stack: Stack | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@ SageMaker or ECS tasks, the workspace boundary) and the per-workspace policy the
 emulator's IAM decision function against every key kind of another workspace."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from chalicelib.tenancy import TRUST, job_definition_name, policy_document, role
 from kaos.local.iam import decide
 from kaos.local.loader import Resolver
 
-from .conftest import REPO
+from .conftest import stack_template
 
 BUCKET = "kaos-data"
 LOG_GROUP = "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs"
@@ -28,12 +27,7 @@ def obj(workspace: str, kind: str) -> str:
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    from cdk.synth import synthesize
-    from kaos.local.stack import local_environment_image
-
-    path = synthesize(REPO / ".cache" / "synth", {"trainingImage": local_environment_image()})
-    loaded: dict[str, Any] = json.loads(path.read_text())
-    return loaded
+    return stack_template()
 
 
 def test_workspace_policy_reaches_only_its_own_prefix() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from chalicelib.triggers import WINDOW_SECONDS
 from kaos.local.loader import physical_name
-from tests.conftest import REPO, TEMPLATE, Stack, tiny_code
+from tests.conftest import TEMPLATE, Stack, tiny_code
 
 WS = "retrain"
 # Generous: under a full parallel test run the two cores are shared with other trainings.
@@ -38,8 +38,8 @@ def bucket(stack: Stack) -> str:
     return next(n for n in names if n.startswith("kaos-storagedata"))
 
 
-def function_name(suffix: str) -> str:
-    template = json.loads((REPO / ".cache" / "synth" / "Kaos.template.json").read_text())
+def function_name(stack: Stack, suffix: str) -> str:
+    template = json.loads((stack.state_dir / "template.json").read_text())
     logical = next(k for k, v in template["Resources"].items()
                    if v["Type"] == "AWS::Lambda::Function" and k.startswith(suffix))
     return physical_name(logical, "AWS::Lambda::Function")
@@ -178,7 +178,7 @@ def test_unknown_workspace_other_bucket_and_other_keys_are_ignored(stack: Stack,
     }
     for label, (bucket_name, key) in cases.items():
         detail = json.loads(s3_event(bucket_name, key, "v1", "e1")["Detail"])
-        answer = lam.invoke(FunctionName=function_name("TriggersOnUploadFunction"),
+        answer = lam.invoke(FunctionName=function_name(stack, "TriggersOnUploadFunction"),
                             Payload=json.dumps({"detail-type": "Object Created", "source": "aws.s3",
                                                 "detail": detail}).encode())
         assert "FunctionError" not in answer, label

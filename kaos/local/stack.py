@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from collections.abc import Mapping
 
 from kaos.local.gateway import ADMIN_USER, ApiGateway, GatewayServer, LocalUser
 from kaos.local import iam
@@ -32,9 +33,12 @@ LOCAL_USERS = ("dev", "guest")
 # to an extra local user, ADMIN_USER, that exists only then.
 TEST_HOOKS_ENV = "KAOS_LOCAL_TEST_HOOKS"
 # Environment of `kaos local up` -> synth context: emulator buckets that remote data manifests (-m s3://...) may
-# name (comma-separated), and OpenLineage's HTTP endpoint and file transport. All unset by default.
-LOCAL_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "remoteDataBuckets", "KAOS_OPENLINEAGE_URL": "openLineageUrl",
-                 "KAOS_OPENLINEAGE_FILE": "openLineageFile"}
+# name (comma-separated). Unset by default.
+LOCAL_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "remoteDataBuckets"}
+# Environment of `kaos local up` -> context that on AWS only becomes function environment variables (OpenLineage's
+# HTTP endpoint and file transport; cdk/stack.py). It is synthesized as a placeholder and filled in at start, so
+# every value (each test run's receiver port) shares one cached synth instead of paying 40-90 s for its own.
+RUNTIME_CONTEXT = {"KAOS_OPENLINEAGE_URL": "openLineageUrl", "KAOS_OPENLINEAGE_FILE": "openLineageFile"}
 # What a kaos user's IAM identity needs on AWS: calling the API (execute-api:Invoke); nothing else.
 API_USER_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": f"arn:aws:execute-api:{REGION}:*:*"}]}
@@ -52,6 +56,40 @@ def local_environment_image() -> str:
     packages = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in importlib.metadata.distributions())
     digest = hashlib.sha256("\n".join([sys.executable, platform.python_version(), *packages]).encode()).hexdigest()
     return f"kaos-local/python:{platform.python_version()}-{digest[:16]}"
+
+
+FUNCTION_TYPES = ("AWS::Lambda::Function", "AWS::Serverless::Function")
+
+
+def _placeholder(name: str) -> str:
+    return f"@{name}@"
+
+
+def local_template(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The template `kaos local up` runs with this environment: what `cdk synth -c ...` gives for the settings
+    that are CDK context on AWS (LOCAL_CONTEXT, RUNTIME_CONTEXT), from one synth cache per checkout and
+    LOCAL_CONTEXT value (the template depends only on the sources and the context)."""
+    from cdk.synth import synthesize
+
+    extra = {key: environ[name] for name, key in LOCAL_CONTEXT.items() if environ.get(name)}
+    runtime = {key: _placeholder(name) for name, key in RUNTIME_CONTEXT.items()}
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+    outdir = f"synth-{digest}" if extra else "synth"
+    path = synthesize(REPO_ROOT / ".cache" / outdir, {"trainingImage": local_environment_image(), **extra, **runtime})
+    template: dict[str, Any] = json.loads(path.read_text())
+    for resource in template["Resources"].values():
+        variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        if resource["Type"] not in FUNCTION_TYPES or not isinstance(variables, dict):
+            continue
+        for name in RUNTIME_CONTEXT:
+            if variables.get(name) == _placeholder(name):
+                # Unset: empty, as a synth without that context declares it (the feature is off).
+                variables[name] = environ.get(name, "")
+    leftover = [name for name in RUNTIME_CONTEXT if _placeholder(name) in json.dumps(template)]
+    if leftover:
+        raise RuntimeError(f"the template uses context for {leftover} beyond function environment variables: "
+                           "move it to LOCAL_CONTEXT (synthesized with its value)")
+    return template
 
 
 def load_users(state_dir: Path, admin: bool = False) -> dict[str, LocalUser]:
@@ -141,7 +179,6 @@ class LocalStack:
         return {"injected": request}
 
     def start(self) -> Runtime:
-        from cdk.synth import synthesize
         from kaos.local.emulator import Emulator
 
         # Every workspace's files pass through here: only this user may read them (dirs 0700, files 0600).
@@ -149,15 +186,7 @@ class LocalStack:
         for private in (self.state_dir, self.state_dir / "work"):
             private.mkdir(mode=0o700, parents=True, exist_ok=True)
             private.chmod(0o700)
-        # One synth cache per checkout: the template depends only on the sources and this context.
-        # Settings that are CDK context on AWS come from the environment of `kaos local up`: the template (and so
-        # each function's environment and role) is what `cdk synth -c ...` would give.
-        extra = {key: os.environ[name] for name, key in LOCAL_CONTEXT.items() if os.environ.get(name)}
-        context = {"trainingImage": local_environment_image(), **extra}
-        digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
-        outdir = f"synth-{digest}" if extra else "synth"
-        template_path = synthesize(REPO_ROOT / ".cache" / outdir, context)
-        template = json.loads(template_path.read_text())
+        template = local_template(os.environ)
         # The exact template this stack runs (roles, policies, functions): for inspection and the tests.
         (self.state_dir / "template.json").write_text(json.dumps(template))
         # IAM enforced: every request to the emulator is decided by the caller's policies (kaos/local/iam.py).
