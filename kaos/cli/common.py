@@ -14,8 +14,10 @@ from kaos.client import ApiError, Client
 from kaos.render import RenderError
 from kaos.settings import ClientConfig
 
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: a message is never broken into lines by the terminal width, so a suggested command stays one line that
+# can be copied (tables still fit the width).
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace (default: the current one).")
 
@@ -35,7 +37,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def report(message: str) -> None:
     """Error text is printed as given: paths, regexes and ids may hold `[...]`, which rich markup would eat."""
-    err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    err.print(Text("error: ", style="bold red") + Text(message))
 
 
 def describe(exc: BaseException) -> tuple[str, int] | None:
