@@ -11,14 +11,7 @@ from botocore.stub import Stubber
 from chalicelib import adapters, batch, provenance
 from chalicelib.adapters import AwsClients, Executions, LogReader, ObjectStore, TrainingJobs
 from chalicelib.errors import Conflict, InputInvalid, NotFound
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+from tests.aws_fixtures import aws_env_fixture  # noqa: F401  (fixture)
 
 
 def stubbed(service: str) -> tuple[Any, Stubber]:
@@ -107,9 +100,10 @@ def test_stopping_an_ended_training_job_is_a_no_op(aws_env: None) -> None:
 def test_log_reads_go_on_past_empty_pages_that_carry_a_token(aws_env: None) -> None:
     """Bug 3: FilterLogEvents may answer an empty page with a nextToken; the archive stopped there."""
     client, stub = stubbed("logs")
-    pages: list[tuple[dict[str, Any], str | None]] = [({"events": [{"timestamp": 1, "message": "one"}], "nextToken": "t1"}, None),
-             ({"events": [], "nextToken": "t2"}, "t1"),
-             ({"events": [{"timestamp": 2, "message": "two"}]}, "t2")]
+    pages: list[tuple[dict[str, Any], str | None]] = [
+        ({"events": [{"timestamp": 1, "message": "one"}], "nextToken": "t1"}, None),
+        ({"events": [], "nextToken": "t2"}, "t1"),
+        ({"events": [{"timestamp": 2, "message": "two"}]}, "t2")]
     with stub:
         for answer, token in pages:
             expected = {"logGroupName": "g", "logStreamNamePrefix": "job/", "limit": 10_000,

@@ -3,30 +3,22 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
 
 import pytest
 
 from chalicelib.adapters import AwsClients, ObjectStore
 from chalicelib.blobs import HashingReader, blob_key, ingest, sha256_of
 from chalicelib.errors import NotFound
+from tests.aws_fixtures import aws_env_fixture, moto_fixture  # noqa: F401  (fixtures)
 
 BUCKET = "kaos-data"
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStore]:
-    from moto import mock_aws
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        s3 = AwsClients().s3
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        yield ObjectStore(s3, BUCKET)
+def store(moto: AwsClients) -> ObjectStore:
+    moto.s3.create_bucket(Bucket=BUCKET)
+    moto.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return ObjectStore(moto.s3, BUCKET)
 
 
 def test_hashing_reader_hashes_what_passes_through() -> None:

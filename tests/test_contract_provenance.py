@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.repositories.provenance import DynamoProvenance, MemoryProvenance, Node, ProvenanceRepository
-from chalicelib.repositories.workspaces import MemoryWorkspaces
+from tests.aws_fixtures import memory_twin
 from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 
 WS = "ws-a"
@@ -12,10 +12,8 @@ WS = "ws-a"
 
 @pytest.fixture(params=["dynamo", "memory"])
 def provenance(request: pytest.FixtureRequest) -> ProvenanceRepository:
-    if request.param == "memory":
-        return MemoryProvenance(MemoryWorkspaces())
-    request.getfixturevalue("dynamo_table")
-    return DynamoProvenance()
+    workspaces = memory_twin(request)
+    return DynamoProvenance() if workspaces is None else MemoryProvenance(workspaces)
 
 
 def test_nodes_are_appended_once(provenance: ProvenanceRepository) -> None:

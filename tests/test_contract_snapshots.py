@@ -5,7 +5,7 @@ import pytest
 
 from chalicelib.repositories.snapshots import (Derived, DynamoSnapshots, LatestInputs, MemorySnapshots, Snapshot,
                                                SnapshotRepository)
-from chalicelib.repositories.workspaces import MemoryWorkspaces
+from tests.aws_fixtures import memory_twin
 from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 
 WS = "ws-a"
@@ -13,10 +13,8 @@ WS = "ws-a"
 
 @pytest.fixture(params=["dynamo", "memory"])
 def snapshots(request: pytest.FixtureRequest) -> SnapshotRepository:
-    if request.param == "memory":
-        return MemorySnapshots(MemoryWorkspaces())
-    request.getfixturevalue("dynamo_table")
-    return DynamoSnapshots()
+    workspaces = memory_twin(request)
+    return DynamoSnapshots() if workspaces is None else MemorySnapshots(workspaces)
 
 
 def _snapshot(snapshot_id: str = "a" * 64, kind: str = "data", by: str = "alice") -> Snapshot:

@@ -5,7 +5,7 @@ import pytest
 
 from chalicelib.repositories.triggers import (CLOSED, DONE, OPEN, AutoRetrain, DynamoTriggers, MemoryTriggers,
                                               PendingFile, RetrainBatch, TriggerRepository)
-from chalicelib.repositories.workspaces import MemoryWorkspaces
+from tests.aws_fixtures import memory_twin
 from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 
 WS = "ws-a"
@@ -13,10 +13,8 @@ WS = "ws-a"
 
 @pytest.fixture(params=["dynamo", "memory"])
 def triggers(request: pytest.FixtureRequest) -> TriggerRepository:
-    if request.param == "memory":
-        return MemoryTriggers(MemoryWorkspaces())
-    request.getfixturevalue("dynamo_table")
-    return DynamoTriggers()
+    workspaces = memory_twin(request)
+    return DynamoTriggers() if workspaces is None else MemoryTriggers(workspaces)
 
 
 def _batch(batch_id: str, previous: str | None = None) -> RetrainBatch:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,24 +9,17 @@ import pytest
 from chalicelib.adapters import AwsClients, LogReader, ObjectStore
 from chalicelib.errors import ValidationFailed
 from chalicelib.logs import JobLogs
+from tests.aws_fixtures import aws_env_fixture, moto_fixture  # noqa: F401  (fixtures)
 
 GROUP, STREAM, BUCKET, ARCHIVE = "/aws/sagemaker/TrainingJobs", "job-1/algo-1", "kaos-data", "ws/w/jobs/j/log.txt"
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsClients]:
-    from moto import mock_aws
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        clients = AwsClients()
-        clients.logs.create_log_group(logGroupName=GROUP)
-        clients.logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
-        clients.s3.create_bucket(Bucket=BUCKET)
-        yield clients
+def aws(moto: AwsClients) -> AwsClients:
+    moto.logs.create_log_group(logGroupName=GROUP)
+    moto.logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    moto.s3.create_bucket(Bucket=BUCKET)
+    return moto
 
 
 def write(clients: AwsClients, messages: list[str], at: int | None = None) -> None:

@@ -7,7 +7,6 @@ import io
 import json
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from chalicelib.repositories.workspaces import Workspace
 from chalicelib.snapshots import sourcedir_key
 from chalicelib.triggers import BatchNotReady, TRIGGER_USER
 from chalicelib.wiring import Repositories, Wiring
+from tests.aws_fixtures import aws_env_fixture, moto_fixture  # noqa: F401  (fixtures)
 
 BUCKET, WS, OWNER = "kaos-data", "ws-a", "arn:aws:iam::123456789012:user/dev"
 INCARNATION = "2026-01-01T00:00:00.000+00:00"
@@ -40,38 +40,31 @@ class Stack:
 
 
 @pytest.fixture
-def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    from moto import mock_aws
+def stack(moto: AwsClients) -> Stack:
+    clients = moto
+    clients.s3.create_bucket(Bucket=BUCKET)
+    clients.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    machines = {name: clients.stepfunctions.create_state_machine(
+        name=name, roleArn=ROLE, definition=json.dumps({"StartAt": "S", "States": {"S": {"Type": "Succeed"}}})
+    )["stateMachineArn"] for name in ("training", "grid", "batch", "retrain")}
+    environ = {
+        "KAOS_BUCKET": BUCKET, "KAOS_TABLE": "kaos", "KAOS_PLATFORM_BUCKETS": "kaos-logs",
+        "KAOS_TRAINING_STATE_MACHINE_ARN": machines["training"], "KAOS_GRID_STATE_MACHINE_ARN": machines["grid"],
+        "KAOS_BATCH_STATE_MACHINE_ARN": machines["batch"], "KAOS_RETRAIN_STATE_MACHINE_ARN": machines["retrain"],
+        "KAOS_TRAINING_IMAGE": "image:1", "KAOS_TRAINING_INSTANCE_TYPE": "ml.m5.large",
+        "KAOS_TRAINING_MAX_RUNTIME_SECONDS": "3600", "KAOS_TRAINING_LOG_GROUP": "/aws/sagemaker/TrainingJobs",
+        "KAOS_BATCH_IMAGE": "batch:1", "KAOS_BATCH_MAX_RUNTIME_SECONDS": "3600",
+        "KAOS_BATCH_JOB_DEFINITION": "def", "KAOS_WORKSPACE_ROLE_PREFIX": "arn:aws:iam::123456789012:role/ws/",
+        "KAOS_WORKSPACE_ROLE_BOUNDARY": "arn:aws:iam::123456789012:policy/b",
+        "KAOS_TRAINING_LOG_GROUP_ARN": "arn:aws:logs:us-east-1:123456789012:log-group:g",
+    }
+    repositories = Repositories.memory()
+    assert repositories.workspaces.create(Workspace(WS, OWNER, INCARNATION), INCARNATION)
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        clients = AwsClients()
-        clients.s3.create_bucket(Bucket=BUCKET)
-        clients.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        machines = {name: clients.stepfunctions.create_state_machine(
-            name=name, roleArn=ROLE, definition=json.dumps({"StartAt": "S", "States": {"S": {"Type": "Succeed"}}})
-        )["stateMachineArn"] for name in ("training", "grid", "batch", "retrain")}
-        environ = {
-            "KAOS_BUCKET": BUCKET, "KAOS_TABLE": "kaos", "KAOS_PLATFORM_BUCKETS": "kaos-logs",
-            "KAOS_TRAINING_STATE_MACHINE_ARN": machines["training"], "KAOS_GRID_STATE_MACHINE_ARN": machines["grid"],
-            "KAOS_BATCH_STATE_MACHINE_ARN": machines["batch"], "KAOS_RETRAIN_STATE_MACHINE_ARN": machines["retrain"],
-            "KAOS_TRAINING_IMAGE": "image:1", "KAOS_TRAINING_INSTANCE_TYPE": "ml.m5.large",
-            "KAOS_TRAINING_MAX_RUNTIME_SECONDS": "3600", "KAOS_TRAINING_LOG_GROUP": "/aws/sagemaker/TrainingJobs",
-            "KAOS_BATCH_IMAGE": "batch:1", "KAOS_BATCH_MAX_RUNTIME_SECONDS": "3600",
-            "KAOS_BATCH_JOB_DEFINITION": "def", "KAOS_WORKSPACE_ROLE_PREFIX": "arn:aws:iam::123456789012:role/ws/",
-            "KAOS_WORKSPACE_ROLE_BOUNDARY": "arn:aws:iam::123456789012:policy/b",
-            "KAOS_TRAINING_LOG_GROUP_ARN": "arn:aws:logs:us-east-1:123456789012:log-group:g",
-        }
-        repositories = Repositories.memory()
-        assert repositories.workspaces.create(Workspace(WS, OWNER, INCARNATION), INCARNATION)
+    def wired(component: str) -> Wiring:
+        return Wiring(Settings(component, environ), clients=clients, repositories=repositories)
 
-        def wired(component: str) -> Wiring:
-            return Wiring(Settings(component, environ), clients=clients, repositories=repositories)
-
-        yield Stack(wired("api"), wired("on_upload"), wired("on_upload.process_batch"), clients)
+    return Stack(wired("api"), wired("on_upload"), wired("on_upload.process_batch"), clients)
 
 
 def put_blobs(stack: Stack, files: dict[str, bytes]) -> list[dict[str, Any]]:
