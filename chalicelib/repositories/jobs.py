@@ -322,4 +322,6 @@ class MemoryJobs:
             return {job_id: copy.deepcopy(rows[job_id]) for job_id in job_ids if job_id in rows}
 
     def statuses(self, workspace: str, job_ids: Iterable[str]) -> dict[str, str]:
-        return {job_id: job.status for job_id, job in self.many(workspace, job_ids).items()}
+        with self._workspaces.lock:
+            rows = self._workspaces.rows.get(workspace, {}).get("jobs", {})
+            return {job_id: rows[job_id].status for job_id in job_ids if job_id in rows}

@@ -25,7 +25,9 @@ from chalicelib import limits
 from chalicelib.errors import Conflict, KaosError, ValidationFailed
 from chalicelib.tables import JobItem, MemberItem, WorkspaceItem, _Item, grid_key, ws_key
 
-MEMBER_CAP_MESSAGE = f"user: a workspace has at most {limits.MAX_MEMBERS} members"
+
+def over_cap() -> ValidationFailed:
+    return ValidationFailed(f"user: a workspace has at most {limits.MAX_MEMBERS} members")
 
 
 class IncarnationGone(KaosError):
@@ -244,7 +246,7 @@ class DynamoWorkspaces:
                 current = self.get(workspace.name)
                 if current is None or current.killed_at is not None:
                     raise Conflict(f"workspace {workspace.name!r} is being killed; no member was added") from None
-                raise ValidationFailed(MEMBER_CAP_MESSAGE) from None
+                raise over_cap() from None
             raise
 
     def remove_member(self, name: str, user: str) -> None:
@@ -367,7 +369,7 @@ class MemoryWorkspaces:
             if (workspace.name, user) in self._members:
                 return
             if len(self.members(workspace.name)) >= limits.MAX_MEMBERS:
-                raise ValidationFailed(MEMBER_CAP_MESSAGE)
+                raise over_cap()
             self._members[(workspace.name, user)] = Member(workspace.name, user, "member", at, workspace.owner,
                                                            workspace.created_at)
 
