@@ -17,6 +17,7 @@ from cdk.check import check_iam, resolve
 from cdk.constants import REPO_ROOT
 from cdk.synth import synthesize
 from chalicelib import config
+from chalicelib.errors import Transient, names
 
 SYNTH_DIR = REPO_ROOT / ".cache" / "cdk-test"
 ENV_NAMES = {v for k, v in vars(config).items() if k.isupper() and isinstance(v, str)}
@@ -303,6 +304,44 @@ def test_failing_record_step_falls_back_to_a_direct_update_then_fails(prefix: st
     assert [resolve(st["Resource"], resources) for st in updates] == [
         resolve({"Fn::GetAtt": [table_id, "Arn"]}, resources)
     ]
+
+
+def test_application_transients_are_retried_before_any_catch(resources: dict[str, Any]) -> None:
+    """A throttled write or a lost conditional-check race in a task Lambda (chalicelib.errors.Transient) is retried
+    before the state's Catch sends the run to RecordFailure: one DynamoDB throttle in Record must not fail a
+    finished training. A Lambda reports the concrete class, so every subclass is listed by name."""
+    transient = set(names(Transient))
+    assert {"Throttled", "ConcurrentUpdate"} <= transient
+    lambda_states = 0
+    for prefix, (_, definition) in _machines(resources).items():
+        for name, state in _task_states(definition["States"]).items():
+            if ":lambda:" in state["Resource"]:
+                lambda_states += 1
+                retried = {error for retry in state["Retry"] for error in retry["ErrorEquals"]}
+                assert transient <= retried, (prefix, name)
+                assert "States.ALL" not in retried, (prefix, name)  # a retry never swallows a real failure
+    # Prepare/RecordSuccess/RecordFailure of training and batch, CreatePointJob and the grid's two, Process and its
+    # record step.
+    assert lambda_states == 11
+
+
+def test_a_queued_retrain_batch_waits_as_long_as_the_batch_ahead_may_take(resources: dict[str, Any]) -> None:
+    """Bug 7: BatchNotReady was retried for ~4 minutes in total while the batch ahead may run its window, a 15 minute
+    ProcessBatch and the training it starts; the queued batch then ended FAILED and its files were never retrained."""
+    from chalicelib.triggers import MAX_WINDOW_SECONDS, BatchNotReady, BatchStillFilling
+
+    from cdk.constants import DEFAULT_TRAINING_MAX_RUNTIME_SECONDS
+
+    _, definition = _machines(resources)["TriggersRetrain"]
+    process = definition["States"]["Process"]
+    (not_ready,) = [r for r in process["Retry"] if r["ErrorEquals"] == [BatchNotReady.__name__]]
+    cap = not_ready.get("MaxDelaySeconds", float("inf"))
+    waits = [min(not_ready["IntervalSeconds"] * not_ready["BackoffRate"] ** i, cap)
+             for i in range(not_ready["MaxAttempts"])]
+    assert sum(waits) >= DEFAULT_TRAINING_MAX_RUNTIME_SECONDS + MAX_WINDOW_SECONDS + 15 * 60
+    # Each retry is ~5 history events: far below the 25,000 events of one Standard execution.
+    assert not_ready["MaxAttempts"] * 5 < 25_000
+    assert [BatchStillFilling.__name__] in [r["ErrorEquals"] for r in process["Retry"]]
 
 
 def test_job_fallback_runs_on_the_embedded_interpreter(resources: dict[str, Any]) -> None:
