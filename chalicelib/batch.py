@@ -92,19 +92,13 @@ def datum_key(entry: FileEntry, code: str, command: str, image: str) -> str:
 
 
 class Batch:
-    def __init__(self, *, settings: Settings, jobs: Jobs, workspaces: WorkspaceRepository, store: ObjectStore,
-                 snapshots: Snapshots, provenance: Provenance, logs: JobLogs) -> None:
+    """Submission of batch jobs (the API)."""
+
+    def __init__(self, *, settings: Settings, jobs: Jobs, snapshots: Snapshots) -> None:
         self._settings = settings
         self._jobs = jobs
-        self._workspaces = workspaces
-        self.store = store
         self.snapshots = snapshots
-        self.provenance = provenance
-        self.logs = logs
-        # While Record runs: the job's workspace incarnation, checked before each write (see `record`).
-        self._fence: Fence | None = None
 
-    # --- submission -------------------------------------------------------------------------------------
     def submit(
         self, workspace: str, incarnation: str, user: str, request: dict[str, Any]
     ) -> tuple[dict[str, Any], bool]:
@@ -145,7 +139,22 @@ class Batch:
         self._jobs.start(job)
         return describe(job), created
 
-    # --- pipeline tasks ---------------------------------------------------------------------------------
+
+class BatchPipeline:
+    """The batch pipeline's tasks: Prepare (the SubmitJob pieces) and Record (the output snapshot or the failure)."""
+
+    def __init__(self, *, settings: Settings, jobs: Jobs, workspaces: WorkspaceRepository, store: ObjectStore,
+                 snapshots: Snapshots, provenance: Provenance, logs: JobLogs) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._workspaces = workspaces
+        self.store = store
+        self.snapshots = snapshots
+        self.provenance = provenance
+        self.logs = logs
+        # While Record runs: the job's workspace incarnation, checked before each write (see `record`).
+        self._fence: Fence | None = None
+
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
         """Materializes the inputs and returns the pieces of the SubmitJob request the state machine sends."""
         settings = self._settings
@@ -194,7 +203,7 @@ class Batch:
         }
         at = now()
         self._jobs.repository.set_status(item, "RUNNING", at, started_at=at)
-        lineage_events.started(item)
+        lineage_events.started(item, self._settings)
         return {"batch": request, "run": run}
 
     def _plan(self, workspace: str, spec: dict[str, Any], command: str, glob: str) -> dict[str, Any]:
@@ -283,7 +292,7 @@ class Batch:
             reason = f"{reason}\n{tail}"
         extra = {"metrics": metrics} if metrics else {}
         self._jobs.finish(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
-        lineage_events.ended(item)
+        lineage_events.ended(item, self._settings)
         return describe(item)
 
     def _per_file(self, workspace: str, item: Job) -> bool:
@@ -374,7 +383,7 @@ class Batch:
         except IncarnationGone:  # the output snapshot's node may be shared with other jobs: only the edge goes
             self._jobs.retract_produced(workspace, item.job_id, node, node=False)
             raise
-        lineage_events.ended(item)
+        lineage_events.ended(item, self._settings)
         return describe(item)
 
     def _register_blob(self, workspace: str, key: str, path: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound
 from chalicelib.logs import JobLogs
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import TERMINAL, Job, JobRepository, describe
-from chalicelib.tables import _Item, node_key
 from chalicelib.workspaces import now, workspace_prefix
 
 # How often a kill re-reads a job that a pipeline task keeps changing (each change is a ConcurrentUpdate).
@@ -93,17 +92,10 @@ class Jobs:
         raises IncarnationGone otherwise (an outcome arriving after a kill is dropped)."""
         self.repository.set_status(job, status, now(), fenced=True, **changes)
 
-    @staticmethod
-    def retract_produced(workspace: str, job_id: str, output: str, *, node: bool) -> None:
-        """Deletes the `job -produced-> output` edge rows (and the output's node, if it is the job's own) that a
-        Record wrote before its fenced end failed: a dropped outcome leaves no provenance behind."""
-        job_node = f"job:{job_id}"
-        rows = [_Item(node_key(workspace, job_node), f"OUT#produced#{output}"),
-                _Item(node_key(workspace, output), f"IN#produced#{job_node}")]
-        if node:
-            rows.append(_Item(node_key(workspace, output), "META"))
-        for row in rows:
-            row.delete()
+    def retract_produced(self, workspace: str, job_id: str, output: str, *, node: bool) -> None:
+        """Deletes the `job -produced-> output` edge (and the output's node, if it is the job's own) that a Record
+        wrote before its fenced end failed: a dropped outcome leaves no provenance behind."""
+        self._provenance.retract_produced(workspace, job_id, output, node=node)
 
     # --- kill and resume ------------------------------------------------------------------------------------
     def kill(self, workspace: str, job_id: str, user: str) -> dict[str, Any]:

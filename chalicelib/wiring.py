@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from chalicelib import config
 from chalicelib.adapters import AwsClients, BatchJobs, Executions, LogReader, ObjectStore, TrainingJobs, WebFiles
-from chalicelib.batch import Batch
+from chalicelib.batch import Batch, BatchPipeline
 from chalicelib.config import Settings
 from chalicelib.downloads import Downloads
 from chalicelib.grids import Grids
@@ -133,8 +133,13 @@ class Wiring:
 
     @functools.cached_property
     def batch(self) -> Batch:
-        return Batch(settings=self.settings, jobs=self.jobs, workspaces=self.repositories.workspaces,
-                     store=self.store, snapshots=self.snapshots, provenance=self.provenance, logs=self.batch_logs)
+        return Batch(settings=self.settings, jobs=self.jobs, snapshots=self.snapshots)
+
+    @functools.cached_property
+    def batch_pipeline(self) -> BatchPipeline:
+        return BatchPipeline(settings=self.settings, jobs=self.jobs, workspaces=self.repositories.workspaces,
+                             store=self.store, snapshots=self.snapshots, provenance=self.provenance,
+                             logs=self.batch_logs)
 
     @functools.cached_property
     def grids(self) -> Grids:

@@ -9,4 +9,4 @@ WIRING = wiring("prepare_batch")  # at import: a missing setting fails the cold 
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return WIRING.batch.prepare(event["workspace"], event["job_id"])
+    return WIRING.batch_pipeline.prepare(event["workspace"], event["job_id"])

@@ -10,7 +10,7 @@ WIRING = wiring("record_batch")  # at import: a missing setting fails the cold s
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("batch") if event["outcome"] == "Completed" else event.get("error")
-    job = WIRING.batch.record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
-                              detail or {})
+    job = WIRING.batch_pipeline.record(event["workspace"], event["job_id"], event.get("execution", ""),
+                                       event["outcome"], detail or {})
     # `dropped`: the job's workspace was killed (or re-created) before its outcome arrived, so nothing was written.
     return {"job_id": job["id"], "status": job["status"], "output": job["model"], "dropped": bool(job.get("dropped"))}

@@ -534,7 +534,8 @@ def test_record_writes_only_while_the_workspace_is_the_jobs_incarnation(
     batch_row = _job_row("wk", "batch-racing", incarnation)
     batch_row.kind = "batch"
     batch_row.save()
-    assert wiring.batch.record("wk", "batch-racing", "", "Failed", {"Error": "X", "Cause": "y"})["dropped"] is True
+    failed = {"Error": "X", "Cause": "y"}
+    assert wiring.batch_pipeline.record("wk", "batch-racing", "", "Failed", failed)["dropped"] is True
     assert _written(bucket_name, "wk", "batch-racing")["status"] == "TRAINING"
 
     # No job can be created in a workspace being killed (a grid point, a retrain, a racing submission)...
