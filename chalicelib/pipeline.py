@@ -86,7 +86,7 @@ class TrainingPipeline:
         }
         at = now()
         self._jobs.repository.set_status(job, "TRAINING", at, training_job_name=name, started_at=at)
-        lineage_events.started(job)
+        lineage_events.started(job, self._settings)
         return {"training": request}
 
     def _entry_point(self, workspace: str, manifest: Manifest) -> str:
@@ -126,7 +126,7 @@ class TrainingPipeline:
                 described = self._record_model(workspace, job, detail)
             else:
                 self._jobs.finish(job, "FAILED", failure_reason=failure_reason(detail), ended_at=now())
-                lineage_events.ended(job)
+                lineage_events.ended(job, self._settings)
                 described = describe(job)
         except IncarnationGone:  # killed while recording: nothing of it stays
             return {**describe(job), "dropped": True}
@@ -162,7 +162,7 @@ class TrainingPipeline:
         except IncarnationGone:
             self._jobs.retract_produced(workspace, job.job_id, model_node, node=True)
             raise
-        lineage_events.ended(job)
+        lineage_events.ended(job, self._settings)
         return describe(job)
 
 
