@@ -34,6 +34,10 @@ HTTP_TIMEOUT_SECONDS = 5.0
 HTTP_RETRY = {"total": 1, "connect": 1, "read": 1, "backoff_factor": 0.2,
               "status_forcelist": [500, 502, 503, 504], "allowed_methods": ["POST"]}
 JOB_TYPES = {"train": "TRAINING", "batch": "BATCH"}
+# What building an event of a malformed job row raises, and what the client's transports raise (requests' errors and
+# file errors are OSErrors; the client wraps others in RuntimeError and refuses bad configuration with ValueError).
+_BUILD_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
+_TRANSPORT_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 def job_namespace(workspace: str) -> str:
@@ -65,14 +69,14 @@ def _emit(item: Any, event_type: str, settings: Settings) -> None:
     try:
         event = build_event(item, event_type, settings.bucket)
         clients = _clients(settings.openlineage_url, settings.openlineage_file)
-    except Exception:
+    except _BUILD_ERRORS:
         log.warning("OpenLineage %s event for job %s not built", event_type, getattr(item, "job_id", "?"),
                     exc_info=True)
         return
     for client in clients:
         try:
             client.emit(event)
-        except Exception as exc:  # an unreachable endpoint is the usual cause: one line, no traceback
+        except _TRANSPORT_ERRORS as exc:  # an unreachable endpoint is the usual cause: one line, no traceback
             log.warning("OpenLineage %s event for job %s not emitted by the %s transport: %s", event_type,
                         item.job_id, client.transport.kind, exc)
 
