@@ -14,7 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,10 @@ from kaos.client import ApiError
 from .conftest import TEMPLATE, Stack, tiny_code
 
 SUGGESTION = re.compile(r"`(kaos [^`]+)`")
+# Every command any test saw the CLI suggest; the last test runs each against the stack.
+SUGGESTED: set[str] = set()
+# Suggestions that need an AWS account (exercised with a stand-in cdk above, not runnable here).
+NEEDS_AN_ACCOUNT = ("kaos cloud deploy", "kaos cloud status")
 
 
 def kaos(home: Path, *args: str, env: dict[str, str] | None = None,
@@ -36,8 +40,10 @@ def kaos(home: Path, *args: str, env: dict[str, str] | None = None,
                 "KAOS_DEBUG"):
         environment.pop(key, None)
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=environment, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    result = subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=environment, capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    SUGGESTED.update(SUGGESTION.findall(result.stdout + result.stderr))
+    return result
 
 
 def failed(result: subprocess.CompletedProcess[str], *expected: str) -> str:
@@ -257,16 +263,14 @@ WS = "cli"
 
 
 class Session:
-    """The stack's client home, plus every suggestion the CLI printed along the way."""
+    """The stack's client home; every command's output is kept for the assertions."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.suggested: set[str] = set()
 
     def run(self, *args: str, check: bool = True,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         result = kaos(self.stack.home, *args, env=env)
-        self.suggested |= set(SUGGESTION.findall(result.stdout + result.stderr))
         assert "Traceback" not in result.stderr, result.stderr
         if check:
             assert result.returncode == 0, (args, result.stdout, result.stderr)
@@ -277,99 +281,114 @@ class Session:
                         check=check)
 
 
-@pytest.fixture(scope="module")
-def cli(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    session = Session(stack)
-    session.run("workspace", "create", WS)
-    yield session
+@dataclass
+class Flow:
+    """What the module's scenario did and printed. Everything that changes the workspace happens here, once, so the
+    tests below only read (and do not depend on their order or on which pytest-xdist worker runs them)."""
+
+    cli: Session
+    quick: dict[str, Any]
+    slow: dict[str, Any]
+    bad: str
+    outputs: dict[str, subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
-def jobs(cli: Session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Three tiny jobs: one quick, one logging while it runs, one failing."""
+def flow(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Flow:
+    """Three tiny jobs (quick, logging while it runs, failing) and the commands whose output the tests check."""
+    cli = Session(stack)
+    cli.run("workspace", "create", WS)
     quick = json.loads(cli.deploy(tiny_code(tmp_path_factory.mktemp("quick")), "--json").stdout)
     slow_code = tiny_code(tmp_path_factory.mktemp("slow"),
                           "for i in range(3):\n    print('line', i, flush=True)\n    time.sleep(1)")
     slow = json.loads(cli.deploy(slow_code, "--json").stdout)
     bad_code = tiny_code(tmp_path_factory.mktemp("bad"), "print('about to fail'); sys.exit(3)")
-    return {"quick": quick, "slow": slow, "bad_code": bad_code}
+    outputs = {"wait": cli.deploy(bad_code, "--wait", check=False)}
+    bad = re.match(r"job (train-[0-9a-f]{24}) submitted", outputs["wait"].stderr)
+    assert bad, outputs["wait"].stderr
+    outputs["again"] = cli.deploy(bad_code, check=False)
+    outputs["follow"] = cli.run("train", "logs", "-w", WS, "-f", slow["id"])
+    outputs["whole"] = cli.run("train", "logs", "-w", WS, slow["id"])
+    outputs["follow_bad"] = cli.run("train", "logs", "-w", WS, "-f", bad[1], check=False)
+    outputs["failed_only"] = cli.run("train", "list", "-w", WS, "--status", "failed", "--json")
+    outputs["first_page"] = cli.run("train", "list", "-w", WS, "--limit", "1")
+    outputs["share_nobody"] = cli.run("workspace", "share", WS, "nobody", check=False)
+    outputs["share_guest"] = cli.run("workspace", "share", WS, "guest")
+    extra = tmp_path_factory.mktemp("push") / "more.csv"
+    extra.write_text((TEMPLATE / "data" / "digits.csv").read_text().splitlines()[0] + "\n")
+    outputs["push"] = cli.run("data", "push", "-w", WS, str(extra))
+    return Flow(cli, quick, slow, bad[1], outputs)
 
 
-def test_wait_without_a_terminal_prints_the_id_first_and_one_line_per_state(cli: Session,
-                                                                           jobs: dict[str, Any]) -> None:
-    result = cli.deploy(jobs["bad_code"], "--wait", check=False)
-    assert result.returncode == 1
+def test_wait_without_a_terminal_prints_the_id_first_and_one_line_per_state(flow: Flow) -> None:
+    result = flow.outputs["wait"]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    job_id = re.match(r"job (train-[0-9a-f]{24}) submitted$", lines[0])
-    assert job_id, lines
-    states = [line.removeprefix(f"{job_id[1]}: ") for line in lines[1:]]
+    assert lines[0] == f"job {flow.bad} submitted"
+    states = [line.removeprefix(f"{flow.bad}: ") for line in lines[1:]]
     assert states[-1] == "FAILED" and all(a != b for a, b in itertools.pairwise(states)), lines
-    jobs["bad"] = job_id[1]
+    assert set(states) <= {*ops.TERMINAL, "SUBMITTED", "PENDING", "RUNNING", "TRAINING"}, lines
 
 
-def test_a_failed_identical_job_is_no_cache_hit(cli: Session, jobs: dict[str, Any]) -> None:
-    again = cli.deploy(jobs["bad_code"], check=False)
-    text = failed(again, f"job {jobs['bad']} with identical inputs ended FAILED",
-                  f"`kaos train resume {jobs['bad']} -w {WS}`")
+def test_a_failed_identical_job_is_no_cache_hit(flow: Flow) -> None:
+    text = failed(flow.outputs["again"], f"job {flow.bad} with identical inputs ended FAILED",
+                  f"`kaos train resume {flow.bad} -w {WS}`")
     assert "cache hit" not in text
 
 
-def test_logs_follow_ends_with_the_job(cli: Session, jobs: dict[str, Any]) -> None:
-    followed = cli.run("train", "logs", "-w", WS, "-f", jobs["slow"]["id"])
+def test_logs_follow_ends_with_the_job(flow: Flow) -> None:
+    followed = flow.outputs["follow"]
     assert [line for line in followed.stdout.splitlines() if line.startswith("line")] == \
         ["line 0", "line 1", "line 2"]
-    whole = cli.run("train", "logs", "-w", WS, jobs["slow"]["id"])
-    assert whole.stdout == followed.stdout
-    failing = cli.run("train", "logs", "-w", WS, "-f", jobs["bad"], check=False)
+    assert flow.outputs["whole"].stdout == followed.stdout
+    failing = flow.outputs["follow_bad"]
     assert failing.returncode == 1 and "about to fail" in failing.stdout
 
 
-def test_ids_by_prefix(cli: Session, jobs: dict[str, Any], tmp_path: Path) -> None:
-    quick = jobs["quick"]["id"]
+def test_ids_by_prefix(flow: Flow, tmp_path: Path) -> None:
+    cli, quick = flow.cli, flow.quick["id"]
     for prefix in (quick[:12], quick.removeprefix("train-")[:8]):
         assert json.loads(cli.run("train", "info", "-w", WS, prefix, "--json").stdout)["id"] == quick
-    failed(cli.run("train", "info", "-w", WS, "train-", check=False), "matches 3 job or grid ids",
-           jobs["slow"]["id"])
+    ambiguous = failed(cli.run("train", "info", "-w", WS, "train-", check=False), "job or grid ids")
+    assert flow.slow["id"] in ambiguous and quick in ambiguous
     failed(cli.run("train", "info", "-w", WS, "train-fffffff", check=False), "no job or grid id")
-    data = cli.run("train", "info", "-w", WS, quick, "--json")
-    snapshot = json.loads(data.stdout)["inputs"]["data"]["training"]
+    snapshot = flow.quick["inputs"]["data"]["training"]
+    # The same code and data again, the data named by a prefix of its snapshot id: the quick job, a cache hit.
     reused = json.loads(cli.run("train", "deploy", "-w", WS, "-s", str(tiny_code(tmp_path)),
                                 "-d", f"snapshot:{snapshot[:10]}", "--json").stdout)
-    assert reused["inputs"]["data"] == {"training": snapshot}
+    assert reused["id"] == quick and reused["inputs"]["data"] == {"training": snapshot}
 
 
-def test_lists_show_full_ids_and_page(cli: Session, jobs: dict[str, Any]) -> None:
+def test_lists_show_full_ids_and_page(flow: Flow) -> None:
+    cli = flow.cli
     table = cli.run("train", "list", "-w", WS).stdout  # COLUMNS=100
-    assert jobs["quick"]["id"] in table and jobs["slow"]["id"] in table
-    first = cli.run("train", "list", "-w", WS, "--limit", "1")
-    token = re.search(r"--next (\S+)`", first.stderr)
-    assert token, first.stderr
+    assert flow.quick["id"] in table and flow.slow["id"] in table
+    token = re.search(r"--next (\S+)`", flow.outputs["first_page"].stderr)
+    assert token, flow.outputs["first_page"].stderr
     every = json.loads(cli.run("train", "list", "-w", WS, "--all", "--json").stdout)["jobs"]
+    assert {flow.quick["id"], flow.slow["id"], flow.bad} <= {j["id"] for j in every}
     rest = json.loads(cli.run("train", "list", "-w", WS, "--limit", "1", "--next", token[1], "--json").stdout)
-    assert rest["jobs"] == [every[1]]
-    failed_only = json.loads(cli.run("train", "list", "-w", WS, "--status", "failed", "--json").stdout)["jobs"]
-    assert [j["id"] for j in failed_only] == [jobs["bad"]]
-    assert json.loads(cli.run("train", "list", "-w", WS, "--since", "2000-01-01", "--json").stdout)["jobs"] == every
+    assert [j["id"] for j in rest["jobs"]] == [every[1]["id"]]
+    assert [j["id"] for j in json.loads(flow.outputs["failed_only"].stdout)["jobs"]] == [flow.bad]
+    since = json.loads(cli.run("train", "list", "-w", WS, "--all", "--since", "2000-01-01", "--json").stdout)
+    assert [j["id"] for j in since["jobs"]] == [j["id"] for j in every]
     assert json.loads(cli.run("train", "list", "-w", WS, "--since", "2999-01-01", "--json").stdout)["jobs"] == []
 
 
-def test_share_checks_local_users(cli: Session) -> None:
-    failed(cli.run("workspace", "share", WS, "nobody", check=False), "no user 'nobody'")
-    assert "guest" in cli.run("workspace", "share", WS, "guest").stdout
+def test_share_checks_local_users(flow: Flow) -> None:
+    failed(flow.outputs["share_nobody"], "no user 'nobody'")
+    assert "guest" in flow.outputs["share_guest"].stdout
 
 
-def test_data_push_with_auto_retrain_off_suggests_a_command_that_works(cli: Session, tmp_path: Path) -> None:
-    extra = tmp_path / "more.csv"
-    extra.write_text((TEMPLATE / "data" / "digits.csv").read_text().splitlines()[0] + "\n")
-    pushed = cli.run("data", "push", "-w", WS, str(extra))
-    assert f"`kaos workspace auto-retrain {WS} on`" in pushed.stdout
+def test_data_push_with_auto_retrain_off_suggests_the_command_to_turn_it_on(flow: Flow) -> None:
+    assert f"`kaos workspace auto-retrain {WS} on`" in flow.outputs["push"].stdout
 
 
-def test_cloud_deploy_then_workspace_list_talks_to_the_deployed_api(cli: Session, tmp_path: Path) -> None:
+def test_cloud_deploy_then_workspace_list_talks_to_the_deployed_api(flow: Flow, tmp_path: Path) -> None:
     """The embedded stack stands in for the account: the stand-in cdk reports its API as the stack's ApiUrl."""
     home = tmp_path / "home"
-    env = {cloud.CDK_ENV: str(stand_in_cdk(tmp_path, cli.stack.api_url)),
-           "AWS_SHARED_CREDENTIALS_FILE": str(cli.stack.state_dir / "credentials")}
+    env = {cloud.CDK_ENV: str(stand_in_cdk(tmp_path, flow.cli.stack.api_url)),
+           "AWS_SHARED_CREDENTIALS_FILE": str(flow.cli.stack.state_dir / "credentials")}
     deployed = kaos(home, "cloud", "deploy", "--profile", "kaos-local-dev", "--region", "us-east-1", env=env)
     assert deployed.returncode == 0, deployed.stderr
     listed = kaos(home, "workspace", "list", "--json", env=env)
@@ -377,11 +396,15 @@ def test_cloud_deploy_then_workspace_list_talks_to_the_deployed_api(cli: Session
     assert WS in {w["name"] for w in json.loads(listed.stdout)}
 
 
-def test_every_suggested_command_runs_as_printed(cli: Session, jobs: dict[str, Any]) -> None:
-    """Runs after the tests above collected what the CLI suggested (module order)."""
-    assert {f"kaos train resume {jobs['bad']} -w {WS}", f"kaos workspace auto-retrain {WS} on"} <= cli.suggested
-    for command in sorted(cli.suggested):
-        args = shlex.split(command)[1:]
-        if "NAME" in args:  # a placeholder the user fills in
-            args = [WS if a == "NAME" else a for a in args]
-        cli.run(*args)
+def test_every_suggested_command_runs_as_printed(flow: Flow, offline: Path) -> None:
+    """Every command the CLI suggested in the scenario, and in the no-stack failures, run in the stack's client
+    home (where `kaos local up --detach` finds the stack running). Placeholders (NAME) are filled in."""
+    for args in (("workspace", "list"), ("workspace", "list", "--json")):
+        kaos(offline, *args)  # stack down
+        kaos(offline, *args, env={"KAOS_PROFILE": "nobody"})  # bad profile
+    suggested = {command for result in flow.outputs.values()
+                 for command in SUGGESTION.findall(result.stdout + result.stderr)} | SUGGESTED
+    assert {f"kaos train resume {flow.bad} -w {WS}", f"kaos workspace auto-retrain {WS} on",
+            "kaos local up --detach", "kaos config show"} <= suggested
+    for command in sorted(c for c in suggested if not c.startswith(NEEDS_AN_ACCOUNT)):
+        flow.cli.run(*[WS if word == "NAME" else word for word in shlex.split(command)[1:]])

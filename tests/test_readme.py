@@ -60,7 +60,7 @@ class Run:
     def execute(self, step: Step) -> tuple[str, str]:
         """The command as run (this run's ids) and what it showed."""
         command = self.translate(step.command)
-        words = shlex.split(command, comments=True)
+        words = shlex.split(command.replace("\\\n", " "), comments=True)
         env = {}
         while words and re.match(r"^[A-Z_]+=", words[0]):
             name, _, value = words.pop(0).partition("=")
