@@ -4,7 +4,6 @@ bugs 5, 6 and 7 of issue 11 are marked as such."""
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import time
 from dataclasses import dataclass
@@ -15,56 +14,34 @@ import pytest
 from chalicelib import triggers as triggers_module
 from chalicelib.adapters import AwsClients
 from chalicelib.blobs import blob_key
-from chalicelib.config import Settings
 from chalicelib.domain import FileEntry, sha256_hex
 from chalicelib.errors import IntegrityError, NotFound
-from chalicelib.repositories.workspaces import Workspace
 from chalicelib.snapshots import sourcedir_key
 from chalicelib.triggers import BatchNotReady, TRIGGER_USER
-from chalicelib.wiring import Repositories, Wiring
-from tests.aws_fixtures import aws_env_fixture, moto_fixture  # noqa: F401  (fixtures)
+from chalicelib.wiring import Wiring
+from tests.service_wiring import BUCKET, OWNER, component, services, workspace  # noqa: F401  (fixture)
 
-BUCKET, WS, OWNER = "kaos-data", "ws-a", "arn:aws:iam::123456789012:user/dev"
-INCARNATION = "2026-01-01T00:00:00.000+00:00"
-ROLE = "arn:aws:iam::123456789012:role/sfn"
+WS = "ws-a"
 
 
 @dataclass
 class Stack:
-    """One process's wiring per component, sharing the clients and the in-memory repositories."""
+    """The wiring of the API and of the two auto-retrain functions, sharing clients and in-memory repositories."""
 
     api: Wiring
     on_upload: Wiring
     process_batch: Wiring
     clients: AwsClients
+    incarnation: str
 
 
 @pytest.fixture
-def stack(moto: AwsClients) -> Stack:
-    clients = moto
-    clients.s3.create_bucket(Bucket=BUCKET)
-    clients.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    machines = {name: clients.stepfunctions.create_state_machine(
-        name=name, roleArn=ROLE, definition=json.dumps({"StartAt": "S", "States": {"S": {"Type": "Succeed"}}})
-    )["stateMachineArn"] for name in ("training", "grid", "batch", "retrain")}
-    environ = {
-        "KAOS_BUCKET": BUCKET, "KAOS_TABLE": "kaos", "KAOS_PLATFORM_BUCKETS": "kaos-logs",
-        "KAOS_TRAINING_STATE_MACHINE_ARN": machines["training"], "KAOS_GRID_STATE_MACHINE_ARN": machines["grid"],
-        "KAOS_BATCH_STATE_MACHINE_ARN": machines["batch"], "KAOS_RETRAIN_STATE_MACHINE_ARN": machines["retrain"],
-        "KAOS_TRAINING_IMAGE": "image:1", "KAOS_TRAINING_INSTANCE_TYPE": "ml.m5.large",
-        "KAOS_TRAINING_MAX_RUNTIME_SECONDS": "3600", "KAOS_TRAINING_LOG_GROUP": "/aws/sagemaker/TrainingJobs",
-        "KAOS_BATCH_IMAGE": "batch:1", "KAOS_BATCH_MAX_RUNTIME_SECONDS": "3600",
-        "KAOS_BATCH_JOB_DEFINITION": "def", "KAOS_WORKSPACE_ROLE_PREFIX": "arn:aws:iam::123456789012:role/ws/",
-        "KAOS_WORKSPACE_ROLE_BOUNDARY": "arn:aws:iam::123456789012:policy/b",
-        "KAOS_TRAINING_LOG_GROUP_ARN": "arn:aws:logs:us-east-1:123456789012:log-group:g",
-    }
-    repositories = Repositories.memory()
-    assert repositories.workspaces.create(Workspace(WS, OWNER, INCARNATION), INCARNATION)
-
-    def wired(component: str) -> Wiring:
-        return Wiring(Settings(component, environ), clients=clients, repositories=repositories)
-
-    return Stack(wired("api"), wired("on_upload"), wired("on_upload.process_batch"), clients)
+def stack(services: Wiring) -> Stack:  # noqa: F811
+    # The data bucket is versioned (cdk/storage.py): an upload's event names its version.
+    services.clients.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    incarnation = workspace(services, WS).created_at
+    return Stack(services, component(services, "on_upload"), component(services, "on_upload.process_batch"),
+                 services.clients, incarnation)
 
 
 def put_blobs(stack: Stack, files: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -192,7 +169,7 @@ def deployed(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> str:
     code = code_snapshot(stack, {"train.py": b"print('train')\n"})
     data, status = stack.api.snapshots.commit(WS, "data", put_blobs(stack, {"old.csv": b"1\n"}), OWNER)
     assert status == 201
-    stack.api.training.submit(WS, INCARNATION, OWNER, {"code": code, "data": {"training": data["id"]}})
+    stack.api.training.submit(WS, stack.incarnation, OWNER, {"code": code, "data": {"training": data["id"]}})
     stack.api.triggers.set_enabled(WS, OWNER, True)
     return str(data["id"])
 
