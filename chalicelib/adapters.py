@@ -1,6 +1,7 @@
 """One small class per AWS boundary, each taking its boto3 client in `__init__` (tests pass a Stubber-wrapped or a
-moto-backed one). `AwsClients` makes those clients: once per process (`clients()`), lazily per service, all from one
-botocore Config, so importing this module costs nothing and warm Lambdas reuse their clients and connections.
+moto-backed one). `AwsClients` makes those clients, lazily per service, all from one botocore Config; the composition
+root (chalicelib/wiring.py) holds one per process, so importing this module costs nothing and warm Lambdas reuse
+their clients and connections.
 
 Adapters catch `botocore.exceptions.ClientError` only (anything else is a bug or a network failure botocore has
 already retried) and turn the error codes they expect into answers (None, False) or named errors (chalicelib.errors).
@@ -97,12 +98,6 @@ class AwsClients:
     @functools.cached_property
     def sts(self) -> Any:
         return self._make("sts")
-
-
-@functools.cache
-def clients() -> AwsClients:
-    """The clients of this process (the composition root hands them to the adapters it builds)."""
-    return AwsClients()
 
 
 def _answer_or(call: Callable[[], T], absent: frozenset[str]) -> T | None:

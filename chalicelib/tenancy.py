@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.adapters import clients, error_code
+from chalicelib.adapters import error_code
 
 ROLE_PATH = "/kaos/workspaces/"
 POLICY_NAME = "workspace"
@@ -70,23 +70,11 @@ class WorkspaceRoles:
     definition that runs its batch jobs under that role (idempotent both ways)."""
 
     def __init__(self, bucket: str, boundary_arn: str, role_prefix_arn: str, log_group_arn: str,
-                 base_job_definition: str = "", client: Any = None, batch_client: Any = None) -> None:
+                 base_job_definition: str = "", *, client: Any, batch_client: Any) -> None:
         self.bucket, self.boundary_arn = bucket, boundary_arn
         self.role_prefix_arn, self.log_group_arn = role_prefix_arn, log_group_arn
         self.base_job_definition = base_job_definition
-        self._client, self._batch = client, batch_client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = clients().iam
-        return self._client
-
-    @property
-    def batch(self) -> Any:
-        if self._batch is None:
-            self._batch = clients().batch
-        return self._batch
+        self.client, self.batch = client, batch_client
 
     def _register_job_definition(self, workspace: str, incarnation: str, role: str) -> None:
         """A copy of the stack's definition (image, command, resources, logging, execution role) whose job role is

@@ -36,10 +36,10 @@ def test_the_pool_fits_every_thread_pool_that_shares_a_client(aws_env: None) -> 
     assert AwsClients().s3.meta.config.signature_version == "s3v4"
 
 
-def test_clients_are_made_once_per_process(aws_env: None) -> None:
-    held = adapters.clients()
-    assert adapters.clients() is held
+def test_a_holder_makes_each_client_once(aws_env: None) -> None:
+    held = AwsClients()
     assert held.s3 is held.s3 and held.stepfunctions is held.stepfunctions
+    assert "sagemaker" not in vars(held)  # made on first use only
 
 
 def test_absent_objects_are_answers_not_errors(s3: tuple[Any, Stubber]) -> None:
