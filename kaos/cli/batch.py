@@ -65,8 +65,8 @@ def data_impact(target: str = typer.Argument(..., help="s3://bucket/key (or pref
             table.add_row(kind, row["id"], str(row.get(key) or ""))
     console.print(table if table.rows else "nothing downstream: no job used it")
     if result.get("truncated"):
-        err.print(f"[yellow]truncated:[/] more than 5,000 nodes downstream; "
-                  f"`kaos train provenance {resolved} --down -w {ws}` shows them all")
+        err.print(f"truncated: more than 5,000 nodes downstream; `kaos train provenance {result['matched'][0]} "
+                  f"--down -w {ws}` shows them all", markup=False, highlight=False)
     return None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import typer
@@ -23,6 +24,11 @@ def _default() -> Path:
 def _state_dir(state_dir: Path | None) -> Path:
     remembered = ClientConfig.load().state_dir
     return (state_dir or (Path(remembered) if remembered else _default())).resolve()
+
+
+def _state_option(directory: Path) -> str:
+    """The --state-dir a suggested command needs to reach this stack (none for the default one)."""
+    return "" if directory == _default() else f" --state-dir {shlex.quote(str(directory))}"
 
 
 def _remember(directory: Path) -> None:
@@ -61,9 +67,8 @@ def local_up(state_dir: Path | None = StateDirOpt,
         os.execv(command[0], command)
     with status_line("starting the embedded stack (the first start synthesizes the CDK app)"):
         runtime = processes.start_detached(directory, port, quiet)
-    down = "kaos local down" + ("" if directory == _default() else f" --state-dir {directory}")
-    console.print(f"kaos local stack ready: API {runtime.api_url} (pid {runtime.pid}); `{down}` stops it",
-                  markup=False)
+    console.print(f"kaos local stack ready: API {runtime.api_url} (pid {runtime.pid}); "
+                  f"`kaos local down{_state_option(directory)}` stops it", markup=False)
 
 
 @app.command("status")
@@ -76,7 +81,8 @@ def local_status(state_dir: Path | None = StateDirOpt, as_json: bool = JsonOpt) 
     if as_json:
         return emit_json({"running": runtime is not None, **(runtime.__dict__ if runtime else {})})
     if runtime is None:
-        fail(f"the embedded stack ({directory}) is not running; start it with `kaos local up --detach`")
+        fail(f"the embedded stack ({directory}) is not running; start it with "
+             f"`kaos local up --detach{_state_option(directory)}`")
     console.print(f"running: API {runtime.api_url}, AWS emulator {runtime.endpoint_url}, pid {runtime.pid}",
                   markup=False)
     return None
