@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -144,14 +145,15 @@ class BatchPipeline:
     """The batch pipeline's tasks: Prepare (the SubmitJob pieces) and Record (the output snapshot or the failure)."""
 
     def __init__(self, *, settings: Settings, jobs: Jobs, workspaces: WorkspaceRepository, store: ObjectStore,
-                 snapshots: Snapshots, provenance: Provenance, logs: JobLogs) -> None:
+                 snapshots: Snapshots, provenance: Provenance, logs: Callable[[], JobLogs]) -> None:
         self._settings = settings
         self._jobs = jobs
         self._workspaces = workspaces
         self.store = store
         self.snapshots = snapshots
         self.provenance = provenance
-        self.logs = logs
+        # Only Record archives logs: Prepare's Lambda is not configured with the log group (built on first use).
+        self._logs = logs
         # While Record runs: the job's workspace incarnation, checked before each write (see `record`).
         self._fence: Fence | None = None
 
@@ -418,7 +420,7 @@ class BatchPipeline:
         if not stream:
             return []
         self._fence_check()
-        return self.logs.archive(stream, job_prefix(workspace, job_id) + "log.txt", tail=LOG_TAIL_LINES)
+        return self._logs().archive(stream, job_prefix(workspace, job_id) + "log.txt", tail=LOG_TAIL_LINES)
 
 
 def _get(document: Any, name: str) -> Any:

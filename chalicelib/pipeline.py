@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
+from collections.abc import Callable
 from typing import Any
 
 from chalicelib import lineage_events
@@ -38,13 +39,14 @@ MAX_REASON_CHARS = 2000
 
 class TrainingPipeline:
     def __init__(self, *, settings: Settings, jobs: Jobs, workspaces: WorkspaceRepository, store: ObjectStore,
-                 snapshots: Snapshots, provenance: Provenance, logs: JobLogs) -> None:
+                 snapshots: Snapshots, provenance: Provenance, logs: Callable[[], JobLogs]) -> None:
         self._settings = settings
         self._jobs = jobs
         self._workspaces = workspaces
         self._store = store
         self._snapshots = snapshots
         self._provenance = provenance
+        # Only Record archives logs: Prepare's Lambda is not configured with the log group (built on first use).
         self._logs = logs
 
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
@@ -134,7 +136,7 @@ class TrainingPipeline:
         # has ended: a failed copy is logged, not raised (CloudWatch Logs still holds the log).
         if job.training_job_name is not None:
             try:
-                self._logs.archive(f"{job.training_job_name}/", job_prefix(workspace, job.job_id) + "log.txt")
+                self._logs().archive(f"{job.training_job_name}/", job_prefix(workspace, job.job_id) + "log.txt")
             except KaosError:
                 log.exception("could not archive the log of job %s", job_id)
         return described

@@ -129,7 +129,7 @@ class Wiring:
     def pipeline(self) -> TrainingPipeline:
         return TrainingPipeline(settings=self.settings, jobs=self.jobs, workspaces=self.repositories.workspaces,
                                 store=self.store, snapshots=self.snapshots, provenance=self.provenance,
-                                logs=self.training_logs)
+                                logs=lambda: self.training_logs)
 
     @functools.cached_property
     def batch(self) -> Batch:
@@ -139,7 +139,7 @@ class Wiring:
     def batch_pipeline(self) -> BatchPipeline:
         return BatchPipeline(settings=self.settings, jobs=self.jobs, workspaces=self.repositories.workspaces,
                              store=self.store, snapshots=self.snapshots, provenance=self.provenance,
-                             logs=self.batch_logs)
+                             logs=lambda: self.batch_logs)
 
     @functools.cached_property
     def grids(self) -> Grids:
