@@ -64,8 +64,11 @@ STACK_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "external-data,impact-data"}
 
 
 def stack_environment(home: Path) -> dict[str, str]:
-    """The environment `kaos local up` gets in tests: this KAOS_HOME and the shared synth context."""
-    return {**os.environ, "KAOS_HOME": str(home), **STACK_CONTEXT}
+    """The environment `kaos local up` gets in tests: this KAOS_HOME, the shared synth context, and this test
+    process as the stack's parent: a run killed by its timeout (no teardown) leaves no stack running."""
+    from kaos.local.stack import PARENT_PID_ENV
+
+    return {**os.environ, "KAOS_HOME": str(home), **STACK_CONTEXT, PARENT_PID_ENV: str(os.getpid())}
 
 
 def stack_template() -> dict[str, Any]:

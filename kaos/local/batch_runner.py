@@ -36,7 +36,7 @@ from typing import IO, Any, Final
 import boto3
 from botocore.config import Config
 
-from kaos.local.containers import RoleKeys, anonymous_keys, container_base_environment
+from kaos.local.containers import STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, container_base_environment
 
 LOG = logging.getLogger(__name__)
 
@@ -80,8 +80,9 @@ class LocalBatchRunner:
             threads = list(self._threads.values())
         for process in processes:
             _kill_group(process)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
         for thread in threads:
-            thread.join(timeout=10)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def job_dir(self, job_id: str) -> Path:
         return self.work_dir / "batch" / job_id

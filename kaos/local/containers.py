@@ -10,6 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+# How long a runner's stop_all waits, in total, for the threads of the jobs it killed to finish (their uploads):
+# a stop of the stack never waits a long time per job.
+STOP_WAIT_SECONDS = 3.0
 # (role ARN, service principal) -> AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN of the role.
 RoleKeys = Callable[[str, str], dict[str, str]]
 

@@ -20,8 +20,10 @@ import hashlib
 import hmac
 import json
 import re
+import errno
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
@@ -296,18 +298,47 @@ def declared_length(method: str, headers: Message) -> tuple[int, Reply | None]:
     return length, None
 
 
-class GatewayServer:
-    """ThreadingHTTPServer on 127.0.0.1 serving an ApiGateway."""
+class PortInUse(Exception):
+    """The API port asked for (`kaos local up --port`) is taken: raised before anything else starts."""
 
-    def __init__(self, gateway: ApiGateway, port: int = 0, on_write: Callable[[], object] | None = None) -> None:
-        handler = _handler_for(gateway, on_write)
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} on 127.0.0.1 is in use: choose another with --port, or stop what listens "
+                         "there")
+        self.port = port
+
+
+def listen(port: int) -> socket.socket:
+    """The API's listening socket on 127.0.0.1 (port 0: a free one), taken first thing so a busy port fails the
+    start at once rather than after the emulator and the functions started."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does: no TIME_WAIT refusal
+    try:
+        listening.bind(("127.0.0.1", port))
+    except OSError as exc:
+        listening.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(port) from None
+        raise
+    listening.listen(ThreadingHTTPServer.request_queue_size)
+    return listening
+
+
+class GatewayServer:
+    """ThreadingHTTPServer serving an ApiGateway on a socket from :func:`listen`; `log` gets one line per
+    request (None: nothing)."""
+
+    def __init__(self, gateway: ApiGateway, listening: socket.socket, on_write: Callable[[], object] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        handler = _handler_for(gateway, on_write, log)
+        self.server = ThreadingHTTPServer(listening.getsockname(), handler, bind_and_activate=False)
+        self.server.socket.close()
+        self.server.socket = listening
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="kaos-api", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
+        host, port = self.server.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     def start(self) -> str:
@@ -319,9 +350,11 @@ class GatewayServer:
         self.server.server_close()
 
 
-def _handler_for(gateway: ApiGateway, on_write: Callable[[], object] | None = None) -> type[BaseHTTPRequestHandler]:
+def _handler_for(gateway: ApiGateway, on_write: Callable[[], object] | None = None,
+                 log: Callable[[str], None] | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        _status = 0  # the last answer's, for the request log line
         # Headers and body go out in separate writes; with Nagle on, keep-alive clients wait ~40 ms per request
         # for the delayed ACK before the body arrives.
         disable_nagle_algorithm = True
@@ -344,6 +377,16 @@ def _handler_for(gateway: ApiGateway, on_write: Callable[[], object] | None = No
             return super().handle_expect_100()
 
         def _serve(self) -> None:
+            started = time.monotonic()
+            try:
+                self._answer()
+            finally:
+                if log is not None:
+                    path = self.path.split("?", 1)[0]
+                    log(f"{self.command} {path} {self._status} {(time.monotonic() - started) * 1000:.0f} ms")
+
+        def _answer(self) -> None:
+            self._status = 0
             length, refused = self._refusal()
             if refused is not None:
                 self._refuse(refused, length)
@@ -394,6 +437,7 @@ def _handler_for(gateway: ApiGateway, on_write: Callable[[], object] | None = No
             return seen
 
         def _reply(self, status: int, headers: dict[str, str], payload: bytes, close: bool = False) -> None:
+            self._status = status
             self.send_response(status)
             for name, value in headers.items():
                 if name.lower() not in ("content-length", "connection"):

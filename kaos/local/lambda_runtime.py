@@ -121,6 +121,7 @@ class FunctionPool:
     # (~50 MB each), enough for the bursts the tests and the demo make on a laptop.
     max_workers: int = 8
     _idle: list[_Worker] = field(default_factory=list)
+    _running: set[_Worker] = field(default_factory=set)  # busy ones: a stop ends them too
     _busy: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
@@ -133,19 +134,29 @@ class FunctionPool:
                 raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
             self._busy += 1
             if self._idle:
-                return self._idle.pop()
+                worker = self._idle.pop()
+                self._running.add(worker)
+                return worker
         try:
-            return _Worker(self.spec, self.environment())
+            worker = _Worker(self.spec, self.environment())
         except BaseException:
             self._release(None)
             raise
+        with self._cond:
+            self._running.add(worker)
+            if not self._closed:
+                return worker
+        self._release(worker, reusable=False)  # closed while it started: the stop missed it
+        raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
 
-    def _release(self, worker: _Worker | None) -> None:
+    def _release(self, worker: _Worker | None, reusable: bool = True) -> None:
         with self._cond:
             self._busy -= 1
-            if worker is not None and not self._closed:
-                self._idle.append(worker)
-                worker = None
+            if worker is not None:
+                self._running.discard(worker)
+                if reusable and not self._closed:
+                    self._idle.append(worker)
+                    worker = None
             self._cond.notify()
         if worker is not None:
             worker.stop()
@@ -159,8 +170,7 @@ class FunctionPool:
         # The function's own timeout, as Lambda enforces it; half a second for the pipe.
         answer = worker.call(request, timeout + 0.5)
         if answer is None:
-            worker.stop()
-            self._release(None)
+            self._release(worker, reusable=False)
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {timeout:.2f} seconds", [])
         self._release(worker)
         if "errorType" in answer:
@@ -169,11 +179,12 @@ class FunctionPool:
         return answer.get("result")
 
     def close(self) -> None:
+        """Ends every environment, the busy ones too (their invocations fail as a stopped sandbox's would)."""
         with self._cond:
             self._closed = True
-            idle, self._idle = self._idle, []
+            workers, self._idle = [*self._idle, *self._running], []
             self._cond.notify_all()
-        for worker in idle:
+        for worker in workers:
             worker.stop()
 
 

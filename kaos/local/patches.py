@@ -21,13 +21,14 @@ Patched integrations (each has a contract test in ``tests/test_emulator_contract
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -219,12 +220,29 @@ def _deliver_async(target_arn: str, service: str, event: Any) -> None:
     threading.Thread(target=deliver, name=f"events-{service}", daemon=True).start()
 
 
+_S3_EVENTS_SUSPENDED = threading.Event()
+
+
+@contextlib.contextmanager
+def s3_events_suspended() -> Iterator[None]:
+    """No S3 -> EventBridge events while the stored state is loaded back: they were delivered when the objects
+    were first written (on AWS the objects never left), and the functions are not registered yet."""
+    _S3_EVENTS_SUSPENDED.set()
+    try:
+        yield
+    finally:
+        _S3_EVENTS_SUSPENDED.clear()
+
+
 def _s3_send_event_bridge_message(account_id: str, bucket: Any, event_name: str, key: Any) -> None:
     """S3 -> EventBridge events carry the object key URL-encoded, as S3 event notifications do ("a b+c" ->
     "a+b%2Bc", "/" kept); moto 5.2.5 sends it raw, so consumers that correctly `unquote_plus` would mangle '+'."""
     from urllib.parse import quote_plus
 
     from moto.s3 import notifications
+
+    if _S3_EVENTS_SUSPENDED.is_set():
+        return
 
     class EncodedKey:
         def __init__(self, raw: Any) -> None:

@@ -54,7 +54,7 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
-from kaos.local.containers import RoleKeys, anonymous_keys, container_base_environment
+from kaos.local.containers import STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, container_base_environment
 
 LOG = logging.getLogger(__name__)
 
@@ -213,9 +213,10 @@ class LocalTrainingRunner:
                 process = job.process
             if process is not None and process.poll() is None:
                 self._terminate(process, grace_seconds)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
         for job in jobs:
             if job.thread is not None:
-                job.thread.join(timeout=10)
+                job.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def wait(self, training_job_name: str, timeout: float | None = None) -> None:
         job = self._jobs[training_job_name]

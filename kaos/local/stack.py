@@ -6,22 +6,26 @@ gives its functions; there is no emulator branch anywhere in chalicelib/, functi
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import secrets
+import select
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from kaos.local.gateway import ADMIN_USER, ApiGateway, GatewayServer, LocalUser
-from kaos.local import iam
+from kaos.local.gateway import ADMIN_USER, ApiGateway, GatewayServer, LocalUser, PortInUse, listen
+from kaos.local import iam, patches
 from kaos.local.lambda_runtime import FunctionPool, FunctionSpec, function_environment
 from kaos.local.loader import ACCOUNT_ID, REGION, TemplateLoader, import_handler
 from kaos.local.persistence import Persistence
@@ -39,6 +43,11 @@ LOCAL_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "remoteDataBuckets"}
 # HTTP endpoint and file transport; cdk/stack.py). It is synthesized as a placeholder and filled in at start, so
 # every value (each test run's receiver port) shares one cached synth instead of paying 40-90 s for its own.
 RUNTIME_CONTEXT = {"KAOS_OPENLINEAGE_URL": "openLineageUrl", "KAOS_OPENLINEAGE_FILE": "openLineageFile"}
+# Set by whoever starts a stack that must not outlive it (the test suite: its own pid): the stack stops when that
+# process ends, however it ended, so a test run killed by its timeout leaves no stack behind.
+PARENT_PID_ENV = "KAOS_LOCAL_PARENT_PID"
+# A stop (SIGTERM, SIGINT, the parent gone) ends the process within this many seconds.
+STOP_SECONDS = 10.0
 # What a kaos user's IAM identity needs on AWS: calling the API (execute-api:Invoke); nothing else.
 API_USER_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": f"arn:aws:execute-api:{REGION}:*:*"}]}
@@ -157,11 +166,53 @@ class Runtime:
         return cls(**json.loads(path.read_text()))
 
 
+class _StopRequested(BaseException):
+    """SIGTERM/SIGINT while the stack starts: unwinds the start (BaseException, so no handler on the way keeps
+    it), then the stop runs."""
+
+
+def watch_process(pid: int, gone: Callable[[], None]) -> threading.Thread:
+    """Calls `gone` (in a daemon thread) once process `pid` has ended, however it ended: a pidfd wakes the thread
+    when the kernel reaps it; without pidfds (kernels before 5.3) the pid is checked every second."""
+    def wait() -> None:
+        try:
+            descriptor = os.pidfd_open(pid)
+        except ProcessLookupError:
+            gone()
+            return
+        except OSError:
+            while _alive(pid):
+                time.sleep(1)
+            gone()
+            return
+        try:
+            select.select([descriptor], [], [])
+        finally:
+            os.close(descriptor)
+        gone()
+
+    thread = threading.Thread(target=wait, name=f"watch-{pid}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class LocalStack:
-    def __init__(self, state_dir: Path, api_port: int = 0, test_hooks: bool | None = None) -> None:
+    def __init__(self, state_dir: Path, api_port: int = 0, test_hooks: bool | None = None,
+                 quiet: bool = False) -> None:
         self.state_dir = state_dir
         self.test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1" if test_hooks is None else test_hooks
         self.api_port = api_port
+        self.quiet = quiet
         self.emulator: Any = None
         self.gateway: GatewayServer | None = None
         self.outputs: dict[str, str] = {}
@@ -181,6 +232,7 @@ class LocalStack:
     def start(self) -> Runtime:
         from kaos.local.emulator import Emulator
 
+        listening = listen(self.api_port)  # first: a busy port fails at once (PortInUse)
         # Every workspace's files pass through here: only this user may read them (dirs 0700, files 0600).
         os.umask(0o077)
         for private in (self.state_dir, self.state_dir / "work"):
@@ -209,10 +261,11 @@ class LocalStack:
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(key, None)
         # The resources exist (empty) and nothing serves yet: load the stored state, fail interrupted jobs.
-        restored = self.persistence.restore()
+        with patches.s3_events_suspended():
+            restored = self.persistence.restore()
         if restored.counts:
-            print(f"restored state from {self.persistence.store.data_dir} in {restored.seconds:.2f} s: "
-                  f"{restored.counts}", flush=True)
+            _print(f"restored state from {self.persistence.store.data_dir} in {restored.seconds:.2f} s: "
+                   f"{restored.counts}")
         self.persistence.start()
         for name, spec in stack.functions.items():
             pool = self._pool(spec, endpoint)
@@ -228,7 +281,8 @@ class LocalStack:
         gateway = ApiGateway(chalice_app, users,  # type: ignore[arg-type]
                              region=REGION, control=self._control if self.test_hooks else None,
                              invoke=api_pool.invoke)
-        self.gateway = GatewayServer(gateway, self.api_port, on_write=self.persistence.flush)
+        self.gateway = GatewayServer(gateway, listening, on_write=self.persistence.flush,
+                                     log=None if self.quiet else _print)
         api_url = self.gateway.start()
         runtime = Runtime(api_url=api_url, endpoint_url=endpoint, pid=os.getpid(), state_dir=str(self.state_dir))
         self._configure_client(runtime)
@@ -259,6 +313,7 @@ class LocalStack:
         config.save()
 
     def stop(self) -> None:
+        """Stops serving, then the functions, stores the state and stops the emulator (and the jobs)."""
         (self.state_dir / "runtime.json").unlink(missing_ok=True)
         if self.gateway is not None:
             self.gateway.stop()
@@ -269,28 +324,88 @@ class LocalStack:
                 # Before the emulator stops: the last writes (and the in-flight jobs, failed on the next start).
                 report = self.persistence.stop()
                 if report is not None:
-                    print(f"saved state in {report.seconds:.2f} s: {report.counts}", flush=True)
+                    _print(f"saved state in {report.seconds:.2f} s: {report.counts}")
         finally:
             if self.emulator is not None:
                 self.emulator.stop()
 
     def run(self) -> None:
-        """Foreground: serve until SIGINT/SIGTERM."""
+        """Foreground: serve until SIGINT/SIGTERM, or until the process named by PARENT_PID_ENV ends; a signal
+        during the start stops it there. The stop takes at most STOP_SECONDS, then the process ends anyway."""
         done = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
-        signal.signal(signal.SIGINT, lambda *_: done.set())
-        runtime = self.start()
-        print(f"kaos local stack ready: API {runtime.api_url} (AWS emulator {runtime.endpoint_url})", flush=True)
+        starting = True
+
+        def on_signal(signum: int, _frame: object) -> None:
+            done.set()
+            if starting:
+                raise _StopRequested(signum)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        parent = os.environ.get(PARENT_PID_ENV)
+        if parent:
+            # The same path as a `kaos local down`: a SIGTERM to this process, handled in the main thread.
+            watch_process(int(parent), lambda: os.kill(os.getpid(), signal.SIGTERM))
         try:
+            runtime = self.start()
+            starting = False
+            _print(f"kaos local stack ready: API {runtime.api_url} (AWS emulator {runtime.endpoint_url})")
             done.wait()
+        except _StopRequested:
+            pass
         finally:
+            starting = False
+            _exit_after(STOP_SECONDS)
             self.stop()
 
 
-def main() -> None:
-    state_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default_state_dir()
-    port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    LocalStack(state_dir, port).run()
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _exit_after(seconds: float) -> None:
+    """Ends the process `seconds` from now whatever still runs (a wedged thread, a job that ignores SIGTERM, a
+    non-daemon thread the interpreter would wait for at exit)."""
+    def expire() -> None:
+        sys.stderr.write(f"the stop took longer than {seconds:.0f} s; exiting now\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kaos.local.stack", description=__doc__.split("\n")[0])
+    parser.add_argument("state_dir", nargs="?", type=Path, default=None)
+    parser.add_argument("port", nargs="?", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="print nothing per request")
+    args = parser.parse_args(argv)
+    # Warnings and errors one line each (the cause, no traceback); --quiet: errors only.
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, handlers=[handler])
+    # The emulator's own HTTP requests (many per API request) are not logged, nor moto's report of each failed
+    # state (a failed training is an outcome the API reports, not an error of the stack).
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    try:
+        LocalStack(args.state_dir or default_state_dir(), args.port, quiet=args.quiet).run()
+    except PortInUse as exc:
+        sys.exit(f"kaos local up: {exc}")
+
+
+class _OneLine(logging.Formatter):
+    """A record and its exception on one line: the exception's type and message, never the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc_info, record.exc_info, record.exc_text = record.exc_info, None, None
+        line = super().format(record)
+        record.exc_info = exc_info
+        if exc_info and exc_info[1] is not None:
+            line += f" ({type(exc_info[1]).__name__}: {exc_info[1]})"
+        return line
 
 
 if __name__ == "__main__":
