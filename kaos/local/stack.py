@@ -332,6 +332,7 @@ class LocalStack:
     def run(self) -> None:
         """Foreground: serve until SIGINT/SIGTERM, or until the process named by PARENT_PID_ENV ends; a signal
         during the start stops it there. The stop takes at most STOP_SECONDS, then the process ends anyway."""
+        _configure_logging(self.quiet)
         done = threading.Event()
         starting = True
 
@@ -359,6 +360,17 @@ class LocalStack:
             self.stop()
 
 
+def _configure_logging(quiet: bool) -> None:
+    """The foreground log: warnings and errors one line each (the cause, no traceback); quiet: errors only."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, handlers=[handler], force=True)
+    # The emulator's own HTTP requests (many per API request) are not logged, nor moto's report of each failed
+    # state (a failed training is an outcome the API reports, not an error of the stack).
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -382,14 +394,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("port", nargs="?", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="print nothing per request")
     args = parser.parse_args(argv)
-    # Warnings and errors one line each (the cause, no traceback); --quiet: errors only.
-    handler = logging.StreamHandler()
-    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, handlers=[handler])
-    # The emulator's own HTTP requests (many per API request) are not logged, nor moto's report of each failed
-    # state (a failed training is an outcome the API reports, not an error of the stack).
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
     try:
         LocalStack(args.state_dir or default_state_dir(), args.port, quiet=args.quiet).run()
     except PortInUse as exc:
