@@ -708,7 +708,8 @@ def test_remote_data_buckets_are_readable_only_when_listed() -> None:
     statements = [st for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"
                   for st in r["Properties"]["PolicyDocument"]["Statement"]]
     reads = [st for st in statements if st["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]]
-    assert len(reads) == 2  # the API role (pins versions) and PrepareTraining (copies)
+    # The API role (pins versions), PrepareTraining and PrepareBatch (copy them into a job's inputs).
+    assert len(reads) == 3
     resources = json.dumps([st["Resource"] for st in reads])
     assert "corp-datasets/*" in resources and "shared-ml/*" in resources and ":::*" not in resources
 
