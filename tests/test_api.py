@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 from typing import Any
 
@@ -22,10 +23,21 @@ from .conftest import REPO, Stack
 def _load_app() -> Any:
     """The Chalice app under a private module name: chalice's own loader imports the module named `app`,
     which must stay free for it (the CDK synth in this process packages the app)."""
+    from chalicelib import config
+
     spec = importlib.util.spec_from_file_location("kaos_api_under_test", REPO / "app" / "app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # The app loads its settings at import; only its routes are read here, so any valid values do ("1" parses as
+    # text, a number of seconds and a bucket list). Nothing of it outlives the import.
+    saved, loaded = dict(os.environ), config._loaded
+    os.environ.update({name: "1" for name in config.COMPONENTS["api"] if name not in os.environ})
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        config._loaded = loaded
     return module.app
 
 
