@@ -53,9 +53,15 @@ def profiles(credentials_file: str) -> list[str]:
     return sorted(session.available_profiles)
 
 
+def botocore_session(profile: str) -> botocore.session.Session:
+    """A session of the named profile; "default" means botocore's own chain (environment variables, the default
+    profile, instance roles), so credentials from the environment work without a profile file."""
+    return botocore.session.Session(profile=None if profile in ("", "default") else profile)
+
+
 def credentials(profile: str, credentials_file: str) -> Any:
     """Frozen-able botocore credentials of a profile; an unknown profile names the ones that exist."""
-    session = botocore.session.Session(profile=profile or None)
+    session = botocore_session(profile)
     if credentials_file:
         session.set_config_variable("credentials_file", credentials_file)
     try:

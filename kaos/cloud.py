@@ -14,7 +14,7 @@ from typing import Any
 import botocore.exceptions
 import botocore.session
 
-from kaos.client import ApiError
+from kaos.client import ApiError, botocore_session
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_NAME = "Kaos"
@@ -81,7 +81,7 @@ def kept_resources(template: dict[str, Any]) -> list[str]:
 
 
 def _cloudformation(target: Target) -> Any:
-    session = botocore.session.Session(profile=target.profile or None)
+    session = botocore_session(target.profile)
     try:
         return session.create_client("cloudformation", region_name=target.region)
     except botocore.exceptions.ProfileNotFound:
@@ -96,7 +96,7 @@ def _stack_call(target: Target, operation: str, **kwargs: Any) -> Any:
     except botocore.exceptions.ClientError as exc:
         message = exc.response.get("Error", {}).get("Message", "")
         if "does not exist" in message:
-            raise ApiError(404, "NoStack", f"no {STACK_NAME} stack in {target.region}: `kaos cloud deploy "
+            raise ApiError(0, "NoStack", f"no {STACK_NAME} stack in {target.region}: `kaos cloud deploy "
                                            f"--region {target.region}` creates it") from None
         raise ApiError(0, "CloudFormation", f"CloudFormation {operation}: {message}") from None
     except botocore.exceptions.NoCredentialsError:

@@ -33,15 +33,15 @@ SUGGESTED: set[str] = set()
 NEEDS_AN_ACCOUNT = ("kaos cloud deploy", "kaos cloud status")
 
 
-def kaos(home: Path, *args: str, env: dict[str, str] | None = None,
-         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def kaos(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+         answer: str | None = None) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "KAOS_HOME": str(home), "COLUMNS": "100", **(env or {})}
     for key in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAOS_PROFILE", "KAOS_API_URL",
                 "KAOS_DEBUG"):
         environment.pop(key, None)
     environment.update(env or {})
     result = subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=environment, capture_output=True,
-                            text=True, timeout=timeout, check=False)
+                            text=True, timeout=timeout, check=False, input=answer)
     SUGGESTED.update(SUGGESTION.findall(result.stdout + result.stderr))
     return result
 
@@ -394,6 +394,33 @@ def test_cloud_deploy_then_workspace_list_talks_to_the_deployed_api(flow: Flow, 
     listed = kaos(home, "workspace", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     assert WS in {w["name"] for w in json.loads(listed.stdout)}
+
+
+def test_cloud_status_and_destroy_read_the_emulated_account(flow: Flow, tmp_path: Path) -> None:
+    """The embedded stack's CloudFormation stands in for the account: a Kaos stack created there (one resource kept
+    on deletion, an ApiUrl output) is what `cloud status` reports and what `cloud destroy` says it keeps."""
+    stack = flow.cli.stack
+    cfn = stack.aws("cloudformation")
+    template = {"Resources": {"Data": {"Type": "AWS::CloudFormation::WaitConditionHandle", "DeletionPolicy": "Retain"},
+                              "Scratch": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                "Outputs": {"ApiUrl": {"Value": stack.api_url}}}
+    cfn.create_stack(StackName=cloud.STACK_NAME, TemplateBody=json.dumps(template))
+    admin = json.loads((stack.state_dir / "aws-admin.json").read_text())
+    env = {"AWS_ENDPOINT_URL": stack.runtime["endpoint_url"], "AWS_ACCESS_KEY_ID": admin["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": admin["aws_secret_access_key"],
+           cloud.CDK_ENV: str(stand_in_cdk(tmp_path, stack.api_url))}
+    try:
+        status = json.loads(kaos(tmp_path, "cloud", "status", "--region", "us-east-1", "--json", env=env).stdout)
+        assert status["status"] == "CREATE_COMPLETE" and status["outputs"] == {"ApiUrl": stack.api_url}
+        refused = kaos(tmp_path, "cloud", "destroy", "--region", "us-east-1", env=env, answer="n\n")
+        assert refused.returncode == 1 and "AWS::CloudFormation::WaitConditionHandle Data" in refused.stdout
+        assert "Scratch" not in refused.stdout and not (tmp_path / "cdk-args.json").exists()
+        destroyed = kaos(tmp_path, "cloud", "destroy", "--region", "us-east-1", "--yes", env=env)
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert json.loads((tmp_path / "cdk-args.json").read_text())[:3] == ["destroy", "Kaos", "--force"]
+    finally:
+        cfn.delete_stack(StackName=cloud.STACK_NAME)
+    failed(kaos(tmp_path, "cloud", "status", "--region", "us-east-1", env=env), "no Kaos stack in us-east-1")
 
 
 def test_every_suggested_command_runs_as_printed(flow: Flow, offline: Path) -> None:
