@@ -1,11 +1,15 @@
 """Patches to moto 5.2.5 internals that make the offline emulation faithful.
 
 Every patch is listed in ``PATCH_POINTS`` (``module.attribute``) and is applied by :func:`apply`
-and undone by :func:`remove`. Patches are process-global (moto's backends are process-global),
+and undone by :func:`remove`, through :class:`kaos.local.patching.Patches`: a target moto renamed (or an added
+attribute moto now defines) fails the start loudly, and so does a moto version outside ``MOTO_VERSIONS``.
+Patches are process-global (moto's backends are process-global),
 so only one :class:`kaos.local.emulator.Emulator` is active at a time; the patches call back into
 it through the :class:`Hooks` passed to :func:`apply`.
 
-Patched integrations (each has a contract test in ``tests/test_emulator_contract.py``):
+Patched integrations (each has a contract test in ``tests/test_emulator_contract.py``; S3 -> EventBridge key
+encoding, the Batch runner hook and the DynamoDB write lock in ``tests/test_patches_contract.py``, which also runs
+each on stock moto to show it fails there):
 
 - Lambda invoke (direct, Step Functions ``lambda:invoke`` / legacy Lambda ARNs, S3 notifications,
   EventBridge Lambda targets) dispatches to in-process handlers.
@@ -37,6 +41,7 @@ from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
 from kaos.local import patches_s3
+from kaos.local.patching import Patches, check_moto
 
 LOG = logging.getLogger(__name__)
 
@@ -95,7 +100,7 @@ class Hooks:
 
 
 _HOOKS: Hooks | None = None
-_ORIGINALS: dict[tuple[Any, str], Any] = {}
+PATCHES = Patches()
 _APPLY_LOCK = threading.Lock()
 
 
@@ -170,7 +175,7 @@ def _events_send_to_targets(
     from moto.events.models import EventTemplateParser
     from moto.utilities.arns import parse_arn
 
-    original = _ORIGINALS[(_rule_cls(), "send_to_targets")]
+    original = PATCHES.original(_rule_cls(), "send_to_targets")
     if not self.event_pattern.matches_event(original_event):
         return
     other_targets: list[dict[str, Any]] = []
@@ -249,7 +254,7 @@ def _s3_send_event_bridge_message(account_id: str, bucket: Any, event_name: str,
             self.name = quote_plus(raw.name, safe="/")
             self.size, self.etag, self.version_id = raw.size, raw.etag, raw.version_id
 
-    original = _ORIGINALS[(notifications, "_send_event_bridge_message")]
+    original = PATCHES.original(notifications, "_send_event_bridge_message")
     original(account_id, bucket, event_name, EncodedKey(key))
 
 
@@ -537,9 +542,7 @@ def _state_task_service_for(service_name: str) -> Any:
 
     if service_name == "sagemaker":
         return _SAGEMAKER_TASK_CLS()
-    return _ORIGINALS[(state_task_service_factory, "state_task_service_for")](
-        service_name=service_name
-    )
+    return state_task_service_factory.state_task_service_for(service_name=service_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +556,7 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
 
     hooks = active_hooks()
     runner = hooks.training_runner
-    original = _ORIGINALS[(SageMakerModelBackend, "create_training_job")]
+    original = PATCHES.original(SageMakerModelBackend, "create_training_job")
     if training_job_name in self.training_jobs:
         raise ResourceInUseException(
             message=f"Training job names must be unique within an AWS account and region, and a "
@@ -628,7 +631,7 @@ _UPDATE_FIELDS: Final[dict[str, str]] = {
 def _describe_training_job(self: Any, training_job_name: str) -> dict[str, Any]:
     from moto.sagemaker.models import SageMakerModelBackend
 
-    original = _ORIGINALS[(SageMakerModelBackend, "describe_training_job")]
+    original = PATCHES.original(SageMakerModelBackend, "describe_training_job")
     runner = active_hooks().training_runner
     if runner is None:
         return original(self, training_job_name)
@@ -675,7 +678,7 @@ def _mark_batch_job_as_finished(self: Any, include_start_attempt: bool, job: Any
     runner = _HOOKS.batch_runner if _HOOKS is not None else None
     if runner is None or "size" in (job.array_properties or {}):
         # Array parents are summaries of their children in Batch; moto finishes them itself.
-        _ORIGINALS[(BatchSimpleBackend, "_mark_job_as_finished")](self, include_start_attempt, job)
+        PATCHES.original(BatchSimpleBackend, "_mark_job_as_finished")(self, include_start_attempt, job)
         return
     self.backend._jobs[job.job_id] = job
     job.job_started_at = datetime.datetime.now()
@@ -697,7 +700,7 @@ def _call_action(self: Any) -> Any:
     from moto.core.responses import BaseResponse
     from moto.core.utils import camelcase_to_underscores
 
-    original = _ORIGINALS[(BaseResponse, "call_action")]
+    original = PATCHES.original(BaseResponse, "call_action")
     hooks = _HOOKS
     if hooks is not None:
         try:
@@ -723,16 +726,6 @@ def _call_action(self: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # apply / remove
 # ---------------------------------------------------------------------------------------------
-
-
-def _set(owner: Any, name: str, value: Any) -> None:
-    key = (owner, name)
-    if key not in _ORIGINALS:
-        _ORIGINALS[key] = owner.__dict__.get(name, _MISSING)
-    setattr(owner, name, value)
-
-
-_MISSING: Final = object()
 
 
 # DynamoDB checks a write's condition and applies it atomically, and runs transactions serializably; moto's server
@@ -768,12 +761,9 @@ def _filter_log_events(self: Any) -> str:
     kaos reads one job's training log as the streams `<job name>/...` of the shared SageMaker log group."""
     prefix = self._get_param("logStreamNamePrefix")
     if not prefix or self._get_param("logStreamNames"):
-        from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
-
-        _set(ASLLexer, "nextToken", _lexer_next_token)
         from moto.logs.responses import LogsResponse
 
-        return str(_ORIGINALS[(LogsResponse, "filter_log_events")](self))
+        return str(PATCHES.original(LogsResponse, "filter_log_events")(self))
     group = self.logs_backend.groups.get(self._get_param("logGroupName"))
     names = [name for name in (group.streams if group is not None else {}) if name.startswith(prefix)]
     if not names:
@@ -797,47 +787,42 @@ def apply(hooks: Hooks) -> None:
     from moto.sagemaker.models import SageMakerModelBackend
     from moto.sagemaker.responses import SageMakerResponse
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_factory
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
-        state_task_service_factory,
-    )
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (
         StateTaskService,
     )
 
     with _APPLY_LOCK:
         _HOOKS = hooks
-        if _ORIGINALS:
+        if PATCHES:
             return
+        check_moto()
         if _SAGEMAKER_TASK_CLS is None:
             _SAGEMAKER_TASK_CLS = _make_sagemaker_task_service()
-        _set(LambdaSimpleBackend, "invoke", _lambda_simple_invoke)
-        _set(LambdaFunction, "invoke", _lambda_function_invoke)
-        _set(Rule, "send_to_targets", _events_send_to_targets)
-        _set(StateTaskService, "_normalise_parameters", _normalise_parameters)
-        _set(StateTaskService, "_normalise_response", _normalise_response)
-        _set(state_task_factory, "state_task_service_for", _state_task_service_for)
-        _ORIGINALS[(state_task_service_factory, "state_task_service_for")] = (
-            state_task_service_factory.state_task_service_for
-        )
-        _set(SageMakerModelBackend, "create_training_job", _create_training_job)
-        _set(SageMakerModelBackend, "describe_training_job", _describe_training_job)
-        _set(SageMakerModelBackend, "stop_training_job", _stop_training_job)
-        _set(SageMakerResponse, "stop_training_job", _response_stop_training_job)
-        _set(BaseResponse, "call_action", _call_action)
-        _set(BatchSimpleBackend, "_mark_job_as_finished", _mark_batch_job_as_finished)
+        PATCHES.replace(LambdaSimpleBackend, "invoke", _lambda_simple_invoke)
+        PATCHES.replace(LambdaFunction, "invoke", _lambda_function_invoke)
+        PATCHES.replace(Rule, "send_to_targets", _events_send_to_targets)
+        PATCHES.replace(StateTaskService, "_normalise_parameters", _normalise_parameters)
+        PATCHES.replace(StateTaskService, "_normalise_response", _normalise_response)
+        PATCHES.replace(state_task_factory, "state_task_service_for", _state_task_service_for)
+        PATCHES.replace(SageMakerModelBackend, "create_training_job", _create_training_job)
+        PATCHES.replace(SageMakerModelBackend, "describe_training_job", _describe_training_job)
+        PATCHES.add(SageMakerModelBackend, "stop_training_job", _stop_training_job)
+        PATCHES.add(SageMakerResponse, "stop_training_job", _response_stop_training_job)
+        PATCHES.replace(BaseResponse, "call_action", _call_action)
+        PATCHES.replace(BatchSimpleBackend, "_mark_job_as_finished", _mark_batch_job_as_finished)
         from moto.s3 import notifications as s3_notifications
 
-        _set(s3_notifications, "_send_event_bridge_message", _s3_send_event_bridge_message)
+        PATCHES.replace(s3_notifications, "_send_event_bridge_message", _s3_send_event_bridge_message)
         from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 
-        _set(ASLLexer, "nextToken", _lexer_next_token)
+        PATCHES.replace(ASLLexer, "nextToken", _lexer_next_token)
         from moto.logs.responses import LogsResponse
 
-        _set(LogsResponse, "filter_log_events", _filter_log_events)
+        PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)
         from moto.dynamodb.models import DynamoDBBackend
 
         for name in _DYNAMODB_WRITES:
-            _set(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
+            PATCHES.replace(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name, None)))
         patches_s3.apply()  # S3 checksums verified and kept, conditional writes atomic (kaos/local/patches_s3.py)
 
 
@@ -845,12 +830,6 @@ def remove() -> None:
     """Restore moto's originals."""
     global _HOOKS
     with _APPLY_LOCK:
-        for (owner, name), original in list(_ORIGINALS.items()):
-            if original is _MISSING:
-                if name in owner.__dict__:
-                    delattr(owner, name)
-            elif isinstance(owner, type) or name in getattr(owner, "__dict__", {}):
-                setattr(owner, name, original)
-        _ORIGINALS.clear()
+        PATCHES.remove()
         _HOOKS = None
     patches_s3.remove()

@@ -31,6 +31,8 @@ import threading
 import zlib
 from typing import Any, Final
 
+from kaos.local.patching import Patches
+
 PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.s3.responses.S3Response._get_checksum",
     "moto.s3.responses.S3Response.put_object (serialized per key)",
@@ -47,8 +49,7 @@ _ALGORITHMS: Final[dict[str, Any]] = {
 _NOT_VALUES: Final = {"x-amz-checksum-mode", "x-amz-checksum-type", "x-amz-checksum-algorithm"}
 _TRAILER = re.compile(rb"x-amz-checksum-(\w+):\s*([A-Za-z0-9+/=]+)")
 
-_ORIGINALS: dict[tuple[Any, str], Any] = {}
-_MISSING: Final = object()
+PATCHES = Patches()
 _LOCK = threading.Lock()
 _KEY_LOCKS: Final = [threading.Lock() for _ in range(64)]
 
@@ -110,31 +111,18 @@ def _serialized_put(original: Any) -> Any:
     return put_object
 
 
-def _set(owner: Any, name: str, value: Any) -> None:
-    key = (owner, name)
-    if key not in _ORIGINALS:
-        _ORIGINALS[key] = owner.__dict__.get(name, _MISSING)
-    setattr(owner, name, value)
-
-
 def apply() -> None:
     """Install the S3 patches (idempotent)."""
     from moto.s3.responses import S3Response
 
     with _LOCK:
-        if _ORIGINALS:
+        if PATCHES:
             return
-        _set(S3Response, "_get_checksum", _get_checksum)
-        _set(S3Response, "put_object", _serialized_put(S3Response.put_object))
+        PATCHES.replace(S3Response, "_get_checksum", _get_checksum)
+        PATCHES.replace(S3Response, "put_object", _serialized_put(S3Response.put_object))
 
 
 def remove() -> None:
     """Restore moto's originals."""
     with _LOCK:
-        for (owner, name), original in list(_ORIGINALS.items()):
-            if original is _MISSING:
-                if name in owner.__dict__:
-                    delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        _ORIGINALS.clear()
+        PATCHES.remove()

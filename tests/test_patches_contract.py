@@ -1,0 +1,196 @@
+"""Contract tests for the moto patch points that had none (S3 -> EventBridge key encoding, the Batch runner hook,
+the DynamoDB write lock), and for the patching itself (a missing target or an untested moto version fails loudly).
+
+Each contract is checked twice: with the patch it holds, and with moto's own code put back for that one patch
+point (`Patches.stock`) it does not, so each test shows the patch is what it tests and fails on stock moto."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from kaos.local import patches
+from kaos.local.emulator import Emulator, LambdaContext
+from kaos.local.patching import MOTO_VERSIONS, Patches, PatchTargetError, check_moto
+
+BUCKET = "kaos-patches"
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    emu = Emulator(tmp_path / "emu", stop_grace_seconds=1)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+# --- the patching ---------------------------------------------------------------------------------------------
+class Target:
+    def method(self) -> str:
+        return "moto"
+
+
+def test_a_patch_whose_target_is_gone_fails_loudly() -> None:
+    installed = Patches()
+    with pytest.raises(PatchTargetError, match="renamed_method does not exist"):
+        installed.replace(Target, "renamed_method", lambda self: "patched")
+    with pytest.raises(PatchTargetError, match="method exists now"):
+        installed.add(Target, "method", lambda self: "patched")
+    assert not installed and not hasattr(Target, "renamed_method")
+    installed.replace(Target, "method", lambda self: "patched")
+    assert Target().method() == "patched"
+    installed.remove()
+    assert Target().method() == "moto"
+
+
+def test_moto_outside_the_supported_range_is_refused() -> None:
+    low, high = (".".join(map(str, v)) for v in MOTO_VERSIONS)
+    check_moto(low)
+    check_moto()  # the installed one (requirements.txt pins it)
+    for version in (high, "5.2.4", "6.0.0"):
+        with pytest.raises(PatchTargetError, match=f"moto {version} is installed"):
+            check_moto(version)
+
+
+# --- S3 -> EventBridge: the object key URL-encoded --------------------------------------------------------------
+def _eventbridge_key(emulator: Emulator, key: str) -> str:
+    """The object key an EventBridge rule's Lambda target receives for a PUT of `key`."""
+    received: list[str] = []
+    arrived = threading.Event()
+
+    def handler(event: dict[str, Any], context: LambdaContext) -> None:
+        received.append(event["detail"]["object"]["key"])
+        arrived.set()
+
+    emulator.register_lambda("on-upload", handler)
+    s3, events = emulator.client("s3"), emulator.client("events")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_notification_configuration(Bucket=BUCKET,
+                                             NotificationConfiguration={"EventBridgeConfiguration": {}})
+    events.put_rule(Name="uploads", EventPattern=json.dumps({"source": ["aws.s3"]}))
+    events.put_targets(Rule="uploads", Targets=[
+        {"Id": "1", "Arn": "arn:aws:lambda:us-east-1:123456789012:function:on-upload"}])
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    assert arrived.wait(10), "no event reached the target"
+    return received[0]
+
+
+def test_s3_eventbridge_events_carry_the_key_url_encoded(emulator: Emulator) -> None:
+    # S3 encodes as in its event notifications: space -> '+', '+' -> '%2B', '/' kept.
+    assert _eventbridge_key(emulator, "in/a b+c.csv") == "in/a+b%2Bc.csv"
+
+
+def test_stock_moto_sends_the_raw_key(emulator: Emulator) -> None:
+    from moto.s3 import notifications
+
+    with patches.PATCHES.stock(notifications, "_send_event_bridge_message"):
+        assert _eventbridge_key(emulator, "in/a b+c.csv") == "in/a b+c.csv"
+
+
+# --- Batch: a job runs its command and ends when its process does -------------------------------------------------
+def _batch_job(emulator: Emulator, tmp_path: Path) -> tuple[str, str, Path]:
+    """Submits a job whose command waits for `<tmp>/go`, then writes `<tmp>/ran`; (job id, status right after
+    the submit, the marker)."""
+    batch, iam = emulator.client("batch"), emulator.client("iam")
+    emulator.client("logs").create_log_group(logGroupName="/aws/batch/job")
+    role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    environment = batch.create_compute_environment(computeEnvironmentName="contract-ce", type="UNMANAGED",
+                                                   state="ENABLED", serviceRole=role)["computeEnvironmentArn"]
+    batch.create_job_queue(jobQueueName="contract-q", state="ENABLED", priority=1,
+                           computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}])
+    script = ("import os, sys, time\n"
+              "while not os.path.exists(sys.argv[1] + '/go'): time.sleep(0.05)\n"
+              "open(sys.argv[1] + '/ran', 'w').close()\n")
+    batch.register_job_definition(jobDefinitionName="contract-jd", type="container", containerProperties={
+        "image": "python", "vcpus": 1, "memory": 128, "command": ["python", "-c", script, str(tmp_path)]})
+    job = batch.submit_job(jobName="contract", jobQueue="contract-q", jobDefinition="contract-jd")["jobId"]
+    return job, batch.describe_jobs(jobs=[job])["jobs"][0]["status"], tmp_path / "ran"
+
+
+def _final_status(emulator: Emulator, job: str) -> str:
+    deadline = time.monotonic() + 30
+    while (status := emulator.client("batch").describe_jobs(jobs=[job])["jobs"][0]["status"]) not in (
+            "SUCCEEDED", "FAILED"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    return str(status)
+
+
+def test_a_batch_job_succeeds_only_after_its_command_ran(emulator: Emulator, tmp_path: Path) -> None:
+    job, status, ran = _batch_job(emulator, tmp_path)
+    assert status not in ("SUCCEEDED", "FAILED")
+    (tmp_path / "go").write_text("")
+    assert _final_status(emulator, job) == "SUCCEEDED"
+    assert ran.exists()
+
+
+def test_stock_moto_marks_a_batch_job_succeeded_without_running_it(emulator: Emulator, tmp_path: Path) -> None:
+    from moto.batch_simple.models import BatchSimpleBackend
+
+    with patches.PATCHES.stock(BatchSimpleBackend, "_mark_job_as_finished"):
+        job, status, ran = _batch_job(emulator, tmp_path)
+    assert status == "SUCCEEDED" and _final_status(emulator, job) == "SUCCEEDED"
+    assert not ran.exists()
+
+
+# --- DynamoDB: a conditional write is checked and applied atomically --------------------------------------------
+def _racing_conditional_puts(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Two PutItems of one absent key, each only if it is absent; the first is held inside moto's write (it read
+    the key's current item, absent, and has yet to check its condition and store) until the second finished or was
+    seen waiting for 1 s. Which succeeded."""
+    from moto.dynamodb.models import table
+
+    dynamodb = emulator.client("dynamodb")
+    dynamodb.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+                          AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                          KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    inside, release = threading.Event(), threading.Event()
+    original = table.Item
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # Table.put_item makes the new Item between its read and check
+        if not inside.is_set():
+            inside.set()
+            release.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(table, "Item", held)
+    results: dict[str, bool] = {}
+
+    def put(name: str) -> None:
+        try:
+            dynamodb.put_item(TableName="t", Item={"pk": {"S": "k"}, "by": {"S": name}},
+                              ConditionExpression="attribute_not_exists(pk)")
+            results[name] = True
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ConditionalCheckFailedException"
+            results[name] = False
+
+    first = threading.Thread(target=put, args=("first",))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=put, args=("second",))
+    second.start()
+    second.join(1)
+    release.set()
+    first.join(10)
+    second.join(10)
+    return [results["first"], results["second"]]
+
+
+def test_conditional_writes_are_atomic(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _racing_conditional_puts(emulator, monkeypatch) == [True, False]
+
+
+def test_stock_moto_lets_both_conditional_writes_pass(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.models import DynamoDBBackend
+
+    with patches.PATCHES.stock(DynamoDBBackend, "put_item"):
+        assert _racing_conditional_puts(emulator, monkeypatch) == [True, True]
