@@ -38,7 +38,7 @@ from chalicelib.logs import JobLogs
 from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
                                sha256_hex, validate_path)
 from chalicelib.errors import InputInvalid, IntegrityError, KaosError, NotFound, ValidationFailed
-from chalicelib.lifecycle import Jobs, dropped, job_prefix
+from chalicelib.lifecycle import Jobs, job_prefix
 from chalicelib.repositories.jobs import TERMINAL, Job, describe
 from chalicelib.repositories.workspaces import IncarnationGone, WorkspaceRepository
 from chalicelib.provenance import Provenance
@@ -248,13 +248,9 @@ class BatchPipeline:
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
-        try:
-            item = self._jobs.repository.get(workspace, job_id)
-        except NotFound:  # its workspace was killed: the outcome of a stopped job arrives late
-            return dropped(job_id)
-        if item.status in TERMINAL or (execution and execution != item.execution_arn):
-            # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
-            return describe(item)
+        item = self._jobs.to_record(workspace, job_id, execution)
+        if isinstance(item, dict):
+            return item
         # Every write below (log, output blobs, datum markers, snapshot, provenance) first checks that the workspace
         # is still the job's incarnation, and the job's end is fenced by it: a kill drops the outcome.
         self._fence = Fence(self._workspaces, workspace, item.spec.get("incarnation"))

@@ -87,6 +87,18 @@ class Jobs:
         return {"jobs": [describe(job) for job in jobs], "next": next_cursor}
 
     # --- the pipeline's end ---------------------------------------------------------------------------------
+    def to_record(self, workspace: str, job_id: str, execution: str) -> Job | dict[str, Any]:
+        """The job whose outcome a Record task is about to write, or (nothing to write) what Record answers: the
+        job is gone with its killed workspace, has ended already (a retried task), or the outcome is a late one of
+        an attempt that was killed and resumed (another `execution`)."""
+        try:
+            job = self.repository.get(workspace, job_id)
+        except NotFound:  # its workspace was killed: the outcome of a stopped job arrives late
+            return dropped(job_id)
+        if job.status in TERMINAL or (execution and execution != job.execution_arn):
+            return describe(job)
+        return job
+
     def finish(self, job: Job, status: str, **changes: Any) -> None:
         """The job's last status change: it commits only while the workspace is still the job's incarnation, and
         raises IncarnationGone otherwise (an outcome arriving after a kill is dropped)."""

@@ -18,8 +18,8 @@ from chalicelib.archive import read_model
 from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
 from chalicelib.domain import Manifest, attempt_name, hyperparameters
-from chalicelib.errors import InputInvalid, KaosError, NotFound
-from chalicelib.lifecycle import Jobs, dropped, job_prefix
+from chalicelib.errors import InputInvalid, KaosError
+from chalicelib.lifecycle import Jobs, job_prefix
 from chalicelib.logs import JobLogs
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import TERMINAL, Job, describe
@@ -114,13 +114,9 @@ class TrainingPipeline:
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
-        try:
-            job = self._jobs.repository.get(workspace, job_id)
-        except NotFound:  # its workspace was killed: the outcome of a stopped job arrives late
-            return dropped(job_id)
-        if job.status in TERMINAL or (execution and execution != job.execution_arn):
-            # A retried task (already recorded), or a late outcome of an attempt that was killed and resumed.
-            return describe(job)
+        job = self._jobs.to_record(workspace, job_id, execution)
+        if isinstance(job, dict):
+            return job
         if not self._workspaces.alive(workspace, job.spec.get("incarnation")):
             return {**describe(job), "dropped": True}
         try:

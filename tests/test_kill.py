@@ -11,7 +11,7 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import boto3
 import pytest
 
 from kaos.client import ApiError, Client
+
+from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 
 from .conftest import TEMPLATE, Stack, tiny_code
 
@@ -387,40 +389,12 @@ def test_terminate_job_stops_the_local_batch_process(tmp_path: Path) -> None:
 
 # --- the fences, in process on moto ---------------------------------------------------------------------------
 @pytest.fixture
-def moto_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """chalicelib against moto in this process: one table (the schema of chalicelib.tables) and one bucket."""
-    from moto import mock_aws
-
-    from chalicelib import tables
-    from chalicelib.repositories import workspaces
-
-    env = {"KAOS_TABLE": "kill-fences", "KAOS_BUCKET": "kill-fences", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
-
-    def reset_connections() -> None:
-        workspaces.connection.cache_clear()
-        pending: list[type[Any]] = [tables._Item]
-        while pending:
-            cls = pending.pop()
-            cls._connection = None
-            pending += cls.__subclasses__()
-
-    with mock_aws():
-        reset_connections()
-        boto3.client("dynamodb").create_table(
-            TableName=env["KAOS_TABLE"], BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "gsi1pk", "gsi1sk")],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=[{"IndexName": "gsi1", "Projection": {"ProjectionType": "ALL"},
-                                     "KeySchema": [{"AttributeName": "gsi1pk", "KeyType": "HASH"},
-                                                   {"AttributeName": "gsi1sk", "KeyType": "RANGE"}]}])
-        boto3.client("s3").create_bucket(Bucket=env["KAOS_BUCKET"])
-        yield env
-        reset_connections()
+def moto_backend(dynamo_table: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:  # noqa: F811
+    """chalicelib against moto in this process: the table of tests.contract_tables and one bucket."""
+    env = {"KAOS_TABLE": dynamo_table, "KAOS_BUCKET": "kill-fences"}
+    monkeypatch.setenv("KAOS_BUCKET", env["KAOS_BUCKET"])
+    boto3.client("s3").create_bucket(Bucket=env["KAOS_BUCKET"])
+    return env
 
 
 def _job_row(workspace: str, job_id: str, incarnation: str) -> Any:
