@@ -103,7 +103,8 @@ class Batch:
     def submit(
         self, workspace: str, incarnation: str, user: str, request: dict[str, Any]
     ) -> tuple[dict[str, Any], bool]:
-        """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity."""
+        """Creates the job for these inputs, or returns the existing one: the fingerprint is the identity.
+        `max_runtime_seconds` is the Batch attempt timeout: AWS Batch refuses less than 60 seconds."""
         settings = self._settings
         code = snapshot_ref(self.snapshots, workspace, request.get("code"), "code", "code")
         data = snapshot_ref(self.snapshots, workspace, request.get("data"), "data", "data")

@@ -37,6 +37,9 @@ class Grids:
     def submit(
         self, workspace: str, incarnation: str, user: str, request: dict[str, Any]
     ) -> tuple[dict[str, Any], bool]:
+        """Creates the grid for these inputs (or finds it: the fingerprint is the identity) and starts its
+        Distributed Map. At most limits.MAX_GRID_POINTS points; their list goes to S3 for the map's ItemReader,
+        since Step Functions caps an execution's input at 256 KiB."""
         parallelism = validate_parallelism(request.get("parallelism", 10))
         inputs = self._training.resolve_inputs(workspace, request)
         points = grid_points(inputs.params)  # refuses grids over the cap before anything is written

@@ -50,7 +50,9 @@ class TrainingPipeline:
         self._logs = logs
 
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
-        """Materializes inputs and returns the CreateTrainingJob request the state machine runs."""
+        """Materializes inputs and returns the CreateTrainingJob request the state machine runs. Its HyperParameters
+        are the params JSON-encoded as the SageMaker SDK does (SageMaker allows 100 of them, each value at most
+        2500 characters: checked at submission by chalicelib.domain.parse_params)."""
         job = self._jobs.repository.get(workspace, job_id)
         if job.status in TERMINAL:
             raise InputInvalid(f"job {job_id} is already {job.status}")

@@ -6,7 +6,7 @@ therefore carries `reproduction_of: <original job id>` (chalicelib.domain.JobSpe
 job of its own and, reproduced again, always the same job: reproducing is idempotent like submitting. Provenance
 links `job:<new> -reproduces-> job:<original>`.
 
-The models are compared by two hashes recorded in their provenance nodes (chalicelib.training `_read_model`):
+The models are compared by two hashes recorded in their provenance nodes (chalicelib.archive `read_model`):
 `sha256` of the model.tar.gz bytes (byte-stable archives locally; SageMaker's own tars are not) and
 `content_sha256` over the archive's member names and bytes, which compares on AWS as well.
 """
