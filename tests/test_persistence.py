@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kaos.local.persistence import INTERRUPTED_REASON, Stored, load_stored
+from kaos.local.stack import STOP_SECONDS
 
 from .conftest import TEMPLATE, Stack, stack_environment, tiny_code
 
@@ -40,7 +41,9 @@ class Restartable:
         return self.stack
 
     def down(self) -> None:
+        started = time.monotonic()
         self.cli("down")
+        assert time.monotonic() - started < STOP_SECONDS + 5, "the stack took too long to stop"
         assert not (self.state_dir / "runtime.json").exists()
 
     def close(self) -> None:
