@@ -386,7 +386,7 @@ def train_provenance(node: str, ws_option: str | None = WorkspaceOpt,
     graph = render.merge_pages(pages)
     if fmt == "text":
         if output is None:
-            console.print(provenance_tree(graph, down))
+            console.print(provenance_tree(graph, down), soft_wrap=False)  # a long label wraps, never cropped
         else:
             with output.open("w") as handle:
                 Console(file=handle, width=200).print(provenance_tree(graph, down))
