@@ -1,6 +1,8 @@
 """Settings fail fast: a component's missing, malformed or undeclared variable is a ConfigError naming it."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +116,17 @@ def test_transient_names_are_every_concrete_class() -> None:
     assert names(Transient) == ["ConcurrentUpdate", "Throttled", "Transient"]
     assert ConcurrentUpdate.status == Conflict.status == 409
     assert issubclass(Throttled, Transient)
+
+
+def test_every_transient_class_lives_in_chalicelib_errors() -> None:
+    """CDK lists the retryable error names from chalicelib.errors at synth time (cdk/states.py); a Transient class
+    defined in a module CDK does not import would be missing from every Retry and fail the run instead."""
+    import chalicelib
+
+    for module in pkgutil.walk_packages(chalicelib.__path__, "chalicelib."):
+        importlib.import_module(module.name)
+    todo: list[type[Exception]] = [Transient]
+    while todo:
+        cls = todo.pop()
+        assert cls.__module__ == "chalicelib.errors", f"{cls.__module__}.{cls.__name__}"
+        todo.extend(cls.__subclasses__())
