@@ -86,7 +86,26 @@ def test_sourcedir_is_the_same_bytes_whenever_it_is_built_and_streams_large_file
     snapshot_id = code_snapshot(stack, {"train.py": b"print('hi')\n", "run.sh": b"echo\n", "weights.bin": large})
     snapshots, store = stack.api.snapshots, stack.api.store
     key = sourcedir_key(WS, snapshot_id)
+    reads: list[int] = []
+    stream = store.stream
+
+    def recorded_stream(key: str, *args: Any, **kwargs: Any) -> Any:
+        """The real body, with the size of each read of a blob kept (-1: the whole rest at once)."""
+        body = stream(key, *args, **kwargs)
+        read = body.read
+
+        def sized_read(size: int = -1) -> bytes:
+            if "/blobs/" in key:
+                reads.append(size)
+            return bytes(read(size))
+
+        body.read = sized_read  # type: ignore[method-assign]
+        return body
+
+    monkeypatch.setattr(store, "stream", recorded_stream)
     uri, _ = snapshots.sourcedir(WS, snapshot_id)
+    assert reads and all(0 < size <= 1 << 20 for size in reads), sorted(set(reads))  # no blob read whole
+    monkeypatch.undo()
     first = store.get_bytes(key)
     assert uri == store.uri(key)
     assert snapshots.recorded(WS, [key])[key].sha256 == sha256_hex(first)
