@@ -2,9 +2,11 @@
 (in-memory repositories, moto in process)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 
-from chalicelib.errors import Conflict, ValidationFailed
+from chalicelib.errors import ConcurrentUpdate, Conflict, ValidationFailed
 from chalicelib.wiring import Wiring
 from tests.service_wiring import OWNER, component, executions, services, snapshot, workspace  # noqa: F401
 
@@ -85,3 +87,23 @@ def test_kill_then_resume_and_a_second_resume_is_a_409(services: Wiring) -> None
     assert f"{job['id']}-2" in executions(services, services.settings.training_state_machine_arn)
     with pytest.raises(Conflict, match="only FAILED or KILLED"):
         services.jobs.resume(ws.name, job["id"], OWNER)
+
+
+def test_a_resume_racing_another_is_a_409(services: Wiring, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The kill/resume race reached users as a 500 (pynamodb UpdateError); the versioned write makes it a 409."""
+    from botocore.stub import Stubber
+
+    ws = workspace(services)
+    inputs = _inputs(services, ws.name)
+    job, _ = services.training.submit(ws.name, ws.created_at, OWNER,
+                                      {"code": inputs["code"], "data": {"training": inputs["data"]}})
+    with Stubber(services.clients.sagemaker) as sagemaker:
+        sagemaker.add_response("stop_training_job", {}, {"TrainingJobName": job["id"]})
+        services.jobs.kill(ws.name, job["id"], OWNER)
+    repository = services.repositories.jobs
+    read_before_the_other_resume = repository.get(ws.name, job["id"])
+    services.jobs.resume(ws.name, job["id"], OWNER)
+    monkeypatch.setattr(repository, "get", lambda workspace, job_id: copy.deepcopy(read_before_the_other_resume))
+    with pytest.raises(ConcurrentUpdate) as raced:
+        services.jobs.resume(ws.name, job["id"], OWNER)
+    assert raced.value.status == 409 and isinstance(raced.value, Conflict)
