@@ -3,9 +3,10 @@
 Killing a workspace (`kill`) stops before it deletes, and a name used again is a new incarnation:
 
 1. The workspace row becomes a tombstone (`killed_at`). It keeps the name taken, every route refuses the workspace,
-   and every write made on behalf of the workspace is fenced by it: job rows are created and jobs end (Record)
-   in one transaction with a check that the workspace row still has the job's incarnation (`created_at`) and no
-   `killed_at`, so a job of the killed incarnation can never write into it, or into a later one.
+   and every write made on behalf of the workspace is fenced by it: job, grid and grid point rows are created and
+   jobs end (Record) in one transaction with a check that the workspace row still has the job's incarnation
+   (`created_at`) and no `killed_at` (chalicelib.repositories.workspaces), so a job of the killed incarnation can
+   never write into it, or into a later one. Only the kill route still admits its owner (`admit`).
 2. Everything running is stopped: running grid executions (their map starts no more points), then every job that
    has not ended: its execution, its SageMaker training job or its Batch job; the job is marked KILLED.
 3. Its rows (jobs, grids and their points, snapshots, members, provenance, triggers) and every object version under
