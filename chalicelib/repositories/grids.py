@@ -12,11 +12,10 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
+from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound
-from chalicelib.repositories.workspaces import (IncarnationGone, MemoryWorkspaces, condition_failed, fenced_write,
-                                                item_condition_failed)
+from chalicelib.repositories.workspaces import MemoryWorkspaces, condition_failed, fenced_write, put_once_fenced
 from chalicelib.tables import GridItem, GridPointItem, grid_key, ws_key
 
 
@@ -90,15 +89,8 @@ class DynamoGrids:
     def create(self, grid: Grid, incarnation: str) -> tuple[Grid, bool]:
         values = {name: getattr(grid, name) for name in _ROW_FIELDS if name != "version"}
         item = GridItem(ws_key(grid.workspace), f"GRID#{grid.grid_id}", **values)
-        try:
-            fenced_write(grid.workspace, incarnation, lambda tx: tx.save(item, condition=GridItem.pk.does_not_exist()))
-        except IncarnationGone:
-            raise Conflict(f"workspace {grid.workspace!r} is being killed (or was re-created); no grid was created") \
-                from None
-        except TransactWriteError as exc:
-            if item_condition_failed(exc, 1):
-                return self.get(grid.workspace, grid.grid_id), False
-            raise
+        if not put_once_fenced(grid.workspace, incarnation, item, "grid"):
+            return self.get(grid.workspace, grid.grid_id), False
         return _grid(item), True
 
     def get(self, workspace: str, grid_id: str) -> Grid:

@@ -21,8 +21,8 @@ from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound, ValidationFailed
-from chalicelib.repositories.workspaces import (IncarnationGone, MemoryWorkspaces, condition_failed, fenced_write,
-                                                item_condition_failed)
+from chalicelib.repositories.workspaces import (MemoryWorkspaces, condition_failed, fenced_write,
+                                                item_condition_failed, put_once_fenced)
 from chalicelib.tables import JobItem, ws_key
 
 TERMINAL = ("COMPLETED", "FAILED", "KILLED")
@@ -180,16 +180,8 @@ def _item(job: Job) -> JobItem:
 class DynamoJobs:
     def create(self, job: Job, incarnation: str) -> tuple[Job, bool]:
         item = _item(job)
-        try:
-            fenced_write(job.workspace, incarnation,
-                         lambda tx: tx.save(item, condition=JobItem.pk.does_not_exist()))
-        except IncarnationGone:
-            raise Conflict(f"workspace {job.workspace!r} is being killed (or was re-created); no job was created") \
-                from None
-        except TransactWriteError as exc:
-            if item_condition_failed(exc, 1):
-                return self.get(job.workspace, job.job_id), False
-            raise
+        if not put_once_fenced(job.workspace, incarnation, item, "job"):
+            return self.get(job.workspace, job.job_id), False
         return _job(item), True
 
     def get(self, workspace: str, job_id: str) -> Job:

@@ -118,6 +118,21 @@ def fenced_write(workspace: str, incarnation: str | None, write: Callable[[Trans
         raise
 
 
+def put_once_fenced(workspace: str, incarnation: str, item: _Item, what: str) -> bool:
+    """Writes `item` unless a row has its key (False), only while the workspace is `incarnation`: otherwise
+    Conflict (HTTP 409), saying no `what` was created."""
+    try:
+        fenced_write(workspace, incarnation, lambda tx: tx.save(item, condition=_Item.pk.does_not_exist()))
+    except IncarnationGone:
+        raise Conflict(f"workspace {workspace!r} is being killed (or was re-created); no {what} was created") \
+            from None
+    except TransactWriteError as exc:
+        if item_condition_failed(exc, 1):
+            return False
+        raise
+    return True
+
+
 def item_condition_failed(exc: TransactWriteError, index: int) -> bool:
     """Whether the `index`-th item of a transaction failed its condition. pynamodb sends condition checks, then
     deletes, puts and updates, in that order (so in a fenced_write, 0 is the fence)."""
