@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from chalicelib.errors import Conflict, InputInvalid, NotFound, PlatformBucketReference
+from chalicelib.errors import AwsCallFailed, Conflict, InputInvalid, NotFound, PlatformBucketReference
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -339,8 +339,12 @@ class ObjectStore:
             raise
 
     def put_stream(self, key: str, body: Any, content_type: str = "application/octet-stream") -> None:
-        """Uploads a file-like body of unknown length without holding it: multipart, one part (8 MiB) at a time."""
-        self.client.upload_fileobj(body, self.bucket, key, ExtraArgs={"ContentType": content_type})
+        """Uploads a file-like body of unknown length without holding it: multipart, one part (8 MiB) at a time.
+        AwsCallFailed when S3 refuses it."""
+        try:
+            self.client.upload_fileobj(body, self.bucket, key, ExtraArgs={"ContentType": content_type})
+        except ClientError as exc:
+            raise AwsCallFailed(f"s3://{self.bucket}/{key}: upload failed ({error_code(exc)})") from exc
 
     def copy(self, source_key: str, key: str, version: str | None = None) -> str | None:
         """Server-side copy (of one version of the source, if given); S3 computes the copy's SHA-256 and keeps it
@@ -525,8 +529,12 @@ class LogReader:
             kwargs["nextToken"] = token
         elif start_time is not None:
             kwargs["startTime"] = start_time
-        response = _answer_or(lambda: self.client.filter_log_events(**kwargs),
-                              frozenset({"ResourceNotFoundException"}))
+        try:
+            response = _answer_or(lambda: self.client.filter_log_events(**kwargs),
+                                  frozenset({"ResourceNotFoundException"}))
+        except ClientError as exc:
+            raise AwsCallFailed(f"CloudWatch Logs {self.log_group}: {error_code(exc)} "
+                                f"{exc.response.get('Error', {}).get('Message', '')}") from exc
         if response is None:
             return LogPage([], None)
         events = [{"timestamp": int(e["timestamp"]), "message": str(e["message"])}

@@ -89,6 +89,14 @@ class ConfigError(Exception):
         self.variable, self.component = variable, component
 
 
+class AwsCallFailed(KaosError):
+    """An AWS call an adapter makes failed after botocore's retries (its error code and message say why): a 502, as
+    from any gateway whose upstream failed."""
+
+    status = 502
+    code = "AwsCallFailed"
+
+
 class InputInvalid(KaosError):
     """A task Lambda found the job's recorded inputs unusable; Step Functions does not retry it."""
 

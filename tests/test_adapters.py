@@ -10,8 +10,8 @@ from botocore.stub import Stubber
 
 from chalicelib import adapters, batch, provenance
 from chalicelib.adapters import AwsClients, Executions, LogReader, ObjectStore, TrainingJobs
-from chalicelib.errors import Conflict, InputInvalid, NotFound
-from tests.aws_fixtures import aws_env_fixture  # noqa: F401  (fixture)
+from chalicelib.errors import AwsCallFailed, Conflict, InputInvalid, NotFound
+from tests.aws_fixtures import aws_env_fixture, moto_fixture  # noqa: F401  (fixtures)
 
 
 def stubbed(service: str) -> tuple[Any, Stubber]:
@@ -118,3 +118,17 @@ def test_a_missing_log_group_is_an_empty_log(aws_env: None) -> None:
         stub.add_client_error("filter_log_events", service_error_code="ResourceNotFoundException")
         assert list(LogReader(client, "g").messages("job/")) == []
 
+
+def test_a_refused_log_read_is_a_named_error(aws_env: None) -> None:
+    client, stub = stubbed("logs")
+    with stub:
+        stub.add_client_error("filter_log_events", service_error_code="AccessDeniedException", http_status_code=400)
+        with pytest.raises(AwsCallFailed, match="AccessDeniedException"):
+            LogReader(client, "g").page("job/", 10)
+
+
+def test_a_refused_streamed_upload_is_a_named_error(moto: AwsClients) -> None:
+    import io
+
+    with pytest.raises(AwsCallFailed, match="upload failed"):
+        ObjectStore(moto.s3, "no-such-bucket").put_stream("k", io.BytesIO(b"log line\n"))
