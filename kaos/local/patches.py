@@ -71,6 +71,7 @@ class TrainingRunnerProtocol(Protocol):
     """What the SageMaker patch needs from a training runner (see ``LocalTrainingRunner``)."""
 
     lock: threading.RLock
+    changed: threading.Condition  # on ``lock``, notified whenever a job's description changed
 
     def start(self, request: dict[str, Any], update: Callable[[dict[str, Any]], None]) -> None: ...
 
@@ -490,6 +491,8 @@ def _make_sagemaker_task_service() -> Any:
             job_name = normalised_parameters[name_key]
 
             def resolve() -> dict | None:
+                if describe_op == "describe_training_job":
+                    _await_training_end(resource_runtime_part, job_name)
                 description = getattr(client, describe_op)(**{name_key: job_name})
                 description.pop("ResponseMetadata", None)
                 status = description.get(status_key)
@@ -533,6 +536,27 @@ def _make_sagemaker_task_service() -> Any:
 
 
 _SAGEMAKER_TASK_CLS: Any = None
+# How long one .sync check waits for a local training to end before Step Functions' loop checks again (and sees a
+# stopped execution).
+_SYNC_WAIT_SECONDS: Final[float] = 2.0
+
+
+def _await_training_end(runtime_part: Any, job_name: str) -> None:
+    """Returns once the local training has ended, or after _SYNC_WAIT_SECONDS. moto's .sync loop describes the job
+    every 0.5 s over HTTP (IAM check, deep copy): waiting on the runner's notification instead makes that one
+    DescribeTrainingJob per status change, and the end is seen at once rather than up to 0.5 s late."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    runner = active_hooks().training_runner
+    if runner is None:
+        return
+    jobs = sagemaker_backends[runtime_part.account][runtime_part.region].training_jobs
+    with runner.changed:
+        runner.changed.wait_for(lambda: getattr(jobs.get(job_name), "training_job_status", None) in _ENDED,
+                                timeout=_SYNC_WAIT_SECONDS)
+
+
+_ENDED: Final = frozenset({"Completed", "Failed", "Stopped"})
 
 
 def _state_task_service_for(service_name: str) -> Any:
@@ -612,6 +636,7 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
                 if transitions and "EndTime" not in transitions[-1]:
                     transitions[-1]["EndTime"] = now
             job.last_modified_time = now
+            runner.changed.notify_all()
 
     runner.start(request, update)
     return job

@@ -174,6 +174,7 @@ class LocalTrainingRunner:
         self.stop_grace_seconds = stop_grace_seconds
         self.region = region
         self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # notified by the update callbacks (kaos.local.patches)
         self._jobs: dict[str, _Job] = {}
         self._env_locks: dict[str, threading.Lock] = {}
 
