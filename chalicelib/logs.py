@@ -120,13 +120,19 @@ class JobLogs:
             dropped = 0
             while dropped < skip and dropped < len(fresh) and fresh[dropped]["timestamp"] == after:
                 dropped += 1
-            events, skip, token = fresh[dropped:][:limit], 0, page.token
+            events, skip, token = fresh[dropped:], 0, page.token
+            if len(events) > limit:
+                # Fewer repeated events than expected came first (say, expired): the page is longer than asked.
+                # Its token would skip the rest, so the next read starts after the last event returned instead.
+                events, token = events[:limit], None
+                break
             if events or token is None:
                 break
         for event in events:
             seen = seen + 1 if event["timestamp"] == after else 1
             after = event["timestamp"]
-        return events, _Cursor(token=token, after=after, seen=seen), token is None
+        exhausted = token is None and page.token is None
+        return events, _Cursor(token=token, after=after, seen=seen), exhausted
 
     def _archived(self, key: str, size: int, state: _Cursor,
                   limit: int) -> tuple[list[dict[str, Any]], _Cursor, bool]:

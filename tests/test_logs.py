@@ -120,3 +120,30 @@ def test_no_streams_yet_is_an_empty_page_that_keeps_its_place(aws: AwsClients) -
     answer = logs.page(job_id="j", status="SUBMITTED", ended=False, stream_prefix=None, archive_key=ARCHIVE,
                        cursor=None, limit=10)
     assert answer["events"] == [] and not answer["complete"]
+
+
+def test_a_page_longer_than_asked_never_skips_its_tail(aws_env: None) -> None:
+    """When fewer repeated events come first than the cursor expects (they expired), the page CloudWatch answers is
+    longer than `limit`: its token would skip what was cut, so the next page starts after the last event returned."""
+    from botocore.stub import Stubber
+
+    client = AwsClients()._make("logs")
+    logs = JobLogs(store=ObjectStore(None, BUCKET), reader=LogReader(client, GROUP))
+    pages: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"events": [{"timestamp": 10, "message": "a"}, {"timestamp": 10, "message": "b"}]}, {"limit": 2}),
+        ({"events": [{"timestamp": t, "message": m} for t, m in ((11, "c"), (12, "d"), (13, "e"))],
+          "nextToken": "past-e"}, {"limit": 4, "startTime": 10}),
+        ({"events": [{"timestamp": 12, "message": "d"}, {"timestamp": 13, "message": "e"}]},
+         {"limit": 3, "startTime": 12}),
+    ]
+    answers = []
+    with Stubber(client) as stub:
+        for answer, asked in pages:
+            stub.add_response("filter_log_events", answer,
+                              {"logGroupName": GROUP, "logStreamNamePrefix": "job-1/", **asked})
+        cursor = None
+        for _ in pages:
+            answers.append(page(logs, cursor, 2))
+            cursor = answers[-1]["next"]
+    assert [messages(a) for a in answers] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [a["complete"] for a in answers] == [False, False, False]  # the job has not ended
