@@ -54,8 +54,9 @@ def test_kaos_toml_names_the_entry_point(stack: Stack, tmp_path: Path) -> None:
                                 "--wait", "--json").stdout)
     assert job["status"] == "COMPLETED" and job["metrics"] == {"score": 3}
     (code / "kaos.toml").write_text('[train]\nentry_point = "missing.py"\n')
-    bad = json.loads(stack.kaos("train", "deploy", "-s", str(code), "--wait", "--json", check=False).stdout)
-    assert bad["status"] == "FAILED" and "missing.py" in bad["failure_reason"]
+    # The client refuses it before hashing (the pipeline would fail the job on it later).
+    bad = stack.kaos("train", "deploy", "-s", str(code), "--wait", "--json", check=False)
+    assert bad.returncode == 1 and "names entry_point 'missing.py'" in bad.stderr and not bad.stdout
 
 
 def test_grid_trains_every_point_and_reuses_trained_ones(stack: Stack, tmp_path: Path) -> None:
