@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import kaos
 
@@ -62,7 +63,8 @@ def describe(name: str) -> dict[str, Any]:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # As the CLI's one error path prints: the message as given (paths may hold `[...]`, which markup would eat).
+    err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
