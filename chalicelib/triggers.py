@@ -356,7 +356,9 @@ class Triggers:
         batch = self.repository.batch(workspace, batch_id)
         if batch is None or batch.status in (DONE, FAILED):
             return {"batch": batch_id, "status": batch.status if batch else "missing"}
-        if error.get("Error") == BatchNotReady.__name__ and self.repository.stall(workspace, batch_id):
+        if error.get("Error") == BatchNotReady.__name__:
+            if not self.repository.stall(workspace, batch_id):  # it ended meanwhile (the batch ahead took it over)
+                return self.describe(self.repository.batch(workspace, batch_id) or batch)
             if not self._waits(batch):  # the batch ahead finished while this one gave up: nobody else will run it
                 return self.process(workspace, batch_id)
             log.info("batch %s of %s waits for batch %s; it will process this one", batch_id, workspace,
