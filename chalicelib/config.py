@@ -1,7 +1,7 @@
 """Settings: every environment variable kaos code reads, which component reads which, and fail-fast loading.
 
 CDK is the only writer of these variables: it gives each function exactly `COMPONENTS[<its component>]`
-(cdk/environment.py), so a function's template lists what its code reads and nothing else. A component is a handler
+(cdk/lambdas.py), so a function's template lists what its code reads and nothing else. A component is a handler
 module of functions/ (`prepare_training`, ...; `on_upload.process_batch` is the second handler of on_upload.py, which
 reads other settings) or `api`, the Chalice app.
 
