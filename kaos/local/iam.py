@@ -26,6 +26,7 @@ role that trusts it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -162,8 +163,14 @@ def cached_service_credentials(role_arn: str, service: str) -> Keys:
 
 
 def _glob(pattern: str, value: str, ignore_case: bool = False) -> bool:
+    return _compiled(pattern, ignore_case).match(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    """A policy's wildcard pattern as a regex, compiled once (every request evaluates every statement)."""
     regex = "^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$"
-    return re.match(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+    return re.compile(regex, re.IGNORECASE if ignore_case else 0)
 
 
 def _listed(value: Any) -> list[str]:
@@ -242,7 +249,13 @@ def _document(policy: Any) -> dict[str, Any]:
         text = policy
     else:
         text = policy["policy_document"]
-    parsed: dict[str, Any] = json.loads(text) if isinstance(text, str) else text
+    return _parsed(text) if isinstance(text, str) else dict(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> dict[str, Any]:
+    """A policy document parsed once per text (read only: decide() never changes it)."""
+    parsed: dict[str, Any] = json.loads(text)
     return parsed
 
 
@@ -306,13 +319,16 @@ def _query_param(response: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
-def resources_of(service: str, action: str, region: str, response: Any) -> list[tuple[str, str]]:
-    """The (IAM action, resource ARN) pairs a request needs, per the Service Authorization Reference.
+# IAM prefixes of the services whose requests kaos' decisions read from a JSON body (resources_of, _context).
+_JSON_BODY_SERVICES = frozenset({"dynamodb", "states", "logs", "sagemaker", "batch", "events", "cloudwatch"})
+
+
+def resources_of(service: str, action: str, region: str, response: Any, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (IAM action, resource ARN) pairs a request needs, per the Service Authorization Reference; `body` is
+    the request's JSON body ({} if it has none).
 
     Only the services and operations kaos uses are mapped; any other request is decided on ``*`` (a grant
     must then name ``*``), which is moto's own behaviour."""
-    body = _json_body(response) if service in ("dynamodb", "states", "logs", "sagemaker", "batch", "events") \
-        else {}
     iam_action = f"{service}:{action}"
     if service == "dynamodb":
         tables: list[str] = []
@@ -413,7 +429,7 @@ def _multi_delete(bucket_arn: str, body: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def _context(service: str, action: str, response: Any) -> dict[str, list[str]]:
+def _context(service: str, action: str, response: Any, body: dict[str, Any]) -> dict[str, list[str]]:
     """Condition keys this emulator can fill, by lower-case name."""
     context: dict[str, list[str]] = {"aws:securetransport": ["false"]}
     if service == "s3":
@@ -433,7 +449,7 @@ def _context(service: str, action: str, response: Any) -> dict[str, list[str]]:
     if service == "monitoring":
         namespace = _query_param(response, "Namespace")
         if namespace is None:
-            namespace = _json_body(response).get("Namespace")
+            namespace = body.get("Namespace")
         if namespace is not None:
             context["cloudwatch:namespace"] = [str(namespace)]
     return context
@@ -548,13 +564,14 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
     if request._action == "sts:GetCallerIdentity":
         return None
     region = request._region
+    body = _json_body(self) if prefix in _JSON_BODY_SERVICES else {}  # parsed once, for the pairs and context
     if prefix == "s3" and self.method == "POST" and "delete" in dict(query):
         pairs = _multi_delete(resource, self.raw_body)
     elif resource != "*" and prefix != "iam":
         pairs = [(f"{prefix}:{operation}", resource)]  # S3: moto computed the object or bucket ARN
     else:
-        pairs = resources_of(prefix, operation, region, self)
-    context = _context(service, operation, self)
+        pairs = resources_of(prefix, operation, region, self, body)
+    context = _context(service, operation, self, body)
     for action, arn in pairs:
         extra = dict(context)
         if action == "iam:PassRole":
