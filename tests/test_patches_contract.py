@@ -97,8 +97,8 @@ def test_stock_moto_sends_the_raw_key(emulator: Emulator) -> None:
 
 # --- Batch: a job runs its command and ends when its process does -------------------------------------------------
 def _batch_job(emulator: Emulator, tmp_path: Path) -> tuple[str, str, Path]:
-    """Submits a job whose command waits for `<tmp>/go`, then writes `<tmp>/ran`; (job id, status right after
-    the submit, the marker)."""
+    """Submits a job whose command writes a scratch file in its working folder, waits for `<tmp>/go`, then writes
+    `<tmp>/ran`; (job id, status right after the submit, the marker)."""
     batch, iam = emulator.client("batch"), emulator.client("iam")
     emulator.client("logs").create_log_group(logGroupName="/aws/batch/job")
     role = iam.create_role(RoleName="batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
@@ -107,6 +107,7 @@ def _batch_job(emulator: Emulator, tmp_path: Path) -> tuple[str, str, Path]:
     batch.create_job_queue(jobQueueName="contract-q", state="ENABLED", priority=1,
                            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}])
     script = ("import os, sys, time\n"
+              "open('scratch', 'w').close()\n"  # in its working folder
               "while not os.path.exists(sys.argv[1] + '/go'): time.sleep(0.05)\n"
               "open(sys.argv[1] + '/ran', 'w').close()\n")
     batch.register_job_definition(jobDefinitionName="contract-jd", type="container", containerProperties={
@@ -130,6 +131,14 @@ def test_a_batch_job_succeeds_only_after_its_command_ran(emulator: Emulator, tmp
     (tmp_path / "go").write_text("")
     assert _final_status(emulator, job) == "SUCCEEDED"
     assert ran.exists()
+
+
+def test_a_batch_job_leaves_only_its_log_copy(emulator: Emulator, tmp_path: Path) -> None:
+    """(Not a patch point: the offline runner behind it.) A job's working folder goes when it ends."""
+    job, _, _ = _batch_job(emulator, tmp_path)
+    (tmp_path / "go").write_text("")
+    assert _final_status(emulator, job) == "SUCCEEDED"
+    assert [p.name for p in emulator.batch_runner.job_dir(job).iterdir()] == ["log.txt"]
 
 
 def test_stock_moto_marks_a_batch_job_succeeded_without_running_it(emulator: Emulator, tmp_path: Path) -> None:

@@ -42,6 +42,11 @@ with open(os.path.join(args.model_dir, "metrics.json"), "w") as f:
                "num_gpus": os.environ["SM_NUM_GPUS"]}, f)
 with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "report.txt"), "w") as f:
     f.write("ok")
+# What the job saw under /opt/ml/input/config, kept with the model (the job's folder goes when it ends).
+for name in os.listdir(os.environ["SM_INPUT_CONFIG_DIR"]):
+    with open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], name)) as source:
+        with open(os.path.join(args.model_dir, "config-" + name), "w") as copy:
+            copy.write(source.read())
 """
 
 
@@ -106,6 +111,13 @@ def wait_for(
         time.sleep(0.1)
 
 
+def until(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
+
+
 def read_tar(emulator: Emulator, key: str) -> dict[str, bytes]:
     body = emulator.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as archive:
@@ -131,14 +143,15 @@ def test_unmodified_sagemaker_script_runs(emulator: Emulator) -> None:
     assert metrics["num_gpus"] == "0"
     assert read_tar(emulator, "out/job-script/output/output.tar.gz") == {"report.txt": b"ok"}
 
-    opt_ml = emulator.training_runner.job_dir("job-script") / "opt" / "ml"
-    hyperparameters = json.loads((opt_ml / "input/config/hyperparameters.json").read_text())
+    hyperparameters = json.loads(model["config-hyperparameters.json"])
     assert hyperparameters["epochs"] == "3"  # stored as strings, like SageMaker
     assert hyperparameters["sagemaker_program"] == '"train.py"'
-    assert json.loads((opt_ml / "input/config/resourceconfig.json").read_text())["hosts"] == ["algo-1"]
-    assert "training" in json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
-    log = (emulator.training_runner.job_dir("job-script") / "log.txt").read_text()
-    assert "epoch 2 lr 0.05" in log
+    assert json.loads(model["config-resourceconfig.json"])["hosts"] == ["algo-1"]
+    assert "training" in json.loads(model["config-inputdataconfig.json"])
+    # The job's working files (inputs, code, model) are gone once it ended; its log copy stays.
+    job_dir = emulator.training_runner.job_dir("job-script")
+    until(lambda: [p.name for p in job_dir.iterdir()] == ["log.txt"], "the job's folder to be cleared")
+    assert "epoch 2 lr 0.05" in (job_dir / "log.txt").read_text()
 
 
 def test_logs_reach_cloudwatch_in_order(emulator: Emulator) -> None:
@@ -178,6 +191,9 @@ def test_stop_training_job_kills_process(emulator: Emulator) -> None:
     assert time.monotonic() - started < 5
     statuses = [t["Status"] for t in described["SecondaryStatusTransitions"]]
     assert statuses[-2:] == ["Stopping", "Stopped"]
+    # A job stopped by request (what a workspace kill does) leaves nothing behind, not even its log copy.
+    job_dir = emulator.training_runner.job_dir("job-stop")
+    until(lambda: not job_dir.exists(), "the stopped job's folder to go")
 
 
 def test_max_runtime_stops_job_and_keeps_saved_model(emulator: Emulator) -> None:

@@ -36,7 +36,8 @@ from typing import IO, Any, Final
 import boto3
 from botocore.config import Config
 
-from kaos.local.containers import STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, container_base_environment
+from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, clear_job_folder,
+                                   container_base_environment)
 
 LOG = logging.getLogger(__name__)
 
@@ -90,9 +91,9 @@ class LocalBatchRunner:
     # -- execution --------------------------------------------------------------------------
 
     def _run(self, job: Any) -> None:
-        success, reason, exit_code = False, "", None
+        success, reason, exit_code, terminated = False, "", None, False
         try:
-            exit_code, reason = self._execute(job)
+            exit_code, reason, terminated = self._execute(job)
             success = exit_code == 0 and not reason
         except Exception as exc:  # setup trouble: Batch reports CannotStartContainerError
             LOG.exception("batch job %s could not start", job.job_id)
@@ -100,6 +101,7 @@ class LocalBatchRunner:
         finally:
             with self.lock:
                 self._processes.pop(job.job_id, None)
+            clear_job_folder(self.job_dir(job.job_id), keep_log=not terminated)
             job.exit_code = exit_code
             if not success:
                 job.job_stopped_reason = reason[-STATUS_REASON_LIMIT:] or (
@@ -107,7 +109,8 @@ class LocalBatchRunner:
                 )
             job._mark_stopped(success=success)
 
-    def _execute(self, job: Any) -> tuple[int, str]:
+    def _execute(self, job: Any) -> tuple[int, str, bool]:
+        """(exit code, failure reason or "", whether TerminateJob stopped it)."""
         props = job.job_definition.container_properties or {}
         overrides = job.container_overrides or {}
         root = self.job_dir(job.job_id)
@@ -123,7 +126,7 @@ class LocalBatchRunner:
         options = (props.get("logConfiguration") or {}).get("options") or {}
         group = options.get("awslogs-group") or DEFAULT_LOG_GROUP
         stream = job.log_stream_name or f"{job.job_definition.name}/default/{job.job_id}"
-        shipper = _LogShipper(self._client("logs", log_keys), group, stream, root / "log.txt")
+        shipper = _LogShipper(self._client("logs", log_keys), group, stream, root / LOG_COPY)
         stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
         try:
             process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -143,11 +146,11 @@ class LocalBatchRunner:
         finally:
             shipper.close()
         if stopped:
-            return exit_code, stopped
+            return exit_code, stopped, stopped != TIMEOUT_REASON
         if exit_code != 0:
             tail = "\n".join(stderr_tail).strip()
-            return exit_code, tail or f"Essential container in task exited (exit code {exit_code})"
-        return 0, ""
+            return exit_code, tail or f"Essential container in task exited (exit code {exit_code})", False
+        return 0, "", False
 
     def _supervise(self, job: Any, process: subprocess.Popen[bytes]) -> str:
         """Waits for the process; kills it on TerminateJob or at the attempt timeout and returns Batch's reason."""

@@ -6,6 +6,7 @@ never from ``os.environ``, which holds the stack's own credentials and the clien
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,3 +31,24 @@ def container_base_environment(home: Path) -> dict[str, str]:
         "HOME": str(home),
         "LANG": "C.UTF-8",
     }
+
+
+# The copy of a job's output the runners keep beside its working files (the product reads CloudWatch).
+LOG_COPY = "log.txt"
+
+
+def clear_job_folder(root: Path, keep_log: bool) -> None:
+    """Removes what a job left in its working folder when it ends: inputs, code, outputs (hundreds of MB; what the
+    product keeps is in S3 by then). The log copy (kilobytes) stays unless `keep_log` is false: a job stopped by
+    request (a workspace kill) leaves nothing."""
+    if not root.exists():
+        return
+    for entry in root.iterdir():
+        if keep_log and entry.name == LOG_COPY:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if not keep_log:
+        root.rmdir()

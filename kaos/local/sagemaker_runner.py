@@ -54,7 +54,8 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
-from kaos.local.containers import STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, container_base_environment
+from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, clear_job_folder,
+                                   container_base_environment)
 
 LOG = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class LocalTrainingRunner:
                 job.keys = self.role_keys(request["RoleArn"], "sagemaker.amazonaws.com")
             except Exception as exc:  # SageMaker validates the role when the job is created
                 raise _ClientError(f"Could not assume role {request.get('RoleArn')}: {exc}") from exc
-            log_file = open(job.root / "log.txt", "w", encoding="utf-8")
+            log_file = open(job.root / LOG_COPY, "w", encoding="utf-8")
             start = _now()
             job.log_stream = f"{job.name}/{CURRENT_HOST}-{int(start.timestamp())}"
             shipper = _LogShipper(self._client("logs", job), job.log_stream, log_file)
@@ -352,6 +353,9 @@ class LocalTrainingRunner:
         finally:
             if log_file is not None:
                 log_file.close()
+            with self.lock:
+                stopped = job.stop_reason == "Stopped"
+            clear_job_folder(job.root, keep_log=not stopped)
 
     def _write_config_and_data(
         self, job: _Job, opt_ml: Path, raw_hps: dict[str, str]
