@@ -26,9 +26,9 @@ _CODE: weakref.WeakKeyDictionary[Stack, lambda_.Code] = weakref.WeakKeyDictionar
 
 
 def handler_of(component: str) -> str:
-    """The Lambda handler of a component: `prepare_training` -> `functions.prepare_training.handler`, a second handler
-    of a module as `on_upload.process_batch` -> `functions.on_upload.process_batch`."""
-    return f"functions.{component}" if "." in component else f"functions.{component}.handler"
+    """The Lambda handler of a component: `prepare_training` -> `functions.prepare_training.handler` (one handler per
+    module, so each module can load its component's settings at import)."""
+    return f"functions.{component}.handler"
 
 
 def component_of(handler: str) -> str:

@@ -44,7 +44,7 @@ class Triggers(Construct):
         super().__init__(scope, id_)
         # --- ProcessBatch: reads the incoming objects, writes blobs/manifests/rows, starts the training pipeline.
         # Hashes each incoming file by streaming it: up to a few GiB per batch.
-        self.process = TaskFunction(self, "ProcessBatch", component="on_upload.process_batch",
+        self.process = TaskFunction(self, "ProcessBatch", component="process_batch",
                                     timeout=Duration.seconds(PROCESS_TIMEOUT_SECONDS), memory_size=1024)
         data.grant_read_write(self.process.function)
         # Incoming objects are read at the version the event named (s3:GetObjectVersion), only under incoming/.

@@ -2,8 +2,7 @@
 
 CDK is the only writer of these variables: it gives each function exactly `COMPONENTS[<its component>]`
 (cdk/lambdas.py), so a function's template lists what its code reads and nothing else. A component is a handler
-module of functions/ (`prepare_training`, ...; `on_upload.process_batch` is the second handler of on_upload.py, which
-reads other settings) or `api`, the Chalice app.
+module of functions/ (`prepare_training`, ...) or `api`, the Chalice app.
 
 At cold start `load(component)` parses every variable the component declares: a missing or malformed one raises
 `ConfigError` naming it and the component, so a deployment that forgot a variable fails on its first invocation
@@ -69,7 +68,7 @@ COMPONENTS: Mapping[str, frozenset[str]] = {
     "prepare_batch": _STORAGE | _LINEAGE | {BATCH_JOB_QUEUE, PLATFORM_BUCKETS},
     "record_batch": _STORAGE | _LINEAGE | {BATCH_LOG_GROUP},
     "on_upload": _STORAGE | {RETRAIN_STATE_MACHINE_ARN},
-    "on_upload.process_batch": _STORAGE | _TRAINING_JOB | {TRAINING_STATE_MACHINE_ARN},
+    "process_batch": _STORAGE | _TRAINING_JOB | {TRAINING_STATE_MACHINE_ARN},
 }
 
 T = TypeVar("T")

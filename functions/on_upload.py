@@ -1,9 +1,5 @@
-"""S3-triggered retraining: `handler` is the EventBridge target of S3 "Object Created" events under ws/, and
-`process_batch` is the retrain state machine's task (Wait WINDOW_SECONDS → ProcessBatch; its Catch → `error`).
-
-The two are different functions with different settings (components "on_upload" and "on_upload.process_batch"),
-and a module cannot tell at import which of its handlers the runtime will call, so each loads its own on its
-first call (still once per process, before any work)."""
+"""S3-triggered retraining: the EventBridge target of S3 "Object Created" events under ws/ (the retrain state
+machine's task is functions/process_batch.py)."""
 from __future__ import annotations
 
 import logging
@@ -12,14 +8,8 @@ from typing import Any
 from chalicelib.wiring import wiring
 
 logging.getLogger("kaos").setLevel(logging.INFO)
+WIRING = wiring("on_upload")  # at import: a missing setting fails the cold start, naming it
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return {"results": wiring("on_upload").triggers.on_event(event)}
-
-
-def process_batch(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    triggers = wiring("on_upload.process_batch").triggers
-    if event.get("error") is not None:
-        return triggers.fail(event["workspace"], event["batch"], event["error"])
-    return triggers.process(event["workspace"], event["batch"])
+    return {"results": WIRING.triggers.on_event(event)}

@@ -79,7 +79,7 @@ def test_grid_points_create_jobs_with_the_same_training_settings_as_the_api(
 ) -> None:
     training = {name: functions["api"][name] for name in COMPONENTS["create_point"] if name.startswith("KAOS_TRAIN")}
     assert training, "create_point reads the training settings"
-    for component in ("create_point", "on_upload.process_batch"):
+    for component in ("create_point", "process_batch"):
         assert {name: functions[component][name] for name in training} == training, component
 
 

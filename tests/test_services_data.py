@@ -40,7 +40,7 @@ def stack(services: Wiring) -> Stack:  # noqa: F811
     # The data bucket is versioned (cdk/storage.py): an upload's event names its version.
     services.clients.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     incarnation = workspace(services, WS).created_at
-    return Stack(services, component(services, "on_upload"), component(services, "on_upload.process_batch"),
+    return Stack(services, component(services, "on_upload"), component(services, "process_batch"),
                  services.clients, incarnation)
 
 

@@ -15,7 +15,7 @@ USES = {
     "prepare_training": ("pipeline",), "record_outcome": ("pipeline",),
     "create_point": ("grids",), "record_grid": ("grids",),
     "prepare_batch": ("batch_pipeline",), "record_batch": ("batch_pipeline",),
-    "on_upload": ("triggers",), "on_upload.process_batch": ("triggers",),
+    "on_upload": ("triggers",), "process_batch": ("triggers",),
 }
 
 
