@@ -5,6 +5,12 @@ class, never a base), and the state machines in cdk/ match those names: `names(T
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
 
 class KaosError(Exception):
     """Base of every error kaos raises on purpose; `code` is the stable machine-readable name."""
@@ -67,6 +73,30 @@ THROTTLING_CODES = frozenset({
     "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
     "EC2ThrottledException",
 })
+
+
+def _aws_error_code(exc: Exception) -> str | None:
+    """The AWS error code behind a botocore ClientError, or a pynamodb error whose cause is one; else None."""
+    response = getattr(exc, "response", None) or getattr(getattr(exc, "cause", None), "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+def throttling_is_transient(handler: Handler) -> Handler:
+    """Wraps a Step Functions task handler: an AWS refusal for rate that outlasted botocore's own retries leaves as
+    `Throttled`, which the state machines retry by name with their longer back-off (Lambda reports only the concrete
+    class name, so a raw ClientError would be one opaque "ClientError" that no Retry can single out)."""
+
+    @functools.wraps(handler)
+    def task(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:  # the outermost handler: only throttling is translated, everything else re-raised
+            code = _aws_error_code(exc)
+            if code in THROTTLING_CODES:
+                raise Throttled(f"{code}: {exc}") from exc
+            raise
+
+    return task  # type: ignore[return-value]
 
 
 def names(base: type[Exception]) -> list[str]:

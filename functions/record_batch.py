@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.errors import throttling_is_transient
 from chalicelib.wiring import wiring
 
 WIRING = wiring("record_batch")  # at import: a missing setting fails the cold start, naming it
 
 
+@throttling_is_transient
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("batch") if event["outcome"] == "Completed" else event.get("error")
     job = WIRING.batch_pipeline.record(event["workspace"], event["job_id"], event.get("execution", ""),

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.errors import throttling_is_transient
 from chalicelib.wiring import wiring
 
 WIRING = wiring("record_outcome")  # at import: a missing setting fails the cold start, naming it
 
 
+@throttling_is_transient
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     detail = event.get("training") if event["outcome"] == "Completed" else event.get("error")
     job = WIRING.pipeline.record(event["workspace"], event["job_id"], event.get("execution", ""), event["outcome"],
