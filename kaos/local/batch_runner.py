@@ -36,8 +36,8 @@ from typing import IO, Any, Final
 import boto3
 from botocore.config import Config
 
-from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, clear_job_folder,
-                                   container_base_environment)
+from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
+                                   clear_job_folder, container_base_environment)
 
 LOG = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ STATUS_REASON_LIMIT: Final[int] = 1024
 TIMEOUT_REASON: Final[str] = "Job attempt duration exceeded timeout"
 _TAIL_LINES: Final[int] = 20
 _POLL_SECONDS: Final[float] = 0.25
-_FLUSH_SECONDS: Final[float] = 0.5
 
 
 class LocalBatchRunner:
@@ -126,7 +125,7 @@ class LocalBatchRunner:
         options = (props.get("logConfiguration") or {}).get("options") or {}
         group = options.get("awslogs-group") or DEFAULT_LOG_GROUP
         stream = job.log_stream_name or f"{job.job_definition.name}/default/{job.job_id}"
-        shipper = _LogShipper(self._client("logs", log_keys), group, stream, root / LOG_COPY)
+        shipper = LogShipper(self._client("logs", log_keys), group, stream, root / LOG_COPY)
         stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
         try:
             process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -228,56 +227,6 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-class _LogShipper:
-    """Batches lines into CloudWatch Logs put_log_events (the awslogs driver) and copies them to a file."""
-
-    def __init__(self, logs: Any, group: str, stream: str, copy_to: Path) -> None:
-        self._logs, self._group, self._stream = logs, group, stream
-        self._copy = open(copy_to, "w", encoding="utf-8")  # closed in close()
-        self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._last_ts = 0
-        self._closed = threading.Event()
-        # The awslogs driver writes into the group the job definition names (CDK creates it; the driver does not
-        # unless `awslogs-create-group` is set) and creates the stream, with the task execution role.
-        try:
-            logs.create_log_stream(logGroupName=group, logStreamName=stream)
-        except logs.exceptions.ResourceAlreadyExistsException:
-            pass
-        self._thread = threading.Thread(target=self._loop, name=f"logs-{stream}", daemon=True)
-        self._thread.start()
-
-    def write(self, line: str) -> None:
-        with self._lock:
-            self._copy.write(line + "\n")
-            self._copy.flush()
-            timestamp = max(int(time.time() * 1000), self._last_ts)
-            self._last_ts = timestamp
-            self._pending.append({"timestamp": timestamp, "message": line})
-
-    def _flush(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            self._logs.put_log_events(logGroupName=self._group, logStreamName=self._stream, logEvents=batch)
-        except Exception:
-            LOG.exception("could not ship %d log lines to %s", len(batch), self._stream)
-
-    def _loop(self) -> None:
-        while not self._closed.wait(_FLUSH_SECONDS):
-            self._flush()
-
-    def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._thread.join()
-        self._flush()
-        self._copy.close()
 
 
 # ---------------------------------------------------------------------------------------------

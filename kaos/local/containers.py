@@ -6,10 +6,16 @@ never from ``os.environ``, which holds the stack's own credentials and the clien
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
 
 # How long a runner's stop_all waits, in total, for the threads of the jobs it killed to finish (their uploads):
 # a stop of the stack never waits a long time per job.
@@ -52,3 +58,68 @@ def clear_job_folder(root: Path, keep_log: bool) -> None:
             entry.unlink(missing_ok=True)
     if not keep_log:
         root.rmdir()
+
+
+class LogShipper:
+    """A job's output, as its log driver ships it: PutLogEvents batches (every FLUSH_SECONDS, or FLUSH_LINES lines)
+    into `group`/`stream`, in order, each line also appended to a local copy file. The stream is created here;
+    the group too when `create_group` (SageMaker makes its group; Batch's awslogs driver writes into the group the
+    job definition names, which CDK created)."""
+
+    FLUSH_SECONDS = 0.5
+    FLUSH_LINES = 100
+
+    def __init__(self, logs: Any, group: str, stream: str, copy_to: Path, *, create_group: bool = False) -> None:
+        self._logs, self._group, self._stream = logs, group, stream
+        if create_group:
+            try:
+                logs.create_log_group(logGroupName=group)
+            except logs.exceptions.ResourceAlreadyExistsException:
+                pass
+        try:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._last_ts = 0
+        self._closed = threading.Event()
+        self._copy = open(copy_to, "w", encoding="utf-8")  # closed in close()
+        self._thread = threading.Thread(target=self._loop, name=f"logs-{stream}", daemon=True)
+        self._thread.start()
+
+    def write(self, text: str) -> None:
+        """One event per line of `text` (an empty text is one empty line)."""
+        for line in text.splitlines() or [""]:
+            with self._lock:
+                self._copy.write(line + "\n")
+                self._copy.flush()
+                # CloudWatch orders a stream's events by timestamp: never earlier than the previous one.
+                self._last_ts = max(int(time.time() * 1000), self._last_ts)
+                self._pending.append({"timestamp": self._last_ts, "message": line})
+                flush_now = len(self._pending) >= self.FLUSH_LINES
+            if flush_now:
+                self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:  # held while shipping, so batches arrive in order
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                self._logs.put_log_events(logGroupName=self._group, logStreamName=self._stream, logEvents=batch)
+            except Exception:  # a job's output is not worth failing the job for (the driver drops it too)
+                LOG.exception("could not ship %d log lines to %s", len(batch), self._stream)
+
+    def _loop(self) -> None:
+        while not self._closed.wait(self.FLUSH_SECONDS):
+            self._flush()
+
+    def close(self) -> None:
+        """Ships what is pending and closes the copy (idempotent)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._thread.join()
+        self._flush()
+        self._copy.close()

@@ -54,16 +54,14 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
-from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, RoleKeys, anonymous_keys, clear_job_folder,
-                                   container_base_environment)
+from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
+                                   clear_job_folder, container_base_environment)
 
 LOG = logging.getLogger(__name__)
 
 LOG_GROUP: Final[str] = "/aws/sagemaker/TrainingJobs"
 CURRENT_HOST: Final[str] = "algo-1"
 FAILURE_REASON_LIMIT: Final[int] = 1024
-_FLUSH_SECONDS: Final[float] = 0.5
-_FLUSH_LINES: Final[int] = 100
 _TAIL_LINES: Final[int] = 20
 
 Updater = Callable[[dict[str, Any]], None]
@@ -273,8 +271,7 @@ class LocalTrainingRunner:
     def _run(self, job: _Job) -> None:
         request = job.request
         opt_ml = job.root / "opt" / "ml"
-        log_file: Any = None
-        shipper: _LogShipper | None = None
+        shipper: LogShipper | None = None
         try:
             if job.root.exists():
                 shutil.rmtree(job.root)
@@ -285,10 +282,10 @@ class LocalTrainingRunner:
                 job.keys = self.role_keys(request["RoleArn"], "sagemaker.amazonaws.com")
             except Exception as exc:  # SageMaker validates the role when the job is created
                 raise _ClientError(f"Could not assume role {request.get('RoleArn')}: {exc}") from exc
-            log_file = open(job.root / LOG_COPY, "w", encoding="utf-8")
             start = _now()
             job.log_stream = f"{job.name}/{CURRENT_HOST}-{int(start.timestamp())}"
-            shipper = _LogShipper(self._client("logs", job), job.log_stream, log_file)
+            shipper = LogShipper(self._client("logs", job), LOG_GROUP, job.log_stream, job.root / LOG_COPY,
+                                 create_group=True)
             job.update({"TrainingStartTime": start})
 
             job.update({"SecondaryStatus": "Downloading",
@@ -335,8 +332,6 @@ class LocalTrainingRunner:
                             "FailureReason": reason, "TrainingEndTime": _now(),
                             "StatusMessage": "Training job failed"})
         except _Stopped:
-            if shipper is not None:
-                shipper.close()
             with self.lock:
                 reason_status = job.stop_reason or "Stopped"
             job.update({"TrainingJobStatus": "Stopped", "SecondaryStatus": reason_status,
@@ -345,14 +340,13 @@ class LocalTrainingRunner:
             LOG.warning("training job %s failed during setup: %s", job.name, exc)
             if shipper is not None:
                 shipper.write(traceback.format_exc())
-                shipper.close()
             prefix = "ClientError" if isinstance(exc, _ClientError) else "InternalServerError"
             job.update({"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
                         "FailureReason": f"{prefix}: {exc}"[:FAILURE_REASON_LIMIT],
                         "TrainingEndTime": _now()})
         finally:
-            if log_file is not None:
-                log_file.close()
+            if shipper is not None:
+                shipper.close()
             with self.lock:
                 stopped = job.stop_reason == "Stopped"
             clear_job_folder(job.root, keep_log=not stopped)
@@ -633,7 +627,7 @@ class LocalTrainingRunner:
 
     def _execute(
         self, job: _Job, command: list[str], cwd: Path, env: dict[str, str],
-        shipper: _LogShipper,
+        shipper: LogShipper,
     ) -> int:
         with self.lock:
             if job.stop_reason is not None:
@@ -693,58 +687,3 @@ class LocalTrainingRunner:
         except OSError:
             pass
         return reason
-
-
-class _LogShipper:
-    """Batches lines into CloudWatch Logs put_log_events; copies them to a file."""
-
-    def __init__(self, logs: Any, stream: str, copy_to: Any) -> None:
-        self._logs = logs
-        self._stream = stream
-        self._copy = copy_to
-        self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._last_ts = 0
-        try:
-            logs.create_log_group(logGroupName=LOG_GROUP)
-        except logs.exceptions.ResourceAlreadyExistsException:
-            pass
-        logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
-        self._thread = threading.Thread(target=self._loop, name=f"logs-{stream}", daemon=True)
-        self._thread.start()
-
-    def write(self, text: str) -> None:
-        for line in text.splitlines() or [""]:
-            self._copy.write(line + "\n")
-            self._copy.flush()
-            with self._lock:
-                ts = max(int(time.time() * 1000), self._last_ts)
-                self._last_ts = ts
-                self._pending.append({"timestamp": ts, "message": line})
-                flush_now = len(self._pending) >= _FLUSH_LINES
-            if flush_now:
-                self._flush()
-
-    def _flush(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                self._logs.put_log_events(
-                    logGroupName=LOG_GROUP, logStreamName=self._stream, logEvents=batch
-                )
-            except Exception:
-                LOG.exception("could not ship %d log lines to %s", len(batch), self._stream)
-
-    def _loop(self) -> None:
-        while not self._closed.wait(_FLUSH_SECONDS):
-            self._flush()
-
-    def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._thread.join()
-        self._flush()
