@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from kaos.client import Client
+from kaos.local.emulator import Emulator
 from kaos.settings import ClientConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         subprocess.run([sys.executable, "-m", "kaos.cli", "local", "down", "--state-dir", str(home / "local")],
                        env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    """The offline AWS alone, in this process (the contract tests of its patches)."""
+    emu = Emulator(tmp_path / "emu", stop_grace_seconds=1)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,8 +10,6 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,16 +18,6 @@ from kaos.local.emulator import Emulator, LambdaContext
 
 ROLE = "arn:aws:iam::123456789012:role/kaos-test"
 BUCKET = "kaos-contract"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    emu = Emulator(tmp_path / "emu", stop_grace_seconds=1)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def run_state_machine(

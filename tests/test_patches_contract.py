@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ from kaos.local.emulator import Emulator, LambdaContext
 from kaos.local.patching import MOTO_VERSIONS, Patches, PatchTargetError, check_moto
 
 BUCKET = "kaos-patches"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    emu = Emulator(tmp_path / "emu", stop_grace_seconds=1)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 # --- the patching ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ process it was started for (PARENT_PID_ENV: the test session) ends, so a killed 
 (tests/test_persistence.py times `kaos local down` of stacks that ran jobs.)"""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,14 +25,6 @@ def _wait(condition: object, timeout: float, what: str) -> float:
         assert time.monotonic() - started < timeout, f"{what} after {timeout} s"
         time.sleep(0.05)
     return time.monotonic() - started
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
