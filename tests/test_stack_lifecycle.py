@@ -4,6 +4,7 @@ process it was started for (PARENT_PID_ENV: the test session) ends, so a killed 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -83,3 +84,18 @@ def test_the_stack_ends_with_the_process_it_was_started_for(tmp_path: Path,
     finally:
         stack.kill()
         stack.wait()
+
+
+def test_a_busy_port_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "kaos.local.stack", str(tmp_path / "local"), str(port)],
+                                env=stack_environment(tmp_path), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 15  # the interpreter's start and imports; no emulator, no synth
+    assert result.stderr.strip().splitlines() == [
+        f"kaos local up: port {port} on 127.0.0.1 is in use: choose another with --port, or stop what listens there"]
+    assert not (tmp_path / "local" / "runtime.json").exists()
