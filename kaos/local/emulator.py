@@ -195,7 +195,8 @@ class Emulator:
         if self.endpoint_url is None:
             raise RuntimeError("Emulator not started")
         keys = self.admin or iam.Keys("testing", "testing")
-        return boto3.client(
+        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+        return boto3.client(  # type: ignore[call-overload]
             service, endpoint_url=self.endpoint_url, region_name=self.region,
             aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key,
             config=Config(retries={"max_attempts": 1}),

@@ -34,7 +34,8 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 
 ACCOUNT_ID = "123456789012"
@@ -107,7 +108,7 @@ def create_user(name: str, access_key: str, secret_key: str, policy: dict[str, A
         user = backend.create_user(region_name="us-east-1", user_name=name, path="/", tags=[])
     backend.put_user_policy(name, "kaos-local", json.dumps(policy))
     if not any(k.access_key_id == access_key for k in user.access_keys):
-        key = AccessKey(name, prefix="AKIA", account_id=ACCOUNT_ID)
+        key = AccessKey(name, prefix="AKIA", account_id=ACCOUNT_ID)  # type: ignore[abstract]  # moto makes it so
         key.access_key_id, key.secret_access_key = access_key, secret_key
         user.access_keys.append(key)
 
@@ -185,7 +186,7 @@ def _string_like(patterns: list[str], values: list[str]) -> bool:
     return any(_glob(p, v) for v in values for p in patterns)
 
 
-_OPERATORS = {
+_OPERATORS: dict[str, Callable[[list[str], list[str]], bool]] = {
     "StringEquals": _string_equals,
     "StringLike": _string_like,
     "ArnEquals": _string_equals,
@@ -518,7 +519,8 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
     from moto.core.exceptions import AccessDeniedError
 
     if not _enabled:
-        return _original(self, iam_request_cls, resource)
+        _original(self, iam_request_cls, resource)
+        return None
     parsed = urlparse(self.uri)
     query = parse_qsl(parsed.query, keep_blank_values=True)
     path = self.raw_path + (f"?{parsed.query}" if parsed.query else "")
@@ -596,6 +598,14 @@ def state_machine_keys(state_credentials: Any) -> tuple[str, str, str | None]:
     return keys.access_key, keys.secret_key, keys.session_token
 
 
+if TYPE_CHECKING:  # the names _boto_client_for's body resolves in moto's boto_client module at run time
+    import boto3
+    from botocore.config import Config
+    from moto.core.models import botocore_stubber
+    from moto.settings import moto_server_port
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+
+
 def _boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
     """Body for moto's ``boto_client_for`` (Step Functions' client for every integration), which signs with
     fixed dummy keys. Installed as that function's code object, so every module that imported the function
@@ -604,15 +614,15 @@ def _boto_client_for(region: str, service: str, state_credentials: Any = None) -
 
     access_key, secret_key, token = state_machine_keys(state_credentials)
     kwargs = {}
-    if not botocore_stubber.enabled:  # noqa: F821
-        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"  # noqa: F821
-    return boto3.client(  # noqa: F821
+    if not botocore_stubber.enabled:
+        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"
+    return boto3.client(  # type: ignore[call-overload]  # the service is a variable
         aws_access_key_id=access_key, aws_secret_access_key=secret_key, aws_session_token=token,
         region_name=region, service_name=service,
-        config=Config(  # noqa: F821
+        config=Config(
             parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
-            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,  # noqa: F821
-            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS),  # noqa: F821
+            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS),
         **kwargs)
 
 

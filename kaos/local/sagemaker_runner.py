@@ -233,7 +233,8 @@ class LocalTrainingRunner:
 
     def _client(self, service: str, job: _Job) -> Any:
         """SageMaker reads channels and writes the model and logs with the job's execution role."""
-        return boto3.client(
+        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+        return boto3.client(  # type: ignore[call-overload]
             service, endpoint_url=self.endpoint_url, region_name=self.region,
             aws_access_key_id=job.keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=job.keys["AWS_SECRET_ACCESS_KEY"],
             aws_session_token=job.keys.get("AWS_SESSION_TOKEN"),
