@@ -139,7 +139,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
     make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -910,7 +910,8 @@ class StateStore:
                 if item is not None and range_key is not None:
                     item = item.get(range_key)
                 if item is not None:  # a copy: the backend's values may change after this
-                    found[key_json] = json.loads(json.dumps(item.to_json()["Attributes"], default=_base64))
+                    attributes = item.to_json()["Attributes"]  # type: ignore[attr-defined]  # an Item here, not a dict
+                    found[key_json] = json.loads(json.dumps(attributes, default=_base64))
             return found
         except Exception:
             LOG.debug("reading %s in process failed; reading over HTTP", table, exc_info=True)
@@ -1125,13 +1126,14 @@ class StateStore:
         tags = role.tags
         if isinstance(tags, dict):
             tags = [{"Key": k, "Value": v.get("Value", v) if isinstance(v, dict) else v} for k, v in tags.items()]
-        return json.loads(json.dumps({
+        described: dict[str, Any] = json.loads(json.dumps({
             "path": role.path, "trust": document(role.assume_role_policy_document),
             "boundary": role.permissions_boundary_arn,
             "max_session": int(role.max_session_duration) if role.max_session_duration else None,
             "description": role.description or None, "tags": list(tags or []),
             "policies": {policy: document(value) for policy, value in dict(role.policies).items()},
             "attached": list(dict(role.managed_policies))}))
+        return described
 
     def snapshot_resources(self, report: Report) -> None:
         write_json(self.data_dir / "resources.json", {"journal_seq": self.seq, "resources": self.resources})
@@ -1230,7 +1232,7 @@ class StateStore:
                 name = stream["logStreamName"]
                 signature = [stream.get("storedBytes", 0), stream.get("firstEventTimestamp"),
                              stream.get("lastEventTimestamp")]
-                entry = {"file": f"{_name_hash(name)}.jsonl", "signature": signature}
+                entry: dict[str, Any] = {"file": f"{_name_hash(name)}.jsonl", "signature": signature}
                 if old.get(name) != entry or not (root / entry["file"]).exists():
                     events = self._stream_events(group, name)
                     write_lines(root / entry["file"], events)
