@@ -34,7 +34,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import botocore.session
 from botocore.exceptions import ClientError
@@ -171,9 +171,9 @@ def _lambda_function_invoke(
 
 
 def _events_send_to_targets(
-    self: Any, original_event: dict[str, Any], transform_input: bool = True
+    self: Any, original_event: Any, transform_input: bool = True
 ) -> None:
-    from moto.events.models import EventTemplateParser
+    from moto.events.utils import EventTemplateParser
     from moto.utilities.arns import parse_arn
 
     original = PATCHES.original(_rule_cls(), "send_to_targets")
@@ -313,7 +313,7 @@ def iso_datetimes(value: Any) -> Any:
 
 
 def _normalise_parameters(
-    self: Any, parameters: dict, boto_service_name: str | None = None,
+    self: Any, parameters: dict[str, Any], boto_service_name: str | None = None,
     service_action_name: str | None = None,
 ) -> None:
     service = self._get_boto_service_name(boto_service_name=boto_service_name)
@@ -427,7 +427,7 @@ def _make_sagemaker_task_service() -> Any:
     from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
     from moto.stepfunctions.parser.asl.utils.encoding import to_json_str
 
-    class StateTaskServiceSageMaker(StateTaskServiceCallback):  # type: ignore[misc]
+    class StateTaskServiceSageMaker(StateTaskServiceCallback):
         """``arn:aws:states:::sagemaker:<action>[.sync]``.
 
         WaitForTaskToken is listed only because the callback base class needs a task token
@@ -435,11 +435,9 @@ def _make_sagemaker_task_service() -> Any:
         """
 
         def __init__(self) -> None:
-            super().__init__(
-                supported_integration_patterns={
-                    ResourceCondition.Sync, ResourceCondition.WaitForTaskToken,
-                }
-            )
+            # moto declares the set's items as ResourceCondition, its constants as str.
+            patterns: set[Any] = {ResourceCondition.Sync, ResourceCondition.WaitForTaskToken}
+            super().__init__(supported_integration_patterns=patterns)
 
         def _get_supported_parameters(self) -> set[str] | None:
             op = operation_model("sagemaker", self.resource.api_action)
@@ -463,18 +461,15 @@ def _make_sagemaker_task_service() -> Any:
                     env=env,
                     error_name=CustomErrorName(error),
                     event_type=HistoryEventType.TaskFailed,
-                    event_details=EventDetails(
-                        taskFailedEventDetails=TaskFailedEventDetails(
-                            error=error, cause=cause,
-                            resource=self._get_sfn_resource(),
-                            resourceType=self._get_sfn_resource_type(),
-                        )
-                    ),
+                    event_details=cast(EventDetails, {"taskFailedEventDetails": TaskFailedEventDetails(
+                        error=error, cause=cause, resource=self._get_sfn_resource(),
+                        resourceType=self._get_sfn_resource_type(),
+                    )}),
                 )
             return super()._from_error(env=env, ex=ex)
 
         def _build_sync_resolver(
-            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict,
+            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any],
             state_credentials: Any,
         ) -> Callable[[], Any]:
             spec = _SAGEMAKER_SYNC.get(self.resource.api_action.lower())
@@ -490,7 +485,7 @@ def _make_sagemaker_task_service() -> Any:
             env.stack.pop()  # the Create* response
             job_name = normalised_parameters[name_key]
 
-            def resolve() -> dict | None:
+            def resolve() -> dict[str, Any] | None:
                 if describe_op == "describe_training_job":
                     _await_training_end(resource_runtime_part, job_name)
                 description = getattr(client, describe_op)(**{name_key: job_name})
@@ -499,21 +494,18 @@ def _make_sagemaker_task_service() -> Any:
                 if status in ok or status in failed:
                     self._normalise_response(description, service_action_name=describe_op)
                 if status in ok:
-                    return description
+                    return dict(description)
                 if status in failed:
                     raise FailureEventException(
                         FailureEvent(
                             env=env,
                             error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
                             event_type=HistoryEventType.TaskFailed,
-                            event_details=EventDetails(
-                                taskFailedEventDetails=TaskFailedEventDetails(
-                                    resource=self._get_sfn_resource(),
-                                    resourceType=self._get_sfn_resource_type(),
-                                    error=StatesErrorNameType.StatesTaskFailed.to_name(),
-                                    cause=to_json_str(description),
-                                )
-                            ),
+                            event_details=cast(EventDetails, {"taskFailedEventDetails": TaskFailedEventDetails(
+                                resource=self._get_sfn_resource(), resourceType=self._get_sfn_resource_type(),
+                                error=StatesErrorNameType.StatesTaskFailed.to_name(),
+                                cause=to_json_str(description),
+                            )}),
                         )
                     )
                 return None
@@ -521,7 +513,7 @@ def _make_sagemaker_task_service() -> Any:
             return resolve
 
         def _eval_service_task(
-            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict,
+            self, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any],
             state_credentials: Any,
         ) -> None:
             client = boto_client_for(
@@ -659,7 +651,7 @@ def _describe_training_job(self: Any, training_job_name: str) -> dict[str, Any]:
     original = PATCHES.original(SageMakerModelBackend, "describe_training_job")
     runner = active_hooks().training_runner
     if runner is None:
-        return original(self, training_job_name)
+        return dict(original(self, training_job_name))
     with runner.lock:
         return copy.deepcopy(original(self, training_job_name))
 
@@ -847,7 +839,7 @@ def apply(hooks: Hooks) -> None:
         from moto.dynamodb.models import DynamoDBBackend
 
         for name in _DYNAMODB_WRITES:
-            PATCHES.replace(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name, None)))
+            PATCHES.replace(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
         patches_s3.apply()  # S3 checksums verified and kept, conditional writes atomic (kaos/local/patches_s3.py)
 
 
