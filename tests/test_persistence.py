@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,11 @@ from kaos.local.persistence import INTERRUPTED_REASON, Stored, load_stored
 from kaos.local.stack import STOP_SECONDS
 
 from .conftest import TEMPLATE, Stack, stack_environment, tiny_code
+
+
+# What the stack prints once ready: one line per API request, its own stop report, one-line warnings.
+FOREGROUND_LINE = re.compile(r"(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) /\S* \d{3} \d+ ms$|saved state in |"
+                             r"(WARNING|ERROR) [\w.]+: ")
 
 
 class Restartable:
@@ -45,6 +51,10 @@ class Restartable:
         self.cli("down")
         assert time.monotonic() - started < STOP_SECONDS + 5, "the stack took too long to stop"
         assert not (self.state_dir / "runtime.json").exists()
+        # The foreground log from ready to stop: at most one line per API request, no traceback.
+        log = (self.state_dir / "stack.log").read_text().split("kaos local stack ready", 1)[-1].splitlines()[1:]
+        unexpected = [line for line in log if not FOREGROUND_LINE.match(line)]
+        assert not unexpected, "\n".join(unexpected[:20])
 
     def close(self) -> None:
         """Stops the stack if one runs (a test's teardown)."""

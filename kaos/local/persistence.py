@@ -1168,10 +1168,13 @@ class StateStore:
                     named[record["name"]] = record["state"]
 
     # -- snapshots
-    def snapshot_dynamodb(self, report: Report) -> None:
-        """Every table as of now, covering the journal so far (the caller holds the DynamoDB write lock)."""
-        for table in self._tables():
-            items = self._scan(table)
+    def scan_dynamodb(self) -> dict[str, list[dict[str, Any]]]:
+        """Every table's items as of now (the caller holds the DynamoDB write lock: no write half applied)."""
+        return {table: self._scan(table) for table in self._tables()}
+
+    def snapshot_dynamodb(self, tables: dict[str, list[dict[str, Any]]], report: Report) -> None:
+        """Writes the scanned tables as snapshots covering the journal so far."""
+        for table, items in tables.items():
             header = {_HEADER: {"journal_seq": self.seq, "key": self.key_names(table)}}
             write_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", [header, *items])
             report.add("dynamodb_items", len(items))
@@ -1588,8 +1591,12 @@ class Persistence:
         report = Report()
         with self._flush_lock:
             self._flush_locked()
+            # Only the scan holds the write lock: writing and fsyncing the files under it stalled every Lambda's
+            # DynamoDB write for as long, seconds on a big table (enough to split an upload burst in two batches).
+            # Writes after the scan are journaled after the snapshot's sequence number, as any later write.
             with self._ddb_lock:
-                self.store.snapshot_dynamodb(report)
+                tables = self.store.scan_dynamodb()
+            self.store.snapshot_dynamodb(tables, report)
             self.store.snapshot_executions(report)
             self.store.snapshot_s3(report)  # after the items: objects are never older than the items
             self.store.snapshot_resources(report)
