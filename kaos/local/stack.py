@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,6 +370,14 @@ def _configure_logging(quiet: bool) -> None:
     # state (a failed training is an outcome the API reports, not an error of the stack).
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     logging.getLogger("moto").setLevel(logging.CRITICAL)
+    warnings.showwarning = _warning_line
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A Python warning (a library's, e.g. moto's on a template it half supports) as one log line, without the
+    source line `warnings` prints under it."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
 
 
 def _print(line: str) -> None:
