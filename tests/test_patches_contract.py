@@ -192,3 +192,34 @@ def test_stock_moto_lets_both_conditional_writes_pass(emulator: Emulator, monkey
 
     with patches.PATCHES.stock(DynamoDBBackend, "put_item"):
         assert _racing_conditional_puts(emulator, monkeypatch) == [True, True]
+
+
+# --- the server's service dispatch: moto's package directory listed once ------------------------------------------
+def _listings_per_request(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How often moto's server lists its package directory for 5 requests (after a first one)."""
+    from moto import backends
+
+    s3 = emulator.client("s3")
+    s3.list_buckets()
+    listed: list[str] = []
+    original = backends.os.listdir
+
+    def counted(path: Any) -> list[str]:
+        listed.append(str(path))
+        return original(path)
+
+    monkeypatch.setattr(backends.os, "listdir", counted)
+    for _ in range(5):
+        s3.list_buckets()
+    return len(listed)
+
+
+def test_the_service_dispatch_lists_moto_once(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _listings_per_request(emulator, monkeypatch) == 0
+
+
+def test_stock_moto_lists_its_package_on_every_request(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto import backends
+
+    with patches.PATCHES.stock(backends, "list_of_moto_modules"):
+        assert _listings_per_request(emulator, monkeypatch) >= 5
