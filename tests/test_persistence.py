@@ -19,6 +19,7 @@ import pytest
 
 from kaos.local.persistence import INTERRUPTED_REASON, Stored, load_stored
 from kaos.local.stack import STOP_SECONDS
+from kaos.processes import alive
 
 from .conftest import TEMPLATE, Stack, stack_environment, tiny_code
 
@@ -67,7 +68,7 @@ class Restartable:
         pid = int(self.stack.runtime["pid"])
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while _alive(pid):
+        while alive(pid):
             assert time.monotonic() < deadline, f"the stack process {pid} outlived SIGKILL"
             time.sleep(0.05)
         assert (self.state_dir / "runtime.json").exists()  # a crash leaves it behind; `up` must cope
@@ -215,10 +216,3 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
             except (OSError, ValueError):
                 pass
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
