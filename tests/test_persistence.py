@@ -215,4 +215,3 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
-
