@@ -38,6 +38,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 
+import boto3
+from botocore.config import Config
+
 ACCOUNT_ID = "123456789012"
 PARTITION = "aws"
 ADMIN_USER = "kaos-local-admin"
@@ -599,23 +602,32 @@ def state_machine_keys(state_credentials: Any) -> tuple[str, str, str | None]:
 
 
 if TYPE_CHECKING:  # the names _boto_client_for's body resolves in moto's boto_client module at run time
-    import boto3
-    from botocore.config import Config
     from moto.core.models import botocore_stubber
     from moto.settings import moto_server_port
-    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
 
 
 def _boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
     """Body for moto's ``boto_client_for`` (Step Functions' client for every integration), which signs with
     fixed dummy keys. Installed as that function's code object, so every module that imported the function
     by name runs it; the names below resolve in moto's ``boto_client`` module."""
-    from kaos.local.iam import state_machine_keys
+    from kaos.local.iam import integration_client
 
-    access_key, secret_key, token = state_machine_keys(state_credentials)
-    kwargs = {}
-    if not botocore_stubber.enabled:
-        kwargs["endpoint_url"] = f"http://localhost:{moto_server_port()}"
+    endpoint = None if botocore_stubber.enabled else f"http://localhost:{moto_server_port()}"
+    return integration_client(region, service, state_credentials, endpoint)
+
+
+def integration_client(region: str, service: str, state_credentials: Any, endpoint: str | None) -> Any:
+    """The client an execution's integration calls go through, signed with its state machine's role."""
+    return _client(region, service, *state_machine_keys(state_credentials), endpoint)
+
+
+@functools.lru_cache(maxsize=256)
+def _client(region: str, service: str, access_key: str, secret_key: str, token: str | None,
+            endpoint: str | None) -> Any:
+    """One client per role session and service (moto makes one per task: ~4 ms and a new connection each);
+    clients are thread-safe, and a renewed session has other keys, so a new client."""
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+
     return boto3.client(  # type: ignore[call-overload]  # the service is a variable
         aws_access_key_id=access_key, aws_secret_access_key=secret_key, aws_session_token=token,
         region_name=region, service_name=service,
@@ -623,7 +635,7 @@ def _boto_client_for(region: str, service: str, state_credentials: Any = None) -
             parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
             connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
             read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS),
-        **kwargs)
+        **({"endpoint_url": endpoint} if endpoint else {}))
 
 
 _original_client_code: Any = None
@@ -656,6 +668,7 @@ def disable() -> None:
             _original = _original_client_code = None
         _enabled = False
         _role_cache.clear()
+        _client.cache_clear()
 
 
 def enabled() -> bool:
