@@ -298,7 +298,8 @@ def flow(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Flow:
     """Three tiny jobs (quick, logging while it runs, failing) and the commands whose output the tests check."""
     cli = Session(stack)
     cli.run("workspace", "create", WS)
-    quick = json.loads(cli.deploy(tiny_code(tmp_path_factory.mktemp("quick")), "--json").stdout)
+    quick_code = tiny_code(tmp_path_factory.mktemp("quick"))
+    quick = json.loads(cli.deploy(quick_code, "--json").stdout)
     slow_code = tiny_code(tmp_path_factory.mktemp("slow"),
                           "for i in range(3):\n    print('line', i, flush=True)\n    time.sleep(1)")
     slow = json.loads(cli.deploy(slow_code, "--json").stdout)
@@ -311,12 +312,20 @@ def flow(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Flow:
     outputs["whole"] = cli.run("train", "logs", "-w", WS, slow["id"])
     outputs["follow_bad"] = cli.run("train", "logs", "-w", WS, "-f", bad[1], check=False)
     outputs["failed_only"] = cli.run("train", "list", "-w", WS, "--status", "failed", "--json")
-    outputs["first_page"] = cli.run("train", "list", "-w", WS, "--limit", "1")
     outputs["share_nobody"] = cli.run("workspace", "share", WS, "nobody", check=False)
     outputs["share_guest"] = cli.run("workspace", "share", WS, "guest")
     extra = tmp_path_factory.mktemp("push") / "more.csv"
     extra.write_text((TEMPLATE / "data" / "digits.csv").read_text().splitlines()[0] + "\n")
     outputs["push"] = cli.run("data", "push", "-w", WS, str(extra))
+    grid = tmp_path_factory.mktemp("grid") / "grid.json"
+    grid.write_text(json.dumps({"x": [1, 2]}))
+    outputs["grid"] = cli.run("train", "deploy", "-w", WS, "-s", str(quick_code), "-h", str(grid), "--wait")
+    # Pages of the finished workspace: the first job, then the rest from its --next token.
+    outputs["first_page"] = cli.run("train", "list", "-w", WS, "--limit", "1")
+    outputs["every"] = cli.run("train", "list", "-w", WS, "--all", "--json")
+    token = re.search(r"--next (\S+)`", outputs["first_page"].stderr)
+    assert token, outputs["first_page"].stderr
+    outputs["second_page"] = cli.run("train", "list", "-w", WS, "--limit", "1", "--next", token[1], "--json")
     return Flow(cli, quick, slow, bad[1], outputs)
 
 
@@ -359,19 +368,29 @@ def test_ids_by_prefix(flow: Flow, tmp_path: Path) -> None:
     assert reused["id"] == quick and reused["inputs"]["data"] == {"training": snapshot}
 
 
+def test_grids_by_prefix(flow: Flow) -> None:
+    """A grid's id is found from its points' jobs; waiting for it without a terminal prints one line per change."""
+    waited = flow.outputs["grid"]
+    grid = re.match(r"grid (grid-[0-9a-f]{24}) submitted\n", waited.stderr)
+    assert grid, waited.stderr
+    assert waited.stderr.strip().splitlines()[-1] == f"{grid[1]}: COMPLETED, 2/2 points done"
+    for prefix in (grid[1][:10], grid[1].removeprefix("grid-")[:8]):
+        shown = json.loads(flow.cli.run("train", "info", "-w", WS, prefix, "--json").stdout)
+        assert shown["id"] == grid[1] and shown["points"] == 2
+
+
 def test_lists_show_full_ids_and_page(flow: Flow) -> None:
     cli = flow.cli
     table = cli.run("train", "list", "-w", WS).stdout  # COLUMNS=100
     assert flow.quick["id"] in table and flow.slow["id"] in table
-    token = re.search(r"--next (\S+)`", flow.outputs["first_page"].stderr)
-    assert token, flow.outputs["first_page"].stderr
-    every = json.loads(cli.run("train", "list", "-w", WS, "--all", "--json").stdout)["jobs"]
+    every = json.loads(flow.outputs["every"].stdout)["jobs"]
     assert {flow.quick["id"], flow.slow["id"], flow.bad} <= {j["id"] for j in every}
-    rest = json.loads(cli.run("train", "list", "-w", WS, "--limit", "1", "--next", token[1], "--json").stdout)
+    assert every[0]["id"] in flow.outputs["first_page"].stdout
+    rest = json.loads(flow.outputs["second_page"].stdout)
     assert [j["id"] for j in rest["jobs"]] == [every[1]["id"]]
     assert [j["id"] for j in json.loads(flow.outputs["failed_only"].stdout)["jobs"]] == [flow.bad]
     since = json.loads(cli.run("train", "list", "-w", WS, "--all", "--since", "2000-01-01", "--json").stdout)
-    assert [j["id"] for j in since["jobs"]] == [j["id"] for j in every]
+    assert {j["id"] for j in every} <= {j["id"] for j in since["jobs"]}
     assert json.loads(cli.run("train", "list", "-w", WS, "--since", "2999-01-01", "--json").stdout)["jobs"] == []
 
 
