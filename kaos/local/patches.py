@@ -489,6 +489,8 @@ def _make_sagemaker_task_service() -> Any:
             def resolve() -> dict[str, Any] | None:
                 if describe_op == "describe_training_job":
                     _await_training_end(resource_runtime_part, job_name)
+                    if not env.is_running():  # stopped meanwhile (a kill): ABORTED, not a failed task
+                        return None
                 description = getattr(client, describe_op)(**{name_key: job_name})
                 description.pop("ResponseMetadata", None)
                 status = description.get(status_key)
