@@ -32,6 +32,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
@@ -488,7 +489,7 @@ def _make_sagemaker_task_service() -> Any:
 
             def resolve() -> dict[str, Any] | None:
                 if describe_op == "describe_training_job":
-                    _await_training_end(resource_runtime_part, job_name)
+                    _await_training_end(resource_runtime_part, job_name, env.is_running)
                     if not env.is_running():  # stopped meanwhile (a kill): ABORTED, not a failed task
                         return None
                 description = getattr(client, describe_op)(**{name_key: job_name})
@@ -531,24 +532,30 @@ def _make_sagemaker_task_service() -> Any:
 
 
 _SAGEMAKER_TASK_CLS: Any = None
-# How long one .sync check waits for a local training to end before Step Functions' loop checks again (and sees a
-# stopped execution).
-_SYNC_WAIT_SECONDS: Final[float] = 2.0
+# How long one .sync check waits for a local training to end before describing it anyway, and how often it looks
+# whether the execution was stopped meanwhile (moto's own loop looks every 0.5 s).
+_SYNC_WAIT_SECONDS: Final[float] = 10.0
+_STOP_CHECK_SECONDS: Final[float] = 0.5
 
 
-def _await_training_end(runtime_part: Any, job_name: str) -> None:
-    """Returns once the local training has ended, or after _SYNC_WAIT_SECONDS. moto's .sync loop describes the job
-    every 0.5 s over HTTP (IAM check, deep copy): waiting on the runner's notification instead makes that one
-    DescribeTrainingJob per status change, and the end is seen at once rather than up to 0.5 s late."""
+def _await_training_end(runtime_part: Any, job_name: str, running: Callable[[], bool]) -> None:
+    """Returns once the local training has ended, the execution stopped (`running` false) or _SYNC_WAIT_SECONDS
+    passed. moto's .sync loop describes the job every 0.5 s over HTTP (IAM check, deep copy): waiting on the
+    runner's notification instead makes that one DescribeTrainingJob per end (or per 10 s), and the end is seen at
+    once rather than up to 0.5 s late."""
     from moto.sagemaker.models import sagemaker_backends
 
     runner = active_hooks().training_runner
     if runner is None:
         return
     jobs = sagemaker_backends[runtime_part.account][runtime_part.region].training_jobs
+    deadline = time.monotonic() + _SYNC_WAIT_SECONDS
     with runner.changed:
-        runner.changed.wait_for(lambda: getattr(jobs.get(job_name), "training_job_status", None) in _ENDED,
-                                timeout=_SYNC_WAIT_SECONDS)
+        while getattr(jobs.get(job_name), "training_job_status", None) not in _ENDED and running():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            runner.changed.wait(min(left, _STOP_CHECK_SECONDS))
 
 
 _ENDED: Final = frozenset({"Completed", "Failed", "Stopped"})
@@ -763,6 +770,21 @@ def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
     return write
 
 
+def _final_once_stopped(original: Callable[..., Any]) -> Callable[..., Any]:
+    """StopExecution is final on AWS (the execution is ABORTED at once, whatever its running task does next), but
+    moto's Environment.set_error/set_timed_out overwrite its ProgramStopped: a kill stops the execution, then the
+    SageMaker job, whose `.sync` task fails on seeing it Stopped, and moto ends the execution FAILED. The state
+    mutex is an RLock, so the original may take it again inside."""
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+
+    def final_once_stopped(self: Any, *args: Any, **kwargs: Any) -> None:
+        with self._state_mutex:
+            if not isinstance(self._program_state, ProgramStopped):
+                original(self, *args, **kwargs)
+
+    return final_once_stopped
+
+
 def _lexer_next_token(self: Any) -> Any:
     """moto's ASL lexer reads ``"RoleArn.$"`` as the task-credentials keyword everywhere, so a Parameters field
     ``"RoleArn.$"`` (createTrainingJob's execution role) is dropped by the parser's error recovery. kaos' state
@@ -850,6 +872,10 @@ def apply(hooks: Hooks) -> None:
         from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 
         PATCHES.replace(ASLLexer, "nextToken", _lexer_next_token)
+        from moto.stepfunctions.parser.asl.eval.environment import Environment
+
+        for name in ("set_error", "set_timed_out"):
+            PATCHES.replace(Environment, name, _final_once_stopped(getattr(Environment, name)))
         from moto.logs.responses import LogsResponse
 
         PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)
