@@ -170,7 +170,6 @@ class Wiring:
 
 
 @functools.cache
-@functools.cache
 def wiring(component: str) -> Wiring:
     """The process's wiring for `component` (a handler module in functions/, or "api"), built once per process: its
     settings are loaded and validated on the first call, which handler modules make at import."""

@@ -4,6 +4,7 @@ services of tests/service_wiring.py."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -14,6 +15,7 @@ from chalice.test import Client
 from chalicelib import config
 from chalicelib.schemas import SPECS, RouteSpec
 from chalicelib.wiring import Wiring
+from tests.conftest import REPO
 from tests.service_wiring import MEMBER, OWNER, STRANGER, environment, services, workspace  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")
@@ -27,7 +29,11 @@ def api(services: Wiring, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Mod
     for key, value in environment().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(config, "_loaded", None)  # importing the app loads "api"; later tests get none again
-    module = importlib.import_module("app.app")
+    # Under a private module name, executed afresh: chalice's loader and other tests import a module named `app`.
+    spec = importlib.util.spec_from_file_location("kaos_api_membership", REPO / "app" / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     caller = [STRANGER]
     monkeypatch.setattr(module, "WIRING", services)
     monkeypatch.setattr(module, "caller", lambda context: caller[0])
