@@ -19,7 +19,10 @@ with open(source, newline="") as handle:
 out = pathlib.Path(os.environ["KAOS_OUTPUT_DIR"]) / (os.environ["KAOS_DATUM"] + ".sum")
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(f"{total}\\n")
-print("summed", os.environ["KAOS_DATUM"])
+# What the container was given and holds: the test reads it back from the job's archived log.
+inputs = ",".join(sorted(os.listdir(os.environ["KAOS_INPUT_DIR"])))
+outputs = sum(1 for p in pathlib.Path(os.environ["KAOS_OUTPUT_DIR"]).rglob("*") if p.is_file())
+print("summed", os.environ["KAOS_DATUM"], "inputs", inputs, "outputs", outputs)
 """
 
 
@@ -49,13 +52,10 @@ def deploy(stack: Stack, code: Path, data: Path, *extra: str) -> dict[str, Any]:
     return job
 
 
-def container_dir(stack: Stack, job: dict[str, Any], name: str) -> Path:
-    """KAOS_INPUT_DIR / KAOS_OUTPUT_DIR of the job's Batch container, as the local runner left it."""
-    history = stack.aws("stepfunctions").get_execution_history(executionArn=job["execution"], maxResults=1000)
-    (batch_id,) = [json.loads(e["taskSucceededEventDetails"]["output"])["JobId"] for e in history["events"]
-                   if e.get("taskSucceededEventDetails", {}).get("resourceType") == "batch"]
-    (found,) = stack.state_dir.rglob(f"batch/{batch_id}/root/tmp/kaos/{name}")
-    return found
+def job_log(stack: Stack, job: dict[str, Any]) -> str:
+    """The job's log as Record archived it beside its outputs."""
+    log = stack.aws("s3").get_object(Bucket=bucket(stack), Key=f"ws/datums/jobs/{job['id']}/log.txt")
+    return str(log["Body"].read().decode())
 
 
 def counts(job: dict[str, Any]) -> tuple[int, int]:
@@ -78,8 +78,7 @@ def test_per_file_jobs_process_only_new_or_changed_datums(stack: Stack, tmp_path
     outputs = output_files(stack, "datums", first)
     assert sorted(outputs) == [f"part-{i:03d}.csv.sum" for i in range(10)]
     assert outputs["part-003.csv.sum"] == f"{float(sum(3 + r for r in range(5)))}\n"
-    log = stack.aws("s3").get_object(Bucket=bucket(stack), Key=f"ws/datums/jobs/{first['id']}/log.txt")
-    assert "10 datum(s) to process, 0 reused" in log["Body"].read().decode()
+    assert "10 datum(s) to process, 0 reused" in job_log(stack, first)
 
     # Two more files: a new input snapshot, so a new job, but it processes only the two.
     write_csv(data, 10)
@@ -88,9 +87,11 @@ def test_per_file_jobs_process_only_new_or_changed_datums(stack: Stack, tmp_path
     assert second["id"] != first["id"] and counts(second) == (2, 10)
     grown = output_files(stack, "datums", second)
     assert len(grown) == 12 and {k: grown[k] for k in outputs} == outputs
-    # The container downloaded only the two datums it processed.
-    assert sorted(p.name for p in container_dir(stack, second, "input").iterdir()) == ["part-010.csv", "part-011.csv"]
-    assert len(list(container_dir(stack, second, "output").iterdir())) == 2
+    # The container downloaded only the two datums it processed, and the ten reused outputs never reached it: a run
+    # sees its own output, and the other new datum's if the two share a container.
+    lines = [line.split() for line in job_log(stack, second).splitlines() if line.startswith("summed ")]
+    assert sorted(line[1] for line in lines) == ["part-010.csv", "part-011.csv"]
+    assert {line[3] for line in lines} == {"part-010.csv,part-011.csv"} and max(int(line[5]) for line in lines) <= 2
 
     # New code: every datum's key changes, so all twelve run again (with the same results).
     (code / "sum.py").write_text(SUM + "# reformatted\n")
