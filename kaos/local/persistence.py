@@ -202,14 +202,14 @@ def _base64(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _json_safe(item: dict[str, Any]) -> dict[str, Any]:
-    """A low-level item as boto returns it, with binary values base64-encoded as DynamoDB's JSON has them."""
+def _map_binary(item: dict[str, Any], convert: Callable[[Any], Any]) -> dict[str, Any]:
+    """A low-level item with each binary value (B, BS, also inside M and L) passed through `convert`."""
     def value(attribute: dict[str, Any]) -> dict[str, Any]:
         ((kind, inner),) = attribute.items()
         if kind == "B":
-            return {kind: base64.b64encode(inner).decode() if isinstance(inner, bytes) else inner}
+            return {kind: convert(inner)}
         if kind == "BS":
-            return {kind: [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in inner]}
+            return {kind: [convert(v) for v in inner]}
         if kind == "M":
             return {kind: {k: value(v) for k, v in inner.items()}}
         if kind == "L":
@@ -217,23 +217,16 @@ def _json_safe(item: dict[str, Any]) -> dict[str, Any]:
         return attribute
 
     return {name: value(attribute) for name, attribute in item.items()}
+
+
+def _json_safe(item: dict[str, Any]) -> dict[str, Any]:
+    """A low-level item as boto returns it, with binary values base64-encoded as DynamoDB's JSON has them."""
+    return _map_binary(item, lambda v: base64.b64encode(v).decode() if isinstance(v, bytes) else v)
 
 
 def _from_json_safe(item: dict[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`_json_safe`, for boto (which base64-encodes bytes itself)."""
-    def value(attribute: dict[str, Any]) -> dict[str, Any]:
-        ((kind, inner),) = attribute.items()
-        if kind == "B":
-            return {kind: base64.b64decode(inner) if isinstance(inner, str) else inner}
-        if kind == "BS":
-            return {kind: [base64.b64decode(v) if isinstance(v, str) else v for v in inner]}
-        if kind == "M":
-            return {kind: {k: value(v) for k, v in inner.items()}}
-        if kind == "L":
-            return {kind: [value(v) for v in inner]}
-        return attribute
-
-    return {name: value(attribute) for name, attribute in item.items()}
+    return _map_binary(item, lambda v: base64.b64decode(v) if isinstance(v, str) else v)
 
 
 def _snapshot_header(record: Any) -> dict[str, Any] | None:
