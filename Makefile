@@ -33,7 +33,7 @@ synth: setup
 
 lint: setup
 	$(BIN)/ruff check app chalicelib functions cdk kaos tests bench
-	$(BIN)/mypy --strict chalicelib functions cdk app/app.py kaos --exclude 'kaos/templates/'
+	$(BIN)/mypy --strict chalicelib functions cdk app/app.py kaos bench --exclude 'kaos/templates/'
 
 bench: setup
 	$(BIN)/python -m bench.cold_imports

@@ -11,6 +11,8 @@ Run: .venv/bin/python -m bench.grid   (GRID_RUN_POINTS=1000 by default; the run 
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import statistics
@@ -68,7 +70,7 @@ def stack() -> Iterator[tuple[Client, str, str]]:
 
 def main() -> None:
     with stack() as (client, code, data):
-        single = [timed(lambda i=i: client.submit("grids", code, {"training": data}, {"single": i}))
+        single = [timed(functools.partial(client.submit, "grids", code, {"training": data}, {"single": i}))
                   for i in range(5)]
         big = {"a": list(range(100)), "b": list(range(100))}
         accept = timed(lambda: client.submit_grid("grids", code, {"training": data}, big, None, 1))

@@ -18,6 +18,8 @@ Run: .venv/bin/python -m bench.lineage
 """
 from __future__ import annotations
 
+import functools
+
 import os
 import statistics
 import threading
@@ -79,14 +81,14 @@ def count_calls() -> None:
     """Every botocore API call, whichever client (pynamodb keeps one per model class) and thread makes it."""
     from botocore.client import BaseClient
 
-    original = BaseClient._make_api_call
+    original = BaseClient._make_api_call  # type: ignore[attr-defined]  # botocore's private dispatch, untyped
 
     def counted(self: Any, operation: str, params: Any) -> Any:
         with _lock:
             _calls[f"{self.meta.service_model.service_name}:{operation}"] += 1
         return original(self, operation, params)
 
-    BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    setattr(BaseClient, "_make_api_call", counted)  # noqa: B010  (a private attribute the stubs do not declare)
 
 
 def dynamodb_calls() -> int:
@@ -166,9 +168,14 @@ def main() -> None:
     try:
         create_bucket()
         count_calls()
+        from chalicelib.adapters import AwsClients, ObjectStore
         from chalicelib.provenance import Provenance
+        from chalicelib.repositories.provenance import DynamoProvenance
+        from chalicelib.repositories.snapshots import DynamoSnapshots
 
-        prov = Provenance()
+        # Built as chalicelib.wiring builds it; the table is read at call time, so use_table switches it.
+        prov = Provenance(store=ObjectStore(AwsClients().s3, "bench-lineage"), repository=DynamoProvenance(),
+                          snapshots=DynamoSnapshots())
         print(f"building graphs (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores) ...", flush=True)
         built = time.perf_counter()
         graphs = []
@@ -197,11 +204,11 @@ def main() -> None:
             print(f"walking {label} ...", flush=True)
             os.environ["KAOS_TABLE"] = table
             rounds = ROUNDS if expected <= 200 else 1
-            rows.append((label, expected, measure(lambda r=root: kaos_walk(r), rounds),
-                         measure(lambda r=root: naive_walk(r), rounds)))
+            rows.append((label, expected, measure(functools.partial(kaos_walk, root), rounds),
+                         measure(functools.partial(naive_walk, root), rounds)))
             if expected == 1001:
                 rows.append(("chain depth 1000, pages of 250", expected,
-                             measure(lambda r=root: paged_walk(r), rounds), rows[-1][3]))
+                             measure(functools.partial(paged_walk, root), rounds), rows[-1][3]))
 
         print()
         print("| graph | nodes | lineage requests | lineage s | naive requests | naive s | requests ratio "
