@@ -31,13 +31,14 @@ class Entry:
     label: str
     module: str
     path: Path  # sys.path[0] in the child, as the Lambda runtime's task root
+    component: str | None = None  # its settings (chalicelib.config.COMPONENTS), loaded at import as on Lambda
 
 
 BASELINE = Entry("import boto3 (baseline)", "boto3", ROOT)
 ENTRIES = (
-    Entry("API handler app.app", "app", ROOT / "app"),
-    Entry("functions.prepare_training", "functions.prepare_training", ROOT),
-    Entry("functions.record_outcome", "functions.record_outcome", ROOT),
+    Entry("API handler app.app", "app", ROOT / "app", "api"),
+    Entry("functions.prepare_training", "functions.prepare_training", ROOT, "prepare_training"),
+    Entry("functions.record_outcome", "functions.record_outcome", ROOT, "record_outcome"),
 )
 
 CHILD = """
@@ -51,18 +52,23 @@ print(json.dumps({{"seconds": elapsed, "forbidden": bad}}))
 """
 
 
-def lambda_env() -> dict[str, str]:
-    """The parent's environment minus anything kaos- or path-related, plus the region Lambda always sets."""
+def lambda_env(component: str | None) -> dict[str, str]:
+    """The parent's environment minus anything kaos- or path-related, plus the region Lambda always sets and the
+    component's variables as CDK writes them (placeholder values: "1" parses as a name, an ARN, a number of seconds
+    and a bucket list; the handler validates them at import)."""
+    from chalicelib.config import COMPONENTS
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAOS_") and k not in ("PYTHONPATH",
                                                                                           "PYTHONSTARTUP")}
     env["AWS_DEFAULT_REGION"] = "us-east-1"
     env["AWS_REGION"] = "us-east-1"
+    env.update(dict.fromkeys(COMPONENTS[component], "1") if component else {})
     return env
 
 
 def sample(entry: Entry, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     code = CHILD.format(path=str(entry.path), module=entry.module, forbidden=FORBIDDEN)
-    done = subprocess.run([sys.executable, *extra, "-c", code], cwd=entry.path, env=lambda_env(),
+    done = subprocess.run([sys.executable, *extra, "-c", code], cwd=entry.path, env=lambda_env(entry.component),
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"importing {entry.module} failed:\n{done.stderr[-3000:]}")
