@@ -20,6 +20,7 @@ from kaos.bundle import LocalFile
 from kaos.settings import ClientConfig
 
 TIMEOUT = 60
+INVOKE_TIMEOUT = 90
 
 
 class ApiError(Exception):
@@ -87,27 +88,36 @@ class Client:
         self.http = requests.Session()
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        response = self.send(method, path, data, headers, query)
+        try:
+            return response.json()
+        except ValueError:
+            return {"error": {"code": "BadResponse", "message": response.text[:500]}}
+
+    def send(self, method: str, path: str, data: bytes, headers: dict[str, str],
+             query: dict[str, Any] | None = None, timeout: float = TIMEOUT) -> requests.Response:
+        """One SigV4-signed request with a raw body; a 4xx/5xx answer raises its `{"error"}` as ApiError."""
         url = self.base + path
         clean = {k: v for k, v in (query or {}).items() if v is not None}
         if clean:
             url += "?" + urlencode(clean)
-        data = json.dumps(body).encode() if body is not None else b""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
         signed = AWSRequest(method=method, url=url, data=data, headers=headers)
         SigV4Auth(self.credentials.get_frozen_credentials(), "execute-api", self.region).add_auth(signed)
         try:
             response = self.http.request(method, url, data=data, headers=dict(signed.headers.items()),
-                                         timeout=TIMEOUT)
+                                         timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise unreachable(self.base, exc) from exc
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = {"error": {"code": "BadResponse", "message": response.text[:500]}}
         if response.status_code >= 400:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {"error": {"code": "BadResponse", "message": response.text[:500]}}
             error = payload.get("error") or {"code": str(response.status_code), "message": payload.get("message", "")}
             raise ApiError(response.status_code, error.get("code", ""), error.get("message", ""))
-        return payload
+        return response
 
     # workspaces
     def create_workspace(self, name: str) -> Any:
@@ -262,6 +272,58 @@ class Client:
         if per_file:
             body.update({"per_file": True, **({"glob": glob} if glob else {})})
         return self.request("POST", f"/workspaces/{workspace}/batch-jobs", body)
+
+    # serving: the model registry (groups, versions, approval, aliases) and endpoints
+    def register_model(self, workspace: str, group: str, job_id: str) -> Any:
+        return self.request("POST", f"/workspaces/{workspace}/models/{group}/versions", {"job_id": job_id})
+
+    def model_groups(self, workspace: str) -> Any:
+        return self.request("GET", f"/workspaces/{workspace}/models")
+
+    def model_group(self, workspace: str, group: str) -> Any:
+        return self.request("GET", f"/workspaces/{workspace}/models/{group}")
+
+    def approve_model(self, workspace: str, group: str, version: int, status: str) -> Any:
+        return self.request("POST", f"/workspaces/{workspace}/models/{group}/versions/{version}/approval",
+                            {"status": status})
+
+    def move_alias(self, workspace: str, group: str, alias: str, version: int | None) -> Any:
+        """Points the alias at `version` (atomically, from wherever it was); None deletes it."""
+        path = f"/workspaces/{workspace}/models/{group}/aliases/{alias}"
+        if version is None:
+            return self.request("DELETE", path)
+        return self.request("PUT", path, {"version": version})
+
+    def deploy_endpoint(self, workspace: str, settings: dict[str, Any]) -> Any:
+        """`settings`: {"model"} and any of name, memory_mb, max_concurrency, instance_type, capture_percent."""
+        return self.request("POST", f"/workspaces/{workspace}/endpoints", settings)
+
+    def endpoints(self, workspace: str, limit: int | None = None, next_token: str | None = None) -> Any:
+        return self.request("GET", f"/workspaces/{workspace}/endpoints", query={"limit": limit, "next": next_token})
+
+    def endpoint(self, workspace: str, name: str) -> Any:
+        return self.request("GET", f"/workspaces/{workspace}/endpoints/{name}")
+
+    def promote(self, workspace: str, name: str, model: str) -> Any:
+        return self.request("POST", f"/workspaces/{workspace}/endpoints/{name}/deployments", {"model": model})
+
+    def rollback(self, workspace: str, name: str) -> Any:
+        return self.request("POST", f"/workspaces/{workspace}/endpoints/{name}/rollback")
+
+    def kill_endpoint(self, workspace: str, name: str) -> Any:
+        return self.request("DELETE", f"/workspaces/{workspace}/endpoints/{name}")
+
+    def endpoint_logs(self, workspace: str, name: str, next_token: str | None = None) -> Any:
+        return self.request("GET", f"/workspaces/{workspace}/endpoints/{name}/logs", query={"next": next_token})
+
+    def invoke(self, workspace: str, name: str, body: bytes, content_type: str,
+               accept: str | None = None) -> tuple[bytes, str]:
+        """The model's raw answer and its Content-Type. Waits longer than other requests: the server gives an
+        invocation 60 s before it answers 504 InvocationTimeout, which should reach the caller as such."""
+        headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+        response = self.send("POST", f"/workspaces/{workspace}/endpoints/{name}/invocations", body, headers,
+                             timeout=INVOKE_TIMEOUT)
+        return response.content, response.headers.get("Content-Type", "")
 
 
 def extract_archive(archive: Path, target: Path) -> list[str]:

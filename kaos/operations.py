@@ -355,18 +355,24 @@ class LogReader:
     sent with the same events again: those are skipped, and the log ends when the job is terminal and a page brings
     nothing new. After iterating, `status` is the job's last status."""
 
+    terminal: tuple[str, ...] = TERMINAL  # statuses after which nothing more is written
+
     def __init__(self, client: Client, workspace: str, job_id: str, follow: bool,
                  timeout: float = WAIT_TIMEOUT_SECONDS) -> None:
         self.client, self.workspace, self.job_id = client, workspace, job_id
         self.follow, self.timeout = follow, timeout
         self.status = ""
 
+    def page(self, token: str | None) -> dict[str, Any]:
+        page: dict[str, Any] = self.client.logs(self.workspace, self.job_id, token)
+        return page
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         token: str | None = None
         served: dict[str | None, int] = {}  # old shape: events already printed from a token re-served
         for _ in _polls(self.timeout, f"the log of {self.job_id}"):
             while True:
-                page = self.client.logs(self.workspace, self.job_id, token)
+                page = self.page(token)
                 self.status = page["status"]
                 events: list[dict[str, Any]] = page["events"]
                 after = page.get("next")
@@ -376,7 +382,7 @@ class LogReader:
                 if page.get("complete"):
                     return
                 token = after
-                ended = "complete" not in page and self.status in TERMINAL and not fresh
+                ended = "complete" not in page and self.status in self.terminal and not fresh
                 if ended or not fresh:
                     break
             if ended or not self.follow:
@@ -386,3 +392,85 @@ class LogReader:
 
 def exit_code(status: str) -> int:
     return 0 if status == "COMPLETED" else 1
+
+
+# --- serving -------------------------------------------------------------------------------------------------
+# An endpoint rests in one of these; any other status (Creating, Updating, RollingBack, Deleting) still moves.
+ENDPOINT_SETTLED = ("InService", "Failed", "Deleted")
+# The deployment state machine bounds its own wait for InService well below this; waiting longer means it is stuck.
+ENDPOINT_WAIT_SECONDS = 3600
+CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv", ".npy": "application/x-npy"}
+_VERSION_REF = re.compile(r"^([^/@]+)/(\d+)$")
+
+
+def model_reference(client: Client, workspace: str, value: str) -> str:
+    """A MODEL argument as the API takes it: GROUP/VERSION and GROUP@ALIAS as given, a job id (`model:` optional)
+    from any unique prefix."""
+    if "/" in value or "@" in value:
+        return value
+    job = value.removeprefix("model:")
+    if not PREFIX.match(job) or not job.strip("-"):
+        raise Refused(f"MODEL {value!r}: give a job id (or a unique prefix), GROUP/VERSION (digits/3) or "
+                      "GROUP@ALIAS (digits@champion)")
+    return resolve(client, workspace, job)
+
+
+def group_version(value: str) -> tuple[str, int]:
+    """`G/VERSION` (as `kaos model list G` shows it) as (group, version)."""
+    matched = _VERSION_REF.match(value)
+    if not matched:
+        raise Refused(f"{value!r}: give GROUP/VERSION, e.g. digits/3 (`kaos model list` shows the versions)")
+    return matched[1], int(matched[2])
+
+
+def content_type(path: str, given: str | None) -> str:
+    """--content-type, else what the file's extension says; stdin and other extensions need --content-type."""
+    if given:
+        return given
+    found = CONTENT_TYPES.get(Path(path).suffix.lower()) if path != "-" else None
+    if found is None:
+        where = "stdin" if path == "-" else f"{path!r} (extension {Path(path).suffix or 'none'})"
+        raise Refused(f"--data {where}: give --content-type (the model's input_fn decides; the defaults read "
+                      f"{', '.join(CONTENT_TYPES.values())})")
+    return found
+
+
+def wait_endpoint(client: Client, workspace: str, name: str, on_change: Callable[[dict[str, Any]], None],
+                  timeout: float = ENDPOINT_WAIT_SECONDS) -> dict[str, Any]:
+    """Polls the endpoint until it rests (InService, Failed or Deleted, its latest deployment ended); `on_change`
+    sees each new status."""
+    seen = None
+    for _ in _polls(timeout, f"endpoint {name}"):
+        endpoint: dict[str, Any] = client.endpoint(workspace, name)
+        if endpoint["status"] != seen:
+            seen = endpoint["status"]
+            on_change(endpoint)
+        if _rests(endpoint):
+            return endpoint
+    raise AssertionError("unreachable: _polls ends by raising")
+
+
+def _rests(endpoint: dict[str, Any]) -> bool:
+    """Settled, and its latest deployment ended (a promotion is recorded as started before the status moves)."""
+    deployments = endpoint.get("deployments") or []
+    ended = not deployments or bool(deployments[0].get("ended_at"))
+    return endpoint["status"] == "Deleted" or (endpoint["status"] in ENDPOINT_SETTLED and ended)
+
+
+def deployment_failure(endpoint: dict[str, Any]) -> str | None:
+    """Why the endpoint's latest deployment did not go live (a failed create, or a promotion rolled back), or None."""
+    latest = (endpoint.get("deployments") or [{}])[0]
+    if endpoint["status"] == "InService" and not latest.get("failure_reason"):
+        return None
+    return str(latest.get("failure_reason") or endpoint.get("failure_reason") or f"status {endpoint['status']}")
+
+
+class EndpointLogReader(LogReader):
+    """An endpoint's log (the model server's output): the same pages as a job's; it ends when the endpoint is
+    deleted."""
+
+    terminal = ("Deleted",)
+
+    def page(self, token: str | None) -> dict[str, Any]:
+        page: dict[str, Any] = self.client.endpoint_logs(self.workspace, self.job_id, token)
+        return page

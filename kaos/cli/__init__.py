@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from kaos.cli import batch, cloud, local, train, workspace
+from kaos.cli import batch, cloud, local, model, serve, train, workspace
 from kaos.cli.common import describe, report
 from kaos.cli_templates import template_app
 
@@ -23,6 +23,8 @@ app.add_typer(workspace.app, name="workspace")
 app.add_typer(train.app, name="train")
 app.add_typer(batch.data_app, name="data")
 app.add_typer(batch.app, name="batch")
+app.add_typer(serve.app, name="serve")
+app.add_typer(model.app, name="model")
 app.add_typer(local.app, name="local")
 app.add_typer(cloud.app, name="cloud")
 app.add_typer(cloud.config_app, name="config")

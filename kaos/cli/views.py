@@ -117,3 +117,85 @@ def provenance_tree(graph: dict[str, Any], down: bool) -> Tree:
 
     grow(root, graph["root"], frozenset({graph["root"]}))
     return root
+
+
+def model_label(model: dict[str, Any]) -> str:
+    """`digits/3 (train-…)` for a registered version, the job id alone otherwise."""
+    if model.get("group") and model.get("version") is not None:
+        return f"{model['group']}/{model['version']} ({model['job_id']})"
+    return str(model.get("job_id") or "")
+
+
+def endpoint_table(endpoint: dict[str, Any]) -> Table:
+    table = Table(show_header=False)
+    id_column(table, "field")
+    table.add_column("value", overflow="fold")
+    size = (f"{endpoint['memory_mb']} MB, up to {endpoint['max_concurrency']} concurrent requests"
+            if endpoint["kind"] == "serverless" else f"{endpoint['instance_count']} x {endpoint['instance_type']}")
+    rows = [("name", endpoint["name"]), ("status", endpoint["status"]),
+            ("failure_reason", endpoint.get("failure_reason")), ("kind", f"{endpoint['kind']} ({size})"),
+            ("model", model_label(endpoint["model"])), ("model_sha256", endpoint["model"].get("model_sha256")),
+            ("capture", f"{endpoint['capture_percent']}% of requests" if endpoint.get("capture_percent") else None),
+            ("sagemaker_endpoint", endpoint["sagemaker_endpoint"]), ("created_at", endpoint["created_at"]),
+            ("updated_at", endpoint["updated_at"]), ("invocations", endpoint["invocations_path"])]
+    for key, value in rows:
+        if value:
+            table.add_row(key, str(value))
+    return table
+
+
+def deployments_table(deployments: list[dict[str, Any]]) -> Table:
+    table = Table()
+    id_column(table, "deployment")
+    table.add_column("model", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("started", overflow="fold")
+    table.add_column("ended", overflow="fold")
+    table.add_column("failure", overflow="fold")
+    for row in deployments:
+        table.add_row(str(row["deployment"]), model_label(row["model"]), row["status"], row.get("started_at") or "",
+                      row.get("ended_at") or "", row.get("failure_reason") or "")
+    return table
+
+
+def print_endpoint(endpoint: dict[str, Any]) -> None:
+    console.print(endpoint_table(endpoint))
+    if endpoint.get("deployments"):
+        console.print(deployments_table(endpoint["deployments"]))
+
+
+def endpoints_table(endpoints: list[dict[str, Any]]) -> Table:
+    table = Table()
+    id_column(table, "endpoint")
+    table.add_column("status", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    table.add_column("updated", overflow="fold")
+    for endpoint in endpoints:
+        table.add_row(endpoint["name"], endpoint["status"], endpoint["kind"], model_label(endpoint["model"]),
+                      endpoint["updated_at"])
+    return table
+
+
+def groups_table(groups: list[dict[str, Any]]) -> Table:
+    table = Table()
+    id_column(table, "group")
+    table.add_column("latest", no_wrap=True)
+    table.add_column("aliases", overflow="fold")
+    for group in groups:
+        aliases = ", ".join(f"{alias}={version}" for alias, version in sorted(group["aliases"].items()))
+        table.add_row(group["group"], str(group["latest_version"]), aliases)
+    return table
+
+
+def versions_table(group: dict[str, Any]) -> Table:
+    table = Table(title=f"model group {group['group']}", title_justify="left")
+    table.add_column("version", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("aliases", overflow="fold")
+    id_column(table, "job")
+    table.add_column("created", overflow="fold")
+    for version in group["versions"]:
+        table.add_row(str(version["version"]), version["status"], ", ".join(sorted(version.get("aliases") or [])),
+                      version["job_id"], version["created_at"])
+    return table
