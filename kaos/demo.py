@@ -2,7 +2,8 @@
 
 It trains the digits template, shows metrics, logs and provenance, redeploys the same inputs (a cache hit),
 then drops a new data file into S3 and lets auto-retrain build the next generation, whose provenance reaches
-back through both data snapshots."""
+back through both data snapshots. It ends by serving the first model: registered, approved, deployed behind an
+endpoint and asked to classify three rows of the data (the digits 0, 1 and 2)."""
 from __future__ import annotations
 
 import json
@@ -65,6 +66,11 @@ def main() -> None:
                 raise SystemExit("demo failed: auto-retrain did not finish in time")
             kaos(env, "train", "list")
             kaos(env, "train", "provenance", f"model:{newer[0]['id']}")
+            kaos(env, "model", "register", job_id, "--group", "digits")
+            kaos(env, "model", "approve", "digits/1")
+            kaos(env, "model", "alias", "digits", "champion", "1")
+            kaos(env, "serve", "deploy", "digits@champion", "--wait")
+            kaos(env, "serve", "predict", "digits", "--data", str(TEMPLATE / "requests" / "digits-0-1-2.csv"))
         finally:
             kaos(env, "local", "down")
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s", flush=True)

@@ -445,12 +445,12 @@ def wait_endpoint(client: Client, workspace: str, name: str, on_change: Callable
         if endpoint["status"] != seen:
             seen = endpoint["status"]
             on_change(endpoint)
-        if _rests(endpoint):
+        if endpoint_rests(endpoint):
             return endpoint
     raise AssertionError("unreachable: _polls ends by raising")
 
 
-def _rests(endpoint: dict[str, Any]) -> bool:
+def endpoint_rests(endpoint: dict[str, Any]) -> bool:
     """Settled, and its latest deployment ended (a promotion is recorded as started before the status moves)."""
     deployments = endpoint.get("deployments") or []
     ended = not deployments or bool(deployments[0].get("ended_at"))
