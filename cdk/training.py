@@ -73,7 +73,9 @@ class Training(Construct):
         train = sync_task(
             self, "Train", resource=f"arn:{partition}:states:::sagemaker:createTrainingJob.sync",
             request_path=TRAINING_REQUEST, request_fields=TRAINING_REQUEST_FIELDS,
-            result_fields=("TrainingJobName", "TrainingJobStatus", "ModelArtifacts"), result_path=TRAINED_PATH,
+            # The billed and trained seconds SageMaker reports price the job (chalicelib/cost.py).
+            result_fields=("TrainingJobName", "TrainingJobStatus", "ModelArtifacts", "BillableTimeInSeconds",
+                           "TrainingTimeInSeconds"), result_path=TRAINED_PATH,
         )
         API_THROTTLING_BACKOFF.retry(train, SAGEMAKER_TRANSIENT_ERRORS)
         CAPACITY_BACKOFF.retry(train, SAGEMAKER_CAPACITY_ERRORS)

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from chalicelib import limits
-from chalicelib import lineage_events
+from chalicelib import cost, lineage_events
 from chalicelib.tenancy import job_definition_name
 from chalicelib.adapters import ObjectStore
 from chalicelib.config import Settings
@@ -155,11 +155,14 @@ class BatchPipeline:
         self.provenance = provenance
         # Only Record archives logs: Prepare's Lambda is not configured with the log group (built on first use).
         self._logs = logs
-        # While Record runs: the job's workspace incarnation, checked before each write (see `record`).
+        # While Record runs: the job's workspace incarnation, checked before each write (see `record`), and when
+        # Record started (its duration is part of the job's cost).
         self._fence: Fence | None = None
+        self._since = 0.0
 
     def prepare(self, workspace: str, job_id: str) -> dict[str, Any]:
         """Materializes the inputs and returns the pieces of the SubmitJob request the state machine sends."""
+        since = cost.started()
         settings = self._settings
         item = self._jobs.repository.get(workspace, job_id)
         if item.status in TERMINAL:
@@ -205,7 +208,7 @@ class BatchPipeline:
             "Timeout": {"AttemptDurationSeconds": int(spec["resources"]["max_runtime_seconds"])},
         }
         at = now()
-        self._jobs.repository.set_status(item, "RUNNING", at, started_at=at)
+        self._jobs.repository.set_status(item, "RUNNING", at, started_at=at, usage=cost.prepared_usage(since))
         lineage_events.started(item, self._settings)
         return {"batch": request, "run": run}
 
@@ -255,6 +258,7 @@ class BatchPipeline:
         # Every write below (log, output blobs, datum markers, snapshot, provenance) first checks that the workspace
         # is still the job's incarnation, and the job's end is fenced by it: a kill drops the outcome.
         self._fence = Fence(self._workspaces, workspace, item.spec.get("incarnation"))
+        self._since = cost.started()
         try:
             self._fence_check()
             return self._record(workspace, item, outcome, detail)
@@ -290,7 +294,8 @@ class BatchPipeline:
         if tail and tail not in reason:
             reason = f"{reason}\n{tail}"
         extra = {"metrics": metrics} if metrics else {}
-        self._jobs.finish(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(), **extra)
+        self._jobs.finish(item, "FAILED", failure_reason=reason[-FAILURE_REASON_CHARS:], ended_at=now(),
+                          usage=cost.recorded_usage(item.usage, {}, self._since), **extra)
         lineage_events.ended(item, self._settings)
         return describe(item)
 
@@ -378,7 +383,8 @@ class BatchPipeline:
         self.provenance.add_edge(workspace, f"job:{item.job_id}", "produced", node, at)
         extra = {"metrics": metrics} if metrics else {}
         try:
-            self._jobs.finish(item, "COMPLETED", model_uri=node, ended_at=at, **extra)
+            self._jobs.finish(item, "COMPLETED", model_uri=node, ended_at=at,
+                              usage=cost.recorded_usage(item.usage, {}, self._since), **extra)
         except IncarnationGone:  # the output snapshot's node may be shared with other jobs: only the edge goes
             self._jobs.retract_produced(workspace, item.job_id, node, node=False)
             raise

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib import lineage_events
+from chalicelib import cost, lineage_events
 from chalicelib.adapters import ObjectStore
 from chalicelib.archive import read_model
 from chalicelib.blobs import blob_key
@@ -53,6 +53,7 @@ class TrainingPipeline:
         """Materializes inputs and returns the CreateTrainingJob request the state machine runs. Its HyperParameters
         are the params JSON-encoded as the SageMaker SDK does (SageMaker allows 100 of them, each value at most
         2500 characters: checked at submission by chalicelib.domain.parse_params)."""
+        since = cost.started()
         job = self._jobs.repository.get(workspace, job_id)
         if job.status in TERMINAL:
             raise InputInvalid(f"job {job_id} is already {job.status}")
@@ -89,7 +90,8 @@ class TrainingPipeline:
             "StoppingCondition": {"MaxRuntimeInSeconds": resources["max_runtime_seconds"]},
         }
         at = now()
-        self._jobs.repository.set_status(job, "TRAINING", at, training_job_name=name, started_at=at)
+        self._jobs.repository.set_status(job, "TRAINING", at, training_job_name=name, started_at=at,
+                                         usage=cost.prepared_usage(since))
         lineage_events.started(job, self._settings)
         return {"training": request}
 
@@ -116,6 +118,7 @@ class TrainingPipeline:
     def record(
         self, workspace: str, job_id: str, execution: str, outcome: str, detail: dict[str, Any]
     ) -> dict[str, Any]:
+        since = cost.started()
         job = self._jobs.to_record(workspace, job_id, execution)
         if isinstance(job, dict):
             return job
@@ -123,9 +126,10 @@ class TrainingPipeline:
             return {**describe(job), "dropped": True}
         try:
             if outcome == "Completed":
-                described = self._record_model(workspace, job, detail)
+                described = self._record_model(workspace, job, detail, since)
             else:
-                self._jobs.finish(job, "FAILED", failure_reason=failure_reason(detail), ended_at=now())
+                self._jobs.finish(job, "FAILED", failure_reason=failure_reason(detail), ended_at=now(),
+                                  usage=cost.recorded_usage(job.usage, detail, since))
                 lineage_events.ended(job, self._settings)
                 described = describe(job)
         except IncarnationGone:  # killed while recording: nothing of it stays
@@ -139,7 +143,7 @@ class TrainingPipeline:
                 log.exception("could not archive the log of job %s", job_id)
         return described
 
-    def _record_model(self, workspace: str, job: Job, training: dict[str, Any]) -> dict[str, Any]:
+    def _record_model(self, workspace: str, job: Job, training: dict[str, Any], since: float) -> dict[str, Any]:
         uri = str(training.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""))
         prefix = f"s3://{self._store.bucket}/"
         if not uri.startswith(prefix):
@@ -158,7 +162,8 @@ class TrainingPipeline:
             "uri": uri, "sha256": model.sha256, "content_sha256": model.content_sha256, **described}, at)
         self._provenance.add_edge(workspace, f"job:{job.job_id}", "produced", model_node, at)
         try:
-            self._jobs.finish(job, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at)
+            self._jobs.finish(job, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at,
+                              usage=cost.recorded_usage(job.usage, training, since))
         except IncarnationGone:
             self._jobs.retract_produced(workspace, job.job_id, model_node, node=True)
             raise

@@ -139,6 +139,8 @@ class JobItem(_Item):
     attempt = NumberAttribute(default=1)
     attempts: JSONAttribute = JSONAttribute(null=True)
     sources: JSONAttribute = JSONAttribute(null=True)
+    # What the job consumed as AWS bills it (chalicelib/cost.py): billable seconds, task Lambda durations.
+    usage: JSONAttribute = JSONAttribute(null=True)
     version = VersionAttribute()
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol, cast
 from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 
+from chalicelib.cost import job_cost
 from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound, ValidationFailed
 from chalicelib.repositories.workspaces import (MemoryWorkspaces, condition_failed, fenced_write,
                                                 item_condition_failed, put_once_fenced)
@@ -54,12 +55,13 @@ class Job:
     attempt: int = 1
     attempts: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
     version: int | None = None
 
 
 # What a status change may set besides the status (None removes the attribute).
 CHANGEABLE = frozenset({"execution_arn", "training_job_name", "started_at", "ended_at", "metrics", "failure_reason",
-                        "model_uri", "attempt", "attempts"})
+                        "model_uri", "attempt", "attempts", "usage"})
 
 
 
@@ -122,6 +124,9 @@ def describe(job: Job) -> dict[str, Any]:
         "metrics": job.metrics or {}, "failure_reason": job.failure_reason, "model": job.model_uri,
         "training_job_name": job.training_job_name, "execution": job.execution_arn,
         "history": job.history, "attempt": job.attempt, "attempts": job.attempts, "sources": job.sources,
+        "cost": job_cost(kind=job.kind, status=job.status, resources=spec["resources"], inputs=2 + len(spec["data"]),
+                         history=len(job.history), started_at=job.started_at, ended_at=job.ended_at,
+                         usage=job.usage),
     }
 
 

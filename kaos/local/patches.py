@@ -31,6 +31,7 @@ import datetime
 import functools
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -633,6 +634,11 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
             for key, attr in _UPDATE_FIELDS.items():
                 if key in fields:
                     setattr(job, attr, fields[key])
+            if "TrainingEndTime" in fields and job.training_start_time is not None:
+                # SageMaker reports both once a job ends; without managed spot training they are equal (whole
+                # seconds of the wall clock from the start of training).
+                seconds = math.ceil((job.training_end_time - job.training_start_time).total_seconds())
+                job.training_time_in_seconds = job.billable_time_in_seconds = seconds
             if fields.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped"):
                 transitions = job.secondary_status_transitions
                 if transitions and "EndTime" not in transitions[-1]:

@@ -1,0 +1,124 @@
+"""chalicelib/cost.py against hand-computed cases (prices fixed here, so a price refresh changes no expectation)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE
+from chalicelib import cost
+from chalicelib.cost import Prices
+
+PRICES = Prices(
+    date="2026-12-01", region="us-east-1",
+    training_hour={"ml.m5.large": 0.115, "ml.m5.xlarge": 0.23},
+    hosting_hour={"ml.m5.large": 0.115},
+    unit={"serverless_inference_gb_second": 0.00002, "serverless_inference_data_gb": 0.016,
+          "fargate_vcpu_hour": 0.04048, "fargate_gb_hour": 0.004445, "fargate_storage_gb_hour": 0.000111,
+          "step_functions_transition": 0.000025, "lambda_gb_second": 0.0000166667, "lambda_request": 0.0000002,
+          "api_gateway_request": 0.0000035, "dynamodb_write_unit": 0.000000625},
+)
+RESOURCES = {"instance_type": "ml.m5.large", "instance_count": 1, "volume_gb": 30, "max_runtime_seconds": 86400}
+
+
+def _job(**overrides: object) -> dict[str, object]:
+    args: dict[str, object] = {"kind": "train", "status": "COMPLETED", "resources": RESOURCES, "inputs": 3,
+                               "history": 4, "started_at": None, "ended_at": None, "usage": None, "p": PRICES}
+    args.update(overrides)
+    return cost.job_cost(**args)  # type: ignore[arg-type]
+
+
+def _lines(answer: dict[str, object]) -> dict[str, float]:
+    return {line["item"]: line["usd"] for line in answer["lines"]}  # type: ignore[attr-defined]
+
+
+def test_measured_training_is_billable_seconds_times_price_plus_the_pipeline() -> None:
+    answer = _job(usage={"billable_seconds": 3600, "training_seconds": 3600, "lambda_ms": [1000, 500]})
+    # 1 h x $0.115; 4 transitions x $0.000025; 2 requests x $0.0000002; (0.5 GB x 1 s + 0.5 GB x 0.5 s) x
+    # $0.0000166667; (7 + 3 x 3 inputs + 2 x 4 status changes) = 24 writes x $0.000000625.
+    assert _lines(answer) == {"SageMaker training ml.m5.large": 0.115, "Step Functions transitions": 0.0001,
+                              "Lambda requests": 0.0000004, "Lambda duration": 0.0000125,
+                              "DynamoDB writes": 0.000015}
+    assert answer["usd"] == pytest.approx(0.115128, abs=1e-6)
+    assert answer["basis"] == "measured"
+    assert answer["prices"] == "AWS list prices us-east-1 2026-12-01"
+    assert "spot_savings_usd" not in answer
+
+
+def test_managed_spot_bills_the_billable_seconds_and_reports_the_saving() -> None:
+    answer = _job(resources={**RESOURCES, "instance_type": "ml.m5.xlarge", "instance_count": 2},
+                  usage={"billable_seconds": 1800, "training_seconds": 3600, "lambda_ms": [0, 0]})
+    # 1800 s x 2 instances = 1 instance-hour at $0.23 billed; the other 1800 s x 2 were not.
+    assert _lines(answer)["SageMaker training ml.m5.xlarge"] == 0.23
+    assert answer["spot_savings_usd"] == 0.23
+
+
+def test_running_job_is_estimated_from_its_max_runtime_and_the_lambdas_timeouts() -> None:
+    answer = _job(status="TRAINING", history=2)
+    # 86,400 s = 24 h x $0.115 = $2.76; Lambdas at their timeouts: 0.5 GB x 300 s + 0.5 GB x 120 s = 210 GB-s.
+    lines = _lines(answer)
+    assert lines["SageMaker training ml.m5.large"] == pytest.approx(2.76)
+    assert lines["Lambda duration"] == pytest.approx(210 * 0.0000166667, abs=1e-6)
+    assert answer["basis"] == "estimate"
+
+
+def test_killed_job_without_a_measurement_costs_its_elapsed_time() -> None:
+    answer = _job(status="KILLED", started_at="2026-12-01T10:00:00+00:00", ended_at="2026-12-01T10:30:00+00:00")
+    assert _lines(answer)["SageMaker training ml.m5.large"] == pytest.approx(0.0575)
+    assert answer["basis"] == "elapsed"
+
+
+def test_batch_job_bills_fargate_with_a_one_minute_minimum_and_storage_beyond_20_gb() -> None:
+    answer = _job(kind="batch", resources={"instance_type": "fargate-1vcpu-2048mib", "instance_count": 1,
+                                           "volume_gb": 21, "max_runtime_seconds": 3600},
+                  started_at="2026-12-01T10:00:00+00:00", ended_at="2026-12-01T10:00:30+00:00",
+                  usage={"lambda_ms": [0, 0]})
+    lines = _lines(answer)
+    # 30 s is billed as 60 s: 1/60 h x (1 vCPU x $0.04048, 2 GB x $0.004445, 1 GB x $0.000111); 5 transitions.
+    assert lines["Fargate vCPU"] == pytest.approx(0.04048 / 60, abs=1e-6)
+    assert lines["Fargate memory"] == pytest.approx(2 * 0.004445 / 60, abs=1e-6)
+    assert lines["Fargate storage"] == pytest.approx(0.000111 / 60, abs=1e-6)
+    assert lines["Step Functions transitions"] == pytest.approx(5 * 0.000025)
+    assert "unpriced" not in answer
+
+
+def test_an_instance_type_missing_from_the_table_is_named_not_guessed() -> None:
+    answer = _job(resources={**RESOURCES, "instance_type": "ml.x9.huge"}, usage={"billable_seconds": 60})
+    assert _lines(answer).get("SageMaker training ml.x9.huge", 0.0) == 0.0
+    assert answer["unpriced"] == ["ml.x9.huge"]
+
+
+def test_realtime_endpoint_bills_instance_hours_and_serverless_gb_seconds() -> None:
+    realtime = cost.endpoint_cost(kind="realtime", instance_type="ml.m5.large", instance_count=2, hours=10,
+                                  requests=1000, p=PRICES)
+    # 20 instance-hours x $0.115 + 1,000 requests x ($0.0000035 API Gateway + $0.0000002 Lambda).
+    assert realtime["usd"] == pytest.approx(2.3 + 0.0037)
+    serverless = cost.endpoint_cost(kind="serverless", instance_type=None, instance_count=0, hours=10,
+                                    memory_mb=2048, inference_seconds=100, data_gb=0.5, p=PRICES)
+    # 2 GB x 100 s = 200 GB-s x $0.00002, plus 0.5 GB processed x $0.016; idle hours cost nothing.
+    assert serverless["usd"] == pytest.approx(0.004 + 0.008)
+
+
+def test_recorded_usage_reads_the_sync_result_or_a_failures_describe_cause() -> None:
+    since = time.monotonic()
+    completed = cost.recorded_usage({"lambda_ms": [120]}, {"BillableTimeInSeconds": 61, "TrainingTimeInSeconds": 61},
+                                    since)
+    assert completed["billable_seconds"] == 61 and completed["training_seconds"] == 61
+    assert completed["lambda_ms"][0] == 120 and len(completed["lambda_ms"]) == 2
+    cause = json.dumps({"TrainingJobStatus": "Failed", "BillableTimeInSeconds": 7, "TrainingTimeInSeconds": 9})
+    failed = cost.recorded_usage(None, {"Error": "States.TaskFailed", "Cause": cause}, since)
+    assert (failed["billable_seconds"], failed["training_seconds"]) == (7, 9)
+    lambda_error = cost.recorded_usage(None, {"Error": "Lambda.Unknown", "Cause": "not json"}, since)
+    assert "billable_seconds" not in lambda_error
+
+
+def test_rollup_sums_the_totals() -> None:
+    assert cost.total([{"usd": 0.1}, {"usd": 0.2}, {}]) == pytest.approx(0.3)
+
+
+def test_the_repository_price_table_prices_the_default_instance_and_every_unit() -> None:
+    table = cost.prices()
+    assert DEFAULT_TRAINING_INSTANCE_TYPE in table.training_hour
+    assert set(PRICES.unit) <= set(table.unit)
+    assert table.region == "us-east-1" and table.date
