@@ -1,0 +1,247 @@
+"""The Python environment an image gives a job, built offline from the package registry (issue 10).
+
+On AWS a training job or a Batch task runs in its image: the image's Python, the packages the image's Dockerfile
+pinned (chalicelib/environments.json cites each image's requirements file), then whatever the job's
+``requirements.txt`` adds (``pip install -r`` on top of the image, as the SageMaker toolkit does). Offline
+:meth:`Environments.ensure` builds that as a virtualenv of this machine's Python — nothing of kaos's own virtualenv is
+visible in it — once per (catalogue entry, requirements contents), in a cache shared by every stack of the machine:
+
+- ``<cache>/base-<id>/``: the image's pins alone (every job of that image without requirements runs here);
+- ``<cache>/env-<id>/``: a copy of the base with the job's requirements installed on top, like the image + pip -r.
+
+A build happens in a temporary folder renamed into place (a crash leaves no half environment), under a file lock
+(threads of one stack and processes of several stacks wait for one builder, then all use its result). Where the
+image's Python or one of its pins cannot be had on this machine, the build takes the closest available and says so in
+``BuiltEnvironment.warnings``: never a silent substitution.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chalicelib.environments import CatalogueEntry, entry_for_image
+
+CACHE_ENV = "KAOS_ENVIRONMENTS_CACHE"
+MARKER = "kaos-environment.json"
+# pip's last lines are what a failed build reports (SageMaker's FailureReason holds 1024 characters).
+PIP_MESSAGE_CHARS = 800
+Progress = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "kaos" / "environments"
+
+
+@dataclass(frozen=True)
+class BuiltEnvironment:
+    python: Path  # the interpreter a job/endpoint process runs with (nothing of kaos importable)
+    environment_id: str  # sha256 hex of (catalogue entry, requirements file contents)
+    packages_sha256: str  # sha256 of the built environment's sorted `name==version` list
+    warnings: tuple[str, ...]  # fidelity differences from the image (Python version, unmet pins), human readable
+
+
+class EnvironmentBuildError(Exception):
+    """A build pip could not do; str() is pip's message tail."""
+
+
+def _sha256(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+def _requirement_lines(requirements: Sequence[Path]) -> list[str]:
+    """The lines pip would act on (comments and blank lines do not change an environment)."""
+    lines: list[str] = []
+    for path in requirements:
+        for line in path.read_text().splitlines():
+            stripped = line.split(" #", 1)[0].strip()
+            if stripped and not stripped.startswith("#"):
+                lines.append(stripped)
+    return lines
+
+
+_NO_VERSION = re.compile(r"Could not find a version that satisfies the requirement ([A-Za-z0-9_.\-\[\]]+)==(\S+) "
+                         r"\(from versions: ([^)]*)\)")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:4])
+
+
+def closest_version(wanted: str, available: Sequence[str]) -> str | None:
+    """The release nearest the image's pin: the oldest newer one (its API is the pin's, plus fixes), else the newest
+    older one. Pre-releases are never chosen."""
+    finals = [v for v in available if re.fullmatch(r"[\d.]+(\.post\d+)?", v)]
+    newer = sorted((v for v in finals if _version_key(v) > _version_key(wanted)), key=_version_key)
+    older = sorted((v for v in finals if _version_key(v) < _version_key(wanted)), key=_version_key)
+    return newer[0] if newer else (older[-1] if older else None)
+
+
+def _packages(python: Path) -> list[str]:
+    """`name==version` of every distribution the interpreter sees, sorted (from the dist-info folders' names,
+    which the wheel spec normalizes)."""
+    found: set[str] = set()
+    for site in (python.parent.parent / "lib").glob("python*/site-packages"):
+        for dist in site.glob("*.dist-info"):
+            name, _, version = dist.name[: -len(".dist-info")].partition("-")
+            found.add(f"{name.lower().replace('_', '-')}=={version}")
+    return sorted(found)
+
+
+class Environments:
+    """Builds and caches the environments of catalogue images; safe from any thread or process."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = Path(cache_dir)
+
+    def ensure(self, image_uri: str, requirements: Sequence[Path] = (),
+               progress: Progress | None = None) -> BuiltEnvironment:
+        say = progress or (lambda line: None)
+        entry = entry_for_image(image_uri)
+        lines = _requirement_lines(requirements)
+        base = self._ensure_base(entry, image_uri, say)
+        if not lines:
+            return base
+        environment_id = _sha256(entry.canonical().encode(), "\n".join(lines).encode())
+        target = self.cache_dir / f"env-{environment_id}"
+        with self._locked(target):
+            built = self._read(target)
+            if built is not None:
+                return built
+            say(f"Building the environment of {entry.label} with requirements.txt ({len(lines)} lines)")
+            tmp = self._fresh_tmp(target)
+            # A copy of the base, then pip -r on top: what the image plus the toolkit's requirements install does.
+            shutil.copytree(base.python.parent.parent, tmp, symlinks=True)
+            (tmp / MARKER).unlink()
+            text = "\n".join(lines) + "\n"
+            (tmp / "requirements.txt").write_text(text)
+            try:
+                self._pip(tmp, ["-r", str(tmp / "requirements.txt")], say)
+            except EnvironmentBuildError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return self._finish(tmp, target, environment_id, base.warnings)
+
+    # -- the image's own packages ---------------------------------------------------------------
+
+    def _ensure_base(self, entry: CatalogueEntry, image_uri: str, say: Progress) -> BuiltEnvironment:
+        environment_id = _sha256(entry.canonical().encode(), b"")
+        target = self.cache_dir / f"base-{environment_id}"
+        with self._locked(target):
+            built = self._read(target)
+            if built is not None:
+                return built
+            warnings = list(entry.offline_warnings(platform.python_version()))
+            if entry.unknown:
+                warnings.insert(0, f"{image_uri} is not in kaos's image catalogue: offline the job gets Python "
+                                   f"{platform.python_version()} and only its own requirements")
+            say(f"Building the environment of {entry.label} ({len(entry.offline_pins)} pinned packages, "
+                f"Python {platform.python_version()}); later jobs of this image reuse it")
+            tmp = self._fresh_tmp(target)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], check=True,
+                           capture_output=True)
+            pins = dict(entry.offline_pins)
+            while True:
+                (tmp / "requirements.txt").write_text("".join(f"{name}{spec}\n" for name, spec in pins.items()))
+                exact = ",".join(name for name, spec in pins.items() if spec.startswith("==")) or ":none:"
+                try:
+                    # Only wheels for the exact pins: an image's pin with no wheel for this Python would otherwise
+                    # compile (minutes) or fail to; the closest release with a wheel is taken instead, and said.
+                    self._pip(tmp, ["--only-binary", exact, "-r", str(tmp / "requirements.txt")], say)
+                    break
+                except EnvironmentBuildError as error:
+                    substitute = self._substitute(str(error), pins)
+                    if substitute is None:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        raise
+                    name, wanted, chosen = substitute
+                    pins[name] = f"=={chosen}"
+                    warnings.append(f"{name}=={wanted} (the image's) has no wheel for Python "
+                                    f"{platform.python_version()}: {name}=={chosen} offline")
+                    say(f"{name}=={wanted} is not available for this Python; retrying with {name}=={chosen}")
+            return self._finish(tmp, target, environment_id, tuple(warnings))
+
+    @staticmethod
+    def _substitute(message: str, pins: dict[str, str]) -> tuple[str, str, str] | None:
+        match = _NO_VERSION.search(message)
+        if match is None:
+            return None
+        name, wanted, versions = match.groups()
+        key = next((pin for pin in pins if pin.lower() == name.lower()), None)
+        chosen = closest_version(wanted, [v.strip() for v in versions.split(",")])
+        if key is None or chosen is None or pins[key] != f"=={wanted}":
+            return None
+        return key, wanted, chosen
+
+    # -- building blocks ------------------------------------------------------------------------
+
+    def _pip(self, venv: Path, args: list[str], say: Progress) -> None:
+        """pip of kaos's interpreter installing into `venv` (the environment itself carries no pip, like no part
+        of kaos); its output is the build's progress, its message tail the error."""
+        command = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                   "--disable-pip-version-check", "--no-input", "--progress-bar", "off", *args]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   stdin=subprocess.DEVNULL)
+        assert process.stdout is not None
+        output: list[str] = []
+        for line in process.stdout:
+            output.append(line.rstrip("\n"))
+            if line.startswith(("Collecting", "Installing", "Successfully", "ERROR")):
+                say(line.split(" (from ", 1)[0].rstrip())
+        if process.wait() != 0:
+            raise EnvironmentBuildError("\n".join(output)[-PIP_MESSAGE_CHARS:])
+
+    def _fresh_tmp(self, target: Path) -> Path:
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return tmp
+
+    def _finish(self, tmp: Path, target: Path, environment_id: str,
+                warnings: Sequence[str]) -> BuiltEnvironment:
+        packages = _packages(tmp / "bin" / "python")
+        record = {"environment_id": environment_id,
+                  "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
+                  "packages": packages, "warnings": list(warnings)}
+        (tmp / MARKER).write_text(json.dumps(record, indent=1))
+        shutil.rmtree(target, ignore_errors=True)  # a folder without a marker: a build that crashed mid-rename
+        tmp.rename(target)
+        built = self._read(target)
+        assert built is not None
+        return built
+
+    @staticmethod
+    def _read(target: Path) -> BuiltEnvironment | None:
+        try:
+            record: dict[str, Any] = json.loads((target / MARKER).read_text())
+        except FileNotFoundError:
+            return None
+        return BuiltEnvironment(python=target / "bin" / "python", environment_id=record["environment_id"],
+                                packages_sha256=record["packages_sha256"], warnings=tuple(record["warnings"]))
+
+    @contextmanager
+    def _locked(self, target: Path) -> Iterator[None]:
+        """One builder per environment across threads and processes: flock on a file beside it (each open() is its
+        own lock holder, so threads of one process exclude each other too)."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(target.with_name(target.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
