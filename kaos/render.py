@@ -15,6 +15,9 @@ _STYLE = {
     "environment": ("component", "#e5e7eb", ("[[", "]]")),
     "job": ("box", "#fde68a", ("[", "]")),
     "model": ("box3d", "#bbf7d0", ("([", "])")),
+    "version": ("note", "#ddd6fe", ("[/", "/]")),
+    "endpoint": ("doubleoctagon", "#fecaca", ("{{", "}}")),
+    "capture": ("folder", "#fed7aa", ("[(", ")]")),
 }
 _DEFAULT_STYLE = ("ellipse", "#ffffff", ("(", ")"))
 

@@ -60,7 +60,7 @@ def data_impact(target: str = typer.Argument(..., help="s3://bucket/key (or pref
     table = Table("type")
     id_column(table, "id")
     table.add_column("detail", overflow="fold")
-    for kind, key in (("job", "kind"), ("model", "uri"), ("snapshot", "kind")):
+    for kind, key in (("job", "kind"), ("model", "uri"), ("endpoint", "sagemaker_endpoint"), ("snapshot", "kind")):
         for row in result[f"{kind}s"]:
             table.add_row(kind, row["id"], str(row.get(key) or ""))
     console.print(table if table.rows else "nothing downstream: no job used it")
