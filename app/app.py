@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from chalice.app import Chalice, IAMAuthorizer, Request, Response
 
@@ -230,3 +230,78 @@ def incoming_urls(user: str, workspace: Workspace, body: dict[str, Any]) -> dict
 
 def _page_size(name: str) -> int:
     return page_size(_query(name))
+
+
+# --- serving and the model registry (chalicelib/serving.py, chalicelib/registry.py) ------------------------------
+@route("/workspaces/{workspace}/models/{group}/versions", "POST")
+def register_model(user: str, workspace: Workspace, group: str, body: dict[str, Any]) -> Response:
+    return _created(*WIRING.registry.register(workspace, group, body["job_id"]))
+
+
+@route("/workspaces/{workspace}/models", "GET")
+def model_groups(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.registry.groups(workspace.name)
+
+
+@route("/workspaces/{workspace}/models/{group}", "GET")
+def model_group(user: str, workspace: Workspace, group: str) -> dict[str, Any]:
+    return WIRING.registry.group(workspace.name, group)
+
+
+@route("/workspaces/{workspace}/models/{group}/versions/{version}/approval", "POST")
+def approve_model(user: str, workspace: Workspace, group: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
+    return WIRING.registry.approve(workspace.name, group, int(version), body["status"])
+
+
+@route("/workspaces/{workspace}/models/{group}/aliases/{alias}", "PUT")
+def move_alias(user: str, workspace: Workspace, group: str, alias: str, body: dict[str, Any]) -> dict[str, Any]:
+    return WIRING.registry.move_alias(workspace.name, group, alias, body["version"])
+
+
+@route("/workspaces/{workspace}/models/{group}/aliases/{alias}", "DELETE")
+def delete_alias(user: str, workspace: Workspace, group: str, alias: str) -> dict[str, Any]:
+    return WIRING.registry.move_alias(workspace.name, group, alias, None)
+
+
+@route("/workspaces/{workspace}/endpoints", "POST")
+def deploy_endpoint(user: str, workspace: Workspace, body: dict[str, Any]) -> Response:
+    return Response(WIRING.endpoints.deploy(workspace, user, body), status_code=202)
+
+
+@route("/workspaces/{workspace}/endpoints", "GET")
+def list_endpoints(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.endpoints.page(workspace.name, _page_size("limit"), _query("next"))
+
+
+@route("/workspaces/{workspace}/endpoints/{name}", "GET")
+def endpoint_info(user: str, workspace: Workspace, name: str) -> dict[str, Any]:
+    return WIRING.endpoints.info(workspace.name, name)
+
+
+@route("/workspaces/{workspace}/endpoints/{name}", "DELETE")
+def kill_endpoint(user: str, workspace: Workspace, name: str) -> Response:
+    return Response(WIRING.endpoints.kill(workspace.name, name, user), status_code=202)
+
+
+@route("/workspaces/{workspace}/endpoints/{name}/deployments", "POST")
+def promote_endpoint(user: str, workspace: Workspace, name: str, body: dict[str, Any]) -> Response:
+    return Response(WIRING.endpoints.promote(workspace, name, body["model"]), status_code=202)
+
+
+@route("/workspaces/{workspace}/endpoints/{name}/rollback", "POST")
+def rollback_endpoint(user: str, workspace: Workspace, name: str) -> Response:
+    return Response(WIRING.endpoints.rollback(workspace, name), status_code=202)
+
+
+@route("/workspaces/{workspace}/endpoints/{name}/invocations", "POST")
+def invoke_endpoint(user: str, workspace: Workspace, name: str) -> Response:
+    request = _request()
+    headers: Mapping[str, str] = request.headers or {}  # Chalice's mapping: case-insensitive names
+    body, content_type = WIRING.endpoints.invoke(workspace.name, name, _raw_body(request) or b"",
+                                                 headers.get("content-type"), headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type}, status_code=200)
+
+
+@route("/workspaces/{workspace}/endpoints/{name}/logs", "GET")
+def endpoint_logs(user: str, workspace: Workspace, name: str) -> dict[str, Any]:
+    return WIRING.endpoints.logs(workspace.name, name, _query("next"), int(_query("limit") or 1000))

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from chalicelib.errors import AwsCallFailed, Conflict, InputInvalid, NotFound, PlatformBucketReference
+from chalicelib.errors import AwsCallFailed, Conflict, InputInvalid, KaosError, NotFound, PlatformBucketReference
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -98,6 +98,14 @@ class AwsClients:
     @functools.cached_property
     def sts(self) -> Any:
         return self._make("sts")
+
+    @functools.cached_property
+    def sagemaker_runtime(self) -> Any:
+        return self._make("sagemaker-runtime")
+
+    @functools.cached_property
+    def cloudwatch(self) -> Any:
+        return self._make("cloudwatch")
 
 
 def _answer_or(call: Callable[[], T], absent: frozenset[str]) -> T | None:
@@ -565,3 +573,127 @@ class WebFiles:
             return urllib.request.urlopen(url, timeout=self.TIMEOUT_SECONDS)
         except OSError as exc:
             raise InputInvalid(f"{url}: could not be fetched ({exc})") from exc
+
+
+# --- serving (chalicelib/serving.py) ---------------------------------------------------------------------------
+# SageMaker answers ValidationException "Could not find endpoint/model/endpoint configuration" for an absent one.
+_NO_HOSTING_RESOURCE = frozenset({"ValidationException", "ResourceNotFound"})
+
+
+class Hosting:
+    """SageMaker hosting resources kaos names (kaos-*) and the CloudWatch alarm that guards a real-time rollout;
+    what the deployment state machine cannot do itself (deciding create or update, cleaning up, deleting)."""
+
+    def __init__(self, sagemaker: Any, cloudwatch: Any) -> None:
+        self.client = sagemaker
+        self.cloudwatch = cloudwatch
+
+    def endpoint(self, name: str) -> dict[str, Any] | None:
+        """DescribeEndpoint's answer, or None if there is no such endpoint."""
+        answer = _answer_or(lambda: self.client.describe_endpoint(EndpointName=name), _NO_HOSTING_RESOURCE)
+        return None if answer is None else dict(answer)
+
+    def model_exists(self, name: str) -> bool:
+        return _answer_or(lambda: self.client.describe_model(ModelName=name), _NO_HOSTING_RESOURCE) is not None
+
+    def config_exists(self, name: str) -> bool:
+        return _answer_or(lambda: self.client.describe_endpoint_config(EndpointConfigName=name),
+                          _NO_HOSTING_RESOURCE) is not None
+
+    def delete_endpoint(self, name: str) -> None:
+        """Deletes the endpoint; one that does not exist (any more) is left as it is."""
+        _answer_or(lambda: self.client.delete_endpoint(EndpointName=name), _NO_HOSTING_RESOURCE)
+
+    def delete_config(self, name: str) -> None:
+        _answer_or(lambda: self.client.delete_endpoint_config(EndpointConfigName=name), _NO_HOSTING_RESOURCE)
+
+    def delete_model(self, name: str) -> None:
+        _answer_or(lambda: self.client.delete_model(ModelName=name), _NO_HOSTING_RESOURCE)
+
+    def put_error_alarm(self, alarm: str, endpoint: str, threshold: int) -> None:
+        """An alarm on the endpoint's 5XX invocation errors (any `threshold` in a minute), the auto-rollback alarm
+        of a guarded UpdateEndpoint. PutMetricAlarm replaces an alarm of that name: idempotent."""
+        self.cloudwatch.put_metric_alarm(
+            AlarmName=alarm, Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors", Statistic="Sum",
+            Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+            Period=60, EvaluationPeriods=1, Threshold=float(threshold), TreatMissingData="notBreaching",
+            ComparisonOperator="GreaterThanOrEqualToThreshold")
+
+    def delete_alarm(self, alarm: str) -> None:
+        self.cloudwatch.delete_alarms(AlarmNames=[alarm])
+
+
+class PayloadTooLarge(KaosError):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+class UnsupportedMediaType(KaosError):
+    status = 415
+    code = "UnsupportedMediaType"
+
+
+class NotAcceptable(KaosError):
+    status = 406
+    code = "NotAcceptable"
+
+
+class ModelError(KaosError):
+    status = 424
+    code = "ModelError"
+
+
+class InvocationTimeout(KaosError):
+    status = 504
+    code = "InvocationTimeout"
+
+
+class EndpointNotInService(Conflict):
+    code = "EndpointNotInService"
+
+
+# The container's own status (ModelError's OriginalStatusCode) -> the error kaos answers with.
+_CONTAINER_STATUS: dict[int, type[KaosError]] = {413: PayloadTooLarge, 415: UnsupportedMediaType,
+                                                  406: NotAcceptable}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    body: bytes
+    content_type: str
+
+
+class Runtime:
+    """sagemaker-runtime InvokeEndpoint: the same call on AWS and offline (the emulator forwards it to the model
+    server). The container's errors come back as ModelError with its status and message."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.client = runtime
+
+    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> Invocation:
+        from botocore.exceptions import ReadTimeoutError
+
+        try:
+            answer = self.client.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType=content_type,
+                                                 Accept=accept)
+        except ReadTimeoutError:
+            raise InvocationTimeout(f"endpoint {endpoint}: the model did not answer in time") from None
+        except ClientError as exc:
+            raise _invocation_error(endpoint, exc) from None
+        return Invocation(answer["Body"].read(), str(answer.get("ContentType") or "application/octet-stream"))
+
+
+def _invocation_error(endpoint: str, exc: ClientError) -> KaosError:
+    code, error = error_code(exc), exc.response.get("Error", {})
+    message = str(exc.response.get("OriginalMessage") or error.get("Message") or code)
+    if code == "ModelError":
+        status = int(str(exc.response.get("OriginalStatusCode") or 0))
+        return _CONTAINER_STATUS.get(status, ModelError)(f"the model answered {status}: {message}"[:4000])
+    if code == "ModelNotReadyException" or "not in service" in message.lower() or "could not find" in \
+            message.lower():
+        return EndpointNotInService(f"endpoint {endpoint} is not in service: {message}")
+    if "timed out" in message.lower() or "timeout" in message.lower():
+        return InvocationTimeout(f"endpoint {endpoint}: {message}")
+    if "length" in message.lower() and "body" in message.lower():
+        return PayloadTooLarge(f"body: {message}")
+    return AwsCallFailed(f"InvokeEndpoint {endpoint}: {code} {message}")

@@ -44,6 +44,10 @@ PLATFORM_BUCKETS = "KAOS_PLATFORM_BUCKETS"
 WORKSPACE_ROLE_PREFIX = "KAOS_WORKSPACE_ROLE_PREFIX"
 WORKSPACE_ROLE_BOUNDARY = "KAOS_WORKSPACE_ROLE_BOUNDARY"
 TRAINING_LOG_GROUP_ARN = "KAOS_TRAINING_LOG_GROUP_ARN"
+# Serving (chalicelib/serving.py): the API starts the deployment state machine; its Prepare task says how long the
+# state machine waits between two DescribeEndpoint polls.
+DEPLOYMENT_STATE_MACHINE_ARN = "KAOS_DEPLOYMENT_STATE_MACHINE_ARN"
+ENDPOINT_POLL_SECONDS = "KAOS_ENDPOINT_POLL_SECONDS"
 
 # Every component builds the ObjectStore, which refuses remote references to any platform bucket.
 _STORAGE = frozenset({BUCKET, TABLE, PLATFORM_BUCKETS})
@@ -56,7 +60,7 @@ COMPONENTS: Mapping[str, frozenset[str]] = {
     "api": _STORAGE | _TRAINING_JOB | {
         TRAINING_STATE_MACHINE_ARN, GRID_STATE_MACHINE_ARN, BATCH_STATE_MACHINE_ARN,
         TRAINING_LOG_GROUP, BATCH_IMAGE, BATCH_MAX_RUNTIME_SECONDS, BATCH_JOB_DEFINITION, PLATFORM_BUCKETS,
-        WORKSPACE_ROLE_PREFIX, WORKSPACE_ROLE_BOUNDARY, TRAINING_LOG_GROUP_ARN,
+        WORKSPACE_ROLE_PREFIX, WORKSPACE_ROLE_BOUNDARY, TRAINING_LOG_GROUP_ARN, DEPLOYMENT_STATE_MACHINE_ARN,
     },
     # Names the workspace role of the job; copies remote data (never from a platform bucket).
     "prepare_training": _STORAGE | _LINEAGE | {WORKSPACE_ROLE_PREFIX, PLATFORM_BUCKETS},
@@ -69,6 +73,10 @@ COMPONENTS: Mapping[str, frozenset[str]] = {
     "record_batch": _STORAGE | _LINEAGE | {BATCH_LOG_GROUP},
     "on_upload": _STORAGE | {RETRAIN_STATE_MACHINE_ARN},
     "process_batch": _STORAGE | _TRAINING_JOB | {TRAINING_STATE_MACHINE_ARN},
+    # Names the workspace role the model runs as; rebuilds a missing code bundle.
+    "prepare_deployment": _STORAGE | {WORKSPACE_ROLE_PREFIX, ENDPOINT_POLL_SECONDS},
+    # Deletes what a failed deployment created.
+    "record_deployment": _STORAGE,
 }
 
 T = TypeVar("T")
@@ -137,6 +145,8 @@ class Settings:
     other_buckets = _Variable(PLATFORM_BUCKETS, _names)
     workspace_role_prefix = _Variable(WORKSPACE_ROLE_PREFIX, _text)
     workspace_role_boundary = _Variable(WORKSPACE_ROLE_BOUNDARY, _text)
+    deployment_state_machine_arn = _Variable(DEPLOYMENT_STATE_MACHINE_ARN, _text)
+    endpoint_poll_seconds = _Variable(ENDPOINT_POLL_SECONDS, _seconds)
     openlineage_url = _Variable(OPENLINEAGE_URL, _optional)
     openlineage_file = _Variable(OPENLINEAGE_FILE, _optional)
 

@@ -35,7 +35,7 @@ from chalicelib.repositories.provenance import Node, ProvenanceRepository
 from chalicelib.repositories.snapshots import SnapshotRepository
 from chalicelib.workspaces import workspace_prefix
 
-NODE_TYPES = ("snapshot", "environment", "job", "model")
+NODE_TYPES = ("snapshot", "environment", "job", "model", "version", "endpoint", "capture")
 DIRECTIONS = ("up", "down", "both")
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 5000
@@ -43,7 +43,9 @@ MAX_LIMIT = 5000
 QUERY_CONCURRENCY = 10
 # Which stored edge rows lead upstream (towards inputs): a job *used* its inputs (job -> snapshot), a job
 # *produced* its model (job -> model, so upstream of a model is the IN side), a snapshot is *derived* from
-# its predecessor (new -> old). Downstream is the mirror image.
+# its predecessor (new -> old). Serving (chalicelib/serving.py, registry.py) reuses them: a registry version *used*
+# its model, an endpoint *used* the versions (or models) it served and *produced* its capture data. Downstream is the
+# mirror image.
 _UPSTREAM = ("OUT#used#", "IN#produced#", "OUT#derived#", "OUT#reproduces#")  # reproduces: new job -> original
 _DOWNSTREAM = ("IN#used#", "OUT#produced#", "IN#derived#", "IN#reproduces#")
 _PREFIXES = {"up": _UPSTREAM, "down": _DOWNSTREAM, "both": _UPSTREAM + _DOWNSTREAM}
@@ -214,7 +216,7 @@ class Provenance:
         snapshots = {f"snapshot:{s}" for s in matched}
         return {
             "target": target, "matched": [f"snapshot:{s}" for s in matched],
-            "jobs": of_type("job"), "models": of_type("model"),
+            "jobs": of_type("job"), "models": of_type("model"), "endpoints": of_type("endpoint"),
             "snapshots": [n for n in of_type("snapshot") if n["id"] not in snapshots],
             "edges": list(edges.values()), "manifests_scanned": scanned, "requests": requests,
             "truncated": truncated,

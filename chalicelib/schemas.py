@@ -13,8 +13,10 @@ from chalicelib.errors import ValidationFailed
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "lowercase hex sha256 digest"}
 WORKSPACE = {"type": "string", "pattern": limits.WORKSPACE_NAME_PATTERN, "description": limits.WORKSPACE_NAME_RULE}
 JOB_ID = {"type": "string", "pattern": "^[a-z]+-[0-9a-f]{24}$", "description": "a job id such as train-<24 hex>"}
-NODE_ID = {"type": "string", "pattern": "^(snapshot|environment|job|model):[A-Za-z0-9-]{1,80}$",
-           "description": "a provenance node id: snapshot:<id>, environment:<id>, job:<id> or model:<job id>"}
+NODE_ID = {"type": "string", "pattern": "^((snapshot|environment|job|model|endpoint|capture):[A-Za-z0-9-]{1,80}|"
+                                      "version:[a-z0-9-]{1,32}\\.[0-9]{1,6})$",
+           "description": "a provenance node id: snapshot:<id>, environment:<id>, job:<id>, model:<job id>, "
+                          "endpoint:<name>, capture:<endpoint name> or version:<group>.<number>"}
 CHANNEL = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DIGITS = {"type": "string", "pattern": "^[0-9]{1,6}$", "description": "a positive integer"}
 USER = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[A-Za-z0-9+=,.@_:/-]+$",
@@ -181,6 +183,49 @@ class RouteSpec:
 
 GRID_ID = {"type": "string", "pattern": "^grid-[0-9a-f]{24}$", "description": "a grid id such as grid-<24 hex>"}
 PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID, "grid": GRID_ID, "snapshot": SHA256}
+# --- serving and the model registry (chalicelib/serving.py, chalicelib/registry.py) ---------------------------------
+SERVING_NAME = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$",
+                "description": "1 to 32 of a-z, 0-9 and '-', starting and ending with a letter or digit"}
+PATH_PARAMS.update(group=SERVING_NAME, alias=SERVING_NAME, name=SERVING_NAME, version=DIGITS)
+MODEL_REFERENCE = {"type": "string", "minLength": 1, "maxLength": 80,
+                   "pattern": "^([a-z]+-[0-9a-f]{24}|[a-z0-9-]{1,32}/[0-9]{1,6}|[a-z0-9-]{1,32}@[a-z0-9-]{1,32})$",
+                   "description": "a job id, G/VERSION (digits/3) or G@ALIAS (digits@champion)"}
+MODEL_OF = _object({"job_id": {"type": "string"}, "group": NULLABLE_STRING, "version": {"type": ["integer", "null"]},
+                    "model_sha256": {"type": "string"}}, ["job_id", "group", "version", "model_sha256"])
+VERSION_OUT = _object({
+    "group": {"type": "string"}, "version": {"type": "integer"}, "job_id": {"type": "string"},
+    "status": {"type": "string", "enum": ["PendingManualApproval", "Approved", "Rejected"]},
+    "model_data": {"type": "string"}, "model_sha256": {"type": "string"}, "image": {"type": "string"},
+    "framework": {"type": "string"}, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+    "aliases": {"type": "array", "items": {"type": "string"}}}, ["group", "version", "job_id", "status", "aliases"])
+ALIASES = {"type": "object", "additionalProperties": {"type": "integer"}}
+ENDPOINT = _object({
+    "name": {"type": "string"}, "workspace": {"type": "string"},
+    "status": {"type": "string", "enum": ["Creating", "Updating", "InService", "Failed", "RollingBack", "Deleting",
+                                          "Deleted"]},
+    "failure_reason": NULLABLE_STRING, "sagemaker_endpoint": {"type": "string"},
+    "kind": {"type": "string", "enum": ["serverless", "realtime"]},
+    "memory_mb": {"type": ["integer", "null"]}, "max_concurrency": {"type": ["integer", "null"]},
+    "instance_type": NULLABLE_STRING, "instance_count": {"type": ["integer", "null"]},
+    "capture_percent": {"type": "integer"}, "model": MODEL_OF,
+    "deployments": {"type": "array", "items": _object({
+        "deployment": {"type": "string"}, "action": {"type": "string"}, "model": MODEL_OF,
+        "status": {"type": "string"}, "started_at": TIMESTAMP, "ended_at": NULLABLE_STRING,
+        "failure_reason": NULLABLE_STRING}, ["deployment", "model", "status"])},
+    "created_at": TIMESTAMP, "updated_at": TIMESTAMP, "invocations_path": {"type": "string"},
+}, ["name", "status", "kind", "model", "deployments", "invocations_path"])
+DEPLOY = _object({
+    "model": MODEL_REFERENCE, "name": SERVING_NAME,
+    "memory_mb": {"type": "integer", "minimum": 1024, "maximum": 6144, "multipleOf": 1024,
+                  "description": "serverless memory, 1024 to 6144 MB in 1024 MB steps (default 2048)"},
+    "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 200,
+                        "description": "serverless concurrent requests, 1 to 200 (default 5)"},
+    "instance_type": {"type": "string", "pattern": r"^ml\.[a-z0-9]+\.[a-z0-9]+$",
+                      "description": "a real-time endpoint on this instance type (default: serverless)"},
+    "instance_count": {"type": "integer", "minimum": 1, "maximum": 10, "description": "real-time instances, 1 to 10"},
+    "capture_percent": {"type": "integer", "minimum": 0, "maximum": 100,
+                        "description": "data capture sampling, 0 to 100 percent (default 0: off)"},
+}, ["model"])
 PAGE: dict[str, dict[str, Any]] = {"limit": {**DIGITS, "description": f"page size, 1 to {limits.MAX_PAGE_SIZE}"},
         "cursor": {"type": "string", "maxLength": 2048}}
 
@@ -199,6 +244,9 @@ ROUTES = [
               201, SNAPSHOT, COMMIT_SNAPSHOT, accepted=True),
     RouteSpec("/workspaces/{workspace}/snapshots/{snapshot}/complete", "POST",
               "Complete a pending snapshot after uploading its blobs", 201, SNAPSHOT, accepted=True),
+    RouteSpec("/workspaces/{workspace}/snapshots/{snapshot}", "GET",
+              "Describe a committed snapshot (one lookup: a client that remembers committing it names it by id "
+              "instead of resending its manifest)", 200, SNAPSHOT),
     RouteSpec("/workspaces/{workspace}/jobs", "POST", "Submit a training job (cache hit on identical inputs)",
               201, JOB_SUBMITTED, SUBMIT_JOB),
     RouteSpec("/workspaces/{workspace}/batch-jobs", "POST",
@@ -240,6 +288,7 @@ ROUTES = [
               "Jobs and models downstream of a data snapshot, or of an S3 object referenced by data manifests",
               200, _object({"target": {"type": "string"}, "matched": {"type": "array", "items": {"type": "string"}},
                             "jobs": {"type": "array"}, "models": {"type": "array"}, "snapshots": {"type": "array"},
+                            "endpoints": {"type": "array"},
                             "edges": {"type": "array"}, "manifests_scanned": {"type": "integer"},
                             "requests": {"type": "integer"}, "truncated": {"type": "boolean"}},
                            ["target", "matched", "jobs", "models"]),
@@ -253,6 +302,48 @@ ROUTES = [
               "Turn auto-retrain on or off (any member): files uploaded under ws/<ws>/incoming/ then retrain with "
               "the latest code and params on the latest training data plus the files", 200, AUTO_RETRAIN_OUT,
               AUTO_RETRAIN),
+    # Serving and the model registry (chalicelib/serving.py, chalicelib/registry.py).
+    RouteSpec("/workspaces/{workspace}/models/{group}/versions", "POST",
+              "Register a completed training job's model as the group's next version (the same job again: the same "
+              "version)", 201, VERSION_OUT, _object({"job_id": JOB_ID}, ["job_id"])),
+    RouteSpec("/workspaces/{workspace}/models", "GET", "List model groups", 200,
+              _object({"groups": {"type": "array", "items": _object({
+                  "group": {"type": "string"}, "latest_version": {"type": "integer"}, "aliases": ALIASES},
+                  ["group", "latest_version", "aliases"])}}, ["groups"])),
+    RouteSpec("/workspaces/{workspace}/models/{group}", "GET", "A model group's versions, newest first", 200,
+              _object({"group": {"type": "string"}, "aliases": ALIASES,
+                       "versions": {"type": "array", "items": VERSION_OUT}}, ["group", "aliases", "versions"])),
+    RouteSpec("/workspaces/{workspace}/models/{group}/versions/{version}/approval", "POST",
+              "Approve or reject a version", 200, VERSION_OUT,
+              _object({"status": {"type": "string", "enum": ["Approved", "Rejected"]}}, ["status"])),
+    RouteSpec("/workspaces/{workspace}/models/{group}/aliases/{alias}", "PUT",
+              "Point an alias at a version (atomic; 'champion' only at an Approved one)", 200,
+              _object({"alias": {"type": "string"}, "version": {"type": "integer"},
+                       "previous": {"type": ["integer", "null"]}}, ["alias", "version", "previous"]),
+              _object({"version": {"type": "integer", "minimum": 1, "maximum": 999999}}, ["version"])),
+    RouteSpec("/workspaces/{workspace}/models/{group}/aliases/{alias}", "DELETE", "Remove an alias", 200,
+              _object({"alias": {"type": "string"}, "previous": {"type": ["integer", "null"]}},
+                      ["alias", "previous"])),
+    RouteSpec("/workspaces/{workspace}/endpoints", "POST",
+              "Deploy a model behind an endpoint (serverless by default; instance_type: real-time)", 202, ENDPOINT,
+              DEPLOY),
+    RouteSpec("/workspaces/{workspace}/endpoints", "GET", "List endpoints by name", 200,
+              _object({"endpoints": {"type": "array", "items": ENDPOINT}, "next": NULLABLE_STRING},
+                      ["endpoints", "next"]),
+              query={"limit": PAGE["limit"], "next": SERVING_NAME}),
+    RouteSpec("/workspaces/{workspace}/endpoints/{name}", "GET", "Describe an endpoint", 200, ENDPOINT),
+    RouteSpec("/workspaces/{workspace}/endpoints/{name}", "DELETE", "Kill an endpoint", 202, ENDPOINT),
+    RouteSpec("/workspaces/{workspace}/endpoints/{name}/deployments", "POST",
+              "Promote another model onto a live endpoint (real-time: canary with alarm auto-rollback; serverless: "
+              "blue/green)", 202, ENDPOINT, _object({"model": MODEL_REFERENCE}, ["model"])),
+    RouteSpec("/workspaces/{workspace}/endpoints/{name}/rollback", "POST",
+              "Deploy the previous successful model again", 202, ENDPOINT),
+    RouteSpec("/workspaces/{workspace}/endpoints/{name}/invocations", "POST",
+              "Invoke the model: the raw request body with its Content-Type and Accept, answered with the model's "
+              "raw response", 200, {"type": "string", "format": "binary"},
+              errors=(400, 403, 404, 406, 409, 413, 415, 424, 504)),
+    RouteSpec("/workspaces/{workspace}/endpoints/{name}/logs", "GET", "Read an endpoint's model server log", 200,
+              LOGS, query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
     RouteSpec("/workspaces/{workspace}/incoming", "POST",
               "Presigned PUT URLs for files under ws/<ws>/incoming/ (upload straight to S3; with auto-retrain on, "
               "each upload window becomes one derived data snapshot and one job)", 200, INCOMING_URLS, INCOMING),

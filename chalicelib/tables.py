@@ -15,6 +15,10 @@ Key layout (one table keeps every workspace operation a single-partition Query):
   WS#<ws>            PENDING#<batch>         BatchItem       (a retrain batch: OPEN|CLOSED|DONE|FAILED)
   WS#<ws>            PENDINGFILE#<batch>#<file id>  PendingFileItem (a file of the batch)
   WS#<ws>            INCOMING#<file id>      IncomingFileItem (dedupe row: which batch took the file)
+  WS#<ws>            ENDPOINT#<name>         EndpointItem    (a serving endpoint: status, settings, model, deployments)
+  WS#<ws>            MODELGROUP#<group>      ModelGroupItem  (a registry group: latest version number, aliases)
+  WS#<ws>            MODELVER#<group>#<6 digits>  ModelVersionItem (one registered version, approval status)
+  WS#<ws>            MODELJOB#<group>#<job id>    ModelJobItem (dedupe row: which version a job registered as)
   NODE#<ws>#<node>   META                    NodeItem        gsi1: PROV#<ws> / <node>
   NODE#<ws>#<node>   OUT|IN#<rel>#<other>    EdgeItem        gsi1: PROV#<ws> / <node>#<sk>
 Provenance edges are stored once per direction so each hop either way is one Query, and no item grows
@@ -243,3 +247,46 @@ class IncomingFileItem(_Item):
     key = UnicodeAttribute()
     batch_id = UnicodeAttribute()
     received_at = UnicodeAttribute()
+
+
+# --- serving (chalicelib/serving.py) and the model registry (chalicelib/registry.py) ------------------------------
+class EndpointItem(_Item):
+    name = UnicodeAttribute()
+    status = UnicodeAttribute()
+    sagemaker_endpoint = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    settings: JSONAttribute = JSONAttribute()
+    model: JSONAttribute = JSONAttribute()
+    # Newest first, at most serving.MAX_DEPLOYMENTS entries: the item never approaches the 400 KB limit.
+    deployments: JSONAttribute = JSONAttribute()
+    failure_reason = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    created_by = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    version = VersionAttribute()
+
+
+class ModelGroupItem(_Item):
+    group = UnicodeAttribute()
+    latest_version = NumberAttribute()
+    aliases: JSONAttribute = JSONAttribute()
+    created_at = UnicodeAttribute()
+    version = VersionAttribute()
+
+
+class ModelVersionItem(_Item):
+    group = UnicodeAttribute()
+    number = NumberAttribute()
+    job_id = UnicodeAttribute()
+    status = UnicodeAttribute()
+    model_data = UnicodeAttribute()
+    model_sha256 = UnicodeAttribute()
+    image = UnicodeAttribute()
+    framework = UnicodeAttribute()
+    code = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class ModelJobItem(_Item):
+    number = NumberAttribute()

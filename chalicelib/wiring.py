@@ -12,7 +12,17 @@ import functools
 from dataclasses import dataclass
 
 from chalicelib import config
-from chalicelib.adapters import AwsClients, BatchJobs, Executions, LogReader, ObjectStore, TrainingJobs, WebFiles
+from chalicelib.adapters import (
+    AwsClients,
+    BatchJobs,
+    Executions,
+    Hosting,
+    LogReader,
+    ObjectStore,
+    Runtime,
+    TrainingJobs,
+    WebFiles,
+)
 from chalicelib.batch import Batch, BatchPipeline
 from chalicelib.config import Settings
 from chalicelib.downloads import Downloads
@@ -21,13 +31,17 @@ from chalicelib.lifecycle import JobLogPages, Jobs
 from chalicelib.logs import JobLogs
 from chalicelib.pipeline import TrainingPipeline
 from chalicelib.provenance import Provenance
+from chalicelib.registry import Registry
+from chalicelib.repositories.endpoints import DynamoEndpoints, EndpointRepository, MemoryEndpoints
 from chalicelib.repositories.grids import DynamoGrids, GridRepository, MemoryGrids
 from chalicelib.repositories.jobs import DynamoJobs, JobRepository, MemoryJobs
+from chalicelib.repositories.models import DynamoModels, MemoryModels, ModelRepository
 from chalicelib.repositories.provenance import DynamoProvenance, MemoryProvenance, ProvenanceRepository
 from chalicelib.repositories.snapshots import DynamoSnapshots, MemorySnapshots, SnapshotRepository
 from chalicelib.repositories.triggers import DynamoTriggers, MemoryTriggers, TriggerRepository
 from chalicelib.repositories.workspaces import DynamoWorkspaces, MemoryWorkspaces, WorkspaceRepository
 from chalicelib.reproduce import Reproductions
+from chalicelib.serving import Endpoints
 from chalicelib.snapshots import Snapshots
 from chalicelib.tenancy import WorkspaceRoles
 from chalicelib.training import Training
@@ -45,18 +59,21 @@ class Repositories:
     snapshots: SnapshotRepository
     provenance: ProvenanceRepository
     triggers: TriggerRepository
+    endpoints: EndpointRepository
+    models: ModelRepository
 
     @classmethod
     def dynamo(cls) -> Repositories:
         return cls(DynamoWorkspaces(), DynamoJobs(), DynamoGrids(), DynamoSnapshots(), DynamoProvenance(),
-                   DynamoTriggers())
+                   DynamoTriggers(), DynamoEndpoints(), DynamoModels())
 
     @classmethod
     def memory(cls) -> Repositories:
         """The in-memory twins, sharing one workspace twin (whose kill sweeps the others' rows)."""
         workspaces = MemoryWorkspaces()
         return cls(workspaces, MemoryJobs(workspaces), MemoryGrids(workspaces), MemorySnapshots(workspaces),
-                   MemoryProvenance(workspaces), MemoryTriggers(workspaces))
+                   MemoryProvenance(workspaces), MemoryTriggers(workspaces), MemoryEndpoints(workspaces),
+                   MemoryModels(workspaces))
 
 
 class Wiring:
@@ -100,6 +117,18 @@ class Wiring:
         return WorkspaceRoles(settings.bucket, settings.workspace_role_boundary, settings.workspace_role_prefix,
                               settings.training_log_group_arn, settings.batch_job_definition,
                               client=self.clients.iam, batch_client=self.clients.batch)
+
+    @functools.cached_property
+    def hosting(self) -> Hosting:
+        return Hosting(self.clients.sagemaker, self.clients.cloudwatch)
+
+    @functools.cached_property
+    def runtime(self) -> Runtime:
+        return Runtime(self.clients.sagemaker_runtime)
+
+    def endpoint_logs(self, sagemaker_endpoint: str) -> LogReader:
+        """SageMaker writes each endpoint's container log to a group of its own."""
+        return LogReader(self.clients.logs, f"/aws/sagemaker/Endpoints/{sagemaker_endpoint}")
 
     # --- services -------------------------------------------------------------------------------------------
     @functools.cached_property
@@ -160,6 +189,17 @@ class Wiring:
     @functools.cached_property
     def downloads(self) -> Downloads:
         return Downloads(store=self.store, jobs=self.jobs, snapshots=self.snapshots)
+
+    @functools.cached_property
+    def registry(self) -> Registry:
+        return Registry(repository=self.repositories.models, jobs=self.repositories.jobs, provenance=self.provenance)
+
+    @functools.cached_property
+    def endpoints(self) -> Endpoints:
+        return Endpoints(settings=self.settings, repository=self.repositories.endpoints, registry=self.registry,
+                         workspaces=self.repositories.workspaces, store=self.store, snapshots=self.snapshots,
+                         provenance=self.provenance, executions=self.executions, hosting=self.hosting,
+                         runtime=self.runtime, logs=self.endpoint_logs)
 
     @functools.cached_property
     def triggers(self) -> Triggers:

@@ -33,6 +33,8 @@ VALUES = {
     config.WORKSPACE_ROLE_BOUNDARY: "arn:aws:iam::123456789012:policy/kaos/boundary",
     config.OPENLINEAGE_URL: "",
     config.OPENLINEAGE_FILE: "",
+    config.DEPLOYMENT_STATE_MACHINE_ARN: "arn:aws:states:us-east-1:123456789012:stateMachine:deploy",
+    config.ENDPOINT_POLL_SECONDS: "5",
 }
 
 

@@ -11,7 +11,8 @@ from chalicelib.wiring import Repositories, Wiring
 
 USES = {
     "api": ("workspaces", "training", "grids", "batch", "jobs", "job_logs", "reproductions", "downloads",
-            "snapshots", "provenance", "triggers"),
+            "snapshots", "provenance", "triggers", "registry", "endpoints"),
+    "prepare_deployment": ("endpoints",), "record_deployment": ("endpoints",),
     "prepare_training": ("pipeline",), "record_outcome": ("pipeline",),
     "create_point": ("grids",), "record_grid": ("grids",),
     "prepare_batch": ("batch_pipeline",), "record_batch": ("batch_pipeline",),
@@ -22,7 +23,8 @@ USES = {
 def _declared_only(component: str) -> dict[str, str]:
     values = {name: f"arn:aws:states:us-east-1:123456789012:stateMachine:{name}"
               for name in config.COMPONENTS[component]}
-    for seconds in (config.TRAINING_MAX_RUNTIME_SECONDS, config.BATCH_MAX_RUNTIME_SECONDS):
+    for seconds in (config.TRAINING_MAX_RUNTIME_SECONDS, config.BATCH_MAX_RUNTIME_SECONDS,
+                    config.ENDPOINT_POLL_SECONDS):
         if seconds in values:
             values[seconds] = "3600"
     return values
