@@ -38,20 +38,22 @@ DIGITS = 9
 
 @dataclass(frozen=True)
 class Pipeline:
-    """The fixed work of one run of a job's state machine: states entered on success and on failure, the task
-    Lambdas (memory MB, timeout s) invoked, and the DynamoDB rows written besides the status changes."""
+    """The fixed work of one run of a job's state machine: states entered on success and on failure, and the task
+    Lambdas invoked (component, memory MB, timeout s), in order."""
 
     transitions_success: int
     transitions_failure: int
-    lambdas: tuple[tuple[int, int], ...]
+    lambdas: tuple[tuple[str, int, int], ...]
 
 
-# Training: Prepare -> Train -> RecordSuccess -> Trained; failure: ... -> RecordFailure -> TrainingFailed.
-# Batch: Prepare -> AnythingToRun? (Choice) -> Run -> RecordSuccess -> Processed; failure: ... -> RecordFailure ->
-# BatchFailed. A failure's path is at most as long (counted as such: an upper bound).
+# Training: Prepare -> Train -> RecordSuccess -> Trained. Batch: Prepare -> AnythingToRun? (Choice) -> Run ->
+# RecordSuccess -> Processed. A failure leaves at the failing state for RecordFailure -> <Fail state>: the longest
+# (RecordSuccess fails) is counted, an upper bound.
 PIPELINES = {
-    "train": Pipeline(transitions_success=4, transitions_failure=4, lambdas=((512, 300), (512, 120))),
-    "batch": Pipeline(transitions_success=5, transitions_failure=5, lambdas=((512, 300), (512, 900))),
+    "train": Pipeline(transitions_success=4, transitions_failure=5,
+                      lambdas=(("prepare_training", 512, 300), ("record_outcome", 512, 120))),
+    "batch": Pipeline(transitions_success=5, transitions_failure=6,
+                      lambdas=(("prepare_batch", 512, 300), ("record_batch", 1024, 900))),
 }
 # Batch jobs run the job definition of cdk/batch.py: 1 vCPU, 2 GiB of memory, 21 GiB of ephemeral storage.
 FARGATE_VCPU = 1.0
@@ -152,9 +154,9 @@ def pipeline_lines(p: Prices, transitions: int, lambda_gb_seconds: float, invoca
 def _lambda_gb_seconds(pipeline: Pipeline, durations_ms: list[float] | None) -> float:
     """Measured durations (billed per millisecond, rounded up) at each task Lambda's memory, or their timeouts."""
     if durations_ms is None:
-        return sum(memory / GIB * timeout for memory, timeout in pipeline.lambdas)
+        return sum(memory / GIB * timeout for _, memory, timeout in pipeline.lambdas)
     return sum(memory / GIB * math.ceil(ms) / 1000
-               for (memory, _), ms in zip(pipeline.lambdas, durations_ms, strict=False))
+               for (_, memory, _), ms in zip(pipeline.lambdas, durations_ms, strict=False))
 
 
 def job_cost(*, kind: str, status: str, resources: dict[str, Any], inputs: int, history: int,
