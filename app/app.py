@@ -143,6 +143,11 @@ def complete_snapshot(user: str, workspace: Workspace, snapshot: str) -> Respons
     return Response(result, status_code=status)
 
 
+@route("/workspaces/{workspace}/snapshots/{snapshot}", "GET")
+def snapshot_info(user: str, workspace: Workspace, snapshot: str) -> dict[str, Any]:
+    return WIRING.snapshots.describe(WIRING.snapshots.get(workspace.name, snapshot))
+
+
 @route("/workspaces/{workspace}/jobs", "POST")
 def submit_job(user: str, workspace: Workspace, body: dict[str, Any]) -> Response:
     return _cached(*WIRING.training.submit(workspace.name, workspace.created_at, user, body))

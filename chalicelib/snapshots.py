@@ -7,6 +7,14 @@ Integrity (what holds the bytes to their names):
   blob is never overwritten (a URL reused after the commit writes nothing). Before committing, the server compares
   the SHA-256 S3 stored for each blob with its name; a blob without one is checksummed by S3 (a copy in place),
   and bytes that do not match are removed and the commit refused.
+* A blob so verified is indexed (a `BLOB#<sha256>` row in the workspace's partition, with its size), so later
+  commits ask DynamoDB about 100 blobs per request instead of S3 about each; only unindexed blobs are HEADed.
+  Blobs are never deleted but with their workspace, whose kill deletes the index with it.
+
+Cost of a commit of n files, k of whose blobs are not indexed yet (docs/architecture.md has the whole table):
+an existing snapshot id answers from one GetItem; otherwise one PutObject (the manifest), ceil(n/100) BatchGetItem,
+one HeadObject per unindexed blob (twice for a blob that was absent: when its URL is handed out, and when the
+upload is verified) and ceil(k/25) BatchWriteItem.
 * A manifest is read back only if it hashes to its snapshot id.
 * Derived objects are checked before a job uses them: a code snapshot's sourcedir.tar.gz against the SHA-256
   recorded in DynamoDB when it was built (`DerivedItem`; no job role may write the table), a materialized data
@@ -92,6 +100,9 @@ class Snapshots:
             if isinstance(item.get("url"), str):
                 self._refuse_platform_url(item["url"], f"files[{i}].url (path {item.get('path')!r})")
         manifest = self._pin(manifest)
+        known = self.repository.get(workspace, manifest.snapshot_id)
+        if known is not None:  # its blobs were verified when it was committed, and outlive it
+            return {**self.describe(known), "status": "committed"}, 200
         self.store.put_json(manifest_key(workspace, manifest.snapshot_id), manifest.document)
         return self._complete(workspace, manifest, user)
 
@@ -120,6 +131,9 @@ class Snapshots:
         return Manifest(manifest.kind, tuple(pinned))
 
     def complete(self, workspace: str, snapshot_id: str, user: str) -> tuple[dict[str, Any], int]:
+        known = self.repository.get(workspace, snapshot_id)
+        if known is not None:  # a retried or concurrent completion
+            return {**self.describe(known), "status": "committed"}, 200
         try:
             manifest = self.manifest(workspace, snapshot_id)
         except NotFound:
@@ -130,9 +144,7 @@ class Snapshots:
         """201/200 with the snapshot once every blob is present, hashing to its name, with its declared size;
         else 202 pending with upload URLs (each bound to its blob's SHA-256 and to a key that does not exist)."""
         local = [f for f in manifest.files if not f.remote]
-        # One HeadObject per blob, as a size check costs; the answer also carries the SHA-256 S3 stored.
-        facts = self.store.facts_of(blob_key(workspace, f.sha256) for f in local)
-        absent = sorted({f.sha256 for f in local if facts[blob_key(workspace, f.sha256)] is None})
+        absent = self._absent(workspace, local)
         if absent:
             # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
             page = absent[: limits.MAX_BLOBS_PER_REQUEST]
@@ -140,26 +152,39 @@ class Snapshots:
                     "missing_count": len(absent),
                     "missing": [{"sha256": d, "url": self.store.presign_blob_put(blob_key(workspace, d), d)}
                                 for d in page]}, 202
-        self._verify_blobs(workspace, local, facts)
-        wrong = [f for f in local if self._size(facts, blob_key(workspace, f.sha256)) != f.size]
-        if wrong:
-            raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
-        snapshot, created = self.record(workspace, manifest, user)
+        snapshot, created = self._record_row(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
 
-    @staticmethod
-    def _size(facts: Mapping[str, ObjectFacts | None], key: str) -> int | None:
-        fact = facts[key]
-        return None if fact is None else fact.size
+    def _absent(self, workspace: str, local: list[FileEntry]) -> list[str]:
+        """The blobs of these entries the workspace lacks, sorted, from the first page of them that has any (a
+        client uploads those, then completes). Indexed blobs cost a BatchGetItem per 100; the others are HEADed a
+        page at a time, and each one present is verified and indexed. ValidationFailed when a blob's size is not
+        the one an entry declares; ChecksumMismatch when its bytes do not hash to its name."""
+        entries = {f.sha256: f for f in local}
+        sizes = self.repository.blobs(workspace, entries)
+        unindexed = sorted(entries.keys() - sizes.keys())
+        for start in range(0, len(unindexed), limits.MAX_BLOBS_PER_REQUEST):
+            page = unindexed[start:start + limits.MAX_BLOBS_PER_REQUEST]
+            facts = self.store.facts_of(blob_key(workspace, d) for d in page)
+            present = {d: fact for d in page if (fact := facts[blob_key(workspace, d)]) is not None}
+            self._verify_blobs(workspace, [entries[d] for d in present], facts)
+            self.repository.put_blobs(workspace, {d: fact.size for d, fact in present.items()}, now())
+            sizes.update({d: fact.size for d, fact in present.items()})
+            if len(present) < len(page):
+                return [d for d in page if d not in present] + unindexed[start + len(page):]
+        wrong = [f for f in local if sizes[f.sha256] != f.size]
+        if wrong:
+            raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
+        return []
 
-    def _verify_blobs(self, workspace: str, local: list[FileEntry],
+    def _verify_blobs(self, workspace: str, present: list[FileEntry],
                       facts: Mapping[str, ObjectFacts | None]) -> None:
         """Every blob's bytes hash to its name, as S3 computed it: blobs uploaded through kaos' URLs carry that
         SHA-256 already (S3 verified it on the PUT), so in the usual case this costs nothing beyond the HEADs. A
         blob without a stored SHA-256 (written before kaos asked for checksums, or by a writer that sent none) is
         checksummed by S3 with a copy in place, once. Bytes that do not hash to their name are removed (so the
         right ones can be uploaded: the PUT is conditional on the key being absent) and nothing is committed."""
-        todo = {f.sha256: f for f in local if (facts[blob_key(workspace, f.sha256)] or _NO_FACTS).sha256 != f.sha256}
+        todo = [f for f in present if (facts[blob_key(workspace, f.sha256)] or _NO_FACTS).sha256 != f.sha256]
         if not todo:
             return
 
@@ -174,7 +199,7 @@ class Snapshots:
             return entry, digest
 
         with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
-            bad = [b for b in pool.map(check, todo.values()) if b is not None]
+            bad = [b for b in pool.map(check, todo) if b is not None]
         if bad:
             entry, digest = bad[0]
             more = f" ({len(bad) - 1} other blob(s) too)" if len(bad) > 1 else ""
@@ -194,9 +219,13 @@ class Snapshots:
         """Stores a snapshot whose blobs are all present: its manifest object, then its row (written once; the
         manifest first, so a row never points at a missing manifest), then the kind's latest pointer. Returns the
         snapshot and whether this call created it."""
+        self.store.put_json(manifest_key(workspace, manifest.snapshot_id), manifest.document)
+        return self._record_row(workspace, manifest, user)
+
+    def _record_row(self, workspace: str, manifest: Manifest, user: str) -> tuple[dict[str, Any], bool]:
+        """`record` once the manifest object is stored."""
         snapshot_id = manifest.snapshot_id
         key = manifest_key(workspace, snapshot_id)
-        self.store.put_json(key, manifest.document)
         created_at = now()
         snapshot, created = self.repository.create(Snapshot(
             workspace, snapshot_id, manifest.kind, len(manifest.files), manifest.total_bytes, key, created_at, user))

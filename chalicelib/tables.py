@@ -10,6 +10,7 @@ Key layout (one table keeps every workspace operation a single-partition Query):
   WS#<ws>            GRID#<grid id>          GridItem
   GRID#<ws>#<grid>   POINT#<index>           GridPointItem   (one per grid point: its job id)
   WS#<ws>            DERIVED#<key below ws/<ws>/>   DerivedItem (SHA-256 and size of an object kaos derived)
+  WS#<ws>            BLOB#<sha256>           BlobItem        (a blob of the workspace whose stored SHA-256 was verified)
   WS#<ws>            AUTORETRAIN#CONFIG      AutoRetrainItem (auto-retrain on or off)
   WS#<ws>            AUTORETRAIN#OPEN        OpenBatchItem   (pointer to the newest retrain batch, open or not)
   WS#<ws>            PENDING#<batch>         BatchItem       (a retrain batch: OPEN|CLOSED|DONE|FAILED)
@@ -200,6 +201,16 @@ class DerivedItem(_Item):
     sha256 = UnicodeAttribute()
     size = NumberAttribute()
     written_at = UnicodeAttribute()
+
+
+class BlobItem(_Item):
+    """A blob the workspace holds, written by the API once S3's stored SHA-256 of `ws/<ws>/blobs/<sha256>` was seen to
+    equal its name: a snapshot commit reads these (BatchGetItem, 100 per request) instead of asking S3 about every
+    file. It lives in the workspace's partition, so one workspace's index never vouches for another's blob, and
+    `workspace kill` deletes it with the workspace's other rows (blobs are deleted only then)."""
+
+    size = NumberAttribute()
+    verified_at = UnicodeAttribute()
 
 
 # --- auto-retrain (chalicelib/triggers.py) ---------------------------------------------------------------------

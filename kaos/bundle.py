@@ -1,10 +1,21 @@
-"""Turns a directory into a content-addressed manifest (path, sha256, size), checking limits before upload."""
+"""Turns a directory into a content-addressed manifest (path, sha256, size), checking limits before upload.
+
+Two small caches under the user's kaos cache directory (KAOS_CACHE_DIR, default $KAOS_HOME/cache; both safe to
+delete, each written whole by an atomic rename, last writer wins):
+* `hashes.json`, like git's index: a file whose (size, mtime, ctime, inode) are unchanged is not hashed again. As
+  in git, an entry written while the file could still change within the clock's granularity ("racy") is not kept.
+  A stale digest cannot store wrong bytes: S3 refuses a blob whose bytes do not hash to its name.
+* `committed.json`: the snapshot ids committed per API endpoint and workspace, so an unchanged input is named by
+  its id (one small lookup) instead of resent as a manifest.
+"""
 from __future__ import annotations
 
 import errno
 import hashlib
 import json
 import os
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -80,16 +91,111 @@ def scan(root: Path, label: str) -> list[tuple[str, Path, int]]:
     return found
 
 
-def hash_files(entries: list[tuple[str, Path, int]], progress: Callable[[int], None]) -> list[LocalFile]:
+# A file modified this recently may change again without its mtime moving (coarse clocks): its digest is not kept.
+RACY_SECONDS = 2.0
+# Bounds the hash cache: past this many entries the oldest half of what this run did not touch is dropped.
+MAX_HASH_ENTRIES = 200_000
+
+
+def cache_dir() -> Path:
+    from kaos.settings import home
+
+    return Path(os.environ.get("KAOS_CACHE_DIR") or home() / "cache")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or damaged: a cache starts over
+        return {}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Whole or not at all (a concurrent reader sees the old file or the new one); a failure loses only cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, delete=False) as tmp:
+            json.dump(value, tmp, separators=(",", ":"))
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
+
+
+class HashCache:
+    """Digests by real path, valid while the file's (size, mtime_ns, ctime_ns, inode) are the ones recorded."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_dir() / "hashes.json"
+        loaded = _read_json(self.path)
+        self.entries: dict[str, list[Any]] = loaded if isinstance(loaded, dict) else {}
+        self.used: dict[str, list[Any]] = {}
+
+    @staticmethod
+    def _stamp(real: Path) -> list[Any]:
+        st = real.stat()
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def lookup(self, real: Path) -> tuple[list[Any], str | None]:
+        stamp = self._stamp(real)
+        entry = self.entries.get(str(real))
+        return stamp, entry[4] if isinstance(entry, list) and entry[:4] == stamp else None
+
+    def keep(self, real: Path, stamp: list[Any], digest: str) -> None:
+        if time.time_ns() - max(stamp[1], stamp[2]) > RACY_SECONDS * 1e9:
+            self.used[str(real)] = [*stamp, digest]
+
+    def save(self) -> None:
+        entries = {k: v for k, v in self.entries.items() if k not in self.used}
+        if len(entries) + len(self.used) > MAX_HASH_ENTRIES:
+            entries = dict(list(entries.items())[len(entries) // 2:])
+        _write_json(self.path, {**entries, **self.used})
+
+
+def hash_files(entries: list[tuple[str, Path, int]], progress: Callable[[int], None],
+               cache: HashCache | None = None) -> list[LocalFile]:
+    """LocalFiles of the scanned entries; with a cache, a file unchanged since it was last hashed is not read."""
     files = []
     for rel, real, size in entries:
-        digest = hashlib.sha256()
-        with real.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                progress(len(chunk))
-        files.append(LocalFile(rel, real, digest.hexdigest(), size))
+        stamp, known = cache.lookup(real) if cache else ([], None)
+        if known is None:
+            digest = hashlib.sha256()
+            with real.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+                    progress(len(chunk))
+            known = digest.hexdigest()
+        else:
+            progress(size)
+        if cache:
+            cache.keep(real, stamp, known)
+        files.append(LocalFile(rel, real, known, size))
+    if cache:
+        cache.save()
     return files
+
+
+class Committed:
+    """The snapshot ids this user committed, per API endpoint and workspace (a hint: the API is asked to confirm)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_dir() / "committed.json"
+
+    def _key(self, endpoint: str, workspace: str) -> str:
+        return f"{endpoint} {workspace}"
+
+    def knows(self, endpoint: str, workspace: str, snapshot_id: str) -> bool:
+        ids = _read_json(self.path).get(self._key(endpoint, workspace), [])
+        return isinstance(ids, list) and snapshot_id in ids
+
+    def remember(self, endpoint: str, workspace: str, snapshot_id: str, known: bool = True) -> None:
+        """Adds (or, known=False, drops) the id; each workspace keeps its newest MAX_COMMITTED ids."""
+        everything = _read_json(self.path)
+        ids = [i for i in everything.get(self._key(endpoint, workspace), []) if i != snapshot_id]
+        everything[self._key(endpoint, workspace)] = ([*ids, snapshot_id] if known else ids)[-MAX_COMMITTED:]
+        _write_json(self.path, everything)
+
+
+MAX_COMMITTED = 256
 
 
 def read_data_manifest(path: Path, label: str) -> list[dict[str, Any]]:

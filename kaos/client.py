@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterable
@@ -16,10 +18,13 @@ from botocore.awsrequest import AWSRequest
 
 from chalicelib import limits
 from chalicelib.adapters import blob_put_headers
-from kaos.bundle import LocalFile
+from chalicelib.domain import parse_manifest
+from kaos.bundle import Committed, LocalFile
 from kaos.settings import ClientConfig
 
 TIMEOUT = 60
+# Blob uploads in flight at once: enough to hide per-request latency, few enough for a laptop uplink and 2 cores.
+UPLOAD_CONCURRENCY = 8
 INVOKE_TIMEOUT = 90
 
 
@@ -86,6 +91,8 @@ class Client:
         self.region = config.region
         self.credentials = credentials(config.profile, config.credentials_file)
         self.http = requests.Session()
+        self.committed = Committed()
+        self._uploads = threading.local()  # a requests.Session per upload thread (a Session is not thread-safe)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else b""
@@ -165,33 +172,53 @@ class Client:
     def upload_snapshot(
         self, workspace: str, kind: str, files: list[LocalFile], on_bytes: Callable[[int], None]
     ) -> dict[str, Any]:
-        """Uploads only the blobs the workspace lacks, straight to S3 by presigned URL, then commits."""
-        by_digest = {f.sha256: f for f in files}
+        """Commits the files as a snapshot, uploading only the blobs the workspace lacks, straight to S3 by
+        presigned URL (UPLOAD_CONCURRENCY at a time). A snapshot this client committed before is named by its id
+        (one small GET), not resent as a manifest."""
         manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
+        snapshot_id = parse_manifest(kind, manifest).snapshot_id  # the server's id of this manifest
+        if self.committed.knows(self.base, workspace, snapshot_id):
+            try:
+                return dict(self.request("GET", f"/workspaces/{workspace}/snapshots/{snapshot_id}"))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                self.committed.remember(self.base, workspace, snapshot_id, known=False)  # e.g. workspace re-made
+        by_digest = {f.sha256: f for f in files}
         result: dict[str, Any] = self.request("POST", f"/workspaces/{workspace}/snapshots",
                                               {"kind": kind, "files": manifest})
         uploaded: set[str] = set()
         while result.get("status") == "pending":
-            if uploaded & {blob["sha256"] for blob in result["missing"]}:
+            digests = [blob["sha256"] for blob in result["missing"]]
+            if uploaded.intersection(digests):
                 raise ApiError(409, "UploadLost", "an uploaded blob is still reported missing; try again")
-            for blob in result["missing"]:
-                uploaded.add(blob["sha256"])
-                local = by_digest[blob["sha256"]]
-                # The URL is signed with these headers: S3 stores the bytes only if they hash to the blob's name,
-                # and only if the blob is not stored yet.
-                with local.source.open("rb") as handle:
-                    put = self.http.put(blob["url"], data=_Reading(handle, local.size, on_bytes),
-                                        headers=blob_put_headers(blob["sha256"]), timeout=None)
-                if put.status_code == 412:
-                    continue  # stored meanwhile (by another upload of the same bytes); `complete` checks it
-                if put.status_code >= 300:
-                    if "BadDigest" in put.text:
-                        raise ApiError(put.status_code, "UploadFailed",
-                                       f"{local.path}: S3 refused the bytes: they no longer hash to the sha256 "
-                                       "computed before the upload (was the file changed meanwhile?)")
-                    raise ApiError(put.status_code, "UploadFailed", f"{local.path}: {put.text[:300]}")
+            uploaded.update(digests)
+            with ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY) as pool:
+                for failure in pool.map(lambda blob: self._put_blob(by_digest[blob["sha256"]], blob["url"], on_bytes),
+                                        result["missing"]):
+                    if failure is not None:
+                        raise failure
             result = self.request("POST", f"/workspaces/{workspace}/snapshots/{result['id']}/complete")
+        self.committed.remember(self.base, workspace, snapshot_id)
         return result
+
+    def _put_blob(self, local: LocalFile, url: str, on_bytes: Callable[[int], None]) -> ApiError | None:
+        """One blob by its presigned URL, on this thread's connection; the refusal, if S3 refused it."""
+        session = getattr(self._uploads, "session", None)
+        if session is None:
+            session = self._uploads.session = requests.Session()
+        # The URL is signed with these headers: S3 stores the bytes only if they hash to the blob's name, and
+        # only if the blob is not stored yet.
+        with local.source.open("rb") as handle:
+            put = session.put(url, data=_Reading(handle, local.size, on_bytes),
+                              headers=blob_put_headers(local.sha256), timeout=None)
+        if put.status_code == 412 or put.status_code < 300:
+            return None  # 412: stored meanwhile (by another upload of the same bytes); `complete` checks it
+        if "BadDigest" in put.text:
+            return ApiError(put.status_code, "UploadFailed",
+                            f"{local.path}: S3 refused the bytes: they no longer hash to the sha256 computed before "
+                            "the upload (was the file changed meanwhile?)")
+        return ApiError(put.status_code, "UploadFailed", f"{local.path}: {put.text[:300]}")
 
     # jobs
     def submit(self, workspace: str, code: str | None, data: dict[str, str] | None, params: dict[str, Any] | None,

@@ -58,3 +58,12 @@ def test_derived_records_by_name(snapshots: SnapshotRepository) -> None:
     snapshots.forget_derived(WS, "sourcedirs/x/sourcedir.tar.gz")
     snapshots.forget_derived(WS, "never recorded")
     assert snapshots.derived(WS, ["sourcedirs/x/sourcedir.tar.gz"]) == {}
+
+
+def test_the_blob_index_answers_many_digests_per_workspace(snapshots: SnapshotRepository) -> None:
+    digests = [f"{i:064x}" for i in range(130)]  # more than one BatchGetItem (100 keys) and BatchWriteItem (25)
+    snapshots.put_blobs(WS, {d: i for i, d in enumerate(digests[::2])}, "t1")
+    snapshots.put_blobs(WS, {digests[0]: 0}, "t2")  # indexing again is harmless
+    assert snapshots.blobs(WS, [*digests, digests[0]]) == {d: i for i, d in enumerate(digests[::2])}
+    assert snapshots.blobs("other", digests) == {}  # another workspace's index vouches for nothing here
+    assert snapshots.blobs(WS, []) == {}

@@ -6,19 +6,21 @@
   used, and two concurrent submissions have no order to keep).
 - `DERIVED#<name>` records the SHA-256 and size of an object kaos derived (`name` is its key below `ws/<ws>/`);
   lookups are BatchGetItem (100 keys per request; pynamodb splits larger lookups), strongly consistent.
+- `BLOB#<sha256>` is the blob index: the workspace holds that blob, its stored SHA-256 verified equal to its name, with
+  that size. Written (BatchWriteItem, 25 per request) only after the verification; read like the derived records.
 """
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib.repositories.workspaces import MemoryWorkspaces
-from chalicelib.tables import DerivedItem, LatestInputsItem, LatestItem, SnapshotItem, ws_key
+from chalicelib.tables import BlobItem, DerivedItem, LatestInputsItem, LatestItem, SnapshotItem, ws_key
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,12 @@ class SnapshotRepository(Protocol):
         """The records of those names that have one."""
 
     def forget_derived(self, workspace: str, name: str) -> None: ...
+
+    def put_blobs(self, workspace: str, blobs: Mapping[str, int], at: str) -> None:
+        """Indexes these verified blobs (sha256 -> size); indexing one again changes nothing that is read."""
+
+    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, int]:
+        """The size of each of those blobs the index holds (strongly consistent)."""
 
 
 def _snapshot(item: SnapshotItem) -> Snapshot:
@@ -145,6 +153,16 @@ class DynamoSnapshots:
     def forget_derived(self, workspace: str, name: str) -> None:
         DerivedItem(ws_key(workspace), _derived_sk(name)).delete()
 
+    def put_blobs(self, workspace: str, blobs: Mapping[str, int], at: str) -> None:
+        with BlobItem.batch_write() as batch:
+            for digest, size in blobs.items():
+                batch.save(BlobItem(ws_key(workspace), f"BLOB#{digest}", size=size, verified_at=at))
+
+    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, int]:
+        keys = [(ws_key(workspace), f"BLOB#{digest}") for digest in dict.fromkeys(digests)]
+        return {item.sk.removeprefix("BLOB#"): int(item.size)
+                for item in BlobItem.batch_get(keys, consistent_read=True)}
+
 
 class MemorySnapshots:
     """The in-memory twin; rows live in the workspace twin's partitions, so a workspace kill sweeps them."""
@@ -203,3 +221,12 @@ class MemorySnapshots:
     def forget_derived(self, workspace: str, name: str) -> None:
         with self._lock:
             self._rows(workspace, "derived").pop(name, None)
+
+    def put_blobs(self, workspace: str, blobs: Mapping[str, int], at: str) -> None:
+        with self._lock:
+            self._rows(workspace, "blobs").update(blobs)
+
+    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, int]:
+        with self._lock:
+            rows = self._rows(workspace, "blobs")
+            return {digest: rows[digest] for digest in digests if digest in rows}

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from kaos import operations as ops
 from kaos import render
-from kaos.bundle import hash_files, scan
+from kaos.bundle import HashCache, hash_files, scan
 from kaos.cli.common import JsonOpt, WorkspaceOpt, client, console, emit_json, err, fail, workspace
 from kaos.cli.progress import byte_bar, on_grid, on_job, status_line
 from kaos.cli.views import jobs_table, print_grid, print_job, provenance_tree
@@ -27,7 +27,7 @@ def upload(api: Client, ws: str, kind: str, directory: Path, label: str) -> str:
     total = sum(size for _, _, size in entries)
     with byte_bar() as progress:
         task = progress.add_task(f"hashing {kind} ({len(entries)} files)", total=total)
-        files = hash_files(entries, lambda n: progress.advance(task, n))
+        files = hash_files(entries, lambda n: progress.advance(task, n), HashCache())
         sent = progress.add_task(f"uploading {kind}", total=total)
         snapshot = api.upload_snapshot(ws, kind, files, lambda n: progress.advance(sent, n))
     return str(snapshot["id"])
