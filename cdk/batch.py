@@ -102,6 +102,12 @@ with tempfile.TemporaryDirectory() as scratch:
     s3.download_file(*split(env["KAOS_CODE_URI"]), archive)
     with tarfile.open(archive) as tar:
         tar.extractall(work, filter=private)
+# The code's requirements.txt, installed for the command only (a folder of the job's own, first on its path).
+if os.path.isfile(os.path.join(work, "requirements.txt")):
+    packages = env["KAOS_WORK_DIR"] + "-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--target", packages,
+                    "-r", os.path.join(work, "requirements.txt")], check=True, stdout=sys.stderr)
+    os.environ["PYTHONPATH"] = packages
 def upload(directory, bucket, prefix):
     count = 0
     for root, _, names in os.walk(directory):

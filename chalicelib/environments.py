@@ -116,6 +116,15 @@ def lookup(framework: str, version: str | None = None) -> CatalogueEntry:
     raise UnknownFramework(f"no image {framework}:{chosen}; the catalogue has {known}")
 
 
+def region_of(image_uri: str) -> str:
+    """The region of an ECR image URI: a deployment's default training image names the region it runs in."""
+    match = re.search(r"\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com", image_uri)
+    if match is None:
+        raise UnknownFramework(f"the deployment's training image {image_uri} is no ECR image: it names no region "
+                               "to choose a framework image in")
+    return match.group(1)
+
+
 def entry_for_image(image_uri: str) -> CatalogueEntry:
     """The entry whose image `image_uri` is, in any region; an unknown image gets an entry of its own (no pins)."""
     path = image_uri.split("/", 1)[1] if "/" in image_uri and ".dkr.ecr." in image_uri else image_uri

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import environments
 from chalicelib.config import Settings
 from chalicelib.domain import (JobSpec, Resources, is_grid, params_manifest, parse_params, validate_channel,
                                validate_sha256)
@@ -100,7 +101,20 @@ class Training:
              snapshot_ref(self._snapshots, workspace, sid, "data", f"data.{name}"))
             for name, sid in data.items()
         ))
-        return Inputs(code_id, channels, parse_params(params), request.get("resources") or {}, sources)
+        return Inputs(code_id, channels, parse_params(params), request.get("resources") or {}, sources,
+                      environment=self.framework_image(request.get("framework")))
+
+    def framework_image(self, framework: str | None) -> str:
+        """The image of a chosen "framework[:version]" in the deployment's region (that of its default image);
+        "" (none chosen) keeps the deployment's default image."""
+        if not framework:
+            return ""
+        name, _, version = framework.partition(":")
+        try:
+            return environments.lookup(name, version or None).image_uri(
+                environments.region_of(self._settings.training_image))
+        except environments.UnknownFramework as error:
+            raise ValidationFailed(f"framework: {error}") from error
 
     def remember_inputs(self, workspace: str, inputs: Inputs) -> None:
         """Makes the inputs the workspace's latest. A grid's list-valued params are not one job's params: after a
@@ -136,4 +150,4 @@ class Training:
             params=params_snapshot["id"], environment=self.environment(inputs),
             resources=Resources(**self.resources(inputs.resources)), reproduces=inputs.reproduces,
         )
-        return self._jobs.register(spec, incarnation, user, inputs.sources)
+        return self._jobs.register(spec, incarnation, user, inputs.sources, hyperparameters=params)

@@ -109,6 +109,10 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    # One cache of image environments (kaos.local.environments) for every stack and runner of the test session, kept
+    # across sessions of this checkout like the synth cache: a cold build downloads the image's packages (minutes).
+    os.environ.setdefault("KAOS_ENVIRONMENTS_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"
+                                                         / "environments"))
 
 
 def inject(stack: Stack, fault: dict[str, Any]) -> None:

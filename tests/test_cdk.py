@@ -714,15 +714,15 @@ def test_remote_data_buckets_are_readable_only_when_listed() -> None:
     assert "corp-datasets/*" in resources and "shared-ml/*" in resources and ":::*" not in resources
 
 
-def test_default_training_image_comes_from_the_sagemaker_sdk_catalogue() -> None:
+def test_default_training_image_comes_from_the_image_catalogue() -> None:
     from cdk.constants import default_training_image
 
     # The SDK's catalogue covers far more regions than a hand-kept table, and the SDK's code is never imported.
     assert default_training_image("us-east-1") == (
-        "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+        "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.4-2-cpu-py3"
     )
     assert default_training_image("eu-west-3").endswith(".dkr.ecr.eu-west-3.amazonaws.com/"
-                                                        "sagemaker-scikit-learn:1.2-1-cpu-py3")
+                                                        "sagemaker-scikit-learn:1.4-2-cpu-py3")
     with pytest.raises(ValueError, match="trainingImage"):
         default_training_image("xx-nowhere-1")
     import sys

@@ -241,17 +241,16 @@ def test_requirements_environment_is_cached(emulator: Emulator) -> None:
     source = upload_source(emulator, files, "code/req.tar.gz")
     runner = emulator.training_runner
     create_job(emulator, "job-req-1", source)
-    first = wait_for(emulator, "job-req-1", {"Completed", "Failed"}, timeout=60)
+    first = wait_for(emulator, "job-req-1", {"Completed", "Failed"}, timeout=120)
     assert first["TrainingJobStatus"] == "Completed", first.get("FailureReason")
     env_id = runner.environment_id("job-req-1")
     assert env_id is not None
-    env_dir = runner.work_dir / "envs" / env_id
-    marker = (env_dir / ".kaos-ready").stat().st_mtime_ns
-    assert f"envs/{env_id}" in (runner.job_dir("job-req-1") / "log.txt").read_text()
+    env_dir = runner.environments.cache_dir / f"env-{env_id}"
+    marker = (env_dir / "kaos-environment.json").stat().st_mtime_ns
+    assert f"env-{env_id}" in (runner.job_dir("job-req-1") / "log.txt").read_text()
 
     create_job(emulator, "job-req-2", source)
     second = wait_for(emulator, "job-req-2", {"Completed", "Failed"}, timeout=60)
     assert second["TrainingJobStatus"] == "Completed", second.get("FailureReason")
     assert runner.environment_id("job-req-2") == env_id
-    assert (env_dir / ".kaos-ready").stat().st_mtime_ns == marker
-    assert [p.name for p in (runner.work_dir / "envs").iterdir()] == [env_id]
+    assert (env_dir / "kaos-environment.json").stat().st_mtime_ns == marker

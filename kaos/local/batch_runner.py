@@ -5,8 +5,9 @@ moto's Batch without Docker (``batch_simple``) marks every job SUCCEEDED without
 way Batch runs a container:
 
 - the command is the job definition's (or the override's) ``command`` with ``Ref::<name>`` parameters
-  substituted; ``python``/``python3`` is this interpreter, whose directory also leads ``PATH`` (the image's
-  python); nothing is downloaded or uploaded by the runner itself: the container's command does that (kaos' job
+  substituted; ``python``/``python3`` is the image's interpreter (kaos.local.environments: the catalogue's pins
+  for the job definition's image, nothing of kaos), whose directory also leads ``PATH``;
+  nothing is downloaded or uploaded by the runner itself: the container's command does that (kaos' job
   definition runs the bootstrap of cdk/batch.py, the same code that runs on Fargate);
 - the environment is the job definition's merged with the overrides', plus ``AWS_BATCH_JOB_ID``,
   ``AWS_BATCH_JQ_NAME``, ``AWS_BATCH_JOB_ATTEMPT``; absolute paths in ``*_DIR`` variables are container paths
@@ -25,7 +26,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -36,6 +36,7 @@ from typing import IO, Any, Final
 import boto3
 from botocore.config import Config
 
+from kaos.local.environments import Environments, default_cache_dir
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
                                    clear_job_folder, container_base_environment)
 
@@ -52,8 +53,9 @@ class LocalBatchRunner:
     """Executes moto Batch jobs in subprocesses, one thread per job."""
 
     def __init__(self, endpoint_url: str, work_dir: Path, *, region: str = "us-east-1",
-                 role_keys: RoleKeys = anonymous_keys) -> None:
+                 role_keys: RoleKeys = anonymous_keys, environments: Environments | None = None) -> None:
         self.role_keys = role_keys
+        self.environments = environments or Environments(default_cache_dir())
         self.endpoint_url = endpoint_url
         self.work_dir = Path(work_dir)
         self.region = region
@@ -114,14 +116,17 @@ class LocalBatchRunner:
         overrides = job.container_overrides or {}
         root = self.job_dir(job.job_id)
         root.mkdir(parents=True, exist_ok=True)
-        command = container_command(props, overrides, job.parameters or {})
         root.chmod(0o700)
+        # The image's Python environment (its pins; the bootstrap of cdk/batch.py installs the code's
+        # requirements.txt itself, on AWS as here).
+        built = self.environments.ensure(str(props.get("image", "")))
+        command = container_command(props, overrides, job.parameters or {}, built.python)
         # The task runs with the job role; the awslogs driver ships its output with the execution role.
         job_keys = self.role_keys(props["jobRoleArn"], "ecs-tasks.amazonaws.com") if props.get("jobRoleArn") \
             else {}
         log_keys = self.role_keys(props["executionRoleArn"], "ecs-tasks.amazonaws.com") \
             if props.get("executionRoleArn") else anonymous_keys("", "")
-        env = self._environment(job, props, overrides, root / "root", job_keys)
+        env = self._environment(job, props, overrides, root / "root", job_keys, built.python)
         options = (props.get("logConfiguration") or {}).get("options") or {}
         group = options.get("awslogs-group") or DEFAULT_LOG_GROUP
         stream = job.log_stream_name or f"{job.job_definition.name}/default/{job.job_id}"
@@ -171,7 +176,7 @@ class LocalBatchRunner:
         return ""
 
     def _environment(self, job: Any, props: dict[str, Any], overrides: dict[str, Any], root: Path,
-                     keys: dict[str, str]) -> dict[str, str]:
+                     keys: dict[str, str], python: Path) -> dict[str, str]:
         variables = {e["name"]: str(e["value"]) for e in props.get("environment") or []}
         variables.update({e["name"]: str(e["value"]) for e in overrides.get("environment") or []})
         for name, value in list(variables.items()):
@@ -179,7 +184,7 @@ class LocalBatchRunner:
                 variables[name] = str(root / value.lstrip("/"))
         # The task's environment: the container's basics, the definition's and overrides' variables, Batch's own
         # and the job role's keys; nothing of the stack's process.
-        env = container_base_environment(root.parent / "home")
+        env = container_base_environment(root.parent / "home", python)
         env.update(variables)
         env.update({
             "AWS_ENDPOINT_URL": self.endpoint_url,
@@ -202,14 +207,15 @@ class LocalBatchRunner:
         )
 
 
-def container_command(props: dict[str, Any], overrides: dict[str, Any], parameters: dict[str, str]) -> list[str]:
-    """The container's argv: override or definition command, `Ref::name` substituted, python → this one."""
+def container_command(props: dict[str, Any], overrides: dict[str, Any], parameters: dict[str, str],
+                      python: Path) -> list[str]:
+    """The container's argv: override or definition command, `Ref::name` substituted, python → the image's."""
     command = [str(part) for part in (overrides.get("command") or props.get("command") or [])]
     if not command:
         raise ValueError("the job has no command (the image's CMD cannot be run locally)")
     command = [parameters.get(part[len("Ref::"):], part) if part.startswith("Ref::") else part for part in command]
     if command[0] in ("python", "python3"):
-        command[0] = sys.executable
+        command[0] = str(python)
     return command
 
 

@@ -54,6 +54,15 @@ class BuiltEnvironment:
     warnings: tuple[str, ...]  # fidelity differences from the image (Python version, unmet pins), human readable
 
 
+ENVIRONMENT_PREFIX = "Environment"
+
+
+def environment_message(built: BuiltEnvironment) -> str:
+    """How a job's status message names the environment it ran in (parsed back by chalicelib.environments)."""
+    text = f"{ENVIRONMENT_PREFIX} {built.environment_id} packages {built.packages_sha256}."
+    return text + (f" Fidelity: {' | '.join(built.warnings)}." if built.warnings else "")
+
+
 class EnvironmentBuildError(Exception):
     """A build pip could not do; str() is pip's message tail."""
 

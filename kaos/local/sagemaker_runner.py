@@ -7,9 +7,9 @@ The user's entry point sees the contract SageMaker framework containers
 - ``input/config/{hyperparameters,resourceconfig,inputdataconfig}.json``,
   ``input/data/<channel>/`` (downloaded from each channel's ``S3Uri`` prefix),
   ``model/``, ``output/data/``, ``output/failure``, ``code/`` (``sagemaker_submit_directory``).
-- ``requirements.txt`` in the code is installed into a virtualenv cached by
-  sha256(base interpreter, requirements) under ``<work_dir>/envs/<hash>``; the hash is the job's
-  environment id (``LocalTrainingRunner.environment_id``).
+- The process runs with the training image's Python environment (kaos.local.environments): the image's pinned
+  packages plus the code's ``requirements.txt``, nothing of kaos; ``LocalTrainingRunner.environment_id`` is its id,
+  and the Training transition's StatusMessage carries it (with any fidelity warning) for the job's record.
 - Command line ``--<hp> <value>`` for every non-``sagemaker_*`` hyperparameter, decoded from JSON
   like the toolkit does; environment ``SM_*`` variables as in the toolkit's ENVIRONMENT_VARIABLES.md.
 - Credentials: real SageMaker hands the job its execution role's credentials. Locally the process
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +53,8 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
+from kaos.local.environments import (BuiltEnvironment, EnvironmentBuildError, Environments, default_cache_dir,
+                                     environment_message)
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
                                    clear_job_folder, container_base_environment)
 
@@ -145,7 +146,8 @@ class _Job:
     root: Path
     process: subprocess.Popen[bytes] | None = None
     stop_reason: str | None = None  # "Stopped" | "MaxRuntimeExceeded"
-    environment_id: str | None = None
+    environment: BuiltEnvironment | None = None
+    say: Callable[[str], None] = lambda line: None  # the job's log, once it has one
     thread: threading.Thread | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     log_stream: str | None = None
@@ -165,9 +167,10 @@ class LocalTrainingRunner:
 
     def __init__(
         self, endpoint_url: str, work_dir: Path, *, stop_grace_seconds: float = 10.0,
-        region: str = "us-east-1", role_keys: RoleKeys = anonymous_keys,
+        region: str = "us-east-1", role_keys: RoleKeys = anonymous_keys, environments: Environments | None = None,
     ) -> None:
         self.role_keys = role_keys
+        self.environments = environments or Environments(default_cache_dir())
         self.endpoint_url = endpoint_url
         self.work_dir = Path(work_dir)
         self.stop_grace_seconds = stop_grace_seconds
@@ -224,7 +227,8 @@ class LocalTrainingRunner:
             job.thread.join(timeout)
 
     def environment_id(self, training_job_name: str) -> str | None:
-        return self._jobs[training_job_name].environment_id
+        built = self._jobs[training_job_name].environment
+        return built.environment_id if built is not None else None
 
     def job_dir(self, training_job_name: str) -> Path:
         return self.work_dir / "jobs" / training_job_name
@@ -287,6 +291,7 @@ class LocalTrainingRunner:
             job.log_stream = f"{job.name}/{CURRENT_HOST}-{int(start.timestamp())}"
             shipper = LogShipper(self._client("logs", job), LOG_GROUP, job.log_stream, job.root / LOG_COPY,
                                  create_group=True)
+            job.say = shipper.write
             job.update({"TrainingStartTime": start})
 
             job.update({"SecondaryStatus": "Downloading",
@@ -304,8 +309,10 @@ class LocalTrainingRunner:
             env = self._environment(
                 job, opt_ml, channels, user_hps, framework, module_dir, entry_point, command,
             )
+            # SageMaker's message, then (offline) what the image's environment was: the record reads it there.
             job.update({"SecondaryStatus": "Training",
-                        "StatusMessage": "Training image download completed. Training in progress."})
+                        "StatusMessage": "Training image download completed. Training in progress."
+                        + (f" {environment_message(job.environment)}" if job.environment else "")})
             exit_code = self._execute(job, command, opt_ml / "code", env, shipper)
             shipper.close()
 
@@ -476,64 +483,17 @@ class LocalTrainingRunner:
     # -- environments -----------------------------------------------------------------------
 
     def _python_for(self, job: _Job, code_dir: Path) -> str:
+        """The training image's interpreter (kaos.local.environments), with the code's requirements.txt installed
+        on top as the toolkit does; the build's progress goes to the job's log, a failed build fails the job."""
+        image = str((job.request.get("AlgorithmSpecification") or {}).get("TrainingImage", ""))
         requirements = code_dir / "requirements.txt"
-        base = sys.executable
-        if not requirements.is_file():
-            job.environment_id = hashlib.sha256(base.encode()).hexdigest()
-            return base
-        content = requirements.read_bytes()
-        digest = hashlib.sha256(base.encode() + b"\0" + content).hexdigest()
-        job.environment_id = digest
-        return str(self.ensure_environment(digest, requirements))
-
-    def ensure_environment(self, digest: str, requirements: Path) -> Path:
-        """Create (once) ``envs/<digest>``: a venv layered over this interpreter's packages."""
-        env_dir = self.work_dir / "envs" / digest
-        python = env_dir / "bin" / "python"
-        with self.lock:
-            env_lock = self._env_locks.setdefault(digest, threading.Lock())
-        with env_lock:
-            if (env_dir / ".kaos-ready").exists():
-                return python
-            tmp = env_dir.with_name(env_dir.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            subprocess.run(
-                [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(tmp)],
-                check=True, capture_output=True,
-            )
-            # Layer over the packages of the interpreter kaos runs in (a venv itself), as the
-            # framework container's packages sit under the requirements SageMaker installs.
-            import site
-
-            site_dirs = [p for p in site.getsitepackages() if Path(p).is_dir()]
-            for created in tmp.glob("lib/python*/site-packages"):
-                (created / "_kaos_base.pth").write_text("\n".join(site_dirs) + "\n")
-            shutil.copy(requirements, tmp / "requirements.txt")
-            if self._has_requirements(requirements):
-                result = subprocess.run(
-                    [sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"),
-                     "install", "--disable-pip-version-check", "-r", str(requirements)],
-                    capture_output=True, text=True,
-                )
-                if result.returncode != 0:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise _ClientError(
-                        f"pip install -r requirements.txt failed: {result.stderr[-800:]}"
-                    )
-            (tmp / ".kaos-ready").write_text(digest)
-            if env_dir.exists():
-                shutil.rmtree(env_dir)
-            tmp.rename(env_dir)
-            # The venv's scripts embed their path; we only ever use bin/python, which is a symlink.
-            return python
-
-    @staticmethod
-    def _has_requirements(requirements: Path) -> bool:
-        for line in requirements.read_text().splitlines():
-            stripped = line.split("#", 1)[0].strip()
-            if stripped:
-                return True
-        return False
+        try:
+            built = self.environments.ensure(image, [requirements] if requirements.is_file() else [],
+                                             progress=job.say)
+        except EnvironmentBuildError as error:
+            raise _ClientError(f"pip install -r requirements.txt failed: {error}") from error
+        job.environment = built
+        return str(built.python)
 
     # -- execution --------------------------------------------------------------------------
 
@@ -582,7 +542,8 @@ class LocalTrainingRunner:
         }
         # What the container gets, and nothing of the stack's or the client's environment (no KAOS_*, no home
         # with other users' keys): the image's basics, the SageMaker variables and the execution role's keys.
-        env = container_base_environment(job.root / "home")
+        assert job.environment is not None  # _prepare_code built it
+        env = container_base_environment(job.root / "home", job.environment.python)
         env.update({
             "PYTHONUNBUFFERED": "1",
             "AWS_ENDPOINT_URL": self.endpoint_url,

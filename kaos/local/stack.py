@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import secrets
 import select
 import signal
@@ -59,13 +57,11 @@ def default_state_dir() -> Path:
 
 
 def local_environment_image() -> str:
-    """The environment id offline: the interpreter and every installed package version, hashed.
+    """The default training image offline is the one on AWS (the catalogue's default for this region): the runner
+    builds that image's environment (kaos.local.environments), so a job's fingerprint is the same in both places."""
+    from cdk.constants import default_training_image
 
-    On AWS it is the training image URI; here training runs on this interpreter, so this is what decides
-    whether a job is reproducible."""
-    packages = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in importlib.metadata.distributions())
-    digest = hashlib.sha256("\n".join([sys.executable, platform.python_version(), *packages]).encode()).hexdigest()
-    return f"kaos-local/python:{platform.python_version()}-{digest[:16]}"
+    return default_training_image(REGION)
 
 
 FUNCTION_TYPES = ("AWS::Lambda::Function", "AWS::Serverless::Function")
