@@ -200,6 +200,12 @@ def job_logs(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
     return WIRING.job_logs.read(workspace.name, job, _query("next"), int(_query("limit") or 1000))
 
 
+@route("/workspaces/{workspace}/jobs/{job}/metrics", "GET")
+def job_metrics(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
+    limit = _query("limit")
+    return WIRING.job_metrics.page(workspace.name, job, _query("metric"), _query("next"), int(limit) if limit else None)
+
+
 @route("/workspaces/{workspace}/jobs/{job}/files", "GET")
 def job_files(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
     return WIRING.downloads.files(workspace.name, job, _query("what"))

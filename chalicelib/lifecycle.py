@@ -45,13 +45,14 @@ class Jobs:
         settings = self._settings
         return settings.batch_state_machine_arn if kind == "batch" else settings.training_state_machine_arn
 
-    def register(self, spec: JobSpec, incarnation: str, user: str, sources: dict[str, Any]) -> tuple[Job, bool]:
+    def register(self, spec: JobSpec, incarnation: str, user: str, sources: dict[str, Any],
+                 hyperparameters: dict[str, Any] | None = None) -> tuple[Job, bool]:
         """The job row for these inputs, written once (the fingerprint is the identity), with its input
         provenance. Conflict if the workspace is no longer `incarnation`."""
         at = now()
         job = Job(spec.workspace, spec.job_id, spec.fingerprint, spec.kind, "SUBMITTED", spec.document(), at, user,
                   at, execution_arn=execution_arn_for(self.state_machine(spec.kind), spec.job_id),
-                  history=[{"status": "SUBMITTED", "at": at}], sources=sources)
+                  history=[{"status": "SUBMITTED", "at": at}], sources=sources, hyperparameters=hyperparameters)
         stored, created = self.repository.create(job, incarnation)
         if created or stored.status == "SUBMITTED":
             # Also on a retry of a submission that wrote the row and failed before this point; cache hits of

@@ -21,6 +21,7 @@ from chalicelib.domain import Manifest, attempt_name, hyperparameters
 from chalicelib.errors import InputInvalid, KaosError
 from chalicelib.lifecycle import Jobs, job_prefix
 from chalicelib.logs import JobLogs
+from chalicelib.metrics import Extractor, parse_definitions, series_key
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import TERMINAL, Job, describe
 from chalicelib.repositories.workspaces import IncarnationGone, WorkspaceRepository
@@ -59,7 +60,10 @@ class TrainingPipeline:
             raise InputInvalid(f"job {job_id} is already {job.status}")
         spec = job.spec
         code_uri, manifest = self._snapshots.sourcedir(workspace, spec["code"])
-        entry = self._entry_point(workspace, manifest)
+        train = self._train_config(workspace, manifest)
+        entry = self._entry_point(manifest, train)
+        # SageMaker publishes these as CloudWatch metrics; Record extracts the same from the log (chalicelib.metrics).
+        definitions = [d.as_sagemaker() for d in parse_definitions(train.get("metric_definitions"))]
         channels = [
             {
                 "ChannelName": channel,
@@ -78,7 +82,8 @@ class TrainingPipeline:
         name = attempt_name(job_id, job.attempt)
         request = {
             "TrainingJobName": name,
-            "AlgorithmSpecification": {"TrainingImage": spec["environment"], "TrainingInputMode": "File"},
+            "AlgorithmSpecification": {"TrainingImage": spec["environment"], "TrainingInputMode": "File",
+                                       **({"MetricDefinitions": definitions} if definitions else {})},
             # The workspace incarnation's own role: the job's code reaches only its workspace (tenancy.py).
             "RoleArn": role_arn(self._settings.workspace_role_prefix, workspace, str(spec.get("incarnation", ""))),
             "HyperParameters": hps,
@@ -95,20 +100,26 @@ class TrainingPipeline:
         lineage_events.started(job, self._settings)
         return {"training": request}
 
-    def _entry_point(self, workspace: str, manifest: Manifest) -> str:
+    def _train_config(self, workspace: str, manifest: Manifest) -> dict[str, Any]:
+        """The [train] table of the code's kaos.toml ({} without one)."""
+        files = {f.path: f for f in manifest.files}
+        if CONFIG_FILE not in files:
+            return {}
+        try:
+            config_doc = tomllib.loads(self._store.get_bytes(blob_key(workspace, files[CONFIG_FILE].sha256)).decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputInvalid(f"code: {CONFIG_FILE} is not valid TOML ({exc})") from None
+        train = config_doc.get("train", {})
+        return train if isinstance(train, dict) else {}
+
+    def _entry_point(self, manifest: Manifest, train: dict[str, Any]) -> str:
         """`entry_point` from the code's kaos.toml ([train] table), else the first default that exists."""
         files = {f.path: f for f in manifest.files}
-        if CONFIG_FILE in files:
-            try:
-                config_doc = tomllib.loads(self._store.get_bytes(blob_key(workspace, files[CONFIG_FILE].sha256))
-                                          .decode())
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise InputInvalid(f"code: {CONFIG_FILE} is not valid TOML ({exc})") from None
-            entry = config_doc.get("train", {}).get("entry_point")
-            if entry is not None:
-                if not isinstance(entry, str) or entry not in files:
-                    raise InputInvalid(f"code: {CONFIG_FILE} names entry_point {entry!r}, which is not in the code")
-                return entry
+        entry = train.get("entry_point")
+        if entry is not None:
+            if not isinstance(entry, str) or entry not in files:
+                raise InputInvalid(f"code: {CONFIG_FILE} names entry_point {entry!r}, which is not in the code")
+            return entry
         found = next((e for e in DEFAULT_ENTRY_POINTS if e in files), None)
         if found is None:
             raise InputInvalid(f"code: no entry point found; add one of {', '.join(DEFAULT_ENTRY_POINTS)} "
@@ -124,12 +135,14 @@ class TrainingPipeline:
             return job
         if not self._workspaces.alive(workspace, job.spec.get("incarnation")):
             return {**describe(job), "dropped": True}
+        series = self._series(workspace, job)
         try:
             if outcome == "Completed":
-                described = self._record_model(workspace, job, detail, since)
+                described = self._record_model(workspace, job, detail, since, series.summary())
             else:
                 self._jobs.finish(job, "FAILED", failure_reason=failure_reason(detail), ended_at=now(),
-                                  usage=cost.recorded_usage(job.usage, detail, since))
+                                  usage=cost.recorded_usage(job.usage, detail, since),
+                                  metric_series=series.summary() or None)
                 lineage_events.ended(job, self._settings)
                 described = describe(job)
         except IncarnationGone:  # killed while recording: nothing of it stays
@@ -139,11 +152,31 @@ class TrainingPipeline:
         if job.training_job_name is not None:
             try:
                 self._logs().archive(f"{job.training_job_name}/", job_prefix(workspace, job.job_id) + "log.txt")
+                if series.summary():
+                    self._store.put_json(series_key(workspace, job.job_id), series.document())
             except KaosError:
                 log.exception("could not archive the log of job %s", job_id)
         return described
 
-    def _record_model(self, workspace: str, job: Job, training: dict[str, Any], since: float) -> dict[str, Any]:
+    def _series(self, workspace: str, job: Job) -> Extractor:
+        """Every metric the job logged over time (chalicelib.metrics), read from its log BEFORE the fenced end so
+        the summary is part of that write. A log or kaos.toml that cannot be read loses the series, never the
+        outcome (Prepare refused a bad kaos.toml already, for the jobs that got as far as running)."""
+        if job.training_job_name is None:
+            return Extractor()
+        try:
+            manifest = self._snapshots.manifest(workspace, job.spec["code"])
+            extractor = Extractor(parse_definitions(self._train_config(workspace, manifest).get("metric_definitions")))
+            for message in self._logs().reader.messages(f"{job.training_job_name}/"):
+                for line in message.splitlines():
+                    extractor.feed(line)
+        except KaosError:
+            log.exception("could not read the metrics logged by job %s", job.job_id)
+            return Extractor()
+        return extractor
+
+    def _record_model(self, workspace: str, job: Job, training: dict[str, Any], since: float,
+                      series: dict[str, Any]) -> dict[str, Any]:
         uri = str(training.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""))
         prefix = f"s3://{self._store.bucket}/"
         if not uri.startswith(prefix):
@@ -163,7 +196,7 @@ class TrainingPipeline:
         self._provenance.add_edge(workspace, f"job:{job.job_id}", "produced", model_node, at)
         try:
             self._jobs.finish(job, "COMPLETED", model_uri=uri, metrics=metrics, ended_at=at,
-                              usage=cost.recorded_usage(job.usage, training, since))
+                              usage=cost.recorded_usage(job.usage, training, since), metric_series=series or None)
         except IncarnationGone:
             self._jobs.retract_produced(workspace, job.job_id, model_node, node=True)
             raise

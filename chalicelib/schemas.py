@@ -181,6 +181,14 @@ class RouteSpec:
         return {name: PATH_PARAMS[name] for name in names}
 
 
+METRICS = _object({
+    "job": JOB_ID, "status": {"type": "string"},
+    "summary": {"type": "object", "additionalProperties": _object(
+        {k: {"type": "number"} for k in ("min", "max", "last", "count", "last_step")},
+        ["min", "max", "last", "count", "last_step"])},
+    "points": {"type": "array", "items": _object({"metric": {"type": "string"}, "step": {"type": "number"},
+                                                  "value": {"type": "number"}}, ["metric", "step", "value"])},
+    "next": NULLABLE_STRING}, ["job", "status", "summary", "points", "next"])
 GRID_ID = {"type": "string", "pattern": "^grid-[0-9a-f]{24}$", "description": "a grid id such as grid-<24 hex>"}
 PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID, "grid": GRID_ID, "snapshot": SHA256}
 # --- serving and the model registry (chalicelib/serving.py, chalicelib/registry.py) ---------------------------------
@@ -278,6 +286,11 @@ ROUTES = [
                }, ["original", "reproduction", "identical"])}}, errors=(400, 403, 404, 409)),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/logs", "GET", "Read a job's training log", 200, LOGS,
               query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
+    # Metrics logged over time (chalicelib/metrics.py).
+    RouteSpec("/workspaces/{workspace}/jobs/{job}/metrics", "GET",
+              "Metrics a job logged over time: each one's min/max/last and a page of its points", 200, METRICS,
+              query={"metric": {"type": "string", "minLength": 1, "maxLength": 255}, "next": DIGITS,
+                     "limit": {**DIGITS, "description": "points per page, 1 to 10000 (default 1000)"}}),
     RouteSpec("/workspaces/{workspace}/jobs/{job}/files", "GET",
               "Presigned download URLs of a job's code, data and model, and its params", 200, JOB_FILES,
               query={"what": {"type": "string", "enum": ["code", "data", "params", "model"],

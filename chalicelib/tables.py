@@ -140,6 +140,10 @@ class JobItem(_Item):
     metrics: JSONAttribute = JSONAttribute(null=True)
     failure_reason = UnicodeAttribute(null=True)
     model_uri = UnicodeAttribute(null=True)
+    # The params' values (the snapshot `spec.params` names holds them) and the summary of each metric logged over
+    # time (chalicelib/metrics.py): a runs table shows both for hundreds of jobs without a read per job.
+    hyperparameters: JSONAttribute = JSONAttribute(null=True)
+    metric_series: JSONAttribute = JSONAttribute(null=True)
     history: JSONAttribute = JSONAttribute(null=True)
     attempt = NumberAttribute(default=1)
     attempts: JSONAttribute = JSONAttribute(null=True)

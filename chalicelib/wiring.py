@@ -29,6 +29,7 @@ from chalicelib.downloads import Downloads
 from chalicelib.grids import Grids
 from chalicelib.lifecycle import JobLogPages, Jobs
 from chalicelib.logs import JobLogs
+from chalicelib.metrics import JobMetrics
 from chalicelib.pipeline import TrainingPipeline
 from chalicelib.provenance import Provenance
 from chalicelib.registry import Registry
@@ -148,6 +149,10 @@ class Wiring:
     @functools.cached_property
     def job_logs(self) -> JobLogPages:
         return JobLogPages(repository=self.repositories.jobs, logs=self.training_logs)
+
+    @functools.cached_property
+    def job_metrics(self) -> JobMetrics:
+        return JobMetrics(store=self.store, repository=self.repositories.jobs)
 
     @functools.cached_property
     def training(self) -> Training:

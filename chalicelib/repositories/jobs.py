@@ -51,6 +51,8 @@ class Job:
     metrics: dict[str, Any] | None = None
     failure_reason: str | None = None
     model_uri: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    metric_series: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     attempt: int = 1
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +63,7 @@ class Job:
 
 # What a status change may set besides the status (None removes the attribute).
 CHANGEABLE = frozenset({"execution_arn", "training_job_name", "started_at", "ended_at", "metrics", "failure_reason",
+                        "metric_series",
                         "model_uri", "attempt", "attempts", "usage"})
 
 
@@ -122,6 +125,7 @@ def describe(job: Job) -> dict[str, Any]:
         "created_at": job.created_at, "updated_at": job.updated_at,
         "started_at": job.started_at, "ended_at": job.ended_at,
         "metrics": job.metrics or {}, "failure_reason": job.failure_reason, "model": job.model_uri,
+        "hyperparameters": job.hyperparameters, "metric_series": job.metric_series or {},
         "training_job_name": job.training_job_name, "execution": job.execution_arn,
         "history": job.history, "attempt": job.attempt, "attempts": job.attempts, "sources": job.sources,
         "cost": job_cost(kind=job.kind, status=job.status, resources=spec["resources"], inputs=2 + len(spec["data"]),
