@@ -1,0 +1,118 @@
+"""Offline jobs run in their image's environment (issue 10): the image's packages, the job's requirements.txt, nothing
+of kaos; a cache hit when nothing changed; a fidelity warning for every difference from the image.
+
+Runner-level (tests/test_sagemaker_runner.py style): the emulator runs CreateTrainingJob / SubmitJob requests naming a
+catalogue image. The environments come from the session's shared cache (tests/conftest.py): the scikit-learn image's
+is the stack's default image too, so one cold build (from the package registry) serves the whole suite.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib import environments as catalogue
+from chalicelib.domain import JobSpec, Resources
+from kaos.local.emulator import Emulator
+from kaos.local.environments import Environments, closest_version, default_cache_dir
+from tests.test_sagemaker_runner import BUCKET, ROLE, upload_source, wait_for
+
+SKLEARN = catalogue.lookup("sklearn").image_uri("us-east-1")
+
+
+def train(emulator: Emulator, name: str, files: dict[str, str], image: str = SKLEARN) -> dict[str, Any]:
+    source = upload_source(emulator, files, f"code/{name}.tar.gz")
+    emulator.client("sagemaker").create_training_job(
+        TrainingJobName=name, RoleArn=ROLE,
+        HyperParameters={"sagemaker_program": '"train.py"', "sagemaker_submit_directory": f'"{source}"'},
+        AlgorithmSpecification={"TrainingImage": image, "TrainingInputMode": "File"},
+        InputDataConfig=[{"ChannelName": "training", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
+        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/out"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        StoppingCondition={"MaxRuntimeInSeconds": 600},
+    )
+    return wait_for(emulator, name, {"Completed", "Failed"}, timeout=600)
+
+
+def log_of(emulator: Emulator, name: str) -> str:
+    return (emulator.training_runner.job_dir(name) / "log.txt").read_text()
+
+
+def test_the_image_packages_are_there_and_kaos_is_not(emulator: Emulator) -> None:
+    # The scikit-learn image has pandas (kaos does not); moto is kaos's alone, and fails as it would on AWS.
+    script = ("import pandas, sklearn\nprint('pandas', pandas.__version__, 'sklearn', sklearn.__version__)\n"
+              "try:\n    import moto\nexcept ImportError:\n    print('no moto')\n")
+    described = train(emulator, "env-pandas", {"train.py": script})
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    log = log_of(emulator, "env-pandas")
+    pins = dict(catalogue.lookup("sklearn").offline_pins)
+    assert f"sklearn {pins['scikit-learn'].removeprefix('==')}" in log
+    assert "no moto" in log
+    # The record's source: the Training transition names the environment, and the Python difference.
+    training = next(t for t in described["SecondaryStatusTransitions"] if t["Status"] == "Training")
+    assert f"Environment {emulator.training_runner.environment_id('env-pandas')}" in training["StatusMessage"]
+    assert "Python 3.10 in the image, 3.11" in training["StatusMessage"]
+
+
+def test_requirements_give_a_new_environment_then_a_cache_hit(emulator: Emulator) -> None:
+    runner = emulator.training_runner
+    files = {"train.py": "import six\nprint('six', six.__version__)\n", "requirements.txt": "six==1.16.0\n"}
+    first = train(emulator, "env-req-1", files)
+    assert first["TrainingJobStatus"] == "Completed", first.get("FailureReason")
+    assert "six 1.16.0" in log_of(emulator, "env-req-1")
+    with_requirements = runner.environment_id("env-req-1")
+    plain = train(emulator, "env-plain", {"train.py": "print('plain')\n"})
+    assert plain["TrainingJobStatus"] == "Completed"
+    assert runner.environment_id("env-plain") != with_requirements
+
+    built = runner.environments.cache_dir / f"env-{with_requirements}" / "kaos-environment.json"
+    before = built.stat().st_mtime_ns
+    again = train(emulator, "env-req-2", files)
+    assert again["TrainingJobStatus"] == "Completed"
+    assert runner.environment_id("env-req-2") == with_requirements
+    assert built.stat().st_mtime_ns == before  # not rebuilt
+    assert "Building the environment" not in log_of(emulator, "env-req-2")
+
+
+def test_a_failed_build_fails_the_job_with_pips_message(emulator: Emulator) -> None:
+    files = {"train.py": "print('never')\n", "requirements.txt": "kaos-no-such-package-anywhere==0.0.1\n"}
+    described = train(emulator, "env-bad", files)
+    assert described["TrainingJobStatus"] == "Failed"
+    assert "No matching distribution found for kaos-no-such-package-anywhere" in str(described["FailureReason"])
+
+
+def test_an_unmet_pin_takes_the_closest_release_with_a_warning(tmp_path: Path) -> None:
+    # scikit-learn 1.2-1's image pins pandas 1.1.3, which has no wheel for this machine's Python.
+    entry = catalogue.lookup("sklearn", "1.2-1")
+    assert ("pandas", "==1.1.3") in entry.offline_pins
+    assert closest_version("1.1.3", ["1.0.5", "1.5.0", "1.5.3", "2.0.0rc1", "2.3.3"]) == "1.5.0"
+    assert closest_version("9.0", ["1.0", "2.0"]) == "2.0"
+    built = Environments(default_cache_dir()).ensure(entry.image_uri("eu-west-1"))
+    assert any(w.startswith("pandas==1.1.3 (the image's) has no wheel") for w in built.warnings), built.warnings
+    assert "Python 3.9 in the image, 3.11" in " ".join(built.warnings)
+
+
+def test_an_image_outside_the_catalogue_is_said(emulator: Emulator) -> None:
+    built = emulator.batch_runner.environments.ensure("example.com/custom:1")
+    assert "not in kaos's image catalogue" in built.warnings[0]
+    assert not list((built.python.parent.parent / "lib").glob("python*/site-packages/moto"))
+
+
+def test_an_environment_change_is_a_new_fingerprint() -> None:
+    def spec(image: str) -> JobSpec:
+        return JobSpec(workspace="w", incarnation="1", kind="train", code="c" * 64, data=(("training", "d" * 64),),
+                       params="p" * 64, environment=image,
+                       resources=Resources(instance_type="ml.m5.large", instance_count=1, volume_gb=30,
+                                           max_runtime_seconds=60))
+    old, new = (catalogue.lookup("sklearn", v).image_uri("us-east-1") for v in ("1.2-1", "1.4-2"))
+    assert spec(old).fingerprint != spec(new).fingerprint
+    assert spec(new).fingerprint == spec(catalogue.lookup("sklearn").image_uri("us-east-1")).fingerprint
+
+
+@pytest.mark.parametrize("framework", ["sklearn", "pytorch", "python"])
+def test_every_framework_has_a_default_image(framework: str) -> None:
+    entry = catalogue.lookup(framework)
+    assert entry.python is not None and tuple(map(int, entry.python.split("."))) <= (3, 11)
+    assert catalogue.entry_for_image(entry.image_uri("us-east-1")) == entry
