@@ -222,17 +222,18 @@ class Client:
 
     # jobs
     def submit(self, workspace: str, code: str | None, data: dict[str, str] | None, params: dict[str, Any] | None,
-               resources: dict[str, Any] | None = None) -> Any:
+               resources: dict[str, Any] | None = None, framework: str | None = None) -> Any:
         """Any of code, data and params may be None: the workspace's latest of that kind is used."""
-        body = {k: v for k, v in (("code", code), ("data", data), ("params", params), ("resources", resources))
-                if v}
+        body = {k: v for k, v in (("code", code), ("data", data), ("params", params), ("resources", resources),
+                                  ("framework", framework)) if v}
         if params == {}:
             body["params"] = {}
         return self.request("POST", f"/workspaces/{workspace}/jobs", body)
 
     def submit_grid(self, workspace: str, code: str | None, data: dict[str, str] | None, params: dict[str, Any],
-                    resources: dict[str, Any] | None, parallelism: int) -> Any:
-        body = {k: v for k, v in (("code", code), ("data", data), ("resources", resources)) if v}
+                    resources: dict[str, Any] | None, parallelism: int, framework: str | None = None) -> Any:
+        body = {k: v for k, v in (("code", code), ("data", data), ("resources", resources), ("framework", framework))
+                if v}
         return self.request("POST", f"/workspaces/{workspace}/grids",
                             {**body, "params": params, "parallelism": parallelism})
 

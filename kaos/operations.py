@@ -126,11 +126,24 @@ def check_deploy(source: Path | None, data: list[str], manifests: list[str], par
 
 
 def submit(client: Client, workspace: str, code: str | None, data: dict[str, str] | None,
-           params: dict[str, Any] | None, resources: dict[str, Any], parallelism: int) -> dict[str, Any]:
+           params: dict[str, Any] | None, resources: dict[str, Any], parallelism: int,
+           framework: str | None = None) -> dict[str, Any]:
     """One job, or a grid when a param is a list; the answer carries `grid: True` for a grid."""
     if params is not None and is_grid(params):
-        return {**client.submit_grid(workspace, code, data, params, resources, parallelism), "grid": True}
-    return {**client.submit(workspace, code, data, params, resources), "grid": False}
+        return {**client.submit_grid(workspace, code, data, params, resources, parallelism, framework), "grid": True}
+    return {**client.submit(workspace, code, data, params, resources, framework), "grid": False}
+
+
+def code_framework(code: Path | None) -> str | None:
+    """`framework[:framework_version]` of the code's kaos.toml [train] (the image the job runs in), if it names one."""
+    config = code / CODE_CONFIG if code is not None else None
+    if config is None or not config.is_file():
+        return None
+    train = tomllib.loads(config.read_text()).get("train", {})
+    name, version = train.get("framework"), train.get("framework_version")
+    if name is None:
+        return None
+    return f"{name}:{version}" if version else str(name)
 
 
 def commit_remote(client: Client, workspace: str, entries: list[dict[str, Any]]) -> str:

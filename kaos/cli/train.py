@@ -59,6 +59,10 @@ def train_deploy(
     max_runtime: int | None = typer.Option(None, "--max-runtime", min=1,
                                            help="Stop the training after this many seconds."),
     instance_type: str | None = typer.Option(None, "--instance-type", help="SageMaker instance type (ml.*)."),
+    framework: str | None = typer.Option(None, "--framework",
+                                         help="The image: FRAMEWORK[:VERSION] of the catalogue, e.g. sklearn:1.2-1 "
+                                              "(default: kaos.toml [train] framework/framework_version, else the "
+                                              "deployment's image; docs/environments.md)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Snapshot what you give (uploading only new bytes), reuse the latest of the rest, and train."""
@@ -70,7 +74,8 @@ def train_deploy(
     snapshots |= {name: upload(api, ws, "data", path, f"-d {name}") for name, path in inputs.folders.items()}
     snapshots |= {name: ops.commit_remote(api, ws, entries) for name, entries in inputs.remote.items()}
     resources = {k: v for k, v in (("max_runtime_seconds", max_runtime), ("instance_type", instance_type)) if v}
-    submitted = ops.submit(api, ws, code, snapshots or None, inputs.params, resources, parallelism)
+    submitted = ops.submit(api, ws, code, snapshots or None, inputs.params, resources, parallelism,
+                           framework or ops.code_framework(source))
     if submitted["grid"]:
         return _deployed_grid(api, ws, submitted, wait, as_json)
     return _deployed_job(api, ws, submitted, wait, as_json)
