@@ -214,7 +214,7 @@ def job_files(user: str, workspace: Workspace, job: str) -> dict[str, Any]:
 @route("/workspaces/{workspace}/lineage/{node}", "GET")
 def lineage(user: str, workspace: Workspace, node: str) -> dict[str, Any]:
     depth, limit = _query("depth"), _query("limit")
-    return WIRING.provenance.lineage(workspace.name, node, _query("direction") or "up",
+    return WIRING.costs.lineage(workspace.name, node, _query("direction") or "up",
                                      int(depth) if depth else None, int(limit) if limit else None, _query("cursor"))
 
 
@@ -316,3 +316,9 @@ def invoke_endpoint(user: str, workspace: Workspace, name: str) -> Response:
 @route("/workspaces/{workspace}/endpoints/{name}/logs", "GET")
 def endpoint_logs(user: str, workspace: Workspace, name: str) -> dict[str, Any]:
     return WIRING.endpoints.logs(workspace.name, name, _query("next"), int(_query("limit") or 1000))
+
+
+# --- cost (chalicelib/costs.py) -------------------------------------------------------------------------------------
+@route("/workspaces/{workspace}/cost", "GET")
+def workspace_cost(user: str, workspace: Workspace) -> dict[str, Any]:
+    return WIRING.costs.workspace(workspace.name, _query("since"))

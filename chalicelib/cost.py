@@ -206,7 +206,9 @@ def endpoint_cost(*, kind: str, instance_type: str | None, instance_count: int, 
     lines += [Line("API Gateway requests", requests, "request", p.unit["api_gateway_request"]),
               Line("Lambda requests", requests, "request", p.unit["lambda_request"])]
     unpriced = [str(instance_type)] if kind == "realtime" and instance_type not in p.hosting_hour else []
-    return _answer(lines, "measured", p, unpriced=unpriced)
+    # Instance-hours are the endpoint's lifetime; serverless inference is known only when the caller measured it.
+    basis = "elapsed" if kind == "realtime" or inference_seconds else "estimate"
+    return _answer(lines, basis, p, unpriced=unpriced)
 
 
 def _answer(lines: list[Line], basis: str, p: Prices, *, saved: float = 0.0,

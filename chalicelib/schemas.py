@@ -144,7 +144,9 @@ LINEAGE = _object({"root": {"type": "string"}, "direction": {"type": "string"},
                        {"source": {"type": "string"}, "rel": {"type": "string"}, "target": {"type": "string"}},
                        ["source", "rel", "target"])},
                    "next": {**NULLABLE_STRING, "description": "cursor of the next page (null: walk complete)"},
-                   "requests": {"type": "integer", "description": "DynamoDB requests this page cost"}},
+                   "requests": {"type": "integer", "description": "DynamoDB requests this page cost"},
+                   "cost_usd": {"type": "number", "description": "the cost of the page's job nodes (walking up "
+                                "from a model, complete: the model's rolled-up cost)"}},
                   ["root", "direction", "nodes", "edges"])
 MEMBERS = _object({"workspace": {"type": "string"}, "members": {"type": "array", "items": _object(
     {"user": {"type": "string"}, "role": {"type": "string"}, "added_at": TIMESTAMP}, ["user", "role"])}},
@@ -189,6 +191,21 @@ METRICS = _object({
     "points": {"type": "array", "items": _object({"metric": {"type": "string"}, "step": {"type": "number"},
                                                   "value": {"type": "number"}}, ["metric", "step", "value"])},
     "next": NULLABLE_STRING}, ["job", "status", "summary", "points", "next"])
+PRICED = {"usd": {"type": "number"}, "basis": {"type": "string", "enum": ["measured", "elapsed", "estimate"]}}
+COST = _object({
+    "workspace": {"type": "string"}, "since": NULLABLE_STRING, "currency": {"type": "string"},
+    "prices": {"type": "string"}, "total_usd": {"type": "number"},
+    "jobs": {"type": "array", "items": _object({"id": {"type": "string"}, "kind": {"type": "string"},
+                                                "status": {"type": "string"}, "created_at": TIMESTAMP, **PRICED},
+                                               ["id", "usd", "basis"])},
+    "models": {"type": "array", "items": _object({
+        "id": {"type": "string"}, "job": {"type": "string"}, "usd": {"type": "number"},
+        "rolled_up_usd": {"type": "number"}, "truncated": {"type": "boolean"},
+        "lineage": {"type": "array", "items": _object({"job": {"type": "string"}, "usd": {"type": "number"}},
+                                                      ["job", "usd"])}}, ["id", "usd", "rolled_up_usd"])},
+    "endpoints": {"type": "array", "items": _object({"name": {"type": "string"}, "kind": {"type": "string"},
+                                                     "status": {"type": "string"}, **PRICED}, ["name", "usd"])},
+}, ["workspace", "total_usd", "jobs", "models", "endpoints"])
 GRID_ID = {"type": "string", "pattern": "^grid-[0-9a-f]{24}$", "description": "a grid id such as grid-<24 hex>"}
 PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID, "grid": GRID_ID, "snapshot": SHA256}
 # --- serving and the model registry (chalicelib/serving.py, chalicelib/registry.py) ---------------------------------
@@ -363,6 +380,12 @@ ROUTES = [
     RouteSpec("/workspaces/{workspace}/incoming", "POST",
               "Presigned PUT URLs for files under ws/<ws>/incoming/ (upload straight to S3; with auto-retrain on, "
               "each upload window becomes one derived data snapshot and one job)", 200, INCOMING_URLS, INCOMING),
+    # Cost (chalicelib/cost.py, chalicelib/costs.py).
+    RouteSpec("/workspaces/{workspace}/cost", "GET",
+              "What the workspace's jobs, models (rolled up along their lineage) and endpoints cost, at AWS list "
+              "prices", 200, COST, query={"since": {"type": "string", "minLength": 10, "maxLength": 40,
+                                                    "description": "only jobs created since this ISO 8601 date or "
+                                                                   "date-time"}}),
 ]
 SPECS = {(r.path, r.method): r for r in ROUTES}
 

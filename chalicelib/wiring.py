@@ -25,6 +25,7 @@ from chalicelib.adapters import (
 )
 from chalicelib.batch import Batch, BatchPipeline
 from chalicelib.config import Settings
+from chalicelib.costs import Costs
 from chalicelib.downloads import Downloads
 from chalicelib.grids import Grids
 from chalicelib.lifecycle import JobLogPages, Jobs
@@ -190,6 +191,10 @@ class Wiring:
     def reproductions(self) -> Reproductions:
         return Reproductions(training=self.training, jobs=self.jobs, snapshots=self.snapshots,
                              provenance=self.provenance)
+
+    @functools.cached_property
+    def costs(self) -> Costs:
+        return Costs(jobs=self.repositories.jobs, provenance=self.provenance, endpoints=self.repositories.endpoints)
 
     @functools.cached_property
     def downloads(self) -> Downloads:

@@ -9,6 +9,10 @@ import pytest
 from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE
 from chalicelib import cost
 from chalicelib.cost import Prices
+from chalicelib.errors import ValidationFailed
+from chalicelib.wiring import Wiring
+from chalicelib.workspaces import now
+from tests.service_wiring import OWNER, services, snapshot, workspace  # noqa: F401
 
 PRICES = Prices(
     date="2026-12-01", region="us-east-1",
@@ -122,3 +126,47 @@ def test_the_repository_price_table_prices_the_default_instance_and_every_unit()
     assert DEFAULT_TRAINING_INSTANCE_TYPE in table.training_hour
     assert set(PRICES.unit) <= set(table.unit)
     assert table.region == "us-east-1" and table.date
+
+
+# --- the rollup along the lineage, through the services (in-memory repositories, moto in process) ----------------
+def _finish(wired: Wiring, ws: str, job_id: str, output: str, usage: dict[str, object]) -> None:
+    """What Record writes: the output node, the `produced` edge, the job's end with its measured usage."""
+    at = now()
+    wired.provenance.add_node(ws, output, output.split(":")[0], {}, at)
+    wired.provenance.add_edge(ws, f"job:{job_id}", "produced", output, at)
+    job = wired.repositories.jobs.get(ws, job_id)
+    wired.repositories.jobs.set_status(job, "COMPLETED", at, started_at="2026-12-01T10:00:00+00:00",
+                                          ended_at="2026-12-01T10:05:00+00:00", model_uri=output, usage=usage)
+
+
+def test_a_models_cost_rolls_up_the_jobs_along_its_lineage(services: Wiring) -> None:  # noqa: F811
+    found = workspace(services)
+    ws, incarnation = found.name, found.created_at
+    raw = snapshot(services, ws, "data", {"raw.csv": b"a\n1\n"})
+    code = snapshot(services, ws, "code", {"process.py": b"print(1)\n", "train.py": b"print(2)\n"})
+    batch, _ = services.batch.submit(ws, incarnation, OWNER, {"code": code, "data": raw})
+    clean = snapshot(services, ws, "data", {"clean.csv": b"a\n2\n"})
+    _finish(services, ws, batch["id"], f"snapshot:{clean}", {"lambda_ms": [100, 200]})
+    train, _ = services.training.submit(ws, incarnation, OWNER, {"code": code, "data": {"train": clean}})
+    _finish(services, ws, train["id"], f"model:{train['id']}", {"billable_seconds": 120, "lambda_ms": [50, 80]})
+    unrelated, _ = services.training.submit(ws, incarnation, OWNER, {"code": code, "data": {"train": raw}})
+
+    own = {j: services.jobs.get(ws, j)["cost"]["usd"] for j in (batch["id"], train["id"], unrelated["id"])}
+    answer = services.costs.workspace(ws, None)
+    (model,) = answer["models"]
+    assert model["id"] == f"model:{train['id']}" and model["usd"] == own[train["id"]]
+    assert model["rolled_up_usd"] == pytest.approx(own[train["id"]] + own[batch["id"]])
+    assert {entry["job"] for entry in model["lineage"]} == {train["id"], batch["id"]}
+    assert answer["total_usd"] == pytest.approx(sum(own.values()))
+    assert {row["id"]: row["basis"] for row in answer["jobs"]} == {
+        batch["id"]: "elapsed", train["id"]: "measured", unrelated["id"]: "estimate"}
+
+    lineage = services.costs.lineage(ws, f"model:{train['id']}", "up", None, None, None)
+    assert lineage["cost_usd"] == pytest.approx(model["rolled_up_usd"])
+    priced = {n["id"]: n["cost"]["usd"] for n in lineage["nodes"] if "cost" in n}
+    assert priced == {f"model:{train['id']}": own[train["id"]], f"job:{train['id']}": own[train["id"]],
+                      f"job:{batch['id']}": own[batch["id"]]}
+
+    assert services.costs.workspace(ws, "2999-01-01")["jobs"] == []
+    with pytest.raises(ValidationFailed, match="since"):
+        services.costs.workspace(ws, "last tuesday")
