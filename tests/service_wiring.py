@@ -38,6 +38,7 @@ def environment(**overrides: str) -> dict[str, str]:
         config.GRID_STATE_MACHINE_ARN: _state_machine(sfn, "grid"),
         config.BATCH_STATE_MACHINE_ARN: _state_machine(sfn, "batch"),
         config.RETRAIN_STATE_MACHINE_ARN: _state_machine(sfn, "retrain"),
+        config.DEPLOYMENT_STATE_MACHINE_ARN: _state_machine(sfn, "deployment"), config.ENDPOINT_POLL_SECONDS: "2",
         config.TRAINING_IMAGE: "kaos/train:1", config.TRAINING_INSTANCE_TYPE: "ml.m5.large",
         config.TRAINING_MAX_RUNTIME_SECONDS: "3600", config.TRAINING_LOG_GROUP: "/aws/sagemaker/TrainingJobs",
         config.TRAINING_LOG_GROUP_ARN: f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/TrainingJobs",
