@@ -269,6 +269,10 @@ class Client:
         return self.request("GET", f"/workspaces/{workspace}/lineage/{node}",
                             query={"direction": direction, "depth": depth, "limit": limit, "cursor": cursor})
 
+    def cost(self, workspace: str, since: str | None = None) -> Any:
+        """What the workspace's jobs, models (rolled up along their lineage) and endpoints cost."""
+        return self.request("GET", f"/workspaces/{workspace}/cost", query={"since": since})
+
     def impact(self, workspace: str, target: str) -> Any:
         """Jobs and models downstream of a data snapshot (snapshot:<id> or an id) or an s3:// object."""
         return self.request("GET", f"/workspaces/{workspace}/impact", query={"target": target})

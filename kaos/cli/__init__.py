@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from kaos.cli import batch, cloud, local, model, serve, train, workspace
-from kaos.cli import ui
+from kaos.cli import cost, ui
 from kaos.cli.common import describe, report
 from kaos.cli_templates import template_app
 
@@ -31,6 +31,7 @@ app.add_typer(cloud.app, name="cloud")
 app.add_typer(cloud.config_app, name="config")
 app.add_typer(template_app, name="template")
 app.command("ui")(ui.ui)
+app.command("cost")(cost.cost)
 
 
 def _version() -> str:

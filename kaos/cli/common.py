@@ -64,5 +64,10 @@ def workspace(name: str | None) -> str:
     return str(chosen)
 
 
+def offline() -> bool:
+    """Whether the CLI talks to the embedded stack (`kaos local up`), whose costs are estimates at AWS prices."""
+    return ClientConfig.load().target == "local"
+
+
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -128,6 +128,7 @@ def train_list(ws_option: str | None = WorkspaceOpt,
                since: str | None = typer.Option(None, "--since", help="Only jobs created since: an ISO date/time or "
                                                                       "a duration (30m, 2h, 7d)."),
                wide: bool = typer.Option(False, "--wide", help="More columns (kind, attempt)."),
+               cost: bool = typer.Option(False, "--cost", help="A cost column (USD at AWS list prices)."),
                as_json: bool = JsonOpt) -> None:
     """List the workspace's training and batch jobs, newest first, a page at a time."""
     ws = workspace(ws_option)
@@ -136,7 +137,7 @@ def train_list(ws_option: str | None = WorkspaceOpt,
     if as_json:
         return emit_json({"jobs": listed.jobs, "next": listed.next})
     # --wide: as wide as the table needs, whatever the terminal (for a pager or a file).
-    (Console(width=max(console.width, 240)) if wide else console).print(jobs_table(listed.jobs, wide))
+    (Console(width=max(console.width, 240)) if wide else console).print(jobs_table(listed.jobs, wide, cost))
     if listed.next:
         filters = "".join(f" {flag} {value}" for flag, value in (("--status", status), ("--since", since),
                                                                  ("--limit", limit if limit != 50 else None))

@@ -6,11 +6,23 @@ from typing import Any
 from rich.table import Table
 from rich.tree import Tree
 
-from kaos.cli.common import console
+from kaos.cli.common import console, offline
 
 
 def id_column(table: Table, header: str) -> None:
     table.add_column(header, no_wrap=True, overflow="ignore", min_width=10)
+
+
+def money(usd: float) -> str:
+    """Cents once there are any; a single job's pipeline costs fractions of a cent, shown to the micro-dollar."""
+    return f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.6f}"
+
+
+def cost_text(cost: dict[str, Any] | None, offline: bool) -> str:
+    """A cost and where its numbers come from. Offline, they are local run times priced as AWS would."""
+    if not cost:
+        return "-"
+    return f"{money(float(cost['usd']))} ({cost['basis']}{', estimated at AWS prices' if offline else ''})"
 
 
 def job_table(job: dict[str, Any]) -> Table:
@@ -36,6 +48,8 @@ def job_table(job: dict[str, Any]) -> Table:
     table.add_row("params" + origin("params"), job["inputs"]["params"])
     for name, value in sorted(job["metrics"].items()):
         table.add_row(f"metric:{name}", f"{value:.6g}")
+    if job.get("cost"):
+        table.add_row("cost", cost_text(job["cost"], offline()))
     return table
 
 
@@ -43,7 +57,7 @@ def print_job(job: dict[str, Any]) -> None:
     console.print(job_table(job))
 
 
-def jobs_table(jobs: list[dict[str, Any]], wide: bool) -> Table:
+def jobs_table(jobs: list[dict[str, Any]], wide: bool, cost: bool = False) -> Table:
     table = Table()
     id_column(table, "job")
     table.add_column("status", no_wrap=True)
@@ -52,10 +66,14 @@ def jobs_table(jobs: list[dict[str, Any]], wide: bool) -> Table:
         table.add_column("attempt", no_wrap=True)
     table.add_column("created", overflow="fold")
     table.add_column("metrics", overflow="fold")
+    if cost:
+        table.add_column("cost", overflow="fold")
+    local = offline() if cost else False
     for job in jobs:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(job["metrics"].items()))
         extra = [job.get("kind", ""), str(job.get("attempt", 1))] if wide else []
-        table.add_row(job["id"], job["status"], *extra, job["created_at"], metrics)
+        priced = [cost_text(job.get("cost"), local)] if cost else []
+        table.add_row(job["id"], job["status"], *extra, job["created_at"], metrics, *priced)
     return table
 
 

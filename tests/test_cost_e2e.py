@@ -1,0 +1,66 @@
+"""Cost end to end on the embedded stack, through the CLI and the API: a batch job makes data, a training job uses
+it; the finished training shows its cost from the billable seconds the emulator reported (as SageMaker reports
+them), and its model's rolled-up cost is the sum of the two jobs' costs along its lineage."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import Stack
+from .test_batch import upload, wait
+
+WS = "costs"
+TRAIN = """\
+import json, os, pathlib
+rows = (pathlib.Path(os.environ["SM_CHANNEL_TRAINING"]) / "rows.csv").read_text().splitlines()
+model = pathlib.Path(os.environ["SM_MODEL_DIR"])
+(model / "model.txt").write_text(str(len(rows)))
+(model / "metrics.json").write_text(json.dumps({"rows": len(rows)}))
+"""
+
+
+def test_a_finished_job_shows_its_cost_and_a_model_rolls_up_its_lineage(stack: Stack, tmp_path: Path) -> None:
+    stack.kaos("workspace", "create", WS)
+    data, code = tmp_path / "data", tmp_path / "code"
+    data.mkdir()
+    code.mkdir()
+    (data / "rows.csv").write_text("a\n1\n2\n")
+    (code / "train.py").write_text(TRAIN)
+    batch = json.loads(stack.kaos("batch", "deploy", "-w", WS, "-s", str(code), "-d", str(data), "--command",
+                                  "cp $KAOS_INPUT_DIR/rows.csv $KAOS_OUTPUT_DIR/", "--wait", "--json").stdout)
+    assert batch["status"] == "COMPLETED", batch
+    client = stack.client()
+    submitted = client.submit(WS, upload(client, WS, "code", code),
+                              {"training": batch["model"].removeprefix("snapshot:")}, {})
+    # Before it ends, the job answer is an estimate: the instance price times the max runtime.
+    assert submitted["cost"]["basis"] == "estimate" and submitted["cost"]["usd"] > 0
+    trained = wait(client, WS, submitted["id"])
+    assert trained["status"] == "COMPLETED", trained
+
+    job = stack.kaos_json("train", "info", "-w", WS, trained["id"])
+    cost = job["cost"]
+    assert cost["basis"] == "measured"
+    (training,) = [line for line in cost["lines"] if line["item"].startswith("SageMaker training ml.")]
+    # At least one billed second, and no more than the run took (the emulator times the local run).
+    assert 1 / 3600 <= training["quantity"] <= 300 / 3600 and training["usd"] > 0
+    assert cost["usd"] < submitted["cost"]["usd"]
+    batch_cost = client.job(WS, batch["id"])["cost"]
+    assert batch_cost["basis"] == "elapsed" and any(line["item"] == "Fargate vCPU" for line in batch_cost["lines"])
+
+    summed = stack.kaos_json("cost", WS)
+    (model,) = summed["models"]
+    assert model["id"] == f"model:{trained['id']}" and model["usd"] == cost["usd"]
+    assert {entry["job"] for entry in model["lineage"]} == {trained["id"], batch["id"]}
+    assert model["rolled_up_usd"] == pytest.approx(cost["usd"] + batch_cost["usd"], abs=1e-9)
+    assert summed["total_usd"] == pytest.approx(cost["usd"] + batch_cost["usd"], abs=1e-9)
+    # The lineage walk carries the same numbers on its nodes.
+    walk = client.lineage(WS, f"model:{trained['id']}", "up")
+    assert walk["cost_usd"] == pytest.approx(model["rolled_up_usd"], abs=1e-9)
+    assert {n["id"]: n["cost"]["usd"] for n in walk["nodes"] if n["type"] == "job"} == {
+        f"job:{trained['id']}": cost["usd"], f"job:{batch['id']}": batch_cost["usd"]}
+
+    # People read it offline as what AWS would bill.
+    assert "estimated at AWS prices" in stack.kaos("cost", WS).stdout
+    assert "estimated at AWS prices" in stack.kaos("train", "list", "-w", WS, "--cost").stdout
