@@ -16,9 +16,12 @@ from chalicelib import environments as catalogue
 from chalicelib.domain import JobSpec, Resources
 from kaos.local.emulator import Emulator
 from kaos.local.environments import Environments, closest_version, default_cache_dir
+from tests import test_sagemaker_runner
 from tests.test_sagemaker_runner import BUCKET, ROLE, upload_source, wait_for
 
 SKLEARN = catalogue.lookup("sklearn").image_uri("us-east-1")
+# The runner tests' emulator: a bucket with a training channel.
+emulator = test_sagemaker_runner.emulator
 
 
 def train(emulator: Emulator, name: str, files: dict[str, str], image: str = SKLEARN) -> dict[str, Any]:

@@ -7,7 +7,8 @@ pinned (chalicelib/environments.json cites each image's requirements file), then
 visible in it — once per (catalogue entry, requirements contents), in a cache shared by every stack of the machine:
 
 - ``<cache>/base-<id>/``: the image's pins alone (every job of that image without requirements runs here);
-- ``<cache>/env-<id>/``: a copy of the base with the job's requirements installed on top, like the image + pip -r.
+- ``<cache>/env-<id>/``: the job's requirements installed over the base (layered on its site-packages), like the
+  image + pip -r.
 
 A build happens in a temporary folder renamed into place (a crash leaves no half environment), under a file lock
 (threads of one stack and processes of several stacks wait for one builder, then all use its result). Where the
@@ -102,15 +103,19 @@ def closest_version(wanted: str, available: Sequence[str]) -> str | None:
     return newer[0] if newer else (older[-1] if older else None)
 
 
-def _packages(python: Path) -> list[str]:
-    """`name==version` of every distribution the interpreter sees, sorted (from the dist-info folders' names,
-    which the wheel spec normalizes)."""
-    found: set[str] = set()
-    for site in (python.parent.parent / "lib").glob("python*/site-packages"):
-        for dist in site.glob("*.dist-info"):
+def _site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def _packages(*layers: Path) -> list[str]:
+    """`name==version` of every distribution the interpreter of the first layer imports, sorted (from the dist-info
+    folders' names, which the wheel spec normalizes); an earlier layer shadows a later one, as on sys.path."""
+    found: dict[str, str] = {}
+    for venv in reversed(layers):
+        for dist in _site_packages(venv).glob("*.dist-info"):
             name, _, version = dist.name[: -len(".dist-info")].partition("-")
-            found.add(f"{name.lower().replace('_', '-')}=={version}")
-    return sorted(found)
+            found[name.lower().replace("_", "-")] = version
+    return sorted(f"{name}=={version}" for name, version in found.items())
 
 
 class Environments:
@@ -135,17 +140,20 @@ class Environments:
                 return built
             say(f"Building the environment of {entry.label} with requirements.txt ({len(lines)} lines)")
             tmp = self._fresh_tmp(target)
-            # A copy of the base, then pip -r on top: what the image plus the toolkit's requirements install does.
-            shutil.copytree(base.python.parent.parent, tmp, symlinks=True)
-            (tmp / MARKER).unlink()
-            text = "\n".join(lines) + "\n"
-            (tmp / "requirements.txt").write_text(text)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], check=True, capture_output=True)
+            image = base.python.parent.parent
+            # The image's packages under the job's, as the toolkit's pip -r installs over the image: the base's
+            # site-packages follow this one on sys.path (with their own .pth files), so a requirement pip finds
+            # satisfied there costs nothing, and one it upgrades lands here and shadows the image's.
+            (_site_packages(tmp) / "_kaos_image.pth").write_text(
+                f"import site; site.addsitedir({str(_site_packages(image))!r})\n")
+            (tmp / "requirements.txt").write_text("\n".join(lines) + "\n")
             try:
                 self._pip(tmp, ["-r", str(tmp / "requirements.txt")], say)
             except EnvironmentBuildError:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            return self._finish(tmp, target, environment_id, base.warnings)
+            return self._finish(tmp, target, environment_id, base.warnings, _packages(tmp, image))
 
     # -- the image's own packages ---------------------------------------------------------------
 
@@ -184,7 +192,7 @@ class Environments:
                     warnings.append(f"{name}=={wanted} (the image's) has no wheel for Python "
                                     f"{platform.python_version()}: {name}=={chosen} offline")
                     say(f"{name}=={wanted} is not available for this Python; retrying with {name}=={chosen}")
-            return self._finish(tmp, target, environment_id, tuple(warnings))
+            return self._finish(tmp, target, environment_id, tuple(warnings), _packages(tmp))
 
     @staticmethod
     def _substitute(message: str, pins: dict[str, str]) -> tuple[str, str, str] | None:
@@ -221,9 +229,8 @@ class Environments:
         shutil.rmtree(tmp, ignore_errors=True)
         return tmp
 
-    def _finish(self, tmp: Path, target: Path, environment_id: str,
-                warnings: Sequence[str]) -> BuiltEnvironment:
-        packages = _packages(tmp / "bin" / "python")
+    def _finish(self, tmp: Path, target: Path, environment_id: str, warnings: Sequence[str],
+                packages: list[str]) -> BuiltEnvironment:
         record = {"environment_id": environment_id,
                   "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest(),
                   "packages": packages, "warnings": list(warnings)}
