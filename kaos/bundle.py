@@ -3,7 +3,8 @@
 Two small caches under the user's kaos cache directory (KAOS_CACHE_DIR, default $KAOS_HOME/cache; both safe to
 delete, each written whole by an atomic rename, last writer wins):
 * `hashes.json`, like git's index: a file whose (size, mtime, ctime, inode) are unchanged is not hashed again. As
-  in git, an entry written while the file could still change within the clock's granularity ("racy") is not kept.
+  in git, a digest taken while the file could still change without its mtime moving (modified within the last
+  RACY_SECONDS: coarse file system clocks) is not kept.
   A stale digest cannot store wrong bytes: S3 refuses a blob whose bytes do not hash to its name.
 * `committed.json`: the snapshot ids committed per API endpoint and workspace, so an unchanged input is named by
   its id (one small lookup) instead of resent as a manifest.
@@ -141,7 +142,7 @@ class HashCache:
         return stamp, entry[4] if isinstance(entry, list) and entry[:4] == stamp else None
 
     def keep(self, real: Path, stamp: list[Any], digest: str) -> None:
-        if time.time_ns() - max(stamp[1], stamp[2]) > RACY_SECONDS * 1e9:
+        if time.time_ns() - stamp[1] > RACY_SECONDS * 1e9:
             self.used[str(real)] = [*stamp, digest]
 
     def save(self) -> None:

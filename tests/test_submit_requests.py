@@ -1,0 +1,227 @@
+"""What a snapshot commit costs in requests (issue 14 item 1): an unchanged resubmit of a 1,001-file bundle makes at
+most 3 API requests and no S3 request per file.
+
+* Service level: `Snapshots` over the real DynamoDB repository and S3 adapter (moto in process), every AWS request
+  counted where botocore sends it (`BaseClient._make_api_call`, which pynamodb uses too).
+* Client level, on the embedded stack: every HTTP request the client process sends (API or presigned S3), counted
+  at requests' transport (`Session.send`).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.client
+import pytest
+import requests
+
+from chalicelib import limits
+from chalicelib.adapters import ObjectStore, WebFiles
+from chalicelib.blobs import blob_key
+from chalicelib.domain import sha256_hex
+from chalicelib.errors import ChecksumMismatch
+from chalicelib.repositories.snapshots import DynamoSnapshots
+from chalicelib.snapshots import Snapshots
+from kaos.bundle import HashCache, hash_files, scan
+from kaos.local import patches_s3
+from tests.conftest import Stack
+from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
+
+N = 1_001
+BUCKET = "kaos-requests"
+USER = "arn:aws:iam::123456789012:user/dev"
+
+
+class AwsCalls:
+    """Every botocore request of this process, as (service, operation)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: Counter[tuple[str, str]] = Counter()
+        send = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]  # botocore is untyped here
+
+        def counted(client: Any, operation: str, params: Any) -> Any:
+            self.seen[(client.meta.service_model.service_name, operation)] += 1
+            return send(client, operation, params)
+
+        monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+
+    def take(self) -> dict[str, int]:
+        taken = {f"{service}:{op}": count for (service, op), count in sorted(self.seen.items())}
+        self.seen.clear()
+        return taken
+
+
+@pytest.fixture
+def snapshots(dynamo_table: str) -> Iterator[Snapshots]:  # noqa: F811
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    patches_s3.apply()  # S3 keeps the SHA-256 a PUT sends, as the embedded stack's S3 does
+    try:
+        yield Snapshots(store=ObjectStore(s3, BUCKET), repository=DynamoSnapshots(), web=WebFiles())
+    finally:
+        patches_s3.remove()
+
+
+def bundle(n: int = N, changed: int | None = None) -> dict[str, bytes]:
+    return {f"src/m{i:04}.py": f"x = {i if i != changed else -i}\n".encode() for i in range(n)}
+
+
+def manifest(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    return [{"path": p, "sha256": sha256_hex(b), "size": len(b)} for p, b in files.items()]
+
+
+def upload(snapshots: Snapshots, ws: str, files: dict[str, bytes], digests: list[str]) -> None:
+    """What the client's presigned PUTs store (S3 checksums each one)."""
+    bodies = {sha256_hex(b): b for b in files.values()}
+    for digest in digests:
+        snapshots.store.put_bytes(blob_key(ws, digest), bodies[digest], sha256_hex=digest, if_absent=True)
+
+
+def commit(snapshots: Snapshots, ws: str, files: dict[str, bytes], aws: AwsCalls) -> tuple[dict[str, int], ...]:
+    """Commits as the client does (commit, upload what is missing, complete, ...); the AWS calls of each API
+    request (the uploads are the client's, not counted)."""
+    costs = []
+    answer, _ = snapshots.commit(ws, "code", manifest(files), USER)
+    costs.append(aws.take())
+    while answer["status"] == "pending":
+        upload(snapshots, ws, files, [m["sha256"] for m in answer["missing"]])
+        aws.take()
+        answer, _ = snapshots.complete(ws, answer["id"], USER)
+        costs.append(aws.take())
+    return tuple(costs)
+
+
+def test_commit_requests_grow_with_what_changed_not_with_the_bundle(
+        snapshots: Snapshots, monkeypatch: pytest.MonkeyPatch) -> None:
+    """f(n, k) on n = 130 files with pages of 100 URLs (1,000 in production): the same arithmetic, 10x faster."""
+    monkeypatch.setattr(limits, "MAX_BLOBS_PER_REQUEST", 100)
+    aws = AwsCalls(monkeypatch)
+    new = commit(snapshots, "ws-a", bundle(130), aws)
+    # New bundle: the manifest, 2 index reads, a HEAD per blob of the first page (absent: they get URLs), ...
+    assert new[0] == {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 1, "s3:HeadObject": 100, "s3:PutObject": 1}
+    # ... the next request verifies and indexes those 100 (4 BatchWriteItem) and finds the other 30 absent,
+    assert new[1] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 4, "dynamodb:GetItem": 1,
+                      "s3:GetObject": 1, "s3:HeadObject": 130}
+    # ... the last verifies them and records the snapshot (its row and the kind's latest pointer).
+    assert new[2] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 2, "dynamodb:GetItem": 1,
+                      "dynamodb:PutItem": 2, "s3:GetObject": 1, "s3:HeadObject": 30}
+
+    assert commit(snapshots, "ws-a", bundle(130), aws) == ({"dynamodb:GetItem": 1},)  # unchanged: one lookup
+
+    assert commit(snapshots, "ws-a", bundle(130, changed=7), aws) == (
+        {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 1, "s3:HeadObject": 1, "s3:PutObject": 1},
+        {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
+         "s3:GetObject": 1, "s3:HeadObject": 1},
+    )
+
+
+def test_a_1001_file_bundle_whose_blobs_are_indexed_costs_no_s3_request_per_file(
+        snapshots: Snapshots, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blobs are indexed as a first commit leaves them (the test above checks how); 2,002 requests to moto
+    to get there would cost this test 20 s."""
+    files = bundle()
+    snapshots.repository.put_blobs("ws-a", {sha256_hex(b): len(b) for b in files.values()}, "t0")
+    aws = AwsCalls(monkeypatch)
+    assert snapshots.commit("ws-a", "code", manifest(files), USER)[1] == 201
+    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
+                          "s3:PutObject": 1}
+    assert snapshots.commit("ws-a", "code", manifest(files), USER)[1] == 200
+    assert aws.take() == {"dynamodb:GetItem": 1}  # the same snapshot again: one lookup
+    renamed = {("lib/" + p if p.endswith("0007.py") else p): b for p, b in files.items()}
+    assert snapshots.commit("ws-a", "code", manifest(renamed), USER)[1] == 201
+    # A new manifest over indexed blobs: 11 index reads, the manifest object, the row and the latest pointer.
+    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
+                          "s3:PutObject": 1}
+    assert snapshots.commit("ws-a", "code", manifest(bundle(changed=7)), USER)[1] == 202
+    # One file changed: the same, plus one HEAD (its blob is absent: it gets an upload URL, no row is written yet).
+    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 1, "s3:HeadObject": 1,
+                          "s3:PutObject": 1}
+
+
+def test_another_workspaces_index_vouches_for_nothing(snapshots: Snapshots, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"a.py": b"a\n", "b.py": b"b\n"}
+    upload(snapshots, "ws-a", files, [sha256_hex(b) for b in files.values()])
+    assert snapshots.commit("ws-a", "code", manifest(files), USER)[1] == 201
+    pending, status = snapshots.commit("ws-b", "code", manifest(files), USER)
+    assert status == 202 and pending["missing_count"] == 2
+
+
+def test_a_blob_is_indexed_only_once_its_bytes_hash_to_its_name(snapshots: Snapshots) -> None:
+    good, bad = b"good\n", b"bad\n"
+    snapshots.store.put_bytes(blob_key("ws-a", sha256_hex(good)), good, sha256_hex=sha256_hex(good))
+    snapshots.store.put_bytes(blob_key("ws-a", sha256_hex(good + b"!")), bad)  # written without a checksum
+    files: list[dict[str, Any]] = [{"path": "good", "sha256": sha256_hex(good), "size": 5},
+             {"path": "bad", "sha256": sha256_hex(good + b"!"), "size": 4}]
+    with pytest.raises(ChecksumMismatch):
+        snapshots.commit("ws-a", "data", files, USER)
+    assert snapshots.repository.blobs("ws-a", [f["sha256"] for f in files]) == {}
+    assert snapshots.store.facts(blob_key("ws-a", sha256_hex(good + b"!"))) is None  # removed
+
+
+# --- the client, on the embedded stack ---------------------------------------------------------------------
+
+
+class HttpCalls:
+    """Every HTTP request this process sends through requests, as (method, API path or "s3")."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, api_url: str) -> None:
+        self.seen: Counter[str] = Counter()
+        send = requests.Session.send
+
+        def counted(session: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> Any:
+            url = request.url or ""
+            where = url[len(api_url):].split("?")[0] if url.startswith(api_url) else "s3"
+            self.seen[f"{request.method} {where}"] += 1
+            return send(session, request, **kwargs)
+
+        monkeypatch.setattr(requests.Session, "send", counted)
+
+
+@pytest.fixture
+def client_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("KAOS_CACHE_DIR", str(tmp_path / "cache"))
+    yield tmp_path / "cache"
+
+
+def test_an_unchanged_resubmit_makes_three_api_requests_and_no_upload(
+        stack: Stack, tmp_path: Path, client_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = stack.client()
+    client.create_workspace("requests")
+    code, data = tmp_path / "code", tmp_path / "data"
+    # 1,001 files of 10 distinct contents: a manifest of 1,001 entries, 10 blobs to upload the first time (the
+    # service test above counts what 1,001 distinct blobs cost the server).
+    sources = {f"src/m{i:04}.py": f"x = {i % 10}\n".encode() for i in range(N - 1)}
+    for root, files in ((code, sources), (data, {"train.csv": b"a,b\n1,2\n"})):
+        for path, body in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(body)
+    (code / "train.py").write_text("print('hi')\n")
+    old = os.stat(code).st_mtime - 60  # not "racy": the hash cache may keep them
+    for written in [*code.rglob("*"), *data.rglob("*")]:
+        os.utime(written, (old, old))
+
+    def deploy() -> dict[str, Any]:
+        cache = HashCache()
+        ids = {kind: client.upload_snapshot("requests", kind, hash_files(scan(root, kind), lambda _: None, cache),
+                                            lambda _: None)["id"] for kind, root in (("code", code), ("data", data))}
+        return dict(client.submit("requests", ids["code"], {"training": ids["data"]}, {"seed": 1}))
+
+    first = deploy()
+    calls = HttpCalls(monkeypatch, client.base)
+    hashed = Counter[str]()
+    reads = Path.open
+
+    def counted_open(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if code in path.parents or data in path.parents:
+            hashed[str(path)] += 1
+        return reads(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counted_open)
+    again = deploy()
+    assert again["id"] == first["id"] and again["cached"]
+    assert sum(calls.seen.values()) <= 3 and "PUT s3" not in calls.seen, calls.seen
+    assert not hashed, f"{len(hashed)} unchanged files were read again"
