@@ -327,3 +327,52 @@ def acknowledge_trigger_findings(stack: KaosStack) -> None:
         **_invoked(stack, triggers.process),
         "AwsSolutions-IAM5[Resource::*]": f"Added by the StateMachine construct: {_LOGS_AND_TRACING}",
     })
+
+
+def acknowledge_serving_findings(stack: KaosStack) -> None:
+    """Serving (cdk/serving.py): the deployment state machine, its task Lambdas, the API's serving grants and the
+    workspace boundary's serving statements."""
+    serving = stack.serving
+    endpoints = {
+        _wildcard_resource(stack, arn): (
+            f"SageMaker {kind} names are derived from fingerprints at run time (chalicelib/serving.py); the grant is "
+            f"limited to {kind}s named kaos-* in this account and region."
+        )
+        for kind, arn in (("endpoint", serving.endpoints_arn), ("endpoint config", serving.configs_arn),
+                          ("model", serving.models_arn))
+    }
+    alarms = {_wildcard_resource(stack, serving.alarms_arn): (
+        "Each real-time endpoint's rollout alarm is named after its endpoint (kaos-...-5xx) at run time; "
+        "Put/DeleteAlarms only, on alarms named kaos-*."
+    )}
+    log_read = {_wildcard_resource(stack, f"{serving.log_groups_arn}:*"): (
+        "SageMaker writes each endpoint's log to /aws/sagemaker/Endpoints/<endpoint>, named at run time; reads "
+        "only (Get/Filter/DescribeLogStreams), on the groups of kaos-* endpoints."
+    )}
+    _ack(serving.prepare.role, {**_objects(stack, "content hashes and code bundles"), **endpoints, **alarms})
+    _ack(serving.record.role, {**_objects(stack, "content hashes"), **endpoints})
+    _ack(serving.state_machine.role, {
+        **_invoked(stack, serving.prepare, serving.record), **endpoints,
+        _wildcard_resource(stack, stack.isolation.roles_arn): (
+            "Models run as their workspace's execution role (created at run time under /kaos/workspaces/); "
+            "PassRole only to sagemaker.amazonaws.com."
+        ),
+        "AwsSolutions-IAM5[Resource::*]": f"Added by the StateMachine construct: {_LOGS_AND_TRACING}",
+    })
+    _ack(stack.api.role, {
+        **endpoints, **alarms, **log_read,
+        _wildcard_resource(stack, serving.api_executions_arn): (
+            "Deployment execution names are deployment fingerprints chosen at run time; Describe/StopExecution "
+            "only, on executions of the one deployment state machine."
+        ),
+    })
+    _ack(stack.isolation.boundary, {
+        _wildcard_resource(stack, stack.storage.data_bucket.arn_for_objects("ws/*/endpoints/*/capture/*")): (
+            "The ceiling of every workspace role: an endpoint's data capture (written by SageMaker as the model's "
+            "execution role) under ws/<workspace>/endpoints/<name>/capture/, named at run time."
+        ),
+        _wildcard_resource(stack, f"{serving.log_groups_arn}:*"): (
+            "SageMaker writes an endpoint's container log as the model's execution role, to "
+            "/aws/sagemaker/Endpoints/<endpoint> (named at run time); kaos-* endpoints only."
+        ),
+    })

@@ -11,6 +11,7 @@ from constructs import Construct
 from cdk.api import Api
 from cdk.batch import DEFAULT_BATCH_IMAGE, BatchJobs
 from cdk.constants import (
+    ENDPOINT_POLL_SECONDS,
     DEFAULT_BATCH_MAX_RUNTIME_SECONDS,
     DEFAULT_TRAINING_INSTANCE_TYPE,
     DEFAULT_TRAINING_MAX_RUNTIME_SECONDS,
@@ -20,12 +21,14 @@ from cdk.constants import (
 )
 from cdk.grants import DataStores
 from cdk.grid import Grid
+from cdk.serving import Serving
 from cdk.lambdas import environment_of, set_environments
 from cdk.nag import (
     acknowledge_batch_findings,
     acknowledge_findings,
     acknowledge_grid_findings,
     acknowledge_remote_data_findings,
+    acknowledge_serving_findings,
     acknowledge_task_functions,
     acknowledge_trigger_findings,
 )
@@ -83,6 +86,9 @@ class KaosStack(Stack):
         self.grid = Grid(self, "Grid", data=data, training=self.training.state_machine)
         # S3-triggered retraining: files under ws/<ws>/incoming/ -> one derived snapshot + one job per batch.
         self.triggers = Triggers(self, "Triggers", data=data, training=self.training.state_machine)
+        # Serving: the deployment pipeline, whose models run as their workspace's role (passed to SageMaker only).
+        self.serving = Serving(self, "Serving", data=data)
+        self.isolation.grant_pass(self.serving.state_machine.role, "sagemaker.amazonaws.com")
         # Remote data manifests (-m s3://...): the API pins objects (HeadObject) and PrepareTraining copies them.
         # Only buckets named in context `remoteDataBuckets` (comma-separated) are readable: no s3:::*/* grant.
         remote_buckets = [b for b in str(self.node.try_get_context("remoteDataBuckets") or "").split(",") if b]
@@ -103,6 +109,7 @@ class KaosStack(Stack):
             manage_account_role=manage_api_gateway_account,
         )
         self.isolation.grant_manage(self.api.role)
+        self.serving.grant_api(self.api.role)
         execution_role = self.batch.container.execution_role
         assert execution_role is not None, "Fargate job definitions always have an execution role"
         self.isolation.grant_batch_definitions(self.api.role, self.batch.workspace_definitions_arn,
@@ -127,6 +134,7 @@ class KaosStack(Stack):
         acknowledge_remote_data_findings(self)
         acknowledge_trigger_findings(self)
         acknowledge_task_functions(self)
+        acknowledge_serving_findings(self)
 
     def _environment_values(self, training_image: str) -> dict[str, str]:
         """The value of every variable of chalicelib.config in this stack."""
@@ -140,6 +148,8 @@ class KaosStack(Stack):
             env_names.GRID_STATE_MACHINE_ARN: self.grid.state_machine.state_machine_arn,
             env_names.BATCH_STATE_MACHINE_ARN: self.batch.state_machine.state_machine_arn,
             env_names.RETRAIN_STATE_MACHINE_ARN: self.triggers.state_machine.state_machine_arn,
+            env_names.DEPLOYMENT_STATE_MACHINE_ARN: self.serving.state_machine.state_machine_arn,
+            env_names.ENDPOINT_POLL_SECONDS: str(ENDPOINT_POLL_SECONDS),
             env_names.TRAINING_IMAGE: training_image,
             env_names.TRAINING_INSTANCE_TYPE: DEFAULT_TRAINING_INSTANCE_TYPE,
             env_names.TRAINING_MAX_RUNTIME_SECONDS: str(DEFAULT_TRAINING_MAX_RUNTIME_SECONDS),

@@ -15,6 +15,9 @@ from constructs import Construct
 
 from cdk.grants import training_log_group_arn
 
+# SageMaker's log groups of hosted models: /aws/sagemaker/Endpoints/<endpoint name> (kaos names them kaos-*).
+ENDPOINT_LOG_GROUP_PREFIX = "/aws/sagemaker/Endpoints/"
+
 ROLE_PATH = "/kaos/workspaces/"
 ROLE_NAME_PATTERN = "kaos-ws-*"
 
@@ -26,10 +29,17 @@ class WorkspaceIsolation(Construct):
         self.role_prefix_arn = f"arn:{stack.partition}:iam::{stack.account}:role{ROLE_PATH}"
         self.roles_arn = f"{self.role_prefix_arn}{ROLE_NAME_PATTERN}"
         self.log_group_arn = training_log_group_arn(self)
+        self.endpoint_log_groups_arn = (f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:"
+                                        f"{ENDPOINT_LOG_GROUP_PREFIX}kaos-*")
         self.boundary = iam.ManagedPolicy(self, "WorkspaceBoundary", path="/kaos/", statements=[
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects("ws/*")]),
             iam.PolicyStatement(actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-                                resources=[bucket.arn_for_objects("ws/*/jobs/*/output/*")]),
+                                resources=[bucket.arn_for_objects("ws/*/jobs/*/output/*"),
+                                           bucket.arn_for_objects("ws/*/endpoints/*/capture/*")]),
+            # A served model's container log (SageMaker writes it as the model's execution role).
+            iam.PolicyStatement(actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                                         "logs:DescribeLogStreams"],
+                                resources=[f"{self.endpoint_log_groups_arn}:*"]),
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn],
                                 conditions={"StringLike": {"s3:prefix": "ws/*"}}),
             iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"],

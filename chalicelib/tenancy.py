@@ -8,7 +8,8 @@ the workspace is killed (once its containers have ended); the role name carries 
 killed workspace, whose session names the deleted role, cannot write into a workspace later created under the
 same name.
 
-The role may read ``ws/<workspace>/*`` and write only job outputs (``ws/<workspace>/jobs/*/output/*``): never blobs,
+The role may read ``ws/<workspace>/*`` and write only job outputs (``ws/<workspace>/jobs/*/output/*``) and the data
+capture of its endpoints (``ws/<workspace>/endpoints/*/capture/*``, written as the model's role): never blobs,
 manifests, materialized snapshots, code bundles (``sourcedirs/``) or the ``incoming/`` prefix that drives
 auto-retraining. The boundary (written by CDK) caps every such role to ``ws/*`` whatever its inline policy says.
 Quotas and eventual consistency: docs/security.md.
@@ -49,7 +50,12 @@ def policy_document(bucket: str, workspace: str, log_group_arn: str) -> dict[str
         {"Sid": "ListOwnWorkspace", "Effect": "Allow", "Action": "s3:ListBucket",
          "Resource": f"arn:aws:s3:::{bucket}", "Condition": {"StringLike": {"s3:prefix": f"ws/{workspace}/*"}}},
         {"Sid": "WriteJobOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-         "Resource": f"{prefix}jobs/*/output/*"},
+         "Resource": [f"{prefix}jobs/*/output/*", f"{prefix}endpoints/*/capture/*"]},
+        # A served model's container log: SageMaker names the group after the endpoint (kaos-<ws>-..., serving.py).
+        {"Sid": "EndpointLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream",
+                                                              "logs:PutLogEvents", "logs:DescribeLogStreams"],
+         "Resource": f"{log_group_arn.rsplit(':log-group:', 1)[0]}:log-group:/aws/sagemaker/Endpoints/"
+                     f"kaos-{workspace}-*"},
         {"Sid": "TrainingLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": f"{log_group_arn}:log-stream:*"},
         {"Sid": "TrainingLogGroup", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:DescribeLogStreams"],
