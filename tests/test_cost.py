@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import date
+from pathlib import Path
 
+import botocore.session
 import pytest
+from botocore.stub import Stubber
 
 from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE
 from chalicelib import cost
@@ -12,6 +16,7 @@ from chalicelib.cost import Prices
 from chalicelib.errors import ValidationFailed
 from chalicelib.wiring import Wiring
 from chalicelib.workspaces import now
+from kaos import prices
 from tests.service_wiring import OWNER, services, snapshot, workspace  # noqa: F401
 
 PRICES = Prices(
@@ -170,3 +175,41 @@ def test_a_models_cost_rolls_up_the_jobs_along_its_lineage(services: Wiring) -> 
     assert services.costs.workspace(ws, "2999-01-01")["jobs"] == []
     with pytest.raises(ValidationFailed, match="since"):
         services.costs.workspace(ws, "last tuesday")
+
+
+# --- `kaos cloud prices refresh`: the Price List adapter, with botocore's Stubber (moto has no Price List) -------
+def _product(usage: str, usd: str, unit: str = "Hrs") -> str:
+    return json.dumps({"product": {"attributes": {"usagetype": usage}}, "terms": {"OnDemand": {"T1": {
+        "priceDimensions": {"D1": {"unit": unit, "pricePerUnit": {"USD": usd}}}}}}})
+
+
+def test_prices_refresh_rewrites_the_instance_prices_the_price_list_has(tmp_path: Path) -> None:
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"date": "2020-01-01", "region": "us-east-1", "training_hour": {
+        "ml.m5.large": 0.1, "ml.x9.huge": 9.0}, "hosting_hour": {"ml.m5.large": 0.1}, "unit": {}}))
+    pricing = botocore.session.get_session().create_client(
+        "pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(pricing)
+
+    def expect(instance_type: str, products: list[str]) -> None:
+        stubber.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": products}, {
+            "ServiceCode": "AmazonSageMaker", "FormatVersion": "aws_v1",
+            "Filters": [{"Type": "TERM_MATCH", "Field": "regionCode", "Value": "us-east-1"},
+                        {"Type": "TERM_MATCH", "Field": "instanceName", "Value": instance_type}]})
+
+    # Training and hosting told apart by usage type; a notebook's price of the same instance and a
+    # non-hourly dimension are not instance-hour prices.
+    expect("ml.m5.large", [_product("USE1-Train:ml.m5.large", "0.1150000000"),
+                           _product("USE1-Host:ml.m5.large", "0.1150000000"),
+                           _product("USE1-Notebk:ml.m5.large", "0.1150000000"),
+                           _product("USE1-Train:ml.m5.large", "0.02", unit="GB-Mo")])
+    expect("ml.x9.huge", [])  # an instance the list does not price keeps its price
+    with stubber:
+        changes = prices.refresh(prices.PriceList(pricing), table, date(2026, 12, 1))
+    stubber.assert_no_pending_responses()
+    assert [(c.table, c.instance_type, c.old, c.new) for c in changes] == [
+        ("training_hour", "ml.m5.large", 0.1, 0.115), ("hosting_hour", "ml.m5.large", 0.1, 0.115)]
+    refreshed = json.loads(table.read_text())
+    assert refreshed["date"] == "2026-12-01"
+    assert refreshed["training_hour"] == {"ml.m5.large": 0.115, "ml.x9.huge": 9.0}
+    assert Prices.parse(refreshed).hosting_hour == {"ml.m5.large": 0.115}

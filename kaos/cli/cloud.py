@@ -10,7 +10,7 @@ import botocore.session
 import typer
 from rich.table import Table
 
-from kaos import cloud
+from kaos import cloud, prices
 from kaos.cli.common import JsonOpt, console, emit_json, err, fail
 from kaos.settings import TARGETS, ClientConfig, home
 
@@ -79,6 +79,25 @@ def cloud_status(profile: str | None = ProfileOpt, region: str | None = RegionOp
                   markup=False)
     for key, value in sorted(status["outputs"].items()):
         console.print(f"  {key}: {value}", markup=False, highlight=False)
+    return None
+
+
+prices_app = typer.Typer(help="The AWS list prices kaos computes costs with (chalicelib/prices.json).",
+                         no_args_is_help=True)
+app.add_typer(prices_app, name="prices")
+
+
+@prices_app.command("refresh")
+def prices_refresh(profile: str | None = ProfileOpt, as_json: bool = JsonOpt) -> None:
+    """Re-read the SageMaker instance prices from the AWS Price List API into chalicelib/prices.json; the next
+    `kaos cloud deploy` (or `kaos local up`) prices with them."""
+    changes = prices.refresh_with(_target(profile, None, None).profile)
+    if as_json:
+        return emit_json([{"table": c.table, "instance_type": c.instance_type, "old": c.old, "new": c.new}
+                          for c in changes])
+    for change in changes:
+        console.print(f"{change.table} {change.instance_type}: {change.old} -> {change.new} USD", markup=False)
+    console.print(f"{len(changes)} price(s) changed in {prices.PRICES_FILE}", markup=False, highlight=False)
     return None
 
 
