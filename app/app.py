@@ -17,6 +17,8 @@ from chalicelib.schemas import SPECS, openapi, validate
 from chalicelib.wiring import Wiring, wiring
 
 app = Chalice(app_name="kaos")
+# NumPy payloads of model invocations travel as bytes (API Gateway's binary media types; JSON and CSV are text).
+app.api.binary_types.append("application/x-npy")
 log = logging.getLogger("kaos.api")
 # API Gateway verifies SigV4 against IAM on every route but the OpenAPI document (AWS_IAM authorization).
 iam = IAMAuthorizer()

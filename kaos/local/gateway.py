@@ -16,6 +16,7 @@ Test hooks: `/_local/faults` (fault injection) exists only when the stack was st
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -224,6 +225,8 @@ class ApiGateway:
             identity.update(userArn=user.arn, caller=user.access_key, accessKey=user.access_key,
                             accountId=ACCOUNT_ID, user=user.access_key)
         query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        media = next((v for k, v in headers.items() if k.lower() == "content-type"), "").split(";")[0].strip()
+        binary = bool(body) and media.lower() in self.app.api.binary_types
         event = {
             "resource": route.route,
             "path": path,
@@ -238,8 +241,10 @@ class ApiGateway:
                 "accountId": ACCOUNT_ID, "requestId": str(uuid.uuid4()),
                 "identity": identity,
             },
-            "body": body.decode("utf-8", errors="replace") if body else None,
-            "isBase64Encoded": False,
+            # API Gateway passes a body whose Content-Type is one of the API's binary media types base64-encoded.
+            "body": (base64.b64encode(body).decode() if binary else body.decode("utf-8", errors="replace"))
+            if body else None,
+            "isBase64Encoded": binary,
         }
         context = LambdaContext(function_name="kaos-api", memory_size=512, max_runtime_ms=30_000)
         try:
@@ -247,6 +252,8 @@ class ApiGateway:
         except Exception:  # the function failed (error, timeout): API Gateway answers 502 to the caller
             return _error(502, "Internal server error")
         payload = response.get("body") or ""
+        if response.get("isBase64Encoded") and isinstance(payload, str):
+            payload = base64.b64decode(payload)
         out_headers = dict(response.get("headers") or {})
         for name, values in (response.get("multiValueHeaders") or {}).items():
             out_headers[name] = ", ".join(str(v) for v in values)
