@@ -122,6 +122,8 @@ JOB = _object({
     "fingerprint": {"type": "string"}, "inputs": {"type": "object"}, "environment": {"type": "string"},
     "resources": {"type": "object"}, "metrics": {"type": "object"}, "failure_reason": NULLABLE_STRING,
     "model": NULLABLE_STRING, "history": {"type": "array"}, "created_at": TIMESTAMP,
+    "cost": {"type": "object", "description": "USD at AWS list prices: usd, basis (measured, elapsed or estimate), "
+                                              "prices, lines (chalicelib/cost.py)"},
 }, ["id", "status", "inputs", "metrics"], extra=True)
 JOB_SUBMITTED = {**JOB, "required": [*JOB["required"], "cached"],
                  "properties": {**JOB["properties"], "cached": {"type": "boolean"}}}
@@ -238,6 +240,7 @@ ENDPOINT = _object({
         "status": {"type": "string"}, "started_at": TIMESTAMP, "ended_at": NULLABLE_STRING,
         "failure_reason": NULLABLE_STRING}, ["deployment", "model", "status"])},
     "created_at": TIMESTAMP, "updated_at": TIMESTAMP, "invocations_path": {"type": "string"},
+    "cost": {"type": "object", "description": "USD so far at AWS list prices (chalicelib/cost.py)"},
 }, ["name", "status", "kind", "model", "deployments", "invocations_path"])
 DEPLOY = _object({
     "model": MODEL_REFERENCE, "name": SERVING_NAME,

@@ -35,6 +35,7 @@ from chalicelib.adapters import (
 )
 from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
+from chalicelib.costs import endpoint_cost_of
 from chalicelib.domain import canonical_json, sha256_hex
 from chalicelib.errors import Conflict, InputInvalid, ValidationFailed
 from chalicelib.provenance import Provenance
@@ -307,6 +308,7 @@ class Endpoints:
                              "model": ModelRef.from_document(d["model"]).public()} for d in endpoint.deployments],
             "created_at": endpoint.created_at, "updated_at": endpoint.updated_at,
             "invocations_path": f"/workspaces/{endpoint.workspace}/endpoints/{endpoint.name}/invocations",
+            "cost": endpoint_cost_of(endpoint),
         }
 
     # --- the deployment pipeline ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import botocore.session
@@ -13,7 +13,9 @@ from botocore.stub import Stubber
 from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE
 from chalicelib import cost
 from chalicelib.cost import Prices
+from chalicelib.costs import endpoint_cost_of
 from chalicelib.errors import ValidationFailed
+from chalicelib.repositories.endpoints import Endpoint
 from chalicelib.wiring import Wiring
 from chalicelib.workspaces import now
 from kaos import prices
@@ -213,3 +215,20 @@ def test_prices_refresh_rewrites_the_instance_prices_the_price_list_has(tmp_path
     assert refreshed["date"] == "2026-12-01"
     assert refreshed["training_hour"] == {"ml.m5.large": 0.115, "ml.x9.huge": 9.0}
     assert Prices.parse(refreshed).hosting_hour == {"ml.m5.large": 0.115}
+
+
+def test_an_endpoint_costs_its_instance_hours_until_it_is_deleted() -> None:
+    def endpoint(kind: str, status: str, settings: dict[str, object]) -> Endpoint:
+        return Endpoint("ws", "digits", status, "kaos-ws-digits-0123abcd", kind, settings, {},
+                        "2026-12-01T00:00:00+00:00", OWNER, "2026-12-01T10:00:00+00:00")
+
+    realtime = {"instance_type": "ml.m5.large", "instance_count": 2}
+    # Deleted after 10 h: 20 instance-hours, whatever the time now.
+    deleted = endpoint_cost_of(endpoint("realtime", "Deleted", realtime))
+    assert deleted["basis"] == "elapsed" and deleted["lines"][0]["quantity"] == pytest.approx(20)
+    # Live: until `at`.
+    live = endpoint_cost_of(endpoint("realtime", "InService", realtime),
+                            at=datetime.fromisoformat("2026-12-01T01:30:00+00:00"))
+    assert live["lines"][0]["quantity"] == pytest.approx(3)
+    serverless = endpoint_cost_of(endpoint("serverless", "InService", {"memory_mb": 2048}))
+    assert serverless["usd"] == 0 and serverless["unmetered"]
