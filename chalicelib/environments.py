@@ -54,7 +54,8 @@ class CatalogueEntry:
 
     def canonical(self) -> str:
         """What identifies the environment: everything the catalogue says of the image but where it is hosted."""
-        return json.dumps({k: v for k, v in self.raw.items() if k not in ("registries", "source")}, sort_keys=True)
+        return json.dumps({k: v for k, v in self.raw.items() if k not in ("registries", "source", "training_module")},
+                          sort_keys=True)
 
     @property
     def offline_pins(self) -> list[tuple[str, str]]:
@@ -77,6 +78,12 @@ class CatalogueEntry:
         if toolkit:
             yield ("not installed offline (the container's own machinery, which kaos's runner plays): "
                    + ", ".join(toolkit))
+
+    @property
+    def training_module(self) -> str | None:
+        """The image's SAGEMAKER_TRAINING_MODULE (the toolkit's SM_FRAMEWORK_MODULE); None without a toolkit."""
+        module = self.raw.get("training_module")
+        return str(module) if module else None
 
     def image_uri(self, region: str) -> str:
         if "uri" in self.raw:

@@ -119,3 +119,54 @@ def test_every_framework_has_a_default_image(framework: str) -> None:
     entry = catalogue.lookup(framework)
     assert entry.python is not None and tuple(map(int, entry.python.split("."))) <= (3, 11)
     assert catalogue.entry_for_image(entry.image_uri("us-east-1")) == entry
+
+
+PACKAGE_SCRIPT = """\
+import json, os, sys
+import helper
+print("argv", json.dumps(sys.argv[1:]))
+print("module", __spec__.name if __spec__ else None, helper.VALUE)
+for name in ("SM_HPS", "SM_HP_NOTHING", "SM_HP_LAYERS", "SM_FRAMEWORK_MODULE", "SM_USER_ARGS", "SM_CHANNELS"):
+    print(name, repr(os.environ[name]))
+keys = list(json.loads(os.environ["SM_TRAINING_ENV"]))
+print("training_env sorted", keys == sorted(keys))
+"""
+SETUP = "from setuptools import setup\nsetup(name='helper', version='1.0', py_modules=['helper'])\n"
+
+
+def test_the_toolkit_contract(emulator: Emulator) -> None:
+    # A setup.py in the code: `pip install .`, then the entry point runs as a module; JSON-valued SM_* variables are
+    # compact and key-sorted, a null hyperparameter is an empty value, SM_FRAMEWORK_MODULE is the image's.
+    source = upload_source(emulator, {"train.py": PACKAGE_SCRIPT, "setup.py": SETUP, "helper.py": "VALUE = 7\n"},
+                           "code/toolkit.tar.gz")
+    emulator.client("sagemaker").create_training_job(
+        TrainingJobName="env-toolkit", RoleArn=ROLE,
+        HyperParameters={"sagemaker_program": '"train.py"', "sagemaker_submit_directory": f'"{source}"',
+                         "nothing": "null", "layers": '{"b": 2, "a": [1, 2]}'},
+        AlgorithmSpecification={"TrainingImage": SKLEARN, "TrainingInputMode": "File"},
+        InputDataConfig=[{"ChannelName": "training", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
+        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/out"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        StoppingCondition={"MaxRuntimeInSeconds": 600},
+    )
+    described = wait_for(emulator, "env-toolkit", {"Completed", "Failed"}, timeout=600)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    log = log_of(emulator, "env-toolkit")
+    assert 'argv ["--layers", "a=[1, 2],b=2", "--nothing", ""]' in log
+    assert "module train 7" in log
+    assert """SM_HPS '{"layers":{"a":[1,2],"b":2},"nothing":null}'""" in log
+    assert "SM_HP_NOTHING ''" in log
+    assert """SM_HP_LAYERS '{"a":[1,2],"b":2}'""" in log
+    assert "SM_FRAMEWORK_MODULE 'sagemaker_sklearn_container.training:main'" in log
+    assert """SM_USER_ARGS '["--layers","a=[1, 2],b=2","--nothing",""]'""" in log
+    assert """SM_CHANNELS '["training"]'""" in log
+    assert "training_env sorted True" in log
+
+
+def test_a_failing_script_fails_as_sagemaker_reports_it(emulator: Emulator) -> None:
+    described = train(emulator, "env-fail", {"train.py": "import sys\nsys.exit('the data is empty')\n"})
+    assert described["TrainingJobStatus"] == "Failed"
+    reason = described["FailureReason"]
+    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 1\nErrorMessage \"")
+    assert "the data is empty" in reason and reason.endswith(" train.py\", exit code: 1")

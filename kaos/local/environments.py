@@ -118,6 +118,34 @@ def _packages(*layers: Path) -> list[str]:
     return sorted(f"{name}=={version}" for name, version in found.items())
 
 
+def layered_environment(target: Path, under: Path) -> Path:
+    """A virtualenv at `target` over the environment `under` (returns its python): `under`'s site-packages follow
+    this one's on sys.path, with their own .pth files (so a layer over a layer sees both), the way pip -r installs over
+    an image. A requirement pip finds satisfied below costs nothing; one it upgrades lands here and shadows the one
+    below, which is never touched."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(target)], check=True, capture_output=True)
+    (_site_packages(target) / "_kaos_image.pth").write_text(
+        f"import site; site.addsitedir({str(_site_packages(under))!r})\n")
+    return target / "bin" / "python"
+
+
+def pip_install(venv: Path, args: list[str], say: Progress, cwd: Path | None = None) -> None:
+    """pip of kaos's interpreter installing into `venv` (which carries no pip of its own); its output is the
+    build's progress, its message tail the error."""
+    command = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+               "--disable-pip-version-check", "--no-input", "--progress-bar", "off", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdin=subprocess.DEVNULL, cwd=cwd)
+    assert process.stdout is not None
+    output: list[str] = []
+    for line in process.stdout:
+        output.append(line.rstrip("\n"))
+        if line.startswith(("Collecting", "Installing", "Successfully", "ERROR")):
+            say(line.split(" (from ", 1)[0].rstrip())
+    if process.wait() != 0:
+        raise EnvironmentBuildError("\n".join(output)[-PIP_MESSAGE_CHARS:])
+
+
 class Environments:
     """Builds and caches the environments of catalogue images; safe from any thread or process."""
 
@@ -140,16 +168,11 @@ class Environments:
                 return built
             say(f"Building the environment of {entry.label} with requirements.txt ({len(lines)} lines)")
             tmp = self._fresh_tmp(target)
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp)], check=True, capture_output=True)
             image = base.python.parent.parent
-            # The image's packages under the job's, as the toolkit's pip -r installs over the image: the base's
-            # site-packages follow this one on sys.path (with their own .pth files), so a requirement pip finds
-            # satisfied there costs nothing, and one it upgrades lands here and shadows the image's.
-            (_site_packages(tmp) / "_kaos_image.pth").write_text(
-                f"import site; site.addsitedir({str(_site_packages(image))!r})\n")
+            layered_environment(tmp, image)
             (tmp / "requirements.txt").write_text("\n".join(lines) + "\n")
             try:
-                self._pip(tmp, ["-r", str(tmp / "requirements.txt")], say)
+                pip_install(tmp, ["-r", str(tmp / "requirements.txt")], say)
             except EnvironmentBuildError:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -180,7 +203,7 @@ class Environments:
                 try:
                     # Only wheels for the exact pins: an image's pin with no wheel for this Python would otherwise
                     # compile (minutes) or fail to; the closest release with a wheel is taken instead, and said.
-                    self._pip(tmp, ["--only-binary", exact, "-r", str(tmp / "requirements.txt")], say)
+                    pip_install(tmp, ["--only-binary", exact, "-r", str(tmp / "requirements.txt")], say)
                     break
                 except EnvironmentBuildError as error:
                     substitute = self._substitute(str(error), pins)
@@ -207,22 +230,6 @@ class Environments:
         return key, wanted, chosen
 
     # -- building blocks ------------------------------------------------------------------------
-
-    def _pip(self, venv: Path, args: list[str], say: Progress) -> None:
-        """pip of kaos's interpreter installing into `venv` (the environment itself carries no pip, like no part
-        of kaos); its output is the build's progress, its message tail the error."""
-        command = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                   "--disable-pip-version-check", "--no-input", "--progress-bar", "off", *args]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   stdin=subprocess.DEVNULL)
-        assert process.stdout is not None
-        output: list[str] = []
-        for line in process.stdout:
-            output.append(line.rstrip("\n"))
-            if line.startswith(("Collecting", "Installing", "Successfully", "ERROR")):
-                say(line.split(" (from ", 1)[0].rstrip())
-        if process.wait() != 0:
-            raise EnvironmentBuildError("\n".join(output)[-PIP_MESSAGE_CHARS:])
 
     def _fresh_tmp(self, target: Path) -> Path:
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")

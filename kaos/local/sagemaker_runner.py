@@ -38,7 +38,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -53,8 +52,9 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
+from chalicelib.environments import entry_for_image
 from kaos.local.environments import (BuiltEnvironment, EnvironmentBuildError, Environments, default_cache_dir,
-                                     environment_message)
+                                     environment_message, layered_environment, pip_install)
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
                                    clear_job_folder, container_base_environment)
 
@@ -98,8 +98,17 @@ def to_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
     return args
 
 
-def _env_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def to_env_vars(mapping: dict[str, Any]) -> dict[str, str]:
+    """sagemaker_training.mapping.to_env_vars: SM_<KEY>; a string as it is, None empty, anything else compact
+    key-sorted ASCII JSON."""
+    def value(item: Any) -> str:
+        if item is None:
+            return ""
+        if isinstance(item, str):
+            return item
+        return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    return {f"SM_{key.upper()}": value(item) for key, item in mapping.items()}
 
 
 def _tar_dir(source: Path, target: Path) -> None:
@@ -147,6 +156,8 @@ class _Job:
     process: subprocess.Popen[bytes] | None = None
     stop_reason: str | None = None  # "Stopped" | "MaxRuntimeExceeded"
     environment: BuiltEnvironment | None = None
+    python: Path | None = None  # the interpreter the job runs with: the environment's, or a package layer over it
+    framework_module: str | None = None  # the image's SAGEMAKER_TRAINING_MODULE
     say: Callable[[str], None] = lambda line: None  # the job's log, once it has one
     thread: threading.Thread | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
@@ -304,11 +315,9 @@ class LocalTrainingRunner:
             user_hps = {k: v for k, v in decoded.items() if not k.startswith("sagemaker_")}
             channels = self._write_config_and_data(job, opt_ml, raw_hps)
             self._check_stopped(job)
-            command, module_dir, entry_point = self._prepare_code(job, opt_ml, framework, user_hps)
+            command, module_dir, entry_point, user_args = self._prepare_code(job, opt_ml, framework, user_hps)
             self._check_stopped(job)
-            env = self._environment(
-                job, opt_ml, channels, user_hps, framework, module_dir, entry_point, command,
-            )
+            env = self._environment(job, opt_ml, channels, user_hps, module_dir, entry_point, user_args)
             # SageMaker's message, then (offline) what the image's environment was: the record reads it there.
             job.update({"SecondaryStatus": "Training",
                         "StatusMessage": "Training image download completed. Training in progress."
@@ -318,6 +327,8 @@ class LocalTrainingRunner:
 
             with self.lock:
                 stop_reason = job.stop_reason
+            if exit_code == 0 and stop_reason is None:
+                (opt_ml / "output" / "success").write_text("")  # the toolkit's files.write_success_file
             if exit_code == 0 or stop_reason is not None:
                 if stop_reason is None:
                     job.update({"SecondaryStatus": "Uploading",
@@ -335,7 +346,7 @@ class LocalTrainingRunner:
                                   "StatusMessage": "Training job completed"})
                 job.update(final)
             else:
-                reason = self._failure_reason(job, opt_ml, exit_code)
+                reason = self._failure_reason(job, opt_ml, exit_code, command)
                 job.update({"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
                             "FailureReason": reason, "TrainingEndTime": _now(),
                             "StatusMessage": "Training job failed"})
@@ -424,7 +435,8 @@ class LocalTrainingRunner:
 
     def _prepare_code(
         self, job: _Job, opt_ml: Path, framework: dict[str, Any], user_hps: dict[str, Any]
-    ) -> tuple[list[str], str, str]:
+    ) -> tuple[list[str], str, str, list[str]]:
+        """(command, module dir, entry point, user args) as sagemaker_training.entry_point.run decides them."""
         code_dir = opt_ml / "code"
         submit = framework.get("sagemaker_submit_directory")
         program = framework.get("sagemaker_program")
@@ -454,17 +466,22 @@ class LocalTrainingRunner:
             if not path.is_file():
                 raise _ClientError(f"Entry point {entry} not found in {submit}")
             args = to_cmd_args(user_hps)
-            if entry.endswith(".py"):
-                command = [python, entry, *args]
-            elif entry.endswith(".sh"):
+            # sagemaker_training._entry_point_type.get: .sh is a command, a setup.py beside it a package, .py a
+            # program, anything else a command.
+            if entry.endswith(".sh"):
                 command = ["/bin/sh", entry, *args]
+            elif (code_dir / "setup.py").is_file():
+                command = [str(self._install_package(job, code_dir)), "-m", entry.replace(".py", ""), *args]
+            elif entry.endswith(".py"):
+                command = [python, entry, *args]
             else:
                 path.chmod(path.stat().st_mode | 0o111)
                 command = [str(path.resolve()), *args]
-            return command, str(submit or code_dir), entry
+            return command, str(submit or code_dir), entry, args
         entrypoint = algorithm.get("ContainerEntrypoint")
         if entrypoint:
-            return [*entrypoint, *(algorithm.get("ContainerArguments") or [])], str(code_dir), entrypoint[0]
+            arguments = [str(a) for a in algorithm.get("ContainerArguments") or []]
+            return [*entrypoint, *arguments], str(code_dir), entrypoint[0], arguments
         raise _ClientError(
             "No entry point: set the sagemaker_program and sagemaker_submit_directory "
             "hyperparameters (script mode) or AlgorithmSpecification.ContainerEntrypoint"
@@ -492,14 +509,28 @@ class LocalTrainingRunner:
                                              progress=job.say)
         except EnvironmentBuildError as error:
             raise _ClientError(f"pip install -r requirements.txt failed: {error}") from error
-        job.environment = built
+        job.environment, job.python = built, built.python
+        job.framework_module = entry_for_image(image).training_module
         return str(built.python)
+
+    def _install_package(self, job: _Job, code_dir: Path) -> Path:
+        """The toolkit's `pip install .` of a code folder with a setup.py (modules.install), into a layer of the job's
+        own over the image's environment (the cached environment is shared, so it is never installed into)."""
+        assert job.python is not None
+        layer = job.root / "package"
+        try:
+            python = layered_environment(layer, job.python.parent.parent)
+            pip_install(layer, ["."], job.say, cwd=code_dir)
+        except EnvironmentBuildError as error:
+            raise _ClientError(f"InstallModuleError: pip install . failed: {error}") from error
+        job.python = python
+        return python
 
     # -- execution --------------------------------------------------------------------------
 
     def _environment(
         self, job: _Job, opt_ml: Path, channels: list[str], user_hps: dict[str, Any],
-        framework: dict[str, Any], module_dir: str, entry_point: str, command: list[str],
+        module_dir: str, entry_point: str, user_args: list[str],
     ) -> dict[str, str]:
         request = job.request
         paths = {
@@ -514,20 +545,30 @@ class LocalTrainingRunner:
         channel_dirs = {c: str(opt_ml / "input" / "data" / c) for c in channels}
         resource_config = json.loads((opt_ml / "input/config/resourceconfig.json").read_text())
         input_data_config = json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
-        user_args = command[2:] if command[0] in (sys.executable, "/bin/sh") or command[0].endswith(
-            "/bin/python") else command[1:]
         num_cpus = os.cpu_count() or 1
         module_name = entry_point[:-3] if entry_point.endswith(".py") else entry_point
+        group = resource_config["current_group_name"]
+        # sagemaker_training.environment.Environment: its public properties are SM_TRAINING_ENV.
         training_env: dict[str, Any] = {
             "additional_framework_parameters": {},
             "channel_input_dirs": channel_dirs,
             "current_host": CURRENT_HOST,
+            "current_instance_group": group,
+            "current_instance_group_hosts": [CURRENT_HOST],
             "current_instance_type": resource_config["current_instance_type"],
-            "framework_module": None,
+            "distribution_hosts": [],
+            "distribution_instance_groups": [],
+            "framework_module": job.framework_module,
             "hosts": [CURRENT_HOST],
             "hyperparameters": user_hps,
             "input_data_config": input_data_config,
+            "instance_groups": [group],
+            "instance_groups_dict": {g["instance_group_name"]: g for g in resource_config["instance_groups"]},
+            "is_hetero": False,
             "is_master": True,
+            "is_modelparallel_enabled": None,
+            "is_smddpmprun_installed": False,
+            "is_smddprun_installed": False,
             "job_name": job.name,
             "log_level": 20,
             "master_hostname": CURRENT_HOST,
@@ -536,14 +577,32 @@ class LocalTrainingRunner:
             "network_interface_name": "eth0",
             "num_cpus": num_cpus,
             "num_gpus": 0,
+            "num_neurons": 0,
             "resource_config": resource_config,
+            "topology": None,
             "user_entry_point": entry_point,
             **{k: str(v) for k, v in paths.items()},
         }
+        # Environment.to_env_vars: what the toolkit exports, each through mapping.to_env_vars (strings as they are,
+        # None empty, anything else compact key-sorted JSON).
+        exported: dict[str, Any] = {
+            "hosts": [CURRENT_HOST], "network_interface_name": "eth0", "hps": user_hps,
+            "user_entry_point": entry_point, "framework_params": {}, "resource_config": resource_config,
+            "input_data_config": input_data_config, "channels": sorted(channels), "current_host": CURRENT_HOST,
+            "current_instance_type": resource_config["current_instance_type"], "current_instance_group": group,
+            "current_instance_group_hosts": [CURRENT_HOST], "instance_groups": [group],
+            "instance_groups_dict": training_env["instance_groups_dict"], "distribution_instance_groups": [],
+            "is_hetero": False, "module_name": module_name, "log_level": 20,
+            "framework_module": job.framework_module, "num_cpus": num_cpus, "num_gpus": 0, "num_neurons": 0,
+            "module_dir": module_dir, "training_env": training_env, "user_args": user_args,
+            **{k: str(v) for k, v in paths.items()},
+            **{f"channel_{name}": path for name, path in channel_dirs.items()},
+            **{f"hp_{key}": value for key, value in user_hps.items()},
+        }
         # What the container gets, and nothing of the stack's or the client's environment (no KAOS_*, no home
         # with other users' keys): the image's basics, the SageMaker variables and the execution role's keys.
-        assert job.environment is not None  # _prepare_code built it
-        env = container_base_environment(job.root / "home", job.environment.python)
+        assert job.python is not None  # _prepare_code chose it
+        env = container_base_environment(job.root / "home", job.python)
         env.update({
             "PYTHONUNBUFFERED": "1",
             "AWS_ENDPOINT_URL": self.endpoint_url,
@@ -553,38 +612,8 @@ class LocalTrainingRunner:
             "TRAINING_JOB_NAME": job.name,
             "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{request.get('Region', self.region)}:"
                                 f"123456789012:training-job/{job.name}",
-            "SM_MODEL_DIR": str(paths["model_dir"]),
-            "SM_INPUT_DIR": str(paths["input_dir"]),
-            "SM_INPUT_CONFIG_DIR": str(paths["input_config_dir"]),
-            "SM_OUTPUT_DIR": str(paths["output_dir"]),
-            "SM_OUTPUT_DATA_DIR": str(paths["output_data_dir"]),
-            "SM_OUTPUT_INTERMEDIATE_DIR": str(paths["output_intermediate_dir"]),
-            "SM_CHANNELS": json.dumps(sorted(channels)),
-            "SM_HPS": json.dumps(user_hps),
-            "SM_NUM_CPUS": str(num_cpus),
-            "SM_NUM_GPUS": "0",
-            "SM_NUM_NEURONS": "0",
-            "SM_HOSTS": json.dumps([CURRENT_HOST]),
-            "SM_CURRENT_HOST": CURRENT_HOST,
-            "SM_CURRENT_INSTANCE_TYPE": resource_config["current_instance_type"],
-            "SM_MASTER_ADDR": CURRENT_HOST,
-            "SM_IS_MASTER": "true",
-            "SM_NETWORK_INTERFACE_NAME": "eth0",
-            "SM_MODULE_DIR": module_dir,
-            "SM_MODULE_NAME": module_name,
-            "SM_USER_ENTRY_POINT": entry_point,
-            "SM_USER_ARGS": json.dumps(user_args),
-            "SM_FRAMEWORK_PARAMS": json.dumps({}),
-            "SM_FRAMEWORK_MODULE": "",
-            "SM_TRAINING_ENV": json.dumps(training_env),
-            "SM_RESOURCE_CONFIG": json.dumps(resource_config),
-            "SM_INPUT_DATA_CONFIG": json.dumps(input_data_config),
-            "SM_LOG_LEVEL": "20",
+            **to_env_vars(exported),
         })
-        for channel, path in channel_dirs.items():
-            env[f"SM_CHANNEL_{channel.upper()}"] = path
-        for key, value in user_hps.items():
-            env[f"SM_HP_{key.upper()}"] = _env_value(value)
         return env
 
     def _execute(
@@ -636,16 +665,16 @@ class LocalTrainingRunner:
         return f"s3://{bucket}/{base}/model.tar.gz"
 
     @staticmethod
-    def _failure_reason(job: _Job, opt_ml: Path, exit_code: int) -> str:
+    def _failure_reason(job: _Job, opt_ml: Path, exit_code: int, command: list[str]) -> str:
+        """SageMaker's FailureReason: the failure file as AlgorithmError with the container's exit code. The toolkit
+        writes that file when the script has not (process.check_error's ExecuteUserScriptError, the output's
+        deduplicated tail as ErrorMessage)."""
         failure = opt_ml / "output" / "failure"
-        if failure.is_file() and failure.read_text(errors="replace").strip():
-            return failure.read_text(errors="replace")[:FAILURE_REASON_LIMIT]
-        prefix = f"AlgorithmError: ExitCode {exit_code}\n"
-        tail = "\n".join(job.tail)
-        reason = prefix + tail[-(FAILURE_REASON_LIMIT - len(prefix)):]
-        # The toolkit writes output/failure itself when the user script fails.
-        try:
-            failure.write_text(reason)
-        except OSError:
-            pass
-        return reason
+        suffix = f", exit code: {exit_code}"
+        if not (failure.is_file() and failure.read_text(errors="replace").strip()):
+            head = f"ExecuteUserScriptError:\nExitCode {exit_code}\nErrorMessage \""
+            tail = f"\"\nCommand \"{' '.join(command)}\""
+            budget = FAILURE_REASON_LIMIT - len("AlgorithmError: ") - len(head) - len(tail) - len(suffix)
+            message = "\n".join(dict.fromkeys(job.tail)).strip()
+            failure.write_text(head + message[max(0, len(message) - budget):] + tail)
+        return f"AlgorithmError: {failure.read_text(errors='replace')}{suffix}"[:FAILURE_REASON_LIMIT]
