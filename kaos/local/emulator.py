@@ -27,7 +27,8 @@ like the Python runtime, so Step Functions sees the error name ``errorType``. Un
 ``ResourceNotFoundException`` (Step Functions: ``Lambda.ResourceNotFoundException``).
 ``InvocationType=Event`` runs the handler in a background thread.
 
-SageMaker: ``CreateTrainingJob`` runs the job with :class:`LocalTrainingRunner`;
+SageMaker: ``CreateTrainingJob`` runs the job with :class:`LocalTrainingRunner`; endpoints are served by
+:class:`LocalServingRunner` (``emulator.serving_runner``, see :mod:`kaos.local.patches_serving`);
 Batch: ``SubmitJob`` runs the job's command with :class:`LocalBatchRunner` (``emulator.batch_runner``).
 ``StopTrainingJob`` stops it. Step Functions ``sagemaker:createTrainingJob.sync`` waits for it and
 fails with ``States.TaskFailed`` (cause: the DescribeTrainingJob JSON) when it ends Failed or
@@ -58,11 +59,16 @@ from kaos.local import iam, patches
 from kaos.local.containers import anonymous_keys
 from kaos.local.sagemaker_runner import LocalTrainingRunner
 from kaos.local.batch_runner import LocalBatchRunner
+from kaos.local.environments import Environments, default_cache_dir
+from kaos.local.serving_runner import LocalServingRunner
 
 LOG = logging.getLogger(__name__)
 
 ACCOUNT_ID: Final[str] = "123456789012"
 DEFAULT_TIMEOUT_SECONDS: Final[int] = 900
+# Multiplies the waits of endpoint deployment policies (canary bakes, termination waits), so a stack under test
+# can run a guarded rollout in seconds; unset on a user's stack (the policy's own waits).
+SERVING_TIME_SCALE_ENV: Final[str] = "KAOS_LOCAL_SERVING_TIME_SCALE"
 
 Handler = Callable[[Any, "LambdaContext"], Any]
 
@@ -108,6 +114,7 @@ class Emulator:
         self._lock = threading.Lock()
         self._runner: LocalTrainingRunner | None = None
         self._batch_runner: LocalBatchRunner | None = None
+        self._serving_runner: LocalServingRunner | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -143,6 +150,9 @@ class Emulator:
         )
         self._batch_runner = LocalBatchRunner(self.endpoint_url, self.work_dir, region=self.region,
                                               role_keys=role_keys)
+        self._serving_runner = LocalServingRunner(self.endpoint_url, self.work_dir, Environments(default_cache_dir()),
+                                                  region=self.region, role_keys=role_keys)
+        self._serving_runner.time_scale = float(os.environ.get(SERVING_TIME_SCALE_ENV) or 1)
         patches.apply(
             patches.Hooks(
                 invoke_lambda=self._invoke_lambda,
@@ -151,6 +161,7 @@ class Emulator:
                 training_runner=self._runner,
                 endpoint_url=self.endpoint_url,
                 batch_runner=self._batch_runner,
+                serving_runner=self._serving_runner,
             )
         )
         return self.endpoint_url
@@ -160,6 +171,8 @@ class Emulator:
             self._runner.stop_all(grace_seconds=0)
         if self._batch_runner is not None:
             self._batch_runner.stop_all()
+        if self._serving_runner is not None:
+            self._serving_runner.stop_all()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -189,6 +202,12 @@ class Emulator:
         if self._batch_runner is None:
             raise RuntimeError("Emulator not started")
         return self._batch_runner
+
+    @property
+    def serving_runner(self) -> LocalServingRunner:
+        if self._serving_runner is None:
+            raise RuntimeError("Emulator not started")
+        return self._serving_runner
 
     def client(self, service: str) -> Any:
         """A boto3 client for the emulator: the admin user's when IAM is enforced, else dummy credentials."""

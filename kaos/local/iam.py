@@ -35,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 
 import boto3
@@ -363,11 +363,7 @@ def resources_of(service: str, action: str, region: str, response: Any, body: di
                 return [(iam_action, stream_arn)]
         return [(iam_action, _arn("logs", region, f"log-group:{group}:*"))]
     if service == "sagemaker":
-        name = body.get("TrainingJobName")
-        pairs = [(iam_action, _arn("sagemaker", region, f"training-job/{str(name).lower()}") if name else "*")]
-        if action == "CreateTrainingJob" and body.get("RoleArn"):
-            pairs.append(("iam:PassRole", str(body["RoleArn"])))
-        return pairs
+        return _sagemaker_resources(iam_action, action, region, response, body)
     if service == "batch":
         if action == "SubmitJob":
             queue, definition = str(body.get("jobQueue", "")), str(body.get("jobDefinition", ""))
@@ -402,6 +398,12 @@ def resources_of(service: str, action: str, region: str, response: Any, body: di
             name = body.get("Name") or body.get("Rule")
             return [(iam_action, _arn("events", region, f"rule/{name}") if name else "*")]
         return [(iam_action, _arn("events", region, "event-bus/default") if action == "PutEvents" else "*")]
+    if service == "cloudwatch" and "Alarm" in action:
+        names = [body["AlarmName"]] if body.get("AlarmName") else list(body.get("AlarmNames") or [])
+        query = response.querystring if isinstance(response.querystring, dict) else {}  # the query protocol
+        names += [value for key, values in query.items() if key == "AlarmName" or key.startswith("AlarmNames.")
+                  for value in values]
+        return [(iam_action, _arn("cloudwatch", region, f"alarm:{name}")) for name in names] or [(iam_action, "*")]
     if service == "sts" and action == "AssumeRole":
         return [(iam_action, _query_param(response, "RoleArn") or "*")]
     if service == "iam":
@@ -416,6 +418,37 @@ def resources_of(service: str, action: str, region: str, response: Any, body: di
             return [(iam_action, f"arn:{PARTITION}:iam::{ACCOUNT_ID}:role{path}{name}")]
         return [(iam_action, "*")]
     return [(iam_action, "*")]
+
+
+# SageMaker request member -> the resource type its name is, per the Service Authorization Reference (SageMaker
+# lower-cases names in ARNs). A request is evaluated on every resource it names (CreateEndpoint and UpdateEndpoint:
+# the endpoint and the endpoint config); one naming none is evaluated on "*" (List*).
+_SAGEMAKER_NAMES: Final = (("TrainingJobName", "training-job"), ("ModelName", "model"),
+                           ("EndpointConfigName", "endpoint-config"), ("EndpointName", "endpoint"),
+                           ("ModelPackageGroupName", "model-package-group"), ("ModelPackageName", "model-package"))
+
+
+def _sagemaker_resources(iam_action: str, action: str, region: str, response: Any,
+                         body: dict[str, Any]) -> list[tuple[str, str]]:
+    if action == "InvokeEndpoint":  # sagemaker-runtime: the endpoint is in the path, the body is the payload
+        match = re.match(r"/endpoints/([^/]+)/invocations", unquote(urlparse(response.path or "").path))
+        return [(iam_action, _arn("sagemaker", region, f"endpoint/{match.group(1).lower()}") if match else "*")]
+    pairs = []
+    for member, kind in _SAGEMAKER_NAMES:
+        name = body.get(member)
+        if not isinstance(name, str) or (kind == "model-package-group" and action == "CreateModelPackage"):
+            continue
+        arn = name if name.startswith("arn:") else _arn("sagemaker", region, f"{kind}/{name.lower()}")
+        pairs.append((iam_action, arn))
+    if action == "CreateModelPackage" and body.get("ModelPackageGroupName"):
+        # A version of a group: the package created is model-package/<group>/<version>.
+        group = str(body["ModelPackageGroupName"]).lower()
+        pairs.append((iam_action, _arn("sagemaker", region, f"model-package/{group}/*")))
+    role = body.get("RoleArn") if action == "CreateTrainingJob" else body.get("ExecutionRoleArn") \
+        if action == "CreateModel" else None
+    if role:
+        pairs.append(("iam:PassRole", str(role)))  # SageMaker checks that the caller may pass the role it names
+    return pairs or [(iam_action, "*")]
 
 
 def _multi_delete(bucket_arn: str, body: bytes) -> list[tuple[str, str]]:

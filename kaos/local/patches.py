@@ -21,6 +21,8 @@ each on stock moto to show it fails there):
 - SageMaker ``CreateTrainingJob`` runs a real local training; ``StopTrainingJob`` is added.
 - Fault injection (e.g. ``ThrottlingException``) in front of any moto action.
 - Batch jobs (``batch_simple``, no Docker) run their command locally (:mod:`kaos.local.batch_runner`).
+- SageMaker hosting: endpoints served by local model servers, UpdateEndpoint, InvokeEndpoint
+  (:mod:`kaos.local.patches_serving`, its own PATCH_POINTS).
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ import botocore.session
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
-from kaos.local import patches_s3
+from kaos.local import patches_s3, patches_serving
 from kaos.local.patching import Patches, check_moto
+from kaos.local.serving_runner import LocalServingRunner
 
 LOG = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ class Hooks:
     endpoint_url: str
     # Runs submitted AWS Batch jobs (see ``LocalBatchRunner``); None keeps moto's run-nothing behaviour.
     batch_runner: BatchRunnerProtocol | None = None
+    # Serves SageMaker endpoints (kaos/local/patches_serving.py); None keeps moto's record-only endpoints.
+    serving_runner: LocalServingRunner | None = None
 
 
 _HOOKS: Hooks | None = None
@@ -893,6 +898,8 @@ def apply(hooks: Hooks) -> None:
 
         PATCHES.replace(backends, "list_of_moto_modules", _list_of_moto_modules)
         patches_s3.apply()  # S3 checksums verified and kept, conditional writes atomic (kaos/local/patches_s3.py)
+    if hooks.serving_runner is not None:
+        patches_serving.apply(hooks.serving_runner)  # endpoints that serve (kaos/local/patches_serving.py)
 
 
 def remove() -> None:
@@ -902,3 +909,4 @@ def remove() -> None:
         PATCHES.remove()
         _HOOKS = None
     patches_s3.remove()
+    patches_serving.remove()
