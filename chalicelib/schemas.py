@@ -122,6 +122,9 @@ JOB = _object({
     "fingerprint": {"type": "string"}, "inputs": {"type": "object"}, "environment": {"type": "string"},
     "resources": {"type": "object"}, "metrics": {"type": "object"}, "failure_reason": NULLABLE_STRING,
     "model": NULLABLE_STRING, "history": {"type": "array"}, "created_at": TIMESTAMP,
+    "hyperparameters": {"type": ["object", "null"], "description": "the params' values (null for jobs without)"},
+    "metric_series": {"type": "object", "description": "min, max, last, count, last_step of each metric logged "
+                                                       "over time (chalicelib/metrics.py)"},
     "cost": {"type": "object", "description": "USD at AWS list prices: usd, basis (measured, elapsed or estimate), "
                                               "prices, lines (chalicelib/cost.py)"},
 }, ["id", "status", "inputs", "metrics"], extra=True)
@@ -208,6 +211,14 @@ COST = _object({
     "endpoints": {"type": "array", "items": _object({"name": {"type": "string"}, "kind": {"type": "string"},
                                                      "status": {"type": "string"}, **PRICED}, ["name", "usd"])},
 }, ["workspace", "total_usd", "jobs", "models", "endpoints"])
+METRICS = _object({
+    "job": JOB_ID, "status": {"type": "string"},
+    "summary": {"type": "object", "additionalProperties": _object(
+        {k: {"type": "number"} for k in ("min", "max", "last", "count", "last_step")},
+        ["min", "max", "last", "count", "last_step"])},
+    "points": {"type": "array", "items": _object({"metric": {"type": "string"}, "step": {"type": "number"},
+                                                  "value": {"type": "number"}}, ["metric", "step", "value"])},
+    "next": NULLABLE_STRING}, ["job", "status", "summary", "points", "next"])
 GRID_ID = {"type": "string", "pattern": "^grid-[0-9a-f]{24}$", "description": "a grid id such as grid-<24 hex>"}
 PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID, "grid": GRID_ID, "snapshot": SHA256}
 # --- serving and the model registry (chalicelib/serving.py, chalicelib/registry.py) ---------------------------------

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-import threading
+import queue
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from kaos.client import ApiError, Client
 
@@ -53,18 +53,23 @@ class UiServer(ThreadingHTTPServer):
         self.hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
         self.assets = static_files()
         self._make_client = client
-        # requests.Session is not documented thread-safe: one client (and session) per handler thread.
-        self._local = threading.local()
+        # requests.Session is not documented thread-safe, and every connection gets its own handler thread: each
+        # request borrows an idle client (its session keeps the API connection open) or makes one.
+        self._idle: queue.SimpleQueue[Client] = queue.SimpleQueue()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/?token={self.token}"
 
-    def client(self) -> Client:
-        found: Client | None = getattr(self._local, "client", None)
-        if found is None:
-            found = self._local.client = self._make_client()
-        return found
+    def request(self, path: str, query: dict[str, str]) -> Any:
+        try:
+            client = self._idle.get_nowait()
+        except queue.Empty:
+            client = self._make_client()
+        try:
+            return client.request("GET", path, query=query)
+        finally:
+            self._idle.put(client)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -80,7 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         parts = urlsplit(self.path)
         if parts.path.startswith(API_PREFIX):
-            self._proxy(parts.path[len(API_PREFIX) - 1:], dict(parse_qsl(parts.query)))
+            # The view escapes path segments (node ids hold ':'); the client signs and sends them as the CLI does.
+            self._proxy(unquote(parts.path[len(API_PREFIX) - 1:]), dict(parse_qsl(parts.query)))
             return
         name = "index.html" if parts.path in ("/", "/index.html") else parts.path.removeprefix("/static/")
         body = self.server.assets.get(name) if parts.path == "/" or parts.path.startswith("/static/") else None
@@ -94,11 +100,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(offered.encode(), self.server.token.encode()):
             self._json(403, _error("BadToken", f"missing or wrong {TOKEN_HEADER}: open the URL `kaos ui` printed"))
             return
-        if not (path == "/workspaces" or path.startswith("/workspaces/")):
+        if not (path == "/workspaces" or path.startswith("/workspaces/")) or any(c in path for c in "?#\\") \
+                or ".." in path.split("/"):
             self._json(404, _error("NotFound", "the view reads only /workspaces routes"))
             return
         try:
-            answer = self.server.client().request("GET", path, query=query)
+            answer = self.server.request(path, query)
         except ApiError as exc:
             self._json(exc.status or 502, _error(exc.code, exc.message))
             return

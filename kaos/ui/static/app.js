@@ -85,7 +85,8 @@ async function loadRuns(ws, live, onPage) {
   const jobs = [];
   let cursor = null;
   do {
-    const page = await api(`/workspaces/${enc(ws)}/jobs`, { limit: 200, cursor });
+    // A small first page draws the table sooner; the rest comes in the largest pages the API gives.
+    const page = await api(`/workspaces/${enc(ws)}/jobs`, { limit: jobs.length ? 200 : 50, cursor });
     jobs.push(...page.jobs);
     cursor = page.next;
     if (onPage) onPage(jobs, Boolean(cursor));
@@ -333,8 +334,7 @@ async function jobPage(live, ws, id) {
   const job = await api(base);
   const sources = job.sources || {};
   const snap = (sid) => `<a class="mono" href="#/ws/${enc(ws)}/lineage/${enc("snapshot:" + sid)}">${esc(sid)}</a>`;
-  const cost = job.cost === undefined || job.cost === null ? null :
-    typeof job.cost === "object" ? Object.entries(job.cost).map(([k, v]) => `${esc(k)}: ${esc(typeof v === "number" ? fmt(v) : JSON.stringify(v))}`).join("<br>") : esc(job.cost);
+  const cost = costHtml(job.cost);
   main.innerHTML = `<h1>Job <span class="mono">${esc(job.id)}</span> <span id="job-status" class="status-${esc(job.status)}">${esc(job.status)}</span></h1>
     ${kv([["kind", esc(job.kind)], ["created", esc(job.created_at)], ["started", esc(job.started_at)], ["ended", esc(job.ended_at)],
           ["failure", esc(job.failure_reason)], ["environment", `<span class="mono">${esc(job.environment)}</span>`],
@@ -366,7 +366,23 @@ async function jobPage(live, ws, id) {
     main.querySelector("#files").innerHTML = `<h2>Code files</h2><table><thead><tr><th>path</th><th>bytes</th><th>sha256</th></tr></thead><tbody>${files}</tbody></table>
       <h2>Model files</h2>${m ? `<p><a href="${esc(m.url)}">model.tar.gz</a> (${fmt(m.size)} bytes)</p>` : `<p class="muted">no model yet</p>`}`;
   });
-  await followLog(live, ws, id);
+  if (await followLog(live, ws, id)) {
+    // The job has ended: Record stored its final metrics and the series it logged.
+    const ended = await api(base);
+    if (!live()) return;
+    main.querySelector("#metrics").innerHTML = kv(Object.entries(ended.metrics || {}).map(([k, v]) => [k, fmt(v)]));
+    await showSeries();
+    main.dataset.ended = "true";
+  }
+}
+
+// The job's `cost` (chalicelib/cost.py): total, basis (measured, elapsed or estimate), the prices' date, the lines.
+function costHtml(cost) {
+  if (cost === undefined || cost === null) return null;
+  if (typeof cost !== "object") return esc(cost);
+  const lines = (cost.lines || []).map((l) => `<tr><td>${esc(l.item)}</td><td class="num">${fmt(l.quantity)} ${esc(l.unit)}</td><td class="num">$${fmt(l.usd ?? l.quantity * l.price)}</td></tr>`).join("");
+  return `<span id="cost">$${fmt(cost.usd)}</span> <span class="pill">${esc(cost.basis)}</span> <span class="muted">${esc(cost.prices || "")}</span>` +
+    (lines ? `<table class="cost-lines"><tbody>${lines}</tbody></table>` : "");
 }
 
 async function followLog(live, ws, id) {
@@ -385,18 +401,18 @@ async function followLog(live, ws, id) {
     next = page.next;
     if (page.complete) {
       state.textContent = "log complete";
-      main.dataset.logComplete = "true";
-      return;
+      return true;
     }
     state.textContent = `following (${page.status})…`;
     if (!page.events.length) await sleep(1000); // CloudWatch has nothing newer yet: ask again in a second
   }
+  return false;
 }
 
 // --- lineage ---------------------------------------------------------------------------------------------------
 async function lineagePage(live, ws, node) {
   setCrumbs(ws);
-  const depth = Number(sessionStorage.getItem("kaos.depth") || 30);
+  const depth = Number(sessionStorage.getItem("kaos.depth") || 100);
   main.innerHTML = `<h1>Lineage of <span class="mono">${esc(node)}</span></h1>
     <div class="toolbar"><label>depth <input id="depth" type="number" min="1" max="500" value="${depth}"></label>
     <span class="muted">drag to pan, wheel to zoom, click a node to follow it; red: failed or killed jobs</span></div>
@@ -404,7 +420,10 @@ async function lineagePage(live, ws, node) {
   main.querySelector("#depth").addEventListener("change", (e) => { sessionStorage.setItem("kaos.depth", e.target.value); route(); });
   const answer = await api(`/workspaces/${enc(ws)}/lineage/${enc(node)}`, { direction: "both", depth, limit: 1000 });
   const jobIds = answer.nodes.filter((n) => n.type === "job").map((n) => n.id.slice(4));
-  const known = new Map((runsCache.get(ws) || []).map((j) => [j.id, j.status]));
+  // Statuses (failed jobs are marked): from the runs already loaded, else the newest page of the workspace's jobs,
+  // then one read per job still missing.
+  const listed = runsCache.get(ws) || (jobIds.length ? (await api(`/workspaces/${enc(ws)}/jobs`, { limit: 200 })).jobs : []);
+  const known = new Map(listed.map((j) => [j.id, j.status]));
   await Promise.all(jobIds.filter((j) => !known.has(j)).map((j) =>
     api(`/workspaces/${enc(ws)}/jobs/${enc(j)}`).then((job) => known.set(j, job.status)).catch(() => {})));
   if (!live()) return;
