@@ -354,6 +354,10 @@ def _deploy(backend: Any, endpoint: Any, live: _Live, config_name: str, deployme
         LOG.exception("endpoint %s could not be updated", endpoint.endpoint_name)
         _set(endpoint, "InService", f"Request to service failed. ({exc})")
         return
+    if backend.endpoints.get(endpoint.endpoint_name) is not endpoint:  # deleted meanwhile: nothing to shift to
+        for fleet, _ in new:
+            runner.retire(fleet)
+        return
     policy = deployment.get("BlueGreenUpdatePolicy") or {}
     routing = policy.get("TrafficRoutingConfiguration") or {}
     alarms = [str(a["AlarmName"]) for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms") or []]
