@@ -3,7 +3,6 @@ it; the finished training shows its cost from the billable seconds the emulator 
 them), and its model's rolled-up cost is the sum of the two jobs' costs along its lineage."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,19 @@ model = pathlib.Path(os.environ["SM_MODEL_DIR"])
 
 
 def test_a_finished_job_shows_its_cost_and_a_model_rolls_up_its_lineage(stack: Stack, tmp_path: Path) -> None:
-    stack.kaos("workspace", "create", WS)
+    client = stack.client()
+    client.create_workspace(WS)
     data, code = tmp_path / "data", tmp_path / "code"
     data.mkdir()
     code.mkdir()
     (data / "rows.csv").write_text("a\n1\n2\n")
     (code / "train.py").write_text(TRAIN)
-    batch = json.loads(stack.kaos("batch", "deploy", "-w", WS, "-s", str(code), "-d", str(data), "--command",
-                                  "cp $KAOS_INPUT_DIR/rows.csv $KAOS_OUTPUT_DIR/", "--wait", "--json").stdout)
+    code_id = upload(client, WS, "code", code)
+    submitted_batch = client.submit_batch(WS, code_id, upload(client, WS, "data", data),
+                                          "cp $KAOS_INPUT_DIR/rows.csv $KAOS_OUTPUT_DIR/")
+    batch = wait(client, WS, submitted_batch["id"])
     assert batch["status"] == "COMPLETED", batch
-    client = stack.client()
-    submitted = client.submit(WS, upload(client, WS, "code", code),
-                              {"training": batch["model"].removeprefix("snapshot:")}, {})
+    submitted = client.submit(WS, code_id, {"training": batch["model"].removeprefix("snapshot:")}, {})
     # Before it ends, the job answer is an estimate: the instance price times the max runtime.
     assert submitted["cost"]["basis"] == "estimate" and submitted["cost"]["usd"] > 0
     trained = wait(client, WS, submitted["id"])
