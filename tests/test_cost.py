@@ -19,6 +19,8 @@ from chalicelib.repositories.endpoints import Endpoint
 from chalicelib.wiring import Wiring
 from chalicelib.workspaces import now
 from kaos import prices
+from kaos.cli.common import console
+from kaos.cli.cost import print_cost
 from tests.service_wiring import OWNER, services, snapshot, workspace  # noqa: F401
 
 PRICES = Prices(
@@ -232,3 +234,21 @@ def test_an_endpoint_costs_its_instance_hours_until_it_is_deleted() -> None:
     assert live["lines"][0]["quantity"] == pytest.approx(3)
     serverless = endpoint_cost_of(endpoint("serverless", "InService", {"memory_mb": 2048}))
     assert serverless["usd"] == 0 and serverless["unmetered"]
+
+
+def test_kaos_cost_prints_jobs_models_and_endpoints_with_the_offline_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "width", 200)  # no cell folded
+    answer = {"workspace": "ws", "since": None, "prices": "AWS list prices us-east-1 2026-12-01", "total_usd": 1.5,
+              "jobs": [{"id": "train-1", "kind": "train", "status": "COMPLETED", "created_at": "2026-12-01",
+                        "usd": 0.0021, "basis": "measured"}],
+              "models": [{"id": "model:train-1", "usd": 0.0021, "rolled_up_usd": 0.0031, "truncated": False,
+                          "lineage": [{"job": "train-1", "usd": 0.0021}, {"job": "batch-1", "usd": 0.001}]}],
+              "endpoints": []}
+    with console.capture() as captured:
+        print_cost(answer, local=True)
+    text = captured.get()
+    assert "$1.50 estimated at AWS prices" in text and "$0.002100 (measured, estimated at AWS prices)" in text
+    assert "$0.003100" in text and "endpoints" not in text
+    with console.capture() as captured:
+        print_cost(answer, local=False)
+    assert "at AWS list prices" in captured.get() and "estimated" not in captured.get()

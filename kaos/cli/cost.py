@@ -31,28 +31,24 @@ def print_cost(answer: dict[str, Any], local: bool) -> None:
     since = f" since {answer['since']}" if answer.get("since") else ""
     console.print(f"workspace [bold]{answer['workspace']}[/]{since}: [bold]{money(answer['total_usd'])}[/] "
                   f"{label} ({answer['prices']})", highlight=False)
-    if answer["jobs"]:
-        jobs = Table(title="jobs")
-        id_column(jobs, "job")
-        for header in ("kind", "status", "created", "cost"):
-            jobs.add_column(header, overflow="fold")
-        for job in answer["jobs"]:
-            jobs.add_row(job["id"], job["kind"], job["status"], job["created_at"], cost_text(job, local))
-        console.print(jobs)
-    if answer["models"]:
-        models = Table(title="models (rolled up: every job upstream of the model)")
-        id_column(models, "model")
-        for header in ("own", "rolled up", "jobs"):
-            models.add_column(header, overflow="fold")
-        for model in answer["models"]:
-            rolled = money(model["rolled_up_usd"]) + (" (walk truncated)" if model.get("truncated") else "")
-            models.add_row(model["id"], money(model["usd"]), rolled, str(len(model.get("lineage", []))))
-        console.print(models)
-    if answer["endpoints"]:
-        endpoints = Table(title="endpoints")
-        id_column(endpoints, "endpoint")
-        for header in ("kind", "status", "cost"):
-            endpoints.add_column(header, overflow="fold")
-        for endpoint in answer["endpoints"]:
-            endpoints.add_row(endpoint["name"], endpoint["kind"], endpoint["status"], cost_text(endpoint, local))
-        console.print(endpoints)
+    _table("jobs", ("job", "kind", "status", "created", "cost"),
+           [(j["id"], j["kind"], j["status"], j["created_at"], cost_text(j, local)) for j in answer["jobs"]])
+    _table("models (rolled up: every job upstream of the model)", ("model", "own", "rolled up", "jobs"),
+           [(m["id"], money(m["usd"]),
+             money(m["rolled_up_usd"]) + (" (walk truncated)" if m.get("truncated") else ""),
+             str(len(m.get("lineage", [])))) for m in answer["models"]])
+    _table("endpoints", ("endpoint", "kind", "status", "cost"),
+           [(e["name"], e["kind"], e["status"], cost_text(e, local)) for e in answer["endpoints"]])
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table of one kind of thing, its id column first; nothing when there is none."""
+    if not rows:
+        return
+    table = Table(title=title)
+    id_column(table, headers[0])
+    for header in headers[1:]:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
