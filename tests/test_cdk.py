@@ -135,9 +135,9 @@ def test_no_custom_resource_lambdas(resources: dict[str, Any]) -> None:
     # The offline loader creates resources through boto3: custom resources (and their handler Lambdas) would need
     # special cases. EventBridge notifications are the bucket's native property for that reason.
     assert not [r for r in resources.values() if r["Type"].startswith("Custom::")]
-    # Two task Lambdas each for training, grids, batch jobs and auto-retrain (OnUpload, ProcessBatch); the API
-    # function is the SAM one.
-    assert len(_of_type(resources, "AWS::Lambda::Function")) == 8
+    # Two task Lambdas each for training, grids, batch jobs, auto-retrain (OnUpload, ProcessBatch) and deployments;
+    # the API function is the SAM one.
+    assert len(_of_type(resources, "AWS::Lambda::Function")) == 10
 
 
 # --- table
@@ -231,6 +231,8 @@ FAILURE_PATHS = {
     "BatchBatch": ("RecordFailure", "MarkJobFailed", "BatchFailed", "JOB#{}", ["SUBMITTED", "RUNNING"]),
     "GridGrid": ("RecordGridFailure", "MarkGridFailed", "GridFailed", "GRID#{}", ["RUNNING"]),
     "TriggersRetrain": ("RecordBatchFailure", "MarkBatchFailed", "RetrainFailed", "PENDING#{}", ["OPEN", "CLOSED"]),
+    "ServingDeployment": ("RecordFailure", "MarkEndpointFailed", "DeploymentFailed", "ENDPOINT#{}",
+                          ["Creating", "Updating"]),
 }
 
 
@@ -320,9 +322,9 @@ def test_application_transients_are_retried_before_any_catch(resources: dict[str
                 retried = {error for retry in state["Retry"] for error in retry["ErrorEquals"]}
                 assert transient <= retried, (prefix, name)
                 assert "States.ALL" not in retried, (prefix, name)  # a retry never swallows a real failure
-    # Prepare/RecordSuccess/RecordFailure of training and batch, CreatePointJob and the grid's two, Process and its
-    # record step.
-    assert lambda_states == 11
+    # Prepare/RecordSuccess/RecordFailure of training, batch and deployment, CreatePointJob and the grid's two,
+    # Process and its record step.
+    assert lambda_states == 14
 
 
 def test_a_queued_retrain_batch_waits_as_long_as_the_batch_ahead_may_take(resources: dict[str, Any]) -> None:
