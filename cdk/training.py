@@ -73,9 +73,11 @@ class Training(Construct):
         train = sync_task(
             self, "Train", resource=f"arn:{partition}:states:::sagemaker:createTrainingJob.sync",
             request_path=TRAINING_REQUEST, request_fields=TRAINING_REQUEST_FIELDS,
-            # The billed and trained seconds SageMaker reports price the job (chalicelib/cost.py).
+            # The billed and trained seconds SageMaker reports price the job (chalicelib/cost.py); the image and the
+            # status transitions say what environment it ran in (chalicelib/environments.py environment_ran).
             result_fields=("TrainingJobName", "TrainingJobStatus", "ModelArtifacts", "BillableTimeInSeconds",
-                           "TrainingTimeInSeconds"), result_path=TRAINED_PATH,
+                           "TrainingTimeInSeconds", "AlgorithmSpecification", "SecondaryStatusTransitions"),
+            result_path=TRAINED_PATH,
         )
         API_THROTTLING_BACKOFF.retry(train, SAGEMAKER_TRANSIENT_ERRORS)
         CAPACITY_BACKOFF.retry(train, SAGEMAKER_CAPACITY_ERRORS)

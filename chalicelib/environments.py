@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -22,6 +22,31 @@ DEFAULT_PYTHON = "3.11"
 DEFAULT_TRAINING_FRAMEWORK = "sklearn"
 DEFAULT_BATCH_FRAMEWORK = "python"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$")
+
+
+# How an offline training job's status message names the environment it ran in (kaos.local.environments writes it
+# into the Training transition's StatusMessage; the job's record reads it back with `environment_ran`).
+_RAN = re.compile(r"Environment ([0-9a-f]{64}) packages ([0-9a-f]{64})\.(?: Fidelity: (.*)\.)?$", re.S)
+
+
+def environment_message(environment_id: str, packages_sha256: str, warnings: Sequence[str]) -> str:
+    text = f"Environment {environment_id} packages {packages_sha256}."
+    return text + (f" Fidelity: {' | '.join(warnings)}." if warnings else "")
+
+
+def environment_ran(training: Mapping[str, Any], requirements_sha256: str | None) -> dict[str, Any]:
+    """What a training job ran with, from its DescribeTrainingJob answer: the image (DescribeTrainingJob gives no
+    digest), the code's requirements.txt, and offline the built environment and its fidelity warnings."""
+    ran: dict[str, Any] = {"image": str((training.get("AlgorithmSpecification") or {}).get("TrainingImage", ""))}
+    if requirements_sha256:
+        ran["requirements_sha256"] = requirements_sha256
+    for transition in training.get("SecondaryStatusTransitions") or []:
+        message = str(transition.get("StatusMessage", ""))
+        match = _RAN.search(message)
+        if match is not None:
+            ran.update(environment_id=match.group(1), packages_sha256=match.group(2),
+                       fidelity=match.group(3).split(" | ") if match.group(3) else [])
+    return ran
 
 
 class UnknownFramework(ValueError):

@@ -12,12 +12,12 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib import cost, lineage_events
+from chalicelib import cost, environments, lineage_events
 from chalicelib.adapters import ObjectStore
 from chalicelib.archive import read_model
 from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
-from chalicelib.domain import Manifest, attempt_name, hyperparameters
+from chalicelib.domain import Manifest, attempt_name, canonical_json, environment_id, hyperparameters
 from chalicelib.errors import InputInvalid, KaosError
 from chalicelib.lifecycle import Jobs, job_prefix
 from chalicelib.logs import JobLogs
@@ -136,6 +136,7 @@ class TrainingPipeline:
         if not self._workspaces.alive(workspace, job.spec.get("incarnation")):
             return {**describe(job), "dropped": True}
         series = self._series(workspace, job)
+        self._record_environment(workspace, job, detail)
         try:
             if outcome == "Completed":
                 described = self._record_model(workspace, job, detail, since, series.summary())
@@ -157,6 +158,25 @@ class TrainingPipeline:
             except KaosError:
                 log.exception("could not archive the log of job %s", job_id)
         return described
+
+    def _record_environment(self, workspace: str, job: Job, detail: dict[str, Any]) -> None:
+        """The environment the job ran in, read from its DescribeTrainingJob answer (the .sync result, or a failure's
+        Cause), as an environment node the job used: the image, the code's requirements.txt and, offline, the built
+        environment and its fidelity warnings (chalicelib.environments.environment_ran). A job that never got a
+        training job (failed in Prepare) has none."""
+        training = _described_training(detail)
+        if training is None:
+            return
+        try:
+            files = self._snapshots.manifest(workspace, job.spec["code"]).files
+        except KaosError:
+            log.exception("could not read the code of job %s", job.job_id)
+            return
+        requirements = next((f.sha256 for f in files if f.path == "requirements.txt"), None)
+        ran = environments.environment_ran(training, requirements)
+        node, at = f"environment:{environment_id(canonical_json(ran))}", now()
+        self._provenance.add_node(workspace, node, "environment", ran, at)
+        self._provenance.add_edge(workspace, f"job:{job.job_id}", "used", node, at)
 
     def _series(self, workspace: str, job: Job) -> Extractor:
         """Every metric the job logged over time (chalicelib.metrics), read from its log BEFORE the fenced end so
@@ -202,6 +222,17 @@ class TrainingPipeline:
             raise
         lineage_events.ended(job, self._settings)
         return describe(job)
+
+
+def _described_training(detail: dict[str, Any]) -> dict[str, Any] | None:
+    """The DescribeTrainingJob answer in a Record's input: the .sync result itself, or a failure's JSON Cause."""
+    if "AlgorithmSpecification" in detail:
+        return detail
+    try:
+        cause = json.loads(detail.get("Cause", ""))
+    except (TypeError, ValueError):
+        return None
+    return cause if isinstance(cause, dict) and "AlgorithmSpecification" in cause else None
 
 
 def failure_reason(error: dict[str, Any]) -> str:

@@ -149,6 +149,14 @@ def code_framework(code: Path | None) -> str | None:
     return f"{name}:{version}" if version else str(name)
 
 
+def environment_ran(client: Client, workspace: str, job_id: str) -> dict[str, Any] | None:
+    """What the job ran in, as its record wrote it: the environment node it used that says the most (the image
+    node it was registered with says only the image); None before the job has ended."""
+    nodes = client.lineage(workspace, f"job:{job_id}", "up", depth=1)["nodes"]
+    ran = [node["attrs"] for node in nodes if node["type"] == "environment" and len(node["attrs"]) > 1]
+    return max(ran, key=len) if ran else None
+
+
 def commit_remote(client: Client, workspace: str, entries: list[dict[str, Any]]) -> str:
     """A data snapshot of remote objects (referenced, not uploaded)."""
     committed: dict[str, Any] = client.request("POST", f"/workspaces/{workspace}/snapshots",

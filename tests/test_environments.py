@@ -17,6 +17,7 @@ from chalicelib.domain import JobSpec, Resources
 from kaos.local.emulator import Emulator
 from kaos.local.environments import Environments, closest_version, default_cache_dir
 from tests import test_sagemaker_runner
+from tests.conftest import TEMPLATE, Stack
 from tests.test_sagemaker_runner import BUCKET, ROLE, upload_source, wait_for
 
 SKLEARN = catalogue.lookup("sklearn").image_uri("us-east-1")
@@ -170,3 +171,29 @@ def test_a_failing_script_fails_as_sagemaker_reports_it(emulator: Emulator) -> N
     reason = described["FailureReason"]
     assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 1\nErrorMessage \"")
     assert "the data is empty" in reason and reason.endswith(" train.py\", exit code: 1")
+
+
+def test_the_chosen_image_is_recorded_with_what_ran(stack: Stack, tmp_path: Path) -> None:
+    # Through the CLI and the executing state machine: kaos.toml chooses scikit-learn 1.2-1, whose pandas pin has
+    # no wheel here; the job's record (train info) carries the built environment and that fidelity warning.
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("import os, pandas\nprint('pandas', pandas.__version__)\n"
+                                   "open(os.path.join(os.environ['SM_MODEL_DIR'], 'model.txt'), 'w').write('m')\n")
+    (code / "kaos.toml").write_text('[train]\nframework = "sklearn"\nframework_version = "1.2-1"\n')
+    stack.kaos("workspace", "create", "envs")
+    deploy = ["train", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data")]
+    job = stack.kaos_json(*deploy, "--wait")
+    assert job["status"] == "COMPLETED", job
+    assert job["environment"] == catalogue.lookup("sklearn", "1.2-1").image_uri("us-east-1")
+    info = stack.kaos_json("train", "info", job["id"])
+    ran = info["environment_ran"]
+    assert ran["image"] == job["environment"] and len(ran["packages_sha256"]) == 64
+    assert any(w.startswith("pandas==1.1.3 (the image's) has no wheel") for w in ran["fidelity"]), ran
+    assert "fidelity" in stack.kaos("train", "info", job["id"]).stdout
+
+    # Another image is another job; an unknown one is refused naming the field.
+    other = stack.kaos_json(*deploy, "--framework", "sklearn:1.4-2")
+    assert other["id"] != job["id"]
+    refused = stack.kaos(*deploy, "--framework", "sklearn:0.1", check=False)
+    assert refused.returncode != 0 and "framework" in refused.stderr and "sklearn:1.2-1" in refused.stderr

@@ -160,7 +160,7 @@ def train_info(job: str, ws_option: str | None = WorkspaceOpt, as_json: bool = J
         if as_json:
             return emit_json(grid)
         return print_grid(grid)
-    described = api.job(ws, ident)
+    described = {**api.job(ws, ident), "environment_ran": ops.environment_ran(api, ws, ident)}
     if as_json:
         return emit_json(described)
     print_job(described)

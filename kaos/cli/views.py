@@ -50,6 +50,12 @@ def job_table(job: dict[str, Any]) -> Table:
         table.add_row(f"metric:{name}", f"{value:.6g}")
     if job.get("cost"):
         table.add_row("cost", cost_text(job["cost"], offline()))
+    ran = job.get("environment_ran") or {}
+    for key in ("environment_id", "packages_sha256", "requirements_sha256"):
+        if ran.get(key):
+            table.add_row(f"environment:{key.removesuffix('_sha256')}", str(ran[key]))
+    for warning in ran.get("fidelity") or []:
+        table.add_row("fidelity", warning)
     return table
 
 
@@ -123,9 +129,14 @@ def provenance_tree(graph: dict[str, Any], down: bool) -> Tree:
     def label(node_id: str) -> str:
         attrs = nodes.get(node_id, {}).get("attrs", {})
         extra = attrs.get("kind") or attrs.get("image") or attrs.get("uri") or ""
-        return f"[bold]{node_id}[/] [dim]{extra}[/]".strip()
+        cost = nodes.get(node_id, {}).get("cost")
+        return (f"[bold]{node_id}[/]" + (f" [dim]{extra}[/]" if extra else "")
+                + (f" [green]{money(cost['usd'])}[/]" if cost else ""))
 
-    root = Tree(label(graph["root"]))
+    # Upstream, the jobs of the tree are what the root cost to make: the model's rolled-up cost.
+    job_costs = [float(n["cost"]["usd"]) for n in graph["nodes"] if n.get("type") == "job" and n.get("cost")]
+    rolled = f" [green](with its lineage: {money(sum(job_costs))}, {len(job_costs)} jobs)[/]"
+    root = Tree(label(graph["root"]) + (rolled if not down and len(job_costs) > 1 else ""))
 
     def grow(branch: Tree, node_id: str, seen: frozenset[str]) -> None:
         for rel, child in sorted(children.get(node_id, [])):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.environments import CatalogueEntry, entry_for_image
+from chalicelib.environments import environment_message as catalogue_message
 
 CACHE_ENV = "KAOS_ENVIRONMENTS_CACHE"
 MARKER = "kaos-environment.json"
@@ -55,13 +56,9 @@ class BuiltEnvironment:
     warnings: tuple[str, ...]  # fidelity differences from the image (Python version, unmet pins), human readable
 
 
-ENVIRONMENT_PREFIX = "Environment"
-
-
 def environment_message(built: BuiltEnvironment) -> str:
-    """How a job's status message names the environment it ran in (parsed back by chalicelib.environments)."""
-    text = f"{ENVIRONMENT_PREFIX} {built.environment_id} packages {built.packages_sha256}."
-    return text + (f" Fidelity: {' | '.join(built.warnings)}." if built.warnings else "")
+    """How a job's status message names the environment it ran in (read back by chalicelib.environments)."""
+    return catalogue_message(built.environment_id, built.packages_sha256, built.warnings)
 
 
 class EnvironmentBuildError(Exception):
