@@ -21,6 +21,7 @@ from chalicelib.workspaces import now
 from kaos import prices
 from kaos.cli.common import console
 from kaos.cli.cost import print_cost
+from kaos.cli.views import provenance_tree
 from tests.service_wiring import OWNER, services, snapshot, workspace  # noqa: F401
 
 PRICES = Prices(
@@ -252,3 +253,21 @@ def test_kaos_cost_prints_jobs_models_and_endpoints_with_the_offline_label(monke
     with console.capture() as captured:
         print_cost(answer, local=False)
     assert "at AWS list prices" in captured.get() and "estimated" not in captured.get()
+
+
+def test_the_provenance_tree_shows_each_jobs_cost_and_the_models_rolled_up_cost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "width", 200)
+    graph = {"root": "model:train-1", "nodes": [
+        {"id": "model:train-1", "type": "model", "attrs": {}, "cost": {"usd": 0.25, "basis": "measured"}},
+        {"id": "job:train-1", "type": "job", "attrs": {}, "cost": {"usd": 0.25, "basis": "measured"}},
+        {"id": "snapshot:s", "type": "snapshot", "attrs": {"kind": "data"}},
+        {"id": "job:batch-1", "type": "job", "attrs": {}, "cost": {"usd": 0.5, "basis": "elapsed"}}],
+        "edges": [{"source": "job:train-1", "rel": "produced", "target": "model:train-1"},
+                  {"source": "job:train-1", "rel": "used", "target": "snapshot:s"},
+                  {"source": "job:batch-1", "rel": "produced", "target": "snapshot:s"}]}
+    with console.capture() as captured:
+        console.print(provenance_tree(graph, down=False))
+    lines = captured.get().splitlines()
+    assert "model:train-1 $0.25 (with its lineage: $0.75, 2 jobs)" in lines[0]
+    assert any("job:batch-1 $0.50" in line for line in lines)
