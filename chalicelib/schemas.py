@@ -57,6 +57,9 @@ SUBMIT_JOB = _object({
              "description": f"channel name -> data snapshot id, 1 to {limits.MAX_CHANNELS} channels"},
     "params": {"type": "object", "maxProperties": limits.MAX_HYPERPARAMETERS},
     "resources": RESOURCES,
+    "framework": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,31}(:[A-Za-z0-9][A-Za-z0-9.-]{0,31})?$",
+                  "description": "the training image: FRAMEWORK[:VERSION] of kaos's image catalogue (e.g. "
+                                 "sklearn:1.2-1; default: the deployment's image)"},
 })
 SUBMIT_GRID = {**SUBMIT_JOB, "required": ["params"], "properties": {
     **SUBMIT_JOB["properties"],
