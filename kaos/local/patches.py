@@ -640,8 +640,8 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
                 if key in fields:
                     setattr(job, attr, fields[key])
             if "TrainingEndTime" in fields and job.training_start_time is not None:
-                # SageMaker reports both once a job ends; without managed spot training they are equal (whole
-                # seconds of the wall clock from the start of training).
+                # SageMaker reports both once a job ends and bills "the time interval between" TrainingStartTime
+                # and TrainingEndTime (DescribeTrainingJob); without managed spot training the two are equal.
                 seconds = math.ceil((job.training_end_time - job.training_start_time).total_seconds())
                 job.training_time_in_seconds = job.billable_time_in_seconds = seconds
             if fields.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped"):
