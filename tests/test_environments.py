@@ -197,3 +197,17 @@ def test_the_chosen_image_is_recorded_with_what_ran(stack: Stack, tmp_path: Path
     assert other["id"] != job["id"]
     refused = stack.kaos(*deploy, "--framework", "sklearn:0.1", check=False)
     assert refused.returncode != 0 and "framework" in refused.stderr and "sklearn:1.2-1" in refused.stderr
+
+
+def test_batch_honours_requirements(stack: Stack, tmp_path: Path) -> None:
+    # The bootstrap of cdk/batch.py installs the code's requirements.txt for the command (on Fargate as here): six
+    # 1.16.0 shadows the newer six the image's boto3 brought.
+    code = tmp_path / "batch"
+    code.mkdir()
+    (code / "main.py").write_text("import os, six\nprint('six', six.__version__)\n"
+                                  "open(os.path.join(os.environ['KAOS_OUTPUT_DIR'], 'out.txt'), 'w').write('x')\n")
+    (code / "requirements.txt").write_text("six==1.16.0\n")
+    stack.kaos("workspace", "create", "envbatch")
+    job = stack.kaos_json("batch", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data"), "--wait")
+    assert job["status"] == "COMPLETED", job
+    assert "six 1.16.0" in stack.kaos("train", "logs", job["id"]).stdout
