@@ -174,16 +174,20 @@ def endpoint_table(endpoint: dict[str, Any]) -> Table:
 
 
 def deployments_table(deployments: list[dict[str, Any]]) -> Table:
-    table = Table()
+    failures = any(row.get("failure_reason") for row in deployments)
+    table = Table(title="deployments (newest first)", title_justify="left")
     id_column(table, "deployment")
     table.add_column("model", overflow="fold")
     table.add_column("status", no_wrap=True)
     table.add_column("started", overflow="fold")
     table.add_column("ended", overflow="fold")
-    table.add_column("failure", overflow="fold")
+    if failures:
+        table.add_column("failure", overflow="fold")
     for row in deployments:
-        table.add_row(str(row["deployment"]), model_label(row["model"]), row["status"], row.get("started_at") or "",
-                      row.get("ended_at") or "", row.get("failure_reason") or "")
+        model = row["model"]
+        short = f"{model['group']}/{model['version']}" if model.get("group") else str(model.get("job_id"))
+        table.add_row(str(row["deployment"]), short, row["status"], row.get("started_at") or "",
+                      row.get("ended_at") or "", *([row.get("failure_reason") or ""] if failures else []))
     return table
 
 
