@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -161,8 +162,9 @@ def _lambda_gb_seconds(pipeline: Pipeline, durations_ms: list[float] | None) -> 
 
 def job_cost(*, kind: str, status: str, resources: dict[str, Any], inputs: int, history: int,
              started_at: str | None, ended_at: str | None, usage: dict[str, Any] | None,
-             p: Prices | None = None) -> dict[str, Any]:
-    """The `cost` of a job's answer (GET /jobs/{job}): total USD, basis, lines and the prices' date."""
+             attempts: Sequence[dict[str, Any]] = (), p: Prices | None = None) -> dict[str, Any]:
+    """The `cost` of a job's answer (GET /jobs/{job}): total USD, basis, lines and the prices' date. A resumed
+    job's earlier `attempts` (what each ran and consumed, kept by the resume) are one line each."""
     p = p or prices()
     usage = usage or {}
     pipeline = PIPELINES.get(kind, PIPELINES["train"])
@@ -183,7 +185,11 @@ def job_cost(*, kind: str, status: str, resources: dict[str, Any], inputs: int, 
                                         usage.get("training_seconds"))
     transitions = pipeline.transitions_success if status != "FAILED" else pipeline.transitions_failure
     durations = usage.get("lambda_ms")
-    lines = compute + pipeline_lines(
+    earlier = [Line(f"attempt {a.get('attempt')} ({a.get('status') or 'FAILED'})", 1, "attempt", job_cost(
+        kind=kind, status=str(a.get("status") or "FAILED"), resources=resources, inputs=inputs, history=0,
+        started_at=a.get("started_at"), ended_at=a.get("ended_at"), usage=a.get("usage"), p=p)["usd"])
+        for a in attempts]
+    lines = earlier + compute + pipeline_lines(
         p, transitions, _lambda_gb_seconds(pipeline, durations if ended or durations else None),
         len(pipeline.lambdas), WRITES_FIXED + WRITES_PER_INPUT * inputs + WRITES_PER_STATUS * max(history, 1))
     unpriced = sorted({str(resources.get("instance_type"))} - set(p.training_hour)) if kind != "batch" else []

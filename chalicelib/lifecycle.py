@@ -160,7 +160,9 @@ class Jobs:
             raise Conflict(f"job {job_id!r} is {job.status}; only FAILED or KILLED jobs can be resumed")
         attempt = job.attempt + 1
         arn = execution_arn_for(self.state_machine(job.kind), attempt_name(job_id, attempt))
-        previous = {"attempt": job.attempt, "execution": job.execution_arn, "failure_reason": job.failure_reason}
+        # What the attempt ran and consumed stays with it: a job costs the sum of its attempts (chalicelib/cost.py).
+        previous = {"attempt": job.attempt, "execution": job.execution_arn, "failure_reason": job.failure_reason,
+                    "status": job.status, "started_at": job.started_at, "ended_at": job.ended_at, "usage": job.usage}
         self.repository.set_status(job, "SUBMITTED", now(), attempt=attempt, execution_arn=arn, failure_reason=None,
                                    ended_at=None, attempts=[*job.attempts, previous])
         self.start(job)

@@ -83,6 +83,18 @@ def test_killed_job_without_a_measurement_costs_its_elapsed_time() -> None:
     assert answer["basis"] == "elapsed"
 
 
+def test_a_resumed_job_costs_its_earlier_attempts_too() -> None:
+    first = {"attempt": 1, "status": "FAILED", "started_at": "2026-12-01T10:00:00+00:00",
+             "ended_at": "2026-12-01T10:10:00+00:00", "usage": {"billable_seconds": 600, "lambda_ms": [0, 0]}}
+    alone = _job(usage={"billable_seconds": 3600, "lambda_ms": [1000, 500]})
+    resumed = _job(usage={"billable_seconds": 3600, "lambda_ms": [1000, 500]}, attempts=[first])
+    # Attempt 1: 600 s x $0.115 / 3600 + 5 transitions (a failure's longest path) + 2 requests + 9 writes.
+    earlier = 600 / 3600 * 0.115 + 5 * 0.000025 + 2 * 0.0000002 + (7 + 3 * 3 + 2) * 0.000000625
+    assert _lines(resumed)["attempt 1 (FAILED)"] == pytest.approx(earlier)
+    assert resumed["usd"] == pytest.approx(alone["usd"] + earlier)
+    assert resumed["basis"] == "measured"
+
+
 def test_batch_job_bills_fargate_with_a_one_minute_minimum_and_storage_beyond_20_gb() -> None:
     answer = _job(kind="batch", resources={"instance_type": "fargate-1vcpu-2048mib", "instance_count": 1,
                                            "volume_gb": 21, "max_runtime_seconds": 3600},

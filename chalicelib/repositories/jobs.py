@@ -130,7 +130,7 @@ def describe(job: Job) -> dict[str, Any]:
         "history": job.history, "attempt": job.attempt, "attempts": job.attempts, "sources": job.sources,
         "cost": job_cost(kind=job.kind, status=job.status, resources=spec["resources"], inputs=2 + len(spec["data"]),
                          history=len(job.history), started_at=job.started_at, ended_at=job.ended_at,
-                         usage=job.usage),
+                         usage=job.usage, attempts=job.attempts),
     }
 
 
