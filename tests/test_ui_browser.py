@@ -217,10 +217,10 @@ def page(browser: Browser, tmp_path: Path) -> Iterator[Page]:
     assert not errors, errors  # a script error in the view fails the test that caused it
 
 
-def screenshot(page: Page, name: str, tmp_path: Path) -> None:
+def screenshot(page: Page, name: str, tmp_path: Path, full_page: bool = False) -> None:
     target = shots() or tmp_path
     target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / f"ui-{name}.png"))
+    page.screenshot(path=str(target / f"ui-{name}.png"), full_page=full_page)
 
 
 def header_columns(page: Page) -> list[str]:
@@ -301,12 +301,12 @@ def test_lineage_graph_of_depth_20_marks_failures_and_clicks_through(page: Page,
     expect(page.locator("#graph .node")).to_have_count(len(chain))
     expect(page.locator("#graph .node.failed")).to_have_count(1)
     expect(page.locator(f'#graph .node.root[data-node="{last}"]')).to_have_count(1)
+    screenshot(page, "lineage", tmp_path)
     view = page.locator("#graph svg > g").first
     before = view.get_attribute("transform")
     page.locator("#graph").hover()
     page.mouse.wheel(0, -400)
     expect(view).not_to_have_attribute("transform", before or "")
-    screenshot(page, "lineage", tmp_path)
     # Click through: the first job of the chain (20 jobs upstream), then its job page.
     first_job = chain[1]
     page.locator(f'#graph .node[data-node="{first_job}"]').dispatch_event("click")
@@ -332,7 +332,8 @@ def test_a_running_jobs_log_is_followed_to_its_end_with_its_metric_chart(page: P
     series = stack.client().request("GET", f"/workspaces/{RUNS_WS}/jobs/{live_job['id']}/metrics")
     assert [p["step"] for p in series["points"]] == list(range(10))
     assert series["summary"]["loss"]["last"] == 0.1
-    screenshot(page, "job", tmp_path)
+    expect(page.locator("#files")).to_contain_text("model.tar.gz")
+    screenshot(page, "job", tmp_path, full_page=True)
 
 
 def test_the_server_refuses_other_sites_and_anything_but_reading(ui_url: str) -> None:

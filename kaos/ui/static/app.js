@@ -7,6 +7,7 @@ const main = document.getElementById("main");
 const crumbs = document.getElementById("crumbs");
 let generation = 0; // bumped on every navigation: a page's pending work checks it and stops when stale
 const runsCache = new Map(); // workspace -> jobs, for compare/grid/lineage after the runs table loaded them
+let lastLineage = null; // the lineage page's last walk: {ws, depth, answer, known statuses}
 
 (function takeToken() {
   const url = new URL(location.href);
@@ -359,19 +360,21 @@ async function jobPage(live, ws, id) {
   api(base + "/files", { what: "params" }).then((f) => {
     if (live()) main.querySelector("#params").innerHTML = `<h2>Params</h2>${kv(Object.entries(f.params || {}).map(([k, v]) => [k, `<span class="mono">${esc(JSON.stringify(v))}</span>`]))}`;
   }).catch(() => {});
-  Promise.all(["code", "model"].map((what) => api(base + "/files", { what }).catch(() => ({})))).then(([code, model]) => {
+  const showFiles = () => Promise.all(["code", "model"].map((what) => api(base + "/files", { what }).catch(() => ({})))).then(([code, model]) => {
     if (!live()) return;
     const files = (code.code || []).map((f) => `<tr><td class="mono">${esc(f.path)}</td><td class="num">${fmt(f.size)}</td><td class="mono">${esc((f.sha256 || "").slice(0, 16))}</td></tr>`).join("");
     const m = model.model;
     main.querySelector("#files").innerHTML = `<h2>Code files</h2><table><thead><tr><th>path</th><th>bytes</th><th>sha256</th></tr></thead><tbody>${files}</tbody></table>
       <h2>Model files</h2>${m ? `<p><a href="${esc(m.url)}">model.tar.gz</a> (${fmt(m.size)} bytes)</p>` : `<p class="muted">no model yet</p>`}`;
   });
+  showFiles();
   if (await followLog(live, ws, id)) {
     // The job has ended: Record stored its final metrics and the series it logged.
     const ended = await api(base);
     if (!live()) return;
     main.querySelector("#metrics").innerHTML = kv(Object.entries(ended.metrics || {}).map(([k, v]) => [k, fmt(v)]));
-    await showSeries();
+    main.querySelector("#job-status").textContent = ended.status;
+    await Promise.all([showSeries(), showFiles()]);
     main.dataset.ended = "true";
   }
 }
@@ -410,6 +413,29 @@ async function followLog(live, ws, id) {
 }
 
 // --- lineage ---------------------------------------------------------------------------------------------------
+
+// A walk both ways that no depth or page limit cut short holds the whole connected graph: following one of its
+// nodes needs no new walk, only a new root.
+function reusable(ws, depth, node) {
+  if (!lastLineage || lastLineage.ws !== ws || lastLineage.depth !== depth) return null;
+  const { answer } = lastLineage;
+  if (answer.next || !answer.nodes.some((n) => n.id === node)) return null;
+  const around = new Map(answer.nodes.map((n) => [n.id, []]));
+  for (const e of answer.edges) {
+    around.get(e.source)?.push(e.target);
+    around.get(e.target)?.push(e.source);
+  }
+  const distance = new Map([[answer.root, 0]]);
+  const queue = [answer.root];
+  while (queue.length) {
+    const current = queue.shift();
+    for (const next of around.get(current) || []) {
+      if (!distance.has(next)) { distance.set(next, distance.get(current) + 1); queue.push(next); }
+    }
+  }
+  return Math.max(...distance.values()) < depth ? { ...answer, root: node } : null;
+}
+
 async function lineagePage(live, ws, node) {
   setCrumbs(ws);
   const depth = Number(sessionStorage.getItem("kaos.depth") || 100);
@@ -418,14 +444,16 @@ async function lineagePage(live, ws, node) {
     <span class="muted">drag to pan, wheel to zoom, click a node to follow it; red: failed or killed jobs</span></div>
     <div class="split"><div class="graph" id="graph"></div><div class="side" id="side"></div></div>`;
   main.querySelector("#depth").addEventListener("change", (e) => { sessionStorage.setItem("kaos.depth", e.target.value); route(); });
-  const answer = await api(`/workspaces/${enc(ws)}/lineage/${enc(node)}`, { direction: "both", depth, limit: 1000 });
+  const reused = reusable(ws, depth, node);
+  const answer = reused || await api(`/workspaces/${enc(ws)}/lineage/${enc(node)}`, { direction: "both", depth, limit: 1000 });
   const jobIds = answer.nodes.filter((n) => n.type === "job").map((n) => n.id.slice(4));
   // Statuses (failed jobs are marked): from the runs already loaded, else the newest page of the workspace's jobs,
   // then one read per job still missing.
-  const listed = runsCache.get(ws) || (jobIds.length ? (await api(`/workspaces/${enc(ws)}/jobs`, { limit: 200 })).jobs : []);
-  const known = new Map(listed.map((j) => [j.id, j.status]));
+  const listed = reused ? [] : runsCache.get(ws) || (jobIds.length ? (await api(`/workspaces/${enc(ws)}/jobs`, { limit: 200 })).jobs : []);
+  const known = reused ? lastLineage.known : new Map(listed.map((j) => [j.id, j.status]));
   await Promise.all(jobIds.filter((j) => !known.has(j)).map((j) =>
     api(`/workspaces/${enc(ws)}/jobs/${enc(j)}`).then((job) => known.set(j, job.status)).catch(() => {})));
+  lastLineage = { ws, depth, answer, known };
   if (!live()) return;
   const side = main.querySelector("#side");
   const describe = (n) => {
@@ -454,16 +482,19 @@ async function gridPage(live, ws) {
   main.innerHTML = `<h1>Params against metrics (${jobs.length} runs)</h1>
     <div class="toolbar"><label>x <select id="x">${params.map((c, i) => option(c, i === 0)).join("")}</select></label>
     <label>y <select id="y">${metrics.map((c, i) => option(c, i === 0)).join("")}</select></label>
-    <label><input type="checkbox" id="log"> log y</label></div>
-    <div id="scatter"></div><h2>Parallel coordinates (every param, then y)</h2><div id="parallel"></div>`;
+    <label><input type="checkbox" id="log-x"> log x</label><label><input type="checkbox" id="log"> log y</label></div>
+    <div id="scatter"></div><h2>Parallel coordinates (every param that varies, then y)</h2><div id="parallel"></div>`;
   const draw = () => {
     const x = main.querySelector("#x").value, y = main.querySelector("#y").value;
     const done = jobs.filter((j) => typeof value(j, y) === "number");
     main.querySelector("#scatter").replaceChildren(scatterChart(done.map((j) => ({ x: value(j, x), y: value(j, y), label: j.id, href: `#/ws/${enc(ws)}/job/${enc(j.id)}` })),
-      { xLabel: x.replace(/^param:/, ""), yLabel: y.replace(/^(metric|series):/, ""), log: main.querySelector("#log").checked }));
+      { xLabel: x.replace(/^param:/, ""), yLabel: y.replace(/^(metric|series):/, ""), log: main.querySelector("#log").checked,
+        logX: main.querySelector("#log-x").checked }));
+    // A param every run shares says nothing: only the ones that vary get an axis.
+    const varying = params.filter((c) => new Set(done.map((j) => JSON.stringify(value(j, c)))).size > 1);
     main.querySelector("#parallel").replaceChildren(parallelChart(done,
-      [...params, y].map((c) => ({ label: c.replace(/^(param|metric|series):/, ""), get: (j) => value(j, c) }))));
+      [...varying, y].map((c) => ({ label: c.replace(/^(param|metric|series):/, ""), get: (j) => value(j, c) }))));
   };
-  for (const id of ["x", "y", "log"]) main.querySelector(`#${id}`).addEventListener("change", draw);
+  for (const id of ["x", "y", "log", "log-x"]) main.querySelector(`#${id}`).addEventListener("change", draw);
   draw();
 }

@@ -22,9 +22,12 @@ function scale(lo, hi, from, to, log) {
   if (log) {
     const a = Math.log10(lo), b = Math.log10(hi === lo ? lo * 10 : hi);
     const map = (v) => from + (Math.log10(v) - a) / (b - a) * (to - from);
-    const ticks = [];
+    let ticks = [];
     for (let e = Math.floor(a); e <= Math.ceil(b); e++) ticks.push(10 ** e);
-    return { map, ticks: ticks.filter((t) => t >= 10 ** Math.floor(a) && t <= 10 ** Math.ceil(b)) };
+    ticks = ticks.filter((t) => t >= lo && t <= hi);
+    // Within one decade no power of ten falls inside: label evenly spaced values instead (placed by the log map).
+    if (ticks.length < 2) ticks = scale(lo, hi, from, to, false).ticks.filter((t) => t > 0);
+    return { map, ticks };
   }
   if (hi === lo) { hi = lo + 1; lo = lo - 1; }
   const map = (v) => from + (v - lo) / (hi - lo) * (to - from);
@@ -88,15 +91,23 @@ export function lineChart(series, { title = "", log = false, width = 460, height
         const [px, py] = s.points[0];
         svg.append(el("circle", { cx: x.map(px), cy: y.map(py), r: 3, fill: color }));
       }
-      svg.append(el("text", { x: box.left + 6 + (i % 3) * 130, y: box.top + 10 + Math.floor(i / 3) * 12, fill: color }, s.name));
     });
   }
   wrap.append(svg);
+  const legend = document.createElement("div");
+  legend.className = "legend";
+  usable.forEach((s, i) => {
+    const item = document.createElement("span");
+    item.textContent = s.name;
+    item.style.setProperty("--swatch", PALETTE[i % PALETTE.length]);
+    legend.append(item);
+  });
+  wrap.append(legend);
   return wrap;
 }
 
 // points: [{x, y, label, href}] where x may be a number or a category.
-export function scatterChart(points, { xLabel = "", yLabel = "", log = false, width = 620, height = 360 } = {}) {
+export function scatterChart(points, { xLabel = "", yLabel = "", log = false, logX = false, width = 620, height = 360 } = {}) {
   const box = { left: 60, right: width - 14, top: 20, bottom: height - 36 };
   const svg = frame(width, height);
   const usable = points.filter((p) => typeof p.y === "number" && (!log || p.y > 0) && p.x !== undefined && p.x !== null);
@@ -105,11 +116,12 @@ export function scatterChart(points, { xLabel = "", yLabel = "", log = false, wi
     return svg;
   }
   const numeric = usable.every((p) => typeof p.x === "number");
+  const xLog = logX && numeric && usable.every((p) => p.x > 0);
   const categories = numeric ? [] : [...new Set(usable.map((p) => String(p.x)))].sort();
   const xv = (p) => numeric ? p.x : categories.indexOf(String(p.x));
   const [x0, x1] = extent(usable.map(xv)), [y0, y1] = extent(usable.map((p) => p.y));
-  const pad = numeric ? (x1 - x0) * 0.04 || 1 : 0.5;
-  const x = scale(x0 - pad, x1 + pad, box.left, box.right, false), y = scale(y0, y1, box.bottom, box.top, log);
+  const pad = xLog ? 0 : numeric ? (x1 - x0) * 0.04 || 1 : 0.5;
+  const x = scale(x0 - pad, x1 + pad, box.left, box.right, xLog), y = scale(y0, y1, box.bottom, box.top, log);
   if (!numeric) x.ticks = [];
   axes(svg, x, y, box, xLabel, yLabel);
   categories.forEach((c, i) => svg.append(el("text", { x: x.map(i), y: box.bottom + 14, "text-anchor": "middle" }, c)));

@@ -1,7 +1,7 @@
 // The lineage graph: nodes in columns by their place in the data flow (inputs left, outputs right), drawn as SVG,
 // with pan (drag) and zoom (wheel). "used" edges run from the input to the job, "produced" from the job out.
 const NS = "http://www.w3.org/2000/svg";
-const COL = 230, ROW = 58, W = 190, H = 36;
+const COL = 240, ROW = 58, W = 200, H = 36;
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(NS, name);
@@ -33,7 +33,8 @@ function ranks(nodes, edges) {
 
 function label(node) {
   const [type, id] = [node.type, node.id.split(":").slice(1).join(":")];
-  return `${type} ${id.length > 20 ? id.slice(0, 20) + "…" : id}`;
+  const room = 27 - type.length; // what a box holds at 11px
+  return `${type} ${id.length > room ? id.slice(0, room - 1) + "…" : id}`;
 }
 
 // statuses: Map(job id -> status); onSelect(node) on click.
@@ -79,9 +80,20 @@ export function lineageGraph(container, answer, statuses, onSelect) {
     view.append(g);
   }
   container.replaceChildren(svg);
-  // Pan and zoom: one transform on the view group.
-  const start = place.get(root) || { x: 0, y: 0 };
-  let scale = 1, tx = container.clientWidth / 2 - start.x - W / 2, ty = container.clientHeight / 2 - start.y - H / 2;
+  // Pan and zoom: one transform on the view group. It starts showing everything if that stays readable, else
+  // the root at the smallest readable scale.
+  const width = Math.max(...[...place.values()].map((p) => p.x)) + W + 20;
+  const height = Math.max(...[...place.values()].map((p) => p.y)) + H + 20;
+  const fit = Math.min(1, container.clientWidth / width, container.clientHeight / height);
+  let scale = Math.max(fit, 0.45), tx, ty;
+  if (scale === fit) {
+    tx = (container.clientWidth - width * scale) / 2;
+    ty = (container.clientHeight - height * scale) / 2;
+  } else {
+    const start = place.get(root) || { x: 0, y: 0 };
+    tx = container.clientWidth / 2 - (start.x + W / 2) * scale;
+    ty = container.clientHeight / 2 - (start.y + H / 2) * scale;
+  }
   const apply = () => view.setAttribute("transform", `translate(${tx},${ty}) scale(${scale})`);
   apply();
   svg.addEventListener("wheel", (event) => {
