@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -142,3 +143,23 @@ def test_transform_fn_from_the_submit_directory(tmp_path: Path) -> None:
 def test_a_model_that_cannot_load_fails_at_start(tmp_path: Path, inference: str, message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         start(model_dir(tmp_path, inference))
+
+
+def test_the_server_ends_with_the_platform_that_started_it(tmp_path: Path) -> None:
+    """A stack killed without stopping its endpoints (SIGKILL) leaves no model server behind."""
+    directory = model_dir(tmp_path, DEFAULTS)
+    launcher = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        f"server = subprocess.Popen([sys.executable, '-I', {str(SERVER)!r}, '--model-dir', {str(directory)!r}, "
+        "'--parent-pid', str(os.getpid())])\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    server = int(launcher.stdout.readline())
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{server}").exists() and "zombie" not in Path(f"/proc/{server}/status").read_text() \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{server}").exists() or "zombie" in Path(f"/proc/{server}/status").read_text()

@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -294,6 +295,18 @@ class Handler(BaseHTTPRequestHandler):
         self._send(response)
 
 
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Ends this process when the platform that started it (process `parent`) is gone: this process was
+    re-parented. A stack killed without stopping its endpoints leaves no server behind (a container dies with its
+    host)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, default=0, help="0: a free port, printed in the listening line")
@@ -301,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-dir", type=Path, default=None)
     parser.add_argument("--max-payload", type=int, default=6 * 1024 * 1024)
     parser.add_argument("--max-concurrency", type=int, default=5)
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a text stream
+    exit_with_parent(args.parent_pid or os.getppid())
     program = os.environ.get("SAGEMAKER_PROGRAM") or "inference.py"
     try:
         module = load_user_module(args.model_dir, args.code_dir, program)

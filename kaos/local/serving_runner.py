@@ -292,7 +292,7 @@ class LocalServingRunner:
         serverless = variant.get("ServerlessConfig") or {}
         command = [str(built.python), "-I", str(server), "--model-dir", str(model_dir),
                    "--max-payload", str(SERVERLESS_PAYLOAD if serverless else REALTIME_PAYLOAD),
-                   "--max-concurrency", str(serverless.get("MaxConcurrency") or 100)]
+                   "--max-concurrency", str(serverless.get("MaxConcurrency") or 100), "--parent-pid", str(os.getpid())]
         if code_dir.is_dir():
             command += ["--code-dir", str(code_dir)]
         env = container_base_environment(root / "home")
