@@ -3,8 +3,8 @@
 A job's cost is its compute plus the pipeline that ran it:
 - training: `BillableTimeInSeconds x InstanceCount x` the instance's hourly price, as SageMaker bills it (with managed
   spot training BillableTimeInSeconds < TrainingTimeInSeconds, and the difference at the same price is the saving);
-- batch: Fargate's vCPU-hours and GB-hours of the job definition (1 vCPU, 2 GiB, 21 GiB storage, of which 20 are
-  free), billed per second with a one-minute minimum;
+- batch: Fargate's vCPU-hours and GB-hours of the job definition (1 vCPU, 2 GiB; its ephemeral storage is the free
+  default 20 GiB), billed per second with a one-minute minimum;
 - the pipeline: Step Functions state transitions, the task Lambdas' requests and GB-seconds, the DynamoDB writes.
 
 Three bases, from best to worst, named in every answer (`basis`):
@@ -56,10 +56,11 @@ PIPELINES = {
     "batch": Pipeline(transitions_success=5, transitions_failure=6,
                       lambdas=(("prepare_batch", 512, 300), ("record_batch", 1024, 900))),
 }
-# Batch jobs run the job definition of cdk/batch.py: 1 vCPU, 2 GiB of memory, 21 GiB of ephemeral storage.
+# Batch jobs run the job definition of cdk/batch.py (tests/test_cdk_cost.py checks it): 1 vCPU, 2 GiB of memory,
+# Fargate's default ephemeral storage, whose 20 GiB are free, and a public IPv4 address (no NAT gateway).
 FARGATE_VCPU = 1.0
 FARGATE_MEMORY_GB = 2.0
-FARGATE_FREE_STORAGE_GB = 20
+FARGATE_PUBLIC_IP = True
 FARGATE_MINIMUM_SECONDS = 60
 # DynamoDB write request units of a job besides its status changes: the job and environment nodes, the `used` edge
 # pair, the model (or output snapshot) node and `produced` pair, each row under 1 KB (1 unit), plus the input
@@ -132,13 +133,12 @@ def training_lines(p: Prices, instance_type: str, count: int, billable_seconds: 
     return [line], saved
 
 
-def fargate_lines(p: Prices, seconds: float, storage_gb: float) -> list[Line]:
+def fargate_lines(p: Prices, seconds: float) -> list[Line]:
     hours = max(seconds, FARGATE_MINIMUM_SECONDS) / SECONDS_PER_HOUR
     lines = [Line("Fargate vCPU", FARGATE_VCPU * hours, "vCPU-hour", p.unit["fargate_vcpu_hour"]),
              Line("Fargate memory", FARGATE_MEMORY_GB * hours, "GB-hour", p.unit["fargate_gb_hour"])]
-    extra_storage = max(0.0, storage_gb - FARGATE_FREE_STORAGE_GB)
-    if extra_storage:
-        lines.append(Line("Fargate storage", extra_storage * hours, "GB-hour", p.unit["fargate_storage_gb_hour"]))
+    if FARGATE_PUBLIC_IP:
+        lines.append(Line("Public IPv4 address", hours, "address-hour", p.unit["public_ipv4_hour"]))
     return lines
 
 
@@ -178,7 +178,7 @@ def job_cost(*, kind: str, status: str, resources: dict[str, Any], inputs: int, 
     else:
         basis, seconds = "estimate", float(resources.get("max_runtime_seconds", 0))
     if kind == "batch":
-        compute = fargate_lines(p, seconds, float(resources.get("volume_gb", 0))) if seconds else []
+        compute = fargate_lines(p, seconds) if seconds else []
     else:
         compute, saved = training_lines(p, str(resources.get("instance_type", "")),
                                         int(resources.get("instance_count", 1)), seconds,

@@ -12,7 +12,7 @@ import pytest
 
 from cdk.check import resolve
 from cdk.constants import REPO_ROOT
-from chalicelib.cost import PIPELINES
+from chalicelib.cost import FARGATE_MEMORY_GB, FARGATE_PUBLIC_IP, FARGATE_VCPU, PIPELINES
 from tests.test_cdk import _of_type, dev, resources
 
 __all__ = ["dev", "resources"]  # fixtures of tests/test_cdk.py, used here by name
@@ -108,3 +108,13 @@ def test_pipeline_constants_are_the_synthesized_ones(resources: dict[str, Any], 
     for component, memory, timeout in pipeline.lambdas:
         props = functions[f"functions.{component}.handler"]
         assert (props["MemorySize"], props["Timeout"]) == (memory, timeout), component
+
+
+def test_batch_jobs_run_the_fargate_size_cost_py_prices(resources: dict[str, Any]) -> None:
+    (definition,) = _of_type(resources, "AWS::Batch::JobDefinition").values()
+    container = definition["Properties"]["ContainerProperties"]
+    sizes = {r["Type"]: float(r["Value"]) for r in container["ResourceRequirements"]}
+    assert sizes == {"VCPU": FARGATE_VCPU, "MEMORY": FARGATE_MEMORY_GB * 1024}
+    # No EphemeralStorage: Fargate's free 20 GiB, so cost.py bills no storage; a public IP costs by the hour.
+    assert "EphemeralStorage" not in container
+    assert (container["NetworkConfiguration"]["AssignPublicIp"] == "ENABLED") is FARGATE_PUBLIC_IP

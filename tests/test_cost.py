@@ -5,6 +5,7 @@ import json
 import time
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import botocore.session
 import pytest
@@ -29,22 +30,22 @@ PRICES = Prices(
     training_hour={"ml.m5.large": 0.115, "ml.m5.xlarge": 0.23},
     hosting_hour={"ml.m5.large": 0.115},
     unit={"serverless_inference_gb_second": 0.00002, "serverless_inference_data_gb": 0.016,
-          "fargate_vcpu_hour": 0.04048, "fargate_gb_hour": 0.004445, "fargate_storage_gb_hour": 0.000111,
+          "fargate_vcpu_hour": 0.04048, "fargate_gb_hour": 0.004445, "public_ipv4_hour": 0.005,
           "step_functions_transition": 0.000025, "lambda_gb_second": 0.0000166667, "lambda_request": 0.0000002,
           "api_gateway_request": 0.0000035, "dynamodb_write_unit": 0.000000625},
 )
 RESOURCES = {"instance_type": "ml.m5.large", "instance_count": 1, "volume_gb": 30, "max_runtime_seconds": 86400}
 
 
-def _job(**overrides: object) -> dict[str, object]:
+def _job(**overrides: object) -> dict[str, Any]:
     args: dict[str, object] = {"kind": "train", "status": "COMPLETED", "resources": RESOURCES, "inputs": 3,
                                "history": 4, "started_at": None, "ended_at": None, "usage": None, "p": PRICES}
     args.update(overrides)
     return cost.job_cost(**args)  # type: ignore[arg-type]
 
 
-def _lines(answer: dict[str, object]) -> dict[str, float]:
-    return {line["item"]: line["usd"] for line in answer["lines"]}  # type: ignore[attr-defined]
+def _lines(answer: dict[str, Any]) -> dict[str, float]:
+    return {line["item"]: line["usd"] for line in answer["lines"]}
 
 
 def test_measured_training_is_billable_seconds_times_price_plus_the_pipeline() -> None:
@@ -88,23 +89,25 @@ def test_a_resumed_job_costs_its_earlier_attempts_too() -> None:
              "ended_at": "2026-12-01T10:10:00+00:00", "usage": {"billable_seconds": 600, "lambda_ms": [0, 0]}}
     alone = _job(usage={"billable_seconds": 3600, "lambda_ms": [1000, 500]})
     resumed = _job(usage={"billable_seconds": 3600, "lambda_ms": [1000, 500]}, attempts=[first])
-    # Attempt 1: 600 s x $0.115 / 3600 + 5 transitions (a failure's longest path) + 2 requests + 9 writes.
+    # Attempt 1: 600 s x $0.115 / 3600 + 5 transitions (a failure's longest path) + 2 requests + 18 writes.
     earlier = 600 / 3600 * 0.115 + 5 * 0.000025 + 2 * 0.0000002 + (7 + 3 * 3 + 2) * 0.000000625
     assert _lines(resumed)["attempt 1 (FAILED)"] == pytest.approx(earlier)
     assert resumed["usd"] == pytest.approx(alone["usd"] + earlier)
     assert resumed["basis"] == "measured"
 
 
-def test_batch_job_bills_fargate_with_a_one_minute_minimum_and_storage_beyond_20_gb() -> None:
+def test_batch_job_bills_fargate_with_a_one_minute_minimum() -> None:
     answer = _job(kind="batch", resources={"instance_type": "fargate-1vcpu-2048mib", "instance_count": 1,
                                            "volume_gb": 21, "max_runtime_seconds": 3600},
                   started_at="2026-12-01T10:00:00+00:00", ended_at="2026-12-01T10:00:30+00:00",
                   usage={"lambda_ms": [0, 0]})
     lines = _lines(answer)
-    # 30 s is billed as 60 s: 1/60 h x (1 vCPU x $0.04048, 2 GB x $0.004445, 1 GB x $0.000111); 5 transitions.
+    # 30 s is billed as 60 s: 1/60 h x (1 vCPU x $0.04048, 2 GB x $0.004445, the task's public IPv4 address x
+    # $0.005); the 20 GB of storage are free.
     assert lines["Fargate vCPU"] == pytest.approx(0.04048 / 60, abs=1e-6)
     assert lines["Fargate memory"] == pytest.approx(2 * 0.004445 / 60, abs=1e-6)
-    assert lines["Fargate storage"] == pytest.approx(0.000111 / 60, abs=1e-6)
+    assert lines["Public IPv4 address"] == pytest.approx(0.005 / 60, abs=1e-6)
+    assert not any("storage" in item for item in lines)
     assert lines["Step Functions transitions"] == pytest.approx(5 * 0.000025)
     assert "unpriced" not in answer
 
