@@ -63,7 +63,8 @@ def route(path: str, method: str) -> Callable[[View], View]:
                 log.exception("unhandled error in %s %s", method, path)
                 return Response(error_body("InternalError", "internal error; see the API logs"), status_code=500)
 
-        app.route(path, methods=[method], authorizer=None if spec.public else iam)(guarded)
+        app.route(path, methods=[method], authorizer=None if spec.public else iam,
+                  content_types=list(spec.content_types))(guarded)
         return view
 
     return register

@@ -1,0 +1,103 @@
+"""Serving through the signed HTTP API of the embedded stack: each bad input of issue 9 is a clear 4xx that leaves
+nothing half-created, and a non-member can neither see, invoke nor kill an endpoint. One trained job per kind
+(deployable, without model_fn, failed) is shared by the module."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaos.client import ApiError
+
+from .conftest import TEMPLATE, Stack, tiny_code
+
+WS = "serve-api"
+MODEL_FN = "def model_fn(model_dir):\n    return open(model_dir + '/model.txt').read()\n"
+
+
+def _train(stack: Stack, code: Path) -> dict[str, Any]:
+    result = stack.kaos("train", "deploy", "-w", WS, "-s", str(code), "-d", str(TEMPLATE / "data"), "--wait",
+                        "--json", check=False)
+    job: dict[str, Any] = json.loads(result.stdout)
+    return job
+
+
+@pytest.fixture(scope="module")
+def jobs(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    stack.kaos("workspace", "create", WS)
+    served = tiny_code(tmp_path_factory.mktemp("served"), "served = True")
+    (served / "inference.py").write_text(MODEL_FN)
+    bare = tiny_code(tmp_path_factory.mktemp("bare"), "bare = True")
+    failing = tiny_code(tmp_path_factory.mktemp("failing"), "raise SystemExit(3)")
+    found = {name: _train(stack, code) for name, code in (("served", served), ("bare", bare),
+                                                          ("failing", failing))}
+    assert [found[n]["status"] for n in ("served", "bare", "failing")] == ["COMPLETED", "COMPLETED", "FAILED"]
+    return {name: str(job["id"]) for name, job in found.items()}
+
+
+def _refused(call: Any, status: int, code: str, *words: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        call()
+    assert (refused.value.status, refused.value.code) == (status, code), refused.value
+    for word in words:
+        assert word in refused.value.message, refused.value.message
+
+
+def _deployments(stack: Stack) -> list[dict[str, Any]]:
+    sfn = stack.aws("stepfunctions")
+    machine = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]
+                   if "ServingDeployment" in m["name"])
+    return list(sfn.list_executions(stateMachineArn=machine)["executions"])
+
+
+def test_bad_input_is_a_clear_4xx_and_creates_nothing(stack: Stack, jobs: dict[str, str]) -> None:
+    dev = stack.client()
+    before = len(_deployments(stack))
+
+    def deploy(**settings: Any) -> Any:
+        return lambda: dev.deploy_endpoint(WS, {"model": jobs["served"], **settings})
+
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": jobs["bare"]}), 400, "MissingModelFn", "model_fn")
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": jobs["failing"]}), 409, "JobNotCompleted", "FAILED")
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": "train-" + "0" * 24}), 404, "NotFound")
+    _refused(deploy(memory_mb=1000), 400, "ValidationFailed", "memory_mb")
+    _refused(deploy(memory_mb=2500), 400, "ValidationFailed", "memory_mb")
+    _refused(deploy(max_concurrency=201), 400, "ValidationFailed", "max_concurrency")
+    _refused(deploy(capture_percent=101), 400, "ValidationFailed", "capture_percent")
+    _refused(deploy(instance_type="ml.g5.xlarge", memory_mb=2048), 400, "ValidationFailed", "GPU")
+    _refused(deploy(name="Not_A.Name"), 400, "ValidationFailed", "name")
+
+    version = dev.register_model(WS, "tiny", jobs["served"])
+    assert version["version"] == 1 and version["status"] == "PendingManualApproval"
+    _refused(lambda: dev.register_model(WS, "tiny", jobs["failing"]), 409, "JobNotCompleted")
+    _refused(lambda: dev.approve_model(WS, "tiny", 7, "Approved"), 404, "VersionNotFound", "tiny/7")
+    _refused(lambda: dev.move_alias(WS, "tiny", "champion", 1), 409, "VersionNotApproved", "Approved")
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": "tiny@champion"}), 404, "AliasNotFound", "champion")
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": "tiny/2"}), 404, "VersionNotFound")
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": "nogroup@champion"}), 404, "GroupNotFound")
+
+    assert dev.endpoints(WS) == {"endpoints": [], "next": None}
+    assert len(_deployments(stack)) == before
+
+
+def test_name_clash_limits_non_members_and_killing_twice(stack: Stack, jobs: dict[str, str]) -> None:
+    dev, guest = stack.client("dev"), stack.client("guest")
+    endpoint = dev.deploy_endpoint(WS, {"model": jobs["served"], "name": "clash"})
+    assert endpoint["status"] == "Creating" and endpoint["model"]["job_id"] == jobs["served"]
+    _refused(lambda: dev.deploy_endpoint(WS, {"model": jobs["served"], "name": "clash"}), 409, "NameTaken")
+
+    _refused(lambda: dev.invoke(WS, "clash", b"1," * (2 * 1024 * 1024) + b"1", "text/csv"), 413,
+             "PayloadTooLarge", "4194304")
+    _refused(lambda: dev.invoke(WS, "clash", b"<x/>", "application/xml"), 415, "UnsupportedMediaType")
+    _refused(lambda: dev.invoke(WS, "nope", b"[1]", "application/json"), 404, "EndpointNotFound")
+
+    for call in (lambda: guest.endpoint(WS, "clash"), lambda: guest.invoke(WS, "clash", b"[1]", "application/json"),
+                 lambda: guest.kill_endpoint(WS, "clash"), lambda: guest.endpoints(WS)):
+        _refused(call, 404, "NotFound")
+
+    assert dev.kill_endpoint(WS, "clash")["status"] == "Deleting"
+    _refused(lambda: dev.kill_endpoint(WS, "clash"), 409, "EndpointKilled")
+    _refused(lambda: dev.kill_endpoint(WS, "never"), 404, "EndpointNotFound")
+    assert dev.endpoint(WS, "clash")["status"] in ("Deleting", "Deleted")
