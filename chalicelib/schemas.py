@@ -184,6 +184,9 @@ class RouteSpec:
     errors: tuple[int, ...] = (400, 403, 404, 409)
     public: bool = False
     accepted: bool = False
+    # Request Content-Types the route takes (Chalice answers 415 to others before the view runs); "*/*": any, for a
+    # raw body the view checks itself.
+    content_types: tuple[str, ...] = ("application/json",)
 
     @property
     def path_params(self) -> dict[str, dict[str, Any]]:
@@ -268,6 +271,7 @@ DEPLOY = _object({
     "capture_percent": {"type": "integer", "minimum": 0, "maximum": 100,
                         "description": "data capture sampling, 0 to 100 percent (default 0: off)"},
 }, ["model"])
+
 PAGE: dict[str, dict[str, Any]] = {"limit": {**DIGITS, "description": f"page size, 1 to {limits.MAX_PAGE_SIZE}"},
         "cursor": {"type": "string", "maxLength": 2048}}
 
@@ -391,7 +395,7 @@ ROUTES = [
     RouteSpec("/workspaces/{workspace}/endpoints/{name}/invocations", "POST",
               "Invoke the model: the raw request body with its Content-Type and Accept, answered with the model's "
               "raw response", 200, {"type": "string", "format": "binary"},
-              errors=(400, 403, 404, 406, 409, 413, 415, 424, 504)),
+              errors=(400, 403, 404, 406, 409, 413, 415, 424, 504), content_types=("*/*",)),
     RouteSpec("/workspaces/{workspace}/endpoints/{name}/logs", "GET", "Read an endpoint's model server log", 200,
               LOGS, query={"next": {"type": "string", "maxLength": 4096}, "limit": DIGITS}),
     RouteSpec("/workspaces/{workspace}/incoming", "POST",
