@@ -3,8 +3,9 @@ hit), against a plain `pip install -r` of the same packages into a fresh venv, m
 
     .venv/bin/python -m bench.environments [--framework sklearn:1.4-2]
 
-Each cold build uses an empty cache folder of its own; pip's own download cache is warm for both sides alike (the
-plain install runs first, so it pays any download).
+Each cold build uses an empty cache folder of its own. The builder installs an image's pins with uv, whose download
+cache is whatever the machine has; the plain pip install runs second, so pip's HTTP cache holds what pip fetched
+before.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def plain_install(pins: list[str], folder: Path) -> float:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     (folder / "requirements.txt").write_text("\n".join(pins) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(folder / "bin" / "python"), "install", "--quiet",
-                    "--disable-pip-version-check", "-r", str(folder / "requirements.txt")], check=True)
+                    "--disable-pip-version-check", "-r", str(folder / "requirements.txt")], check=True,
+                   stderr=subprocess.DEVNULL)
     return time.perf_counter() - started + first_line(folder / "bin" / "python")
 
 

@@ -7,6 +7,8 @@ is the stack's default image too, so one cold build (from the package registry) 
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from chalicelib import environments as catalogue
 from chalicelib.domain import JobSpec, Resources
 from kaos.local.emulator import Emulator
-from kaos.local.environments import Environments, closest_version, default_cache_dir
+from kaos.local.environments import Environments, closest_wheel, default_cache_dir
 from tests import test_sagemaker_runner
 from tests.conftest import TEMPLATE, Stack
 from tests.test_sagemaker_runner import BUCKET, ROLE, upload_source, wait_for
@@ -91,8 +93,11 @@ def test_an_unmet_pin_takes_the_closest_release_with_a_warning(tmp_path: Path) -
     # scikit-learn 1.2-1's image pins pandas 1.1.3, which has no wheel for this machine's Python.
     entry = catalogue.lookup("sklearn", "1.2-1")
     assert ("pandas", "==1.1.3") in entry.offline_pins
-    assert closest_version("1.1.3", ["1.0.5", "1.5.0", "1.5.3", "2.0.0rc1", "2.3.3"]) == "1.5.0"
-    assert closest_version("9.0", ["1.0", "2.0"]) == "2.0"
+    # The oldest newer release with a wheel for this Python (psutil 5.7.2 and 5.7.3 have none), else the newest older.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    assert closest_wheel(venv, "psutil", "5.7.2") == "5.9.4"
+    assert closest_wheel(venv, "psutil", "999.0") == closest_wheel(venv, "psutil", "998.0") is not None
     built = Environments(default_cache_dir()).ensure(entry.image_uri("eu-west-1"))
     assert any(w.startswith("pandas==1.1.3 (the image's) has no wheel") for w in built.warnings), built.warnings
     assert "Python 3.9 in the image, 3.11" in " ".join(built.warnings)
