@@ -361,6 +361,14 @@ def acknowledge_serving_findings(stack: KaosStack) -> None:
     })
     _ack(stack.api.role, {
         **endpoints, **alarms, **log_read,
+        _wildcard_resource(stack, serving.package_groups_arn): (
+            "One Model Package Group per kaos model group, named kaos-<workspace>-<group>-<hash> at run time; "
+            "Create/DescribeModelPackageGroup only."
+        ),
+        _wildcard_resource(stack, serving.packages_arn): (
+            "Model Package versions of kaos-* groups, numbered by SageMaker at registration; Create/"
+            "UpdateModelPackage (approval status) only."
+        ),
         _wildcard_resource(stack, serving.api_executions_arn): (
             "Deployment execution names are deployment fingerprints chosen at run time; Describe/StopExecution "
             "only, on executions of the one deployment state machine."

@@ -63,6 +63,9 @@ class Serving(Construct):
         self.endpoints_arn = f"{self.arn}:endpoint/{RESOURCE_PREFIX}*"
         self.configs_arn = f"{self.arn}:endpoint-config/{RESOURCE_PREFIX}*"
         self.models_arn = f"{self.arn}:model/{RESOURCE_PREFIX}*"
+        # The registry's versions are Model Packages of one group per kaos group (chalicelib/registry.py).
+        self.package_groups_arn = f"{self.arn}:model-package-group/{RESOURCE_PREFIX}*"
+        self.packages_arn = f"{self.arn}:model-package/{RESOURCE_PREFIX}*/*"
         self.alarms_arn = f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:{RESOURCE_PREFIX}*"
         self.api_executions_arn = ""  # set by grant_api
         self.log_groups_arn = (f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:"
@@ -162,7 +165,7 @@ class Serving(Construct):
 
     def grant_api(self, role: iam.IRole) -> None:
         """What the API does itself: start deployments (and stop them on a kill), describe and delete endpoints
-        and what they ran, invoke them, read their logs."""
+        and what they ran, invoke them, read their logs; register model versions as Model Packages."""
         self.state_machine.grant_start_execution(role)
         self.api_executions_arn = executions_arn(self.state_machine)
         role.add_to_principal_policy(iam.PolicyStatement(
@@ -176,4 +179,9 @@ class Serving(Construct):
             actions=["sagemaker:DeleteModel"], resources=[self.models_arn]))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudwatch:DeleteAlarms"], resources=[self.alarms_arn]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateModelPackageGroup", "sagemaker:DescribeModelPackageGroup"],
+            resources=[self.package_groups_arn]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["sagemaker:CreateModelPackage", "sagemaker:UpdateModelPackage"], resources=[self.packages_arn]))
         grant_log_read(self.log_groups_arn, role)

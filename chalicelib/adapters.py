@@ -576,6 +576,8 @@ class WebFiles:
 
 
 # --- serving (chalicelib/serving.py) ---------------------------------------------------------------------------
+# What the SageMaker framework containers decode and encode (the inference toolkit's content types).
+INFERENCE_CONTENT_TYPES = ("application/json", "text/csv", "application/x-npy")
 # SageMaker answers ValidationException "Could not find endpoint/model/endpoint configuration" for an absent one.
 _NO_HOSTING_RESOURCE = frozenset({"ValidationException", "ResourceNotFound"})
 
@@ -621,6 +623,30 @@ class Hosting:
 
     def delete_alarm(self, alarm: str) -> None:
         self.cloudwatch.delete_alarms(AlarmNames=[alarm])
+
+    def ensure_package_group(self, name: str, description: str) -> None:
+        """A Model Package Group of that name (created once; an existing one is kept)."""
+        if _answer_or(lambda: self.client.describe_model_package_group(ModelPackageGroupName=name),
+                      _NO_HOSTING_RESOURCE) is not None:
+            return
+        try:
+            self.client.create_model_package_group(ModelPackageGroupName=name,
+                                                   ModelPackageGroupDescription=description[:1024])
+        except ClientError as exc:  # a concurrent registration created it first
+            if "already exists" not in str(exc.response.get("Error", {}).get("Message", "")):
+                raise
+
+    def create_package(self, group: str, token: str, image: str, model_data: str, status: str) -> str:
+        """A new version of the Model Package Group (`token`: the same request again creates nothing new)."""
+        return str(self.client.create_model_package(
+            ModelPackageGroupName=group, ClientToken=token, ModelApprovalStatus=status,
+            InferenceSpecification={"Containers": [{"Image": image, "ModelDataUrl": model_data}],
+                                    "SupportedContentTypes": list(INFERENCE_CONTENT_TYPES),
+                                    "SupportedResponseMIMETypes": list(INFERENCE_CONTENT_TYPES)},
+        )["ModelPackageArn"])
+
+    def set_package_status(self, arn: str, status: str) -> None:
+        self.client.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
 
 
 class PayloadTooLarge(KaosError):

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib.adapters import Hosting
+from chalicelib.domain import canonical_json, sha256_hex
 from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound, ValidationFailed
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import JobRepository
@@ -30,6 +32,8 @@ STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 GUARDED_ALIAS = "champion"
 # Alias moves that lose a race re-read the group and try again, this many times.
 ALIAS_ATTEMPTS = 5
+# SageMaker resource names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$.
+MAX_SAGEMAKER_NAME = 63
 _NAME = re.compile(NAME_PATTERN)
 _REFERENCE = re.compile(r"^(?P<group>[a-z0-9-]{1,32})(?:/(?P<number>[0-9]{1,6})|@(?P<alias>[a-z0-9-]{1,32}))$")
 
@@ -90,6 +94,16 @@ def framework_of(image: str) -> str:
     return "sklearn"
 
 
+def fingerprint(value: Any, chars: int) -> str:
+    """The first `chars` hex digits of the sha256 of `value`'s canonical JSON."""
+    return sha256_hex(canonical_json(value).encode())[:chars]
+
+
+def hosted_name(workspace: str, name: str, identity: Any) -> str:
+    """`kaos-<ws>-<name>-<8 hex of identity>`, cut to SageMaker's 63 characters (the hash keeps it unique)."""
+    return f"kaos-{workspace}-{name}"[:MAX_SAGEMAKER_NAME - 9].rstrip("-") + f"-{fingerprint(identity, 8)}"
+
+
 def version_node(group: str, number: int) -> str:
     return f"version:{group}.{number}"
 
@@ -102,10 +116,12 @@ def describe_version(version: ModelVersion, aliases: dict[str, int]) -> dict[str
 
 
 class Registry:
-    def __init__(self, *, repository: ModelRepository, jobs: JobRepository, provenance: Provenance) -> None:
+    def __init__(self, *, repository: ModelRepository, jobs: JobRepository, provenance: Provenance,
+                 hosting: Hosting) -> None:
         self.repository = repository
         self._jobs = jobs
         self._provenance = provenance
+        self._hosting = hosting
 
     def model_of_job(self, workspace: str, job_id: str) -> ModelRef:
         """The model a COMPLETED training job produced; JobNotCompleted for any other job (NotFound if none)."""
@@ -129,7 +145,19 @@ class Registry:
         node = version_node(group, version.number)
         self._provenance.add_node(workspace.name, node, "version", {"group": group, "version": version.number}, at)
         self._provenance.add_edge(workspace.name, node, "used", f"model:{job_id}", at)
+        if version.package_arn is None:  # also when a retry finds the version its first attempt registered
+            self._package(workspace, version)
         return describe_version(version, self.repository.group(workspace.name, group).aliases), created
+
+    def _package(self, workspace: Workspace, version: ModelVersion) -> None:
+        """The version as a SageMaker Model Package (the group's next package version), which carries its
+        approval status where SageMaker's tools (Studio, pipelines, EventBridge rules) see it."""
+        group = hosted_name(workspace.name, version.group, [workspace.name, workspace.created_at, version.group])
+        self._hosting.ensure_package_group(group, f"kaos model group {version.group} of workspace "
+                                                  f"{workspace.name}")
+        version.package_arn = self._hosting.create_package(
+            group, fingerprint([group, version.number], 32), version.image, version.model_data, version.status)
+        self.repository.set_package(workspace.name, version.group, version.number, version.package_arn)
 
     def groups(self, workspace: str) -> dict[str, Any]:
         return {"groups": [{"group": g.group, "latest_version": g.latest_version, "aliases": g.aliases}
@@ -147,7 +175,10 @@ class Registry:
         aliases = self.repository.group(workspace, group).aliases
         if status != "Approved" and aliases.get(GUARDED_ALIAS) == number:
             raise VersionNotApproved(f"status: {group}/{number} carries the alias {GUARDED_ALIAS!r}; move it first")
-        return describe_version(self.repository.set_status(workspace, group, number, status, now()), aliases)
+        version = self.repository.set_status(workspace, group, number, status, now())
+        if version.package_arn is not None:
+            self._hosting.set_package_status(version.package_arn, status)
+        return describe_version(version, aliases)
 
     # --- aliases ----------------------------------------------------------------------------------------------
     def move_alias(self, workspace: str, group: str, alias: str, number: int | None) -> dict[str, Any]:

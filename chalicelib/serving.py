@@ -31,15 +31,15 @@ from chalicelib.adapters import (
     PayloadTooLarge,
     Runtime,
     UnsupportedMediaType,
+    INFERENCE_CONTENT_TYPES as CONTENT_TYPES,
     execution_arn_for,
 )
 from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
 from chalicelib.costs import endpoint_cost_of
-from chalicelib.domain import canonical_json, sha256_hex
 from chalicelib.errors import Conflict, InputInvalid, ValidationFailed
 from chalicelib.provenance import Provenance
-from chalicelib.registry import ModelRef, Registry, check_name, version_node
+from chalicelib.registry import ModelRef, Registry, check_name, fingerprint, hosted_name, version_node
 from chalicelib.repositories.endpoints import DELETED, Endpoint, EndpointNotFound, EndpointRepository
 from chalicelib.repositories.workspaces import Workspace, WorkspaceRepository
 from chalicelib.snapshots import Snapshots
@@ -49,12 +49,10 @@ from chalicelib.workspaces import now, workspace_prefix
 log = logging.getLogger("kaos.serving")
 
 MAX_DEPLOYMENTS = 20  # kept in the endpoint row, newest first
-MAX_ENDPOINT_NAME = 63
 INFERENCE_PROGRAM = "inference.py"
 MAX_INFERENCE_BYTES = 1 << 20  # read to find model_fn: a serving script, not a data file
 # SageMaker's payload limits (InvokeEndpoint): 4 MB for Serverless Inference, 6 MB for real-time endpoints.
 PAYLOAD_LIMITS = {"serverless": 4 * 1024 * 1024, "realtime": 6 * 1024 * 1024}
-CONTENT_TYPES = ("application/json", "text/csv", "application/x-npy")
 GPU_FAMILIES = ("ml.g", "ml.p", "ml.inf", "ml.trn")
 DEFAULTS = {"memory_mb": 2048, "max_concurrency": 5, "instance_count": 1, "capture_percent": 0}
 # Real-time rollouts: 10 % of capacity first, baked for 5 minutes under the 5XX alarm, then the rest.
@@ -80,13 +78,8 @@ class EndpointBusy(Conflict):
     code = "EndpointBusy"
 
 
-def _hex(value: Any, chars: int) -> str:
-    return sha256_hex(canonical_json(value).encode())[:chars]
-
-
 def sagemaker_endpoint_name(workspace: str, incarnation: str, name: str, created_at: str) -> str:
-    suffix = _hex([workspace, incarnation, name, created_at], 8)
-    return f"kaos-{workspace}-{name}"[:MAX_ENDPOINT_NAME - 9].rstrip("-") + f"-{suffix}"
+    return hosted_name(workspace, name, [workspace, incarnation, name, created_at])
 
 
 def defines_model_fn(source: bytes) -> bool:
@@ -268,7 +261,7 @@ class Endpoints:
 
     def _start(self, workspace: Workspace, endpoint: Endpoint, model: ModelRef, action: str) -> dict[str, Any]:
         number = (endpoint.deployments[0]["number"] + 1) if endpoint.deployments else 1
-        deployment = "deploy-" + _hex([workspace.name, workspace.created_at, endpoint.name, endpoint.created_at,
+        deployment = "deploy-" + fingerprint([workspace.name, workspace.created_at, endpoint.name, endpoint.created_at,
                                        number], 24)
         at = now()
         endpoint.deployments = [{"deployment": deployment, "number": number, "action": action,
@@ -325,7 +318,7 @@ class Endpoints:
         model = ModelRef.from_document(entry["model"])
         code_uri, _ = self._snapshots.sourcedir(workspace, model.code)
         role = role_arn(self._settings.workspace_role_prefix, workspace, found.created_at)
-        model_name = "kaos-m-" + _hex([role, model.image, model.model_data, code_uri], 24)
+        model_name = "kaos-m-" + fingerprint([role, model.image, model.model_data, code_uri], 24)
         variant: dict[str, Any] = {"VariantName": "AllTraffic", "ModelName": model_name}
         settings = endpoint.settings
         if endpoint.kind == "serverless":
@@ -339,7 +332,7 @@ class Endpoints:
                 "EnableCapture": True, "InitialSamplingPercentage": settings["capture_percent"],
                 "DestinationS3Uri": self._store.uri(f"{workspace_prefix(workspace)}endpoints/{name}/capture"),
                 "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}
-        config_name = "kaos-c-" + _hex([model_name, config, endpoint.sagemaker_endpoint], 24)
+        config_name = "kaos-c-" + fingerprint([model_name, config, endpoint.sagemaker_endpoint], 24)
         exists = self._hosting.endpoint(endpoint.sagemaker_endpoint) is not None
         request: dict[str, Any] = {"EndpointName": endpoint.sagemaker_endpoint, "EndpointConfigName": config_name}
         if exists and endpoint.kind == "realtime":

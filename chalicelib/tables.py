@@ -301,6 +301,8 @@ class ModelVersionItem(_Item):
     code = UnicodeAttribute()
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
+    # The SageMaker Model Package that carries the version's approval status on AWS (set once it is created).
+    package_arn = UnicodeAttribute(null=True)
 
 
 class ModelJobItem(_Item):

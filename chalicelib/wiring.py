@@ -202,7 +202,8 @@ class Wiring:
 
     @functools.cached_property
     def registry(self) -> Registry:
-        return Registry(repository=self.repositories.models, jobs=self.repositories.jobs, provenance=self.provenance)
+        return Registry(repository=self.repositories.models, jobs=self.repositories.jobs, provenance=self.provenance,
+                        hosting=self.hosting)
 
     @functools.cached_property
     def endpoints(self) -> Endpoints:

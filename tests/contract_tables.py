@@ -2,16 +2,16 @@
 in-process DynamoDB, `mock_aws`: no embedded stack) and once against the in-memory twin."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 
 from chalicelib.repositories.grids import DynamoGrids, GridRepository, MemoryGrids
 from chalicelib.repositories.jobs import DynamoJobs, JobRepository, MemoryJobs
-from chalicelib.repositories.workspaces import DynamoWorkspaces, MemoryWorkspaces, WorkspaceRepository
+from chalicelib.repositories.workspaces import DynamoWorkspaces, MemoryWorkspaces, Workspace, WorkspaceRepository
 
 TABLE = "kaos-contract"
 
@@ -70,3 +70,21 @@ def repos(request: pytest.FixtureRequest) -> Repositories:
         return memory_repositories()
     request.getfixturevalue("dynamo_table")
     return Repositories(DynamoWorkspaces(), DynamoJobs(), DynamoGrids())
+
+
+Twin = TypeVar("Twin")
+
+
+def with_workspace(request: pytest.FixtureRequest, memory: Callable[[MemoryWorkspaces], Twin],
+                   dynamo: Callable[[], Twin], workspace: Workspace) -> tuple[WorkspaceRepository, Twin]:
+    """A repository (pynamodb or its twin, as the fixture's param says) beside the workspace repository, with
+    `workspace` created: for suites of one repository whose rows are fenced by the workspace."""
+    pair: tuple[WorkspaceRepository, Twin]
+    if request.param == "memory":
+        workspaces = MemoryWorkspaces()
+        pair = (workspaces, memory(workspaces))
+    else:
+        request.getfixturevalue("dynamo_table")
+        pair = (DynamoWorkspaces(), dynamo())
+    assert pair[0].create(workspace, workspace.created_at)
+    return pair

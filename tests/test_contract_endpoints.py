@@ -12,22 +12,15 @@ from chalicelib.repositories.endpoints import (
     MemoryEndpoints,
     NameTaken,
 )
-from chalicelib.repositories.workspaces import DynamoWorkspaces, MemoryWorkspaces, Workspace, WorkspaceRepository
-from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
+from chalicelib.repositories.workspaces import Workspace, WorkspaceRepository
+from tests.contract_tables import dynamo_table, with_workspace  # noqa: F401  (fixture)
 
 WS, OWNER, INCARNATION = "ws-e", "arn:aws:iam::123456789012:user/dev", "2026-01-01T00:00:00.000+00:00"
 
 
 @pytest.fixture(params=["dynamo", "memory"])
 def repos(request: pytest.FixtureRequest) -> tuple[WorkspaceRepository, EndpointRepository]:
-    if request.param == "memory":
-        workspaces = MemoryWorkspaces()
-        pair: tuple[WorkspaceRepository, EndpointRepository] = (workspaces, MemoryEndpoints(workspaces))
-    else:
-        request.getfixturevalue("dynamo_table")
-        pair = (DynamoWorkspaces(), DynamoEndpoints())
-    assert pair[0].create(Workspace(WS, OWNER, INCARNATION), INCARNATION)
-    return pair
+    return with_workspace(request, MemoryEndpoints, DynamoEndpoints, Workspace(WS, OWNER, INCARNATION))
 
 
 def _endpoint(name: str = "digits") -> Endpoint:

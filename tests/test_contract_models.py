@@ -14,22 +14,15 @@ from chalicelib.repositories.models import (
     ModelVersion,
     VersionNotFound,
 )
-from chalicelib.repositories.workspaces import DynamoWorkspaces, MemoryWorkspaces, Workspace, WorkspaceRepository
-from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
+from chalicelib.repositories.workspaces import Workspace, WorkspaceRepository
+from tests.contract_tables import dynamo_table, with_workspace  # noqa: F401  (fixture)
 
 WS, OWNER, INCARNATION = "ws-m", "arn:aws:iam::123456789012:user/dev", "2026-01-01T00:00:00.000+00:00"
 
 
 @pytest.fixture(params=["dynamo", "memory"])
 def repos(request: pytest.FixtureRequest) -> tuple[WorkspaceRepository, ModelRepository]:
-    if request.param == "memory":
-        workspaces = MemoryWorkspaces()
-        pair: tuple[WorkspaceRepository, ModelRepository] = (workspaces, MemoryModels(workspaces))
-    else:
-        request.getfixturevalue("dynamo_table")
-        pair = (DynamoWorkspaces(), DynamoModels())
-    assert pair[0].create(Workspace(WS, OWNER, INCARNATION), INCARNATION)
-    return pair
+    return with_workspace(request, MemoryModels, DynamoModels, Workspace(WS, OWNER, INCARNATION))
 
 
 def _version(job: str, group: str = "digits") -> ModelVersion:
@@ -74,6 +67,11 @@ def test_status_and_aliases(repos: tuple[WorkspaceRepository, ModelRepository]) 
     assert approved.status == "Approved" and models.version(WS, "digits", 1).updated_at == "t1"
     with pytest.raises(VersionNotFound):
         models.set_status(WS, "digits", 9, "Approved", "t1")
+    assert approved.package_arn is None
+    models.set_package(WS, "digits", 1, "arn:aws:sagemaker:us-east-1:123456789012:model-package/kaos-g/1")
+    assert models.version(WS, "digits", 1).package_arn.endswith("model-package/kaos-g/1")  # type: ignore[union-attr]
+    with pytest.raises(VersionNotFound):
+        models.set_package(WS, "digits", 9, "arn")
     group = models.group(WS, "digits")
     racer = replace(group, aliases=dict(group.aliases))
     models.set_alias(group, "champion", 1)

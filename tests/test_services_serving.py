@@ -92,6 +92,13 @@ def test_registry_versions_approval_and_aliases(services: Wiring) -> None:  # no
     with pytest.raises(VersionNotApproved):
         services.registry.move_alias(ws.name, "digits", "champion", 1)
     services.registry.approve(ws.name, "digits", 1, "Approved")
+    # On AWS the approval status is the version's SageMaker Model Package's too.
+    sagemaker = boto3.client("sagemaker")
+    (package_group,) = sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"]
+    assert package_group["ModelPackageGroupName"].startswith("kaos-ws-a-digits-")
+    packages = sagemaker.list_model_packages(ModelPackageGroupName=package_group["ModelPackageGroupName"])
+    assert sorted(p["ModelApprovalStatus"] for p in packages["ModelPackageSummaryList"]) == [
+        "Approved", "PendingManualApproval"]
     assert services.registry.move_alias(ws.name, "digits", "champion", 1) == {"alias": "champion", "version": 1,
                                                                                "previous": None}
     assert services.registry.move_alias(ws.name, "digits", "challenger", 2)["previous"] is None

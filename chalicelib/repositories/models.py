@@ -53,6 +53,7 @@ class ModelVersion:
     code: str  # the job's code snapshot id: where inference.py comes from when the archive has no code/
     created_at: str
     updated_at: str
+    package_arn: str | None = None  # its SageMaker Model Package (approval status on AWS)
 
 
 @dataclass
@@ -90,6 +91,9 @@ class ModelRepository(Protocol):
         """Points `alias` at `number` (None removes it) if the group row is still as `group` was read
         (ConcurrentUpdate otherwise); `group` is updated in place."""
 
+    def set_package(self, workspace: str, group: str, number: int, arn: str) -> None:
+        """Records the version's SageMaker Model Package ARN; VersionNotFound if there is no such version."""
+
 
 def version_sk(group: str, number: int) -> str:
     return f"MODELVER#{group}#{number:06d}"
@@ -104,7 +108,7 @@ def version_not_found(workspace: str, group: str, number: int) -> VersionNotFoun
 
 
 _VERSION_FIELDS = ("group", "number", "job_id", "status", "model_data", "model_sha256", "image", "framework", "code",
-                   "created_at", "updated_at")
+                   "created_at", "updated_at", "package_arn")
 
 
 def _version(item: ModelVersionItem) -> ModelVersion:
@@ -184,10 +188,17 @@ class DynamoModels:
             raise version_not_found(workspace, group, number) from None
 
     def set_status(self, workspace: str, group: str, number: int, status: str, at: str) -> ModelVersion:
+        return self._update(workspace, group, number, ModelVersionItem.status.set(status),
+                            ModelVersionItem.updated_at.set(at))
+
+    def set_package(self, workspace: str, group: str, number: int, arn: str) -> None:
+        self._update(workspace, group, number, ModelVersionItem.package_arn.set(arn))
+
+    @staticmethod
+    def _update(workspace: str, group: str, number: int, *actions: Any) -> ModelVersion:
         item = ModelVersionItem(ws_key(workspace), version_sk(group, number))
         try:
-            item.update(actions=[ModelVersionItem.status.set(status), ModelVersionItem.updated_at.set(at)],
-                        condition=_Item.pk.exists())
+            item.update(actions=list(actions), condition=_Item.pk.exists())
         except UpdateError as exc:
             if condition_failed(exc):
                 raise version_not_found(workspace, group, number) from None
@@ -262,11 +273,18 @@ class MemoryModels:
             return copy.deepcopy(found)  # type: ignore[no-any-return]
 
     def set_status(self, workspace: str, group: str, number: int, status: str, at: str) -> ModelVersion:
+        return self._update(workspace, group, number, status=status, updated_at=at)
+
+    def set_package(self, workspace: str, group: str, number: int, arn: str) -> None:
+        self._update(workspace, group, number, package_arn=arn)
+
+    def _update(self, workspace: str, group: str, number: int, **changes: Any) -> ModelVersion:
         with self._workspaces.lock:
             found = self._workspaces.rows.get(workspace, {}).get("model_versions", {}).get((group, number))
             if found is None:
                 raise version_not_found(workspace, group, number)
-            found.status, found.updated_at = status, at
+            for name, value in changes.items():
+                setattr(found, name, value)
             return copy.deepcopy(found)  # type: ignore[no-any-return]
 
     def set_alias(self, group: ModelGroup, alias: str, number: int | None) -> None:
