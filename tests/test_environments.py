@@ -27,11 +27,13 @@ SKLEARN = catalogue.lookup("sklearn").image_uri("us-east-1")
 emulator = test_sagemaker_runner.emulator
 
 
-def train(emulator: Emulator, name: str, files: dict[str, str], image: str = SKLEARN) -> dict[str, Any]:
+def train(emulator: Emulator, name: str, files: dict[str, str], image: str = SKLEARN,
+          hyperparameters: dict[str, str] | None = None) -> dict[str, Any]:
     source = upload_source(emulator, files, f"code/{name}.tar.gz")
     emulator.client("sagemaker").create_training_job(
         TrainingJobName=name, RoleArn=ROLE,
-        HyperParameters={"sagemaker_program": '"train.py"', "sagemaker_submit_directory": f'"{source}"'},
+        HyperParameters={"sagemaker_program": '"train.py"', "sagemaker_submit_directory": f'"{source}"',
+                         **(hyperparameters or {})},
         AlgorithmSpecification={"TrainingImage": image, "TrainingInputMode": "File"},
         InputDataConfig=[{"ChannelName": "training", "DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
@@ -143,20 +145,9 @@ SETUP = "from setuptools import setup\nsetup(name='helper', version='1.0', py_mo
 def test_the_toolkit_contract(emulator: Emulator) -> None:
     # A setup.py in the code: `pip install .`, then the entry point runs as a module; JSON-valued SM_* variables are
     # compact and key-sorted, a null hyperparameter is an empty value, SM_FRAMEWORK_MODULE is the image's.
-    source = upload_source(emulator, {"train.py": PACKAGE_SCRIPT, "setup.py": SETUP, "helper.py": "VALUE = 7\n"},
-                           "code/toolkit.tar.gz")
-    emulator.client("sagemaker").create_training_job(
-        TrainingJobName="env-toolkit", RoleArn=ROLE,
-        HyperParameters={"sagemaker_program": '"train.py"', "sagemaker_submit_directory": f'"{source}"',
-                         "nothing": "null", "layers": '{"b": 2, "a": [1, 2]}'},
-        AlgorithmSpecification={"TrainingImage": SKLEARN, "TrainingInputMode": "File"},
-        InputDataConfig=[{"ChannelName": "training", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
-        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/out"},
-        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
-        StoppingCondition={"MaxRuntimeInSeconds": 600},
-    )
-    described = wait_for(emulator, "env-toolkit", {"Completed", "Failed"}, timeout=600)
+    described = train(emulator, "env-toolkit",
+                      {"train.py": PACKAGE_SCRIPT, "setup.py": SETUP, "helper.py": "VALUE = 7\n"},
+                      hyperparameters={"nothing": "null", "layers": '{"b": 2, "a": [1, 2]}'})
     assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
     log = log_of(emulator, "env-toolkit")
     assert 'argv ["--layers", "a=[1, 2],b=2", "--nothing", ""]' in log
@@ -178,14 +169,20 @@ def test_a_failing_script_fails_as_sagemaker_reports_it(emulator: Emulator) -> N
     assert "the data is empty" in reason and reason.endswith(" train.py\", exit code: 1")
 
 
+def code_folder(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
 def test_the_chosen_image_is_recorded_with_what_ran(stack: Stack, tmp_path: Path) -> None:
     # Through the CLI and the executing state machine: kaos.toml chooses scikit-learn 1.2-1, whose pandas pin has
     # no wheel here; the job's record (train info) carries the built environment and that fidelity warning.
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("import os, pandas\nprint('pandas', pandas.__version__)\n"
-                                   "open(os.path.join(os.environ['SM_MODEL_DIR'], 'model.txt'), 'w').write('m')\n")
-    (code / "kaos.toml").write_text('[train]\nframework = "sklearn"\nframework_version = "1.2-1"\n')
+    code = code_folder(tmp_path / "code", {
+        "train.py": "import os, pandas\nprint('pandas', pandas.__version__)\n"
+                    "open(os.path.join(os.environ['SM_MODEL_DIR'], 'model.txt'), 'w').write('m')\n",
+        "kaos.toml": '[train]\nframework = "sklearn"\nframework_version = "1.2-1"\n'})
     stack.kaos("workspace", "create", "envs")
     deploy = ["train", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data")]
     job = stack.kaos_json(*deploy, "--wait")
@@ -207,11 +204,10 @@ def test_the_chosen_image_is_recorded_with_what_ran(stack: Stack, tmp_path: Path
 def test_batch_honours_requirements(stack: Stack, tmp_path: Path) -> None:
     # The bootstrap of cdk/batch.py installs the code's requirements.txt for the command (on Fargate as here): six
     # 1.16.0 shadows the newer six the image's boto3 brought.
-    code = tmp_path / "batch"
-    code.mkdir()
-    (code / "main.py").write_text("import os, six\nprint('six', six.__version__)\n"
-                                  "open(os.path.join(os.environ['KAOS_OUTPUT_DIR'], 'out.txt'), 'w').write('x')\n")
-    (code / "requirements.txt").write_text("six==1.16.0\n")
+    code = code_folder(tmp_path / "batch", {
+        "main.py": "import os, six\nprint('six', six.__version__)\n"
+                   "open(os.path.join(os.environ['KAOS_OUTPUT_DIR'], 'out.txt'), 'w').write('x')\n",
+        "requirements.txt": "six==1.16.0\n"})
     stack.kaos("workspace", "create", "envbatch")
     job = stack.kaos_json("batch", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data"), "--wait")
     assert job["status"] == "COMPLETED", job
