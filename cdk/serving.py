@@ -34,6 +34,7 @@ from cdk.states import (
 
 PREPARED = "$.prepared"
 DESCRIBED = "$.described"
+CREATED = "$.created"  # the create/update steps' answers (ARNs), kept beside the state input
 POLLS = "$.polls"
 # 1,800 polls: an hour at the stack's interval (cdk/constants.py), beyond a creation plus a guarded rollout.
 MAX_POLLS = 1800
@@ -44,8 +45,10 @@ SAGEMAKER_TRANSIENT_ERRORS = ["SageMaker.ThrottlingException", "SageMaker.Amazon
 
 
 def _task(scope: Construct, id_: str, action: str, request: str, fields: Sequence[str],
-          result_path: str | None = None) -> sfn.CustomState:
-    """A request-response SageMaker integration whose request fields Prepare returned at `request`."""
+          result_path: str) -> sfn.CustomState:
+    """A request-response SageMaker integration whose request fields Prepare returned at `request`; its answer
+    goes to `result_path` (a CustomState's JSON has no way to say DISCARD, and without a path the answer would
+    replace the whole state input)."""
     state = sfn.CustomState(scope, id_, state_json={
         "Type": "Task", "Resource": f"arn:{Stack.of(scope).partition}:states:::{action}",
         "Parameters": {f"{f}.$": f"{request}.{f}" for f in fields},
@@ -83,19 +86,19 @@ class Serving(Construct):
 
         prepare = lambda_task(self, "Prepare", self.prepare.function, result_path=PREPARED)
         create_model = _task(self, "CreateModel", "sagemaker:createModel", f"{PREPARED}.model",
-                             ("ModelName", "ExecutionRoleArn", "PrimaryContainer"))
+                             ("ModelName", "ExecutionRoleArn", "PrimaryContainer"), f"{CREATED}.model")
+        config_fields = ("EndpointConfigName", "ProductionVariants")
         create_config = _task(self, "CreateEndpointConfig", "sagemaker:createEndpointConfig", f"{PREPARED}.config",
-                              ("EndpointConfigName", "ProductionVariants"))
+                              config_fields, f"{CREATED}.config")
         create_captured = _task(self, "CreateEndpointConfigWithCapture", "sagemaker:createEndpointConfig",
-                                f"{PREPARED}.config", ("EndpointConfigName", "ProductionVariants",
-                                                       "DataCaptureConfig"))
+                                f"{PREPARED}.config", (*config_fields, "DataCaptureConfig"), f"{CREATED}.config")
         endpoint_fields = ("EndpointName", "EndpointConfigName")
         create_endpoint = _task(self, "CreateEndpoint", "sagemaker:createEndpoint", f"{PREPARED}.endpoint",
-                                endpoint_fields)
+                                endpoint_fields, f"{CREATED}.endpoint")
         update_endpoint = _task(self, "UpdateEndpoint", "sagemaker:updateEndpoint", f"{PREPARED}.endpoint",
-                                endpoint_fields)
+                                endpoint_fields, f"{CREATED}.endpoint")
         update_guarded = _task(self, "UpdateEndpointWithGuardrails", "sagemaker:updateEndpoint",
-                               f"{PREPARED}.endpoint", (*endpoint_fields, "DeploymentConfig"))
+                               f"{PREPARED}.endpoint", (*endpoint_fields, "DeploymentConfig"), f"{CREATED}.endpoint")
         describe = _task(self, "DescribeEndpoint", "aws-sdk:sagemaker:describeEndpoint", f"{PREPARED}.endpoint",
                          ("EndpointName",), result_path=DESCRIBED)
         start_polls = sfn.Pass(self, "StartPolling", result=sfn.Result.from_object({"count": 0}), result_path=POLLS)

@@ -710,16 +710,19 @@ class Runtime:
 
 
 def _invocation_error(endpoint: str, exc: ClientError) -> KaosError:
+    """InvokeEndpoint's errors as SageMaker Runtime answers them: the container's own status as ModelError (HTTP
+    424) with OriginalStatusCode, a timeout as ModelError without one, an endpoint not serving (yet) as
+    ValidationError "Endpoint <name> of account <id> not found.", a body over the limit as HTTP 413."""
     code, error = error_code(exc), exc.response.get("Error", {})
     message = str(exc.response.get("OriginalMessage") or error.get("Message") or code)
+    lowered = message.lower()
+    if "timed out while waiting for a response" in lowered:
+        return InvocationTimeout(f"endpoint {endpoint}: the model did not answer within 60 s: {message}"[:4000])
     if code == "ModelError":
         status = int(str(exc.response.get("OriginalStatusCode") or 0))
         return _CONTAINER_STATUS.get(status, ModelError)(f"the model answered {status}: {message}"[:4000])
-    if code == "ModelNotReadyException" or "not in service" in message.lower() or "could not find" in \
-            message.lower():
-        return EndpointNotInService(f"endpoint {endpoint} is not in service: {message}")
-    if "timed out" in message.lower() or "timeout" in message.lower():
-        return InvocationTimeout(f"endpoint {endpoint}: {message}")
-    if "length" in message.lower() and "body" in message.lower():
+    if code == "413" or "content length exceeded" in lowered:
         return PayloadTooLarge(f"body: {message}")
+    if code == "ModelNotReadyException" or (code == "ValidationError" and "not found" in lowered):
+        return EndpointNotInService(f"endpoint {endpoint} is not in service: {message}")
     return AwsCallFailed(f"InvokeEndpoint {endpoint}: {code} {message}")

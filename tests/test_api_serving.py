@@ -4,6 +4,7 @@ nothing half-created, and a non-member can neither see, invoke nor kill an endpo
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ from kaos.client import ApiError
 from .conftest import TEMPLATE, Stack, tiny_code
 
 WS = "serve-api"
-MODEL_FN = "def model_fn(model_dir):\n    return open(model_dir + '/model.txt').read()\n"
+MODEL_FN = ("import numpy as np\n\n\ndef model_fn(model_dir):\n    return open(model_dir + '/model.txt').read()\n\n\n"
+            "def predict_fn(data, model):\n    return np.atleast_2d(data).sum(axis=1)\n")
+# The deployment state machine polls every 2 s; a tiny model's server is up in a few seconds offline.
+DEPLOY_SECONDS = 90
 
 
 def _train(stack: Stack, code: Path) -> dict[str, Any]:
@@ -43,6 +47,16 @@ def _refused(call: Any, status: int, code: str, *words: str) -> None:
     assert (refused.value.status, refused.value.code) == (status, code), refused.value
     for word in words:
         assert word in refused.value.message, refused.value.message
+
+
+def _settled(client: Any, name: str) -> dict[str, Any]:
+    """The endpoint once its deployment has ended (polled until a deadline, as `kaos serve deploy --wait`)."""
+    deadline = time.monotonic() + DEPLOY_SECONDS
+    while True:
+        endpoint: dict[str, Any] = client.endpoint(WS, name)
+        if endpoint["status"] not in ("Creating", "Updating") or time.monotonic() > deadline:
+            return endpoint
+        time.sleep(0.5)
 
 
 def _deployments(stack: Stack) -> list[dict[str, Any]]:
@@ -101,3 +115,22 @@ def test_name_clash_limits_non_members_and_killing_twice(stack: Stack, jobs: dic
     _refused(lambda: dev.kill_endpoint(WS, "clash"), 409, "EndpointKilled")
     _refused(lambda: dev.kill_endpoint(WS, "never"), 404, "EndpointNotFound")
     assert dev.endpoint(WS, "clash")["status"] in ("Deleting", "Deleted")
+
+
+def test_deploy_predict_and_lineage_through_the_endpoint(stack: Stack, jobs: dict[str, str]) -> None:
+    dev = stack.client()
+    version = dev.register_model(WS, "tiny", jobs["served"])
+    endpoint = _settled(dev, dev.deploy_endpoint(WS, {"model": f"tiny/{version['version']}", "name": "live"})["name"])
+    assert endpoint["status"] == "InService", endpoint
+    assert endpoint["deployments"][0]["status"] == "Succeeded"
+    body, content_type = dev.invoke(WS, "live", b"[[1, 2], [3, 4]]", "application/json")
+    assert content_type.startswith("application/json") and json.loads(body) == [3, 7]
+    body, content_type = dev.invoke(WS, "live", b"1,2\n3,4\n", "text/csv", "text/csv")
+    assert content_type.startswith("text/csv") and [float(v) for v in body.split()] == [3.0, 7.0]
+
+    up = dev.lineage(WS, "endpoint:live", "up")
+    assert {"endpoint:live", "version:tiny.1", f"model:{jobs['served']}", f"job:{jobs['served']}"} <= {
+        n["id"] for n in up["nodes"]}
+    data = dev.job(WS, jobs["served"])["inputs"]["data"]["training"]
+    assert "endpoint:live" in {e["id"] for e in dev.impact(WS, f"snapshot:{data}")["endpoints"]}
+    assert dev.kill_endpoint(WS, "live")["status"] == "Deleting"

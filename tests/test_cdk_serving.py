@@ -46,6 +46,9 @@ def test_create_steps_are_request_response_and_skipped_when_they_exist(states: d
                                                         "CreateEndpointConfig"]
     assert _next_of_choice(states["CreateOrUpdate?"]) == ["CreateEndpoint", "UpdateEndpointWithGuardrails",
                                                           "UpdateEndpoint"]
+    # Each step's answer goes beside the state input, never over it (the next steps read $.prepared).
+    for name in integrations:
+        assert states[name]["ResultPath"].startswith(("$.created.", "$.described")), name
     assert "DeploymentConfig.$" in states["UpdateEndpointWithGuardrails"]["Parameters"]
     assert "DeploymentConfig.$" not in states["UpdateEndpoint"]["Parameters"]
     for name in ("CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DescribeEndpoint",

@@ -8,7 +8,14 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.adapters import PayloadTooLarge, UnsupportedMediaType
+from chalicelib.adapters import (
+    EndpointNotInService,
+    InvocationTimeout,
+    ModelError,
+    PayloadTooLarge,
+    Runtime,
+    UnsupportedMediaType,
+)
 from chalicelib.errors import NotFound, ValidationFailed
 from chalicelib.registry import AliasNotFound, JobNotCompleted, VersionNotApproved
 from chalicelib.repositories.endpoints import NameTaken
@@ -216,3 +223,28 @@ def test_invocations_are_checked_before_the_model_is_called(services: Wiring) ->
     with pytest.raises(UnsupportedMediaType):
         services.endpoints.invoke(ws.name, "small", b"<a/>", "application/xml", None)
     assert endpoint["status"] == "Creating"
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    ({"service_error_code": "ModelError", "http_status_code": 424, "modeled_fields": {
+        "OriginalStatusCode": 415, "OriginalMessage": "unsupported"}}, UnsupportedMediaType),
+    ({"service_error_code": "ModelError", "http_status_code": 424, "modeled_fields": {
+        "OriginalStatusCode": 500, "OriginalMessage": "predict_fn raised"}}, ModelError),
+    ({"service_error_code": "ModelError", "http_status_code": 424, "service_message": (
+        'Received server error (0) from primary with message "Your invocation timed out while waiting for a '
+        'response from container primary."')}, InvocationTimeout),
+    ({"service_error_code": "413", "http_status_code": 413,
+      "service_message": "HTTP content length exceeded 4194304 bytes."}, PayloadTooLarge),
+    ({"service_error_code": "ValidationError", "http_status_code": 400,
+      "service_message": "Endpoint kaos-ws-a-x-0 of account 123456789012 not found."}, EndpointNotInService),
+])
+def test_runtime_errors_are_named_as_sagemaker_runtime_answers_them(error: dict[str, Any],
+                                                                    expected: type[Exception]) -> None:
+    from botocore.stub import Stubber
+
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1", aws_access_key_id="k",
+                          aws_secret_access_key="s")
+    with Stubber(client) as stub:
+        stub.add_client_error("invoke_endpoint", **error)
+        with pytest.raises(expected):
+            Runtime(client).invoke("kaos-ws-a-x-0", b"[1]", "application/json", "application/json")
