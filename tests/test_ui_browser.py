@@ -296,18 +296,23 @@ def test_runs_table_of_500_sorts_keeps_columns_filters_compares_and_charts(
 
 def test_lineage_graph_of_depth_20_marks_failures_and_clicks_through(page: Page, ui_url: str, chain: list[str],
                                                                       tmp_path: Path) -> None:
-    last = chain[-2]  # the chain's final output snapshot
-    page.goto(ui_url + f"#/ws/{LINEAGE_WS}/lineage/{last}")
+    middle = chain[CHAIN]  # the snapshot half-way: 20 hops to either end, the failed job beside it
+    page.goto(ui_url + f"#/ws/{LINEAGE_WS}/lineage/{middle}")
     expect(page.locator("#graph .node")).to_have_count(len(chain))
     expect(page.locator("#graph .node.failed")).to_have_count(1)
-    expect(page.locator(f'#graph .node.root[data-node="{last}"]')).to_have_count(1)
-    screenshot(page, "lineage", tmp_path)
+    expect(page.locator(f'#graph .node.root[data-node="{middle}"]')).to_have_count(1)
     view = page.locator("#graph svg > g").first
     before = view.get_attribute("transform")
     page.locator("#graph").hover()
     page.mouse.wheel(0, -400)
     expect(view).not_to_have_attribute("transform", before or "")
-    # Click through: the first job of the chain (20 jobs upstream), then its job page.
+    # Click through: the failed job beside the chain (centred with its neighbours), then the first job of the chain
+    # (20 jobs upstream), then its job page.
+    failed = chain[-1]
+    page.locator(f'#graph .node[data-node="{failed}"]').dispatch_event("click")
+    expect(page.locator(f'#graph .node.root.failed[data-node="{failed}"]')).to_have_count(1)
+    expect(page.locator("#side")).to_contain_text(failed)
+    screenshot(page, "lineage", tmp_path)
     first_job = chain[1]
     page.locator(f'#graph .node[data-node="{first_job}"]').dispatch_event("click")
     expect(page.locator(f'#graph .node.root[data-node="{first_job}"]')).to_have_count(1)

@@ -335,12 +335,12 @@ async function jobPage(live, ws, id) {
   const job = await api(base);
   const sources = job.sources || {};
   const snap = (sid) => `<a class="mono" href="#/ws/${enc(ws)}/lineage/${enc("snapshot:" + sid)}">${esc(sid)}</a>`;
-  const cost = costHtml(job.cost);
+  const summary = (j) => kv([["kind", esc(j.kind)], ["created", esc(j.created_at)], ["started", esc(j.started_at)], ["ended", esc(j.ended_at)],
+    ["failure", esc(j.failure_reason)], ["environment", `<span class="mono">${esc(j.environment)}</span>`],
+    ["resources", esc(JSON.stringify(j.resources))], ["model", j.model ? `<a class="mono" href="#/ws/${enc(ws)}/lineage/${enc("model:" + j.id)}">${esc(j.model)}</a>` : null],
+    ["cost", costHtml(j.cost)], ["attempt", j.attempt > 1 ? esc(j.attempt) : null]]);
   main.innerHTML = `<h1>Job <span class="mono">${esc(job.id)}</span> <span id="job-status" class="status-${esc(job.status)}">${esc(job.status)}</span></h1>
-    ${kv([["kind", esc(job.kind)], ["created", esc(job.created_at)], ["started", esc(job.started_at)], ["ended", esc(job.ended_at)],
-          ["failure", esc(job.failure_reason)], ["environment", `<span class="mono">${esc(job.environment)}</span>`],
-          ["resources", esc(JSON.stringify(job.resources))], ["model", job.model ? `<a class="mono" href="#/ws/${enc(ws)}/lineage/${enc("model:" + job.id)}">${esc(job.model)}</a>` : null],
-          ["cost", cost], ["attempt", job.attempt > 1 ? esc(job.attempt) : null]])}
+    <div id="summary">${summary(job)}</div>
     <h2>Inputs</h2>
     ${kv([["code" + (sources.code ? ` (${sources.code})` : ""), snap(job.inputs.code)],
           ...Object.entries(job.inputs.data).map(([c, s]) => [`data:${c}` + (sources.data ? ` (${sources.data})` : ""), snap(s)]),
@@ -374,6 +374,7 @@ async function jobPage(live, ws, id) {
     if (!live()) return;
     main.querySelector("#metrics").innerHTML = kv(Object.entries(ended.metrics || {}).map(([k, v]) => [k, fmt(v)]));
     main.querySelector("#job-status").textContent = ended.status;
+    main.querySelector("#summary").innerHTML = summary(ended);
     await Promise.all([showSeries(), showFiles()]);
     main.dataset.ended = "true";
   }
@@ -414,6 +415,21 @@ async function followLog(live, ws, id) {
 
 // --- lineage ---------------------------------------------------------------------------------------------------
 
+// The walk both ways, in pages of at most 100 nodes (each page's levels are queried one after another, so small
+// pages keep a long chain under the API's 29 s limit), up to 2000 nodes; edges seen from both ends count once.
+async function walk(live, ws, node, depth) {
+  const nodes = [], edges = new Map();
+  let cursor = null, first = null;
+  do {
+    const page = await api(`/workspaces/${enc(ws)}/lineage/${enc(node)}`, { direction: "both", depth, limit: 100, cursor });
+    first ||= page;
+    nodes.push(...page.nodes);
+    for (const e of page.edges) edges.set(`${e.source} ${e.rel} ${e.target}`, e);
+    cursor = page.next;
+  } while (cursor && live() && nodes.length < 2000);
+  return { ...first, nodes, edges: [...edges.values()], next: cursor };
+}
+
 // A walk both ways that no depth or page limit cut short holds the whole connected graph: following one of its
 // nodes needs no new walk, only a new root.
 function reusable(ws, depth, node) {
@@ -445,7 +461,7 @@ async function lineagePage(live, ws, node) {
     <div class="split"><div class="graph" id="graph"></div><div class="side" id="side"></div></div>`;
   main.querySelector("#depth").addEventListener("change", (e) => { sessionStorage.setItem("kaos.depth", e.target.value); route(); });
   const reused = reusable(ws, depth, node);
-  const answer = reused || await api(`/workspaces/${enc(ws)}/lineage/${enc(node)}`, { direction: "both", depth, limit: 1000 });
+  const answer = reused || await walk(live, ws, node, depth);
   const jobIds = answer.nodes.filter((n) => n.type === "job").map((n) => n.id.slice(4));
   // Statuses (failed jobs are marked): from the runs already loaded, else the newest page of the workspace's jobs,
   // then one read per job still missing.

@@ -85,7 +85,7 @@ export function lineageGraph(container, answer, statuses, onSelect) {
   const width = Math.max(...[...place.values()].map((p) => p.x)) + W + 20;
   const height = Math.max(...[...place.values()].map((p) => p.y)) + H + 20;
   const fit = Math.min(1, container.clientWidth / width, container.clientHeight / height);
-  let scale = Math.max(fit, 0.45), tx, ty;
+  let scale = Math.max(fit, 0.7), tx, ty;
   if (scale === fit) {
     tx = (container.clientWidth - width * scale) / 2;
     ty = (container.clientHeight - height * scale) / 2;
