@@ -313,7 +313,10 @@ def invoke_endpoint(user: str, workspace: Workspace, name: str) -> Response:
     headers: Mapping[str, str] = request.headers or {}  # Chalice's mapping: case-insensitive names
     body, content_type = WIRING.endpoints.invoke(workspace.name, name, _raw_body(request) or b"",
                                                  headers.get("content-type"), headers.get("accept"))
-    return Response(body, headers={"Content-Type": content_type}, status_code=200)
+    # A Lambda proxy answer carries text, or base64 that Chalice makes of a binary media type's bytes.
+    binary = content_type.split(";", 1)[0].strip() in app.api.binary_types
+    return Response(body if binary else body.decode("utf-8", errors="replace"),
+                    headers={"Content-Type": content_type}, status_code=200)
 
 
 @route("/workspaces/{workspace}/endpoints/{name}/logs", "GET")

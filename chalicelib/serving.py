@@ -49,6 +49,7 @@ from chalicelib.workspaces import now, workspace_prefix
 log = logging.getLogger("kaos.serving")
 
 MAX_DEPLOYMENTS = 20  # kept in the endpoint row, newest first
+MAX_LOG_EVENTS = 10_000  # FilterLogEvents' page limit
 INFERENCE_PROGRAM = "inference.py"
 MAX_INFERENCE_BYTES = 1 << 20  # read to find model_fn: a serving script, not a data file
 # SageMaker's payload limits (InvokeEndpoint): 4 MB for Serverless Inference, 6 MB for real-time endpoints.
@@ -207,6 +208,8 @@ class Endpoints:
     def logs(self, workspace: str, name: str, token: str | None, limit: int) -> dict[str, Any]:
         """The model server's log: SageMaker writes it to /aws/sagemaker/Endpoints/<endpoint>, one stream per
         instance (AllTraffic/<instance id>)."""
+        if not 1 <= limit <= MAX_LOG_EVENTS:
+            raise ValidationFailed(f"limit: must be 1 to {MAX_LOG_EVENTS} events")
         endpoint = self.repository.get(workspace, name)
         page = self._logs(endpoint.sagemaker_endpoint).page("AllTraffic/", limit, token)
         return {"job": name, "status": endpoint.status, "events": page.events, "next": page.token}
@@ -250,11 +253,13 @@ class Endpoints:
         self.repository.save(endpoint)
         return endpoint
 
-    def _remove(self, deployment: dict[str, Any]) -> None:
-        if deployment.get("config_name"):
-            self._hosting.delete_config(deployment["config_name"])
-        if deployment.get("model_name"):
-            self._hosting.delete_model(deployment["model_name"])
+    def _remove(self, deployment: dict[str, Any], keep: tuple[dict[str, Any], ...] = ()) -> None:
+        """Deletes the deployment's config and model, unless one of `keep` uses the same (names are fingerprints:
+        promoting the live model again names the live model)."""
+        for field, delete in (("config_name", self._hosting.delete_config), ("model_name", self._hosting.delete_model)):
+            name = deployment.get(field)
+            if name and all(other.get(field) != name for other in keep):
+                delete(name)
 
     def _execution(self, deployment: str) -> str:
         return execution_arn_for(self._settings.deployment_state_machine_arn, deployment)
@@ -386,8 +391,7 @@ class Endpoints:
             self._fail(endpoint, deployment, reason or "rolled back by its alarm")
             if entry.get("action_taken") == "create":
                 self._hosting.delete_endpoint(endpoint.sagemaker_endpoint)
-            if entry.get("config_name") != detail.get("EndpointConfigName"):
-                self._remove(entry)
+            self._remove(entry, keep=tuple(d for d in endpoint.deployments if d["status"] == "Succeeded"))
         return {"endpoint": name, "status": endpoint.status, "deployment": _entry(endpoint, deployment)["status"]}
 
     def _record_lineage(self, endpoint: Endpoint, at: str) -> None:
