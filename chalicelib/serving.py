@@ -172,14 +172,34 @@ class Endpoints:
         endpoint = self.repository.get(workspace, name)
         if endpoint.status in ("Deleting", DELETED):
             raise EndpointKilled(f"endpoint {name!r} is already {endpoint.status.lower()}")
+        self._halt(endpoint, f"endpoint killed by {user}")
+        return self.describe(endpoint)
+
+    def halt_all(self, workspace: str, reason: str) -> int:
+        """`workspace kill`: stops every endpoint of the workspace and deletes what it runs (its rows go with the
+        workspace's). Returns how many were live."""
+        halted, after = 0, None
+        while True:
+            endpoints, after = self.repository.page(workspace, 100, after)
+            for endpoint in endpoints:
+                if endpoint.status not in ("Deleting", DELETED):
+                    self._halt(endpoint, reason)
+                    halted += 1
+                for deployment in endpoint.deployments:
+                    self._remove(deployment)
+                self._hosting.delete_alarm(f"{endpoint.sagemaker_endpoint}-5xx")
+            if after is None:
+                return halted
+
+    def _halt(self, endpoint: Endpoint, reason: str) -> None:
+        """Stops the deployment in progress, deletes the SageMaker endpoint: Deleting (Deleted once it is gone)."""
         for deployment in endpoint.deployments:
             if deployment["status"] == "InProgress":
-                self._executions.stop(self._execution(deployment["deployment"]), f"endpoint killed by {user}")
-                deployment.update(status="Stopped", ended_at=now(), failure_reason=f"endpoint killed by {user}")
+                self._executions.stop(self._execution(deployment["deployment"]), reason)
+                deployment.update(status="Stopped", ended_at=now(), failure_reason=reason)
         self._hosting.delete_endpoint(endpoint.sagemaker_endpoint)
         endpoint.status, endpoint.updated_at = "Deleting", now()
         self.repository.save(endpoint)
-        return self.describe(endpoint)
 
     def info(self, workspace: str, name: str) -> dict[str, Any]:
         return self.describe(self._settle(workspace, name) or self.repository.get(workspace, name))

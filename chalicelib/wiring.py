@@ -185,7 +185,7 @@ class Wiring:
     def workspaces(self) -> Workspaces:
         return Workspaces(repository=self.repositories.workspaces, jobs=self.repositories.jobs, lifecycle=self.jobs,
                           grids=self.grids, store=self.store, roles=self.roles, training_jobs=self.training_jobs,
-                          batch_jobs=self.batch_jobs)
+                          batch_jobs=self.batch_jobs, endpoints=self.endpoints)
 
     @functools.cached_property
     def reproductions(self) -> Reproductions:

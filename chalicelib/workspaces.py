@@ -33,9 +33,10 @@ from chalicelib.repositories.jobs import JobRepository
 from chalicelib.repositories.workspaces import IncarnationGone, Workspace, WorkspaceRepository
 from chalicelib.tenancy import WorkspaceRoles
 
-if TYPE_CHECKING:  # both import this module (for `now` and `workspace_prefix`)
+if TYPE_CHECKING:  # they import this module (for `now` and `workspace_prefix`)
     from chalicelib.grids import Grids
     from chalicelib.lifecycle import Jobs
+    from chalicelib.serving import Endpoints
 
 # How long a kill waits for the containers it stopped to end, within the API Lambda's 30 s: SageMaker sends SIGTERM
 # and uploads what the job saved; longer stops (SageMaker allows 120 s) answer `stopping` (see the module doc).
@@ -90,7 +91,7 @@ class Fence:
 class Workspaces:
     def __init__(self, *, repository: WorkspaceRepository, jobs: JobRepository, lifecycle: Jobs, grids: Grids,
                  store: ObjectStore, roles: WorkspaceRoles, training_jobs: TrainingJobs,
-                 batch_jobs: BatchJobs) -> None:
+                 batch_jobs: BatchJobs, endpoints: Endpoints) -> None:
         self._repository = repository
         self._jobs = jobs
         self._lifecycle = lifecycle
@@ -99,6 +100,7 @@ class Workspaces:
         self._roles = roles
         self._training_jobs = training_jobs
         self._batch_jobs = batch_jobs
+        self._endpoints = endpoints
 
     def create(self, name: str, user: str, *, _after_kill: bool = False) -> tuple[dict[str, Any], bool]:
         """Creates the workspace owned by `user`; creating it again as its owner is a no-op (idempotent).
@@ -210,6 +212,8 @@ class Workspaces:
         """Stops the running grids, then every job that has not ended (execution, SageMaker or Batch job) and marks
         it KILLED. Returns the counts and the containers that may still be stopping."""
         grids = self._grids.halt_all(name, reason)
+        # Endpoints serve as the workspace role, which the kill deletes: they stop first (and cost nothing after).
+        self._endpoints.halt_all(name, reason)
         jobs, refs = 0, list[str]()
         for job in self._jobs.unfinished(name):
             refs += self._lifecycle.halt(job, reason)

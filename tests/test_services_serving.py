@@ -248,3 +248,18 @@ def test_runtime_errors_are_named_as_sagemaker_runtime_answers_them(error: dict[
         stub.add_client_error("invoke_endpoint", **error)
         with pytest.raises(expected):
             Runtime(client).invoke("kaos-ws-a-x-0", b"[1]", "application/json", "application/json")
+
+
+def test_a_workspace_kill_stops_its_endpoints(services: Wiring) -> None:  # noqa: F811
+    ws = workspace(services)
+    live = _deploy_through(services, ws, services.endpoints.deploy(ws, OWNER, {"model": _job(services, ws, 1)}))
+    assert live["status"] == "InService"
+    pending = services.endpoints.deploy(ws, OWNER, {"model": _job(services, ws, 2), "name": "pending"})[
+        "deployments"][0]["deployment"]
+    assert services.workspaces.kill(ws.name, OWNER)["status"] == "killed"
+    sagemaker = boto3.client("sagemaker")
+    assert sagemaker.list_endpoints()["Endpoints"] == [] and sagemaker.list_models()["Models"] == []
+    assert sagemaker.list_endpoint_configs()["EndpointConfigs"] == []
+    stopped = boto3.client("stepfunctions").list_executions(
+        stateMachineArn=services.settings.deployment_state_machine_arn, statusFilter="ABORTED")["executions"]
+    assert [e["name"] for e in stopped] == [pending]  # the deployment in progress was stopped
