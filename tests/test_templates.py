@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from chalicelib.pipeline import DEFAULT_ENTRY_POINTS
 from kaos.cli import app
 from kaos.cli_templates import templates_dir
+from kaos.local.environments import Environments, default_cache_dir
 from kaos.local.sagemaker_runner import to_cmd_args
 
 from .conftest import Stack
@@ -124,11 +125,12 @@ def test_get_unknown_name_suggests() -> None:
 
 
 # --- the templates' training code, run locally under the SageMaker env contract -------------------------------
-def run_regressor(tmp: Path, params: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+def run_regressor(tmp: Path, params: dict[str, Any],
+                  python: Path = Path(sys.executable)) -> tuple[bytes, dict[str, Any]]:
     folder = TEMPLATES / "sklearn-regressor"
     model = tmp / "model"
     model.mkdir(parents=True)
-    subprocess.run([sys.executable, "train.py", *to_cmd_args(params)], cwd=folder / "train", check=True,
+    subprocess.run([str(python), "train.py", *to_cmd_args(params)], cwd=folder / "train", check=True,
                    capture_output=True, env=sm_env(model, folder / "data"), timeout=60)
     return (model / "model.pkl").read_bytes(), json.loads((model / "metrics.json").read_text())
 
@@ -189,8 +191,10 @@ def test_regressor_template_end_to_end(stack: Stack, tmp_path: Path) -> None:
     job = deploy(stack, "tpl-regressor", folder, folder / "params.json")
     assert {"r2", "rmse", "mae"} <= set(job["metrics"])
     assert job["metrics"]["r2"] > 0.3 and job["metrics"]["rmse"] > 0
-    # The job ran the same code on the same data with the same params as a local run: identical metrics.
-    _, local = run_regressor(tmp_path / "local", json.loads((folder / "params.json").read_text()))
+    # The job ran the same code on the same data with the same params as a local run in the job's image environment
+    # (kaos.local.environments): identical metrics.
+    image_python = Environments(default_cache_dir()).ensure(job["environment"]).python
+    _, local = run_regressor(tmp_path / "local", json.loads((folder / "params.json").read_text()), image_python)
     assert {k: job["metrics"][k] for k in local} == pytest.approx(local, rel=1e-9)
 
 
