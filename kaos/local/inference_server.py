@@ -237,6 +237,7 @@ def load_user_module(model_dir: Path, code_dir: Path | None, program: str) -> Mo
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a burst of clients connects at once (the default backlog is 5)
 
     def __init__(self, port: int, transformer: Transformer, default_accept: str, max_payload: int,
                  max_concurrency: int) -> None:
@@ -251,6 +252,10 @@ class Server(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
+    # Headers and body leave as one write, without Nagle's delay: two small writes on a kept-alive connection
+    # wait for the client's delayed ACK (~40 ms per response).
+    disable_nagle_algorithm = True
+    wbufsize = -1
 
     def log_message(self, format: str, *args: Any) -> None:
         sys.stdout.write(f"{self.address_string()} - - {format % args}\n")
