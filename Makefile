@@ -40,6 +40,8 @@ bench: setup
 	$(BIN)/python -m bench.submit
 	$(BIN)/python -m bench.datums
 	$(BIN)/python -m bench.lineage
+	$(BIN)/python -m bench.bundle_commit
+	$(BIN)/python -m bench.trace_job
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache

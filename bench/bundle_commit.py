@@ -7,30 +7,33 @@
   presigned PUTs are counted apart (one per missing blob).
 * wall: `kaos train deploy -s <1,001 files of 2 KB> -d <digits> -h params --json` as a subprocess on the embedded
   stack (no --wait: up to the job's acceptance), new bundle, one file changed, unchanged (a cache hit: the same
-  job). Baseline: the same process running `kaos --help` (interpreter and CLI imports, no request), same run.
+  job); wall time, CPU seconds and peak RSS of the process. The peer, interleaved: the SageMaker SDK's
+  `SKLearn(...).fit(wait=False)` on the same source dir against a moto server, installed by this benchmark into a
+  venv of its own (BENCH_SDK_VENV, default /tmp/kaos-bench-sdk; never a kaos dependency). Baseline: `kaos --help`.
 
 Run: .venv/bin/python -m bench.bundle_commit [requests|wall]   (both by default; BUNDLE_SIZES=1001,10000)
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.submit import TEMPLATE, Bench, checked, kaos_cli
+from bench.submit import ROOT, TEMPLATE, Bench
 
 SIZES = [int(n) for n in os.environ.get("BUNDLE_SIZES", "1001,10000").split(",")]
 WALL_FILES = 1_001
 WALL_RUNS = int(os.environ.get("BUNDLE_WALL_RUNS", "3"))
 USER = "arn:aws:iam::123456789012:user/dev"
+MOTO_PORT = int(os.environ.get("BENCH_MOTO_PORT", "5077"))
 
 
 def source(n: int, changed: int | None = None) -> dict[str, bytes]:
@@ -101,28 +104,68 @@ def count_requests() -> None:
 
 
 # --- the whole deploy process ------------------------------------------------------------------------------
-def timed(call: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
+SDK_VENV = Path(os.environ.get("BENCH_SDK_VENV", "/tmp/kaos-bench-sdk"))
+SDK_PIN = "sagemaker>=2.200,<3"
+# The peer: the SageMaker Python SDK's script-mode submit (tar the source dir, upload it, CreateTrainingJob).
+SDK_SCRIPT = """
+import sys
+import boto3, sagemaker
+from sagemaker.sklearn import SKLearn
+code, data, seed = sys.argv[1:4]
+session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1"), default_bucket="sdk-bench")
+SKLearn(entry_point="train.py", source_dir=code, role="arn:aws:iam::123456789012:role/sdk-bench",
+        instance_type="ml.m5.large", instance_count=1, framework_version="1.2-1", sagemaker_session=session,
+        hyperparameters={"seed": int(seed)}).fit({"training": data}, wait=False)
+"""
 
 
-def deployed(env: dict[str, str], args: tuple[str, ...]) -> float:
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    peak_mb: float
+
+
+def measured(command: list[str], env: dict[str, str]) -> Run:
+    """Wall time, CPU seconds and peak RSS of one process (its own rusage, read as it is reaped)."""
     started = time.perf_counter()
-    checked(kaos_cli(env, *args), "kaos train deploy")
-    return time.perf_counter() - started
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            out.seek(0)
+            raise SystemExit(f"{command[:4]} failed ({process.returncode}):\n{out.read().decode()[-3000:]}")
+    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def ensure_sdk() -> Path | None:
+    """The SDK in a venv of its own (never a kaos dependency); None when it cannot be installed here."""
+    python = SDK_VENV / "bin" / "python"
+    if not python.exists():
+        made = subprocess.run([sys.executable, "-m", "venv", str(SDK_VENV)], capture_output=True, check=False)
+        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", SDK_PIN], capture_output=True, check=False)
+        if made.returncode or pip.returncode:
+            print(f"the SageMaker SDK could not be installed ({pip.stderr.decode()[-300:]}); no peer row")
+            return None
+    return python
 
 
 def wall() -> None:
+    sdk = ensure_sdk()
     with tempfile.TemporaryDirectory(prefix="kaos-bench-bundle-") as tmp:
         bench = Bench(Path(tmp))
         bench.env["KAOS_CACHE_DIR"] = str(Path(tmp) / "cache")
         bench.up()
-        rows: dict[str, list[float]] = {"kaos --help (baseline)": [], "new bundle": [], "one file changed": [],
-                                        "unchanged (cache hit)": []}
+        rows: dict[str, list[Run]] = defaultdict(list)
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(MOTO_PORT)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sdk_env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{MOTO_PORT}", "AWS_ACCESS_KEY_ID": "bench",
+                   "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
         try:
+            sdk_data = sdk_bucket(sdk_env) if sdk else ""
             bench.client().create_workspace("bundle")
-            checked(kaos_cli(bench.env, "config", "show"), "kaos config show")
             for run in range(WALL_RUNS):
                 code = Path(tmp) / f"code-{run}"
                 for path, body in source(WALL_FILES, changed=None).items():
@@ -131,20 +174,47 @@ def wall() -> None:
                 (code / "train.py").write_text("print('hi')\n")
                 params = Path(tmp) / f"params-{run}.json"
                 params.write_text(json.dumps({"seed": run}))
-                deploy = ("train", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data"), "-h", str(params),
-                          "-w", "bundle", "--json")
-                rows["kaos --help (baseline)"].append(timed(functools.partial(kaos_cli, bench.env, "--help")))
-                rows["new bundle"].append(deployed(bench.env, deploy))
-                (code / "pkg" / "m00007.py").write_text("x = 2\n")
-                rows["one file changed"].append(deployed(bench.env, deploy))
-                rows["unchanged (cache hit)"].append(deployed(bench.env, deploy))
+                kaos = [sys.executable, "-m", "kaos.cli", "train", "deploy", "-s", str(code), "-d",
+                        str(TEMPLATE / "data"), "-h", str(params), "-w", "bundle", "--json"]
+                peer = [str(sdk), "-c", SDK_SCRIPT, str(code), sdk_data, str(run)] if sdk else []
+                rows["kaos --help (baseline)"].append(measured([sys.executable, "-m", "kaos.cli", "--help"],
+                                                               bench.env))
+                for case in ("new bundle", "one file changed", "unchanged (cache hit)"):
+                    if case == "one file changed":
+                        (code / "pkg" / "m00007.py").write_text(f"x = {run}\n")
+                    rows[f"kaos: {case}"].append(measured(kaos, bench.env))
+                    if peer:
+                        rows[f"SDK: {case}"].append(measured(peer, sdk_env))
         finally:
+            moto.terminate()
+            moto.wait()
             bench.down()
-    base = statistics.median(rows["kaos --help (baseline)"])
-    print(f"{'kaos train deploy, 1,001 files':34} {'n':>3} {'median s':>9} {'min s':>7} {'x --help':>9}")
-    for label, samples in rows.items():
-        print(f"{label:34} {len(samples):>3} {statistics.median(samples):9.2f} {min(samples):7.2f} "
-              f"{statistics.median(samples) / base:9.1f}")
+    print(f"{'1,001 files of 2 KB, whole process':36} {'n':>3} {'median s':>9} {'min s':>7} {'CPU s':>6} "
+          f"{'peak MB':>8} {'kaos/SDK':>9}")
+    for label, runs in rows.items():
+        wall_s = statistics.median(r.wall for r in runs)
+        sdk_runs = rows.get(label.replace("kaos:", "SDK:")) if label.startswith("kaos:") else None
+        ratio = f"{wall_s / statistics.median(r.wall for r in sdk_runs):9.2f}" if sdk_runs else ""
+        print(f"{label:36} {len(runs):>3} {wall_s:9.2f} {min(r.wall for r in runs):7.2f} "
+              f"{statistics.median(r.cpu for r in runs):6.2f} {statistics.median(r.peak_mb for r in runs):8.0f} "
+              f"{ratio}")
+
+
+def sdk_bucket(env: dict[str, str]) -> str:
+    """The SDK's bucket on its moto server, with the digits data in it (as s3:// for fit)."""
+    import boto3
+    import botocore.exceptions
+
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="bench", aws_secret_access_key="bench")
+    for _ in range(100):  # the server is starting
+        try:
+            s3.create_bucket(Bucket="sdk-bench")
+            break
+        except botocore.exceptions.EndpointConnectionError:  # it listens once started
+            time.sleep(0.1)
+    s3.upload_file(str(TEMPLATE / "data" / "digits.csv"), "sdk-bench", "data/digits.csv")
+    return "s3://sdk-bench/data/"
 
 
 def main() -> int:
