@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    image = catalogue.lookup("sklearn", "1.2-1").image_uri("us-east-1")
+    image = catalogue.lookup("sklearn").image_uri("us-east-1")  # the default image, as `kaos train` uses
     first = (TEMPLATE / "data" / "digits.csv").read_text().splitlines()[1]
     rows = [[float(v) for v in first.split(",")[:-1]]]
     cold = time.perf_counter()

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from chalicelib import environments as catalogue
 from kaos.local.emulator import Emulator
 from tests.test_iam_contract import allow, as_role, refused, role
 
-IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+# The default scikit-learn image: its environment is the one the session builds for the other tests too.
+IMAGE = catalogue.lookup("sklearn").image_uri("us-east-1")
 ROLE = "arn:aws:iam::123456789012:role/kaos-ws-a-0123456789ab"
 BUCKET = "serving"
 # A numpy model: label 1 when the feature it watches is over 0.5; a row starting with 99 takes 3 s (the timeout).
