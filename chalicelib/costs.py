@@ -18,6 +18,9 @@ from chalicelib.repositories.jobs import Job, JobRepository, describe
 
 # Jobs read per page while summing a workspace (the repository's largest page).
 PAGE = 200
+# Models rolled up per answer, newest first: each is a provenance walk (a few Queries per level of its lineage), so
+# an answer stays within API Gateway's 29 s whatever the workspace holds; `--since` narrows to the rest.
+MAX_ROLLUPS = 100
 
 
 def parse_since(since: str | None) -> datetime | None:
@@ -51,13 +54,15 @@ class Costs:
         by_id = {job.job_id: job for job in jobs}
         rows = [{"id": job.job_id, "kind": job.kind, "status": job.status, "created_at": job.created_at,
                  **_summary(describe(job)["cost"])} for job in jobs]
-        models = [self._model(workspace, job, by_id) for job in jobs if job.kind == "train" and job.model_uri]
+        trained = [job for job in jobs if job.kind == "train" and job.model_uri]
+        models = [self._model(workspace, job, by_id) for job in trained[:MAX_ROLLUPS]]
         endpoints = [{"name": e.name, "kind": e.kind, "status": e.status, **_summary(endpoint_cost_of(e))}
                      for e in self._all_endpoints(workspace)]
         return {
             "workspace": workspace, "since": start.isoformat() if start else None, "currency": "USD",
             "prices": f"AWS list prices {prices().region} {prices().date}",
             "total_usd": total(rows + endpoints), "jobs": rows, "models": models, "endpoints": endpoints,
+            "models_omitted": max(0, len(trained) - MAX_ROLLUPS),
         }
 
     def _all_endpoints(self, workspace: str) -> list[Endpoint]:

@@ -216,6 +216,8 @@ COST = _object({
                                                       ["job", "usd"])}}, ["id", "usd", "rolled_up_usd"])},
     "endpoints": {"type": "array", "items": _object({"name": {"type": "string"}, "kind": {"type": "string"},
                                                      "status": {"type": "string"}, **PRICED}, ["name", "usd"])},
+    "models_omitted": {"type": "integer", "description": "models beyond the 100 newest, not rolled up (narrow "
+                                                         "with since)"},
 }, ["workspace", "total_usd", "jobs", "models", "endpoints"])
 METRICS = _object({
     "job": JOB_ID, "status": {"type": "string"},

@@ -12,7 +12,7 @@ import pytest
 from botocore.stub import Stubber
 
 from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE
-from chalicelib import cost
+from chalicelib import cost, costs
 from chalicelib.cost import Prices
 from chalicelib.costs import endpoint_cost_of
 from chalicelib.errors import ValidationFailed
@@ -164,7 +164,8 @@ def _finish(wired: Wiring, ws: str, job_id: str, output: str, usage: dict[str, o
                                           ended_at="2026-12-01T10:05:00+00:00", model_uri=output, usage=usage)
 
 
-def test_a_models_cost_rolls_up_the_jobs_along_its_lineage(services: Wiring) -> None:  # noqa: F811
+def test_a_models_cost_rolls_up_the_jobs_along_its_lineage(services: Wiring,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     found = workspace(services)
     ws, incarnation = found.name, found.created_at
     raw = snapshot(services, ws, "data", {"raw.csv": b"a\n1\n"})
@@ -192,6 +193,10 @@ def test_a_models_cost_rolls_up_the_jobs_along_its_lineage(services: Wiring) -> 
     assert priced == {f"model:{train['id']}": own[train["id"]], f"job:{train['id']}": own[train["id"]],
                       f"job:{batch['id']}": own[batch["id"]]}
 
+    assert answer["models_omitted"] == 0
+    monkeypatch.setattr(costs, "MAX_ROLLUPS", 0)  # a bounded answer says what it left out
+    bounded = services.costs.workspace(ws, None)
+    assert (bounded["models"], bounded["models_omitted"], bounded["total_usd"]) == ([], 1, answer["total_usd"])
     assert services.costs.workspace(ws, "2999-01-01")["jobs"] == []
     with pytest.raises(ValidationFailed, match="since"):
         services.costs.workspace(ws, "last tuesday")

@@ -37,6 +37,8 @@ def print_cost(answer: dict[str, Any], local: bool) -> None:
            [(m["id"], money(m["usd"]),
              money(m["rolled_up_usd"]) + (" (walk truncated)" if m.get("truncated") else ""),
              str(len(m.get("lineage", [])))) for m in answer["models"]])
+    if answer.get("models_omitted"):
+        console.print(f"{answer['models_omitted']} older models not rolled up: narrow with --since", highlight=False)
     _table("endpoints", ("endpoint", "kind", "status", "cost"),
            [(e["name"], e["kind"], e["status"], cost_text(e, local)) for e in answer["endpoints"]])
 
