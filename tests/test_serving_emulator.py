@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 
 from chalicelib import environments as catalogue
+from kaos.local import patches_serving
 from kaos.local.emulator import Emulator
 from tests.test_iam_contract import allow, as_role, refused, role
 
@@ -150,6 +152,9 @@ def test_invoke_and_its_errors(served: Emulator) -> None:
     with pytest.raises(ClientError) as unknown:
         invoke(served, "nothing", b"1,0", "text/csv")
     assert unknown.value.response["Error"]["Code"] == "ValidationError"
+    # The patch is what serves: stock moto answers any invocation with canned data.
+    with patches_serving.PATCHES.stock(SageMakerRuntimeResponse, "invoke_endpoint"):
+        assert invoke(served, "digits", b"1,0\n0,1", "text/csv")["Body"].read() == b"body"
     # The server's output is in the endpoint's log group; the sampled pairs in the capture prefix.
     logs = served.client("logs")
     streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/Endpoints/digits")["logStreams"]
