@@ -2,9 +2,7 @@
 the route's service paging them (in-memory repositories, moto in process: no embedded stack)."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 
 import boto3
@@ -14,6 +12,7 @@ from chalicelib.errors import InputInvalid, ValidationFailed
 from chalicelib.metrics import MAX_POINTS, Extractor, parse_definitions
 from chalicelib.wiring import Wiring
 from tests.service_wiring import BUCKET, OWNER, component, services, snapshot, workspace  # noqa: F401
+from tests.test_kill import _model
 
 DEFINITIONS = [{"name": "train:loss", "regex": r"loss=([0-9.eE+-]+)"}]
 
@@ -57,16 +56,6 @@ def test_bad_definitions_name_the_field_and_rule(raw: object, field: str) -> Non
         parse_definitions(raw)
 
 
-def _model_tar() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        body = b"weights"
-        info = tarfile.TarInfo("model.bin")
-        info.size = len(body)
-        tar.addfile(info, io.BytesIO(body))
-    return buffer.getvalue()
-
-
 def test_record_stores_the_series_and_the_route_pages_it(services: Wiring) -> None:  # noqa: F811
     """The real path minus the state machine: submit, Prepare (MetricDefinitions in the CreateTrainingJob request),
     a log in CloudWatch, Record (summary in the job row, series beside the log), then the route's pages."""
@@ -89,11 +78,9 @@ def test_record_stores_the_series_and_the_route_pages_it(services: Wiring) -> No
     now = int(time.time() * 1000)  # CloudWatch refuses events older than 14 days
     logs.put_log_events(logGroupName=services.settings.training_log_group, logStreamName=f"{name}/algo-1",
                         logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(lines)])
-    output = request["OutputDataConfig"]["S3OutputPath"].removeprefix(f"s3://{BUCKET}/") + f"/{name}/output/"
-    boto3.client("s3").put_object(Bucket=BUCKET, Key=output + "model.tar.gz", Body=_model_tar())
     recorder = component(services, "record_outcome")
-    recorded = recorder.pipeline.record(ws.name, job["id"], job["execution"], "Completed", {
-        "ModelArtifacts": {"S3ModelArtifacts": f"s3://{BUCKET}/{output}model.tar.gz"}})
+    recorded = recorder.pipeline.record(ws.name, job["id"], job["execution"], "Completed",
+                                        _model(BUCKET, ws.name, name))
     assert recorded["status"] == "COMPLETED"
     assert recorded["metric_series"]["train:loss"] == {"min": 0.2, "max": 1, "last": 0.2, "count": 5,
                                                        "last_step": 4}

@@ -339,6 +339,15 @@ def test_a_running_jobs_log_is_followed_to_its_end_with_its_metric_chart(page: P
     assert series["summary"]["loss"]["last"] == 0.1
     expect(page.locator("#files")).to_contain_text("model.tar.gz")
     screenshot(page, "job", tmp_path, full_page=True)
+    # Its model registered: the registry pages list the group and the version, linked to the job.
+    stack.client().request("POST", f"/workspaces/{RUNS_WS}/models/ui-digits/versions", {"job_id": live_job["id"]})
+    page.locator("#crumbs a", has_text="models").click()
+    page.locator("#groups a", has_text="ui-digits").click()
+    expect(page.locator("#versions tbody tr")).to_have_count(1)
+    expect(page.locator("#versions")).to_contain_text(live_job["id"])
+    screenshot(page, "models", tmp_path)
+    page.locator("#crumbs a", has_text="endpoints").click()
+    expect(page.locator("#endpoints")).to_contain_text("no endpoints yet")
 
 
 def test_the_server_refuses_other_sites_and_anything_but_reading(ui_url: str) -> None:

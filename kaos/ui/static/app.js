@@ -36,7 +36,8 @@ const h = (html) => { const t = document.createElement("template"); t.innerHTML 
 
 function setCrumbs(ws, extra = []) {
   const links = [`<a href="#/">workspaces</a>`];
-  if (ws) links.push(`<a href="#/ws/${enc(ws)}">${esc(ws)}</a>`, `<a href="#/ws/${enc(ws)}/grid">charts</a>`);
+  if (ws) links.push(`<a href="#/ws/${enc(ws)}">${esc(ws)}</a>`, `<a href="#/ws/${enc(ws)}/grid">charts</a>`,
+                    `<a href="#/ws/${enc(ws)}/models">models</a>`, `<a href="#/ws/${enc(ws)}/endpoints">endpoints</a>`);
   crumbs.innerHTML = links.concat(extra).join("");
 }
 
@@ -48,6 +49,10 @@ const routes = [
   [/^#\/ws\/([^/]+)\/job\/([^/]+)$/, jobPage],
   [/^#\/ws\/([^/]+)\/lineage\/([^/]+)$/, lineagePage],
   [/^#\/ws\/([^/]+)\/grid$/, gridPage],
+  [/^#\/ws\/([^/]+)\/models$/, modelsPage],
+  [/^#\/ws\/([^/]+)\/models\/([^/]+)$/, modelGroupPage],
+  [/^#\/ws\/([^/]+)\/endpoints$/, endpointsPage],
+  [/^#\/ws\/([^/]+)\/endpoints\/([^/]+)$/, endpointPage],
 ];
 
 async function route() {
@@ -368,7 +373,7 @@ async function jobPage(live, ws, id) {
       <h2>Model files</h2>${m ? `<p><a href="${esc(m.url)}">model.tar.gz</a> (${fmt(m.size)} bytes)</p>` : `<p class="muted">no model yet</p>`}`;
   });
   showFiles();
-  if (await followLog(live, ws, id)) {
+  if (await followLog(live, `${base}/logs`)) {
     // The job has ended: Record stored its final metrics and the series it logged.
     const ended = await api(base);
     if (!live()) return;
@@ -389,25 +394,28 @@ function costHtml(cost) {
     (lines ? `<table class="cost-lines"><tbody>${lines}</tbody></table>` : "");
 }
 
-async function followLog(live, ws, id) {
+// Follows a log (a job's, an endpoint's: the same page shape) until it is complete or the page is left.
+async function followLog(live, path) {
   const pre = main.querySelector("#log-text"), state = main.querySelector("#log-state");
   let next = null;
   while (live()) {
-    const page = await api(`/workspaces/${enc(ws)}/jobs/${enc(id)}/logs`, { next, limit: 1000 });
+    const page = await api(path, { next, limit: 1000 });
     if (!live()) return;
     if (page.events.length) {
       pre.append(document.createTextNode(page.events.map((e) => e.message.replace(/\n$/, "")).join("\n") + "\n"));
       pre.scrollTop = pre.scrollHeight;
     }
     const status = main.querySelector("#job-status");
-    status.textContent = page.status;
-    status.className = `status-${page.status}`;
+    if (status && page.status) {
+      status.textContent = page.status;
+      status.className = `status-${page.status}`;
+    }
     next = page.next;
     if (page.complete) {
       state.textContent = "log complete";
       return true;
     }
-    state.textContent = `following (${page.status})…`;
+    state.textContent = `following${page.status ? ` (${page.status})` : ""}…`;
     if (!page.events.length) await sleep(1000); // CloudWatch has nothing newer yet: ask again in a second
   }
   return false;
@@ -476,6 +484,8 @@ async function lineagePage(live, ws, node) {
     const job = n.type === "job" ? n.id.slice(4) : n.type === "model" ? n.id.slice(6) : null;
     side.innerHTML = `<h2 class="mono">${esc(n.id)}</h2>${kv(Object.entries(n.attrs || {}).map(([k, v]) => [k, `<span class="mono">${esc(typeof v === "object" ? JSON.stringify(v) : v)}</span>`]))}
       ${job ? `<p><a id="open-job" href="#/ws/${enc(ws)}/job/${enc(job)}">open the job page</a></p>` : ""}
+      ${n.type === "endpoint" ? `<p><a href="#/ws/${enc(ws)}/endpoints/${enc(n.id.slice(9))}">open the endpoint page</a></p>` : ""}
+      ${n.type === "version" ? `<p><a href="#/ws/${enc(ws)}/models/${enc(n.id.slice(8).split(".")[0])}">open the model group</a></p>` : ""}
       <p class="muted">${answer.nodes.length} nodes, ${answer.edges.length} edges${answer.next ? " (more: raise the limit)" : ""}</p>`;
   };
   describe(answer.nodes.find((n) => n.id === node) || { id: node, attrs: {} });
@@ -513,4 +523,70 @@ async function gridPage(live, ws) {
   };
   for (const id of ["x", "y", "log", "log-x"]) main.querySelector(`#${id}`).addEventListener("change", draw);
   draw();
+}
+
+// --- model registry and endpoints (the serving routes) ----------------------------------------------------------
+const table = (id, headers, rows, empty) => `<table id="${id}"><thead><tr>${headers.map((x) => `<th>${esc(x)}</th>`).join("")}</tr></thead>
+  <tbody>${rows.join("") || `<tr><td colspan="${headers.length}" class="muted">${esc(empty)}</td></tr>`}</tbody></table>`;
+const aliasList = (aliases) => Object.entries(aliases || {}).map(([a, v]) => `<span class="pill">${esc(a)} → ${esc(v)}</span>`).join(" ");
+
+async function modelsPage(live, ws) {
+  setCrumbs(ws);
+  const { groups } = await api(`/workspaces/${enc(ws)}/models`);
+  if (!live()) return;
+  main.innerHTML = `<h1>Model registry of ${esc(ws)}</h1>` + table("groups", ["group", "latest version", "aliases"],
+    groups.map((g) => `<tr><td><a href="#/ws/${enc(ws)}/models/${enc(g.group)}">${esc(g.group)}</a></td><td class="num">${esc(g.latest_version)}</td><td>${aliasList(g.aliases)}</td></tr>`),
+    "no model registered yet: kaos model register GROUP JOB");
+}
+
+async function modelGroupPage(live, ws, group) {
+  setCrumbs(ws);
+  const answer = await api(`/workspaces/${enc(ws)}/models/${enc(group)}`);
+  if (!live()) return;
+  main.innerHTML = `<h1>Model group ${esc(group)}</h1><p>${aliasList(answer.aliases)}</p>` + table("versions",
+    ["version", "status", "aliases", "job", "framework", "model sha256", "created"],
+    answer.versions.map((v) => `<tr><td class="num"><a href="#/ws/${enc(ws)}/lineage/${enc(`version:${group}.${v.version}`)}">${esc(v.version)}</a></td>
+      <td class="status-${esc(v.status)}">${esc(v.status)}</td><td>${(v.aliases || []).map((a) => `<span class="pill">${esc(a)}</span>`).join(" ")}</td>
+      <td class="mono"><a href="#/ws/${enc(ws)}/job/${enc(v.job_id)}">${esc(v.job_id)}</a></td><td>${esc(v.framework)}</td>
+      <td class="mono">${esc((v.model_sha256 || "").slice(0, 16))}</td><td>${esc(v.created_at)}</td></tr>`), "no versions");
+}
+
+const modelRef = (ws, m) => !m ? "" : m.group ? `<a href="#/ws/${enc(ws)}/models/${enc(m.group)}">${esc(m.group)}/${esc(m.version)}</a>`
+  : `<a class="mono" href="#/ws/${enc(ws)}/job/${enc(m.job_id)}">${esc(m.job_id)}</a>`;
+
+async function endpointsPage(live, ws) {
+  setCrumbs(ws);
+  const endpoints = [];
+  let next = null;
+  do {
+    const page = await api(`/workspaces/${enc(ws)}/endpoints`, { limit: 200, next });
+    endpoints.push(...page.endpoints);
+    next = page.next;
+  } while (next && live());
+  if (!live()) return;
+  main.innerHTML = `<h1>Endpoints of ${esc(ws)}</h1>` + table("endpoints", ["name", "status", "kind", "model", "size", "cost", "updated"],
+    endpoints.map((e) => `<tr><td><a href="#/ws/${enc(ws)}/endpoints/${enc(e.name)}">${esc(e.name)}</a></td><td class="status-${esc(e.status)}">${esc(e.status)}</td>
+      <td>${esc(e.kind)}</td><td>${modelRef(ws, e.model)}</td>
+      <td>${esc(e.kind === "realtime" ? `${e.instance_count} × ${e.instance_type}` : `${e.memory_mb} MB, ${e.max_concurrency} at once`)}</td>
+      <td class="num">${e.cost ? "$" + fmt(e.cost.usd) : ""}</td><td>${esc(e.updated_at)}</td></tr>`),
+    "no endpoints yet: kaos serve deploy MODEL");
+}
+
+async function endpointPage(live, ws, name) {
+  setCrumbs(ws, [`<a href="#/ws/${enc(ws)}/lineage/${enc("endpoint:" + name)}">lineage</a>`]);
+  const base = `/workspaces/${enc(ws)}/endpoints/${enc(name)}`;
+  const e = await api(base);
+  if (!live()) return;
+  main.innerHTML = `<h1>Endpoint ${esc(e.name)} <span class="status-${esc(e.status)}">${esc(e.status)}</span></h1>
+    ${kv([["kind", esc(e.kind)], ["model", modelRef(ws, e.model)], ["SageMaker endpoint", `<span class="mono">${esc(e.sagemaker_endpoint)}</span>`],
+          ["memory / concurrency", e.kind === "realtime" ? null : esc(`${e.memory_mb} MB, ${e.max_concurrency}`)],
+          ["instances", e.kind === "realtime" ? esc(`${e.instance_count} × ${e.instance_type}`) : null],
+          ["data capture", e.capture_percent ? esc(`${e.capture_percent} %`) : null], ["failure", esc(e.failure_reason)],
+          ["cost", costHtml(e.cost)], ["invocations", `<span class="mono">POST ${esc(e.invocations_path)}</span>`],
+          ["created", esc(e.created_at)], ["updated", esc(e.updated_at)]])}
+    <h2>Deployments</h2>` + table("deployments", ["deployment", "model", "status", "started", "ended", "failure"],
+    (e.deployments || []).map((d) => `<tr><td class="mono">${esc(d.deployment)}</td><td>${modelRef(ws, d.model)}</td><td class="status-${esc(d.status)}">${esc(d.status)}</td>
+      <td>${esc(d.started_at)}</td><td>${esc(d.ended_at)}</td><td>${esc(d.failure_reason)}</td></tr>`), "none") +
+    `<h2>Log</h2><pre class="log" id="log-text"></pre><p id="log-state" class="muted"></p>`;
+  await followLog(live, `${base}/logs`);
 }
