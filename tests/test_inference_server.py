@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ import json
 def transform_fn(model, body, content_type, accept):
     rows = json.loads(body)
     return json.dumps({"labels": model.predict(np.array(rows)).tolist(), "accept": accept}), "application/vnd.kaos+json"
+
+def execution_parameters_fn():
+    return json.dumps({"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD"}), "application/json"
 """
 
 
@@ -89,6 +93,8 @@ def call(url: str, body: bytes, content_type: str | None, accept: str | None = N
 def test_ping_and_default_handlers_in_each_content_type(server: str) -> None:
     with urllib.request.urlopen(f"{server}/ping", timeout=10) as ping:
         assert ping.status == 200
+    with pytest.raises(urllib.error.HTTPError, match="404"):  # no execution_parameters_fn: no such route
+        urllib.request.urlopen(f"{server}/execution-parameters", timeout=10)
     assert call(server, b"[[1, 0], [0, 1]]", "application/json") == (200, "application/json", b"[1, 0]")
     # The toolkit's CSV encoder writes one value per line for a 1-D prediction.
     assert call(server, b"1,1\n0,0\n", "text/csv", "text/csv") == (200, "text/csv", b"1\n0\n")
@@ -131,6 +137,8 @@ def test_transform_fn_from_the_submit_directory(tmp_path: Path) -> None:
         assert (status, content_type) == (200, "application/vnd.kaos+json")
         assert json.loads(body) == {"labels": [1], "accept": "text/csv"}
         assert call(url, b"not json", "application/json")[0] == 500  # user code's error: the worker's 500
+        with urllib.request.urlopen(f"{url}/execution-parameters", timeout=10) as answer:
+            assert json.loads(answer.read())["MaxConcurrentTransforms"] == 2
     finally:
         process.kill()
         process.wait()
