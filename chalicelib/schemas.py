@@ -219,14 +219,6 @@ COST = _object({
     "models_omitted": {"type": "integer", "description": "models beyond the 100 newest, not rolled up (narrow "
                                                          "with since)"},
 }, ["workspace", "total_usd", "jobs", "models", "endpoints"])
-METRICS = _object({
-    "job": JOB_ID, "status": {"type": "string"},
-    "summary": {"type": "object", "additionalProperties": _object(
-        {k: {"type": "number"} for k in ("min", "max", "last", "count", "last_step")},
-        ["min", "max", "last", "count", "last_step"])},
-    "points": {"type": "array", "items": _object({"metric": {"type": "string"}, "step": {"type": "number"},
-                                                  "value": {"type": "number"}}, ["metric", "step", "value"])},
-    "next": NULLABLE_STRING}, ["job", "status", "summary", "points", "next"])
 GRID_ID = {"type": "string", "pattern": "^grid-[0-9a-f]{24}$", "description": "a grid id such as grid-<24 hex>"}
 PATH_PARAMS = {"workspace": WORKSPACE, "job": JOB_ID, "node": NODE_ID, "grid": GRID_ID, "snapshot": SHA256}
 # --- serving and the model registry (chalicelib/serving.py, chalicelib/registry.py) ---------------------------------
