@@ -401,11 +401,13 @@ class Endpoints:
         rolled_back = outcome == "Completed" and detail.get("EndpointConfigName") not in (None,
                                                                                         entry.get("config_name"))
         if outcome == "Completed" and not rolled_back:
+            # Lineage first: its writes are idempotent, so a retried Record (after a failed save) rewrites nothing,
+            # while a Record retried after the save would find the deployment ended and write none.
+            self._record_lineage(endpoint, ModelRef.from_document(entry["model"]), at)
             entry.update(status="Succeeded", ended_at=at)
             endpoint.model, endpoint.status, endpoint.failure_reason = entry["model"], "InService", None
             endpoint.updated_at = at
             self.repository.save(endpoint)
-            self._record_lineage(endpoint, at)
         else:
             reason = str(detail.get("FailureReason") or "") if rolled_back else _reason(detail)
             self._fail(endpoint, deployment, reason or "rolled back by its alarm")
@@ -414,9 +416,8 @@ class Endpoints:
             self._remove(entry, keep=tuple(d for d in endpoint.deployments if d["status"] == "Succeeded"))
         return {"endpoint": name, "status": endpoint.status, "deployment": _entry(endpoint, deployment)["status"]}
 
-    def _record_lineage(self, endpoint: Endpoint, at: str) -> None:
+    def _record_lineage(self, endpoint: Endpoint, model: ModelRef, at: str) -> None:
         ws, node = endpoint.workspace, f"endpoint:{endpoint.name}"
-        model = ModelRef.from_document(endpoint.model)
         self._provenance.add_node(ws, node, "endpoint", {"sagemaker_endpoint": endpoint.sagemaker_endpoint,
                                                          "kind": endpoint.kind}, at)
         served = version_node(model.group, model.version) if model.group and model.version else \
