@@ -326,6 +326,9 @@ def test_a_running_jobs_log_is_followed_to_its_end_with_its_metric_chart(page: P
     page.goto(ui_url + f"#/ws/{RUNS_WS}/job/{live_job['id']}")
     expect(page.locator("#log-text")).to_contain_text("waiting for the go file", timeout=180_000)
     expect(page.locator("#log-state")).to_contain_text("following")
+    # Charted from the log while it runs: the 5 losses logged so far.
+    expect(page.locator("#charts .title")).to_have_text("loss")
+    expect(page.locator("#charts .legend")).to_contain_text("(running)")
     screenshot(page, "job-running", tmp_path)
     live_job["go"].write_text("go")
     expect(page.locator("#log-text")).to_contain_text("training done", timeout=120_000)
@@ -334,6 +337,7 @@ def test_a_running_jobs_log_is_followed_to_its_end_with_its_metric_chart(page: P
     expect(page.locator("#job-status")).to_have_text("COMPLETED")
     # The loss it logged over 10 steps, stored by Record and charted.
     expect(page.locator('#charts path[data-series]')).to_have_count(1)
+    expect(page.locator("#charts .legend")).not_to_contain_text("(running)")
     series = stack.client().request("GET", f"/workspaces/{RUNS_WS}/jobs/{live_job['id']}/metrics")
     assert [p["step"] for p in series["points"]] == list(range(10))
     assert series["summary"]["loss"]["last"] == 0.1

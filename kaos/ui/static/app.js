@@ -57,6 +57,7 @@ const routes = [
 
 async function route() {
   const mine = ++generation;
+  for (const key of Object.keys(main.dataset)) delete main.dataset[key]; // a page's flags never outlive it
   const hash = location.hash || "#/";
   for (const [pattern, page] of routes) {
     const match = hash.match(pattern);
@@ -354,9 +355,11 @@ async function jobPage(live, ws, id) {
     <h2>Metrics</h2><div id="metrics">${kv(Object.entries(job.metrics || {}).map(([k, v]) => [k, fmt(v)]))}</div>
     <label><input type="checkbox" id="log"> log scale</label><div id="charts"></div>
     <h2>Log</h2><pre class="log" id="log-text"></pre><p id="log-state" class="muted"></p>`;
+  const running = { byMetric: {}, summary: {} }; // metric lines read from the log while the job runs
   const showSeries = async () => {
     const s = await metricPoints(ws, id);
-    if (!live()) return;
+    // Nothing stored yet (the job runs): keep the chart drawn from its log.
+    if (!live() || (!Object.keys(s.byMetric).length && Object.keys(running.byMetric).length)) return;
     const draw = () => main.querySelector("#charts").replaceChildren(chartsOf(Object.keys(s.byMetric).length ? [{ label: short(id), series: s }] : [], main.querySelector("#log").checked));
     main.querySelector("#log").onchange = draw;
     draw();
@@ -373,7 +376,23 @@ async function jobPage(live, ws, id) {
       <h2>Model files</h2>${m ? `<p><a href="${esc(m.url)}">model.tar.gz</a> (${fmt(m.size)} bytes)</p>` : `<p class="muted">no model yet</p>`}`;
   });
   showFiles();
-  if (await followLog(live, `${base}/logs`)) {
+  // While it runs, its JSON metric lines are charted from the log as they arrive (Record stores the full series,
+  // regex-defined metrics included, when it ends).
+  const drawRunning = (events) => {
+    for (const { message } of events) {
+      const line = message.trim();
+      if (!line.startsWith("{") || !line.includes('"metric"')) continue;
+      try {
+        const point = JSON.parse(line);
+        if (typeof point.metric !== "string" || typeof point.value !== "number") continue;
+        const series = (running.byMetric[point.metric] ||= []);
+        series.push([typeof point.step === "number" ? point.step : series.length, point.value]);
+      } catch { /* not a metric line */ }
+    }
+    if (Object.keys(running.byMetric).length && !main.dataset.ended)
+      main.querySelector("#charts").replaceChildren(chartsOf([{ label: `${short(id)} (running)`, series: running }], main.querySelector("#log").checked));
+  };
+  if (await followLog(live, `${base}/logs`, ["COMPLETED", "FAILED", "KILLED"].includes(job.status) ? undefined : drawRunning)) {
     // The job has ended: Record stored its final metrics and the series it logged.
     const ended = await api(base);
     if (!live()) return;
@@ -395,13 +414,14 @@ function costHtml(cost) {
 }
 
 // Follows a log (a job's, an endpoint's: the same page shape) until it is complete or the page is left.
-async function followLog(live, path) {
+async function followLog(live, path, onEvents = () => {}) {
   const pre = main.querySelector("#log-text"), state = main.querySelector("#log-state");
   let next = null;
   while (live()) {
     const page = await api(path, { next, limit: 1000 });
     if (!live()) return;
     if (page.events.length) {
+      onEvents(page.events);
       pre.append(document.createTextNode(page.events.map((e) => e.message.replace(/\n$/, "")).join("\n") + "\n"));
       pre.scrollTop = pre.scrollHeight;
     }
