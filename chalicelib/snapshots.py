@@ -12,9 +12,10 @@ Integrity (what holds the bytes to their names):
   Blobs are never deleted but with their workspace, whose kill deletes the index with it.
 
 Cost of a commit of n files, k of whose blobs are not indexed yet (docs/architecture.md has the whole table):
-an existing snapshot id answers from one GetItem; otherwise one PutObject (the manifest), ceil(n/100) BatchGetItem,
-one HeadObject per unindexed blob (twice for a blob that was absent: when its URL is handed out, and when the
-upload is verified) and ceil(k/25) BatchWriteItem.
+an existing snapshot id answers from one GetItem; otherwise one PutObject (the manifest), the latest snapshot of
+the kind (GetItem + its manifest: its blobs are known), one BatchGetItem per 100 of the m other blobs, one
+HeadObject per unindexed blob (twice for a blob that was absent: when its URL is handed out, and when the upload
+is verified) and ceil(k/25) BatchWriteItem.
 * A manifest is read back only if it hashes to its snapshot id.
 * Derived objects are checked before a job uses them: a code snapshot's sourcedir.tar.gz against the SHA-256
   recorded in DynamoDB when it was built (`DerivedItem`; no job role may write the table), a materialized data
@@ -144,7 +145,7 @@ class Snapshots:
         """201/200 with the snapshot once every blob is present, hashing to its name, with its declared size;
         else 202 pending with upload URLs (each bound to its blob's SHA-256 and to a key that does not exist)."""
         local = [f for f in manifest.files if not f.remote]
-        absent = self._absent(workspace, local)
+        absent = self._absent(workspace, manifest.kind, local)
         if absent:
             # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
             page = absent[: limits.MAX_BLOBS_PER_REQUEST]
@@ -155,13 +156,16 @@ class Snapshots:
         snapshot, created = self._record_row(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
 
-    def _absent(self, workspace: str, local: list[FileEntry]) -> list[str]:
+    def _absent(self, workspace: str, kind: str, local: list[FileEntry]) -> list[str]:
         """The blobs of these entries the workspace lacks, sorted, from the first page of them that has any (a
-        client uploads those, then completes). Indexed blobs cost a BatchGetItem per 100; the others are HEADed a
-        page at a time, and each one present is verified and indexed. ValidationFailed when a blob's size is not
-        the one an entry declares; ChecksumMismatch when its bytes do not hash to its name."""
+        client uploads those, then completes). The blobs of the workspace's latest snapshot of this kind are known
+        (a new version of a bundle shares most of them: one GetItem and its manifest); the other indexed blobs
+        cost a BatchGetItem per 100; the rest are HEADed a page at a time, and each one present is verified and
+        indexed. ValidationFailed when a blob's size is not the one an entry declares; ChecksumMismatch when its
+        bytes do not hash to its name."""
         entries = {f.sha256: f for f in local}
-        sizes = self.repository.blobs(workspace, entries)
+        sizes = {d: size for d, size in self._latest_blobs(workspace, kind).items() if d in entries}
+        sizes.update(self.repository.blobs(workspace, entries.keys() - sizes.keys()))
         unindexed = sorted(entries.keys() - sizes.keys())
         for start in range(0, len(unindexed), limits.MAX_BLOBS_PER_REQUEST):
             page = unindexed[start:start + limits.MAX_BLOBS_PER_REQUEST]
@@ -176,6 +180,18 @@ class Snapshots:
         if wrong:
             raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
         return []
+
+    def _latest_blobs(self, workspace: str, kind: str) -> dict[str, int]:
+        """The blobs (sha256 -> size) of the workspace's latest snapshot of this kind: every snapshot's blobs were
+        verified, with their sizes, before its row and pointer were written, and blobs are deleted only with the
+        workspace, whose kill deletes the pointer too. Empty when there is none."""
+        latest = self.repository.latest(workspace, kind)
+        if latest is None:
+            return {}
+        try:
+            return {f.sha256: f.size for f in self.manifest(workspace, latest).files if not f.remote}
+        except (NotFound, IntegrityError):  # not ours to repair here: the index answers instead
+            return {}
 
     def _verify_blobs(self, workspace: str, present: list[FileEntry],
                       facts: Mapping[str, ObjectFacts | None]) -> None:

@@ -101,21 +101,24 @@ def test_commit_requests_grow_with_what_changed_not_with_the_bundle(
     monkeypatch.setattr(limits, "MAX_BLOBS_PER_REQUEST", 100)
     aws = AwsCalls(monkeypatch)
     new = commit(snapshots, "ws-a", bundle(130), aws)
-    # New bundle: the manifest, 2 index reads, a HEAD per blob of the first page (absent: they get URLs), ...
-    assert new[0] == {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 1, "s3:HeadObject": 100, "s3:PutObject": 1}
+    # New bundle: the row and latest pointer looked up (none), the manifest, 2 index reads, a HEAD per blob of the
+    # first page (absent: they get URLs), ...
+    assert new[0] == {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 2, "s3:HeadObject": 100, "s3:PutObject": 1}
     # ... the next request verifies and indexes those 100 (4 BatchWriteItem) and finds the other 30 absent,
-    assert new[1] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 4, "dynamodb:GetItem": 1,
+    assert new[1] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 4, "dynamodb:GetItem": 2,
                       "s3:GetObject": 1, "s3:HeadObject": 130}
     # ... the last verifies them and records the snapshot (its row and the kind's latest pointer).
-    assert new[2] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 2, "dynamodb:GetItem": 1,
+    assert new[2] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 2, "dynamodb:GetItem": 2,
                       "dynamodb:PutItem": 2, "s3:GetObject": 1, "s3:HeadObject": 30}
 
     assert commit(snapshots, "ws-a", bundle(130), aws) == ({"dynamodb:GetItem": 1},)  # unchanged: one lookup
 
+    # One file changed: the latest snapshot's manifest vouches for the other 129 blobs; one index read, one HEAD.
     assert commit(snapshots, "ws-a", bundle(130, changed=7), aws) == (
-        {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 1, "s3:HeadObject": 1, "s3:PutObject": 1},
-        {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
-         "s3:GetObject": 1, "s3:HeadObject": 1},
+        {"dynamodb:BatchGetItem": 1, "dynamodb:GetItem": 2, "s3:GetObject": 1, "s3:HeadObject": 1,
+         "s3:PutObject": 1},
+        {"dynamodb:BatchGetItem": 1, "dynamodb:BatchWriteItem": 1, "dynamodb:GetItem": 2, "dynamodb:PutItem": 2,
+         "s3:GetObject": 2, "s3:HeadObject": 1},
     )
 
 
@@ -127,19 +130,18 @@ def test_a_1001_file_bundle_whose_blobs_are_indexed_costs_no_s3_request_per_file
     snapshots.repository.put_blobs("ws-a", {sha256_hex(b): len(b) for b in files.values()}, "t0")
     aws = AwsCalls(monkeypatch)
     assert snapshots.commit("ws-a", "code", manifest(files), USER)[1] == 201
-    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
+    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 2, "dynamodb:PutItem": 2,
                           "s3:PutObject": 1}
     assert snapshots.commit("ws-a", "code", manifest(files), USER)[1] == 200
     assert aws.take() == {"dynamodb:GetItem": 1}  # the same snapshot again: one lookup
     renamed = {("lib/" + p if p.endswith("0007.py") else p): b for p, b in files.items()}
     assert snapshots.commit("ws-a", "code", manifest(renamed), USER)[1] == 201
-    # A new manifest over indexed blobs: 11 index reads, the manifest object, the row and the latest pointer.
-    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
-                          "s3:PutObject": 1}
+    # A new manifest over the latest snapshot's blobs: its manifest vouches for all, no index read.
+    assert aws.take() == {"dynamodb:GetItem": 2, "dynamodb:PutItem": 2, "s3:GetObject": 1, "s3:PutObject": 1}
     assert snapshots.commit("ws-a", "code", manifest(bundle(changed=7)), USER)[1] == 202
-    # One file changed: the same, plus one HEAD (its blob is absent: it gets an upload URL, no row is written yet).
-    assert aws.take() == {"dynamodb:BatchGetItem": 11, "dynamodb:GetItem": 1, "s3:HeadObject": 1,
-                          "s3:PutObject": 1}
+    # One file changed: one index read and one HEAD (its blob is absent: it gets an upload URL, no row yet).
+    assert aws.take() == {"dynamodb:BatchGetItem": 1, "dynamodb:GetItem": 2, "s3:GetObject": 1,
+                          "s3:HeadObject": 1, "s3:PutObject": 1}
 
 
 def test_another_workspaces_index_vouches_for_nothing(snapshots: Snapshots, monkeypatch: pytest.MonkeyPatch) -> None:
