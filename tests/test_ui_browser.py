@@ -195,6 +195,7 @@ def ui_url(stack: Stack) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (as .ci/run does)"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
@@ -324,12 +325,13 @@ def test_a_running_jobs_log_is_followed_to_its_end_with_its_metric_chart(page: P
                                                                           live_job: dict[str, Any],
                                                                           tmp_path: Path) -> None:
     page.goto(ui_url + f"#/ws/{RUNS_WS}/job/{live_job['id']}")
-    expect(page.locator("#log-text")).to_contain_text("waiting for the go file", timeout=180_000)
+    # The first job of a session may wait for its image's environment to be built (kaos/local/environments.py).
+    expect(page.locator("#log-text")).to_contain_text("waiting for the go file", timeout=300_000)
     expect(page.locator("#log-state")).to_contain_text("following")
     # Charted from the log while it runs: the 5 losses logged so far.
     expect(page.locator("#charts .title")).to_have_text("loss")
     expect(page.locator("#charts .legend")).to_contain_text("(running)")
-    screenshot(page, "job-running", tmp_path)
+    screenshot(page, "job-running", tmp_path, full_page=True)
     live_job["go"].write_text("go")
     expect(page.locator("#log-text")).to_contain_text("training done", timeout=120_000)
     expect(page.locator("#log-state")).to_have_text("log complete", timeout=120_000)
