@@ -91,14 +91,16 @@ class LogShipper:
         self._thread.start()
 
     def write(self, text: str) -> None:
-        """One event per line of `text` (an empty text is one empty line)."""
+        """One event per non-empty line of `text`; every line, empty ones too, goes to the local copy."""
         for line in text.splitlines() or [""]:
             with self._lock:
                 self._copy.write(line + "\n")
                 self._copy.flush()
                 # CloudWatch orders a stream's events by timestamp: never earlier than the previous one.
                 self._last_ts = max(int(time.time() * 1000), self._last_ts)
-                self._pending.append({"timestamp": self._last_ts, "message": line})
+                # CloudWatch refuses an empty message (and with it the whole batch); the log drivers skip them.
+                if line:
+                    self._pending.append({"timestamp": self._last_ts, "message": line})
                 flush_now = len(self._pending) >= self.FLUSH_LINES
             if flush_now:
                 self._flush()
