@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +28,9 @@ def anonymous_keys(role_arn: str, service: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-def container_base_environment(home: Path, python: Path = Path(sys.executable)) -> dict[str, str]:
+def container_base_environment(home: Path, python: Path) -> dict[str, str]:
     """`python` is the image's interpreter offline (kaos.local.environments.Environments.ensure): its folder leads
-    PATH, so `python` and the scripts of its packages are the image's, never kaos's. (The default, kaos's own, is
-    for callers that have not moved to an image environment yet.)"""
+    PATH, so `python` and the scripts of its packages are the image's, never kaos's."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     return {
         "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin",

@@ -46,6 +46,7 @@ import boto3
 from botocore.config import Config
 
 from kaos.local import inference_server
+from kaos.local.environments import BuiltEnvironment
 from kaos.local.containers import LOG_COPY, LogShipper, RoleKeys, anonymous_keys, container_base_environment
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ DEFAULT_PROGRAM: Final = "inference.py"
 class EnvironmentsProtocol(Protocol):
     """kaos.local.environments.Environments (contract C3): the interpreter of an image plus requirements."""
 
-    def ensure(self, image_uri: str, requirements: Sequence[Path] = ()) -> Any: ...
+    def ensure(self, image_uri: str, requirements: Sequence[Path] = ()) -> BuiltEnvironment: ...
 
 
 class ServingFailure(Exception):
@@ -284,7 +285,7 @@ class LocalServingRunner:
             built = self.environments.ensure(str(container.get("Image") or ""), requirements)
         except Exception as exc:
             raise ServingFailure(f"Could not build the serving environment: {exc}") from exc
-        for warning in getattr(built, "warnings", ()):
+        for warning in built.warnings:
             shipper.write(f"kaos: environment fidelity: {warning}")
         server = root / "serving" / Path(inference_server.__file__).name
         server.parent.mkdir()
@@ -295,7 +296,7 @@ class LocalServingRunner:
                    "--max-concurrency", str(serverless.get("MaxConcurrency") or 100), "--parent-pid", str(os.getpid())]
         if code_dir.is_dir():
             command += ["--code-dir", str(code_dir)]
-        env = container_base_environment(root / "home")
+        env = container_base_environment(root / "home", built.python)
         env.update({**environment, **keys, "SM_MODEL_DIR": str(model_dir), "PYTHONUNBUFFERED": "1",
                     "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_REGION": self.region,
                     "AWS_DEFAULT_REGION": self.region})
