@@ -11,7 +11,7 @@ import typer
 from kaos import operations as ops
 from kaos.cli.common import JsonOpt, WorkspaceOpt, client, console, emit_json, err, fail, workspace
 from kaos.cli.progress import status_line
-from kaos.cli.train import train_provenance
+from kaos.cli.train import DepthOpt, DownOpt, FormatOpt, OutputOpt, train_provenance
 from kaos.cli.views import endpoints_table, model_label, print_endpoint
 from kaos.client import Client
 
@@ -154,14 +154,8 @@ def serve_predict(name: str,
 
 
 @app.command("provenance")
-def serve_provenance(name: str, ws_option: str | None = WorkspaceOpt,
-                     down: bool = typer.Option(False, "--down", help="Follow edges forward (what used it)."),
-                     depth: int | None = typer.Option(None, "--depth", min=1, help="Follow at most N hops."),
-                     fmt: str = typer.Option("text", "--format", "-f",
-                                             help="text (tree), json, dot, mermaid, png or svg (png/svg need "
-                                                  "Graphviz' dot)."),
-                     output: Path | None = typer.Option(None, "--output", "-o",
-                                                        help="Write to FILE (required for png)."),
+def serve_provenance(name: str, ws_option: str | None = WorkspaceOpt, down: bool = DownOpt,
+                     depth: int | None = DepthOpt, fmt: str = FormatOpt, output: Path | None = OutputOpt,
                      as_json: bool = JsonOpt) -> None:
     """The endpoint's provenance: endpoint -> model version -> model -> job -> code, data, params, environment."""
     train_provenance(f"endpoint:{name}", ws_option, down, depth, fmt, output, as_json)

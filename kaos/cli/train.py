@@ -363,15 +363,17 @@ def train_logs(job: str, ws_option: str | None = WorkspaceOpt,
         raise typer.Exit(ops.exit_code(reader.status))
 
 
+# The provenance options, shared with `serve provenance` (which walks from an endpoint through this command).
+DownOpt = typer.Option(False, "--down", help="Follow edges forward (what used it).")
+DepthOpt = typer.Option(None, "--depth", min=1, help="Follow at most N hops.")
+FormatOpt = typer.Option("text", "--format", "-f",
+                         help="text (tree), json, dot, mermaid, png or svg (png/svg need Graphviz' dot).")
+OutputOpt = typer.Option(None, "--output", "-o", help="Write to FILE (required for png).")
+
+
 @app.command("provenance")
-def train_provenance(node: str, ws_option: str | None = WorkspaceOpt,
-                     down: bool = typer.Option(False, "--down", help="Follow edges forward (what used it)."),
-                     depth: int | None = typer.Option(None, "--depth", min=1, help="Follow at most N hops."),
-                     fmt: str = typer.Option("text", "--format", "-f",
-                                             help="text (tree), json, dot, mermaid, png or svg (png/svg need "
-                                                  "Graphviz' dot)."),
-                     output: Path | None = typer.Option(None, "--output", "-o",
-                                                        help="Write to FILE (required for png)."),
+def train_provenance(node: str, ws_option: str | None = WorkspaceOpt, down: bool = DownOpt,
+                     depth: int | None = DepthOpt, fmt: str = FormatOpt, output: Path | None = OutputOpt,
                      as_json: bool = JsonOpt) -> None:
     """Show the provenance graph of a job (train-...), model (model:train-...) or snapshot (snapshot:<id>)."""
     fmt = "json" if as_json else fmt
