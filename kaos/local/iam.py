@@ -425,7 +425,8 @@ def resources_of(service: str, action: str, region: str, response: Any, body: di
 # the endpoint and the endpoint config); one naming none is evaluated on "*" (List*).
 _SAGEMAKER_NAMES: Final = (("TrainingJobName", "training-job"), ("ModelName", "model"),
                            ("EndpointConfigName", "endpoint-config"), ("EndpointName", "endpoint"),
-                           ("ModelPackageGroupName", "model-package-group"), ("ModelPackageName", "model-package"))
+                           ("ModelPackageGroupName", "model-package-group"), ("ModelPackageName", "model-package"),
+                           ("ModelPackageArn", "model-package"))
 
 
 def _sagemaker_resources(iam_action: str, action: str, region: str, response: Any,
