@@ -454,8 +454,7 @@ def content_type(path: str, given: str | None) -> str:
     found = CONTENT_TYPES.get(Path(path).suffix.lower()) if path != "-" else None
     if found is None:
         where = "stdin" if path == "-" else f"{path!r} (extension {Path(path).suffix or 'none'})"
-        raise Refused(f"--data {where}: give --content-type (the model's input_fn decides; the defaults read "
-                      f"{', '.join(CONTENT_TYPES.values())})")
+        raise Refused(f"--data {where}: give --content-type ({', '.join(CONTENT_TYPES.values())})")
     return found
 
 
