@@ -133,4 +133,6 @@ def test_deploy_predict_and_lineage_through_the_endpoint(stack: Stack, jobs: dic
         n["id"] for n in up["nodes"]}
     data = dev.job(WS, jobs["served"])["inputs"]["data"]["training"]
     assert "endpoint:live" in {e["id"] for e in dev.impact(WS, f"snapshot:{data}")["endpoints"]}
+    _refused(lambda: dev.rollback(WS, "live"), 409, "NothingToRollBack")
+    _refused(lambda: dev.promote(WS, "live", jobs["bare"]), 400, "MissingModelFn")
     assert dev.kill_endpoint(WS, "live")["status"] == "Deleting"
