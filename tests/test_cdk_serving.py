@@ -89,9 +89,12 @@ def test_hosting_grants_are_on_kaos_resources_only(resources: dict[str, Any]) ->
                                        "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint",
                                        "sagemaker:DescribeEndpoint", "sagemaker:DeleteEndpoint",
                                        "sagemaker:InvokeEndpoint"}
+    assert {a for a, _ in hosting} >= {"sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage",
+                                       "sagemaker:UpdateModelPackage"}
     for action, resource in hosting:
         kind, _, name = resource.removeprefix(SAGEMAKER).split(":", 1)[1].partition("/")
-        assert kind in ("endpoint", "endpoint-config", "model") and name == "kaos-*", (action, resource)
+        assert (kind, name) in {("endpoint", "kaos-*"), ("endpoint-config", "kaos-*"), ("model", "kaos-*"),
+                                ("model-package-group", "kaos-*"), ("model-package", "kaos-*/*")}, (action, resource)
     alarms = [r for a, r, _ in _grants(resources, "cloudwatch:") if "Alarm" in a]
     assert alarms and all(r.endswith(":alarm:kaos-*") for r in alarms)
 
