@@ -179,7 +179,8 @@ class Client:
         snapshot_id = parse_manifest(kind, manifest).snapshot_id  # the server's id of this manifest
         if self.committed.knows(self.base, workspace, snapshot_id):
             try:
-                return dict(self.request("GET", f"/workspaces/{workspace}/snapshots/{snapshot_id}"))
+                known = self.request("GET", f"/workspaces/{workspace}/snapshots/{snapshot_id}")
+                return {**known, "status": "committed"}  # as the commit answers
             except ApiError as exc:
                 if exc.status != 404:
                     raise
