@@ -280,11 +280,10 @@ class DynamoWorkspaces:
             raise
 
     def counts(self, name: str) -> dict[str, int]:
-        counts = {"snapshots": 0, "jobs": 0, "members": 0}
-        for row in _Item.query(ws_key(name), attributes_to_get=["sk"]):
-            key = {"SNAP": "snapshots", "JOB": "jobs", "MEMBER": "members"}.get(row.sk.split("#", 1)[0])
-            if key:
-                counts[key] += 1
+        # One key-conditioned count per kind: the partition also holds a row per blob (BLOB#), thousands in a
+        # workspace with a large code bundle, which a walk over the whole partition would read every time.
+        counts = {kind: _Item.count(ws_key(name), _Item.sk.startswith(prefix))
+                  for kind, prefix in (("snapshots", "SNAP#"), ("jobs", "JOB#"), ("members", "MEMBER#"))}
         # Batch jobs record their output as `snapshot:<id>`, so only s3:// model URIs count as models.
         counts["models"] = JobItem.count(ws_key(name), filter_condition=JobItem.model_uri.startswith("s3://"))
         return counts
