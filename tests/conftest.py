@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
@@ -113,6 +114,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # across sessions of this checkout like the synth cache: a cold build downloads the image's packages (minutes).
     os.environ.setdefault("KAOS_ENVIRONMENTS_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"
                                                          / "environments"))
+    # The client's caches of committed snapshots and file hashes (kaos/bundle.py): a temporary folder per worker,
+    # never the real home's.
+    os.environ.setdefault("KAOS_CACHE_DIR", tempfile.mkdtemp(prefix="kaos-test-cache-"))
 
 
 def inject(stack: Stack, fault: dict[str, Any]) -> None:
