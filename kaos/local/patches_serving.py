@@ -58,6 +58,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.sagemaker.models.SageMakerModelBackend.update_endpoint (added)",
     "moto.sagemaker.responses.SageMakerResponse.update_endpoint (added)",
     "moto.sagemakerruntime.responses.SageMakerRuntimeResponse.invoke_endpoint",
+    "moto.sagemakerruntime.responses.SageMakerRuntimeResponse.use_raw_body",
 )
 TIMED_OUT: Final = ("Your invocation timed out while waiting for a response from container primary. Review the "
                     "latency metrics for each container in Amazon CloudWatch, resolve the issue, and try again.")
@@ -471,6 +472,9 @@ def apply(runner: LocalServingRunner) -> None:
             PATCHES.add(SageMakerModelBackend, "update_endpoint", _update_endpoint)
             PATCHES.add(SageMakerResponse, "update_endpoint", _response_update_endpoint)
             PATCHES.replace(SageMakerRuntimeResponse, "invoke_endpoint", _invoke_endpoint)
+            # An invocation's body is the model's bytes (application/x-npy): moto would decode it as UTF-8 first
+            # and answer its own 500 page.
+            PATCHES.replace(SageMakerRuntimeResponse, "use_raw_body", True)
         _restore(runner.work_dir / STATE_FILE)
 
 
