@@ -153,7 +153,8 @@ def test_invoke_and_its_errors(served: Emulator) -> None:
         invoke(served, "nothing", b"1,0", "text/csv")
     assert unknown.value.response["Error"]["Code"] == "ValidationError"
     # The patch is what serves: stock moto answers any invocation with canned data.
-    with patches_serving.PATCHES.stock(SageMakerRuntimeResponse, "invoke_endpoint"):
+    with patches_serving.PATCHES.stock(SageMakerRuntimeResponse, "invoke_endpoint"), \
+            patches_serving.PATCHES.stock(SageMakerRuntimeResponse, "use_raw_body"):
         assert invoke(served, "digits", b"1,0\n0,1", "text/csv")["Body"].read() == b"body"
     # The server's output is in the endpoint's log group; the sampled pairs in the capture prefix.
     logs = served.client("logs")
