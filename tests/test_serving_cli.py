@@ -91,3 +91,29 @@ def test_refused_before_anything_is_sent(tmp_path: Path, monkeypatch: pytest.Mon
     assert result.exception is not None
     described = describe(result.exception)
     assert described is not None and described[1] == 1 and message in described[0], described
+
+
+class EndpointLogPages:
+    """The one faked boundary here: the client's endpoint log pages, served in order."""
+
+    def __init__(self, pages: list[dict[str, object]]) -> None:
+        self.pages = pages
+        self.tokens: list[str | None] = []
+
+    def endpoint_logs(self, workspace: str, name: str, token: str | None) -> dict[str, object]:
+        self.tokens.append(token)
+        return self.pages[min(len(self.tokens), len(self.pages)) - 1]
+
+
+def test_endpoint_logs_follow_until_the_endpoint_is_deleted() -> None:
+    """The endpoint's pages have no `complete`: -f reads on while it serves and ends once it is Deleted and a
+    page brings nothing new."""
+    api = EndpointLogPages([
+        {"status": "InService", "events": [{"timestamp": 1, "message": "loaded"}], "next": "t1"},
+        {"status": "InService", "events": [], "next": "t1"},
+        {"status": "Deleting", "events": [{"timestamp": 2, "message": "stopping"}], "next": "t2"},
+        {"status": "Deleted", "events": [], "next": "t2"},
+    ])
+    reader = ops.EndpointLogReader(api, "w", "digits", follow=True, timeout=30)  # type: ignore[arg-type]
+    assert [e["message"] for e in reader] == ["loaded", "stopping"] and reader.status == "Deleted"
+    assert api.tokens[0] is None and api.tokens[-1] == "t2"
