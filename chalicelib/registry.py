@@ -23,6 +23,7 @@ from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import JobRepository
 from chalicelib.repositories.models import ModelGroup, ModelRepository, ModelVersion
 from chalicelib.repositories.workspaces import Workspace
+from chalicelib.tenancy import incarnation_token
 from chalicelib.workspaces import now
 
 NAME_PATTERN = "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
@@ -99,9 +100,11 @@ def fingerprint(value: Any, chars: int) -> str:
     return sha256_hex(canonical_json(value).encode())[:chars]
 
 
-def hosted_name(workspace: str, name: str, identity: Any) -> str:
-    """`kaos-<ws>-<name>-<8 hex of identity>`, cut to SageMaker's 63 characters (the hash keeps it unique)."""
-    return f"kaos-{workspace}-{name}"[:MAX_SAGEMAKER_NAME - 9].rstrip("-") + f"-{fingerprint(identity, 8)}"
+def hosted_name(workspace: str, incarnation: str, name: str, identity: Any) -> str:
+    """`kaos-<incarnation token>-<ws>-<name>-<8 hex of identity>`, cut to SageMaker's 63 characters (the hash keeps
+    it unique). The fixed-length token first lets the workspace role's grants name exactly its own resources."""
+    readable = f"kaos-{incarnation_token(workspace, incarnation)}-{workspace}-{name}"
+    return readable[:MAX_SAGEMAKER_NAME - 9].rstrip("-") + f"-{fingerprint(identity, 8)}"
 
 
 def version_node(group: str, number: int) -> str:
@@ -152,7 +155,8 @@ class Registry:
     def _package(self, workspace: Workspace, version: ModelVersion) -> None:
         """The version as a SageMaker Model Package (the group's next package version), which carries its
         approval status where SageMaker's tools (Studio, pipelines, EventBridge rules) see it."""
-        group = hosted_name(workspace.name, version.group, [workspace.name, workspace.created_at, version.group])
+        group = hosted_name(workspace.name, workspace.created_at, version.group,
+                            [workspace.name, workspace.created_at, version.group])
         self._hosting.ensure_package_group(group, f"kaos model group {version.group} of workspace "
                                                   f"{workspace.name}")
         version.package_arn = self._hosting.create_package(

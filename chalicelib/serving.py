@@ -8,7 +8,8 @@ request). Then the endpoint row is written (the name is taken) and one execution
 by the deployment id, so a retried request starts nothing twice.
 
 Names, all derived from fingerprints (a retried execution finds what its first attempt created):
-  SageMaker endpoint   kaos-<ws>-<name>-<8 hex of (ws, incarnation, name, created_at)>, at most 63 characters
+  SageMaker endpoint   kaos-<12 hex of the incarnation>-<ws>-<name>-<8 hex of (ws, incarnation, name, created_at)>,
+                       at most 63 characters
   Model                kaos-m-<24 hex of (workspace role, image, model data, code bundle)>
   EndpointConfig       kaos-c-<24 hex of (model, settings, capture destination, endpoint)>
   Alarm (real-time)    <SageMaker endpoint>-5xx, on Invocation5XXErrors: the rollout's auto-rollback alarm
@@ -80,7 +81,7 @@ class EndpointBusy(Conflict):
 
 
 def sagemaker_endpoint_name(workspace: str, incarnation: str, name: str, created_at: str) -> str:
-    return hosted_name(workspace, name, [workspace, incarnation, name, created_at])
+    return hosted_name(workspace, incarnation, name, [workspace, incarnation, name, created_at])
 
 
 def defines_model_fn(source: bytes) -> bool:

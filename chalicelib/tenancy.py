@@ -32,6 +32,13 @@ TRUST = {"Version": "2012-10-17", "Statement": [{
     "Principal": {"Service": ["sagemaker.amazonaws.com", "ecs-tasks.amazonaws.com"]}}]}
 
 
+def incarnation_token(workspace: str, incarnation: str) -> str:
+    """12 hex of a workspace incarnation (name and creation time). Fixed length, so a name pattern `kaos-<token>-*`
+    covers one workspace's resources only: a pattern on the workspace name would also match every workspace whose
+    name extends it (`kaos-a-*` covers workspace `a-b`'s `kaos-a-b-...`)."""
+    return hashlib.sha256(f"{workspace}\n{incarnation}".encode()).hexdigest()[:12]
+
+
 def role_name(workspace: str, incarnation: str) -> str:
     """``kaos-ws-<workspace>-<12 hex of the incarnation>``: 64 characters at most (IAM's role-name limit)."""
     suffix = hashlib.sha256(incarnation.encode()).hexdigest()[:12]
@@ -43,7 +50,7 @@ def role_arn(role_prefix_arn: str, workspace: str, incarnation: str) -> str:
     return f"{role_prefix_arn}{role_name(workspace, incarnation)}"
 
 
-def policy_document(bucket: str, workspace: str, log_group_arn: str) -> dict[str, Any]:
+def policy_document(bucket: str, workspace: str, incarnation: str, log_group_arn: str) -> dict[str, Any]:
     prefix = f"arn:aws:s3:::{bucket}/ws/{workspace}/"
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "ReadOwnWorkspace", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{prefix}*"},
@@ -51,11 +58,12 @@ def policy_document(bucket: str, workspace: str, log_group_arn: str) -> dict[str
          "Resource": f"arn:aws:s3:::{bucket}", "Condition": {"StringLike": {"s3:prefix": f"ws/{workspace}/*"}}},
         {"Sid": "WriteJobOutputs", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
          "Resource": [f"{prefix}jobs/*/output/*", f"{prefix}endpoints/*/capture/*"]},
-        # A served model's container log: SageMaker names the group after the endpoint (kaos-<ws>-..., serving.py).
+        # A served model's container log: SageMaker names the group after the endpoint, kaos-<incarnation token>-...
+        # (chalicelib/registry.py hosted_name).
         {"Sid": "EndpointLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream",
                                                               "logs:PutLogEvents", "logs:DescribeLogStreams"],
          "Resource": f"{log_group_arn.rsplit(':log-group:', 1)[0]}:log-group:/aws/sagemaker/Endpoints/"
-                     f"kaos-{workspace}-*"},
+                     f"kaos-{incarnation_token(workspace, incarnation)}-*"},
         {"Sid": "TrainingLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": f"{log_group_arn}:log-stream:*"},
         {"Sid": "TrainingLogGroup", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:DescribeLogStreams"],
@@ -115,7 +123,7 @@ class WorkspaceRoles:
             if error_code(exc) != "EntityAlreadyExists":
                 raise
         self.client.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(
-            policy_document(self.bucket, workspace, self.log_group_arn)))
+            policy_document(self.bucket, workspace, incarnation, self.log_group_arn)))
         arn = role_arn(self.role_prefix_arn, workspace, incarnation)
         self._register_job_definition(workspace, incarnation, arn)
         return arn

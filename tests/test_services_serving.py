@@ -22,6 +22,7 @@ from chalicelib.repositories.endpoints import NameTaken
 from chalicelib.repositories.models import VersionNotFound
 from chalicelib.repositories.workspaces import Workspace
 from chalicelib.serving import EndpointKilled, MissingModelFn, NothingToRollBack
+from chalicelib.tenancy import incarnation_token
 from chalicelib.wiring import Wiring
 from tests.service_wiring import BUCKET, OWNER, executions, services, snapshot, workspace  # noqa: F401
 
@@ -102,7 +103,8 @@ def test_registry_versions_approval_and_aliases(services: Wiring) -> None:  # no
     # On AWS the approval status is the version's SageMaker Model Package's too.
     sagemaker = boto3.client("sagemaker")
     (package_group,) = sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"]
-    assert package_group["ModelPackageGroupName"].startswith("kaos-ws-a-digits-")
+    token = incarnation_token(ws.name, ws.created_at)
+    assert package_group["ModelPackageGroupName"].startswith(f"kaos-{token}-ws-a-digits-")
     packages = sagemaker.list_model_packages(ModelPackageGroupName=package_group["ModelPackageGroupName"])
     assert sorted(p["ModelApprovalStatus"] for p in packages["ModelPackageSummaryList"]) == [
         "Approved", "PendingManualApproval"]
@@ -153,7 +155,8 @@ def test_deploy_promote_rollback_and_kill(services: Wiring) -> None:  # noqa: F8
     assert endpoint["name"] == "digits" and endpoint["status"] == "Creating" and endpoint["kind"] == "serverless"
     assert endpoint["memory_mb"] == 2048 and endpoint["model"] == {"job_id": first, "group": "digits", "version": 1,
                                                                     "model_sha256": f"{1:064x}"}
-    assert len(endpoint["sagemaker_endpoint"]) <= 63 and endpoint["sagemaker_endpoint"].startswith("kaos-ws-a-")
+    hosted = f"kaos-{incarnation_token(ws.name, ws.created_at)}-ws-a-digits-"
+    assert len(endpoint["sagemaker_endpoint"]) <= 63 and endpoint["sagemaker_endpoint"].startswith(hosted)
     deployment = endpoint["deployments"][0]["deployment"]
     assert executions(services, services.settings.deployment_state_machine_arn) == [deployment]
     with pytest.raises(NameTaken):

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from chalicelib.registry import hosted_name
 from chalicelib.tenancy import TRUST, job_definition_name, policy_document, role_name
 from kaos.local.iam import decide
 from kaos.local.loader import Resolver
@@ -15,6 +16,7 @@ from .conftest import stack_template
 
 BUCKET = "kaos-data"
 LOG_GROUP = "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs"
+INCARNATION = "2026-12-01T17:00:00.000000+00:00"
 KINDS = ["blobs/ab", "manifests/s.json", "snapshots/s/train.csv", "sourcedirs/s/sourcedir.tar.gz",
          "jobs/train-1/output/train-1/output/model.tar.gz", "jobs/train-1/log.txt", "incoming/new.csv",
          "grids/g/points.json"]
@@ -31,7 +33,7 @@ def template() -> dict[str, Any]:
 
 
 def test_workspace_policy_reaches_only_its_own_prefix() -> None:
-    policy = policy_document(BUCKET, "dev", LOG_GROUP)
+    policy = policy_document(BUCKET, "dev", INCARNATION, LOG_GROUP)
     for kind in KINDS:
         for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
             assert decide([policy], action, obj("guest", kind), {}) != "allow", (action, kind)
@@ -43,6 +45,18 @@ def test_workspace_policy_reaches_only_its_own_prefix() -> None:
     listing = {"s3:prefix": ["ws/guest/"]}
     assert decide([policy], "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", listing) != "allow"
     assert decide([policy], "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": ["ws/dev/x"]}) == "allow"
+
+
+def test_workspace_role_writes_only_its_own_endpoints_logs() -> None:
+    """SageMaker writes a served model's log as the model's execution role, into a group named after the endpoint:
+    the grant must not reach the endpoints of a workspace whose name extends this one's (`dev` and `dev-b`)."""
+    policy = policy_document(BUCKET, "dev", INCARNATION, LOG_GROUP)
+    groups = LOG_GROUP.rsplit(":log-group:", 1)[0] + ":log-group:/aws/sagemaker/Endpoints/"
+    own = hosted_name("dev", INCARNATION, "digits", ["x"])
+    others = [hosted_name("dev-b", INCARNATION, "digits", ["x"]), hosted_name("dev", "another", "digits", ["x"])]
+    assert decide([policy], "logs:PutLogEvents", f"{groups}{own}:log-stream:AllTraffic/i-1", {}) == "allow"
+    for other in others:
+        assert decide([policy], "logs:PutLogEvents", f"{groups}{other}:log-stream:AllTraffic/i-1", {}) != "allow"
 
 
 def test_roles_of_user_work_in_the_template_reach_no_workspace_data(template: dict[str, Any]) -> None:
