@@ -101,6 +101,9 @@ def normalize(text: str) -> list[str]:
     # Any run of hex digits after an id's kind (its first piece, folded at a table's edge, may hold no digit) or holding
     # a digit: ids and hashes (also the pieces of one folded across table lines), numbers, times. Words are left alone.
     text = re.sub(r"\b(train|batch|grid)-[0-9a-f]+", r"\1-H", text)
+    # The tail of an id folded onto the next line of a tree (`… /train-2fc87…a35` then `1/output/model.tar.gz`): a
+    # line's first word before a `/`, which may hold no digit either.
+    text = re.sub(r"(?m)^([ \t│]*)[0-9a-f]+(?=/)", r"\1H", text)
     text = re.sub(r"[0-9a-f]*[0-9][0-9a-f]*", "H", text)
     text = re.sub(r"[─━═]+", "─", text)
     text = re.sub(r"[ \t]+", " ", text)
@@ -135,6 +138,8 @@ def test_normalize_ignores_only_what_varies() -> None:
     assert normalize("│ s3://b/train-f01 │\n│ 938339a8933f63dba036c/x │") == \
         normalize("│ s3://b/train-c43 │\n│ f4a70a7e82476b4fcf529/x │") == \
         normalize("│ s3://b/train-beb │\n│ 471c944378f6b6bbce815/x │")  # a first piece without a digit
+    assert normalize("    s3://b/train-2fc8a35\n    1/output/model.tar.gz") == \
+        normalize("    s3://b/train-8918cab\n    a/output/model.tar.gz")  # a folded tail without a digit
     assert [s.command for s in steps("```console\n$ kaos a \\\n  b\nout\n$ kaos c\n```")] == ["kaos a \\\n  b",
                                                                                               "kaos c"]
 
