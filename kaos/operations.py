@@ -342,14 +342,21 @@ def _polls(timeout: float, what: str) -> Iterator[None]:
 def wait_job(client: Client, workspace: str, job_id: str, on_change: Callable[[dict[str, Any]], None],
              timeout: float = WAIT_TIMEOUT_SECONDS) -> dict[str, Any]:
     """Polls the job until it is terminal; `on_change` sees it once per status (the first one included)."""
+    return _wait_for(lambda: client.job(workspace, job_id), lambda job: job["status"] in TERMINAL, f"job {job_id}",
+                     on_change, timeout)
+
+
+def _wait_for(read: Callable[[], Any], done: Callable[[dict[str, Any]], bool], what: str,
+              on_change: Callable[[dict[str, Any]], None], timeout: float) -> dict[str, Any]:
+    """Reads until `done`; `on_change` sees each new status."""
     seen = None
-    for _ in _polls(timeout, f"job {job_id}"):
-        job: dict[str, Any] = client.job(workspace, job_id)
-        if job["status"] != seen:
-            seen = job["status"]
-            on_change(job)
-        if job["status"] in TERMINAL:
-            return job
+    for _ in _polls(timeout, what):
+        current: dict[str, Any] = read()
+        if current["status"] != seen:
+            seen = current["status"]
+            on_change(current)
+        if done(current):
+            return current
     raise AssertionError("unreachable: _polls ends by raising")
 
 
@@ -462,15 +469,7 @@ def wait_endpoint(client: Client, workspace: str, name: str, on_change: Callable
                   timeout: float = ENDPOINT_WAIT_SECONDS) -> dict[str, Any]:
     """Polls the endpoint until it rests (InService, Failed or Deleted, its latest deployment ended); `on_change`
     sees each new status."""
-    seen = None
-    for _ in _polls(timeout, f"endpoint {name}"):
-        endpoint: dict[str, Any] = client.endpoint(workspace, name)
-        if endpoint["status"] != seen:
-            seen = endpoint["status"]
-            on_change(endpoint)
-        if endpoint_rests(endpoint):
-            return endpoint
-    raise AssertionError("unreachable: _polls ends by raising")
+    return _wait_for(lambda: client.endpoint(workspace, name), endpoint_rests, f"endpoint {name}", on_change, timeout)
 
 
 def endpoint_rests(endpoint: dict[str, Any]) -> bool:
