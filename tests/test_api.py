@@ -46,7 +46,8 @@ chalice_app = _load_app()
 
 def concrete(path: str) -> str:
     values = {"{job}": "train-" + "0" * 24, "{node}": "job:x", "{workspace}": "ws-x", "{snapshot}": "a" * 64,
-              "{grid}": "grid-" + "0" * 24}
+              "{grid}": "grid-" + "0" * 24, "{group}": "digits", "{version}": "1", "{alias}": "champion",
+              "{name}": "digits"}
     return re.sub(r"\{[^}]+\}", lambda m: values[m.group(0)], path)
 
 
