@@ -23,8 +23,14 @@ BUCKET = "kaos-services"
 JOB_DEFINITION = "kaos-batch"
 
 
-def _state_machine(sfn: Any, name: str) -> str:
-    definition = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
+# Whether moto runs a definition depends on its settings; either way an execution of HOLD is RUNNING until stopped,
+# so a test that stops one (a workspace kill halting a deployment) never races its end.
+DONE = {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}
+HOLD = {"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": True}}}
+
+
+def _state_machine(sfn: Any, name: str, states: dict[str, Any] = DONE) -> str:
+    definition = json.dumps(states)
     return str(sfn.create_state_machine(name=name, definition=definition,
                                         roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn")["stateMachineArn"])
 
@@ -38,7 +44,7 @@ def environment(**overrides: str) -> dict[str, str]:
         config.GRID_STATE_MACHINE_ARN: _state_machine(sfn, "grid"),
         config.BATCH_STATE_MACHINE_ARN: _state_machine(sfn, "batch"),
         config.RETRAIN_STATE_MACHINE_ARN: _state_machine(sfn, "retrain"),
-        config.DEPLOYMENT_STATE_MACHINE_ARN: _state_machine(sfn, "deployment"), config.ENDPOINT_POLL_SECONDS: "2",
+        config.DEPLOYMENT_STATE_MACHINE_ARN: _state_machine(sfn, "deployment", HOLD), config.ENDPOINT_POLL_SECONDS: "2",
         config.TRAINING_IMAGE: "kaos/train:1", config.TRAINING_INSTANCE_TYPE: "ml.m5.large",
         config.TRAINING_MAX_RUNTIME_SECONDS: "3600", config.TRAINING_LOG_GROUP: "/aws/sagemaker/TrainingJobs",
         config.TRAINING_LOG_GROUP_ARN: f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/TrainingJobs",

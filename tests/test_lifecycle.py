@@ -56,8 +56,8 @@ def test_get_downloads_code_data_params_and_model(stack: Stack, job: str, tmp_pa
     assert json.loads((out / "model" / "metrics.json").read_text())["accuracy"] > 0.9
     # Exactly the inputs and the model: no partial downloads or archive left behind.
     assert [p for p in tree(out) if not p.startswith("model/")] == [
-        "code/train.py", "data/training/digits.csv", "params.json"]
-    assert summary["files"] == 2
+        "code/inference.py", "code/train.py", "data/training/digits.csv", "params.json"]
+    assert summary["files"] == 3
 
 
 def test_get_model_only(stack: Stack, job: str, tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_get_model_only(stack: Stack, job: str, tmp_path: Path) -> None:
 def test_get_code_and_data_only(stack: Stack, job: str, tmp_path: Path) -> None:
     out = tmp_path / "inputs"
     get(stack, job, out, "--code", "--data")
-    assert tree(out) == ["code/train.py", "data/training/digits.csv"]
+    assert tree(out) == ["code/inference.py", "code/train.py", "data/training/digits.csv"]
 
 
 def test_get_refuses_a_non_empty_directory_unless_forced(stack: Stack, job: str, tmp_path: Path) -> None:
@@ -89,8 +89,8 @@ def test_get_refuses_a_non_empty_directory_unless_forced(stack: Stack, job: str,
 def test_files_route_lists_presigned_urls_that_serve_the_manifest_bytes(stack: Stack, job: str) -> None:
     listing = stack.client().job_files(WS, job)
     assert listing["job"] == job and listing["status"] == "COMPLETED"
-    (entry,) = listing["code"]
-    assert entry["path"] == "train.py"
+    assert [f["path"] for f in listing["code"]] == ["inference.py", "train.py"]
+    entry = listing["code"][1]
     body = requests.get(entry["url"], timeout=30).content
     assert body == (TEMPLATE / "train" / "train.py").read_bytes() and len(body) == entry["size"]
     assert [f["path"] for f in listing["data"]["training"]] == ["digits.csv"]

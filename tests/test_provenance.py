@@ -72,7 +72,9 @@ def test_depth_limits_the_walk(stack: Stack, job: dict[str, Any]) -> None:
     assert {n["id"] for n in one["nodes"]} == {f"model:{job['id']}", f"job:{job['id']}"}
     assert one["edges"] == [{"source": f"job:{job['id']}", "rel": "produced", "target": f"model:{job['id']}"}]
     full = json.loads(provenance(stack, f"model:{job['id']}", "--json").stdout)
-    assert len(full["nodes"]) == 6  # model, job, environment, code, params, data
+    # model, job, code, params, data, and two environments: the image asked for (in the fingerprint) and the one the
+    # job ran in (recorded at the end: the built packages and any fidelity warning)
+    assert len(full["nodes"]) == 7
 
 
 @pytest.mark.parametrize("depth", ["0", "-1", "x"])
