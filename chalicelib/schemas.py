@@ -287,9 +287,6 @@ ROUTES = [
     RouteSpec("/workspaces/{workspace}/snapshots/{snapshot}", "GET",
               "Describe a committed snapshot (one lookup: a client that remembers committing it names it by id "
               "instead of resending its manifest)", 200, SNAPSHOT),
-    RouteSpec("/workspaces/{workspace}/snapshots/{snapshot}", "GET",
-              "Describe a committed snapshot (one lookup: a client that remembers committing it names it by id "
-              "instead of resending its manifest)", 200, SNAPSHOT),
     RouteSpec("/workspaces/{workspace}/jobs", "POST", "Submit a training job (cache hit on identical inputs)",
               201, JOB_SUBMITTED, SUBMIT_JOB),
     RouteSpec("/workspaces/{workspace}/batch-jobs", "POST",
