@@ -42,6 +42,8 @@ bench: setup
 	$(BIN)/python -m bench.lineage
 	$(BIN)/python -m bench.bundle_commit
 	$(BIN)/python -m bench.trace_job
+	$(BIN)/python -m bench.environments
+	$(BIN)/python -m bench.serving
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache
