@@ -362,8 +362,8 @@ def acknowledge_serving_findings(stack: KaosStack) -> None:
     _ack(stack.api.role, {
         **endpoints, **alarms, **log_read,
         _wildcard_resource(stack, serving.package_groups_arn): (
-            "One Model Package Group per kaos model group, named kaos-<workspace>-<group>-<hash> at run time; "
-            "Create/DescribeModelPackageGroup only."
+            "One Model Package Group per kaos model group, named kaos-<incarnation token>-<workspace>-<group>-<hash> "
+            "at run time; Create/DescribeModelPackageGroup only."
         ),
         _wildcard_resource(stack, serving.packages_arn): (
             "Model Package versions of kaos-* groups, numbered by SageMaker at registration; Create/"
