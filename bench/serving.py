@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.peers import venv_python
 from chalicelib import environments as catalogue
 from kaos.local.emulator import Emulator
 from kaos.local.environments import Environments, default_cache_dir
@@ -57,13 +57,7 @@ else:
 
 
 def mlflow_python() -> Path:
-    python = MLFLOW_VENV / "bin" / "python"
-    if not (MLFLOW_VENV / ".installed").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "mlflow",
-                        "scikit-learn"], check=True)
-        (MLFLOW_VENV / ".installed").write_text("")
-    return python
+    return venv_python(MLFLOW_VENV, ["mlflow", "scikit-learn"])
 
 
 def post(port: int, body: bytes, connection: http.client.HTTPConnection | None = None) -> int:

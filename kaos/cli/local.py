@@ -45,15 +45,20 @@ def local_up(state_dir: Path | None = StateDirOpt,
              detach: bool = typer.Option(False, "--detach", help="Run in the background; return when ready."),
              port: int = typer.Option(0, "--port", help="API port (default: a free one)."),
              quiet: bool = typer.Option(False, "--quiet", help="Print no line per request."),
+             training_slots: int | None = typer.Option(None, "--training-slots", min=1,
+                                                       help="Trainings run at once (default: this machine's cores)."),
              test_hooks: bool = typer.Option(False, "--test-hooks", hidden=True,
                                              help="Serve /_local/faults to a local admin user (the test suite).")
              ) -> None:
     """Start the embedded stack: AWS emulator, pipelines, Lambdas and the API on 127.0.0.1."""
     from kaos import processes
+    from kaos.local.sagemaker_runner import TRAINING_SLOTS_ENV
     from kaos.local.stack import TEST_HOOKS_ENV
 
     if test_hooks:  # the stack process reads it from its environment
         os.environ[TEST_HOOKS_ENV] = "1"
+    if training_slots is not None:  # likewise
+        os.environ[TRAINING_SLOTS_ENV] = str(training_slots)
     directory = state_dir.resolve() if state_dir else _state_dir(None)
     if runtime := processes.running(directory):
         console.print(f"already running: API {runtime.api_url} (pid {runtime.pid})", markup=False)

@@ -636,6 +636,9 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
                 if fields.get("StatusMessage"):
                     entry["StatusMessage"] = fields["StatusMessage"]
                 transitions.append(entry)
+            elif new_secondary and fields.get("StatusMessage") and job.secondary_status_transitions:
+                # Within one stage SageMaker rewrites its message (Starting: launching, waiting for capacity, ...).
+                job.secondary_status_transitions[-1]["StatusMessage"] = fields["StatusMessage"]
             for key, attr in _UPDATE_FIELDS.items():
                 if key in fields:
                     setattr(job, attr, fields[key])

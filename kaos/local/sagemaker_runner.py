@@ -22,6 +22,10 @@ Output is merged and streamed to CloudWatch Logs (``/aws/sagemaker/TrainingJobs`
 Unlike SageMaker's own archives they are byte-stable (see ``_tar_dir``): identical files give an
 identical model.tar.gz, so its sha256 compares two trainings.
 A non-zero exit is ``Failed`` with ``FailureReason`` from ``output/failure`` or the output tail.
+At most ``slots`` trainings run at once (``KAOS_LOCAL_TRAINING_SLOTS`` of the stack, default this machine's cores):
+one slot is one instance. A job beyond them waits as a SageMaker job waits for capacity (``InProgress``, ``Starting``,
+SageMaker's insufficient-capacity message) and starts, in submit order, when a running one ends. Each process gets
+the BLAS/OpenMP thread variables and ``SM_NUM_CPUS`` set to its slot's share of the cores (see ``_environment``).
 ``StopTrainingJob`` and ``StoppingCondition.MaxRuntimeInSeconds`` send SIGTERM to the process
 group, then SIGKILL after ``stop_grace_seconds`` (SageMaker: 120 s); the job ends ``Stopped``
 (SecondaryStatus ``Stopped`` or ``MaxRuntimeExceeded``) and whatever the script saved in
@@ -43,7 +47,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -64,12 +68,31 @@ LOG_GROUP: Final[str] = "/aws/sagemaker/TrainingJobs"
 CURRENT_HOST: Final[str] = "algo-1"
 FAILURE_REASON_LIMIT: Final[int] = 1024
 _TAIL_LINES: Final[int] = 20
+TRAINING_SLOTS_ENV: Final[str] = "KAOS_LOCAL_TRAINING_SLOTS"
+# What numpy/scipy/scikit-learn's native libraries read for their thread pools (OpenMP, OpenBLAS, MKL, BLIS,
+# Accelerate, numexpr).
+THREAD_VARIABLES: Final[tuple[str, ...]] = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                            "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+# SageMaker's StatusMessages of the Starting transition (SecondaryStatusTransition.StatusMessage).
+WAITING_MESSAGE: Final[str] = "Insufficient capacity error from EC2 while launching instances, retrying!"
+PREPARING_MESSAGE: Final[str] = "Preparing the instances for training"
 
 Updater = Callable[[dict[str, Any]], None]
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def training_slots(environ: Mapping[str, str] = os.environ) -> int:
+    """How many trainings the stack runs at once: its KAOS_LOCAL_TRAINING_SLOTS, else this machine's cores. Read
+    when the stack starts, so a bad value stops it there rather than failing jobs later."""
+    raw = environ.get(TRAINING_SLOTS_ENV, "").strip()
+    if not raw:
+        return os.cpu_count() or 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{TRAINING_SLOTS_ENV} must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
 
 
 def decode_hyperparameter(value: Any) -> Any:
@@ -160,6 +183,8 @@ class _Job:
     framework_module: str | None = None  # the image's SAGEMAKER_TRAINING_MODULE
     say: Callable[[str], None] = lambda line: None  # the job's log, once it has one
     thread: threading.Thread | None = None
+    done: threading.Event = field(default_factory=threading.Event)  # set once the job ended, run or not
+    clients: dict[str, Any] = field(default_factory=dict)  # by service, with the job's keys; dropped at its end
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     log_stream: str | None = None
     keys: dict[str, str] = field(default_factory=dict)
@@ -174,12 +199,15 @@ class _ClientError(Exception):
 
 
 class LocalTrainingRunner:
-    """Executes CreateTrainingJob requests in subprocesses (one thread per job)."""
+    """Executes CreateTrainingJob requests in subprocesses, at most ``slots`` at once (one thread per running job;
+    a waiting job is only its queue entry)."""
 
     def __init__(
         self, endpoint_url: str, work_dir: Path, *, stop_grace_seconds: float = 10.0,
         region: str = "us-east-1", role_keys: RoleKeys = anonymous_keys, environments: Environments | None = None,
+        slots: int | None = None,
     ) -> None:
+        self.slots = training_slots() if slots is None else slots
         self.role_keys = role_keys
         self.environments = environments or Environments(default_cache_dir())
         self.endpoint_url = endpoint_url
@@ -190,6 +218,8 @@ class LocalTrainingRunner:
         self.changed = threading.Condition(self.lock)  # notified by the update callbacks (kaos.local.patches)
         self._jobs: dict[str, _Job] = {}
         self._env_locks: dict[str, threading.Lock] = {}
+        self._running = 0
+        self._waiting: deque[_Job] = deque()  # in submit order, as they get a slot
 
     # -- public -----------------------------------------------------------------------------
 
@@ -202,17 +232,25 @@ class LocalTrainingRunner:
         )
         with self.lock:
             self._jobs[name] = job
-        job.thread = threading.Thread(target=self._run, args=(job,), name=f"train-{name}", daemon=True)
-        job.thread.start()
+            if self._running < self.slots:
+                self._launch(job)
+            else:
+                self._waiting.append(job)
+                job.update({"SecondaryStatus": "Starting", "StatusMessage": f"{WAITING_MESSAGE} (offline: all "
+                            f"{self.slots} training slots of this machine are busy; {TRAINING_SLOTS_ENV} sets them)"})
 
     def stop(self, training_job_name: str, reason: str = "Stopped") -> None:
-        """StopTrainingJob: Stopping, SIGTERM to the process group, SIGKILL after the grace period."""
+        """StopTrainingJob: Stopping, SIGTERM to the process group, SIGKILL after the grace period. A job still
+        waiting for a slot never starts: it ends Stopped at once."""
         with self.lock:
             job = self._jobs.get(training_job_name)
             if job is None or job.stop_reason is not None:
                 return
             job.stop_reason = reason
             job.update({"SecondaryStatus": "Stopping", "TrainingJobStatus": "Stopping"})
+            if job in self._waiting:
+                self._end_waiting(job)
+                return
             process = job.process
         if process is not None:
             self._terminate(process, self.stop_grace_seconds)
@@ -220,6 +258,10 @@ class LocalTrainingRunner:
     def stop_all(self, grace_seconds: float = 0.0) -> None:
         with self.lock:
             jobs = list(self._jobs.values())
+            while self._waiting:  # first, so no waiting job is launched into a slot the others free
+                job = self._waiting[0]
+                job.stop_reason = job.stop_reason or "Stopped"
+                self._end_waiting(job)
         for job in jobs:
             with self.lock:
                 if job.stop_reason is None:
@@ -233,9 +275,7 @@ class LocalTrainingRunner:
                 job.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def wait(self, training_job_name: str, timeout: float | None = None) -> None:
-        job = self._jobs[training_job_name]
-        if job.thread is not None:
-            job.thread.join(timeout)
+        self._jobs[training_job_name].done.wait(timeout)
 
     def environment_id(self, training_job_name: str) -> str | None:
         built = self._jobs[training_job_name].environment
@@ -244,17 +284,48 @@ class LocalTrainingRunner:
     def job_dir(self, training_job_name: str) -> Path:
         return self.work_dir / "jobs" / training_job_name
 
+    # -- slots ------------------------------------------------------------------------------
+
+    def _launch(self, job: _Job) -> None:
+        """Give ``job`` a slot (the caller holds the lock) and run it on a thread of its own."""
+        self._running += 1
+        job.thread = threading.Thread(target=self._occupy, args=(job,), name=f"train-{job.name}", daemon=True)
+        job.thread.start()
+
+    def _occupy(self, job: _Job) -> None:
+        try:
+            self._run(job)
+        finally:
+            job.clients.clear()  # their connection pools go with the job, not with the runner's lifetime
+            with self.lock:
+                self._running -= 1
+                while self._waiting and self._running < self.slots:
+                    waited = self._waiting.popleft()
+                    waited.update({"SecondaryStatus": "Starting", "StatusMessage": PREPARING_MESSAGE})
+                    self._launch(waited)
+            job.done.set()
+
+    def _end_waiting(self, job: _Job) -> None:
+        """A waiting job stopped (the caller holds the lock): it leaves the queue and ends without having run."""
+        self._waiting.remove(job)
+        job.update({"TrainingJobStatus": "Stopped", "SecondaryStatus": job.stop_reason, "TrainingEndTime": _now()})
+        job.done.set()
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _client(self, service: str, job: _Job) -> Any:
-        """SageMaker reads channels and writes the model and logs with the job's execution role."""
-        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-        return boto3.client(  # type: ignore[call-overload]
-            service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=job.keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=job.keys["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=job.keys.get("AWS_SESSION_TOKEN"),
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-        )
+        """SageMaker reads channels and writes the model and logs with the job's execution role: one client per
+        service for the job's session (its keys are its own, so clients are not shared between jobs)."""
+        if service not in job.clients:
+            # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+            job.clients[service] = boto3.client(  # type: ignore[call-overload]
+                service, endpoint_url=self.endpoint_url, region_name=self.region,
+                aws_access_key_id=job.keys["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=job.keys["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=job.keys.get("AWS_SESSION_TOKEN"),
+                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        return job.clients[service]
 
     @staticmethod
     def _terminate(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
@@ -545,7 +616,11 @@ class LocalTrainingRunner:
         channel_dirs = {c: str(opt_ml / "input" / "data" / c) for c in channels}
         resource_config = json.loads((opt_ml / "input/config/resourceconfig.json").read_text())
         input_data_config = json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
-        num_cpus = os.cpu_count() or 1
+        # The cores one instance has here: its slot's share of this machine. Not the instance type's vCPUs (an
+        # ml.m5.large has 2, an ml.c5.4xlarge 16): the slots run side by side on these cores, and every process
+        # sizing its BLAS/OpenMP pools to more than its share oversubscribes them (a 10-point grid on 2 cores ran
+        # 4x slower than a loop). SM_NUM_CPUS (the toolkit's num_cpus) and the thread variables say the same.
+        num_cpus = max(1, (os.cpu_count() or 1) // self.slots)
         module_name = entry_point[:-3] if entry_point.endswith(".py") else entry_point
         group = resource_config["current_group_name"]
         # sagemaker_training.environment.Environment: its public properties are SM_TRAINING_ENV.
@@ -603,6 +678,8 @@ class LocalTrainingRunner:
         # with other users' keys): the image's basics, the SageMaker variables and the execution role's keys.
         assert job.python is not None  # _prepare_code chose it
         env = container_base_environment(job.root / "home", job.python)
+        env.update({name: str(num_cpus) for name in THREAD_VARIABLES})
+        env.update(request.get("Environment") or {})  # CreateTrainingJob's Environment: the user's values win
         env.update({
             "PYTHONUNBUFFERED": "1",
             "AWS_ENDPOINT_URL": self.endpoint_url,

@@ -1,0 +1,96 @@
+"""What the benchmarks share to measure peers fairly: a peer tool in a virtualenv of its own (never a kaos dependency)
+and the peak memory of a process tree."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+def venv_python(venv: Path, packages: list[str]) -> Path:
+    """The interpreter of ``venv`` with ``packages`` installed, made on first use and reused by later runs."""
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages],
+                       check=True)
+        (venv / ".installed").write_text("")
+    return python
+
+
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every live process below it (children are listed per thread that forked them)."""
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        found.add(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class TreePeak:
+    """Samples the summed RSS of the process trees below ``roots`` (plus any root added later) every ``interval``
+    seconds until closed; ``peak`` is the largest sum seen, ``processes`` the most processes at once. Summed RSS
+    counts shared pages once per process, as `ps` sums do."""
+
+    def __init__(self, roots: list[int], interval: float = 0.2) -> None:
+        self.roots = list(roots)
+        self.interval = interval
+        self.peak = 0
+        self.processes = 0
+        self.peak_of: dict[int, int] = {}  # per root process alone
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._closed.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            pids = set().union(*(_descendants(root) for root in self.roots))
+            self.peak = max(self.peak, sum(rss_bytes(pid) for pid in pids))
+            self.processes = max(self.processes, len(pids))
+            for root in self.roots:
+                self.peak_of[root] = max(self.peak_of.get(root, 0), rss_bytes(root))
+            if self._closed.wait(self.interval):
+                return
+
+
+def timed_tree(command: list[str], cwd: Path, env: dict[str, str], extra_roots: tuple[int, ...] = ()
+               ) -> tuple[float, TreePeak]:
+    """Run ``command`` to its end: (wall seconds, its tree's peak together with ``extra_roots``' trees)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with TreePeak([process.pid, *extra_roots]) as peak:
+        output, _ = process.communicate()
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output.decode(errors='replace')}")
+    return elapsed, peak
