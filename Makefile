@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python -m bench.trace_job
 	$(BIN)/python -m bench.environments
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.grid_fit
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache
