@@ -181,7 +181,8 @@ def acknowledge_findings(stack: KaosStack) -> None:
                 "are assigned at submission. TerminateJob only, on jobs of this account and region."
             ),
             "AwsSolutions-IAM5[Resource::*]": (
-                "batch:DescribeJobs (a kill waits for the Batch jobs it terminated to end) supports no "
+                "batch:DescribeJobs (a kill waits for the Batch jobs it terminated to end) and "
+                "cloudwatch:GetMetricData (an endpoint's cost reads its invocation metrics) support no "
                 "resource-level permissions."
             ),
         },

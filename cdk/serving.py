@@ -168,7 +168,8 @@ class Serving(Construct):
 
     def grant_api(self, role: iam.IRole) -> None:
         """What the API does itself: start deployments (and stop them on a kill), describe and delete endpoints
-        and what they ran, invoke them, read their logs; register model versions as Model Packages."""
+        and what they ran, invoke them, read their logs and invocation metrics; register model versions as Model
+        Packages."""
         self.state_machine.grant_start_execution(role)
         self.api_executions_arn = executions_arn(self.state_machine)
         role.add_to_principal_policy(iam.PolicyStatement(
@@ -182,6 +183,8 @@ class Serving(Construct):
             actions=["sagemaker:DeleteModel"], resources=[self.models_arn]))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["cloudwatch:DeleteAlarms"], resources=[self.alarms_arn]))
+        # An endpoint's cost reads its invocation metrics (chalicelib/costs.py); GetMetricData takes no resource.
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["cloudwatch:GetMetricData"], resources=["*"]))
         role.add_to_principal_policy(iam.PolicyStatement(
             actions=["sagemaker:CreateModelPackageGroup", "sagemaker:DescribeModelPackageGroup"],
             resources=[self.package_groups_arn]))

@@ -196,11 +196,19 @@ def job_cost(*, kind: str, status: str, resources: dict[str, Any], inputs: int, 
     return _answer(lines, basis, p, saved=saved, unpriced=unpriced)
 
 
+def serverless_seconds(invocations: int, model_latency_us: float) -> float:
+    """The billed compute time of serverless inference: each request's time in the model (CloudWatch ModelLatency),
+    billed per millisecond rounded up. CloudWatch answers the sum, so each request's rounding is counted whole
+    (1 ms each): an upper bound by less than 1 ms per request."""
+    return (math.ceil(model_latency_us / 1000) + invocations) / 1000 if invocations else 0.0
+
+
 def endpoint_cost(*, kind: str, instance_type: str | None, instance_count: int, hours: float,
                   memory_mb: int = 0, inference_seconds: float = 0.0, data_gb: float = 0.0, requests: int = 0,
-                  p: Prices | None = None) -> dict[str, Any]:
+                  metered: bool = False, p: Prices | None = None) -> dict[str, Any]:
     """An endpoint's cost so far: real-time endpoints bill instance-hours while they exist; serverless ones the
-    GB-seconds of inference and the data processed. Every request also passes API Gateway and the API Lambda."""
+    GB-seconds of inference and the data processed (`metered`: `inference_seconds` is what CloudWatch reported).
+    Every request also passes API Gateway and the API Lambda."""
     p = p or prices()
     if kind == "realtime":
         lines = [Line(f"SageMaker hosting {instance_type}", hours * instance_count, "instance-hour",
@@ -213,7 +221,7 @@ def endpoint_cost(*, kind: str, instance_type: str | None, instance_count: int, 
               Line("Lambda requests", requests, "request", p.unit["lambda_request"])]
     unpriced = [str(instance_type)] if kind == "realtime" and instance_type not in p.hosting_hour else []
     # Instance-hours are the endpoint's lifetime; serverless inference is known only when the caller measured it.
-    basis = "elapsed" if kind == "realtime" or inference_seconds else "estimate"
+    basis = "elapsed" if kind == "realtime" else "measured" if metered else "estimate"
     return _answer(lines, basis, p, unpriced=unpriced)
 
 

@@ -7,13 +7,15 @@ cost of the answer grows with the lineage, not with the workspace.
 """
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chalicelib.cost import endpoint_cost, prices, total
+from chalicelib.adapters import EndpointMetrics, EndpointUsage
+from chalicelib.cost import endpoint_cost, prices, serverless_seconds, total
 from chalicelib.errors import ValidationFailed
 from chalicelib.provenance import MAX_LIMIT, Provenance
-from chalicelib.repositories.endpoints import Endpoint, EndpointRepository
+from chalicelib.repositories.endpoints import Endpoint, EndpointNotFound, EndpointRepository
 from chalicelib.repositories.jobs import Job, JobRepository, describe
 
 # Jobs read per page while summing a workspace (the repository's largest page).
@@ -42,10 +44,12 @@ def _job_of(node: dict[str, Any]) -> str | None:
 
 
 class Costs:
-    def __init__(self, *, jobs: JobRepository, provenance: Provenance, endpoints: EndpointRepository) -> None:
+    def __init__(self, *, jobs: JobRepository, provenance: Provenance, endpoints: EndpointRepository,
+                 meter: EndpointMetrics) -> None:
         self._jobs = jobs
         self._provenance = provenance
         self._endpoints = endpoints
+        self._meter = meter
 
     def workspace(self, workspace: str, since: str | None) -> dict[str, Any]:
         """Every job created since `since` with its cost, each model with its own and rolled-up cost, the total."""
@@ -56,14 +60,26 @@ class Costs:
                  **_summary(describe(job)["cost"])} for job in jobs]
         trained = [job for job in jobs if job.kind == "train" and job.model_uri]
         models = [self._model(workspace, job, by_id) for job in trained[:MAX_ROLLUPS]]
-        endpoints = [{"name": e.name, "kind": e.kind, "status": e.status, **_summary(endpoint_cost_of(e))}
-                     for e in self._all_endpoints(workspace)]
+        every = self._all_endpoints(workspace)
+        costs = endpoint_costs(every, self._meter)
+        endpoints = [{"name": e.name, "kind": e.kind, "status": e.status, **_summary(costs[e.name])} for e in every]
         return {
             "workspace": workspace, "since": start.isoformat() if start else None, "currency": "USD",
             "prices": f"AWS list prices {prices().region} {prices().date}",
             "total_usd": total(rows + endpoints), "jobs": rows, "models": models, "endpoints": endpoints,
             "models_omitted": max(0, len(trained) - MAX_ROLLUPS),
         }
+
+    def _endpoints_of(self, workspace: str, nodes: list[dict[str, Any]]) -> list[Endpoint]:
+        """The endpoint rows of a walk's endpoint nodes (a node whose row is gone has no cost to show)."""
+        found = []
+        for n in nodes:
+            if n["type"] == "endpoint":
+                try:
+                    found.append(self._endpoints.get(workspace, str(n["id"]).partition(":")[2]))
+                except EndpointNotFound:
+                    continue
+        return found
 
     def _all_endpoints(self, workspace: str) -> list[Endpoint]:
         found: list[Endpoint] = []
@@ -107,36 +123,57 @@ class Costs:
 
     def lineage(self, workspace: str, node: str, direction: str, depth: int | None, limit: int | None,
                 cursor: str | None) -> dict[str, Any]:
-        """The provenance walk with a `cost` on each job node and each model node (its producing job's), and
-        `cost_usd`: the sum over the job nodes of the page (upstream of a model, whole: its rolled-up cost)."""
+        """The provenance walk with a `cost` on each job node, each model node (its producing job's) and each
+        endpoint node, and `cost_usd`: the sum over the job and endpoint nodes of the page (upstream of a model,
+        whole: its rolled-up cost)."""
         answer = self._provenance.lineage(workspace, node, direction, depth, limit, cursor)
         ids = sorted({job_id for n in answer["nodes"] if (job_id := _job_of(n))})
         jobs = self._read(workspace, ids, {})
-        costs = {job_id: describe(job)["cost"] for job_id, job in jobs.items()}
+        costs = {f"job:{job_id}": describe(job)["cost"] for job_id, job in jobs.items()}
+        costs |= {f"endpoint:{name}": cost for name, cost in endpoint_costs(
+            self._endpoints_of(workspace, answer["nodes"]), self._meter).items()}
         on_page: list[dict[str, Any]] = []
         for n in answer["nodes"]:
-            cost = costs.get(_job_of(n) or "")
+            cost = costs.get(n["id"]) or costs.get(f"job:{_job_of(n)}")
             if cost is not None:
                 n["cost"] = _summary(cost)
-                if n["type"] == "job":
+                if n["type"] in ("job", "endpoint"):
                     on_page.append(cost)
         answer["cost_usd"] = total(on_page)
         return answer
 
 
-def endpoint_cost_of(endpoint: Endpoint, at: datetime | None = None) -> dict[str, Any]:
-    """An endpoint's cost from its creation until its deletion (or `at`, now by default). Serverless inference is
-    billed per GB-second of each request, which kaos does not meter yet: `unmetered` says so."""
+def endpoint_cost_of(endpoint: Endpoint, at: datetime | None = None,
+                     usage: EndpointUsage | None = None) -> dict[str, Any]:
+    """An endpoint's cost from its creation until its deletion (or `at`, now by default). `usage`: its invocations
+    as CloudWatch reports them (endpoint_costs reads them); without it, serverless inference is `unmetered`.
+    Serverless data processed ($0.016 per GB in and out) stays unmetered: SageMaker publishes no payload metric."""
     deleted = endpoint.status in ("Deleting", "Deleted")
     end = datetime.fromisoformat(endpoint.updated_at) if deleted else (at or datetime.now(UTC))
     hours = max(0.0, (end - datetime.fromisoformat(endpoint.created_at)).total_seconds() / 3600)
     settings = endpoint.settings
+    measured = usage or EndpointUsage()
     answer = endpoint_cost(kind=endpoint.kind, instance_type=settings.get("instance_type"),
                            instance_count=int(settings.get("instance_count") or 1), hours=hours,
-                           memory_mb=int(settings.get("memory_mb") or 0))
+                           memory_mb=int(settings.get("memory_mb") or 0), requests=measured.invocations,
+                           inference_seconds=serverless_seconds(measured.invocations, measured.model_latency_us),
+                           metered=usage is not None)
     if endpoint.kind != "realtime":
-        answer["unmetered"] = ["serverless inference GB-seconds and data processed"]
+        answer["unmetered"] = ["serverless data processed"] + ([] if usage else ["serverless inference GB-seconds"])
     return answer
+
+
+def endpoint_costs(endpoints: Sequence[Endpoint], meter: EndpointMetrics,
+                   at: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Each endpoint's cost (by name) with its invocations read from CloudWatch in one pass, from the first
+    creation (to the minute: CloudWatch's resolution) to the next minute."""
+    if not endpoints:
+        return {}
+    end = at or datetime.now(UTC)
+    start = min(datetime.fromisoformat(e.created_at) for e in endpoints).replace(second=0, microsecond=0)
+    usage = meter.usage([e.sagemaker_endpoint for e in endpoints], start,
+                        end.replace(second=0, microsecond=0) + timedelta(minutes=1))
+    return {e.name: endpoint_cost_of(e, end, usage.get(e.sagemaker_endpoint)) for e in endpoints}
 
 
 def _summary(cost: dict[str, Any]) -> dict[str, Any]:

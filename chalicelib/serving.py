@@ -24,6 +24,7 @@ from typing import Any
 
 from chalicelib.adapters import (
     Executions,
+    EndpointMetrics,
     EndpointNotInService,
     Hosting,
     LogReader,
@@ -37,7 +38,7 @@ from chalicelib.adapters import (
 )
 from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
-from chalicelib.costs import endpoint_cost_of
+from chalicelib.costs import endpoint_cost_of, endpoint_costs
 from chalicelib.errors import Conflict, InputInvalid, ValidationFailed
 from chalicelib.provenance import Provenance
 from chalicelib.registry import ModelRef, Registry, check_name, fingerprint, hosted_name, version_node
@@ -127,7 +128,7 @@ class Endpoints:
     def __init__(self, *, settings: Settings, repository: EndpointRepository, registry: Registry,
                  workspaces: WorkspaceRepository, store: ObjectStore, snapshots: Snapshots, provenance: Provenance,
                  executions: Executions, hosting: Hosting, runtime: Runtime,
-                 logs: Callable[[str], LogReader]) -> None:
+                 logs: Callable[[str], LogReader], meter: EndpointMetrics) -> None:
         self._settings = settings
         self.repository = repository
         self._registry = registry
@@ -139,6 +140,7 @@ class Endpoints:
         self._hosting = hosting
         self._runtime = runtime
         self._logs = logs
+        self._meter = meter
 
     # --- the API ----------------------------------------------------------------------------------------------
     def deploy(self, workspace: Workspace, user: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -203,11 +205,13 @@ class Endpoints:
         self.repository.save(endpoint)
 
     def info(self, workspace: str, name: str) -> dict[str, Any]:
-        return self.describe(self._settle(workspace, name) or self.repository.get(workspace, name))
+        endpoint = self._settle(workspace, name) or self.repository.get(workspace, name)
+        return self.describe(endpoint, endpoint_costs([endpoint], self._meter)[endpoint.name])
 
     def page(self, workspace: str, limit: int, after: str | None) -> dict[str, Any]:
         endpoints, next_name = self.repository.page(workspace, limit, after)
-        return {"endpoints": [self.describe(e) for e in endpoints], "next": next_name}
+        costs = endpoint_costs(endpoints, self._meter)  # one CloudWatch request for the page
+        return {"endpoints": [self.describe(e, costs[e.name]) for e in endpoints], "next": next_name}
 
     def invoke(self, workspace: str, name: str, body: bytes, content_type: str | None,
                accept: str | None) -> tuple[bytes, str]:
@@ -315,7 +319,8 @@ class Endpoints:
         self.repository.save(endpoint)
 
     @staticmethod
-    def describe(endpoint: Endpoint) -> dict[str, Any]:
+    def describe(endpoint: Endpoint, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`cost`: metered (endpoint_costs); without it, instance-hours only (a deployment's own answer)."""
         public = ("deployment", "status", "started_at", "ended_at", "failure_reason")
         return {
             "name": endpoint.name, "workspace": endpoint.workspace, "status": endpoint.status,
@@ -327,7 +332,7 @@ class Endpoints:
                              "model": ModelRef.from_document(d["model"]).public()} for d in endpoint.deployments],
             "created_at": endpoint.created_at, "updated_at": endpoint.updated_at,
             "invocations_path": f"/workspaces/{endpoint.workspace}/endpoints/{endpoint.name}/invocations",
-            "cost": endpoint_cost_of(endpoint),
+            "cost": cost or endpoint_cost_of(endpoint),
         }
 
     # --- the deployment pipeline ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from chalicelib import config
 from chalicelib.adapters import (
     AwsClients,
     BatchJobs,
+    EndpointMetrics,
     Executions,
     Hosting,
     LogReader,
@@ -128,6 +129,10 @@ class Wiring:
     def runtime(self) -> Runtime:
         return Runtime(self.clients.sagemaker_runtime)
 
+    @functools.cached_property
+    def endpoint_metrics(self) -> EndpointMetrics:
+        return EndpointMetrics(self.clients.cloudwatch)
+
     def endpoint_logs(self, sagemaker_endpoint: str) -> LogReader:
         """SageMaker writes each endpoint's container log to a group of its own."""
         return LogReader(self.clients.logs, f"/aws/sagemaker/Endpoints/{sagemaker_endpoint}")
@@ -194,7 +199,8 @@ class Wiring:
 
     @functools.cached_property
     def costs(self) -> Costs:
-        return Costs(jobs=self.repositories.jobs, provenance=self.provenance, endpoints=self.repositories.endpoints)
+        return Costs(jobs=self.repositories.jobs, provenance=self.provenance, endpoints=self.repositories.endpoints,
+                     meter=self.endpoint_metrics)
 
     @functools.cached_property
     def downloads(self) -> Downloads:
@@ -210,7 +216,7 @@ class Wiring:
         return Endpoints(settings=self.settings, repository=self.repositories.endpoints, registry=self.registry,
                          workspaces=self.repositories.workspaces, store=self.store, snapshots=self.snapshots,
                          provenance=self.provenance, executions=self.executions, hosting=self.hosting,
-                         runtime=self.runtime, logs=self.endpoint_logs)
+                         runtime=self.runtime, logs=self.endpoint_logs, meter=self.endpoint_metrics)
 
     @functools.cached_property
     def triggers(self) -> Triggers:

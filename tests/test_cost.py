@@ -13,6 +13,7 @@ from botocore.stub import Stubber
 
 from cdk.constants import DEFAULT_TRAINING_INSTANCE_TYPE
 from chalicelib import cost, costs
+from chalicelib.adapters import EndpointMetrics, EndpointUsage
 from chalicelib.cost import Prices
 from chalicelib.costs import endpoint_cost_of
 from chalicelib.errors import ValidationFailed
@@ -255,6 +256,42 @@ def test_an_endpoint_costs_its_instance_hours_until_it_is_deleted() -> None:
     assert live["lines"][0]["quantity"] == pytest.approx(3)
     serverless = endpoint_cost_of(endpoint("serverless", "InService", {"memory_mb": 2048}))
     assert serverless["usd"] == 0 and serverless["unmetered"]
+
+
+def test_serverless_inference_is_billed_from_the_invocation_metrics() -> None:
+    # 3 requests, 250,000 us in the model: 250 ms, plus each request's rounding up to the ms counted whole (3 ms).
+    assert cost.serverless_seconds(3, 250_000) == pytest.approx(0.253)
+    assert cost.serverless_seconds(0, 0) == 0
+    endpoint = Endpoint("ws", "digits", "InService", "kaos-ws-digits-0123abcd", "serverless", {"memory_mb": 2048},
+                        {}, "2026-12-01T00:00:00+00:00", OWNER, "2026-12-01T00:00:00+00:00")
+    answer = endpoint_cost_of(endpoint, usage=EndpointUsage(invocations=3, model_latency_us=250_000))
+    # 2 GB x 0.253 s = 0.506 GB-s x $0.00002, plus 3 requests x ($0.0000035 API Gateway + $0.0000002 Lambda).
+    assert answer["usd"] == pytest.approx(0.506 * 0.00002 + 3 * 0.0000037, abs=1e-12)
+    assert answer["basis"] == "measured" and answer["unmetered"] == ["serverless data processed"]
+    assert _lines(answer)["SageMaker serverless inference"] == pytest.approx(0.506 * 0.00002)
+
+
+def test_endpoint_metrics_sum_each_endpoints_daily_points_across_pages() -> None:
+    client = botocore.session.get_session().create_client("cloudwatch", region_name="us-east-1")
+    start = datetime.fromisoformat("2026-11-30T10:00:00+00:00")
+    end = datetime.fromisoformat("2026-12-01T10:01:00+00:00")
+
+    def query(i: int, m: int, endpoint: str, metric: str) -> dict[str, Any]:
+        return {"Id": f"q{i}_{m}", "MetricStat": {"Metric": {"Namespace": "AWS/SageMaker", "MetricName": metric,
+                "Dimensions": [{"Name": "EndpointName", "Value": endpoint},
+                               {"Name": "VariantName", "Value": "AllTraffic"}]}, "Period": 86400, "Stat": "Sum"}}
+
+    queries = [query(0, 0, "a", "Invocations"), query(0, 1, "a", "ModelLatency"),
+               query(1, 0, "b", "Invocations"), query(1, 1, "b", "ModelLatency")]
+    request = {"MetricDataQueries": queries, "StartTime": start, "EndTime": end}
+    with Stubber(client) as stub:
+        stub.add_response("get_metric_data", {"MetricDataResults": [
+            {"Id": "q0_0", "Values": [2.0, 3.0]}, {"Id": "q0_1", "Values": [1000.0]}, {"Id": "q1_0", "Values": []}],
+            "NextToken": "more"}, request)
+        stub.add_response("get_metric_data", {"MetricDataResults": [{"Id": "q0_1", "Values": [500.0]}]},
+                          {**request, "NextToken": "more"})
+        usage = EndpointMetrics(client).usage(["b", "a", "a"], start, end)
+    assert usage == {"a": EndpointUsage(5, 1500.0), "b": EndpointUsage(0, 0.0)}
 
 
 def test_kaos_cost_prints_jobs_models_and_endpoints_with_the_offline_label(monkeypatch: pytest.MonkeyPatch) -> None:

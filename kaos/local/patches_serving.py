@@ -24,7 +24,11 @@ once and answers InvokeEndpoint with canned data; here, as on SageMaker:
   ``ModelError`` (424, ``OriginalStatusCode``, ``OriginalMessage``, ``LogStreamArn``), no answer within the
   invocation timeout is ``ModelError`` with SageMaker's timeout message, a body over the limit (4 MB serverless,
   6 MB real-time) is HTTP 413 "HTTP content length exceeded <n> bytes.", an unknown or not yet serving endpoint is
-  ``ValidationError``.
+  ``ValidationError``. Each invocation that reaches a server publishes SageMaker's invocation metrics into moto's
+  CloudWatch (namespace ``AWS/SageMaker``, dimensions ``EndpointName`` and ``VariantName``): ``Invocations``,
+  ``Invocation4XXErrors``, ``Invocation5XXErrors`` (a timeout counts as 5XX), ``ModelLatency`` and
+  ``OverheadLatency`` (microseconds); a serverless fleet brought up by an invocation (a cold start) publishes
+  ``ModelSetupTime``.
 
 Endpoints outlive a stack restart as SageMaker's outlive anything on the caller's side: every change of an
 InService endpoint writes ``<work dir>/serving-endpoints.json`` (the endpoint, its config and models, as created);
@@ -66,6 +70,7 @@ TIMED_OUT: Final = ("Your invocation timed out while waiting for a response from
 ALARM_POLL_SECONDS: Final = 0.2
 
 STATE_FILE: Final = "serving-endpoints.json"
+METRICS_NAMESPACE: Final = "AWS/SageMaker"
 
 PATCHES = Patches()
 _LOCK = threading.Lock()
@@ -414,11 +419,37 @@ def _model_error(region: str, account: str, fleet: Fleet, status: int | None, me
     return _error(424, "ModelError", fields)
 
 
+def _publish(backend: Any, fleet: Fleet, metrics: dict[str, tuple[float, str]]) -> None:
+    """Metrics of one variant as SageMaker publishes them, put into moto's CloudWatch backend of the endpoint's
+    account and region (name -> (value, unit))."""
+    from moto.cloudwatch.models import cloudwatch_backends
+
+    dimensions = [{"Name": "EndpointName", "Value": fleet.endpoint}, {"Name": "VariantName", "Value": fleet.variant}]
+    at = _now().replace(tzinfo=None)  # moto compares a query's StartTime with naive UTC timestamps
+    cloudwatch_backends[backend.account_id][backend.region_name].put_metric_data(METRICS_NAMESPACE, [
+        {"MetricName": name, "Value": value, "Unit": unit, "Dimensions": dimensions, "Timestamp": at}
+        for name, (value, unit) in metrics.items()])
+
+
+def _invoked(backend: Any, fleet: Fleet, received: float, sent: float, status: int | None) -> None:
+    """The invocation metrics of one request: ModelLatency from sending it to the server until its answer was
+    read, OverheadLatency the rest of its time here; `status` None: no answer in time (a 5XX)."""
+    answered = time.perf_counter()
+    client_error, server_error = status is not None and 400 <= status < 500, status is None or status >= 500
+    _publish(backend, fleet, {
+        "Invocations": (1.0, "None"),
+        "Invocation4XXErrors": (float(client_error), "None"),
+        "Invocation5XXErrors": (float(server_error), "None"),
+        "ModelLatency": ((answered - sent) * 1e6, "Microseconds"),
+        "OverheadLatency": ((sent - received) * 1e6, "Microseconds")})
+
+
 def _revive(backend: Any, endpoint: Any, live: _Live) -> None:
     """A restored InService endpoint's fleet, brought up by its first invocation (Failed if it cannot come up)."""
     with live.revive:
         if live.fleets() or endpoint.endpoint_status != "InService":
             return
+        started = time.perf_counter()
         try:
             routes = _launch(backend, endpoint.endpoint_name, endpoint.endpoint_config_name)
         except ServingFailure as exc:
@@ -426,11 +457,16 @@ def _revive(backend: Any, endpoint: Any, live: _Live) -> None:
             return
         with live.lock:
             live.routes = routes
+        setup = (time.perf_counter() - started) * 1e6
+        for fleet, _ in routes:
+            if fleet.serverless:
+                _publish(backend, fleet, {"ModelSetupTime": (setup, "Microseconds")})
 
 
 def _invoke_endpoint(self: Any) -> Any:
     from moto.sagemaker.models import sagemaker_backends
 
+    received = time.perf_counter()
     name = unquote(self.path.split("?")[0].split("/")[2])
     backend = sagemaker_backends[self.current_account][self.region]
     live = _ENDPOINTS.get(_key(backend, name))
@@ -444,10 +480,13 @@ def _invoke_endpoint(self: Any) -> Any:
     body = self.raw_body if isinstance(self.raw_body, bytes) else (self.raw_body or "").encode()
     if len(body) > fleet.max_payload:
         return _error(413, None, {"message": f"HTTP content length exceeded {fleet.max_payload} bytes."})
+    sent = time.perf_counter()
     try:
         result = _runner().invoke(fleet, body, self.headers.get("Content-Type"), self.headers.get("Accept"))
     except InvocationTimeout:
+        _invoked(backend, fleet, received, sent, None)
         return _model_error(self.region, self.current_account, fleet, None, TIMED_OUT)
+    _invoked(backend, fleet, received, sent, result.status)
     if not 200 <= result.status < 300:
         return _model_error(self.region, self.current_account, fleet, result.status,
                             result.body.decode("utf-8", "replace"))
