@@ -11,7 +11,7 @@ each timed from its command's start to its end with the peak summed RSS of its w
   defaults; Metaflow and scikit-learn installed by this benchmark into a virtualenv of their own
   (.cache/bench-metaflow, reused by later runs; never a project dependency).
 
-Run: .venv/bin/python -m bench.grid_fit   (about 5 minutes on 2 cores)
+Run: .venv/bin/python -m bench.grid_fit [kaos] [loop] [metaflow]   (all three by default; minutes on 2 cores)
 """
 from __future__ import annotations
 
@@ -111,32 +111,40 @@ def code(template: str) -> str:
 
 
 def main() -> None:
+    chosen = sys.argv[1:] or ["kaos", "loop", "metaflow"]
     image = catalogue.lookup("sklearn").image_uri("us-east-1")  # the default image, as `kaos train` uses
     image_python = Environments(default_cache_dir()).ensure(image).python
     metaflow_python = venv_python(METAFLOW_VENV, ["metaflow", "scikit-learn"])
-    load = os.getloadavg()
+    print(f"{os.cpu_count()} cores; each row: wall s, peak summed RSS MB of the tree, most processes at once, "
+          "load average at its start")
+    results: dict[str, tuple[float, TreePeak]] = {}
     with tempfile.TemporaryDirectory(prefix="kaos-bench-grid-fit-") as tmp:
         scratch = Path(tmp)
         (scratch / "loop.py").write_text(code(LOOP))
         (scratch / "flow.py").write_text(code(FLOW))
-        plain_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(scratch), "LANG": "C.UTF-8"}
-        loop_wall, loop_peak = timed_tree([str(image_python), "loop.py"], scratch, plain_env)
+        plain_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(scratch), "TMPDIR": str(scratch),
+                     "LANG": "C.UTF-8"}
         flow_env = {**plain_env, "USERNAME": "bench", "METAFLOW_DEFAULT_DATASTORE": "local",
                     "METAFLOW_DEFAULT_METADATA": "local"}
-        flow_wall, flow_peak = timed_tree([str(metaflow_python), "flow.py", "--no-pylint", "run"], scratch, flow_env)
-        kaos_wall, kaos_peak, stack_rest = bench_kaos(scratch)
-    stack_pid = kaos_peak.roots[1]
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load average at start "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, now {os.getloadavg()[0]:.1f}")
-    print(f"{'10-point grid':<34}{'wall s':>8}{'peak RSS MB':>13}{'processes':>11}{'wall / loop':>13}"
-          f"{'RSS / Metaflow':>16}")
-    for label, wall, peak in (("plain loop, one process", loop_wall, loop_peak),
-                              ("Metaflow foreach", flow_wall, flow_peak),
-                              ("kaos train deploy --wait", kaos_wall, kaos_peak)):
-        print(f"{label:<34}{wall:>8.1f}{peak.peak / MB:>13.0f}{peak.processes:>11}{wall / loop_wall:>13.2f}"
-              f"{peak.peak / flow_peak.peak:>16.2f}")
-    print(f"stack process alone: {stack_rest / MB:.0f} MB at rest before the grid, "
-          f"{kaos_peak.peak_of[stack_pid] / MB:.0f} MB at its peak during it")
+        for name in chosen:
+            load = os.getloadavg()[0]
+            started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            if name == "kaos":
+                wall, peak, stack_rest = bench_kaos(scratch)
+                print(f"  stack process alone: {stack_rest / MB:.0f} MB at rest before the grid, "
+                      f"{peak.peak_of[peak.roots[1]] / MB:.0f} MB at its peak during it")
+            elif name == "loop":
+                wall, peak = timed_tree([str(image_python), "loop.py"], scratch, plain_env)
+            else:
+                wall, peak = timed_tree([str(metaflow_python), "flow.py", "--no-pylint", "run"], scratch, flow_env)
+            results[name] = wall, peak
+            print(f"{name:<10}{wall:>8.1f} s{peak.peak / MB:>8.0f} MB{peak.processes:>5} processes   "
+                  f"(started {started}, load {load:.1f})", flush=True)
+    if {"kaos", "loop", "metaflow"} <= results.keys():
+        (kaos_wall, kaos_peak), (loop_wall, _), (flow_wall, flow_peak) = (
+            results[k] for k in ("kaos", "loop", "metaflow"))
+        print(f"kaos / plain loop wall {kaos_wall / loop_wall:.2f} (goal <= 2); kaos / Metaflow peak RSS "
+              f"{kaos_peak.peak / flow_peak.peak:.2f} (goal <= 0.5); Metaflow / loop wall {flow_wall / loop_wall:.2f}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from typing import Any, Final
 from urllib.parse import urlparse
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from chalicelib.environments import entry_for_image
@@ -76,6 +77,10 @@ THREAD_VARIABLES: Final[tuple[str, ...]] = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THR
 # SageMaker's StatusMessages of the Starting transition (SecondaryStatusTransition.StatusMessage).
 WAITING_MESSAGE: Final[str] = "Insufficient capacity error from EC2 while launching instances, retrying!"
 PREPARING_MESSAGE: Final[str] = "Preparing the instances for training"
+# Channel files, code and model archives move in the job's own thread: s3transfer's default starts a pool of 10
+# threads per file, which for a grid of points (and a channel of many small files) is threads made and dropped per
+# file, for no speed against an emulator on this machine.
+_TRANSFER: Final = TransferConfig(use_threads=False)
 
 Updater = Callable[[dict[str, Any]], None]
 
@@ -165,6 +170,10 @@ def _tar_dir(source: Path, target: Path) -> None:
                 tar.addfile(info)
 
 
+def _silent(line: str) -> None:
+    pass
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     return parsed.netloc, parsed.path.lstrip("/")
@@ -181,7 +190,7 @@ class _Job:
     environment: BuiltEnvironment | None = None
     python: Path | None = None  # the interpreter the job runs with: the environment's, or a package layer over it
     framework_module: str | None = None  # the image's SAGEMAKER_TRAINING_MODULE
-    say: Callable[[str], None] = lambda line: None  # the job's log, once it has one
+    say: Callable[[str], None] = _silent  # the job's log, once it has one
     thread: threading.Thread | None = None
     done: threading.Event = field(default_factory=threading.Event)  # set once the job ended, run or not
     clients: dict[str, Any] = field(default_factory=dict)  # by service, with the job's keys; dropped at its end
@@ -217,7 +226,6 @@ class LocalTrainingRunner:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # notified by the update callbacks (kaos.local.patches)
         self._jobs: dict[str, _Job] = {}
-        self._env_locks: dict[str, threading.Lock] = {}
         self._running = 0
         self._waiting: deque[_Job] = deque()  # in submit order, as they get a slot
 
@@ -296,7 +304,10 @@ class LocalTrainingRunner:
         try:
             self._run(job)
         finally:
-            job.clients.clear()  # their connection pools go with the job, not with the runner's lifetime
+            # What the runner keeps of an ended job is its record (environment_id, job_dir): its clients (with their
+            # connection pools), its log shipper and its session keys go with it.
+            job.clients.clear()
+            job.say, job.keys, job.process = _silent, {}, None
             with self.lock:
                 self._running -= 1
                 while self._waiting and self._running < self.slots:
@@ -498,7 +509,7 @@ class LocalTrainingRunner:
                 if not destination.resolve().is_relative_to(target.resolve()):
                     raise _ClientError(f"S3 key {key} escapes the channel directory")
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, key, str(destination))
+                s3.download_file(bucket, key, str(destination), Config=_TRANSFER)
         if not found:
             raise _ClientError(f"No S3 objects found under S3 URL \"{uri}\" given in input data source. "
                                "Please ensure that the bucket exists in the selected region, that "
@@ -518,7 +529,7 @@ class LocalTrainingRunner:
                 bucket, key = _split_s3(submit)
                 archive = job.root / "sourcedir.tar.gz"
                 try:
-                    self._client("s3", job).download_file(bucket, key, str(archive))
+                    self._client("s3", job).download_file(bucket, key, str(archive), Config=_TRANSFER)
                 except Exception as exc:
                     raise _ClientError(f"Could not download {submit}: {exc}") from exc
                 self._extract(archive, code_dir)
@@ -733,12 +744,12 @@ class LocalTrainingRunner:
         s3 = self._client("s3", job)
         model_tar = job.root / "model.tar.gz"
         _tar_dir(model_dir, model_tar)
-        s3.upload_file(str(model_tar), bucket, f"{base}/model.tar.gz")
+        s3.upload_file(str(model_tar), bucket, f"{base}/model.tar.gz", Config=_TRANSFER)
         data_dir = opt_ml / "output" / "data"
         if any(data_dir.iterdir()):
             output_tar = job.root / "output.tar.gz"
             _tar_dir(data_dir, output_tar)
-            s3.upload_file(str(output_tar), bucket, f"{base}/output.tar.gz")
+            s3.upload_file(str(output_tar), bucket, f"{base}/output.tar.gz", Config=_TRANSFER)
         return f"s3://{bucket}/{base}/model.tar.gz"
 
     @staticmethod
