@@ -19,6 +19,14 @@ MAX_FILES_PER_SNAPSHOT = 10_000
 MAX_PATH_CHARS = 900
 # Presigned URLs are handed out in pages so one response stays well under the 6 MB Lambda response limit.
 MAX_BLOBS_PER_REQUEST = 1_000
+# Small missing blobs travel as one pack (their bytes concatenated, one presigned PUT) once there are at least
+# PACK_MIN_BLOBS of them: each loose blob costs a PUT and two HEADs, a packed one a server-side PUT. A pack holds
+# blobs of at most PACK_BLOB_BYTES each, PACK_MAX_BYTES in all (it is verified in the API Lambda's memory before any
+# blob is written) and MAX_BLOBS_PER_REQUEST blobs (the Lambda writes them 16 at a time, far inside API Gateway's
+# 29 s).
+PACK_MIN_BLOBS = 8
+PACK_BLOB_BYTES = 256 * 1024
+PACK_MAX_BYTES = 32 * 1024 * 1024
 # SageMaker: at most 100 hyperparameters, keys <= 256 chars, values <= 2,500 chars once JSON-encoded.
 MAX_HYPERPARAMETERS = 100
 MAX_HYPERPARAMETER_KEY_CHARS = 256

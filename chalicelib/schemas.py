@@ -117,7 +117,11 @@ SNAPSHOT = _object({"id": SHA256, "kind": {"type": "string"}, "files": {"type": 
                     "bytes": {"type": "integer"}, "created_at": TIMESTAMP, "status": {"type": "string"}},
                    ["id", "kind", "files", "bytes"])
 PENDING = _object({"id": SHA256, "kind": {"type": "string"}, "status": {"type": "string", "enum": ["pending"]},
-                   "missing_count": {"type": "integer"}, "missing": MISSING["properties"]["missing"]},
+                   "missing_count": {"type": "integer"}, "missing": MISSING["properties"]["missing"],
+                   "pack": _object({"id": SHA256, "url": {"type": "string"},
+                                    "blobs": {"type": "array", "items": SHA256,
+                                              "description": "PUT these blobs' bytes concatenated in this order"}},
+                                   ["id", "url", "blobs"])},
                   ["id", "status", "missing", "missing_count"])
 JOB = _object({
     "id": {"type": "string"}, "workspace": {"type": "string"}, "kind": {"type": "string"},

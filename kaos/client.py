@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlencode
 
 import botocore.exceptions
@@ -173,8 +173,8 @@ class Client:
         self, workspace: str, kind: str, files: list[LocalFile], on_bytes: Callable[[int], None]
     ) -> dict[str, Any]:
         """Commits the files as a snapshot, uploading only the blobs the workspace lacks, straight to S3 by
-        presigned URL (UPLOAD_CONCURRENCY at a time). A snapshot this client committed before is named by its id
-        (one small GET), not resent as a manifest."""
+        presigned URL (UPLOAD_CONCURRENCY at a time; many small ones as one pack when the server asks for it). A
+        snapshot this client committed before is named by its id (one small GET), not resent as a manifest."""
         manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
         snapshot_id = parse_manifest(kind, manifest).snapshot_id  # the server's id of this manifest
         if self.committed.knows(self.base, workspace, snapshot_id):
@@ -190,14 +190,19 @@ class Client:
                                               {"kind": kind, "files": manifest})
         uploaded: set[str] = set()
         while result.get("status") == "pending":
-            digests = [blob["sha256"] for blob in result["missing"]]
+            pack = result.get("pack")
+            digests = [blob["sha256"] for blob in result["missing"]] + (pack["blobs"] if pack else [])
             if uploaded.intersection(digests):
                 raise ApiError(409, "UploadLost", "an uploaded blob is still reported missing; try again")
             uploaded.update(digests)
             with ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY) as pool:
-                for failure in pool.map(lambda blob: self._put_blob(by_digest[blob["sha256"]], blob["url"], on_bytes),
-                                        result["missing"]):
-                    if failure is not None:
+                puts = [pool.submit(self._put_blob, by_digest[blob["sha256"]], blob["url"], on_bytes)
+                        for blob in result["missing"]]
+                if pack:
+                    puts.append(pool.submit(self._put_pack, [by_digest[d] for d in pack["blobs"]], pack["url"],
+                                            on_bytes))
+                for put in puts:
+                    if (failure := put.result()) is not None:
                         raise failure
             result = self.request("POST", f"/workspaces/{workspace}/snapshots/{result['id']}/complete")
         self.committed.remember(self.base, workspace, snapshot_id)
@@ -205,9 +210,7 @@ class Client:
 
     def _put_blob(self, local: LocalFile, url: str, on_bytes: Callable[[int], None]) -> ApiError | None:
         """One blob by its presigned URL, on this thread's connection; the refusal, if S3 refused it."""
-        session = getattr(self._uploads, "session", None)
-        if session is None:
-            session = self._uploads.session = requests.Session()
+        session = self._upload_session()
         # The URL is signed with these headers: S3 stores the bytes only if they hash to the blob's name, and
         # only if the blob is not stored yet.
         with local.source.open("rb") as handle:
@@ -220,6 +223,22 @@ class Client:
                             f"{local.path}: S3 refused the bytes: they no longer hash to the sha256 computed before "
                             "the upload (was the file changed meanwhile?)")
         return ApiError(put.status_code, "UploadFailed", f"{local.path}: {put.text[:300]}")
+
+    def _put_pack(self, blobs: list[LocalFile], url: str, on_bytes: Callable[[int], None]) -> ApiError | None:
+        """Many small blobs as one pack: their bytes concatenated in the server's order, by one presigned PUT; the
+        server checks every blob against its name when the snapshot is completed."""
+        put = self._upload_session().put(url, data=_Concatenated(blobs, on_bytes), timeout=None)
+        if put.status_code < 300:
+            return None
+        return ApiError(put.status_code, "UploadFailed", f"pack of {len(blobs)} files (first: {blobs[0].path}): "
+                                                         f"{put.text[:300]}")
+
+    def _upload_session(self) -> requests.Session:
+        """This thread's connection for uploads (a requests.Session is not thread-safe)."""
+        session = getattr(self._uploads, "session", None)
+        if session is None:
+            session = self._uploads.session = requests.Session()
+        return session
 
     # jobs
     def submit(self, workspace: str, code: str | None, data: dict[str, str] | None, params: dict[str, Any] | None,
@@ -398,6 +417,25 @@ class _Reading:
 
     def __iter__(self) -> Iterable[bytes]:
         return iter(lambda: self.read(1 << 16), b"")
+
+
+class _Concatenated:
+    """The files' bytes one after the other, read as requests streams a body (a pack), reporting bytes read."""
+
+    def __init__(self, files: list[LocalFile], on_bytes: Callable[[int], None]) -> None:
+        self._files = iter(files)
+        self._size = sum(f.size for f in files)
+        self._on_bytes = on_bytes
+
+    def __len__(self) -> int:
+        return self._size  # Content-Length: presigned PUTs do not accept chunked encoding
+
+    def __iter__(self) -> Iterator[bytes]:
+        for local in self._files:
+            with local.source.open("rb") as handle:
+                while chunk := handle.read(1 << 16):
+                    self._on_bytes(len(chunk))
+                    yield chunk
 
 
 def load_params(path: Path) -> dict[str, Any]:
