@@ -65,7 +65,7 @@ def test_serverless_invocations_show_up_as_metered_cost(stack: Stack, tmp_path: 
     assert before["cost"]["basis"] == "measured" and before["cost"]["usd"] == 0
 
     for _ in range(REQUESTS):
-        assert client.invoke(WS, "meter", b"0.9\n0.1", "text/csv", "text/csv")[0] == b"1\n0\n"
+        assert client.invoke(WS, "meter", b"0.9,0\n0.1,0", "text/csv", "text/csv")[0] == b"1\n0\n"
 
     cost = client.endpoint(WS, "meter")["cost"]
     lines = {line["item"]: line for line in cost["lines"]}
