@@ -10,7 +10,7 @@ Public surface::
     emulator.inject_fault(service: str, action: str, code: str, times: int = 1) -> None
     emulator.training_runner: LocalTrainingRunner   # after start()
     emulator.endpoint_url: str | None
-    emulator.client(service: str) -> botocore client for the emulator (dummy credentials)
+    emulator.client(service: str) -> botocore client for the emulator (dummy credentials), one per service
     emulator.stop() -> None                     # kills training subprocesses, stops the server
     with Emulator(work_dir) as emulator: ...    # start/stop
 
@@ -115,6 +115,7 @@ class Emulator:
         self._runner: LocalTrainingRunner | None = None
         self._batch_runner: LocalBatchRunner | None = None
         self._serving_runner: LocalServingRunner | None = None
+        self._clients: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -180,6 +181,8 @@ class Emulator:
         if self.enforce_iam:
             iam.disable()
         self.endpoint_url = None
+        with self._lock:
+            self._clients.clear()
 
     def __enter__(self) -> Emulator:
         self.start()
@@ -210,16 +213,21 @@ class Emulator:
         return self._serving_runner
 
     def client(self, service: str) -> Any:
-        """A boto3 client for the emulator: the admin user's when IAM is enforced, else dummy credentials."""
+        """A boto3 client for the emulator: the admin user's when IAM is enforced, else dummy credentials. One per
+        service, shared (botocore clients are thread-safe): the start alone asks for ~80, and each new one costs
+        tens of milliseconds and its own copy of the service's endpoint and hook tables."""
         if self.endpoint_url is None:
             raise RuntimeError("Emulator not started")
         keys = self.admin or iam.Keys("testing", "testing")
-        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-        return boto3.client(  # type: ignore[call-overload]
-            service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key,
-            config=Config(retries={"max_attempts": 1}),
-        )
+        with self._lock:  # boto3's default session is not thread-safe
+            if service not in self._clients:
+                # boto3-stubs types client() per literal service name; ours arrive as plain strings.
+                self._clients[service] = boto3.client(  # type: ignore[call-overload]
+                    service, endpoint_url=self.endpoint_url, region_name=self.region,
+                    aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key,
+                    config=Config(retries={"max_attempts": 1}),
+                )
+            return self._clients[service]
 
     @staticmethod
     def role_keys(role_arn: str, service: str) -> dict[str, str]:

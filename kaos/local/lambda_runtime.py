@@ -5,7 +5,8 @@ runtime's reserved variables, and its execution role's temporary credentials. Of
 runs in a worker process started with exactly that (:func:`function_environment`) — never in the stack's own
 process, whose environment and credentials are the emulator's. Like Lambda, one environment serves one
 invocation at a time; a pool per function grows on demand up to ``max_workers`` (further invocations wait, as
-throttled ones retry on AWS) and keeps idle environments warm.
+throttled ones retry on AWS) and keeps idle environments warm for ``idle_seconds``, then ends them, as Lambda
+reclaims an environment that served nothing for a while (so a burst's environments do not stay resident).
 
 Wire protocol (worker side is :func:`main`): the parent writes one JSON line per invocation to the worker's
 stdin; the worker answers with one JSON line on a private descriptor (its stdout is redirected to stderr, so a
@@ -34,6 +35,9 @@ RESERVED = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "AWS
 # The one variable the embedded stack adds: where AWS is. Trust-store variables pass through so https
 # remote data can be served by a local test CA (the Lambda image has its own trust store).
 OFFLINE_ONLY = ("AWS_ENDPOINT_URL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+# How long an idle environment stays warm. Lambda documents no figure (minutes, in practice); offline each one is
+# a ~50 MB process, so a burst's environments are given back once the burst is over.
+IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_IDLE_SECONDS", "180"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class _Worker:
         os.close(write_fd)
         self.answers: IO[bytes] = os.fdopen(read_fd, "rb")
         self.started = time.monotonic()
+        self.idle_since = self.started
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """The worker's answer, or None if it did not answer in time or died (the worker is then unusable)."""
@@ -102,13 +107,24 @@ class _Worker:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def stop(self) -> None:
+    def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
+
+    def stop(self) -> None:
+        self.kill()
         self.process.wait()
         self.answers.close()
         if self.process.stdin is not None:
             self.process.stdin.close()
+
+
+def stop_all(workers: list[_Worker]) -> None:
+    """Ends the workers at once: every one is killed before the first is waited for."""
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.stop()
 
 
 @dataclass
@@ -120,11 +136,14 @@ class FunctionPool:
     # Lambda scales out per concurrent invocation; offline the pool grows on demand up to this many processes
     # (~50 MB each), enough for the bursts the tests and the demo make on a laptop.
     max_workers: int = 8
+    idle_seconds: float = IDLE_SECONDS
     _idle: list[_Worker] = field(default_factory=list)
     _running: set[_Worker] = field(default_factory=set)  # busy ones: a stop ends them too
     _busy: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
+    _closing: threading.Event = field(default_factory=threading.Event)  # wakes the reaper
+    _reaper: threading.Thread | None = None
 
     def _acquire(self) -> _Worker:
         with self._cond:
@@ -155,11 +174,32 @@ class FunctionPool:
             if worker is not None:
                 self._running.discard(worker)
                 if reusable and not self._closed:
+                    worker.idle_since = time.monotonic()
                     self._idle.append(worker)
                     worker = None
+                    self._start_reaper()
             self._cond.notify()
         if worker is not None:
             worker.stop()
+
+    def _start_reaper(self) -> None:
+        """The pool's reaper thread, from its first idle environment on (the caller holds the condition)."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name=f"lambda-reaper-{self.spec.name}", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        """Ends the environments idle for ``idle_seconds`` (invocations take the most recently released one, so
+        after a burst the others go idle and end)."""
+        while not self._closing.is_set():
+            with self._cond:
+                now = time.monotonic()
+                expired = [w for w in self._idle if now - w.idle_since >= self.idle_seconds]
+                self._idle = [w for w in self._idle if w not in expired]
+                oldest = min((w.idle_since for w in self._idle), default=now)
+            stop_all(expired)
+            # Its own event, not the pool's condition: a release's notify must reach a waiting invocation.
+            self._closing.wait(max(0.05, oldest + self.idle_seconds - now))
 
     def invoke(self, event: Any, context: Any) -> Any:
         """Runs the handler on ``event``; raises :class:`FunctionError` as the runtime reports failures."""
@@ -184,8 +224,14 @@ class FunctionPool:
             self._closed = True
             workers, self._idle = [*self._idle, *self._running], []
             self._cond.notify_all()
-        for worker in workers:
-            worker.stop()
+        self._closing.set()
+        stop_all(workers)
+
+    @property
+    def warm(self) -> int:
+        """The idle environments kept warm now."""
+        with self._cond:
+            return len(self._idle)
 
 
 # -- worker side ----------------------------------------------------------------------------------------
