@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.peers import _descendants, rss_bytes
 from kaos.bundle import hash_files, scan
@@ -41,8 +40,11 @@ MB = 1 << 20
 
 def cli(env: dict[str, str], state: Path, *args: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "kaos.cli", "local", *args, "--state-dir", str(state)], env=env,
-                   check=True, capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "kaos.cli", "local", *args, "--state-dir", str(state)], env=env,
+                            capture_output=True, text=True)
+    log = state / "stack.log"
+    assert result.returncode == 0, f"kaos local {' '.join(args)}: {result.stdout}{result.stderr}" + (
+        "\n".join(log.read_text().splitlines()[-20:]) if log.exists() else "")
     return time.perf_counter() - started
 
 
@@ -98,9 +100,19 @@ def sigterm_to_exit(env: dict[str, str], state: Path) -> float:
     return time.perf_counter() - started
 
 
+class Rows(list[tuple[str, str, str]]):
+    """The table, each row printed as soon as it is measured (a later failure keeps the earlier ones)."""
+
+    def append(self, row: tuple[str, str, str]) -> None:
+        super().append(row)
+        print(f"{row[0]:<58}{row[1]:>16}{row[2]:>18}", flush=True)
+
+
 def main() -> None:
     base = baseline_rss()
-    rows: list[tuple[str, Any, str]] = []
+    print(f"baseline: `python -c 'import moto.server'` RSS {base / MB:.0f} MB; times against up on an empty state")
+    print(f"{'measure':<58}{'value':>16}{'ratio':>18}", flush=True)
+    rows = Rows()
     with tempfile.TemporaryDirectory(prefix="kaos-bench-footprint-") as tmp:
         home = Path(tmp)
         env = {**os.environ, "KAOS_HOME": str(home)}
@@ -138,10 +150,6 @@ def main() -> None:
         cli(env, state, "down")
         stop = sigterm_to_exit(env, state)
         rows.append((f"SIGTERM -> exit, state of {JOBS} jobs", f"{stop:.2f} s", f"{stop / up_empty:.2f}x"))
-    print(f"baseline: `python -c 'import moto.server'` RSS {base / MB:.0f} MB; times against up on an empty state")
-    print(f"{'measure':<58}{'value':>16}{'ratio':>18}")
-    for name, value, ratio in rows:
-        print(f"{name:<58}{value:>16}{ratio:>18}")
 
 
 if __name__ == "__main__":

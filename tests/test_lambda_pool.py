@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kaos.local.lambda_runtime import FunctionPool, FunctionSpec
@@ -18,15 +19,19 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
         first = pool.invoke({}, None)
         assert pool.invoke({}, None) == first  # warm: the same environment serves the next invocation
         assert pool.warm == 1
-        deadline = time.monotonic() + 20
-        while pool.warm or _alive(first):
-            assert time.monotonic() < deadline, "the idle environment was not ended"
-            time.sleep(0.05)
+        _wait_until(lambda: not pool.warm and not _alive(first), "the idle environment was not ended")
         second = pool.invoke({}, None)
         assert second != first and pool.warm == 1
     finally:
         pool.close()
-    assert pool.warm == 0 and not _alive(second)
+    assert not pool.warm and not _alive(second)
+
+
+def _wait_until(condition: Callable[[], bool], failure: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
