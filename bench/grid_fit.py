@@ -140,6 +140,8 @@ def main() -> None:
             results[name] = wall, peak
             print(f"{name:<10}{wall:>8.1f} s{peak.peak / MB:>8.0f} MB{peak.processes:>5} processes   "
                   f"(started {started}, load {load:.1f})", flush=True)
+            for label, sizes in sorted(peak.at_peak.items(), key=lambda item: -sum(item[1])):
+                print(f"    at the peak: {len(sizes):>3} x {label:<52}{sum(sizes) / MB:>8.0f} MB")
     if {"kaos", "loop", "metaflow"} <= results.keys():
         (kaos_wall, kaos_peak), (loop_wall, _), (flow_wall, flow_peak) = (
             results[k] for k in ("kaos", "loop", "metaflow"))

@@ -49,6 +49,17 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def _label(pid: int) -> str:
+    """What a process is, for the peak's breakdown: `python -m <module>`, else its program and first argument."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    if "-m" in argv[:-1]:
+        return f"-m {argv[argv.index('-m') + 1]}"
+    return " ".join(Path(arg).name for arg in argv[:2])
+
+
 class TreePeak:
     """Samples the summed RSS of the process trees below ``roots`` (plus any root added later) every ``interval``
     seconds until closed; ``peak`` is the largest sum seen, ``processes`` the most processes at once. Summed RSS
@@ -60,6 +71,7 @@ class TreePeak:
         self.peak = 0
         self.processes = 0
         self.peak_of: dict[int, int] = {}  # per root process alone
+        self.at_peak: dict[str, list[int]] = {}  # label -> RSS of each such process in the peak's sample
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -75,7 +87,12 @@ class TreePeak:
     def _sample(self) -> None:
         while True:
             pids = set().union(*(_descendants(root) for root in self.roots))
-            self.peak = max(self.peak, sum(rss_bytes(pid) for pid in pids))
+            sizes = {pid: rss_bytes(pid) for pid in pids}
+            if sum(sizes.values()) > self.peak:
+                self.peak = sum(sizes.values())
+                self.at_peak = {}
+                for pid, size in sizes.items():
+                    self.at_peak.setdefault(_label(pid), []).append(size)
             self.processes = max(self.processes, len(pids))
             for root in self.roots:
                 self.peak_of[root] = max(self.peak_of.get(root, 0), rss_bytes(root))
