@@ -11,6 +11,11 @@ each timed from its command's start to its end with the peak summed RSS of its w
   defaults; Metaflow and scikit-learn installed by this benchmark into a virtualenv of their own
   (.cache/bench-metaflow, reused by later runs; never a project dependency).
 
+The loop's and Metaflow's processes get the BLAS/OpenMP thread variables of one kaos point with the default slots
+(1 thread): with the libraries' default (a thread per core) a loaded 2-core machine spends most of its time in
+OpenBLAS's spinning threads (one fit: 317 s wall at 2 threads vs 40 s at 1, load 10), which measures the machine's
+load rather than the orchestration.
+
 Run: .venv/bin/python -m bench.grid_fit [kaos] [loop] [metaflow]   (all three by default; minutes on 2 cores)
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from bench.peers import TreePeak, rss_bytes, timed_tree, venv_python
 from chalicelib import environments as catalogue
 from kaos.local.environments import Environments, default_cache_dir
+from kaos.local.sagemaker_runner import THREAD_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "kaos" / "templates" / "sklearn-digits"
@@ -123,7 +129,7 @@ def main() -> None:
         (scratch / "loop.py").write_text(code(LOOP))
         (scratch / "flow.py").write_text(code(FLOW))
         plain_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(scratch), "TMPDIR": str(scratch),
-                     "LANG": "C.UTF-8"}
+                     "LANG": "C.UTF-8", **dict.fromkeys(THREAD_VARIABLES, "1")}
         flow_env = {**plain_env, "USERNAME": "bench", "METAFLOW_DEFAULT_DATASTORE": "local",
                     "METAFLOW_DEFAULT_METADATA": "local"}
         for name in chosen:
