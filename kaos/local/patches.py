@@ -23,6 +23,8 @@ each on stock moto to show it fails there):
 - Batch jobs (``batch_simple``, no Docker) run their command locally (:mod:`kaos.local.batch_runner`).
 - SageMaker hosting: endpoints served by local model servers, UpdateEndpoint, InvokeEndpoint
   (:mod:`kaos.local.patches_serving`, its own PATCH_POINTS).
+- DynamoDB reads (GetItem, BatchGetItem, Query, Scan) answered without moto's shape-walking serializer
+  (:mod:`kaos.local.patches_dynamodb`, its own PATCH_POINTS).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import botocore.session
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
-from kaos.local import patches_s3, patches_serving
+from kaos.local import patches_dynamodb, patches_s3, patches_serving
 from kaos.local.patching import Patches, check_moto
 from kaos.local.serving_runner import LocalServingRunner
 
@@ -901,6 +903,7 @@ def apply(hooks: Hooks) -> None:
 
         PATCHES.replace(backends, "list_of_moto_modules", _list_of_moto_modules)
         patches_s3.apply()  # S3 checksums verified and kept, conditional writes atomic (kaos/local/patches_s3.py)
+        patches_dynamodb.apply()  # DynamoDB reads answered as a JSON dump (kaos/local/patches_dynamodb.py)
     if hooks.serving_runner is not None:
         patches_serving.apply(hooks.serving_runner)  # endpoints that serve (kaos/local/patches_serving.py)
 
@@ -912,4 +915,5 @@ def remove() -> None:
         PATCHES.remove()
         _HOOKS = None
     patches_s3.remove()
+    patches_dynamodb.remove()
     patches_serving.remove()
