@@ -24,8 +24,8 @@ Cost of a commit of n files, k of whose blobs are not indexed yet (docs/architec
 an existing snapshot id answers from one GetItem; otherwise one PutObject (the manifest), the latest snapshot of
 the kind (GetItem + its manifest: its blobs are known), one BatchGetItem per 100 of the m other blobs, and ceil(k/25)
 BatchWriteItem. Packed blobs (k >= PACK_MIN_BLOBS small ones) cost no HEAD: one PutObject each, plus HeadObject,
-GetObject and DeleteObject per pack of up to 1,000; a loose blob costs a HeadObject twice (when its URL is handed out,
-and when the upload is verified).
+GetObject and DeleteObject per pack of up to PACK_MAX_BLOBS (one pack per request); a loose blob costs a HeadObject
+twice (when its URL is handed out, and when the upload is verified).
 * A manifest is read back only if it hashes to its snapshot id.
 * Derived objects are checked before a job uses them: a code snapshot's sourcedir.tar.gz against the SHA-256
   recorded in DynamoDB when it was built (`DerivedItem`; no job role may write the table), a materialized data
@@ -99,7 +99,7 @@ def pack_of(small: list[FileEntry]) -> Pack | None:
         return None
     chosen: list[FileEntry] = []
     total = 0
-    for entry in small[:limits.MAX_BLOBS_PER_REQUEST]:
+    for entry in small[:min(limits.PACK_MAX_BLOBS, limits.MAX_BLOBS_PER_REQUEST)]:
         if total + entry.size > limits.PACK_MAX_BYTES:
             break
         chosen.append(entry)
@@ -253,11 +253,13 @@ class Snapshots:
             return False
         refused = (f"the pack {pack.pack_id} was refused whole (every blob of a pack must hash to its name, and the "
                    "pack must hold exactly their bytes) and removed; nothing of it was committed. Upload it again.")
-        if fact.size != pack.size:
+        # The current version, read up to one byte past the pack's size (so a longer one shows, and memory stays
+        # bounded even if the HEAD was of an earlier upload); reading a version by id would need GetObjectVersion.
+        body = bytes(self.store.stream(key, end=pack.size).read()) if fact.size == pack.size else b""
+        if len(body) != pack.size:
             self.store.discard(key, [fact.version])
             raise ChecksumMismatch(f"pack: holds {fact.size} bytes, but its {len(pack.entries)} blobs (first: "
                                    f"{pack.entries[0].path!r}) declare {pack.size}; {refused}")
-        body = bytes(self.store.stream(key, version=fact.version).read())
         offsets: dict[str, int] = {}
         offset = 0
         for entry in pack.entries:
