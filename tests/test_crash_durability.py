@@ -20,7 +20,7 @@ import pytest
 from chalicelib.tenancy import POLICY_NAME, ROLE_PATH, job_definition_name, role_name
 from kaos.bundle import LocalFile
 from kaos.client import ApiError, Client
-from kaos.local.persistence import Journal, _from_json_safe, _json_safe, classify, load_stored
+from kaos.local.persistence import Journal, Report, Stored, _json_safe, classify, load_stored
 
 from .test_persistence import Restartable
 
@@ -158,9 +158,8 @@ def test_acknowledged_writes_survive_kill_9(local: Restartable, tmp_path: Path) 
     assert {f"after-{i}" for i in range(3)} | set(dev_names[:19]) <= _names(dev)
     assert _names(guest) == set(guest_names) | set(dev_names[6:10])
 
-    # A clean stop leaves snapshots only, and they hold the same.
+    # A clean stop (which writes no snapshot: the journal is as durable) leaves files that hold the same.
     local.down()
-    assert (local.state_dir / "data" / "journal.log").stat().st_size == 0
     stored = load_stored(local.state_dir / "data")
     members = {json.loads(key)["pk"]["S"] for items in stored.tables.values() for key, item in items.items()
                if "user/guest" in item.get("sk", {}).get("S", "")}
@@ -306,9 +305,31 @@ def test_in_process_reads_describe_what_the_api_describes(tmp_path: Path) -> Non
         assert in_process is not None and list(in_process) == ['{"pk":{"S":"a"},"sk":{"S":"b"}}']
         got = ddb.get_item(TableName="T", Key=keys['{"pk":{"S":"a"},"sk":{"S":"b"}}'])["Item"]
         assert in_process['{"pk":{"S":"a"},"sk":{"S":"b"}}'] == _json_safe(got)
-        assert _from_json_safe(_json_safe(got)) == got
+        # Restored from its stored (JSON) form straight into moto's table, it reads back as it was written.
+        ddb.delete_item(TableName="T", Key=keys['{"pk":{"S":"a"},"sk":{"S":"b"}}'])
+        store._import_dynamodb(Stored(tables={"T": {"k": _json_safe(got)}}), Report())
+        assert ddb.get_item(TableName="T", Key=keys['{"pk":{"S":"a"},"sk":{"S":"b"}}'])["Item"] == got
         assert store._scan("T") == [_json_safe(got)]
         assert len(emulator_table_partitions(store)) == 1  # looking up an absent key created no partition
+
+        # An object restored from its stored body file reads back whole, in ranges, with its headers.
+        s3 = emulator.client("s3")
+        s3.create_bucket(Bucket="restored")
+        body = bytes(range(256)) * 40
+        s3.put_object(Bucket="restored", Key="k/model.bin", Body=body, ContentType="application/x-test",
+                      Metadata={"m": "1"}, ChecksumAlgorithm="SHA256")
+        before = s3.head_object(Bucket="restored", Key="k/model.bin", ChecksumMode="ENABLED")
+        _, _, entry = store._object("restored", "k/model.bin")
+        assert isinstance(entry, dict)
+        s3.delete_object(Bucket="restored", Key="k/model.bin")
+        store._import_s3(Stored(buckets={"restored": {"k/model.bin": entry}}), Report())
+        after = s3.get_object(Bucket="restored", Key="k/model.bin", ChecksumMode="ENABLED")
+        assert after["Body"].read() == body
+        kept = ("ETag", "ContentType", "Metadata", "ContentLength", "ChecksumSHA256")
+        assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+        ranged = s3.get_object(Bucket="restored", Key="k/model.bin", Range="bytes=256-511")
+        assert ranged["Body"].read() == body[256:512]
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="restored")["Contents"]] == ["k/model.bin"]
 
         policy = iam.create_policy(PolicyName="boundary", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))

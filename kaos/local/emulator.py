@@ -168,12 +168,15 @@ class Emulator:
         return self.endpoint_url
 
     def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.stop_all(grace_seconds=0)
-        if self._batch_runner is not None:
-            self._batch_runner.stop_all()
-        if self._serving_runner is not None:
-            self._serving_runner.stop_all()
+        # The runners' processes end at once, all of them: each runner waits for its own after killing them.
+        stops = [threading.Thread(target=stop, name="stop-runner") for stop in (
+            self._runner and (lambda runner=self._runner: runner.stop_all(grace_seconds=0)),
+            self._batch_runner and self._batch_runner.stop_all,
+            self._serving_runner and self._serving_runner.stop_all) if stop]
+        for thread in stops:
+            thread.start()
+        for thread in stops:
+            thread.join()
         if self._server is not None:
             self._server.stop()
             self._server = None

@@ -341,7 +341,8 @@ class GatewayServer:
         self.server.socket.close()
         self.server.socket = listening
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="kaos-api", daemon=True)
+        # A stop waits for the serving loop's next poll: a tenth of a second, not serve_forever's default half.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="kaos-api", daemon=True)
 
     @property
     def url(self) -> str:

@@ -44,10 +44,15 @@ items, so an item never names an object that is older on disk than the item.
 
 Snapshots (compaction): every few seconds a thread flushes what internal writes (Lambdas, jobs) changed and
 exports new log events; when the journal passes ``KAOS_LOCAL_JOURNAL_BYTES`` (and on the first tick after a
-start, and on a clean stop) the whole state is written as snapshot files that carry the journal sequence
-number they cover, and the journal is emptied. Restoring reads each snapshot and replays the journal records
-newer than it (a record holds the state after the write, so replaying is idempotent); a torn or corrupt
-journal tail (a crash during an append that was therefore never acknowledged) ends the replay there.
+start that replayed journal records) the whole state is written as snapshot files that carry the journal
+sequence number they cover, and the journal is emptied. A clean stop flushes and exports the logs, no more.
+Restoring reads each snapshot and replays the journal records newer than it (a record holds the state after
+the write, so replaying is idempotent); a torn or corrupt journal tail (a crash during an append that was
+therefore never acknowledged) ends the replay there.
+
+Restoring is not a replay through the emulator's API: items, object records and log streams go straight
+into moto's backends in this process, and an object's body stays in its file under ``objects/`` until the
+object is read (:class:`StoredBody`), so the start and the stack's memory do not grow with the bytes stored.
 
 Every file is written to a temporary name, fsynced, renamed, and its directory fsynced, so a crash (or power
 loss) leaves each file as it was or complete. Only the latest version of each S3 key is kept (restored
@@ -222,11 +227,6 @@ def _map_binary(item: dict[str, Any], convert: Callable[[Any], Any]) -> dict[str
 def _json_safe(item: dict[str, Any]) -> dict[str, Any]:
     """A low-level item as boto returns it, with binary values base64-encoded as DynamoDB's JSON has them."""
     return _map_binary(item, lambda v: base64.b64encode(v).decode() if isinstance(v, bytes) else v)
-
-
-def _from_json_safe(item: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of :func:`_json_safe`, for boto (which base64-encodes bytes itself)."""
-    return _map_binary(item, lambda v: base64.b64decode(v) if isinstance(v, str) else v)
 
 
 def _snapshot_header(record: Any) -> dict[str, Any] | None:
@@ -777,6 +777,34 @@ class Report:
 
     def add(self, name: str, value: int) -> None:
         self.counts[name] = self.counts.get(name, 0) + value
+
+
+class StoredBody:
+    """A restored S3 object's body as moto reads it (seek, then read): the content-addressed file under data/s3,
+    opened for each read, so no descriptor stays open per object. The file outlives the object's record: bodies
+    are removed only when no stored entry names them (:meth:`StateStore.collect_garbage`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._position = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self.path.stat().st_size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        with self.path.open("rb") as handle:
+            handle.seek(self._position)
+            data = handle.read(size)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        """Nothing is open between reads."""
 
 
 class StateStore:
@@ -1333,68 +1361,68 @@ class StateStore:
             report.add("executions", 1)
 
     def _import_dynamodb(self, stored: Stored, report: Report) -> None:
+        """Items straight into moto's tables in this process, as its DynamoDB API would store them (the stored
+        items are the wire's JSON, binary values base64): over HTTP each batch of 25 cost tens of milliseconds."""
+        from moto.dynamodb.models import dynamodb_backends
+
+        backend = dynamodb_backends[self.account][self.region]
         existing = set(self._tables())
         for table, items in sorted(stored.tables.items()):
             if table not in existing:
                 LOG.warning("not restoring %d items: the template no longer has table %s", len(items), table)
                 continue
-            values = [_from_json_safe(item) for item in items.values()]
-            for start in range(0, len(values), 25):
-                self._write_batch(table, [{"PutRequest": {"Item": item}} for item in values[start:start + 25]])
-            report.add("dynamodb_items", len(values))
-
-    def _write_batch(self, table: str, requests: list[dict[str, Any]]) -> None:
-        pending: dict[str, Any] = {table: requests}
-        while pending:
-            pending = self.client("dynamodb").batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+            for item in items.values():
+                backend.put_item(table, item)
+            report.add("dynamodb_items", len(items))
 
     def _import_s3(self, stored: Stored, report: Report) -> None:
-        s3 = self.client("s3")
-        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        """Every object's record into moto's buckets in this process; its body stays in the content-addressed file
+        under data/s3 and is read from there when the object is read (:class:`StoredBody`), so neither the start
+        nor the memory of the stack grows with the bytes stored."""
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[self.account]["aws"]
+        existing = {b["Name"] for b in self.client("s3").list_buckets().get("Buckets", [])}
         for bucket, index in sorted(stored.buckets.items()):
             root = self.data_dir / "s3" / bucket
             if bucket not in existing:
                 LOG.warning("not restoring %s: the template no longer has bucket %s", root, bucket)
                 continue
-
-            def upload(item: tuple[str, dict[str, Any]], bucket: str = bucket, root: Path = root) -> int:
-                key, entry = item
-                kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Metadata": entry.get("metadata") or {}}
-                for name, header in (("content_type", "ContentType"), ("content_encoding", "ContentEncoding"),
-                                     ("cache_control", "CacheControl"),
-                                     ("content_disposition", "ContentDisposition")):
+            for key, entry in index.items():
+                checksums = entry.get("checksums") or {}
+                algorithm, checksum = next(iter(checksums.items()), (None, None))
+                fake = backend.put_object(bucket, key, b"", etag=str(entry["etag"]).strip('"'),
+                                          checksum_value=checksum, disable_notification=True)
+                fake.dispose()  # its empty in-memory buffer
+                fake._value_buffer = StoredBody(self._blob(root, entry["sha256"]))  # type: ignore[assignment]
+                fake.disposed = False
+                fake.contentsize = int(entry["size"])
+                if algorithm:
+                    fake.checksum_algorithm = algorithm.removeprefix("Checksum")
+                metadata = {f"x-amz-meta-{name}": value for name, value in (entry.get("metadata") or {}).items()}
+                for name, header in (("content_type", "Content-Type"), ("content_encoding", "Content-Encoding"),
+                                     ("cache_control", "Cache-Control"),
+                                     ("content_disposition", "Content-Disposition")):
                     if entry.get(name):
-                        kwargs[header] = entry[name]
-                kwargs.update(entry.get("checksums") or {})
-                with self._blob(root, entry["sha256"]).open("rb") as body:
-                    s3.put_object(Body=body, **kwargs)
-                return int(entry["size"])
-
-            for size in self._map(upload, list(index.items())):
+                        metadata[header] = entry[name]
+                fake.set_metadata(metadata)
                 report.add("s3_objects", 1)
-                report.add("s3_bytes", size)
+                report.add("s3_bytes", int(entry["size"]))
 
     def _import_logs(self, report: Report) -> None:
-        # CloudWatch's PutLogEvents (and moto's) rejects events older than 14 days, so restored events go
-        # into moto's log streams directly; groups and streams are created through the API.
+        # Into moto's log groups in this process: CloudWatch's PutLogEvents (and moto's) rejects events older than
+        # 14 days, and a CreateLogStream over HTTP per stream cost more than its events.
         from moto.logs.models import logs_backends
 
-        logs = self.client("logs")
         backend = logs_backends[self.account][self.region]
         for index_path in sorted((self.data_dir / "logs").glob("*/index.json")):
             index = read_json(index_path, {})
             group = index["group"]
-            try:
-                logs.create_log_group(logGroupName=group)
-            except Exception as exc:
-                if _code(exc) != "ResourceAlreadyExistsException":
-                    raise
+            if group not in backend.groups:
+                backend.create_log_group(group, {})
             for stream, entry in index["streams"].items():
-                try:
-                    logs.create_log_stream(logGroupName=group, logStreamName=stream)
-                except Exception as exc:
-                    if _code(exc) != "ResourceAlreadyExistsException":
-                        raise
+                if stream not in backend.groups[group].streams:
+                    backend.create_log_stream(group, stream)
                 events = list(read_lines(index_path.parent / entry["file"]))
                 if events:
                     backend.groups[group].put_log_events(stream, events)
@@ -1640,7 +1668,9 @@ class Persistence:
                 LOG.exception("storing the embedded stack's state failed; retrying in %s s", self.interval)
 
     def stop(self) -> Report | None:
-        """Stops the periodic thread and writes a final snapshot (so the journal is empty after a clean stop)."""
+        """Stops the periodic thread and makes the last changes durable: the journal's flush and the log export.
+        No snapshot: the journal is as durable, and the next start, which replays it, writes one in the
+        background (its first tick), so neither the stop nor the start waits for one."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -1649,7 +1679,10 @@ class Persistence:
         if not self.store.journal.is_open:
             return None
         try:
-            report = self.snapshot()
+            started = time.monotonic()
+            report = self.flush() or Report()
+            self.export_logs(report)
+            report.seconds = time.monotonic() - started
             if self.waits:  # what durability cost the writes of this run, for `kaos local down`'s last line
                 waits = sorted(self.waits)
                 report.counts.update(flush_calls=len(waits), flushes=self.flushes,

@@ -7,6 +7,7 @@ gives its functions; there is no emulator branch anywhere in chalicelib/, functi
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import logging
@@ -47,6 +48,9 @@ RUNTIME_CONTEXT = {"KAOS_OPENLINEAGE_URL": "openLineageUrl", "KAOS_OPENLINEAGE_F
 PARENT_PID_ENV = "KAOS_LOCAL_PARENT_PID"
 # A stop (SIGTERM, SIGINT, the parent gone) ends the process within this many seconds.
 STOP_SECONDS = 10.0
+# While serving, freed heap pages go back to the system this often (see _trim_heap).
+TRIM_SECONDS = 30.0
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
 # What a kaos user's IAM identity needs on AWS: calling the API (execute-api:Invoke); nothing else.
 API_USER_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": f"arn:aws:execute-api:{REGION}:*:*"}]}
@@ -310,12 +314,16 @@ class LocalStack:
         config.save()
 
     def stop(self) -> None:
-        """Stops serving, then the functions, stores the state and stops the emulator (and the jobs)."""
+        """Stops serving, then the functions (all at once), stores the state and stops the emulator (and the
+        jobs)."""
         (self.state_dir / "runtime.json").unlink(missing_ok=True)
         if self.gateway is not None:
             self.gateway.stop()
-        for pool in self.pools:
-            pool.close()
+        closing = [threading.Thread(target=pool.close, name="close-pool") for pool in self.pools]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
         try:
             if self.persistence is not None:
                 # Before the emulator stops: the last writes (and the in-flight jobs, failed on the next start).
@@ -348,13 +356,19 @@ class LocalStack:
             runtime = self.start()
             starting = False
             _print(f"kaos local stack ready: API {runtime.api_url} (AWS emulator {runtime.endpoint_url})")
-            done.wait()
+            while not done.wait(TRIM_SECONDS):
+                _trim_heap()
         except _StopRequested:
             pass
         finally:
             starting = False
             _exit_after(STOP_SECONDS)
             self.stop()
+        # Everything is stored: the interpreter's own teardown (every module, every thread's objects, atexit
+        # joins) would only delay the exit by seconds.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -374,6 +388,25 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
     """A Python warning (a library's, e.g. moto's on a template it half supports) as one log line, without the
     source line `warnings` prints under it."""
     logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
+def _limit_malloc_arenas() -> None:
+    """glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core) and rarely
+    returns their freed memory: the stack's many short-lived request threads left RSS growing with use. Two
+    arenas serve it (the GIL serializes most allocation anyway); called before the first thread starts."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc: nothing to limit
+        pass
+
+
+def _trim_heap() -> None:
+    """Returns the heap's free pages to the system (glibc keeps them otherwise), so RSS at rest is what is
+    in use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _print(line: str) -> None:
@@ -399,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("port", nargs="?", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="print nothing per request")
     args = parser.parse_args(argv)
+    _limit_malloc_arenas()
     try:
         LocalStack(args.state_dir or default_state_dir(), args.port, quiet=args.quiet).run()
     except PortInUse as exc:
