@@ -4,7 +4,7 @@
   process), driven as the client drives it (commit, upload what is missing, complete, ...), for n = 1,001 and
   10,000 files: a new bundle, the same bundle with one file changed, and the unchanged bundle. Every AWS request is
   counted where botocore sends it; API requests are the service calls (one per HTTP request). The client's
-  presigned PUTs are counted apart (one per missing blob).
+  presigned PUTs are counted apart (one per loose missing blob, one per pack of many small ones).
 * wall: `kaos train deploy -s <1,001 files of 2 KB> -d <digits> -h params --json` as a subprocess on the embedded
   stack (no --wait: up to the job's acceptance), new bundle, one file changed, unchanged (a cache hit: the same
   job); wall time, CPU seconds and peak RSS of the process. The peer, interleaved: the SageMaker SDK's
@@ -52,7 +52,7 @@ def count_requests() -> None:
     from chalicelib.blobs import blob_key
     from chalicelib.domain import sha256_hex
     from chalicelib.repositories.snapshots import DynamoSnapshots
-    from chalicelib.snapshots import Snapshots
+    from chalicelib.snapshots import Snapshots, pack_key
     from kaos.local import patches_s3
 
     seen: Counter[str] = Counter()
@@ -66,7 +66,8 @@ def count_requests() -> None:
                        "AWS_DEFAULT_REGION": "us-east-1"})
     os.environ.pop("AWS_ENDPOINT_URL", None)
     botocore.client.BaseClient._make_api_call = counted  # type: ignore[attr-defined]
-    print(f"{'n files':>8} {'case':14} {'API':>4} {'PUT':>6} {'S3 HEAD':>8} {'S3 other':>8} {'DDB':>5} {'s':>6}")
+    print(f"{'n files':>8} {'case':14} {'API':>4} {'PUT':>6} {'S3 HEAD':>8} {'S3 PUT':>8} {'S3 other':>8} {'DDB':>5} "
+          f"{'s':>6}")
     with mock_aws():
         patches_s3.apply()  # S3 keeps the SHA-256 a presigned PUT sends, as the embedded stack's S3 does
         s3 = boto3.client("s3")
@@ -90,15 +91,18 @@ def count_requests() -> None:
                     for blob in answer["missing"]:  # the client's PUTs, not the server's requests
                         snapshots.store.put_bytes(blob_key(ws, blob["sha256"]), bodies[blob["sha256"]],
                                                   sha256_hex=blob["sha256"], if_absent=True)
-                    puts += len(answer["missing"])
+                    if "pack" in answer:  # many small blobs: their bytes concatenated, one PUT
+                        snapshots.store.put_bytes(pack_key(ws, answer["pack"]["id"]),
+                                                  b"".join(bodies[d] for d in answer["pack"]["blobs"]))
+                    puts += len(answer["missing"]) + ("pack" in answer)
                     seen.clear()
                     seen.update(server)
                     answer, _ = snapshots.complete(ws, answer["id"], USER)
                     api += 1
-                heads = seen.pop("s3:HeadObject", 0)
+                heads, writes = seen.pop("s3:HeadObject", 0), seen.pop("s3:PutObject", 0)
                 s3_other = sum(v for k, v in seen.items() if k.startswith("s3:"))
                 ddb = sum(v for k, v in seen.items() if k.startswith("dynamodb:"))
-                print(f"{n:>8} {case:14} {api:>4} {puts:>6} {heads:>8} {s3_other:>8} {ddb:>5} "
+                print(f"{n:>8} {case:14} {api:>4} {puts:>6} {heads:>8} {writes:>8} {s3_other:>8} {ddb:>5} "
                       f"{time.perf_counter() - started:6.1f}")
         patches_s3.remove()
 
