@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m bench.environments
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.grid_fit
+	$(BIN)/python -m bench.stack_footprint
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache
