@@ -9,7 +9,8 @@ Starts the stack with the real CLI (`kaos local up --detach`) in a temporary KAO
   SIGTERM -> exit a stack started in the foreground, from SIGTERM until its process is gone
 Memory is compared with a bare `python -c "import moto.server"` process measured in the same run.
 FOOTPRINT_JOBS (default 80) sets the largest job count; FOOTPRINT_IDLE_SECONDS (default 20) how long the stack
-is left alone before a memory reading ("at rest").
+is left alone before a memory reading ("at rest"). The stack's warm Lambda environments end after 10 s idle here
+(KAOS_LOCAL_LAMBDA_IDLE_SECONDS; 180 s by default), so "at rest" is reached within the run.
 
 Run: .venv/bin/python -m bench.stack_footprint
 """
@@ -115,7 +116,7 @@ def main() -> None:
     rows = Rows()
     with tempfile.TemporaryDirectory(prefix="kaos-bench-footprint-") as tmp:
         home = Path(tmp)
-        env = {**os.environ, "KAOS_HOME": str(home)}
+        env = {**os.environ, "KAOS_HOME": str(home), "KAOS_LOCAL_LAMBDA_IDLE_SECONDS": "10"}
         state = home / "local"
         cli(env, state, "up", "--detach")  # a first start may synthesize the CDK app: not what is measured
         cli(env, state, "down")
