@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kaos.client import Client
+
 from .conftest import Stack
 from .test_batch import upload, wait
 
@@ -20,17 +22,21 @@ model = pathlib.Path(os.environ["SM_MODEL_DIR"])
 """
 
 
+def snapshot_of(client: Client, workspace: str, root: Path, kind: str, files: dict[str, str]) -> str:
+    """A `kind` snapshot of `files` (name -> text), written under root/kind first."""
+    folder = root / kind
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return upload(client, workspace, kind, folder)
+
+
 def test_a_finished_job_shows_its_cost_and_a_model_rolls_up_its_lineage(stack: Stack, tmp_path: Path) -> None:
     client = stack.client()
     client.create_workspace(WS)
-    data, code = tmp_path / "data", tmp_path / "code"
-    data.mkdir()
-    code.mkdir()
-    (data / "rows.csv").write_text("a\n1\n2\n")
-    (code / "train.py").write_text(TRAIN)
-    code_id = upload(client, WS, "code", code)
-    submitted_batch = client.submit_batch(WS, code_id, upload(client, WS, "data", data),
-                                          "cp $KAOS_INPUT_DIR/rows.csv $KAOS_OUTPUT_DIR/")
+    code_id = snapshot_of(client, WS, tmp_path, "code", {"train.py": TRAIN})
+    data_id = snapshot_of(client, WS, tmp_path, "data", {"rows.csv": "a\n1\n2\n"})
+    submitted_batch = client.submit_batch(WS, code_id, data_id, "cp $KAOS_INPUT_DIR/rows.csv $KAOS_OUTPUT_DIR/")
     batch = wait(client, WS, submitted_batch["id"])
     assert batch["status"] == "COMPLETED", batch
     submitted = client.submit(WS, code_id, {"training": batch["model"].removeprefix("snapshot:")}, {})

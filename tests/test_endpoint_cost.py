@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from .conftest import Stack
-from .test_batch import upload, wait
+from .test_batch import wait
+from .test_cost_e2e import snapshot_of
 
 WS = "endpoint-cost"
 TRAIN = """\
@@ -50,14 +51,9 @@ def settled(client: Any, name: str, timeout: float = 120) -> dict[str, Any]:
 def test_serverless_invocations_show_up_as_metered_cost(stack: Stack, tmp_path: Path) -> None:
     client = stack.client()
     client.create_workspace(WS)
-    data, code = tmp_path / "data", tmp_path / "code"
-    data.mkdir()
-    code.mkdir()
-    (data / "rows.csv").write_text("x\n1\n")
-    (code / "train.py").write_text(TRAIN)
-    (code / "inference.py").write_text(INFERENCE)
-    code_id = upload(client, WS, "code", code)
-    job = wait(client, WS, client.submit(WS, code_id, {"training": upload(client, WS, "data", data)}, {})["id"])
+    code_id = snapshot_of(client, WS, tmp_path, "code", {"train.py": TRAIN, "inference.py": INFERENCE})
+    data_id = snapshot_of(client, WS, tmp_path, "data", {"rows.csv": "x\n1\n"})
+    job = wait(client, WS, client.submit(WS, code_id, {"training": data_id}, {})["id"])
     assert job["status"] == "COMPLETED", job
     client.deploy_endpoint(WS, {"model": job["id"], "name": "meter", "memory_mb": 2048})
     before = settled(client, "meter")

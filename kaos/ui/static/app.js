@@ -1,6 +1,5 @@
 // The kaos web view: a hash-routed single page over the kaos API (through `kaos ui`'s signing proxy, /api/...).
 import { fmt, lineChart, parallelChart, scatterChart } from "./charts.js";
-import { lineageGraph } from "./graph.js";
 
 const TOKEN = "kaos.token";
 const main = document.getElementById("main");
@@ -523,13 +522,15 @@ async function lineagePage(live, ws, node) {
   const side = main.querySelector("#side");
   const describe = (n) => {
     const job = n.type === "job" ? n.id.slice(4) : n.type === "model" ? n.id.slice(6) : null;
-    side.innerHTML = `<h2 class="mono">${esc(n.id)}</h2>${kv(Object.entries(n.attrs || {}).map(([k, v]) => [k, `<span class="mono">${esc(typeof v === "object" ? JSON.stringify(v) : v)}</span>`]))}
+    side.innerHTML = `<h2 class="mono">${esc(n.id)}</h2>${kv([...Object.entries(n.attrs || {}).map(([k, v]) => [k, `<span class="mono">${esc(typeof v === "object" ? JSON.stringify(v) : v)}</span>`]), ["cost", costHtml(n.cost)]])}
       ${job ? `<p><a id="open-job" href="#/ws/${enc(ws)}/job/${enc(job)}">open the job page</a></p>` : ""}
       ${n.type === "endpoint" ? `<p><a href="#/ws/${enc(ws)}/endpoints/${enc(n.id.slice(9))}">open the endpoint page</a></p>` : ""}
       ${n.type === "version" ? `<p><a href="#/ws/${enc(ws)}/models/${enc(n.id.slice(8).split(".")[0])}">open the model group</a></p>` : ""}
       <p class="muted">${answer.nodes.length} nodes, ${answer.edges.length} edges${answer.next ? " (more: raise the limit)" : ""}</p>`;
   };
   describe(answer.nodes.find((n) => n.id === node) || { id: node, attrs: {} });
+  const { lineageGraph } = await import("./graph.js"); // only this page draws graphs: the others load without it
+  if (!live()) return;
   lineageGraph(main.querySelector("#graph"), answer, known, (n) => {
     if (n.id === node) return;
     location.hash = `#/ws/${enc(ws)}/lineage/${enc(n.id)}`;
