@@ -23,9 +23,10 @@ from cdk.recording import mark_failed
 from cdk.constants import DEFAULT_TRAINING_MAX_RUNTIME_SECONDS
 from cdk.states import ERROR_PATH, Backoff, catch_all, failure_step, from_input, lambda_task, standard_state_machine
 
-# Every key under ws/ matches (S3 event patterns cannot anchor `incoming/` after a variable workspace name without
-# wildcard matching); OnUpload drops the rest after a string check, with no AWS call.
-KEY_PREFIX = "ws/"
+# Only keys under a workspace's incoming/ match (EventBridge wildcard matching): with a plain `ws/` prefix every blob,
+# pack, manifest and model kaos writes invoked OnUpload once, only to be dropped (a new 1,001-file bundle: 1,001
+# invocations, on AWS and on the embedded stack alike). OnUpload still checks the key (`*` also matches `/`).
+KEY_PATTERN = "ws/*/incoming/*"
 # How long a batch may wait for the one ahead of it (BatchNotReady): as long as that one may take: its own window,
 # the ProcessBatch timeout, and the training it waits for (up to the training max runtime). Polled every 2 minutes
 # at most, so a day of waiting is ~720 retries (~3,600 history events, far below a Standard execution's 25,000).
@@ -89,7 +90,8 @@ class Triggers(Construct):
             event_pattern=events.EventPattern(
                 source=["aws.s3"],
                 detail_type=["Object Created"],
-                detail={"bucket": {"name": [data.bucket.bucket_name]}, "object": {"key": [{"prefix": KEY_PREFIX}]}},
+                detail={"bucket": {"name": [data.bucket.bucket_name]},
+                        "object": {"key": events.Match.wildcard(KEY_PATTERN)}},
             ),
         )
         # EventBridge retries a failed asynchronous delivery; OnUpload raises only for AWS trouble (ignored events
