@@ -79,14 +79,26 @@ def local_template(environ: Mapping[str, str]) -> dict[str, Any]:
     """The template `kaos local up` runs with this environment: what `cdk synth -c ...` gives for the settings
     that are CDK context on AWS (LOCAL_CONTEXT, RUNTIME_CONTEXT), from one synth cache per checkout and
     LOCAL_CONTEXT value (the template depends only on the sources and the context)."""
-    from cdk.synth import synthesize
+    from cdk.synth import KEY_FILE, synthesize
 
     extra = {key: environ[name] for name, key in LOCAL_CONTEXT.items() if environ.get(name)}
     runtime = {key: _placeholder(name) for name, key in RUNTIME_CONTEXT.items()}
     digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
-    outdir = f"synth-{digest}" if extra else "synth"
-    path = synthesize(REPO_ROOT / ".cache" / outdir, {"trainingImage": local_environment_image(), **extra, **runtime})
-    template: dict[str, Any] = json.loads(path.read_text())
+    outdir = REPO_ROOT / ".cache" / (f"synth-{digest}" if extra else "synth")
+    context = {"trainingImage": local_environment_image(), **extra, **runtime}
+    key = outdir / KEY_FILE
+    for _ in range(3):
+        path = synthesize(outdir, context)
+        # Read after synthesize() released the cache's lock: a start of other sources (another checkout, an edit)
+        # synthesizing into the same directory meanwhile removes the key first, so an unchanged key around the read
+        # means the template read is the one synthesize() checked.
+        checked = key.read_text() if key.exists() else None
+        text = path.read_text()
+        if checked is not None and key.exists() and key.read_text() == checked:
+            break
+    else:
+        raise RuntimeError(f"{outdir} is being synthesized from other sources by another process; start again")
+    template: dict[str, Any] = json.loads(text)
     for resource in template["Resources"].values():
         variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
         if resource["Type"] not in FUNCTION_TYPES or not isinstance(variables, dict):
