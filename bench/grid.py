@@ -41,6 +41,19 @@ def timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def trivial_inputs(client: Client, workspace: str, home: Path) -> tuple[str, str]:
+    """A new workspace holding the trivial code and the digits data: their snapshot ids."""
+    client.create_workspace(workspace)
+    code_dir = home / "code"
+    code_dir.mkdir()
+    (code_dir / "train.py").write_text(TRAIN)
+    code = client.upload_snapshot(workspace, "code", hash_files(scan(code_dir, "-s"), lambda _: None),
+                                  lambda _: None)["id"]
+    data = client.upload_snapshot(workspace, "data", hash_files(scan(DATA, "-d"), lambda _: None),
+                                  lambda _: None)["id"]
+    return code, data
+
+
 @contextmanager
 def stack() -> Iterator[tuple[Client, str, str]]:
     """A fresh embedded stack with a workspace holding the trivial code and the digits data."""
@@ -54,14 +67,7 @@ def stack() -> Iterator[tuple[Client, str, str]]:
             runtime = json.loads((state / "runtime.json").read_text())
             client = Client(ClientConfig(api_url=runtime["api_url"], profile="kaos-local-dev",
                                          credentials_file=str(state / "credentials")))
-            client.create_workspace("grids")
-            code_dir = home / "code"
-            code_dir.mkdir()
-            (code_dir / "train.py").write_text(TRAIN)
-            code = client.upload_snapshot("grids", "code", hash_files(scan(code_dir, "-s"), lambda _: None),
-                                          lambda _: None)["id"]
-            data = client.upload_snapshot("grids", "data", hash_files(scan(DATA, "-d"), lambda _: None),
-                                          lambda _: None)["id"]
+            code, data = trivial_inputs(client, "grids", home)
             yield client, code, data
         finally:
             subprocess.run([sys.executable, "-m", "kaos.cli", "local", "down", "--state-dir", str(state)],

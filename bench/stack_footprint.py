@@ -25,16 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.grid import trivial_inputs
 from bench.peers import _descendants, rss_bytes
-from kaos.bundle import hash_files, scan
 from kaos.client import Client
 from kaos.settings import ClientConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "kaos" / "templates" / "sklearn-digits" / "data"
 JOBS = int(os.environ.get("FOOTPRINT_JOBS", "80"))
 IDLE_SECONDS = float(os.environ.get("FOOTPRINT_IDLE_SECONDS", "20"))
-TRAIN = "import json, os\njson.dump({'score': 1.0}, open(os.environ['SM_MODEL_DIR'] + '/metrics.json', 'w'))\n"
 ENDED = ("COMPLETED", "FAILED", "KILLED")
 MB = 1 << 20
 
@@ -126,14 +123,7 @@ def main() -> None:
         rows.append(("up --detach, empty state (baseline)", f"{up_empty:.2f} s", "1.00x"))
         try:
             client = client_for(state)
-            client.create_workspace("footprint")
-            code_dir = home / "code"
-            code_dir.mkdir()
-            (code_dir / "train.py").write_text(TRAIN)
-            code = client.upload_snapshot("footprint", "code", hash_files(scan(code_dir, "-s"), lambda _: None),
-                                          lambda _: None)["id"]
-            data = client.upload_snapshot("footprint", "data", hash_files(scan(DATA, "-d"), lambda _: None),
-                                          lambda _: None)["id"]
+            code, data = trivial_inputs(client, "footprint", home)
             pid = int(json.loads((state / "runtime.json").read_text())["pid"])
             done = 0
             for target in sorted({0, JOBS // 4, JOBS // 2, JOBS}):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kaos.local.lambda_runtime import FunctionPool, FunctionSpec
+from kaos.processes import alive
 
 
 def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_path: Path) -> None:
@@ -19,12 +20,12 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
         first = pool.invoke({}, None)
         assert pool.invoke({}, None) == first  # warm: the same environment serves the next invocation
         assert pool.warm == 1
-        _wait_until(lambda: not pool.warm and not _alive(first), "the idle environment was not ended")
+        _wait_until(lambda: not pool.warm and not alive(first), "the idle environment was not ended")
         second = pool.invoke({}, None)
         assert second != first and pool.warm == 1
     finally:
         pool.close()
-    assert not pool.warm and not _alive(second)
+    assert not pool.warm and not alive(second)
 
 
 def _wait_until(condition: Callable[[], bool], failure: str, timeout: float = 20) -> None:
@@ -32,11 +33,3 @@ def _wait_until(condition: Callable[[], bool], failure: str, timeout: float = 20
     while not condition():
         assert time.monotonic() < deadline, failure
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
