@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -36,8 +38,8 @@ def cache_key(context: dict[str, str], root: Path = REPO_ROOT) -> str:
 def synthesize(outdir: Path, context: dict[str, str]) -> Path:
     """Synthesize the app into `outdir` unless the cached template there matches; return the template path.
 
-    Raises whatever synthesis raises (cdk-nag findings fail it); the cache is only written after a success.
-    Concurrent callers (pytest-xdist, the emulator) serialise on `<outdir>.lock`.
+    Raises SynthFailed with the synth's own error (cdk-nag findings fail it); the cache is only written after a
+    success. Concurrent callers (pytest-xdist, the emulator) serialise on `<outdir>.lock`.
     """
     outdir = outdir.resolve()
     outdir.parent.mkdir(parents=True, exist_ok=True)
@@ -48,13 +50,20 @@ def synthesize(outdir: Path, context: dict[str, str]) -> Path:
         if template.exists() and key_file.exists() and key_file.read_text().strip() == key:
             return template
         key_file.unlink(missing_ok=True)
-        os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-        from cdk.app import build_app
-
-        build_app(outdir=str(outdir), context=context).synth()
+        # In a child process: jsii starts a node runtime (~600 MB RSS) that lives as long as the Python process
+        # that imported aws_cdk, and the embedded stack, which synthesizes on a cache miss, runs for hours.
+        done = subprocess.run([sys.executable, "-m", "cdk.synth", str(outdir), json.dumps(context)],
+                              cwd=REPO_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1"})
+        if done.returncode != 0:
+            raise SynthFailed("\n".join((done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-3:]))
         _prune_stale_assets(outdir)
         key_file.write_text(key + "\n")
         return template
+
+
+class SynthFailed(Exception):
+    """The CDK app did not synthesize; the message is the end of the synth's error output."""
 
 
 def _prune_stale_assets(outdir: Path) -> None:
@@ -69,3 +78,15 @@ def _prune_stale_assets(outdir: Path) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+def main() -> None:
+    """The child of `synthesize`: `python -m cdk.synth OUTDIR CONTEXT_JSON`."""
+    from cdk.app import build_app
+
+    outdir, context = sys.argv[1], json.loads(sys.argv[2])
+    build_app(outdir=outdir, context=context).synth()
+
+
+if __name__ == "__main__":
+    main()
