@@ -108,7 +108,8 @@ class Rows(list[tuple[str, str, str]]):
 
 def main() -> None:
     base = baseline_rss()
-    print(f"baseline: `python -c 'import moto.server'` RSS {base / MB:.0f} MB; times against up on an empty state")
+    print(f"baseline: `python -c 'import moto.server'` RSS {base / MB:.0f} MB; times against up on an empty state; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'measure':<58}{'value':>16}{'ratio':>18}", flush=True)
     rows = Rows()
     with tempfile.TemporaryDirectory(prefix="kaos-bench-footprint-") as tmp:
@@ -141,6 +142,7 @@ def main() -> None:
         cli(env, state, "down")
         stop = sigterm_to_exit(env, state)
         rows.append((f"SIGTERM -> exit, state of {JOBS} jobs", f"{stop:.2f} s", f"{stop / up_empty:.2f}x"))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
