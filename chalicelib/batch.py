@@ -374,7 +374,7 @@ class BatchPipeline:
             raise InputInvalid(f"the batch job wrote {len(files)} files; a snapshot holds at most "
                                f"{limits.MAX_FILES_PER_SNAPSHOT}")
         self._fence_check()
-        snapshot, _ = self.snapshots.commit(workspace, "data", files, item.created_by)
+        snapshot, _ = self.snapshots.commit(workspace, "data", files, item.created_by, placed=True)
         if snapshot.get("status") == "pending":  # every blob was copied above; a pending answer is a lost race
             raise InputInvalid(f"output snapshot {snapshot['id']} is still missing blobs; retry the record step")
         at = now()

@@ -141,8 +141,11 @@ class Snapshots:
         self.repository = repository
         self.web = web
 
-    def commit(self, workspace: str, kind: Any, files: Any, user: str) -> tuple[dict[str, Any], int]:
+    def commit(self, workspace: str, kind: Any, files: Any, user: str,
+               placed: bool = False) -> tuple[dict[str, Any], int]:
         """Stores the manifest (content-addressed, so a retry writes the same object), then completes it.
+        `placed`: the caller (a server-side producer such as a batch job's Record) already put every blob at its
+        content address, so unindexed blobs are looked up in S3, never handed out as a pack to upload.
 
         The manifest travels once: if blobs are missing the answer is `pending` with upload URLs for them,
         and the client finishes with `complete(id)`, a request with no body. (Asking for missing blobs
@@ -161,7 +164,7 @@ class Snapshots:
         if known is not None:  # its blobs were verified when it was committed, and outlive it
             return {**self.describe(known), "status": "committed"}, 200
         self.store.put_json(manifest_key(workspace, manifest.snapshot_id), manifest.document)
-        return self._complete(workspace, manifest, user, unpack=False)
+        return self._complete(workspace, manifest, user, unpack=False, packs=not placed)
 
     def _refuse_platform_url(self, url: str, field: str) -> None:
         """Remote data may not name a bucket of the platform (s3:// or an https URL of S3): a workspace's data is
@@ -198,12 +201,12 @@ class Snapshots:
         return self._complete(workspace, manifest, user, unpack=True)
 
     def _complete(self, workspace: str, manifest: Manifest, user: str, *,
-                  unpack: bool) -> tuple[dict[str, Any], int]:
+                  unpack: bool, packs: bool = True) -> tuple[dict[str, Any], int]:
         """201/200 with the snapshot once every blob is present, hashing to its name, with its declared size;
         else 202 pending with upload URLs (each bound to its blob's SHA-256 and to a key that does not exist) and,
         for many small blobs, the pack to upload (`unpack`: take the pack the client was given, if it is there)."""
         local = [f for f in manifest.files if not f.remote]
-        missing = self._missing(workspace, manifest.kind, local, unpack)
+        missing = self._missing(workspace, manifest.kind, local, unpack, packs)
         if missing.count:
             # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
             answer = {"id": manifest.snapshot_id, "kind": manifest.kind, "status": "pending",
@@ -217,7 +220,7 @@ class Snapshots:
         snapshot, created = self._record_row(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
 
-    def _missing(self, workspace: str, kind: str, local: list[FileEntry], unpack: bool) -> Missing:
+    def _missing(self, workspace: str, kind: str, local: list[FileEntry], unpack: bool, packs: bool) -> Missing:
         """The blobs of these entries the workspace lacks. The blobs of the workspace's latest snapshot of this kind
         are known (a new version of a bundle shares most of them: one GetItem and its manifest); the other indexed
         blobs cost a BatchGetItem per 100. Of the rest, small ones, when there are PACK_MIN_BLOBS of them, are
@@ -228,7 +231,7 @@ class Snapshots:
         sizes = {d: size for d, size in self._latest_blobs(workspace, kind).items() if d in entries}
         sizes.update(self.repository.blobs(workspace, entries.keys() - sizes.keys()))
         unindexed = sorted(entries.keys() - sizes.keys())
-        small = [entries[d] for d in unindexed if entries[d].size <= limits.PACK_BLOB_BYTES]
+        small = [entries[d] for d in unindexed if packs and entries[d].size <= limits.PACK_BLOB_BYTES]
         pack = pack_of(small)
         if pack is not None and unpack and self._unpack(workspace, pack):
             sizes.update({f.sha256: f.size for f in pack.entries})
