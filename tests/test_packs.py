@@ -96,3 +96,14 @@ def test_sending_a_pack_again_is_a_no_op(snapshots: Snapshots) -> None:  # noqa:
     few = dict(list(FILES.items())[: limits.PACK_MIN_BLOBS - 1])  # too few to pack: loose, as before packs
     pending, status = snapshots.commit("ws-b", "code", manifest(few), USER)
     assert status == 202 and "pack" not in pending and len(pending["missing"]) == len(few)
+
+
+def test_a_server_side_producer_that_placed_its_blobs_gets_no_pack(snapshots: Snapshots) -> None:  # noqa: F811
+    # A batch job's Record copies each output to its content address itself, then commits: its small blobs must be
+    # found where it put them, not handed out as a pack nobody will upload.
+    for body in FILES.values():
+        snapshots.store.put_bytes(blob_key("ws-p", sha256_hex(body)), body)
+    committed, status = snapshots.commit("ws-p", "data", manifest(FILES), USER, placed=True)
+    assert status == 201 and committed["status"] == "committed" and committed["files"] == len(FILES)
+    pending, status = snapshots.commit("ws-q", "data", manifest(FILES), USER)  # a client's commit: packed
+    assert status == 202 and "pack" in pending
