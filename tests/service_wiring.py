@@ -75,6 +75,14 @@ def services(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wiring]:
         monkeypatch.setenv(key, value)
     for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
+    # The emulator's fix of moto's StopExecution race (a kill right after a submit), as the embedded stack runs it.
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    from kaos.local.patches import environment_before_thread
+
+    start, evaluation_environment = environment_before_thread(ExecutionWorker)
+    monkeypatch.setattr(ExecutionWorker, "start", start)
+    monkeypatch.setattr(ExecutionWorker, "_get_evaluation_environment", evaluation_environment)
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         boto3.client("batch").register_job_definition(

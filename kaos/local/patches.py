@@ -801,6 +801,23 @@ def _final_once_stopped(original: Callable[..., Any]) -> Callable[..., Any]:
     return final_once_stopped
 
 
+def environment_before_thread(worker_cls: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """moto's ExecutionWorker builds an execution's Environment in the execution's own thread, after parsing the
+    definition, so a StopExecution arriving first (a kill right after a submit, under load) finds ``env`` None and
+    fails with a 500. On AWS a started execution can be stopped at once: the Environment is built before the
+    thread starts, and the thread's own build returns it. Returns (start, _get_evaluation_environment)."""
+    original_start, original_environment = worker_cls.start, worker_cls._get_evaluation_environment
+
+    def environment(self: Any) -> Any:
+        return self.env if self.env is not None else original_environment(self)
+
+    def start(self: Any) -> None:
+        self.env = original_environment(self)
+        original_start(self)
+
+    return start, environment
+
+
 def _lexer_next_token(self: Any) -> Any:
     """moto's ASL lexer reads ``"RoleArn.$"`` as the task-credentials keyword everywhere, so a Parameters field
     ``"RoleArn.$"`` (createTrainingJob's execution role) is dropped by the parser's error recovery. kaos' state
@@ -892,6 +909,11 @@ def apply(hooks: Hooks) -> None:
 
         for name in ("set_error", "set_timed_out"):
             PATCHES.replace(Environment, name, _final_once_stopped(getattr(Environment, name)))
+        from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+        start, environment = environment_before_thread(ExecutionWorker)
+        PATCHES.replace(ExecutionWorker, "start", start)
+        PATCHES.replace(ExecutionWorker, "_get_evaluation_environment", environment)
         from moto.logs.responses import LogsResponse
 
         PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)
