@@ -95,6 +95,15 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+def at_once(calls: list[Callable[[], object]]) -> None:
+    """Runs the calls side by side (each stop waits on its own processes) and returns when all have."""
+    threads = [threading.Thread(target=call, name="stop") for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class Emulator:
     """moto server in this process, on 127.0.0.1 and a free port, with kaos' patches."""
 
@@ -169,14 +178,10 @@ class Emulator:
 
     def stop(self) -> None:
         # The runners' processes end at once, all of them: each runner waits for its own after killing them.
-        stops = [threading.Thread(target=stop, name="stop-runner") for stop in (
+        at_once([stop for stop in (
             self._runner and (lambda runner=self._runner: runner.stop_all(grace_seconds=0)),
             self._batch_runner and self._batch_runner.stop_all,
-            self._serving_runner and self._serving_runner.stop_all) if stop]
-        for thread in stops:
-            thread.start()
-        for thread in stops:
-            thread.join()
+            self._serving_runner and self._serving_runner.stop_all) if stop])
         if self._server is not None:
             self._server.stop()
             self._server = None

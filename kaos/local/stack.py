@@ -331,11 +331,9 @@ class LocalStack:
         (self.state_dir / "runtime.json").unlink(missing_ok=True)
         if self.gateway is not None:
             self.gateway.stop()
-        closing = [threading.Thread(target=pool.close, name="close-pool") for pool in self.pools]
-        for thread in closing:
-            thread.start()
-        for thread in closing:
-            thread.join()
+        from kaos.local.emulator import at_once
+
+        at_once([pool.close for pool in self.pools])
         try:
             if self.persistence is not None:
                 # Before the emulator stops: the last writes (and the in-flight jobs, failed on the next start).
