@@ -76,6 +76,41 @@ def test_lambda_invoke_task_reaches_registered_handler(emulator: Emulator) -> No
     assert seen[0][0] == {"n": 21} and seen[0][1] == "double" and seen[0][2] > 0
 
 
+def test_a_stopped_execution_is_aborted_when_the_stop_answers(emulator: Emulator) -> None:
+    """On AWS DescribeExecution says ABORTED as soon as StopExecution answers; moto's own stop only signals the
+    execution's thread, which reports it once its state returns (here, never while the handler blocks)."""
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    from kaos.local.patches import PATCHES
+
+    entered, release = threading.Event(), threading.Event()
+
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        entered.set()
+        release.wait(30)
+        return {}
+
+    emulator.register_lambda("blocks", handler)
+    sfn = emulator.client("stepfunctions")
+    machine = sfn.create_state_machine(name=f"sm-{time.monotonic_ns()}", roleArn=ROLE, definition=json.dumps(task(
+        "arn:aws:states:::lambda:invoke", {"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:blocks"})))
+
+    def stopped_status() -> str:
+        entered.clear()
+        arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=f"ex-{time.monotonic_ns()}")[
+            "executionArn"]
+        assert entered.wait(30)
+        sfn.stop_execution(executionArn=arn, error="Killed")
+        return str(sfn.describe_execution(executionArn=arn)["status"])
+
+    try:
+        assert stopped_status() == "ABORTED"
+        with PATCHES.stock(Execution, "stop"):
+            assert stopped_status() == "RUNNING"
+    finally:
+        release.set()
+
+
 def test_lambda_error_is_caught_by_exception_class_name(emulator: Emulator) -> None:
     def handler(event: dict[str, Any], context: LambdaContext) -> None:
         raise ModelNotReady("still training")

@@ -251,9 +251,4 @@ def test_the_stack_keeps_its_files_to_its_user(stack: Stack, tmp_path: Path) -> 
     exposed = [path for path in [state, *state.rglob("*")]
                if not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) & 0o077]
     listing = "\n".join(f"{oct(stat.S_IMODE(p.stat().st_mode))} {p}" for p in exposed[:20])
-    # Known gap, outside this change: the local SageMaker runner extracts sourcedir.tar.gz with the archive's
-    # member modes (tarfile's "data" filter keeps group/other read), so opt/ml/code/* is 0644 inside the 0700
-    # tree. Any other exposed path fails outright; once the runner masks modes this test passes as it is.
-    if exposed and all("/opt/ml/code/" in str(p) and p.is_file() for p in exposed):
-        pytest.xfail(f"the local SageMaker runner extracts job code world-readable:\n{listing}")
     assert not exposed, listing

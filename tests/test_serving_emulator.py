@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -168,6 +169,20 @@ def test_invoke_and_its_errors(served: Emulator) -> None:
                                                       "data": "1,0\n0,1", "encoding": "CSV"}
     assert record["captureData"]["endpointOutput"]["data"] == "1\n0\n"
     assert record["eventVersion"] == "0"
+
+
+def test_an_endpoint_keeps_its_files_to_its_user(served: Emulator) -> None:
+    """The endpoint's folder is owner-only, and so are the files whose modes came from elsewhere: the model archive's
+    members are 0644 (TarInfo's default) and the server script is 0644 in the package. (What the runner creates
+    itself follows the stack's umask, 0077: tests/test_hostile_input.py.)"""
+    folders = list((served.serving_runner.work_dir / "endpoints" / "digits").iterdir())
+    assert folders and all(stat.S_IMODE(folder.stat().st_mode) == 0o700 for folder in folders), folders
+    copied = [path for folder in folders for path in folder.rglob("*")
+              if path.name in ("feature.txt", "inference.py", "inference_server.py")]
+    assert {path.name for path in copied} == {"feature.txt", "inference.py", "inference_server.py"}, copied
+    exposed = [f"{oct(stat.S_IMODE(path.stat().st_mode))} {path}" for path in copied
+               if stat.S_IMODE(path.stat().st_mode) & 0o077]
+    assert not exposed, "\n".join(exposed)
 
 
 def test_update_rolls_back_on_alarm_then_promotes(served: Emulator) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,18 @@ def container_base_environment(home: Path, python: Path) -> dict[str, str]:
 
 # The copy of a job's output the runners keep beside its working files (the product reads CloudWatch).
 LOG_COPY = "log.txt"
+
+
+def extract_private(archive: Path, target: Path) -> None:
+    """Extracts a job's or endpoint's archive owner-only, whatever modes it carries: the files are its workspace's,
+    and tarfile's "data" filter keeps group and other read."""
+    def private(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        member = tarfile.data_filter(member, path)
+        return member if member.mode is None else member.replace(mode=member.mode & 0o700, deep=False)
+
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tarfile.open(archive, "r:*") as tar:
+        tar.extractall(target, filter=private)
 
 
 def clear_job_folder(root: Path, keep_log: bool) -> None:

@@ -818,6 +818,26 @@ def environment_before_thread(worker_cls: Any) -> tuple[Callable[..., Any], Call
     return start, environment
 
 
+def aborted_when_stopped(execution_cls: Any) -> Callable[..., Any]:
+    """moto's StopExecution only signals the execution's thread, which reports ABORTED once the state it is in
+    returns (a `.sync` task at its next poll), so a DescribeExecution right after the stop still said RUNNING. On AWS a
+    stopped execution is ABORTED when StopExecution answers: the status is set with the stop. Returns `stop`."""
+    original = execution_cls.stop
+
+    def stop(self: Any, stop_date: datetime.datetime, error: str | None, cause: str | None) -> None:
+        from moto.stepfunctions.parser.api import ExecutionStatus
+        from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+
+        original(self, stop_date=stop_date, error=error, cause=cause)
+        worker = self.exec_worker
+        stopped = worker is not None and worker.env is not None and isinstance(worker.env.program_state(),
+                                                                                 ProgramStopped)
+        if stopped and self.exec_status == ExecutionStatus.RUNNING:
+            self.exec_status, self.stop_date = ExecutionStatus.ABORTED, stop_date
+
+    return stop
+
+
 def _lexer_next_token(self: Any) -> Any:
     """moto's ASL lexer reads ``"RoleArn.$"`` as the task-credentials keyword everywhere, so a Parameters field
     ``"RoleArn.$"`` (createTrainingJob's execution role) is dropped by the parser's error recovery. kaos' state
@@ -914,6 +934,9 @@ def apply(hooks: Hooks) -> None:
         start, environment = environment_before_thread(ExecutionWorker)
         PATCHES.replace(ExecutionWorker, "start", start)
         PATCHES.replace(ExecutionWorker, "_get_evaluation_environment", environment)
+        from moto.stepfunctions.parser.backend.execution import Execution
+
+        PATCHES.replace(Execution, "stop", aborted_when_stopped(Execution))
         from moto.logs.responses import LogsResponse
 
         PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)

@@ -61,7 +61,7 @@ from chalicelib.environments import entry_for_image
 from kaos.local.environments import (BuiltEnvironment, EnvironmentBuildError, Environments, default_cache_dir,
                                      environment_message, layered_environment, pip_install)
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
-                                   clear_job_folder, container_base_environment)
+                                   clear_job_folder, container_base_environment, extract_private)
 
 LOG = logging.getLogger(__name__)
 
@@ -532,13 +532,13 @@ class LocalTrainingRunner:
                     self._client("s3", job).download_file(bucket, key, str(archive), Config=_TRANSFER)
                 except Exception as exc:
                     raise _ClientError(f"Could not download {submit}: {exc}") from exc
-                self._extract(archive, code_dir)
+                extract_private(archive, code_dir)
             else:
                 local = Path(submit.removeprefix("file://"))
                 if local.is_dir():
                     shutil.copytree(local, code_dir, dirs_exist_ok=True)
                 elif local.is_file():
-                    self._extract(local, code_dir)
+                    extract_private(local, code_dir)
                 else:
                     raise _ClientError(f"sagemaker_submit_directory {submit} not found")
         python = self._python_for(job, code_dir)
@@ -568,16 +568,6 @@ class LocalTrainingRunner:
             "No entry point: set the sagemaker_program and sagemaker_submit_directory "
             "hyperparameters (script mode) or AlgorithmSpecification.ContainerEntrypoint"
         )
-
-    @staticmethod
-    def _extract(archive: Path, target: Path) -> None:
-        def private(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
-            # The job's files are its workspace's: owner-only, whatever modes the archive carries.
-            member = tarfile.data_filter(member, path)
-            return member if member.mode is None else member.replace(mode=member.mode & 0o700, deep=False)
-
-        with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(target, filter=private)
 
     # -- environments -----------------------------------------------------------------------
 

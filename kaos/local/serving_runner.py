@@ -31,7 +31,6 @@ import random
 import shutil
 import signal
 import subprocess
-import tarfile
 import threading
 import time
 import urllib.request
@@ -47,7 +46,8 @@ from botocore.config import Config
 
 from kaos.local import inference_server
 from kaos.local.environments import BuiltEnvironment
-from kaos.local.containers import LOG_COPY, LogShipper, RoleKeys, anonymous_keys, container_base_environment
+from kaos.local.containers import (LOG_COPY, LogShipper, RoleKeys, anonymous_keys, container_base_environment,
+                                   extract_private)
 
 LOG = logging.getLogger(__name__)
 
@@ -106,12 +106,6 @@ class Fleet:
 def _split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     return parsed.netloc, parsed.path.lstrip("/")
-
-
-def _extract(archive: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:*") as tar:
-        tar.extractall(target, filter="data")
 
 
 def _client(service: str, endpoint_url: str, region: str, keys: dict[str, str]) -> Any:
@@ -270,7 +264,7 @@ class LocalServingRunner:
             archive = root / f"{target.name}.tar.gz"
             try:
                 s3.download_file(*_split_s3(str(uri)), str(archive))
-                _extract(archive, target)
+                extract_private(archive, target)
             except Exception as exc:  # SageMaker's wording for a model it could not fetch
                 raise ServingFailure(f"Failed to download model data for container \"primary\" from URL "
                                      f"\"{uri}\". Please ensure that there is an object located at the URL and "
@@ -289,7 +283,8 @@ class LocalServingRunner:
             shipper.write(f"kaos: environment fidelity: {warning}")
         server = root / "serving" / Path(inference_server.__file__).name
         server.parent.mkdir()
-        shutil.copy(inference_server.__file__, server)
+        shutil.copyfile(inference_server.__file__, server)
+        server.chmod(0o600)  # the endpoint's folder is its workspace's, owner-only
         serverless = variant.get("ServerlessConfig") or {}
         command = [str(built.python), "-I", str(server), "--model-dir", str(model_dir),
                    "--max-payload", str(SERVERLESS_PAYLOAD if serverless else REALTIME_PAYLOAD),
