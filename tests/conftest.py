@@ -27,6 +27,7 @@ class Stack:
         self.home = home
         self.state_dir = home / "local"
         self.runtime: dict[str, Any] = json.loads((self.state_dir / "runtime.json").read_text())
+        self._clients: dict[str, Any] = {}
         self.env = {**os.environ, "KAOS_HOME": str(home), "COLUMNS": "200"}
         for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
             self.env.pop(key, None)
@@ -53,9 +54,13 @@ class Stack:
         return Client(config)
 
     def aws(self, service: str) -> Any:
-        """A client onto the stack's emulated AWS, for assertions on what the product wrote there."""
-        admin = json.loads((self.state_dir / "aws-admin.json").read_text())
-        return boto3.client(service, endpoint_url=self.runtime["endpoint_url"], region_name="us-east-1", **admin)
+        """A client onto the stack's emulated AWS, for assertions on what the product wrote there: one per service
+        (clients are thread-safe; tests poll through them, and each new client costs tens of ms of CPU)."""
+        if service not in self._clients:
+            admin = json.loads((self.state_dir / "aws-admin.json").read_text())
+            self._clients[service] = boto3.client(service, endpoint_url=self.runtime["endpoint_url"],
+                                                  region_name="us-east-1", **admin)
+        return self._clients[service]
 
 
 # The synth context of every stack the tests start (the shared one, the restarted ones, the lineage one) and of

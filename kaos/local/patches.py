@@ -885,26 +885,68 @@ def _list_of_moto_modules() -> tuple[str, ...]:
     return _moto_modules
 
 
+def _shared_regions() -> Callable[..., list[str]]:
+    """boto3's Session.get_available_regions, answered once per (service, partition) from moto's one session.
+
+    moto asks it from a fresh Session per call (three at moto.ec2's import, one per service backend), and each
+    fresh Session parses the whole service model (~0.5 s for EC2's) to read one endpoint prefix: about 1.5 s of every
+    stack start. The answer depends only on botocore's data files."""
+    from boto3.session import Session
+    from moto.core.base_backend import AccountSpecificBackend
+
+    original = Session.get_available_regions
+
+    @functools.cache
+    def regions(service: str, partition: str, non_regional: bool) -> tuple[str, ...]:
+        return tuple(original(AccountSpecificBackend.get_session(), service, partition, non_regional))
+
+    def get_available_regions(self: Any, service_name: str, partition_name: str = "aws",
+                              allow_non_regional: bool = False) -> list[str]:
+        return list(regions(service_name, partition_name, allow_non_regional))
+
+    return get_available_regions
+
+
+def _shared_error_lookups() -> Callable[[], Any]:
+    """moto.core.errors.ErrorLookupFactory, one for the process: get_error_model makes a new factory per error
+    response, so its per-service cache never hits and every error walks the whole service model's shapes."""
+    from moto.core.errors import ErrorLookupFactory
+
+    shared = ErrorLookupFactory()
+    return lambda: shared
+
+
 def apply(hooks: Hooks) -> None:
     """Install all patches (idempotent) and route them to ``hooks``."""
     global _HOOKS, _SAGEMAKER_TASK_CLS
-    from moto.awslambda.models import LambdaFunction
-    from moto.awslambda_simple.models import LambdaSimpleBackend
-    from moto.batch_simple.models import BatchSimpleBackend
-    from moto.core.responses import BaseResponse
-    from moto.events.models import Rule
-    from moto.sagemaker.models import SageMakerModelBackend
-    from moto.sagemaker.responses import SageMakerResponse
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_factory
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (
-        StateTaskService,
-    )
-
     with _APPLY_LOCK:
         _HOOKS = hooks
         if PATCHES:
             return
         check_moto()
+        from boto3.session import Session
+
+        # First: importing moto's Batch (below) imports moto.ec2, which asks for the regions at import.
+        PATCHES.replace(Session, "get_available_regions", _shared_regions())
+        from moto.core import errors as moto_errors, utils as moto_utils
+
+        # Per error response moto also listed botocore's data directory from a fresh Session (the service name of
+        # the exception's package): the answer is fixed for the process.
+        PATCHES.replace(moto_utils, "service_name_from_moto_package_name",
+                        functools.cache(moto_utils.service_name_from_moto_package_name))
+        PATCHES.replace(moto_errors, "ErrorLookupFactory", _shared_error_lookups())
+        from moto.awslambda.models import LambdaFunction
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+        from moto.batch_simple.models import BatchSimpleBackend
+        from moto.core.responses import BaseResponse
+        from moto.events.models import Rule
+        from moto.sagemaker.models import SageMakerModelBackend
+        from moto.sagemaker.responses import SageMakerResponse
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task import state_task_factory
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (
+            StateTaskService,
+        )
+
         if _SAGEMAKER_TASK_CLS is None:
             _SAGEMAKER_TASK_CLS = _make_sagemaker_task_service()
         PATCHES.replace(LambdaSimpleBackend, "invoke", _lambda_simple_invoke)
