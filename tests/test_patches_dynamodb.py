@@ -7,6 +7,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.dynamodb.responses import DynamoHandler
 
@@ -80,3 +81,81 @@ def test_errors_and_writes_keep_motos_serializer(dynamodb: Any) -> None:
     same = {**ITEM, "sk": {"S": "001"}, "g": {"S": "all"}}  # as stored: both puts answer the same old item
     patched, stock = answers(lambda: dynamodb.put_item(TableName="t", Item=same, ReturnValues="ALL_OLD"))
     assert patched == stock
+
+
+def scan_all(dynamodb: Any) -> list[dict[str, Any]]:
+    return sorted(dynamodb.scan(TableName="t")["Items"], key=lambda item: (item["pk"]["S"], item["sk"]["S"]))
+
+
+def transaction_outcome(dynamodb: Any, items: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """The cancellation reasons (None when it committed) and the table afterwards."""
+    reasons: Any = None
+    try:
+        dynamodb.transact_write_items(TransactItems=items)
+    except dynamodb.exceptions.TransactionCanceledException as exc:
+        reasons = exc.response["CancellationReasons"]
+    except ClientError as exc:  # one item twice: a ValidationException before anything is written
+        reasons = exc.response["Error"]
+    return reasons, scan_all(dynamodb)
+
+
+def test_transactions_commit_and_roll_back_as_stock_moto(dynamodb: Any) -> None:
+    from moto.dynamodb import models
+
+    def key(sk: str) -> dict[str, Any]:
+        return {"pk": {"S": "p"}, "sk": {"S": sk}}
+
+    put_new = {"Put": {"TableName": "t", "Item": {**key("new"), "v": {"N": "1"}},
+                       "ConditionExpression": "attribute_not_exists(pk)"}}
+    update = {"Update": {"TableName": "t", "Key": key("001"), "UpdateExpression": "SET n = :n, m.l[0] = :x",
+                         "ExpressionAttributeValues": {":n": {"N": "7"}, ":x": {"S": "changed"}}}}
+    delete = {"Delete": {"TableName": "t", "Key": key("002")}}
+    failing = {"ConditionCheck": {"TableName": "t", "Key": key("003"), "ConditionExpression": "attribute_not_exists(pk)",
+                                  "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
+    cases = [[put_new, update, delete, failing],  # cancelled by the last: the first three are undone
+             [update, {"Put": {"TableName": "t", "Item": {**key("001"), "v": {"N": "2"}}}}],  # one item twice
+             [put_new, update, delete]]  # commits
+    before = scan_all(dynamodb)
+    outcomes = []
+    for items in cases:
+        outcomes.append(transaction_outcome(dynamodb, items))
+    assert outcomes[0][0] is not None and outcomes[0][1] == before  # cancelled, nothing changed
+    assert outcomes[1][0]["Code"] == "ValidationException" and outcomes[1][1] == before
+    assert outcomes[2][0] is None and outcomes[2][1] != before
+    # The two failures on stock moto, from the same starting table, end the same way.
+    with patches_dynamodb.PATCHES.stock(models.DynamoDBBackend, "transact_write_items"), \
+            patches_dynamodb.PATCHES.stock(models, "copy"):
+        dynamodb.transact_write_items(TransactItems=[
+            {"Delete": {"TableName": "t", "Key": key("new")}},
+            {"Put": {"TableName": "t", "Item": next(i for i in before if i["sk"] == {"S": "001"})}},
+            {"Put": {"TableName": "t", "Item": next(i for i in before if i["sk"] == {"S": "002"})}}])
+        assert scan_all(dynamodb) == before
+        stock = [transaction_outcome(dynamodb, items) for items in cases[:2]]
+    assert outcomes[:2] == stock
+
+
+def test_a_transaction_copies_only_the_items_it_names(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stock moto deep-copies the whole table before each transaction (every attribute of every item); the patch
+    copies the one item this transaction names."""
+    from moto.dynamodb import models
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    for i in range(300):
+        dynamodb.put_item(TableName="t", Item={**ITEM, "pk": {"S": "bulk"}, "sk": {"S": f"{i:04}"}})
+    copies = [0]
+    original = DynamoType.__deepcopy__
+
+    def counted(self: Any, memo: Any) -> Any:
+        copies[0] += 1
+        return original(self, memo)
+
+    monkeypatch.setattr(DynamoType, "__deepcopy__", counted)
+    one = [{"Update": {"TableName": "t", "Key": {"pk": {"S": "p"}, "sk": {"S": "001"}},
+                       "UpdateExpression": "SET n = :n", "ExpressionAttributeValues": {":n": {"N": "1"}}}}]
+    dynamodb.transact_write_items(TransactItems=one)
+    patched = copies[0]
+    with patches_dynamodb.PATCHES.stock(models.DynamoDBBackend, "transact_write_items"), \
+            patches_dynamodb.PATCHES.stock(models, "copy"):
+        copies[0] = 0
+        dynamodb.transact_write_items(TransactItems=one)
+    assert patched < 100 and copies[0] > 3000, (patched, copies[0])

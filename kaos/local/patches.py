@@ -984,13 +984,14 @@ def apply(hooks: Hooks) -> None:
         PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)
         from moto.dynamodb.models import DynamoDBBackend
 
+        # Before the writes are serialized: its TransactWriteItems reads the items it may restore under the lock.
+        patches_dynamodb.apply()  # DynamoDB reads as a JSON dump, item-level rollback (kaos/local/patches_dynamodb.py)
         for name in _DYNAMODB_WRITES:
             PATCHES.replace(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
         from moto import backends
 
         PATCHES.replace(backends, "list_of_moto_modules", _list_of_moto_modules)
         patches_s3.apply()  # S3 checksums verified and kept, conditional writes atomic (kaos/local/patches_s3.py)
-        patches_dynamodb.apply()  # DynamoDB reads answered as a JSON dump (kaos/local/patches_dynamodb.py)
     if hooks.serving_runner is not None:
         patches_serving.apply(hooks.serving_runner)  # endpoints that serve (kaos/local/patches_serving.py)
 
