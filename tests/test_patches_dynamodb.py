@@ -110,7 +110,8 @@ def test_transactions_commit_and_roll_back_as_stock_moto(dynamodb: Any) -> None:
     update = {"Update": {"TableName": "t", "Key": key("001"), "UpdateExpression": "SET n = :n, m.l[0] = :x",
                          "ExpressionAttributeValues": {":n": {"N": "7"}, ":x": {"S": "changed"}}}}
     delete = {"Delete": {"TableName": "t", "Key": key("002")}}
-    failing = {"ConditionCheck": {"TableName": "t", "Key": key("003"), "ConditionExpression": "attribute_not_exists(pk)",
+    failing = {"ConditionCheck": {"TableName": "t", "Key": key("003"),
+                                  "ConditionExpression": "attribute_not_exists(pk)",
                                   "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}
     cases = [[put_new, update, delete, failing],  # cancelled by the last: the first three are undone
              [update, {"Put": {"TableName": "t", "Item": {**key("001"), "v": {"N": "2"}}}}],  # one item twice
