@@ -19,11 +19,17 @@ POLL_SECONDS = 0.2
 
 
 def alive(pid: int) -> bool:
+    """Whether the process runs. A zombie (exited, not yet reaped) does not: a detached stack's parent is init,
+    which may reap it seconds after its exit (this sandbox's init took 2 s), and `local down` waited for that."""
     try:
         os.kill(pid, 0)
     except OSError:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no procfs (macOS): the signal check is all there is
 
 
 def running(directory: Path) -> Runtime | None:

@@ -3,6 +3,7 @@ process it was started for (PARENT_PID_ENV: the test session) ends, so a killed 
 (tests/test_persistence.py times `kaos local down` of stacks that ran jobs.)"""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kaos.local.stack import PARENT_PID_ENV, STOP_SECONDS, watch_process
+from kaos.processes import alive
 
 from .conftest import stack_environment
 
@@ -37,6 +39,23 @@ def parent() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.kill()
         process.wait()
+
+
+def test_an_exited_process_is_not_alive_before_it_is_reaped() -> None:
+    """`local down` waits for the stack to end: a zombie (exited, its parent has not reaped it yet, as init may take
+    seconds to) has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert alive(child.pid)  # waiting for its input
+        assert child.stdin is not None
+        child.stdin.close()  # it reads the end and exits; nobody reaps it until child.wait()
+        _wait(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 30,
+              "the child to exit")
+        assert not alive(child.pid)  # the zombie is still there, unreaped
+    finally:
+        child.wait()
+    assert not alive(child.pid)
+    assert alive(os.getpid())
 
 
 def test_watch_process_reports_the_end_of_a_process(parent: subprocess.Popen[bytes]) -> None:

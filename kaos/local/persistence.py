@@ -1506,8 +1506,9 @@ class Persistence:
         # The emulator now holds what the files hold: what the import (and the template) wrote is not news.
         self.tracker.clear()
         self.store.open(stored)
-        # A clean stop leaves snapshots only; otherwise the first tick writes them (and empties the journal).
-        self._snapshot_due = stored.journal_records > 0 or stored.format != FORMAT
+        # A clean stop leaves snapshots only; otherwise the first tick writes them (and empties the journal), as it
+        # does for an older format. A new state (no files) has nothing to compact: `open` wrote its format.
+        self._snapshot_due = stored.journal_records > 0 or stored.format not in (FORMAT, None)
         if report.counts:
             failed = fail_interrupted_jobs()
             report.add("jobs_failed", len(failed))
