@@ -885,34 +885,20 @@ def _list_of_moto_modules() -> tuple[str, ...]:
     return _moto_modules
 
 
-def _default_session() -> Any:
-    """boto3's default session: the emulator's admin clients are made from it (Emulator.client)."""
-    import boto3
-
-    return boto3._get_default_session()
-
-
-def _shared_loader() -> Any:
-    """moto.core.utils.create_loader for moto's own service models: the loader of the session the stack's boto3
-    clients come from. moto made a new loader per model, so every service's JSON (EC2's and SageMaker's are several
-    MB) was parsed twice in the stack, once for the clients and once for moto's parsers and serializers: ~1 s of
-    every start. The loader caches the parsed model, which both only read."""
-    return _default_session()._session.get_component("data_loader")
-
-
 def _shared_regions() -> Callable[..., list[str]]:
-    """boto3's Session.get_available_regions, answered once per (service, partition) from the default session.
+    """boto3's Session.get_available_regions, answered once per (service, partition) from moto's one session.
 
     moto asks it from a fresh Session per call (three at moto.ec2's import, one per service backend), and each
     fresh Session parses the whole service model (~0.5 s for EC2's) to read one endpoint prefix: about 1.5 s of every
     stack start. The answer depends only on botocore's data files."""
     from boto3.session import Session
+    from moto.core.base_backend import AccountSpecificBackend
 
     original = Session.get_available_regions
 
     @functools.cache
     def regions(service: str, partition: str, non_regional: bool) -> tuple[str, ...]:
-        return tuple(original(_default_session(), service, partition, non_regional))
+        return tuple(original(AccountSpecificBackend.get_session(), service, partition, non_regional))
 
     def get_available_regions(self: Any, service_name: str, partition_name: str = "aws",
                               allow_non_regional: bool = False) -> list[str]:
@@ -949,7 +935,6 @@ def apply(hooks: Hooks) -> None:
         PATCHES.replace(moto_utils, "service_name_from_moto_package_name",
                         functools.cache(moto_utils.service_name_from_moto_package_name))
         PATCHES.replace(moto_errors, "ErrorLookupFactory", _shared_error_lookups())
-        PATCHES.replace(moto_utils, "create_loader", _shared_loader)
         from moto.awslambda.models import LambdaFunction
         from moto.awslambda_simple.models import LambdaSimpleBackend
         from moto.batch_simple.models import BatchSimpleBackend
