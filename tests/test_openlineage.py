@@ -221,9 +221,16 @@ def test_a_completed_training_emits_start_and_complete(lineage_stack: Stack, rec
     (model,) = events[1]["outputs"]
     assert f"{model['namespace']}/{model['name']}" == job["model"]
     assert all(path == LINEAGE_PATH for path, _ in receiver.posts)
-    # The file transport got the same events, one JSON document a line.
-    lines = [json.loads(line) for line in (lineage_stack.home / "lineage.jsonl").read_text().splitlines()]
-    assert [e for e in lines if e["job"]["name"] == job["id"]] == events
+    # The file transport got the same events, one JSON document a line (written after the HTTP post: read once
+    # both are there).
+    def in_file() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in (lineage_stack.home / "lineage.jsonl").read_text().splitlines()]
+        return [e for e in lines if e["job"]["name"] == job["id"]]
+
+    deadline = time.monotonic() + 30
+    while len(in_file()) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert in_file() == events
 
 
 def test_a_failed_training_emits_start_and_fail_with_the_error(lineage_stack: Stack, receiver: Receiver,
