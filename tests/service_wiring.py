@@ -77,15 +77,10 @@ def services(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wiring]:
         monkeypatch.delenv(key, raising=False)
     # The emulator's fixes of moto's StopExecution (a kill right after a submit; ABORTED when the stop answers), as the
     # embedded stack runs them.
-    from moto.stepfunctions.parser.backend.execution import Execution
-    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+    from kaos.local.patches import stop_execution_fixes
 
-    from kaos.local.patches import aborted_when_stopped, environment_before_thread
-
-    start, evaluation_environment = environment_before_thread(ExecutionWorker)
-    monkeypatch.setattr(ExecutionWorker, "start", start)
-    monkeypatch.setattr(ExecutionWorker, "_get_evaluation_environment", evaluation_environment)
-    monkeypatch.setattr(Execution, "stop", aborted_when_stopped(Execution))
+    for owner, name, replacement in stop_execution_fixes():
+        monkeypatch.setattr(owner, name, replacement)
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         boto3.client("batch").register_job_definition(

@@ -838,6 +838,17 @@ def aborted_when_stopped(execution_cls: Any) -> Callable[..., Any]:
     return stop
 
 
+def stop_execution_fixes() -> list[tuple[Any, str, Callable[..., Any]]]:
+    """The fixes of moto's StopExecution above, as (owner, attribute, replacement): the embedded stack installs them
+    (`apply`), and the service tests' moto gets the same ones (tests/service_wiring.py)."""
+    from moto.stepfunctions.parser.backend.execution import Execution
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    start, environment = environment_before_thread(ExecutionWorker)
+    return [(ExecutionWorker, "start", start), (ExecutionWorker, "_get_evaluation_environment", environment),
+            (Execution, "stop", aborted_when_stopped(Execution))]
+
+
 def _lexer_next_token(self: Any) -> Any:
     """moto's ASL lexer reads ``"RoleArn.$"`` as the task-credentials keyword everywhere, so a Parameters field
     ``"RoleArn.$"`` (createTrainingJob's execution role) is dropped by the parser's error recovery. kaos' state
@@ -971,14 +982,8 @@ def apply(hooks: Hooks) -> None:
 
         for name in ("set_error", "set_timed_out"):
             PATCHES.replace(Environment, name, _final_once_stopped(getattr(Environment, name)))
-        from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
-
-        start, environment = environment_before_thread(ExecutionWorker)
-        PATCHES.replace(ExecutionWorker, "start", start)
-        PATCHES.replace(ExecutionWorker, "_get_evaluation_environment", environment)
-        from moto.stepfunctions.parser.backend.execution import Execution
-
-        PATCHES.replace(Execution, "stop", aborted_when_stopped(Execution))
+        for owner, name, replacement in stop_execution_fixes():
+            PATCHES.replace(owner, name, replacement)
         from moto.logs.responses import LogsResponse
 
         PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)
