@@ -111,6 +111,41 @@ def test_a_stopped_execution_is_aborted_when_the_stop_answers(emulator: Emulator
         release.set()
 
 
+def test_an_execution_stopped_before_its_first_state_never_runs_it(emulator: Emulator,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill right after a submit: the stop lands while the execution's thread is still parsing the definition. On
+    AWS it is ABORTED at once and its first state never runs; moto ignored the stop (its Environment was not yet
+    running) and ran the execution on."""
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    parsing, parsed, entered = threading.Event(), threading.Event(), threading.Event()
+    parse = ExecutionWorker._get_evaluation_entrypoint
+
+    def held(self: Any) -> Any:  # the thread's first step, held until the stop has answered
+        parsing.set()
+        assert parsed.wait(30)
+        return parse(self)
+
+    monkeypatch.setattr(ExecutionWorker, "_get_evaluation_entrypoint", held)
+    emulator.register_lambda("first", lambda event, context: entered.set())
+    sfn = emulator.client("stepfunctions")
+    machine = sfn.create_state_machine(name=f"sm-{time.monotonic_ns()}", roleArn=ROLE, definition=json.dumps(task(
+        "arn:aws:states:::lambda:invoke", {"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:first"})))
+    arn = sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=f"ex-{time.monotonic_ns()}")[
+        "executionArn"]
+    assert parsing.wait(30)
+    sfn.stop_execution(executionArn=arn, error="Killed", cause="kaos kill")
+    assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+    parsed.set()
+    deadline = time.monotonic() + 30
+    while not (types := [e["type"] for e in sfn.get_execution_history(executionArn=arn)["events"]])[-1:] == [
+            "ExecutionAborted"]:
+        assert time.monotonic() < deadline, types
+        time.sleep(0.05)
+    assert types == ["ExecutionStarted", "ExecutionAborted"] and not entered.is_set()
+    assert sfn.describe_execution(executionArn=arn)["status"] == "ABORTED"
+
+
 def test_lambda_error_is_caught_by_exception_class_name(emulator: Emulator) -> None:
     def handler(event: dict[str, Any], context: LambdaContext) -> None:
         raise ModelNotReady("still training")

@@ -801,21 +801,38 @@ def _final_once_stopped(original: Callable[..., Any]) -> Callable[..., Any]:
     return final_once_stopped
 
 
-def environment_before_thread(worker_cls: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def environment_before_thread(worker_cls: Any) -> list[tuple[str, Callable[..., Any]]]:
     """moto's ExecutionWorker builds an execution's Environment in the execution's own thread, after parsing the
-    definition, so a StopExecution arriving first (a kill right after a submit, under load) finds ``env`` None and
-    fails with a 500. On AWS a started execution can be stopped at once: the Environment is built before the
-    thread starts, and the thread's own build returns it. Returns (start, _get_evaluation_environment)."""
+    definition, and marks it running only when its first state is chosen; a StopExecution arriving first (a kill right
+    after a submit, under load) found ``env`` None and failed with a 500, or found it not yet running and was ignored,
+    so the execution ran on. On AWS a started execution can be stopped at once: the Environment is built, running,
+    before the thread starts, and the thread's own build returns it. An execution stopped before its first state ends
+    there, ABORTED, with the history AWS gives it. Returns (attribute, replacement) for the worker class."""
+    from moto.stepfunctions.parser.asl.eval import program_state
+
+    running: Callable[[], Any] = program_state.ProgramRunning  # moto's class has no annotations
     original_start, original_environment = worker_cls.start, worker_cls._get_evaluation_environment
+    original_logic = worker_cls._execution_logic
 
     def environment(self: Any) -> Any:
         return self.env if self.env is not None else original_environment(self)
 
     def start(self: Any) -> None:
         self.env = original_environment(self)
+        self.env._program_state = running()  # what moto sets when the thread picks the first state
         original_start(self)
 
-    return start, environment
+    def logic(self: Any) -> None:
+        try:
+            original_logic(self)
+        except RuntimeError:  # the program could not pick its first state: the execution was stopped before it
+            if not isinstance(self.env.program_state(), program_state.ProgramStopped):
+                raise
+            # The program's own body, whose loop over states ends at once, writes ExecutionAborted to the history.
+            self._get_evaluation_entrypoint()._eval_body(self.env)
+            self._execution_communication.terminated()
+
+    return [("start", start), ("_get_evaluation_environment", environment), ("_execution_logic", logic)]
 
 
 def aborted_when_stopped(execution_cls: Any) -> Callable[..., Any]:
@@ -844,8 +861,7 @@ def stop_execution_fixes() -> list[tuple[Any, str, Callable[..., Any]]]:
     from moto.stepfunctions.parser.backend.execution import Execution
     from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
-    start, environment = environment_before_thread(ExecutionWorker)
-    return [(ExecutionWorker, "start", start), (ExecutionWorker, "_get_evaluation_environment", environment),
+    return [*((ExecutionWorker, name, fix) for name, fix in environment_before_thread(ExecutionWorker)),
             (Execution, "stop", aborted_when_stopped(Execution))]
 
 
