@@ -18,6 +18,8 @@ from kaos.client import Client
 from kaos.local.emulator import Emulator
 from kaos.settings import ClientConfig
 
+from . import cli_process
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "kaos" / "templates" / "sklearn-digits"
 
@@ -37,8 +39,7 @@ class Stack:
         return str(self.runtime["api_url"])
 
     def kaos(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=self.env, capture_output=True,
-                                text=True, timeout=timeout)
+        result = cli_process.run(args, self.env, timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"kaos {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

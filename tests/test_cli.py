@@ -24,6 +24,7 @@ from kaos import cloud
 from kaos import operations as ops
 from kaos.client import ApiError
 
+from . import cli_process
 from .conftest import TEMPLATE, Stack, tiny_code
 
 SUGGESTION = re.compile(r"`(kaos [^`]+)`")
@@ -40,8 +41,7 @@ def kaos(home: Path, *args: str, env: dict[str, str] | None = None, timeout: flo
                 "KAOS_DEBUG"):
         environment.pop(key, None)
     environment.update(env or {})
-    result = subprocess.run([sys.executable, "-m", "kaos.cli", *args], env=environment, capture_output=True,
-                            text=True, timeout=timeout, check=False, input=answer)
+    result = cli_process.run(args, environment, timeout, input=answer)
     SUGGESTED.update(SUGGESTION.findall(result.stdout + result.stderr))
     return result
 

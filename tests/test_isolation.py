@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from . import cli_process
 from .conftest import TEMPLATE, Stack, tiny_code
 
 DEV, GUEST = "walls-dev", "walls-guest"
@@ -92,8 +91,7 @@ def as_user(stack: Stack, user: str, *args: str, json_out: bool = True) -> Any:
     config = json.loads((stack.home / "config.json").read_text())
     (home / "config.json").write_text(json.dumps({**config, "profile": f"kaos-local-{user}", "workspace": ""}))
     env = {**stack.env, "KAOS_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "kaos.cli", *args, *(["--json"] if json_out else [])], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = cli_process.run([*args, *(["--json"] if json_out else [])], env, 300)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout) if json_out else None
 
@@ -221,8 +219,7 @@ def test_direct_emulator_calls_by_a_user_are_refused(walls: dict[str, Any], stac
 
 def test_api_keeps_guest_out_of_dev_workspace(walls: dict[str, Any], stack: Stack) -> None:
     env = {**stack.env, "KAOS_PROFILE": "kaos-local-guest"}  # the override, for one command
-    result = subprocess.run([sys.executable, "-m", "kaos.cli", "train", "list", "-w", DEV, "--json"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = cli_process.run(["train", "list", "-w", DEV, "--json"], env, 120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "does not exist (or you are not a member)" in result.stderr + result.stdout
     assert objects(stack, walls["bucket"], f"ws/{DEV}/") == walls["before"]

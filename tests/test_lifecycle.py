@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import requests
 from kaos.cli.workspace import _close_names
 from kaos.client import ApiError, extract_archive
 
+from . import cli_process
 from .conftest import TEMPLATE, Stack, tiny_code
 
 WS = "lifecycle"
@@ -182,11 +182,9 @@ def test_workspace_set_and_current_round_trip(stack: Stack, job: str, tmp_path: 
         if before:
             stack.kaos("workspace", "set", before)
     fresh = {**stack.env, "KAOS_HOME": str(tmp_path / "fresh-home")}
-    none = subprocess.run([sys.executable, "-m", "kaos.cli", "workspace", "current", "--json"], env=fresh,
-                          capture_output=True, text=True, timeout=60)
+    none = cli_process.run(["workspace", "current", "--json"], fresh, 60)
     assert none.returncode == 0 and json.loads(none.stdout) == {"workspace": None}
-    plain = subprocess.run([sys.executable, "-m", "kaos.cli", "workspace", "current"], env=fresh,
-                           capture_output=True, text=True, timeout=60)
+    plain = cli_process.run(["workspace", "current"], fresh, 60)
     assert plain.returncode == 0 and "no current workspace" in plain.stdout
 
 

@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cli_process
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
@@ -66,8 +68,7 @@ class Run:
             name, _, value = words.pop(0).partition("=")
             env[name] = value
         assert words[0] == "kaos", step.command
-        done = subprocess.run([sys.executable, "-m", "kaos.cli", *words[1:]], cwd=REPO, env=self.env(env),
-                              capture_output=True, text=True, timeout=600, check=False)
+        done = cli_process.run(words[1:], self.env(env), 600, cwd=REPO)
         shown = done.stdout if done.returncode == 0 else done.stderr
         self.learn(step.expected, shown)
         return command, shown

@@ -11,13 +11,13 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import cli_process
 from .conftest import TEMPLATE, Stack
 
 WS = "serving"
@@ -50,8 +50,7 @@ def predict(stack: Stack, name: str, *args: str, check: bool = True) -> subproce
 
 
 def as_guest(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kaos.cli", *args], capture_output=True, text=True, timeout=60,
-                          env={**stack.env, "KAOS_PROFILE": "kaos-local-guest"})
+    return cli_process.run(args, {**stack.env, "KAOS_PROFILE": "kaos-local-guest"}, 60)
 
 
 def test_serving_end_to_end(stack: Stack, tmp_path: Path) -> None:
@@ -105,8 +104,7 @@ def check_predictions(stack: Stack, tmp: Path) -> None:
 
 
 def raw_predict(stack: Stack, *args: str, stdin: bytes = b"") -> bytes:
-    done = subprocess.run([sys.executable, "-m", "kaos.cli", "serve", "predict", "digits", "-w", WS, *args],
-                          input=stdin, capture_output=True, timeout=60, env=stack.env, check=False)
+    done = cli_process.run_bytes(["serve", "predict", "digits", "-w", WS, *args], stack.env, 60, input=stdin)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
