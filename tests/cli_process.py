@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,7 +115,9 @@ class _Server:
     def address(self) -> str:
         with self._lock:
             if self._process is None or self._process.poll() is not None:
-                self._path = os.path.join(tempfile.mkdtemp(prefix="kaos-cli-"), "socket")
+                folder = tempfile.mkdtemp(prefix="kaos-cli-")
+                atexit.register(shutil.rmtree, folder, True)
+                self._path = os.path.join(folder, "socket")
                 self._process = subprocess.Popen(
                     [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                      f"import cli_process; sys.exit(cli_process.serve({self._path!r}))"],

@@ -131,7 +131,8 @@ class Emulator:
     def start(self) -> str:
         from moto.core.config import default_user_config
         from moto.moto_api._internal.models import moto_api_backend
-        from moto.server import ThreadedMotoServer
+
+        from kaos.local.moto_server import KeepAliveMotoServer
 
         if self._server is not None:
             assert self.endpoint_url is not None
@@ -141,7 +142,7 @@ class Emulator:
         default_user_config["lambda"] = {"use_docker": False}
         default_user_config["batch"] = {"use_docker": False}
         moto_api_backend.reset()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server = KeepAliveMotoServer()
         server.start()
         host, port = server.get_host_and_port()
         os.environ["MOTO_PORT"] = str(port)

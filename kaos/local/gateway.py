@@ -326,7 +326,10 @@ def listen(port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(port) from None
         raise
-    listening.listen(ThreadingHTTPServer.request_queue_size)
+    # socketserver's default backlog is 5: a burst of new connections (32 clients submitting at once, each with its
+    # own session) overflowed it while the accept loop waited for the GIL, and a client was reset. API Gateway
+    # takes them all.
+    listening.listen(socket.SOMAXCONN)
     return listening
 
 
