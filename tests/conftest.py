@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
@@ -53,6 +54,19 @@ class Stack:
         config = ClientConfig(api_url=self.api_url, profile=f"kaos-local-{user}",
                               credentials_file=str(self.state_dir / "credentials"))
         return Client(config)
+
+    def executions(self, name: str, timeout: float = 60) -> list[str]:
+        """The statuses of the executions named `name` (any state machine) once none is RUNNING. A job reads
+        COMPLETED as soon as its execution's last task wrote it; the execution ends a moment later, on AWS too."""
+        sfn = self.aws("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = [e["status"] for machine in sfn.list_state_machines()["stateMachines"]
+                        for e in sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]
+                        if e["name"] == name]
+            if "RUNNING" not in statuses or time.monotonic() > deadline:
+                return statuses
+            time.sleep(0.1)
 
     def aws(self, service: str) -> Any:
         """A client onto the stack's emulated AWS, for assertions on what the product wrote there: one per service

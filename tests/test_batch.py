@@ -70,7 +70,7 @@ def test_batch_output_is_a_data_snapshot_training_can_use(stack: Stack, tmp_path
     assert job["kind"] == "batch" and job["id"].startswith("batch-") and job["cached"] is False
     assert job["model"].startswith("snapshot:")
     output = job["model"].removeprefix("snapshot:")
-    assert [e["status"] for e in executions(stack, job["id"])] == ["SUCCEEDED"]
+    assert stack.executions(job["id"]) == ["SUCCEEDED"]
 
     # The output snapshot holds exactly the file the command wrote, content-addressed like any upload.
     s3 = stack.aws("s3")
@@ -129,7 +129,7 @@ def test_a_failing_batch_command_fails_visibly(stack: Stack, tmp_path: Path) -> 
     assert "the disk is on fire" in job["failure_reason"]
     assert "the disk is on fire" in stack.kaos("train", "info", job["id"]).stdout
     assert job["model"] is None
-    assert [e["status"] for e in executions(stack, job["id"])] == ["FAILED"]
+    assert stack.executions(job["id"]) == ["FAILED"]
     # Without --wait --json the CLI exits non-zero on a failed job.
     plain = stack.kaos("batch", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data"), "--wait", check=False)
     assert plain.returncode == 1 and "the disk is on fire" in plain.stdout

@@ -26,8 +26,7 @@ def test_quick_start(stack: Stack) -> None:
     assert job["metrics"]["accuracy"] > 0.9
     assert job["cached"] is False
 
-    runs = [e for e in executions(stack) if e["name"] == job["id"]]
-    assert [e["status"] for e in runs] == ["SUCCEEDED"]
+    assert stack.executions(job["id"]) == ["SUCCEEDED"]
 
     # The model object is a non-empty tar.gz holding the model and its metrics.
     bucket, key = job["model"].removeprefix("s3://").split("/", 1)
@@ -82,8 +81,7 @@ def test_a_raising_training_script_fails_visibly(stack: Stack, tmp_path: Path) -
     logs = stack.kaos("train", "logs", job["id"]).stdout
     assert "starting up" in logs and "RuntimeError: the learning rate exploded: 42" in logs
     assert "loaded 1797 examples" not in logs  # only this job's streams, not the whole log group
-    runs = [e for e in executions(stack) if e["name"] == job["id"]]
-    assert [e["status"] for e in runs] == ["FAILED"]
+    assert stack.executions(job["id"]) == ["FAILED"]
 
 
 def test_cli_rejects_bad_input_before_uploading(stack: Stack, tmp_path: Path) -> None:

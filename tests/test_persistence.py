@@ -96,12 +96,6 @@ def local(tmp_path: Path) -> Iterator[Restartable]:
         stack.close()
 
 
-def executions(stack: Stack, name: str) -> list[str]:
-    sfn = stack.aws("stepfunctions")
-    machine = sfn.list_state_machines()["stateMachines"][0]["stateMachineArn"]
-    return [e["status"] for e in sfn.list_executions(stateMachineArn=machine)["executions"] if e["name"] == name]
-
-
 def deploy(stack: Stack, code: Path, *extra: str) -> dict[str, Any]:
     args = ["train", "deploy", "-s", str(code), "-d", str(TEMPLATE / "data"), "-h", str(TEMPLATE / "params.json"),
             *extra, "--json"]
@@ -143,10 +137,10 @@ def test_down_and_up_keep_workspaces_jobs_models_and_logs(local: Restartable, tm
     assert len(body) == model_node["attrs"]["size"]
 
     # Identical inputs are still a cache hit that starts no second execution (the execution record is kept).
-    assert executions(stack, job["id"]) == ["SUCCEEDED"]
+    assert stack.executions(job["id"]) == ["SUCCEEDED"]
     again = deploy(stack, code)
     assert again["id"] == job["id"] and again["cached"] is True
-    assert executions(stack, job["id"]) == ["SUCCEEDED"]
+    assert stack.executions(job["id"]) == ["SUCCEEDED"]
     assert stack.kaos_json("train", "info", job["id"]) == before["job"]
 
     # A second restart right after changes made since the first one keeps those too.
@@ -198,8 +192,8 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
         assert failed["ended_at"] and failed["history"][-1]["status"] == "FAILED"
         assert [h["status"] for h in failed["history"]] == ["SUBMITTED", "TRAINING", "FAILED"]
         assert "slow training started" in stack.kaos("train", "logs", job["id"]).stdout
-        assert executions(stack, job["id"]) == ["ABORTED"]  # moto cannot resume it; the record stays
-        assert executions(stack, fast["id"]) == ["SUCCEEDED"]
+        assert stack.executions(job["id"]) == ["ABORTED"]  # moto cannot resume it; the record stays
+        assert stack.executions(fast["id"]) == ["SUCCEEDED"]
         kept = stack.kaos_json("train", "info", fast["id"])
         assert kept["status"] == "COMPLETED" and kept["metrics"] == fast["metrics"]
         assert "crash" in {w["name"] for w in stack.kaos_json("workspace", "list")}
@@ -210,7 +204,7 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
         assert resumed["status"] == "COMPLETED", resumed
         assert resumed["attempt"] == 2 and resumed["metrics"] == {"accuracy": 0.5}
         assert resumed["attempts"][0]["failure_reason"] == failed["failure_reason"]
-        assert executions(stack, f"{job['id']}-2") == ["SUCCEEDED"]
+        assert stack.executions(f"{job['id']}-2") == ["SUCCEEDED"]
     finally:
         if pid_file.exists():  # the first attempt's process outlived the crashed stack
             try:
