@@ -8,13 +8,13 @@ connection serves request after request (HTTP/1.1), as AWS's do.
 
 Why werkzeug closes: after a response it drains the socket for up to 10 ms, which on a kept-alive connection would
 swallow the client's next request. So this handler drains exactly the request's own body instead (its
-Content-Length, or its chunks up to the last one), and werkzeug's socket drain is turned off (``_NoDrain``).
+Content-Length, or its chunks up to the last one), and werkzeug's socket drain is turned off on its connections'
+threads (``_Selectors``); another werkzeug server in the process keeps werkzeug's behaviour.
 """
 from __future__ import annotations
 
 import selectors
 import threading
-import types
 from typing import IO, Any, cast
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -33,6 +33,20 @@ class _NoDrain(selectors.DefaultSelector):
         return []
 
 
+_SERVING = threading.local()  # `keep_alive` is set on the threads of KeepAliveHandler's connections
+
+
+class _Selectors:
+    """What werkzeug.serving sees as its `selectors` module, used only by its post-response drain: no drain on a
+    kept-alive connection's thread, werkzeug's own elsewhere (another werkzeug server in the process is unchanged)."""
+
+    EVENT_READ = selectors.EVENT_READ
+
+    @staticmethod
+    def DefaultSelector() -> selectors.BaseSelector:
+        return _NoDrain() if getattr(_SERVING, "keep_alive", False) else selectors.DefaultSelector()
+
+
 class KeepAliveHandler(MotoRequestHandler):
     """moto's request handler, keeping the connection open between requests."""
 
@@ -45,6 +59,10 @@ class KeepAliveHandler(MotoRequestHandler):
     def log_error(self, format: str, *args: Any) -> None:
         if not format.startswith("Request timed out"):  # an idle connection's end is not an error
             super().log_error(format, *args)
+
+    def handle(self) -> None:
+        _SERVING.keep_alive = True  # this thread serves this connection only (ThreadingMixIn)
+        super().handle()
 
     def make_environ(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().make_environ()
@@ -73,14 +91,14 @@ class KeepAliveHandler(MotoRequestHandler):
 class KeepAliveMotoServer:
     """ThreadedMotoServer's interface (start, get_host_and_port, stop) over :class:`KeepAliveHandler`."""
 
-    def __init__(self, ip_address: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, ip_address: str = "127.0.0.1", port: int = 0, application: Any = None) -> None:
+        """`application`: moto's (the default), or another WSGI application (the tests' one that reads nothing)."""
         import werkzeug.serving
 
-        # werkzeug.serving's module reference to `selectors` is used only by its post-response drain.
-        werkzeug.serving.selectors = types.SimpleNamespace(DefaultSelector=_NoDrain,  # type: ignore[assignment,attr-defined]
-                                                           EVENT_READ=selectors.EVENT_READ)
-        self._server: BaseWSGIServer = make_server(ip_address, port, DomainDispatcherApplication(create_backend_app),
-                                                   threaded=True, request_handler=KeepAliveHandler)
+        werkzeug.serving.selectors = _Selectors  # type: ignore[assignment,attr-defined]
+        app = application if application is not None else DomainDispatcherApplication(create_backend_app)
+        self._server: BaseWSGIServer = make_server(ip_address, port, app, threaded=True,
+                                                   request_handler=KeepAliveHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
 
     def start(self) -> None:
