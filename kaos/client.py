@@ -6,21 +6,24 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlencode
 
 import botocore.exceptions
-import botocore.session
-import requests
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 
 from chalicelib import limits
 from chalicelib.adapters import blob_put_headers
 from chalicelib.domain import parse_manifest
 from kaos.bundle import Committed, LocalFile
 from kaos.settings import ClientConfig
+
+if TYPE_CHECKING:
+    import botocore.session
+    import requests
+
+# botocore's session and signer and requests (~0.3 s of imports together) load when a command first talks to AWS or
+# the API: `kaos local up/down`, `--help` and `--version` never do.
 
 TIMEOUT = 60
 # Blob uploads in flight at once: enough to hide per-request latency, few enough for a laptop uplink and 2 cores.
@@ -53,6 +56,8 @@ def unreachable(url: str, exc: Exception) -> ApiError:
 
 def profiles(credentials_file: str) -> list[str]:
     """The profiles botocore can see (config and credentials files, or the given credentials file)."""
+    import botocore.session
+
     session = botocore.session.Session()
     if credentials_file:
         session.set_config_variable("credentials_file", credentials_file)
@@ -62,6 +67,8 @@ def profiles(credentials_file: str) -> list[str]:
 def botocore_session(profile: str) -> botocore.session.Session:
     """A session of the named profile; "default" means botocore's own chain (environment variables, the default
     profile, instance roles), so credentials from the environment work without a profile file."""
+    import botocore.session
+
     return botocore.session.Session(profile=None if profile in ("", "default") else profile)
 
 
@@ -84,6 +91,8 @@ def credentials(profile: str, credentials_file: str) -> Any:
 
 class Client:
     def __init__(self, config: ClientConfig) -> None:
+        import requests
+
         if not config.api_url:
             raise ApiError(0, "NotConfigured", "no API URL configured: start the embedded stack with "
                                                "`kaos local up --detach` (or deploy with `kaos cloud deploy`)")
@@ -106,6 +115,10 @@ class Client:
     def send(self, method: str, path: str, data: bytes, headers: dict[str, str],
              query: dict[str, Any] | None = None, timeout: float = TIMEOUT) -> requests.Response:
         """One SigV4-signed request with a raw body; a 4xx/5xx answer raises its `{"error"}` as ApiError."""
+        import requests
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         url = self.base + path
         clean = {k: v for k, v in (query or {}).items() if v is not None}
         if clean:
@@ -235,6 +248,8 @@ class Client:
 
     def _upload_session(self) -> requests.Session:
         """This thread's connection for uploads (a requests.Session is not thread-safe)."""
+        import requests
+
         session = getattr(self._uploads, "session", None)
         if session is None:
             session = self._uploads.session = requests.Session()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
-import botocore.session
 
 from kaos.client import ApiError, botocore_session
 

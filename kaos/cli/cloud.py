@@ -6,7 +6,6 @@ import shlex
 import subprocess
 from typing import Any
 
-import botocore.session
 import typer
 from rich.table import Table
 
@@ -35,6 +34,8 @@ def _target(profile: str | None, region: str | None, stage: str | None) -> cloud
 
 
 def _profile_region(profile: str) -> str | None:
+    import botocore.session  # only `kaos cloud` reads profiles (kaos/client.py: why imports wait)
+
     session = botocore.session.Session()
     if profile not in session.available_profiles:
         return None
