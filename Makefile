@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.grid_fit
 	$(BIN)/python -m bench.stack_footprint
+	$(BIN)/python -m bench.emulator_requests
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .cache
