@@ -115,6 +115,9 @@ def test_down_and_up_keep_workspaces_jobs_models_and_logs(local: Restartable, tm
         "job": stack.kaos_json("train", "info", job["id"]),
         "provenance": stack.kaos_json("train", "provenance", f"model:{job['id']}"),
     }
+    # The job reads COMPLETED from its execution's last task; a `down` before that execution ended would abort it
+    # (an in-flight execution does not survive a stop), and its kept record is what is checked below.
+    assert stack.executions(job["id"]) == ["SUCCEEDED"]
     local.down()
     assert (local.state_dir / "data" / "format.json").exists()
 
@@ -169,6 +172,7 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
     fast = json.loads(stack.kaos("train", "deploy", "-s", str(tiny_code(tmp_path)), "-d", str(TEMPLATE / "data"),
                                  "--wait", "--json").stdout)
     assert fast["status"] == "COMPLETED", fast
+    assert stack.executions(fast["id"]) == ["SUCCEEDED"]  # ended before the crash (see the test above)
     job = json.loads(stack.kaos("train", "deploy", "-s", str(slow), "-d", str(TEMPLATE / "data"), "--json").stdout)
     try:
         # Crash once the running job has reached the stored state (a Lambda's write, not an acknowledged API
