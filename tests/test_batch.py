@@ -35,15 +35,6 @@ print(f"scaled {rows} rows")
 """
 
 
-def executions(stack: Stack, name: str) -> list[dict[str, Any]]:
-    sfn = stack.aws("stepfunctions")
-    found: list[dict[str, Any]] = []
-    for machine in sfn.list_state_machines()["stateMachines"]:
-        found += [e for e in sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]
-                  if e["name"] == name]
-    return found
-
-
 def upload(client: Client, workspace: str, kind: str, directory: Path) -> str:
     files = hash_files(scan(directory, kind), lambda _: None)
     return str(client.upload_snapshot(workspace, kind, files, lambda _: None)["id"])
@@ -90,7 +81,7 @@ def test_batch_output_is_a_data_snapshot_training_can_use(stack: Stack, tmp_path
     # Identical inputs and command: a cache hit, no second execution.
     again = json.loads(stack.kaos(*deploy, "--json").stdout)
     assert again["id"] == job["id"] and again["cached"] is True
-    assert len(executions(stack, job["id"])) == 1
+    assert len(stack.executions(job["id"])) == 1
 
     # `kaos train deploy -d` takes directories, so the output snapshot is used through the API client.
     client = stack.client()
