@@ -31,9 +31,11 @@ test: setup
 synth: setup
 	$(BIN)/python -m cdk.check
 
+# tests/ is not under mypy: collecting them is what catches a test importing a name another module dropped.
 lint: setup
 	$(BIN)/ruff check app chalicelib functions cdk kaos tests bench
 	$(BIN)/mypy --strict chalicelib functions cdk app/app.py kaos bench --exclude 'kaos/templates/'
+	$(BIN)/python -m pytest --collect-only -q tests > /dev/null
 
 bench: setup
 	$(BIN)/python -m bench.cold_imports

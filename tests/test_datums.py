@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import Stack
-from .test_batch import executions
 
 # One output per datum, named after it; the sum of the CSV's second column.
 SUM = """\
@@ -128,7 +127,7 @@ def test_a_failed_datum_fails_the_job_but_finished_datums_stay_cached(stack: Sta
     assert failed["status"] == "FAILED", failed
     assert "datum part-002.csv failed" in failed["failure_reason"]
     assert failed["metrics"] == {"datums": 4, "datums_processed": 3, "datums_reused": 0, "datums_unfinished": 1}
-    assert [e["status"] for e in executions(stack, failed["id"])] == ["FAILED"]
+    assert stack.executions(failed["id"]) == ["FAILED"]
 
     # Fixing the bad file: only it runs; the three that finished in the failed job are reused.
     write_csv(data, 2)
