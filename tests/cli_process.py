@@ -1,11 +1,16 @@
 """`kaos` command processes for the tests, forked from a warm parent instead of started cold.
 
-A cold `python -m kaos.cli` spends ~0.7 CPU-s importing botocore, requests, typer (which imports pydantic) and rich
-before it parses its arguments, and the suite starts ~400 of them: a fifth of its CPU on 2 cores. One server process
-per test worker imports those third-party packages once and forks a child per command. The child is a new process as
-far as the command can tell: it takes the caller's environment, working directory and output files, imports kaos
-itself (nothing of kaos is loaded in the server, so no module state was made under another environment), runs
+A cold `python -m kaos.cli` spends ~0.7 CPU-s importing botocore, requests, typer (which imports pydantic), rich and
+kaos before it parses its arguments, and ~0.2 CPU-s more tearing that heap down at exit; the suite starts ~400 of
+them. One server process per test worker imports all of it once and forks a child per command. The child is a new
+process as far as the command can tell: it takes the caller's environment, working directory and output files, runs
 `kaos.cli` as `python -m` would and exits with the command's code. `run` returns what subprocess.run would.
+
+kaos is preloaded only because it reads nothing of the environment at import (the server checks that and refuses to
+start otherwise): its settings, credentials and endpoints are read when a command runs, in the child. rich's consoles,
+built when kaos.cli is imported, decide a fixed width (COLUMNS), colour and interactivity from the environment at
+that moment, so the server drops those variables first: without them a console reads the width from the command's
+own environment when it prints, and colour is off because the child's output is a file, as it is in the server.
 
 Frames on the socket: the request is one JSON line; the child answers its pid, then its exit code, then closes.
 """
@@ -21,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,10 +36,59 @@ T = TypeVar("T", str, bytes)
 PRELOAD = ("botocore.session", "botocore.auth", "botocore.awsrequest", "requests", "typer", "typer._adapters",
            "typer.main", "rich.console", "rich.table", "rich.progress", "rich.tree", "importlib.metadata",
            "concurrent.futures", "tomllib", "netrc", "webbrowser")
+# What rich.console.Console reads from the environment when it is built (rather than when it prints).
+CONSOLE_ENVIRONMENT = ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "TERM",
+                       "COLORTERM", "JUPYTER_COLUMNS", "JUPYTER_LINES")
+
+
+class _WatchedEnvironment(MutableMapping[str, str]):
+    """os.environ while kaos is imported: everything goes to the real one, and every name touched is recorded."""
+
+    def __init__(self, real: MutableMapping[str, str]) -> None:
+        self.real = real
+        self.touched: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.touched.add(key)
+        return self.real[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.touched.add(key)
+        self.real[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.touched.add(key)
+        del self.real[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.touched.add("*")
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        self.touched.add("*")
+        return len(self.real)
+
+
+def _preload_kaos() -> None:
+    import importlib
+
+    for name in CONSOLE_ENVIRONMENT:
+        os.environ.pop(name, None)
+    real = os.environ
+    watched = _WatchedEnvironment(real)
+    os.environ = watched  # type: ignore[assignment]  # noqa: B003  (watched, not replaced: it forwards to real)
+    try:
+        importlib.import_module("kaos.cli")
+    finally:
+        os.environ = real  # noqa: B003
+    if watched.touched:
+        raise RuntimeError(f"importing kaos.cli touched {sorted(watched.touched)} of the environment: a kaos "
+                           "preloaded in the server would keep the server's values, so it cannot be preloaded")
 
 
 def _child(connection: socket.socket, request: dict[str, object]) -> int:
-    """Runs in the forked child: becomes the command's process and returns its exit code."""
+    """Runs in the forked child: becomes the command's process and returns its exit code once the command's
+    threads and exit handlers have run and its output is flushed."""
     import runpy
     import signal
 
@@ -69,6 +123,12 @@ def _child(connection: socket.socket, request: dict[str, object]) -> int:
 
         traceback.print_exc()
         code = 1
+    # What the interpreter does at exit before it tears the heap down: wait for the command's non-daemon threads
+    # (and thread pools), then run its atexit handlers. The teardown itself is skipped (os._exit in serve): it
+    # frees every object the server preloaded, which in a forked child copies most of the inherited pages.
+    # kaos closes the files it writes (`with`), so no buffered write waits for that teardown.
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     return code
@@ -82,6 +142,7 @@ def serve(path: str) -> int:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    _preload_kaos()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # no zombies: the kernel reaps the children
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -99,8 +160,7 @@ def serve(path: str) -> int:
             server.close()
             code = _child(connection, request)
             connection.sendall(f"{code}\n".encode())
-            # Exiting normally runs what a command's interpreter runs at exit (atexit, non-daemon threads).
-            raise SystemExit(code)
+            os._exit(code)
         connection.close()
 
 
