@@ -362,3 +362,31 @@ def emulator_table_partitions(store: Any) -> list[Any]:
     from moto.dynamodb.models import dynamodb_backends
 
     return list(dynamodb_backends[store.account][store.region].get_table("T").items)
+
+
+def test_an_execution_that_ends_after_the_last_flush_is_stored_ended_by_the_stop(tmp_path: Path) -> None:
+    """An execution ends inside the emulator, after its last task's writes, with no request that marks it changed:
+    a stop right after it ended (before the periodic thread looked again) must store it ended, or the next start
+    fails it as interrupted."""
+    from kaos.local.emulator import Emulator
+    from kaos.local.persistence import Persistence
+
+    with Emulator(tmp_path / "work") as emulator:
+        persistence = Persistence(tmp_path / "state", emulator.client, "us-east-1", "123456789012", interval=3600)
+        assert persistence.track(emulator._server._server)
+        persistence.restore()
+        persistence.start()
+        sfn = emulator.client("stepfunctions")
+        machine = sfn.create_state_machine(
+            name="m", roleArn="arn:aws:iam::123456789012:role/r",
+            definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": True}}}),
+        )["stateMachineArn"]
+        arn = sfn.start_execution(stateMachineArn=machine, name="e")["executionArn"]
+        persistence.flush()
+        assert persistence.store.executions[arn]["status"] == "RUNNING"
+        deadline = time.monotonic() + 60
+        while sfn.describe_execution(executionArn=arn)["status"] == "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        persistence.stop()
+    assert load_stored(tmp_path / "state" / "data").executions[arn]["status"] == "SUCCEEDED"

@@ -1639,9 +1639,9 @@ class Persistence:
                     self.tracker.record(Changes(logs=True))
                     raise
 
-    def tick(self) -> None:
-        """The periodic work: internal writes flushed (and executions that moved on), new log events exported,
-        a snapshot when due."""
+    def refresh_executions(self) -> None:
+        """Stores the executions that ended since they were stored RUNNING. An execution ends inside the
+        emulator's interpreter, after its last task's writes, with no request that would mark it changed."""
         if self._executions_stale or any(r["status"] == "RUNNING" for r in list(self.store.executions.values())):
             self._executions_stale = False
             # Listed and described outside the flush lock (~100 ms over HTTP): acknowledged writes do not wait.
@@ -1650,6 +1650,11 @@ class Persistence:
                 known = self.store.executions
                 self.store.commit([r for r in records if r["record"] != known.get(r["record"]["executionArn"]) and (
                     known.get(r["record"]["executionArn"]) or {"status": "RUNNING"})["status"] == "RUNNING"])
+
+    def tick(self) -> None:
+        """The periodic work: internal writes flushed (and executions that moved on), new log events exported,
+        a snapshot when due."""
+        self.refresh_executions()
         self.flush()
         self.export_logs()
         if self._snapshot_due or self.store.journal.size > self.journal_limit:
@@ -1681,6 +1686,9 @@ class Persistence:
             return None
         try:
             started = time.monotonic()
+            # An execution that ended after the last tick is stored as ended, not left RUNNING (which the next
+            # start would fail as interrupted).
+            self.refresh_executions()
             report = self.flush() or Report()
             self.export_logs(report)
             report.seconds = time.monotonic() - started
