@@ -160,3 +160,52 @@ def test_a_transaction_copies_only_the_items_it_names(dynamodb: Any, monkeypatch
         copies[0] = 0
         dynamodb.transact_write_items(TransactItems=one)
     assert patched < 100 and copies[0] > 3000, (patched, copies[0])
+
+
+def test_base_table_queries_read_one_partition_and_answer_as_stock_moto(dynamodb: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stock moto sorts every item of the table for a Query of one partition; the patch gives it that partition
+    only. The answers are the same for key conditions, order, pages, filters, projections and counts."""
+    from moto.dynamodb.models.table import Table
+
+    for pk in ("a", "q", "z"):  # partitions besides "p", sorting before and after it
+        for i in range(4):
+            dynamodb.put_item(TableName="t", Item={"pk": {"S": pk}, "sk": {"S": f"{i:03}"}, "n": {"N": str(i)},
+                                                   "g": {"S": "all"}})
+
+    def query(**extra: Any) -> Callable[[], dict[str, Any]]:
+        return lambda: dynamodb.query(TableName="t", **{"KeyConditionExpression": "pk = :p",
+                                                        "ExpressionAttributeValues": {":p": {"S": "p"}}, **extra})
+
+    calls = [
+        query(),
+        query(ScanIndexForward=False, Limit=2),
+        query(Limit=2, ExclusiveStartKey={"pk": {"S": "p"}, "sk": {"S": "001"}}),
+        query(KeyConditionExpression="pk = :p AND sk BETWEEN :a AND :b",
+              ExpressionAttributeValues={":p": {"S": "q"}, ":a": {"S": "001"}, ":b": {"S": "002"}}),
+        query(KeyConditionExpression="pk = :p AND begins_with(sk, :s)",
+              ExpressionAttributeValues={":p": {"S": "p"}, ":s": {"S": "00"}}, ProjectionExpression="sk, n"),
+        query(FilterExpression="n > :n", ExpressionAttributeValues={":p": {"S": "z"}, ":n": {"N": "1"}}),
+        query(Select="COUNT", ExpressionAttributeValues={":p": {"S": "a"}}),
+        query(ExpressionAttributeValues={":p": {"S": "absent"}}),
+        lambda: dynamodb.query(TableName="t", IndexName="gsi1", KeyConditionExpression="g = :g", Limit=3,
+                               ExpressionAttributeValues={":g": {"S": "all"}}),
+    ]
+    for call in calls:
+        patched = call()
+        with patches_dynamodb.PATCHES.stock(Table, "query"):
+            stock = call()
+        for answer in (patched, stock):
+            answer.pop("ResponseMetadata")
+        assert patched == stock
+    # A base-table Query no longer lists the table; an index Query still does (an index spans partitions).
+    listed: list[str] = []
+    original = Table.all_items
+    monkeypatch.setattr(Table, "all_items", lambda table: listed.append(table.name) or original(table))
+    calls[0]()
+    assert listed == []
+    calls[-1]()
+    assert listed == ["t"]
+    assert dynamodb.query(TableName="t", KeyConditionExpression="pk = :p",
+                          ExpressionAttributeValues={":p": {"S": "nowhere"}})["Count"] == 0
+    assert len(dynamodb.scan(TableName="t")["Items"]) == 5 + 12  # no partition was created by the lookups
