@@ -13,6 +13,7 @@ threads (``_Selectors``); another werkzeug server in the process keeps werkzeug'
 """
 from __future__ import annotations
 
+import io
 import selectors
 import threading
 from typing import IO, Any, cast
@@ -55,10 +56,19 @@ class KeepAliveHandler(MotoRequestHandler):
     # werkzeug writes a response's status line, headers and body separately: with Nagle's algorithm on a kept-alive
     # connection each later write waits for the client's delayed ACK (40 ms per request).
     disable_nagle_algorithm = True
+    # ...and, unbuffered, each of those writes is its own send (a segment, a wakeup of the client): buffered, werkzeug's
+    # flush after each body chunk sends the status line, headers and body of a response together. Streamed bodies
+    # still go out chunk by chunk (werkzeug flushes each), and http.server flushes once the response is written.
+    wbufsize = io.DEFAULT_BUFFER_SIZE
 
     def log_error(self, format: str, *args: Any) -> None:
         if not format.startswith("Request timed out"):  # an idle connection's end is not an error
             super().log_error(format, *args)
+
+    def handle_expect_100(self) -> bool:
+        answered = super().handle_expect_100()
+        self.wfile.flush()  # the interim "100 Continue" goes now: the client holds the body back until it comes
+        return answered
 
     def handle(self) -> None:
         _SERVING.keep_alive = True  # this thread serves this connection only (ThreadingMixIn)
