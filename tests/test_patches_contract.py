@@ -223,3 +223,29 @@ def test_stock_moto_lists_its_package_on_every_request(emulator: Emulator, monke
 
     with patches.PATCHES.stock(backends, "list_of_moto_modules"):
         assert _listings_per_request(emulator, monkeypatch) >= 5
+
+
+def test_region_lists_are_kept_on_disk_and_read_back_by_the_next_start(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto asks botocore for each service's regions at every start (EC2's parses its whole service model): the
+    answers depend only on botocore's data, so a start after the first reads them from the file."""
+    from boto3.session import Session
+
+    stock = patches.PATCHES.original(Session, "get_available_regions") if patches.PATCHES else \
+        Session.get_available_regions
+    monkeypatch.setattr(patches, "REGIONS_CACHE", tmp_path)
+    monkeypatch.setattr(Session, "get_available_regions", stock)
+    first = patches._shared_regions()(None, "ec2")
+    assert "us-east-1" in first and first == stock(Session(), "ec2")
+    stored = json.loads(patches._regions_file().read_text())
+    assert stored == {"ec2/aws/False": first}
+
+    def never(*_: Any, **__: Any) -> list[str]:
+        raise AssertionError("botocore was asked again")
+
+    monkeypatch.setattr(Session, "get_available_regions", never)
+    assert patches._shared_regions()(None, "ec2") == first  # a new start: from the file
+    patches._regions_file().write_text("{not json")
+    monkeypatch.setattr(Session, "get_available_regions", stock)
+    assert patches._shared_regions()(None, "ec2") == first  # a damaged file is recomputed and rewritten
+    assert json.loads(patches._regions_file().read_text()) == stored

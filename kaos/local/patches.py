@@ -36,10 +36,12 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
 import botocore.session
@@ -52,6 +54,8 @@ from kaos.local.serving_runner import LocalServingRunner
 
 LOG = logging.getLogger(__name__)
 
+# Beside the synth cache of the checkout (kaos/local/stack.py): what later starts can reuse.
+REGIONS_CACHE: Final = Path(__file__).resolve().parents[2] / ".cache"
 PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.awslambda_simple.models.LambdaSimpleBackend.invoke",
     "moto.awslambda.models.LambdaFunction.invoke",
@@ -912,20 +916,52 @@ def _list_of_moto_modules() -> tuple[str, ...]:
     return _moto_modules
 
 
+def _regions_file() -> Path:
+    """Where the region lists of this botocore's data are kept between starts (beside the synth cache)."""
+    import hashlib
+
+    import botocore
+
+    data = f"{botocore.__version__}\0{os.environ.get('AWS_DATA_PATH', '')}"
+    return REGIONS_CACHE / f"botocore-regions-{hashlib.sha256(data.encode()).hexdigest()[:16]}.json"
+
+
 def _shared_regions() -> Callable[..., list[str]]:
-    """boto3's Session.get_available_regions, answered once per (service, partition) from moto's one session.
+    """boto3's Session.get_available_regions, answered once per (service, partition) from moto's one session, and
+    kept on disk for the next start.
 
     moto asks it from a fresh Session per call (three at moto.ec2's import, one per service backend), and each
-    fresh Session parses the whole service model (~0.5 s for EC2's) to read one endpoint prefix: about 1.5 s of every
-    stack start. The answer depends only on botocore's data files."""
+    fresh Session parses the whole service model (~0.3 CPU-s for EC2's) to read one endpoint prefix. The answer
+    depends only on botocore's data files, so it is stored per botocore version (and AWS_DATA_PATH): a start after
+    the first reads it back (~0.6 s of every stack start). An unreadable file is recomputed and rewritten."""
     from boto3.session import Session
     from moto.core.base_backend import AccountSpecificBackend
 
     original = Session.get_available_regions
+    path = _regions_file()
+    try:
+        stored: dict[str, list[str]] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    lock = threading.Lock()
 
     @functools.cache
     def regions(service: str, partition: str, non_regional: bool) -> tuple[str, ...]:
-        return tuple(original(AccountSpecificBackend.get_session(), service, partition, non_regional))
+        key = f"{service}/{partition}/{non_regional}"
+        with lock:
+            if isinstance(stored.get(key), list):
+                return tuple(stored[key])
+        answer = tuple(original(AccountSpecificBackend.get_session(), service, partition, non_regional))
+        with lock:
+            stored[key] = list(answer)
+            try:  # whole or not at all: a concurrent start reads the old file or this one
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                partial.write_text(json.dumps(stored, sort_keys=True))
+                os.replace(partial, path)
+            except OSError:
+                pass  # a read-only checkout: computed again next time
+        return answer
 
     def get_available_regions(self: Any, service_name: str, partition_name: str = "aws",
                               allow_non_regional: bool = False) -> list[str]:
