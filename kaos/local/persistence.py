@@ -1687,8 +1687,11 @@ class Persistence:
         try:
             started = time.monotonic()
             # An execution that ended after the last tick is stored as ended, not left RUNNING (which the next
-            # start would fail as interrupted).
-            self.refresh_executions()
+            # start would fail as interrupted). Reading them must not cost the last writes their flush.
+            try:
+                self.refresh_executions()
+            except Exception:
+                LOG.exception("reading the executions' states at the stop failed; each keeps its last stored state")
             report = self.flush() or Report()
             self.export_logs(report)
             report.seconds = time.monotonic() - started
