@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import boto3
 import pytest
@@ -23,6 +23,18 @@ from . import cli_process
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "kaos" / "templates" / "sklearn-digits"
+
+
+def until(condition: Callable[[], Any], what: str, timeout: float = 120, every: float = 0.3) -> Any:
+    """Polls `condition` until it returns something truthy; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 class Stack:

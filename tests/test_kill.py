@@ -11,7 +11,6 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from kaos.client import ApiError, Client
 
 from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 
-from .conftest import TEMPLATE, Stack, tiny_code
+from .conftest import TEMPLATE, Stack, tiny_code, until
 
 DEV = "arn:aws:iam::123456789012:user/dev"
 GUEST = "arn:aws:iam::123456789012:user/guest"
@@ -54,18 +53,6 @@ while time.monotonic() < deadline and not os.path.exists(pidfile + '.stop'):
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-def until(condition: Callable[[], Any], what: str, timeout: float = 120, every: float = 0.3) -> Any:
-    """Polls `condition` until it returns something truthy; fails naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
 def alive(pid: int) -> bool:
     """Whether the process exists and is not a zombie (a zombie has ended; only its exit status is left)."""
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from chalicelib.triggers import WINDOW_SECONDS
 from kaos.local.loader import physical_name
-from tests.conftest import TEMPLATE, Stack, tiny_code
+from tests.conftest import TEMPLATE, Stack, tiny_code, until
 
 WS = "retrain"
 # Generous: under a full parallel test run the two cores are shared with other trainings.
@@ -79,10 +79,8 @@ def wait_job(stack: Stack, ws: str, job_id: str) -> dict[str, Any]:
 def wait_logged(stack: Stack, line: str) -> None:
     """Until the stack's log (where every function's log lines go, as CloudWatch Logs would hold them) has `line`:
     the upload function has decided on an event, so what it did not do will not happen later either."""
-    deadline = time.monotonic() + DEADLINE
-    while line not in (stack.state_dir / "stack.log").read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"no log line {line!r} after {DEADLINE} s"
-        time.sleep(0.2)
+    until(lambda: line in (stack.state_dir / "stack.log").read_text(errors="replace"), f"log line {line!r}",
+          DEADLINE, every=0.2)
 
 
 def manifest_paths(stack: Stack, ws: str, snapshot: str) -> set[str]:
