@@ -373,7 +373,7 @@ def test_an_execution_that_ends_after_the_last_flush_is_stored_ended_by_the_stop
 
     with Emulator(tmp_path / "work") as emulator:
         persistence = Persistence(tmp_path / "state", emulator.client, "us-east-1", "123456789012", interval=3600)
-        assert persistence.track(emulator._server._server)
+        assert persistence.track(emulator.wsgi_server)
         persistence.restore()
         persistence.start()
         sfn = emulator.client("stepfunctions")

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 from botocore.config import Config
@@ -61,6 +61,9 @@ from kaos.local.sagemaker_runner import LocalTrainingRunner
 from kaos.local.batch_runner import LocalBatchRunner
 from kaos.local.environments import Environments, default_cache_dir
 from kaos.local.serving_runner import LocalServingRunner
+
+if TYPE_CHECKING:  # moto loads when the emulator starts, not when this module is imported
+    from kaos.local.moto_server import KeepAliveMotoServer
 
 LOG = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ class Emulator:
         self.region = region
         self.stop_grace_seconds = stop_grace_seconds
         self.endpoint_url: str | None = None
-        self._server: Any = None
+        self._server: KeepAliveMotoServer | None = None
         self._handlers: dict[str, Handler] = {}
         self._faults: dict[tuple[str, str], list[Any]] = {}
         self._lock = threading.Lock()
@@ -127,6 +130,12 @@ class Emulator:
         self._clients: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def wsgi_server(self) -> Any:
+        """The running HTTP server, whose WSGI application a tracker may wrap (kaos/local/persistence.py); None
+        before start."""
+        return self._server.wsgi if self._server is not None else None
 
     def start(self) -> str:
         from moto.core.config import default_user_config

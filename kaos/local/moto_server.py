@@ -111,6 +111,11 @@ class KeepAliveMotoServer:
                                                    request_handler=KeepAliveHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
 
+    @property
+    def wsgi(self) -> BaseWSGIServer:
+        """werkzeug's server, whose `app` is the WSGI application it serves."""
+        return self._server
+
     def start(self) -> None:
         self._thread.start()
 

@@ -260,7 +260,7 @@ class LocalStack:
         # Workspaces, snapshots, jobs, models and logs outlive the process: <state_dir>/data (see persistence.py).
         # The change tracker goes in front of moto's WSGI app before anything writes.
         self.persistence = Persistence(self.state_dir, self.emulator.client, REGION, ACCOUNT_ID)
-        self.persistence.track(getattr(getattr(self.emulator, "_server", None), "_server", None))
+        self.persistence.track(self.emulator.wsgi_server)
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
         stack = TemplateLoader(template, self.emulator.client, REPO_ROOT).load()
