@@ -143,14 +143,16 @@ class _Partition:
         return list(partition.values()) if self._table.range_key_attr else [partition]
 
 
-def _query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+def _query(self: Any, hash_key: Any, range_comparison: Any, range_objs: Any, limit: Any, exclusive_start_key: Any,
+           scan_index_forward: Any, projection_expressions: Any, index_name: str | None = None, *args: Any,
+           **kwargs: Any) -> Any:
+    """moto's Table.query (its parameters up to index_name named as moto names them), on the partition alone when
+    it queries the base table."""
     from moto.dynamodb.models.table import Table
 
-    original = PATCHES.original(Table, "query")
-    index_name = kwargs["index_name"] if "index_name" in kwargs else args[6] if len(args) > 6 else None
-    if index_name or hash_key is None:
-        return original(self, hash_key, *args, **kwargs)
-    return original(_Partition(self, hash_key), hash_key, *args, **kwargs)
+    table = self if index_name or hash_key is None else _Partition(self, hash_key)
+    return PATCHES.original(Table, "query")(table, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                                            scan_index_forward, projection_expressions, index_name, *args, **kwargs)
 
 
 def apply() -> None:
