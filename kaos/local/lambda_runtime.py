@@ -38,6 +38,12 @@ OFFLINE_ONLY = ("AWS_ENDPOINT_URL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 # How long an idle environment stays warm. Lambda documents no figure (minutes, in practice); offline each one is
 # a ~50 MB process, so a burst's environments are given back once the burst is over.
 IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_IDLE_SECONDS", "180"))
+# How many environments one function may have at once. Lambda scales out per concurrent invocation; offline an
+# environment is a CPU-bound process of ~80 MB whose cold start alone is ~0.9 CPU-s, so more of them than the
+# machine has cores only adds cold starts and memory: a 10-point grid on 2 cores took 37-39 s and 2.0 GB with 8
+# per function, 27-31 s and 1.2 GB with 2 (bench.grid_fit). Further invocations wait for a free one, as a
+# throttled invocation is retried on AWS.
+CONCURRENCY = int(os.environ.get("KAOS_LOCAL_LAMBDA_CONCURRENCY", "0")) or max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True)
@@ -133,9 +139,7 @@ class FunctionPool:
 
     spec: FunctionSpec
     environment: Callable[[], dict[str, str]]
-    # Lambda scales out per concurrent invocation; offline the pool grows on demand up to this many processes
-    # (~50 MB each), enough for the bursts the tests and the demo make on a laptop.
-    max_workers: int = 8
+    max_workers: int = CONCURRENCY
     idle_seconds: float = IDLE_SECONDS
     _idle: list[_Worker] = field(default_factory=list)
     _running: set[_Worker] = field(default_factory=set)  # busy ones: a stop ends them too
