@@ -5,6 +5,7 @@ The stack runs with the periodic thread effectively off (KAOS_LOCAL_EXPORT_SECON
 after the last answer: whatever survives was made durable on the write's own path."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -330,6 +331,26 @@ def test_in_process_reads_describe_what_the_api_describes(tmp_path: Path) -> Non
         ranged = s3.get_object(Bucket="restored", Key="k/model.bin", Range="bytes=256-511")
         assert ranged["Body"].read() == body[256:512]
         assert [o["Key"] for o in s3.list_objects_v2(Bucket="restored")["Contents"]] == ["k/model.bin"]
+        # Each changed object's entry is read from moto's object in process; it says what GetObject says.
+        s3.put_object(Bucket="restored", Key="plain", Body=b"x" * 10)
+        s3.put_object(Bucket="restored", Key="empty", Body=b"")
+        s3.put_object(Bucket="restored", Key="typed", Body=b"{}", ContentType="application/json",
+                      Metadata={"Sha256": "abc", "x": "y"}, ContentEncoding="gzip", CacheControl="no-cache",
+                      ContentDisposition="attachment")
+        s3.put_object(Bucket="restored", Key="signed", Body=b"hello",
+                      ChecksumSHA256=base64.b64encode(hashlib.sha256(b"hello").digest()).decode())
+        upload = s3.create_multipart_upload(Bucket="restored", Key="parts", ChecksumAlgorithm="SHA256")
+        part = s3.upload_part(Bucket="restored", Key="parts", UploadId=upload["UploadId"], PartNumber=1,
+                              Body=b"p" * (5 << 20), ChecksumAlgorithm="SHA256")
+        s3.complete_multipart_upload(Bucket="restored", Key="parts", UploadId=upload["UploadId"], MultipartUpload={
+            "Parts": [{"ETag": part["ETag"], "PartNumber": 1, "ChecksumSHA256": part["ChecksumSHA256"]}]})
+        s3.put_object(Bucket="restored", Key="gone", Body=b"g")
+        s3.delete_object(Bucket="restored", Key="gone")
+        for key in ("k/model.bin", "plain", "empty", "typed", "signed", "parts", "gone", "never"):
+            assert store._object("restored", key) == store._object_over_http("restored", key, None, tmp_path), key
+        assert store._object("restored", "signed")[2]["checksums"] == {  # type: ignore[index]
+            "ChecksumSHA256": base64.b64encode(hashlib.sha256(b"hello").digest()).decode()}
+        assert store._object("no-such-bucket", "k") == ("no-such-bucket", "k", False)
 
         policy = iam.create_policy(PolicyName="boundary", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))

@@ -6,6 +6,9 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from kaos.local.lambda_runtime import FunctionPool, FunctionSpec
 from kaos.processes import alive
@@ -26,6 +29,26 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
     finally:
         pool.close()
     assert not pool.warm and not alive(second)
+
+
+def test_a_functions_info_lines_reach_its_log_with_the_request_id(tmp_path: Path,
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """The runtime's root handler (as awslambdaric's): a logger whose level lets INFO through is heard, each line
+    carrying the invocation's request id; before it, offline, only WARNING and above reached the log."""
+    (tmp_path / "handler.py").write_text("import logging\nlog = logging.getLogger('app')\nlog.setLevel(logging.INFO)\n"
+                                         "def handler(event, context):\n    log.info('decided %s', event['n'])\n")
+    spec = FunctionSpec("f", "handler.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=30,
+                        code_paths=(str(tmp_path),))
+    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)})
+    try:
+        pool.invoke({"n": 1}, SimpleNamespace(aws_request_id="req-1", invoked_function_arn="arn"))
+        pool.invoke({"n": 2}, SimpleNamespace(aws_request_id="req-2", invoked_function_arn="arn"))
+    finally:
+        pool.close()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "decided" in line]
+    assert [line.split("\t")[0] for line in lines] == ["[INFO]", "[INFO]"]
+    assert [line.split("\t")[2:] for line in lines] == [["req-1", "decided 1"], ["req-2", "decided 2"]]
+    assert lines[0].split("\t")[1].endswith("Z")
 
 
 def _wait_until(condition: Callable[[], bool], failure: str, timeout: float = 20) -> None:

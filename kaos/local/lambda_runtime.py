@@ -16,6 +16,7 @@ handler's ``print`` never corrupts the protocol): ``{"result": ...}`` or ``{"err
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import subprocess
@@ -256,6 +257,26 @@ class _Context:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+class _LogHandler(logging.Handler):
+    """The handler the Lambda Python runtime (awslambdaric's bootstrap) puts on the root logger before it imports
+    the function: each record as `[LEVEL]\\t<UTC time>\\t<request id>\\t<message>` to the function's log. Without it
+    a function's INFO lines, which its own logger's level lets through on AWS, were dropped offline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request_id = ""
+        self.setFormatter(logging.Formatter(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n", "%Y-%m-%dT%H:%M:%S"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = self.request_id
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record))
+        sys.stderr.flush()
+
+
 def main() -> None:
     import importlib
     import traceback
@@ -264,6 +285,9 @@ def main() -> None:
     answers = os.fdopen(answer_fd, "wb")
     os.dup2(2, 1)  # the handler's prints go to the log (stderr), not into the protocol
     sys.stdout = sys.stderr
+    logging.Formatter.converter = time.gmtime
+    log = _LogHandler()
+    logging.getLogger().addHandler(log)
     module_name, _, attribute = handler_path.rpartition(".")
     for path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
         if path and path not in sys.path:
@@ -277,6 +301,7 @@ def main() -> None:
                       "errorMessage": f"Unable to import module '{module_name}': {exc}", "stackTrace": []}
     for line in sys.stdin.buffer:
         request = json.loads(line)
+        log.request_id = request["request_id"]
         if init_error is not None:
             answer: dict[str, Any] = init_error
         else:
