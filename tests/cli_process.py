@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,48 +41,14 @@ CONSOLE_ENVIRONMENT = ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_INTER
                        "COLORTERM", "JUPYTER_COLUMNS", "JUPYTER_LINES")
 
 
-class _WatchedEnvironment(MutableMapping[str, str]):
-    """os.environ while kaos is imported: everything goes to the real one, and every name touched is recorded."""
-
-    def __init__(self, real: MutableMapping[str, str]) -> None:
-        self.real = real
-        self.touched: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.touched.add(key)
-        return self.real[key]
-
-    def __setitem__(self, key: str, value: str) -> None:
-        self.touched.add(key)
-        self.real[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        self.touched.add(key)
-        del self.real[key]
-
-    def __iter__(self) -> Iterator[str]:
-        self.touched.add("*")
-        return iter(self.real)
-
-    def __len__(self) -> int:
-        self.touched.add("*")
-        return len(self.real)
-
-
 def _preload_kaos() -> None:
-    import importlib
+    from kaos.local.lambda_runtime import import_watching_environment
 
     for name in CONSOLE_ENVIRONMENT:
         os.environ.pop(name, None)
-    real = os.environ
-    watched = _WatchedEnvironment(real)
-    os.environ = watched  # type: ignore[assignment]  # noqa: B003  (watched, not replaced: it forwards to real)
-    try:
-        importlib.import_module("kaos.cli")
-    finally:
-        os.environ = real  # noqa: B003
-    if watched.touched:
-        raise RuntimeError(f"importing kaos.cli touched {sorted(watched.touched)} of the environment: a kaos "
+    touched = import_watching_environment(["kaos.cli"])
+    if touched:
+        raise RuntimeError(f"importing kaos.cli touched {sorted(touched)} of the environment: a kaos "
                            "preloaded in the server would keep the server's values, so it cannot be preloaded")
 
 

@@ -1,45 +1,47 @@
 """Each Lambda of the embedded stack runs in its own process with exactly its template's environment variables
 (plus the Lambda runtime's reserved ones and the emulator endpoint), under a session of its own role: read from
-the running function processes themselves (/proc/<pid>/environ), after a job has exercised them."""
+the running function processes themselves, after a job has exercised them. Environments are forked from a warm
+parent per deployment package (kaos/local/lambda_runtime.py), so a process's kernel-held environment
+(/proc/<pid>/environ) is the parent's, secret-free one: each runtime reports its own os.environ through the
+stack's test hook, and the kernel's view is checked to hold nothing but the package's common variables."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kaos.local.lambda_runtime import OFFLINE_ONLY, RESERVED
+from kaos.local.lambda_runtime import OFFLINE_ONLY, RESERVED, package_environment
 from kaos.local.loader import Resolver
 
 from .conftest import TEMPLATE, Stack, tiny_code
 
 
-def function_processes(stack_pid: int) -> dict[str, dict[str, str]]:
-    """handler -> environment, for every function process under the stack (one per warm environment)."""
-    found: dict[str, dict[str, str]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            status = (proc / "status").read_text()
-            environ = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        if parent == stack_pid and b"kaos.local.lambda_runtime" in argv:
-            handler = argv[argv.index(b"kaos.local.lambda_runtime") + 1].decode()
-            found[handler] = dict(item.decode().split("=", 1) for item in environ.split(b"\0") if b"=" in item)
-    return found
+def kernel_view(pid: int) -> tuple[dict[str, str], int]:
+    """The environment the kernel holds for the process (the one it was started with) and its parent's pid."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    status = Path(f"/proc/{pid}/status").read_text()
+    parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return dict(item.decode().split("=", 1) for item in environ.split(b"\0") if b"=" in item), parent
 
 
 @pytest.fixture(scope="module")
-def environments(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+def reports(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """What every warm environment's runtime says of itself (pid, handler, os.environ), after a training."""
     stack.kaos("workspace", "create", "lambda-env")
     job = stack.kaos_json("train", "deploy", "-w", "lambda-env", "-s", str(tiny_code(tmp_path_factory.mktemp("c"))),
                           "-d", str(TEMPLATE / "data"), "-h", str(TEMPLATE / "params.json"), "--wait")
     assert job["status"] == "COMPLETED", job
-    return function_processes(int(stack.runtime["pid"]))
+    found: list[dict[str, Any]] = stack.client("admin").request(
+        "POST", "/_local/faults", {"inspect": "environments"})["environments"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def environments(reports: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """handler -> environment, as its runtime reads os.environ."""
+    return {report["handler"]: report["environ"] for report in reports}
 
 
 def template_functions(stack: Stack) -> dict[str, tuple[str, dict[str, str]]]:
@@ -67,6 +69,18 @@ def test_each_function_sees_exactly_its_template_environment(environments: dict[
         assert not [k for k in env if k.startswith("KAOS_") and k not in variables], handler
         assert env["AWS_LAMBDA_FUNCTION_NAME"] == name
         assert env["AWS_SESSION_TOKEN"], handler  # a session of the function's role, not a user's key
+
+
+def test_the_kernel_holds_no_function_variable_or_credential(reports: list[dict[str, Any]], stack: Stack) -> None:
+    """A forked environment's /proc/<pid>/environ is its warm parent's: the package's common variables, no
+    credentials; the parent is a child of the stack."""
+    assert reports
+    for report in reports:
+        held, parent = kernel_view(report["pid"])
+        code_root = report["environ"]["LAMBDA_TASK_ROOT"]
+        assert held == package_environment((code_root,)), report["handler"]
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(held)
+        assert kernel_view(parent)[1] == int(stack.runtime["pid"]), report["handler"]
 
 
 def test_functions_differ_where_their_templates_differ(environments: dict[str, dict[str, str]],

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kaos.local.lambda_runtime import FunctionPool, FunctionSpec
+from kaos.local.lambda_runtime import FunctionError, FunctionPool, FunctionSpec, WarmParent
 from kaos.processes import alive
 
 
@@ -18,7 +18,9 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
     (tmp_path / "handler.py").write_text("import os\ndef handler(event, context):\n    return os.getpid()\n")
     spec = FunctionSpec("f", "handler.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=30,
                         code_paths=(str(tmp_path),))
-    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, idle_seconds=0.5)
+    parent = WarmParent(spec.code_paths)
+    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, parent,
+                        idle_seconds=0.5)
     try:
         first = pool.invoke({}, None)
         assert pool.invoke({}, None) == first  # warm: the same environment serves the next invocation
@@ -28,6 +30,7 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
         assert second != first and pool.warm == 1
     finally:
         pool.close()
+        parent.close()
     assert not pool.warm and not alive(second)
 
 
@@ -39,16 +42,47 @@ def test_a_functions_info_lines_reach_its_log_with_the_request_id(tmp_path: Path
                                          "def handler(event, context):\n    log.info('decided %s', event['n'])\n")
     spec = FunctionSpec("f", "handler.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=30,
                         code_paths=(str(tmp_path),))
-    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)})
+    parent = WarmParent(spec.code_paths)
+    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, parent)
     try:
         pool.invoke({"n": 1}, SimpleNamespace(aws_request_id="req-1", invoked_function_arn="arn"))
         pool.invoke({"n": 2}, SimpleNamespace(aws_request_id="req-2", invoked_function_arn="arn"))
     finally:
         pool.close()
+        parent.close()
     lines = [line for line in capfd.readouterr().err.splitlines() if "decided" in line]
     assert [line.split("\t")[0] for line in lines] == ["[INFO]", "[INFO]"]
     assert [line.split("\t")[2:] for line in lines] == [["req-1", "decided 1"], ["req-2", "decided 2"]]
     assert lines[0].split("\t")[1].endswith("Z")
+
+
+def test_a_forked_environment_has_exactly_its_own_variables_and_the_preload_is_guarded(tmp_path: Path) -> None:
+    """Forked from the warm parent (started with the package's variables only), an environment's os.environ is
+    exactly the one its pool gives it, for each of two functions of one package; and a function whose
+    environment sets a variable the preload read at import (PYNAMODB_CONFIG: pynamodb's settings path) is not
+    forked from module state made without it."""
+    (tmp_path / "probe.py").write_text("import os, sys\ndef handler(event, context):\n"
+                                       "    return {'environ': dict(os.environ), 'cwd': os.getcwd(),\n"
+                                       "            'preloaded': 'pynamodb.models' in sys.modules}\n")
+    parent = WarmParent((str(tmp_path),))
+    pools = []
+    try:
+        for name, secret in (("a", "key-a"), ("b", "key-b")):
+            spec = FunctionSpec(name, "probe.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=30,
+                                code_paths=(str(tmp_path),))
+            env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path), "AWS_SECRET_ACCESS_KEY": secret,
+                   "ONLY_" + name.upper(): "1"}
+            pools.append(FunctionPool(spec, lambda env=env: env, parent))  # type: ignore[misc]
+            seen = pools[-1].invoke({}, None)
+            assert seen == {"environ": env, "cwd": str(tmp_path), "preloaded": True}
+        spec = FunctionSpec("c", "probe.handler", {}, "arn:aws:iam::123456789012:role/r", code_paths=(str(tmp_path),))
+        pools.append(FunctionPool(spec, lambda: {"PYNAMODB_CONFIG": "/elsewhere.py"}, parent))
+        with pytest.raises(FunctionError, match="PYNAMODB_CONFIG"):
+            pools[-1].invoke({}, None)
+    finally:
+        for pool in pools:
+            pool.close()
+        parent.close()
 
 
 def _wait_until(condition: Callable[[], bool], failure: str, timeout: float = 20) -> None:

@@ -12,6 +12,15 @@ Wire protocol (worker side is :func:`main`): the parent writes one JSON line per
 stdin; the worker answers with one JSON line on a private descriptor (its stdout is redirected to stderr, so a
 handler's ``print`` never corrupts the protocol): ``{"result": ...}`` or ``{"errorType", "errorMessage",
 "stackTrace"}`` as the Python runtime reports an unhandled error.
+
+Environments start warm (:class:`WarmParent`): one process per deployment package (the API's, the functions') is
+started with only the package's common, secret-free variables, imports the third-party packages every function
+of it imports (:data:`PRELOAD`: botocore, pynamodb, chalice... ~0.4 CPU-s of a ~0.9 CPU-s cold start), and forks
+each new environment. The child replaces its whole ``os.environ`` with its function's before it imports anything
+of the function, so a function still sees exactly its variables and its role's credentials; the parent holds no
+credentials and has imported nothing of kaos (whose modules read their configuration at import). What the preload
+read from the environment is checked against each function's: a difference refuses the fork rather than start a
+function with module state made under other values.
 """
 from __future__ import annotations
 
@@ -19,18 +28,21 @@ import json
 import logging
 import os
 import selectors
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 # What the Lambda Python runtime sets in every function's environment besides the template's variables
 # (https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime).
-RESERVED = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-            "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+RESERVED = ("AWS_EXECUTION_ENV", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_LOG_GROUP_NAME",
+            "AWS_LAMBDA_LOG_STREAM_NAME",
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "LAMBDA_TASK_ROOT",
             "LAMBDA_RUNTIME_DIR", "LANG", "PATH", "LD_LIBRARY_PATH", "TZ", "PYTHONPATH")
 # The one variable the embedded stack adds: where AWS is. Trust-store variables pass through so https
@@ -39,6 +51,12 @@ OFFLINE_ONLY = ("AWS_ENDPOINT_URL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 # How long an idle environment stays warm. Lambda documents no figure (minutes, in practice); offline each one is
 # a ~50 MB process, so a burst's environments are given back once the burst is over.
 IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_IDLE_SECONDS", "180"))
+# What a warm parent imports before it forks environments: the third-party modules the handlers of both packages
+# import (python -X importtime of app.app and functions.*), nothing of kaos. Importing them reads HOME and
+# PYNAMODB_CONFIG, neither of which a template sets (checked at each fork).
+PRELOAD = ("boto3", "botocore.session", "botocore.client", "botocore.config", "pynamodb.models",
+           "pynamodb.attributes", "pynamodb.connection", "urllib3", "dateutil.parser", "jmespath", "chalice",
+           "tarfile", "gzip", "uuid", "csv", "email.parser")
 # How many environments one function may have at once. Lambda scales out per concurrent invocation; offline an
 # environment is a CPU-bound process of ~80 MB whose cold start alone is ~0.9 CPU-s, so more of them than the
 # machine has cores only adds cold starts and memory: a 10-point grid on 2 cores took 37-39 s and 2.0 GB with 8
@@ -56,17 +74,24 @@ class FunctionSpec:
     timeout_seconds: int = 3
     memory_mb: int = 128
     code_paths: tuple[str, ...] = ()
+    runtime: str = "python3.12"
+
+
+def package_environment(code_paths: tuple[str, ...]) -> dict[str, str]:
+    """The runtime's variables that every function of one deployment package has alike (no credentials): all a
+    warm parent is started with."""
+    return {"LAMBDA_TASK_ROOT": code_paths[0] if code_paths else "", "LANG": "en_US.UTF-8", "TZ": ":UTC",
+            "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
+            "PYTHONPATH": os.pathsep.join(code_paths)}
 
 
 def function_environment(spec: FunctionSpec, credentials: dict[str, str], region: str,
                          endpoint_url: str) -> dict[str, str]:
     env = {
-        "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}", "AWS_REGION": region, "AWS_DEFAULT_REGION": region,
+        "AWS_LAMBDA_FUNCTION_NAME": spec.name,
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb), "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}", "LAMBDA_TASK_ROOT": spec.code_paths[0]
-        if spec.code_paths else "", "LANG": "en_US.UTF-8", "TZ": ":UTC",
-        "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
-        "PYTHONPATH": os.pathsep.join(spec.code_paths),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}", **package_environment(spec.code_paths),
         **credentials, **spec.variables, "AWS_ENDPOINT_URL": endpoint_url,
     }
     for key in OFFLINE_ONLY[1:]:
@@ -85,23 +110,20 @@ class FunctionError(Exception):
 
 
 class _Worker:
-    def __init__(self, spec: FunctionSpec, env: dict[str, str]) -> None:
-        read_fd, write_fd = os.pipe()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kaos.local.lambda_runtime", spec.handler, str(write_fd)],
-            stdin=subprocess.PIPE, env=env, pass_fds=(write_fd,), cwd=spec.code_paths[0] if spec.code_paths
-            else None, start_new_session=True)
-        os.close(write_fd)
-        self.answers: IO[bytes] = os.fdopen(read_fd, "rb")
+    """One environment, forked by its package's warm parent: a pidfd for the process (a signal through it never
+    reaches a reused pid), the pipe its invocations are written to and the one its answers come back on."""
+
+    def __init__(self, pidfd: int, requests: IO[bytes], answers: IO[bytes]) -> None:
+        self.pidfd = pidfd
+        self.requests, self.answers = requests, answers
         self.started = time.monotonic()
         self.idle_since = self.started
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """The worker's answer, or None if it did not answer in time or died (the worker is then unusable)."""
-        assert self.process.stdin is not None
         try:
-            self.process.stdin.write(json.dumps(request).encode() + b"\n")
-            self.process.stdin.flush()
+            self.requests.write(json.dumps(request).encode() + b"\n")
+            self.requests.flush()
         except (BrokenPipeError, OSError):
             return None
         with selectors.DefaultSelector() as selector:
@@ -115,15 +137,88 @@ class _Worker:
         return answer
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it has ended already
 
     def stop(self) -> None:
+        """Kills it and waits for its end (the pidfd turns readable; its warm parent reaps it)."""
         self.kill()
-        self.process.wait()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.pidfd, selectors.EVENT_READ)
+            selector.select(5)
+        os.close(self.pidfd)
         self.answers.close()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        try:
+            self.requests.close()
+        except OSError:
+            pass  # BrokenPipe on the flush of a closed pipe
+
+
+class WarmParent:
+    """The process that forks a deployment package's environments (see the module docstring). Thread-safe: the
+    pools of all the package's functions fork through one."""
+
+    def __init__(self, code_paths: tuple[str, ...]) -> None:
+        self.code_paths = code_paths
+        self._lock = threading.Lock()
+        self._channel: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.read_at_import: dict[str, str | None] = {}
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "kaos.local.lambda_runtime", "--warm-parent", str(theirs.fileno())],
+                env=package_environment(self.code_paths), stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                cwd=self.code_paths[0] if self.code_paths else None, start_new_session=True)
+        ready = ours.recv(1 << 16)
+        if not ready:
+            ours.close()
+            raise FunctionError("Runtime.Unknown", "the warm parent of the Lambda environments did not start", [])
+        self.read_at_import = json.loads(ready)
+        self._channel = ours
+        return ours
+
+    def fork(self, handler: str, env: dict[str, str], cwd: str | None) -> _Worker:
+        """A new environment running `handler` with exactly `env`."""
+        request_read, request_write = os.pipe()
+        answer_read, answer_write = os.pipe()
+        message = json.dumps({"handler": handler, "env": env, "cwd": cwd}).encode()
+        try:
+            with self._lock:
+                channel = self._channel or self._start()
+                differ = sorted(name for name, value in self.read_at_import.items() if env.get(name) != value)
+                if differ:
+                    raise FunctionError("Runtime.Unknown", f"the Lambda environments' preload read {differ}, which "
+                                                           "this function's environment sets otherwise: not forked", [])
+                socket.send_fds(channel, [message], [request_read, answer_write])
+                reply, fds, _, _ = socket.recv_fds(channel, 1 << 16, 1)
+        except BaseException:
+            for fd in (request_write, answer_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(request_read)
+            os.close(answer_write)
+        if not fds:
+            for fd in (request_write, answer_read):
+                os.close(fd)
+            raise FunctionError("Runtime.Unknown", f"the warm parent could not fork: {reply.decode()!r}", [])
+        return _Worker(fds[0], os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb"))
+
+    def close(self) -> None:
+        """Ends the parent (its environments are ended by their pools)."""
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            if self._process is not None:
+                self._process.kill()
+                self._process.wait()
+                self._process = None
 
 
 def stop_all(workers: list[_Worker]) -> None:
@@ -140,6 +235,7 @@ class FunctionPool:
 
     spec: FunctionSpec
     environment: Callable[[], dict[str, str]]
+    parent: WarmParent
     max_workers: int = CONCURRENCY
     idle_seconds: float = IDLE_SECONDS
     _idle: list[_Worker] = field(default_factory=list)
@@ -162,7 +258,8 @@ class FunctionPool:
                 self._running.add(worker)
                 return worker
         try:
-            worker = _Worker(self.spec, self.environment())
+            worker = self.parent.fork(self.spec.handler, self.environment(),
+                                      self.spec.code_paths[0] if self.spec.code_paths else None)
         except BaseException:
             self._release(None)
             raise
@@ -232,6 +329,12 @@ class FunctionPool:
         self._closing.set()
         stop_all(workers)
 
+    def inspect(self) -> list[dict[str, Any]]:
+        """What each idle environment's runtime says of itself (pid, os.environ): for the stack's test hooks."""
+        with self._cond:
+            answers = [worker.call({"inspect": True}, 10) for worker in self._idle]
+        return [answer["result"] for answer in answers if answer is not None]
+
     @property
     def warm(self) -> int:
         """The idle environments kept warm now."""
@@ -277,11 +380,11 @@ class _LogHandler(logging.Handler):
         sys.stderr.flush()
 
 
-def main() -> None:
+def main(handler_path: str, answer_fd: int) -> None:
+    """The runtime's loop in an environment: imports the handler, then answers each invocation until stdin ends."""
     import importlib
     import traceback
 
-    handler_path, answer_fd = sys.argv[1], int(sys.argv[2])
     answers = os.fdopen(answer_fd, "wb")
     os.dup2(2, 1)  # the handler's prints go to the log (stderr), not into the protocol
     sys.stdout = sys.stderr
@@ -301,10 +404,13 @@ def main() -> None:
                       "errorMessage": f"Unable to import module '{module_name}': {exc}", "stackTrace": []}
     for line in sys.stdin.buffer:
         request = json.loads(line)
-        log.request_id = request["request_id"]
-        if init_error is not None:
-            answer: dict[str, Any] = init_error
+        if request.get("inspect"):
+            answer: dict[str, Any] = {"result": {"pid": os.getpid(), "handler": handler_path,
+                                                 "environ": dict(os.environ)}}
+        elif init_error is not None:
+            answer = init_error
         else:
+            log.request_id = request["request_id"]
             context = _Context(os.environ.get("AWS_LAMBDA_FUNCTION_NAME", ""), request["request_id"],
                                request["function_arn"], int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
                                                                            "128")),
@@ -324,5 +430,127 @@ def main() -> None:
         answers.flush()
 
 
-if __name__ == "__main__":
-    main()
+# -- warm parent side ------------------------------------------------------------------------------------
+
+
+class _WatchedEnvironment(MutableMapping[str, str]):
+    """os.environ during an import: everything goes to the real one, and every name touched is kept ("*": the
+    whole environment was listed)."""
+
+    def __init__(self, real: MutableMapping[str, str]) -> None:
+        self.real = real
+        self.touched: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.touched.add(key)
+        return self.real[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.touched.add(key)
+        self.real[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.touched.add(key)
+        del self.real[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.touched.add("*")
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        self.touched.add("*")
+        return len(self.real)
+
+
+def import_watching_environment(modules: Iterable[str]) -> set[str]:
+    """Imports `modules`; the environment variables the imports read, set or removed ("*" if they listed it): what
+    a process that forks others after the import would hand them, as module state, from its own environment."""
+    import importlib
+
+    real = os.environ
+    watched = _WatchedEnvironment(real)
+    os.environ = watched  # type: ignore[assignment]  # noqa: B003  (watched, not replaced: it forwards to real)
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    finally:
+        os.environ = real  # noqa: B003  (the real mapping back)
+    return watched.touched
+
+
+def _preload() -> dict[str, str | None]:
+    """Imports PRELOAD; the variables the imports touched, with their values (None: unset)."""
+    touched = import_watching_environment(PRELOAD)
+    if "*" in touched:
+        raise RuntimeError("importing the preload listed the environment: its module state would hold the warm "
+                           "parent's")
+    return {name: os.environ.get(name) for name in sorted(touched)}
+
+
+def _reap(_signum: int, _frame: object) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def warm_parent(channel_fd: int) -> None:
+    """Preloads, says what the preload read, then forks an environment per request until the stack closes the
+    channel (or ends). One thread only: a fork copies no other thread's state."""
+    channel = socket.socket(fileno=channel_fd)
+    channel.send(json.dumps(_preload()).encode())
+    signal.signal(signal.SIGCHLD, _reap)
+    while True:
+        message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
+        if not message:
+            return
+        request = json.loads(message)
+        # SIGCHLD held until the pidfd is open: a child that ends at once is not reaped (its pid reused) first.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _become(channel, request, fds)
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            socket.send_fds(channel, [f"fork failed: {exc}".encode()], [])
+            continue
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            for fd in fds:
+                os.close(fd)
+        socket.send_fds(channel, [str(pid).encode()], [pidfd])
+        os.close(pidfd)
+
+
+def _become(channel: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    """The forked child: its own session, the request pipe as stdin, exactly the function's environment, then the
+    runtime's loop (:func:`main`); it never returns into the warm parent's loop."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        channel.close()
+        os.setsid()
+        os.dup2(fds[0], 0)
+        os.close(fds[0])
+        if request["cwd"]:
+            os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        main(request["handler"], fds[1])
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":  # python -m kaos.local.lambda_runtime --warm-parent FD (WarmParent._start)
+    warm_parent(int(sys.argv[2]))

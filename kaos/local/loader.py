@@ -193,7 +193,7 @@ class TemplateLoader:
             spec = FunctionSpec(
                 name=name, handler=props["Handler"], variables={k: str(v) for k, v in variables.items()},
                 role_arn=str(self.resolver.resolve(props["Role"])), timeout_seconds=int(props.get("Timeout", 3)),
-                memory_mb=int(props.get("MemorySize", 128)),
+                memory_mb=int(props.get("MemorySize", 128)), runtime=str(props["Runtime"]),
                 # The deployment package: the Chalice project (app.py + chalicelib/) or functions/ + chalicelib/.
                 code_paths=(str(self.code_root / "app"),) if api else (str(self.code_root),))
             if api:

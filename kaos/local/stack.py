@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 from kaos.local.gateway import ADMIN_USER, ApiGateway, GatewayServer, LocalUser, PortInUse, listen
 from kaos.local import iam, patches
-from kaos.local.lambda_runtime import FunctionPool, FunctionSpec, function_environment
+from kaos.local.lambda_runtime import FunctionPool, FunctionSpec, WarmParent, function_environment
 from kaos.local.loader import ACCOUNT_ID, REGION, TemplateLoader, import_handler
 from kaos.local.persistence import Persistence
 from kaos.settings import ClientConfig, home
@@ -232,9 +232,13 @@ class LocalStack:
         self.faults = LambdaFaults()
         self.persistence: Persistence | None = None
         self.pools: list[FunctionPool] = []
+        self.parents: dict[tuple[str, ...], WarmParent] = {}  # one per deployment package
 
     def _control(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Fault injection for tests: an AWS API error on the next calls, or a raising Lambda handler."""
+        """Test hooks: what the warm Lambda environments say of themselves (`inspect`), or fault injection: an AWS
+        API error on the next calls, or a raising Lambda handler."""
+        if request.get("inspect") == "environments":
+            return {"environments": [found for pool in self.pools for found in pool.inspect()]}
         times = int(request.get("times", 1))
         if "lambda" in request:
             self.faults.add(str(request["lambda"]), str(request.get("error", "InjectedFault")), times)
@@ -313,7 +317,8 @@ class LocalStack:
             keys = self.emulator.role_keys(spec.role_arn, "lambda.amazonaws.com")
             return function_environment(spec, keys, REGION, endpoint)
 
-        pool = FunctionPool(spec, environment)
+        parent = self.parents.setdefault(spec.code_paths, WarmParent(spec.code_paths))
+        pool = FunctionPool(spec, environment, parent)
         self.pools.append(pool)
         return pool
 
@@ -334,6 +339,7 @@ class LocalStack:
         from kaos.local.emulator import at_once
 
         at_once([pool.close for pool in self.pools])
+        at_once([parent.close for parent in self.parents.values()])
         try:
             if self.persistence is not None:
                 # Before the emulator stops: the last writes (and the in-flight jobs, failed on the next start).
