@@ -1,5 +1,7 @@
 """Grids that fit the machine (issue 14): the sklearn-digits template's 10-point grid (10 values of C) three ways,
-each timed from its command's start to its end with the peak summed RSS of its whole process tree:
+each timed from its command's start to its end with the peak summed RSS of its whole process tree, and its peak
+summed PSS (a page shared by n processes counted 1/n: kaos's Lambda environments are forked from a warm parent and
+share its pages, which summed RSS counts once per process):
 
 * kaos: `kaos train deploy -s train -d data -h grid.json --wait` on a fresh embedded stack (`kaos local up
   --detach`), default parallelism; the tree is the CLI's and the stack's (the stack, its Lambda workers, the
@@ -121,8 +123,8 @@ def main() -> None:
     image = catalogue.lookup("sklearn").image_uri("us-east-1")  # the default image, as `kaos train` uses
     image_python = Environments(default_cache_dir()).ensure(image).python
     metaflow_python = venv_python(METAFLOW_VENV, ["metaflow", "scikit-learn"])
-    print(f"{os.cpu_count()} cores; each row: wall s, peak summed RSS MB of the tree, most processes at once, "
-          "load average at its start")
+    print(f"{os.cpu_count()} cores; each row: wall s, peak summed RSS MB of the tree, peak summed PSS MB (shared "
+          "pages split), most processes at once, load average at its start")
     results: dict[str, tuple[float, TreePeak]] = {}
     with tempfile.TemporaryDirectory(prefix="kaos-bench-grid-fit-") as tmp:
         scratch = Path(tmp)
@@ -144,7 +146,8 @@ def main() -> None:
             else:
                 wall, peak = timed_tree([str(metaflow_python), "flow.py", "--no-pylint", "run"], scratch, flow_env)
             results[name] = wall, peak
-            print(f"{name:<10}{wall:>8.1f} s{peak.peak / MB:>8.0f} MB{peak.processes:>5} processes   "
+            print(f"{name:<10}{wall:>8.1f} s{peak.peak / MB:>8.0f} MB{peak.pss_peak / MB:>8.0f} MB PSS"
+                  f"{peak.processes:>5} processes   "
                   f"(started {started}, load {load:.1f})", flush=True)
             for label, sizes in sorted(peak.at_peak.items(), key=lambda item: -sum(item[1])):
                 print(f"    at the peak: {len(sizes):>3} x {label:<52}{sum(sizes) / MB:>8.0f} MB")
@@ -152,7 +155,8 @@ def main() -> None:
         (kaos_wall, kaos_peak), (loop_wall, _), (flow_wall, flow_peak) = (
             results[k] for k in ("kaos", "loop", "metaflow"))
         print(f"kaos / plain loop wall {kaos_wall / loop_wall:.2f} (goal <= 2); kaos / Metaflow peak RSS "
-              f"{kaos_peak.peak / flow_peak.peak:.2f} (goal <= 0.5); Metaflow / loop wall {flow_wall / loop_wall:.2f}")
+              f"{kaos_peak.peak / flow_peak.peak:.2f}, PSS {kaos_peak.pss_peak / flow_peak.pss_peak:.2f} "
+              f"(goal <= 0.5); Metaflow / loop wall {flow_wall / loop_wall:.2f}")
 
 
 if __name__ == "__main__":

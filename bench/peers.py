@@ -49,6 +49,18 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """The process's proportional share of the memory it maps (a page shared by n processes counts 1/n): what
+    forked processes that share their parent's pages cost the machine, which summed RSS counts n times."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _label(pid: int) -> str:
     """What a process is, for the peak's breakdown: `python -m <module>`, else its program and first argument."""
     try:
@@ -63,12 +75,14 @@ def _label(pid: int) -> str:
 class TreePeak:
     """Samples the summed RSS of the process trees below ``roots`` (plus any root added later) every ``interval``
     seconds until closed; ``peak`` is the largest sum seen, ``processes`` the most processes at once. Summed RSS
-    counts shared pages once per process, as `ps` sums do."""
+    counts shared pages once per process, as `ps` sums do; ``pss_peak`` is the largest summed PSS (shared pages
+    split between their processes), read in the same samples."""
 
     def __init__(self, roots: list[int], interval: float = 0.2) -> None:
         self.roots = list(roots)
         self.interval = interval
         self.peak = 0
+        self.pss_peak = 0
         self.processes = 0
         self.peak_of: dict[int, int] = {}  # per root process alone
         self.at_peak: dict[str, list[int]] = {}  # label -> RSS of each such process in the peak's sample
@@ -93,6 +107,7 @@ class TreePeak:
                 self.at_peak = {}
                 for pid, size in sizes.items():
                     self.at_peak.setdefault(_label(pid), []).append(size)
+            self.pss_peak = max(self.pss_peak, sum(pss_bytes(pid) for pid in pids))
             self.processes = max(self.processes, len(pids))
             for root in self.roots:
                 self.peak_of[root] = max(self.peak_of.get(root, 0), rss_bytes(root))
