@@ -76,6 +76,13 @@ def pack_key(workspace: str, pack_id: str) -> str:
     return f"{workspace_prefix(workspace)}packs/{pack_id}"
 
 
+class SnapshotNotFound(NotFound):
+    """A snapshot named by id that the workspace does not have: the client, which names the snapshots it committed
+    by id without asking, commits them again on this code."""
+
+    code = "SnapshotNotFound"
+
+
 @dataclass(frozen=True)
 class Pack:
     """Small missing blobs a client uploads as one object: their bytes concatenated in this order. The id is the
@@ -374,7 +381,7 @@ class Snapshots:
         """The snapshot; NotFound if the workspace has none of that id, ValidationFailed if it is not of `kind`."""
         snapshot = self.repository.get(workspace, snapshot_id)
         if snapshot is None:
-            raise NotFound(f"{field}: snapshot {snapshot_id!r} does not exist in workspace {workspace!r}")
+            raise SnapshotNotFound(f"{field}: snapshot {snapshot_id!r} does not exist in workspace {workspace!r}")
         if kind is not None and snapshot.kind != kind:
             raise ValidationFailed(f"{field}: snapshot {snapshot_id!r} is a {snapshot.kind} snapshot, not {kind}")
         return snapshot

@@ -101,6 +101,7 @@ class Client:
         self.credentials = credentials(config.profile, config.credentials_file)
         self.http = requests.Session()
         self.committed = Committed()
+        self.unconfirmed: dict[str, set[str]] = {}  # per workspace: ids named from `committed` without a request
         self._uploads = threading.local()  # a requests.Session per upload thread (a Session is not thread-safe)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
@@ -187,17 +188,14 @@ class Client:
     ) -> dict[str, Any]:
         """Commits the files as a snapshot, uploading only the blobs the workspace lacks, straight to S3 by
         presigned URL (UPLOAD_CONCURRENCY at a time; many small ones as one pack when the server asks for it). A
-        snapshot this client committed before is named by its id (one small GET), not resent as a manifest."""
+        snapshot this user committed before is named by its id without a request, not resent as a manifest."""
         manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
         snapshot_id = parse_manifest(kind, manifest).snapshot_id  # the server's id of this manifest
         if self.committed.knows(self.base, workspace, snapshot_id):
-            try:
-                known = self.request("GET", f"/workspaces/{workspace}/snapshots/{snapshot_id}")
-                return {**known, "status": "committed"}  # as the commit answers
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                self.committed.remember(self.base, workspace, snapshot_id, known=False)  # e.g. workspace re-made
+            # Named by id without a request: the submission that names it checks it (a snapshot gone since, e.g.
+            # with its workspace re-made, answers SnapshotNotFound there, and operations.submitting commits again).
+            self.unconfirmed.setdefault(workspace, set()).add(snapshot_id)
+            return {"id": snapshot_id, "kind": kind, "status": "committed"}
         by_digest = {f.sha256: f for f in files}
         result: dict[str, Any] = self.request("POST", f"/workspaces/{workspace}/snapshots",
                                               {"kind": kind, "files": manifest})
@@ -220,6 +218,14 @@ class Client:
             result = self.request("POST", f"/workspaces/{workspace}/snapshots/{result['id']}/complete")
         self.committed.remember(self.base, workspace, snapshot_id)
         return result
+
+    def forget_unconfirmed(self, workspace: str) -> bool:
+        """Drops the snapshot ids named without a request in the workspace from what this user committed (so the
+        next upload commits them in full); whether there were any."""
+        ids = self.unconfirmed.pop(workspace, set())
+        for snapshot_id in ids:
+            self.committed.remember(self.base, workspace, snapshot_id, known=False)
+        return bool(ids)
 
     def _put_blob(self, local: LocalFile, url: str, on_bytes: Callable[[int], None]) -> ApiError | None:
         """One blob by its presigned URL, on this thread's connection; the refusal, if S3 refused it."""

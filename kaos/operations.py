@@ -10,13 +10,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chalicelib.domain import grid_points, is_grid, parse_params, validate_channel
 from chalicelib.errors import ValidationFailed
 from kaos.bundle import read_data_manifest, scan
 from kaos.client import ApiError, Client, load_params
 from kaos.settings import ClientConfig
+
+T = TypeVar("T")
 
 TERMINAL = ("COMPLETED", "FAILED", "KILLED")
 # The server's defaults (chalicelib.training / chalicelib.batch); the server stays the authority, this only
@@ -126,6 +128,18 @@ def check_deploy(source: Path | None, data: list[str], manifests: list[str], par
     for name, path in inputs.folders.items():
         scan(path, f"-d {name}")
     return inputs
+
+
+def submitting(client: Client, workspace: str, attempt: Callable[[], T]) -> T:
+    """`attempt()`: commits a command's inputs and submits what names them. An unchanged input is named by the id
+    this user committed before, without a request, so a resubmit is one round trip; if the workspace no longer has
+    such a snapshot (SnapshotNotFound), the ids are forgotten and the attempt runs once more, committing in full."""
+    try:
+        return attempt()
+    except ApiError as exc:
+        if exc.code != "SnapshotNotFound" or not client.forget_unconfirmed(workspace):
+            raise
+    return attempt()
 
 
 def submit(client: Client, workspace: str, code: str | None, data: dict[str, str] | None,

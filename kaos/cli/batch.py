@@ -98,9 +98,9 @@ def batch_deploy(
     if command is None:
         ops.check_entry_point(source, ops.BATCH_ENTRY_POINTS, "-s", ops.BATCH_OTHERWISE)
     api = client()
-    code = upload(api, ws, "code", source, "-s")
-    dataset = upload(api, ws, "data", data, "-d")
-    job = api.submit_batch(ws, code, dataset, command, max_runtime, per_file, glob)
+    job = ops.submitting(api, ws, lambda: api.submit_batch(ws, upload(api, ws, "code", source, "-s"),
+                                                           upload(api, ws, "data", data, "-d"), command,
+                                                           max_runtime, per_file, glob))
     if wait:
         err.print(f"batch job {job['id']} submitted", markup=False, highlight=False)
         job = {**follow_job(api, ws, job["id"]), "cached": job["cached"]}

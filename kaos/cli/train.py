@@ -69,13 +69,17 @@ def train_deploy(
     ws = workspace(ws_option)
     inputs = ops.check_deploy(source, data, manifests, params)  # before anything is hashed or sent
     api = client()
-    snapshots = {name: ops.resolve(api, ws, ref, ("snapshot",)) for name, ref in inputs.snapshots.items()}
-    code = upload(api, ws, "code", inputs.code, "-s") if inputs.code else None
-    snapshots |= {name: upload(api, ws, "data", path, f"-d {name}") for name, path in inputs.folders.items()}
-    snapshots |= {name: ops.commit_remote(api, ws, entries) for name, entries in inputs.remote.items()}
+    given = {name: ops.resolve(api, ws, ref, ("snapshot",)) for name, ref in inputs.snapshots.items()}
     resources = {k: v for k, v in (("max_runtime_seconds", max_runtime), ("instance_type", instance_type)) if v}
-    submitted = ops.submit(api, ws, code, snapshots or None, inputs.params, resources, parallelism,
-                           framework or ops.code_framework(source))
+
+    def attempt() -> dict[str, Any]:
+        code = upload(api, ws, "code", inputs.code, "-s") if inputs.code else None
+        snapshots = given | {name: upload(api, ws, "data", path, f"-d {name}") for name, path in inputs.folders.items()}
+        snapshots |= {name: ops.commit_remote(api, ws, entries) for name, entries in inputs.remote.items()}
+        return ops.submit(api, ws, code, snapshots or None, inputs.params, resources, parallelism,
+                          framework or ops.code_framework(source))
+
+    submitted = ops.submitting(api, ws, attempt)
     if submitted["grid"]:
         return _deployed_grid(api, ws, submitted, wait, as_json)
     return _deployed_job(api, ws, submitted, wait, as_json)
