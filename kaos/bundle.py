@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -67,19 +68,31 @@ def scan(root: Path, label: str) -> list[tuple[str, Path, int]]:
     found: list[tuple[str, Path, int]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
+        # The walk follows no link, so a directory it reaches is really real_root/<its relative path>.
+        relative_dir = os.path.relpath(dirpath, root)
+        real_dir = real_root if relative_dir == "." else real_root / relative_dir
         for name in sorted(filenames):
             if name in IGNORED_NAMES or name.endswith(IGNORED_SUFFIXES):
                 continue
             path = Path(dirpath) / name
-            real = _resolve(path, label)
-            if real != real_root and real_root not in real.parents:
-                raise BundleError(f"{label}: {path} is a symlink leaving the bundle (to {real})")
-            if path.is_symlink() and real.is_symlink():  # 3.13 resolves a loop to one of its links
-                raise BundleError(f"{label}: {path} is a symlink loop", 2)
-            if not real.is_file():
-                continue
+            try:
+                status = os.lstat(path)
+            except OSError as exc:
+                raise BundleError(f"{label}: {path} cannot be read ({exc.strerror})", 2) from None
+            if stat.S_ISLNK(status.st_mode):  # only a link needs resolving (one lstat per file otherwise)
+                real = _resolve(path, label)
+                if real != real_root and real_root not in real.parents:
+                    raise BundleError(f"{label}: {path} is a symlink leaving the bundle (to {real})")
+                if real.is_symlink():  # 3.13 resolves a loop to one of its links
+                    raise BundleError(f"{label}: {path} is a symlink loop", 2)
+                if not real.is_file():
+                    continue
+                size = real.stat().st_size
+            elif stat.S_ISREG(status.st_mode):
+                real, size = real_dir / name, status.st_size
+            else:
+                continue  # a socket, a pipe or a device is not a file to send
             rel = path.relative_to(root).as_posix()
-            size = real.stat().st_size
             if size > limits.MAX_FILE_BYTES:
                 raise BundleError(f"{label}: {rel} is {size} bytes; the limit is {limits.MAX_FILE_BYTES} per file")
             if len(rel) > limits.MAX_PATH_CHARS:
