@@ -79,6 +79,12 @@ def test_a_forked_environment_has_exactly_its_own_variables_and_the_preload_is_g
         pools.append(FunctionPool(spec, lambda: {"PYNAMODB_CONFIG": "/elsewhere.py"}, parent))
         with pytest.raises(FunctionError, match="PYNAMODB_CONFIG"):
             pools[-1].invoke({}, None)
+        # The warm parent killed: the next new environment starts another, and exactly as before.
+        assert parent._process is not None
+        parent._process.kill()
+        spec = FunctionSpec("d", "probe.handler", {}, "arn:aws:iam::123456789012:role/r", code_paths=(str(tmp_path),))
+        pools.append(FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "ONLY_D": "1"}, parent))
+        assert pools[-1].invoke({}, None)["environ"] == {"PATH": os.environ["PATH"], "ONLY_D": "1"}
     finally:
         for pool in pools:
             pool.close()

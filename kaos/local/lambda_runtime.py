@@ -183,19 +183,14 @@ class WarmParent:
         return ours
 
     def fork(self, handler: str, env: dict[str, str], cwd: str | None) -> _Worker:
-        """A new environment running `handler` with exactly `env`."""
+        """A new environment running `handler` with exactly `env`. A parent that has ended (killed, say) is
+        started again once."""
         request_read, request_write = os.pipe()
         answer_read, answer_write = os.pipe()
         message = json.dumps({"handler": handler, "env": env, "cwd": cwd}).encode()
         try:
             with self._lock:
-                channel = self._channel or self._start()
-                differ = sorted(name for name, value in self.read_at_import.items() if env.get(name) != value)
-                if differ:
-                    raise FunctionError("Runtime.Unknown", f"the Lambda environments' preload read {differ}, which "
-                                                           "this function's environment sets otherwise: not forked", [])
-                socket.send_fds(channel, [message], [request_read, answer_write])
-                reply, fds, _, _ = socket.recv_fds(channel, 1 << 16, 1)
+                reply, fds = self._exchange(message, [request_read, answer_write], env)
         except BaseException:
             for fd in (request_write, answer_read):
                 os.close(fd)
@@ -209,16 +204,39 @@ class WarmParent:
             raise FunctionError("Runtime.Unknown", f"the warm parent could not fork: {reply.decode()!r}", [])
         return _Worker(fds[0], os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb"))
 
+    def _exchange(self, message: bytes, fds: list[int], env: dict[str, str]) -> tuple[bytes, list[int]]:
+        """Sends one fork request and reads its answer (the caller holds the lock)."""
+        for attempt in (1, 2):
+            channel = self._channel or self._start()
+            differ = sorted(name for name, value in self.read_at_import.items() if env.get(name) != value)
+            if differ:
+                raise FunctionError("Runtime.Unknown", f"the Lambda environments' preload read {differ}, which "
+                                                       "this function's environment sets otherwise: not forked", [])
+            try:
+                socket.send_fds(channel, [message], fds)
+                reply, received, _, _ = socket.recv_fds(channel, 1 << 16, 1)
+            except OSError:
+                reply, received = b"", []
+            if reply:
+                return reply, received
+            self._end()  # the parent is gone: start another
+            if attempt == 2:
+                raise FunctionError("Runtime.Unknown", "the warm parent of the Lambda environments ended", [])
+        raise AssertionError("unreachable")
+
+    def _end(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def close(self) -> None:
         """Ends the parent (its environments are ended by their pools)."""
         with self._lock:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
-            if self._process is not None:
-                self._process.kill()
-                self._process.wait()
-                self._process = None
+            self._end()
 
 
 def stop_all(workers: list[_Worker]) -> None:
