@@ -5,6 +5,7 @@ Each contract is checked twice: with the patch it holds, and with moto's own cod
 point (`Patches.stock`) it does not, so each test shows the patch is what it tests and fails on stock moto."""
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -249,3 +250,34 @@ def test_region_lists_are_kept_on_disk_and_read_back_by_the_next_start(tmp_path:
     monkeypatch.setattr(Session, "get_available_regions", stock)
     assert patches._shared_regions()(None, "ec2") == first  # a damaged file is recomputed and rewritten
     assert json.loads(patches._regions_file().read_text()) == stored
+
+
+def test_a_definition_moto_accepted_is_not_parsed_again_by_the_next_start(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """CreateStateMachine parses the whole definition only to refuse a bad one: a definition this moto accepted
+    before is known by its digest (on disk), a bad one is refused as by moto and never recorded."""
+    from moto.stepfunctions.parser.models import InvalidDefinition, StepFunctionsParserBackend
+
+    stock = patches.PATCHES.original(StepFunctionsParserBackend, "_validate_definition") if patches.PATCHES else \
+        StepFunctionsParserBackend._validate_definition
+    monkeypatch.setattr(patches, "REGIONS_CACHE", tmp_path)
+    good = json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}})
+    bad = json.dumps({"StartAt": "A", "States": {"A": {"Type": "NoSuchType", "End": True}}})
+    parsed: list[str] = []
+
+    def counting(definition: str) -> None:
+        parsed.append(definition)
+        stock(definition=definition)
+
+    validate = patches._remembered_validation(counting).__func__
+    validate(good)
+    for _ in range(2):
+        with pytest.raises(InvalidDefinition):
+            validate(bad)
+    assert parsed == [good, bad, bad]  # a refusal is not remembered
+    assert validate(good) is None and len(parsed) == 3  # the same start: from memory
+    fresh = patches._remembered_validation(counting).__func__  # a new start: from the file
+    assert fresh(good) is None and len(parsed) == 3
+    patches._validated_file().write_text("{not json")
+    assert patches._remembered_validation(counting).__func__(good) is None and len(parsed) == 4  # damaged: again
+    assert json.loads(patches._validated_file().read_text()) == [hashlib.sha256(good.encode()).hexdigest()]

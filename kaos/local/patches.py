@@ -970,6 +970,46 @@ def _shared_regions() -> Callable[..., list[str]]:
     return get_available_regions
 
 
+def _validated_file() -> Path:
+    """Where the digests of state machine definitions moto's parser accepted are kept (per moto version)."""
+    from moto import __version__
+
+    return REGIONS_CACHE / f"asl-validated-{__version__}.json"
+
+
+def _remembered_validation(original: Callable[..., None]) -> Any:
+    """moto's StepFunctionsParserBackend._validate_definition, skipped for a definition this moto version's parser
+    accepted before (kept on disk by SHA-256): CreateStateMachine parses the whole definition with the ANTLR parser
+    only to refuse a bad one, ~0.35 CPU-s of every stack start for its five unchanged machines. A definition not
+    seen before is validated as by moto, and a refused one is never recorded."""
+    import hashlib
+
+    path = _validated_file()
+    try:
+        stored = json.loads(path.read_text())
+        accepted: set[str] = set(stored) if isinstance(stored, list) else set()
+    except (OSError, ValueError):
+        accepted = set()
+    lock = threading.Lock()
+
+    def validate(definition: str) -> None:
+        digest = hashlib.sha256(definition.encode()).hexdigest()
+        with lock:
+            if digest in accepted:
+                return
+        original(definition=definition)  # raises InvalidDefinition for a bad one
+        with lock:
+            accepted.add(digest)
+            try:  # whole or not at all, as the region lists
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                partial.write_text(json.dumps(sorted(accepted)))
+                os.replace(partial, path)
+            except OSError:
+                pass
+    return staticmethod(validate)
+
+
 def _shared_error_lookups() -> Callable[[], Any]:
     """moto.core.errors.ErrorLookupFactory, one for the process: get_error_model makes a new factory per error
     response, so its per-service cache never hits and every error walks the whole service model's shapes."""
@@ -1027,6 +1067,10 @@ def apply(hooks: Hooks) -> None:
         from moto.s3 import notifications as s3_notifications
 
         PATCHES.replace(s3_notifications, "_send_event_bridge_message", _s3_send_event_bridge_message)
+        from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+        PATCHES.replace(StepFunctionsParserBackend, "_validate_definition",
+                        _remembered_validation(StepFunctionsParserBackend._validate_definition))
         from moto.stepfunctions.parser.asl.antlr.runtime.ASLLexer import ASLLexer
 
         PATCHES.replace(ASLLexer, "nextToken", _lexer_next_token)
