@@ -39,26 +39,25 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def rss_bytes(pid: int) -> int:
+def _proc_bytes(pid: int, name: str, field: str) -> int:
+    """A size /proc/<pid>/<name> gives in kB on the line starting with `field`, in bytes (0: the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    return _proc_bytes(pid, "status", "VmRSS:")
 
 
 def pss_bytes(pid: int) -> int:
     """The process's proportional share of the memory it maps (a page shared by n processes counts 1/n): what
     forked processes that share their parent's pages cost the machine, which summed RSS counts n times."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes(pid, "smaps_rollup", "Pss:")
 
 
 def _label(pid: int) -> str:
