@@ -507,10 +507,10 @@ def _canonical_operation(service: str, name: str) -> str:
         return name
     names = _operations.get(service)
     if names is None:
-        import botocore.session
+        from kaos.local.patches import service_model
 
         try:
-            model = botocore.session.get_session().get_service_model(_BOTOCORE_NAMES.get(service, service))
+            model = service_model(_BOTOCORE_NAMES.get(service, service))
             names = {op.lower(): op for op in model.operation_names}
         except Exception:
             names = {}

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
-import botocore.session
 from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
@@ -283,25 +282,24 @@ def _rule_cls() -> type:
 # Step Functions parameter/response normalisation
 # ---------------------------------------------------------------------------------------------
 
-_BOTO_SESSION_LOCK = threading.Lock()
+_SERVICE_MODEL_LOCK = threading.Lock()
 
 
-@functools.cache
-def _service_model(service_name: str) -> ServiceModel:
-    with _BOTO_SESSION_LOCK:
-        return _botocore_session().get_service_model(service_name)
+def service_model(service_name: str) -> ServiceModel:
+    """The service's botocore model as moto's dispatch holds it (one per process): a botocore session of its own
+    kept a second copy of every model it read (SageMaker's is ~11 MB of Python objects in the stack)."""
+    from moto.core.utils import get_service_model
 
-
-@functools.lru_cache(maxsize=1)
-def _botocore_session() -> botocore.session.Session:
-    return botocore.session.get_session()
+    with _SERVICE_MODEL_LOCK:  # moto's cache is unlocked: two first callers would each parse the model
+        model: ServiceModel = get_service_model(service_name)
+    return model
 
 
 @functools.cache
 def operation_model(service_name: str, action: str) -> OperationModel | None:
     """The botocore operation for ``action`` in any casing (``submit_job``, ``submitJob``)."""
     try:
-        model = _service_model(service_name)
+        model = service_model(service_name)
     except Exception:
         return None
     key = action.replace("_", "").lower()
@@ -410,7 +408,7 @@ def sagemaker_error_name(client_error: ClientError) -> str:
     class ``SageMaker.AmazonSageMakerException`` with the code in the cause.
     """
     code = client_error.response.get("Error", {}).get("Code", "")
-    modelled = set(_service_model("sagemaker").error_shapes)
+    modelled = set(service_model("sagemaker").error_shapes)
     if code in {s.name for s in modelled}:
         return f"SageMaker.{code if code.endswith('Exception') else code + 'Exception'}"
     return "SageMaker.AmazonSageMakerException"
