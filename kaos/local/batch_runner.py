@@ -36,6 +36,7 @@ from typing import IO, Any, Final
 import boto3
 from botocore.config import Config
 
+from kaos.local import iam
 from kaos.local.environments import Environments, default_cache_dir
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
                                    clear_job_folder, container_base_environment)
@@ -279,12 +280,8 @@ def create_batch_resources(resources: dict[str, Any], resolver: Any, client: Cal
         props = resource.get("Properties", {})
         name = resolver.names[logical_id]
         if resource["Type"] == "AWS::Batch::ComputeEnvironment":
-            iam = client("iam")
             subnets, group = _default_network()
-            try:
-                role = iam.get_role(RoleName=BATCH_SERVICE_ROLE)["Role"]["Arn"]
-            except iam.exceptions.NoSuchEntityException:
-                role = iam.create_role(RoleName=BATCH_SERVICE_ROLE, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+            role = iam.template_role(BATCH_SERVICE_ROLE, "/", "{}")
             compute = api_casing(resolver.resolve({k: v for k, v in props["ComputeResources"].items()
                                                    if k not in ("Subnets", "SecurityGroupIds")}))
             _created(

@@ -116,6 +116,36 @@ def create_user(name: str, access_key: str, secret_key: str, policy: dict[str, A
         user.access_keys.append(key)
 
 
+def template_role(name: str, path: str, trust: str, boundary: str | None = None) -> str:
+    """A role of the stack's template in moto's IAM in this process (created unless it exists): its ARN. The
+    template's IAM went in over HTTP once, ~40 requests each signed and decided here, and left the emulator an IAM
+    client holding IAM's service model (~12 MB) for nothing else."""
+    from moto.iam.exceptions import NotFoundException
+
+    backend = _iam()
+    try:
+        return str(backend.get_role(name).arn)
+    except NotFoundException:
+        # The arguments CreateRole's handler passes (moto.iam.responses: MaxSessionDuration defaults to 3600).
+        role = backend.create_role(name, trust, path, boundary, None, [], 3600)
+        return str(role.arn)
+
+
+def template_role_policy(role: str, name: str, document: str) -> None:
+    _iam().put_role_policy(role, name, document)
+
+
+def template_managed_policy(name: str, path: str, document: str) -> None:
+    """A managed policy of the template (kept as it is if it exists)."""
+    backend = _iam()
+    if not any(policy.name == name and policy.path == path for policy in list(backend.managed_policies.values())):
+        backend.create_policy(None, path, document, name, [])
+
+
+def attach_template_policy(role: str, policy_arn: str) -> None:
+    _iam().attach_role_policy(policy_arn, role)
+
+
 def _role_by_arn(role_arn: str) -> Any:
     """moto's get_role_by_arn iterates its live roles dict, which a concurrent CreateRole (workspace creates) may
     change mid-iteration; the lookup is by name, which is a dict access."""

@@ -14,6 +14,7 @@ from typing import Any
 from collections.abc import Callable
 from pathlib import Path
 
+from kaos.local import iam
 from kaos.local.lambda_runtime import FunctionSpec
 
 ACCOUNT_ID = "123456789012"
@@ -159,18 +160,17 @@ class TemplateLoader:
 
     def _create(self, stack: LoadedStack, logical_id: str, kind: str, props: dict[str, Any]) -> None:
         name = self.resolver.names[logical_id]
+        # IAM goes into moto's backend in this process (kaos/local/iam.py: template_role and the like).
         if kind == "AWS::IAM::ManagedPolicy":
-            self._idempotent(lambda: self.client("iam").create_policy(
-                PolicyName=name, Path=props.get("Path", "/"),
-                PolicyDocument=json.dumps(self.resolver.resolve(props["PolicyDocument"]))), "EntityAlreadyExists")
+            iam.template_managed_policy(name, props.get("Path", "/"),
+                                        json.dumps(self.resolver.resolve(props["PolicyDocument"])))
         elif kind == "AWS::IAM::Role":
             self._create_role(name, props)
         elif kind == "AWS::IAM::Policy":
             # The policies the emulator decides every request by (kaos/local/iam.py): exactly the template's.
             document = json.dumps(self.resolver.resolve(props["PolicyDocument"]))
             for role in self.resolver.resolve(props.get("Roles", [])):
-                self.client("iam").put_role_policy(RoleName=role, PolicyName=props.get("PolicyName", name),
-                                                   PolicyDocument=document)
+                iam.template_role_policy(role, props.get("PolicyName", name), document)
         elif kind == "AWS::S3::Bucket":
             s3 = self.client("s3")
             self._idempotent(lambda: s3.create_bucket(Bucket=name), "BucketAlreadyOwnedByYou")
@@ -212,18 +212,14 @@ class TemplateLoader:
             ), "StateMachineAlreadyExists")
 
     def _create_role(self, name: str, props: dict[str, Any]) -> None:
-        iam = self.client("iam")
-        extra = {"PermissionsBoundary": self.resolver.resolve(props["PermissionsBoundary"])} \
-            if props.get("PermissionsBoundary") else {}
-        self._idempotent(lambda: iam.create_role(
-            RoleName=name, Path=props.get("Path", "/"),
-            AssumeRolePolicyDocument=json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"])),
-            **extra), "EntityAlreadyExists")
+        boundary = self.resolver.resolve(props["PermissionsBoundary"]) if props.get("PermissionsBoundary") else None
+        iam.template_role(name, props.get("Path", "/"),
+                          json.dumps(self.resolver.resolve(props["AssumeRolePolicyDocument"])), boundary)
         for policy in props.get("Policies", []):
-            iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"],
-                                PolicyDocument=json.dumps(self.resolver.resolve(policy["PolicyDocument"])))
+            iam.template_role_policy(name, policy["PolicyName"],
+                                     json.dumps(self.resolver.resolve(policy["PolicyDocument"])))
         for arn in self.resolver.resolve(props.get("ManagedPolicyArns", [])):
-            iam.attach_role_policy(RoleName=name, PolicyArn=arn)
+            iam.attach_template_policy(name, arn)
 
     def _create_rule(self, name: str, props: dict[str, Any]) -> None:
         """An EventBridge rule with its pattern on its bus (default), and its targets (the emulator delivers
