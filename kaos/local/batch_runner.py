@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final
 
-import boto3
 from botocore.config import Config
 
+from kaos.local.clients import new_client
 from kaos.local import iam
 from kaos.local.environments import Environments, default_cache_dir
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
@@ -199,13 +199,9 @@ class LocalBatchRunner:
         return env
 
     def _client(self, service: str, keys: dict[str, str]) -> Any:
-        # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-        return boto3.client(  # type: ignore[call-overload]
-            service, endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=keys.get("AWS_SESSION_TOKEN"),
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-        )
+        return new_client(service, self.region, keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"],
+                          keys.get("AWS_SESSION_TOKEN"), self.endpoint_url,
+                          Config(retries={"max_attempts": 3, "mode": "standard"}))
 
 
 def container_command(props: dict[str, Any], overrides: dict[str, Any], parameters: dict[str, str],

@@ -52,9 +52,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-import boto3
 from botocore.config import Config
 
+from kaos.local.clients import new_client
 from kaos.local import iam, patches
 from kaos.local.containers import anonymous_keys
 from kaos.local.sagemaker_runner import LocalTrainingRunner
@@ -239,12 +239,9 @@ class Emulator:
         keys = self.admin or iam.Keys("testing", "testing")
         with self._lock:  # boto3's default session is not thread-safe
             if service not in self._clients:
-                # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-                self._clients[service] = boto3.client(  # type: ignore[call-overload]
-                    service, endpoint_url=self.endpoint_url, region_name=self.region,
-                    aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key,
-                    config=Config(retries={"max_attempts": 1}),
-                )
+                self._clients[service] = new_client(service, self.region, keys.access_key, keys.secret_key,
+                                                    endpoint_url=self.endpoint_url,
+                                                    config=Config(retries={"max_attempts": 1}))
             return self._clients[service]
 
     @staticmethod

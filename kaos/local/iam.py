@@ -38,8 +38,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlparse
 
-import boto3
 from botocore.config import Config
+from kaos.local.clients import new_client
 
 ACCOUNT_ID = "123456789012"
 PARTITION = "aws"
@@ -692,14 +692,9 @@ def _client(region: str, service: str, access_key: str, secret_key: str, token: 
     clients are thread-safe, and a renewed session has other keys, so a new client."""
     from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
 
-    return boto3.client(  # type: ignore[call-overload]  # the service is a variable
-        aws_access_key_id=access_key, aws_secret_access_key=secret_key, aws_session_token=token,
-        region_name=region, service_name=service,
-        config=Config(
-            parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
-            connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-            read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS),
-        **({"endpoint_url": endpoint} if endpoint else {}))
+    return new_client(service, region, access_key, secret_key, token, endpoint, Config(
+        parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
+        connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS, read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS))
 
 
 _original_client_code: Any = None

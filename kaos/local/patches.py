@@ -227,12 +227,11 @@ def _deliver_async(target_arn: str, service: str, event: Any) -> None:
             if service == "lambda":
                 hooks.invoke_lambda(function_name_from(target_arn), body, "Event")
             else:
-                import boto3
+                from kaos.local.clients import new_client
 
-                boto3.client(
-                    "stepfunctions", endpoint_url=hooks.endpoint_url, region_name=target_arn.split(":")[3],
-                    aws_access_key_id="testing", aws_secret_access_key="testing",
-                ).start_execution(stateMachineArn=target_arn, input=body.decode("utf-8"))
+                new_client("stepfunctions", target_arn.split(":")[3], "testing", "testing",
+                           endpoint_url=hooks.endpoint_url,
+                           ).start_execution(stateMachineArn=target_arn, input=body.decode("utf-8"))
         except Exception:  # EventBridge retries and then drops; we log.
             LOG.exception("EventBridge delivery to %s failed", target_arn)
 

@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
 
-import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from chalicelib.environments import entry_for_image
+from kaos.local.clients import new_client
 from kaos.local.environments import (BuiltEnvironment, EnvironmentBuildError, Environments, default_cache_dir,
                                      environment_message, layered_environment, pip_install)
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
@@ -328,14 +328,10 @@ class LocalTrainingRunner:
         """SageMaker reads channels and writes the model and logs with the job's execution role: one client per
         service for the job's session (its keys are its own, so clients are not shared between jobs)."""
         if service not in job.clients:
-            # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-            job.clients[service] = boto3.client(  # type: ignore[call-overload]
-                service, endpoint_url=self.endpoint_url, region_name=self.region,
-                aws_access_key_id=job.keys["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=job.keys["AWS_SECRET_ACCESS_KEY"],
-                aws_session_token=job.keys.get("AWS_SESSION_TOKEN"),
-                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-            )
+            job.clients[service] = new_client(
+                service, self.region, job.keys["AWS_ACCESS_KEY_ID"], job.keys["AWS_SECRET_ACCESS_KEY"],
+                job.keys.get("AWS_SESSION_TOKEN"), self.endpoint_url,
+                Config(retries={"max_attempts": 3, "mode": "standard"}))
         return job.clients[service]
 
     @staticmethod

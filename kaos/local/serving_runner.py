@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlparse
 
-import boto3
 from botocore.config import Config
 
+from kaos.local.clients import new_client
 from kaos.local import inference_server
 from kaos.local.environments import BuiltEnvironment
 from kaos.local.containers import (LOG_COPY, LogShipper, RoleKeys, anonymous_keys, container_base_environment,
@@ -109,12 +109,9 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 def _client(service: str, endpoint_url: str, region: str, keys: dict[str, str]) -> Any:
-    # boto3-stubs types client() per literal service name; ours arrive as plain strings.
-    return boto3.client(  # type: ignore[call-overload]
-        service, endpoint_url=endpoint_url, region_name=region,
-        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=keys.get("AWS_SESSION_TOKEN"), config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-    )
+    return new_client(service, region, keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"],
+                      keys.get("AWS_SESSION_TOKEN"), endpoint_url,
+                      Config(retries={"max_attempts": 3, "mode": "standard"}))
 
 
 class Capture:
