@@ -88,8 +88,9 @@ def test_per_file_jobs_process_only_new_or_changed_datums(stack: Stack, tmp_path
     assert len(grown) == 12 and {k: grown[k] for k in outputs} == outputs
     # The container downloaded only the two datums it processed, and the ten reused outputs never reached it: a run
     # sees its own output, and the other new datum's if the two share a container.
-    lines = [line.split() for line in job_log(stack, second).splitlines() if line.startswith("summed ")]
-    assert sorted(line[1] for line in lines) == ["part-010.csv", "part-011.csv"]
+    log = job_log(stack, second)
+    lines = [line.split() for line in log.splitlines() if line.startswith("summed ")]
+    assert sorted(line[1] for line in lines) == ["part-010.csv", "part-011.csv"], log
     assert {line[3] for line in lines} == {"part-010.csv,part-011.csv"} and max(int(line[5]) for line in lines) <= 2
 
     # New code: every datum's key changes, so all twelve run again (with the same results).
