@@ -119,8 +119,7 @@ def create_user(name: str, access_key: str, secret_key: str, policy: dict[str, A
 
 def template_role(name: str, path: str, trust: str, boundary: str | None = None) -> str:
     """A role of the stack's template in moto's IAM in this process (created unless it exists): its ARN. The
-    template's IAM went in over HTTP, ~40 requests each signed and decided here (with the EC2 lookups and the state
-    machine definitions, ~0.5 CPU-s of every start)."""
+    template's IAM went in over HTTP, ~40 requests each signed and decided here: ~0.6 CPU-s of every start."""
     from moto.iam.exceptions import NotFoundException
 
     backend = _iam()
