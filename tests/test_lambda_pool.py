@@ -3,8 +3,6 @@ worker processes do not stay resident in the embedded stack's process tree."""
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +10,8 @@ import pytest
 
 from kaos.local.lambda_runtime import FunctionError, FunctionPool, FunctionSpec, WarmParent
 from kaos.processes import alive
+
+from .conftest import until
 
 
 def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
         first = pool.invoke({}, None)
         assert pool.invoke({}, None) == first  # warm: the same environment serves the next invocation
         assert pool.warm == 1
-        _wait_until(lambda: not pool.warm and not alive(first), "the idle environment was not ended")
+        until(lambda: not pool.warm and not alive(first), "the idle environment to end", 20, every=0.05)
         second = pool.invoke({}, None)
         assert second != first and pool.warm == 1
     finally:
@@ -89,10 +89,3 @@ def test_a_forked_environment_has_exactly_its_own_variables_and_the_preload_is_g
         for pool in pools:
             pool.close()
         parent.close()
-
-
-def _wait_until(condition: Callable[[], bool], failure: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.05)

@@ -237,7 +237,7 @@ class Emulator:
         if self.endpoint_url is None:
             raise RuntimeError("Emulator not started")
         keys = self.admin or iam.Keys("testing", "testing")
-        with self._lock:  # boto3's default session is not thread-safe
+        with self._lock:  # one client per service (new_client serializes the making of any client)
             if service not in self._clients:
                 self._clients[service] = new_client(service, self.region, keys.access_key, keys.secret_key,
                                                     endpoint_url=self.endpoint_url,

@@ -809,6 +809,11 @@ class StoredBody:
         """Nothing is open between reads."""
 
 
+def _gone(known: dict[str, Any] | None) -> bool | None:
+    """An object absent from S3: None (its stored entry is removed) if one is stored, else False (nothing to do)."""
+    return None if known is not None else False
+
+
 class _KeyBody:
     """A moto object's body read in chunks, each under the object's lock (moto's own reads seek, then read, under
     it), so a body is never copied whole into memory and concurrent reads of the object keep their positions."""
@@ -1021,9 +1026,9 @@ class StateStore:
             LOG.debug("reading s3://%s/%s in process failed", bucket, key, exc_info=True)
             return self._object_over_http(bucket, key, known, root)
         if fake is None:
-            return bucket, key, (None if known is not None else False)
+            return bucket, key, _gone(known)
         etag = fake.etag
-        if known is not None and known["etag"] == etag and self._blob(root, known["sha256"]).exists():
+        if self._stored(root, known, etag):
             return bucket, key, False
         digest, size = self._store_body(root, _KeyBody(fake))
         metadata = fake.metadata
@@ -1032,8 +1037,8 @@ class StateStore:
             "metadata": {name.removeprefix("x-amz-meta-"): value for name, value in metadata.items()
                          if name.startswith("x-amz-meta-")}}
         for name in _HEADERS:
-            if metadata.get(name.replace("_", "-")):
-                entry[name] = metadata[name.replace("_", "-")]
+            if header := metadata.get(name.replace("_", "-")):
+                entry[name] = header
         # GetObject returns the checksum only with its algorithm; a composite one is not kept (see below).
         if fake.checksum_algorithm and fake.checksum_value and fake.checksum_type != "COMPOSITE":
             entry["checksums"] = {f"Checksum{fake.checksum_algorithm.upper()}": fake.checksum_value}
@@ -1058,9 +1063,9 @@ class StateStore:
             response = self.client("s3").get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except Exception as exc:
             if _code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
-                return bucket, key, (None if known is not None else False)
+                return bucket, key, _gone(known)
             raise
-        if known is not None and known["etag"] == response["ETag"] and self._blob(root, known["sha256"]).exists():
+        if self._stored(root, known, response["ETag"]):
             response["Body"].close()
             return bucket, key, False
         digest, size = self._store_body(root, response["Body"])
@@ -1102,6 +1107,10 @@ class StateStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return digest.hexdigest(), size
+
+    def _stored(self, root: Path, known: dict[str, Any] | None, etag: str) -> bool:
+        """Whether the stored entry already has this version of the object, body file included."""
+        return known is not None and known["etag"] == etag and self._blob(root, known["sha256"]).exists()
 
     @staticmethod
     def _blob(root: Path, digest: str) -> Path:
