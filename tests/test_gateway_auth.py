@@ -245,6 +245,11 @@ def test_fault_route_refuses_every_user_but_admin(stack: Stack, user: str) -> No
     refused = requests.post(url, data=body, headers=headers, timeout=10)
     assert refused.status_code == 403, refused.text
     assert f"user/{user} is not authorized to perform: execute-api:Invoke" in message(refused)
+    # The same path reports the warm Lambda environments (their role sessions' keys among their variables).
+    inspect = json.dumps({"inspect": "environments"}).encode()
+    url, headers = sign(stack, "POST", CONTROL_PATH, inspect, user=user)
+    refused = requests.post(url, data=inspect, headers=headers, timeout=10)
+    assert refused.status_code == 403 and "environments" not in refused.text, refused.text
     url, headers = sign(stack, "POST", CONTROL_PATH, body, user=ADMIN_USER)  # positive control
     accepted = requests.post(url, data=body, headers=headers, timeout=10)
     assert accepted.status_code == 200, accepted.text
