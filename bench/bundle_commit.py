@@ -49,10 +49,10 @@ def count_requests() -> None:
     from moto import mock_aws
 
     from chalicelib.adapters import ObjectStore, WebFiles
-    from chalicelib.blobs import blob_key
+    from chalicelib.blobs import blob_key, pack_key
     from chalicelib.domain import sha256_hex
     from chalicelib.repositories.snapshots import DynamoSnapshots
-    from chalicelib.snapshots import Snapshots, pack_key
+    from chalicelib.snapshots import Snapshots
     from kaos.local import patches_s3
 
     seen: Counter[str] = Counter()
@@ -91,10 +91,10 @@ def count_requests() -> None:
                     for blob in answer["missing"]:  # the client's PUTs, not the server's requests
                         snapshots.store.put_bytes(blob_key(ws, blob["sha256"]), bodies[blob["sha256"]],
                                                   sha256_hex=blob["sha256"], if_absent=True)
-                    if "pack" in answer:  # many small blobs: their bytes concatenated, one PUT
-                        snapshots.store.put_bytes(pack_key(ws, answer["pack"]["id"]),
-                                                  b"".join(bodies[d] for d in answer["pack"]["blobs"]))
-                    puts += len(answer["missing"]) + ("pack" in answer)
+                    for pack in answer.get("packs", []):  # many small blobs: their bytes concatenated, one PUT
+                        snapshots.store.put_bytes(pack_key(ws, pack["id"]), b"".join(bodies[d] for d in pack["blobs"]),
+                                                  if_absent=True)
+                    puts += len(answer["missing"]) + len(answer.get("packs", []))
                     seen.clear()
                     seen.update(server)
                     answer, _ = snapshots.complete(ws, answer["id"], USER)

@@ -136,14 +136,16 @@ def _sha256_hex(checksum: Any, checksum_type: Any) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
-def blob_put_headers(sha256_hex: str) -> dict[str, str]:
-    """The headers a blob's presigned PUT is signed with (`ObjectStore.presign_blob_put`); the uploader sends them.
+def blob_put_headers(sha256_hex: str | None) -> dict[str, str]:
+    """The headers a blob's (or, without a SHA-256, a pack's) presigned PUT is signed with
+    (`ObjectStore.presign_blob_put`); the uploader sends them.
 
     `x-amz-checksum-sha256`: S3 computes the body's SHA-256 and refuses the PUT (400 BadDigest) unless it is this
-    one, so a blob is stored only if its bytes hash to its name. `If-None-Match: *`: a conditional write, refused
-    (412 PreconditionFailed) when the key exists, so a committed blob is never overwritten (a URL reused after the
-    commit writes nothing)."""
-    return {"x-amz-checksum-sha256": checksum_sha256(sha256_hex), "If-None-Match": "*"}
+    one, so a blob is stored only if its bytes hash to its name (a pack's bytes are checked blob by blob when it is
+    taken). `If-None-Match: *`: a conditional write, refused (412 PreconditionFailed) when the key exists, so a
+    committed blob or pack is never overwritten (a URL reused after the commit writes nothing)."""
+    conditional = {"If-None-Match": "*"}
+    return conditional if sha256_hex is None else {"x-amz-checksum-sha256": checksum_sha256(sha256_hex), **conditional}
 
 
 @dataclass(frozen=True)
@@ -181,14 +183,14 @@ class ObjectStore:
             )
         )
 
-    def presign_blob_put(self, key: str, sha256_hex: str) -> str:
-        """A PUT URL for a content-addressed blob: S3 accepts it only with bytes whose SHA-256 is `sha256_hex`, and
-        only while the key does not exist; the uploader sends `blob_put_headers(sha256_hex)`, which it signs."""
+    def presign_blob_put(self, key: str, sha256_hex: str | None) -> str:
+        """A PUT URL for a content-addressed blob (or a pack, without `sha256_hex`): S3 accepts it only with bytes
+        whose SHA-256 is `sha256_hex`, and only while the key does not exist; the uploader sends
+        `blob_put_headers(sha256_hex)`, which it signs."""
+        checksum = {} if sha256_hex is None else {"ChecksumSHA256": checksum_sha256(sha256_hex)}
         return str(
             self.client.generate_presigned_url(
-                "put_object",
-                Params={"Bucket": self.bucket, "Key": key, "ChecksumSHA256": checksum_sha256(sha256_hex),
-                        "IfNoneMatch": "*"},
+                "put_object", Params={"Bucket": self.bucket, "Key": key, **checksum, "IfNoneMatch": "*"},
                 ExpiresIn=PRESIGN_SECONDS,
             )
         )

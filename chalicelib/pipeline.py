@@ -15,7 +15,6 @@ from typing import Any
 from chalicelib import cost, environments, lineage_events
 from chalicelib.adapters import ObjectStore
 from chalicelib.archive import read_model
-from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
 from chalicelib.domain import Manifest, attempt_name, canonical_json, environment_id, hyperparameters
 from chalicelib.errors import InputInvalid, KaosError
@@ -106,7 +105,7 @@ class TrainingPipeline:
         if CONFIG_FILE not in files:
             return {}
         try:
-            config_doc = tomllib.loads(self._store.get_bytes(blob_key(workspace, files[CONFIG_FILE].sha256)).decode())
+            config_doc = tomllib.loads(self._snapshots.read_blob(workspace, files[CONFIG_FILE]).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputInvalid(f"code: {CONFIG_FILE} is not valid TOML ({exc})") from None
         train = config_doc.get("train", {})

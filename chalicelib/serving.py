@@ -36,7 +36,6 @@ from chalicelib.adapters import (
     INFERENCE_CONTENT_TYPES as CONTENT_TYPES,
     execution_arn_for,
 )
-from chalicelib.blobs import blob_key
 from chalicelib.config import Settings
 from chalicelib.costs import endpoint_cost_of, endpoint_costs
 from chalicelib.errors import Conflict, InputInvalid, ValidationFailed
@@ -249,7 +248,7 @@ class Endpoints:
         if entry is None or entry.size is None or entry.size > MAX_INFERENCE_BYTES:
             raise MissingModelFn(f"model: the code of job {model.job_id} has no {INFERENCE_PROGRAM} (the scikit-learn "
                                  "container serves a model through its model_fn); add one and train again")
-        if not defines_model_fn(self._store.get_bytes(blob_key(workspace, entry.sha256))):
+        if not defines_model_fn(self._snapshots.read_blob(workspace, entry)):
             raise MissingModelFn(f"model: {INFERENCE_PROGRAM} of job {model.job_id} defines no model_fn (the "
                                  "scikit-learn container has no default one)")
 

@@ -7,25 +7,25 @@ Integrity (what holds the bytes to their names):
   blob is never overwritten (a URL reused after the commit writes nothing). Before committing, the server compares
   the SHA-256 S3 stored for each blob with its name; a blob without one is checksummed by S3 (a copy in place),
   and bytes that do not match are removed and the commit refused.
-* A blob so verified is indexed (a `BLOB#<sha256>` row in the workspace's partition, with its size), so later
-  commits ask DynamoDB about 100 blobs per request instead of S3 about each; only unindexed blobs are HEADed.
+* A blob so verified is indexed (a `BLOB#<sha256>` row in the workspace's partition, with its size and place), so
+  later commits ask DynamoDB about 100 blobs per request instead of S3 about each; only unindexed blobs are HEADed.
   Blobs are never deleted but with their workspace, whose kill deletes the index with it.
-* Many small missing blobs travel as one **pack** (as git sends objects): one presigned PUT of their bytes
-  concatenated in the order the server listed, at `ws/<ws>/packs/<pack id>` (the id hashes the pack's table of
-  digests and sizes, which fixes its bytes). `complete` reads the pack of its own workspace only, checks every
-  blob's SHA-256 against its name before writing any (one bad blob refuses the whole pack, which is removed), then
-  writes each blob to its content address with that SHA-256 (S3 verifies it again), indexes them and removes the
-  pack. Readers keep reading blob objects. Why explode rather than read blobs by range out of packs: measured on
-  the embedded stack, a server-side PutObject costs about what a HeadObject does, while each loose blob cost a
-  presigned PUT (about twice that) and two HEADs; and every reader (bundle build, materialization by CopyObject,
-  presigned downloads) stays as it is.
+* Many small missing blobs travel as **packs** (as git sends and keeps objects): one presigned PUT per pack of their
+  bytes concatenated in the order the server listed, at `ws/<ws>/packs/<pack id>` (the id hashes the pack's table
+  of digests and sizes, which fixes its bytes), conditional on the key being absent like a blob's. `complete` reads
+  the packs of its own workspace only, checks every blob's SHA-256 against its name before indexing any (one bad
+  blob refuses the whole pack, which is removed), then indexes each blob at its offset in the pack, which is kept.
+  Readers find blobs through the index (`BlobReader`: a pack is read once, not once per blob). Why keep packs
+  rather than write each blob out: a new bundle of n small files then costs ceil(n/PACK_MAX_BLOBS) objects, not n
+  PutObjects within the request (measured on the embedded stack: the explosion of 1,001 blobs was most of a new
+  bundle's deploy), and building its code bundle reads those few packs instead of n blobs.
 
 Cost of a commit of n files, k of whose blobs are not indexed yet (docs/architecture.md has the whole table):
 an existing snapshot id answers from one GetItem; otherwise one PutObject (the manifest), the latest snapshot of
 the kind (GetItem + its manifest: its blobs are known), one BatchGetItem per 100 of the m other blobs, and ceil(k/25)
-BatchWriteItem. Packed blobs (k >= PACK_MIN_BLOBS small ones) cost no HEAD: one PutObject each, plus HeadObject,
-GetObject and DeleteObject per pack of up to PACK_MAX_BLOBS (one pack per request); a loose blob costs a HeadObject
-twice (when its URL is handed out, and when the upload is verified).
+BatchWriteItem. Packed blobs (k >= PACK_MIN_BLOBS small ones) cost no S3 request of their own: HeadObject and
+GetObject per pack of up to PACK_MAX_BLOBS, all packs handed out at once and taken by one `complete`; a loose blob
+costs a HeadObject twice (when its URL is handed out, and when the upload is verified).
 * A manifest is read back only if it hashes to its snapshot id.
 * Derived objects are checked before a job uses them: a code snapshot's sourcedir.tar.gz against the SHA-256
   recorded in DynamoDB when it was built (`DerivedItem`; no job role may write the table), a materialized data
@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 
 from chalicelib import limits
 from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles
-from chalicelib.blobs import HashingReader, HashingWriter, blob_key
+from chalicelib.blobs import BlobPlace, BlobReader, HashingReader, HashingWriter, blob_key, pack_key
 from chalicelib.domain import FileEntry, Manifest, parse_manifest, sha256_hex, split_s3_url
 from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
                                ValidationFailed)
@@ -70,10 +70,6 @@ def materialized_prefix(workspace: str, snapshot_id: str) -> str:
 
 def sourcedir_key(workspace: str, snapshot_id: str) -> str:
     return f"{workspace_prefix(workspace)}sourcedirs/{snapshot_id}/sourcedir.tar.gz"
-
-
-def pack_key(workspace: str, pack_id: str) -> str:
-    return f"{workspace_prefix(workspace)}packs/{pack_id}"
 
 
 class SnapshotNotFound(NotFound):
@@ -100,27 +96,32 @@ class Pack:
         return sum(f.size for f in self.entries)
 
 
-def pack_of(small: list[FileEntry]) -> Pack | None:
-    """The next pack of these small missing blobs (sorted by digest), or None when they are too few to pack."""
+def packs_of(small: list[FileEntry]) -> list[Pack]:
+    """These small missing blobs (sorted by digest) in packs of up to PACK_MAX_BLOBS blobs and PACK_MAX_BYTES, or
+    none when they are fewer than PACK_MIN_BLOBS (they travel loose). The same blobs always make the same packs."""
     if len(small) < limits.PACK_MIN_BLOBS:
-        return None
-    chosen: list[FileEntry] = []
-    total = 0
-    for entry in small[:min(limits.PACK_MAX_BLOBS, limits.MAX_BLOBS_PER_REQUEST)]:
-        if total + entry.size > limits.PACK_MAX_BYTES:
-            break
-        chosen.append(entry)
-        total += entry.size
-    return Pack(tuple(chosen))
+        return []
+    packs: list[Pack] = []
+    while small:
+        chosen: list[FileEntry] = []
+        total = 0
+        for entry in small[:limits.PACK_MAX_BLOBS]:
+            if chosen and total + entry.size > limits.PACK_MAX_BYTES:
+                break
+            chosen.append(entry)
+            total += entry.size
+        packs.append(Pack(tuple(chosen)))
+        small = small[len(chosen):]
+    return packs
 
 
 @dataclass(frozen=True)
 class Missing:
-    """What a commit still lacks: blobs to upload one by one (the first page first), the next pack, and how many
-    blobs are missing in all."""
+    """What a commit still lacks: blobs to upload one by one (the first page first), the packs to upload, and how
+    many blobs are missing in all."""
 
     loose: list[str]
-    pack: Pack | None
+    packs: list[Pack]
     count: int
 
 
@@ -211,7 +212,7 @@ class Snapshots:
                   unpack: bool, packs: bool = True) -> tuple[dict[str, Any], int]:
         """201/200 with the snapshot once every blob is present, hashing to its name, with its declared size;
         else 202 pending with upload URLs (each bound to its blob's SHA-256 and to a key that does not exist) and,
-        for many small blobs, the pack to upload (`unpack`: take the pack the client was given, if it is there)."""
+        for many small blobs, the packs to upload (`unpack`: take the packs the client was given, if they are there)."""
         local = [f for f in manifest.files if not f.remote]
         missing = self._missing(workspace, manifest.kind, local, unpack, packs)
         if missing.count:
@@ -220,9 +221,10 @@ class Snapshots:
                       "missing_count": missing.count,
                       "missing": [{"sha256": d, "url": self.store.presign_blob_put(blob_key(workspace, d), d)}
                                   for d in missing.loose[: limits.MAX_BLOBS_PER_REQUEST]]}
-            if missing.pack is not None:
-                answer["pack"] = {"id": missing.pack.pack_id, "blobs": [f.sha256 for f in missing.pack.entries],
-                                  "url": self.store.presign_put(pack_key(workspace, missing.pack.pack_id))}
+            if missing.packs:
+                answer["packs"] = [{"id": pack.pack_id, "blobs": [f.sha256 for f in pack.entries],
+                                    "url": self.store.presign_blob_put(pack_key(workspace, pack.pack_id), None)}
+                                   for pack in missing.packs]
             return answer, 202
         snapshot, created = self._record_row(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
@@ -231,32 +233,35 @@ class Snapshots:
         """The blobs of these entries the workspace lacks. The blobs of the workspace's latest snapshot of this kind
         are known (a new version of a bundle shares most of them: one GetItem and its manifest); the other indexed
         blobs cost a BatchGetItem per 100. Of the rest, small ones, when there are PACK_MIN_BLOBS of them, are
-        missing without asking S3 (they travel packed; with `unpack` the pack the client was given is taken first);
-        the others are HEADed (`_absent`). ValidationFailed when a blob's size is not the one an entry declares;
-        ChecksumMismatch when its bytes do not hash to its name."""
+        missing without asking S3 (they travel packed; with `unpack` the packs the client was given are taken
+        first); the others are HEADed (`_absent`). ValidationFailed when a blob's size is not the one an entry
+        declares; ChecksumMismatch when its bytes do not hash to its name."""
         entries = {f.sha256: f for f in local}
         sizes = {d: size for d, size in self._latest_blobs(workspace, kind).items() if d in entries}
-        sizes.update(self.repository.blobs(workspace, entries.keys() - sizes.keys()))
+        sizes.update({d: place.size for d, place in
+                      self.repository.blobs(workspace, entries.keys() - sizes.keys()).items()})
         unindexed = sorted(entries.keys() - sizes.keys())
         small = [entries[d] for d in unindexed if packs and entries[d].size <= limits.PACK_BLOB_BYTES]
-        pack = pack_of(small)
-        if pack is not None and unpack and self._unpack(workspace, pack):
-            sizes.update({f.sha256: f.size for f in pack.entries})
-            small = small[len(pack.entries):]
-            pack = pack_of(small)
-        packed = {f.sha256 for f in small} if pack is not None else set()
+        missing_packs: list[Pack] = []
+        for pack in packs_of(small):
+            if unpack and self._take(workspace, pack):
+                sizes.update({f.sha256: f.size for f in pack.entries})
+            else:
+                missing_packs.append(pack)
+        packed = {f.sha256 for pack in missing_packs for f in pack.entries}
         loose = self._absent(workspace, entries, [d for d in unindexed if d not in sizes and d not in packed], sizes)
         if not loose and not packed:
             wrong = [f for f in local if sizes[f.sha256] != f.size]
             if wrong:
                 raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
-        return Missing(loose, pack, len(loose) + len(packed))
+        return Missing(loose, missing_packs, len(loose) + len(packed))
 
-    def _unpack(self, workspace: str, pack: Pack) -> bool:
+    def _take(self, workspace: str, pack: Pack) -> bool:
         """Takes the workspace's pack, if it was uploaded (False if not): every blob in it is checked against its
         name first, so a pack with one bad blob is refused whole (ChecksumMismatch naming the file) and removed,
-        and no blob of it is written; then each blob is written to its content address with its SHA-256 (which S3
-        verifies), indexed, and the pack removed. The pack is at most PACK_MAX_BYTES, read once into memory."""
+        and no blob of it is indexed; then each blob is indexed at its offset in the pack, which is kept (its PUT was
+        conditional on the key being absent, so the bytes checked are the ones that stay). The pack is at most
+        PACK_MAX_BYTES, read once into memory."""
         key = pack_key(workspace, pack.pack_id)
         fact = self.store.facts(key)
         if fact is None:
@@ -270,28 +275,19 @@ class Snapshots:
             self.store.discard(key, [fact.version])
             raise ChecksumMismatch(f"pack: holds {fact.size} bytes, but its {len(pack.entries)} blobs (first: "
                                    f"{pack.entries[0].path!r}) declare {pack.size}; {refused}")
-        offsets: dict[str, int] = {}
+        places: dict[str, BlobPlace] = {}
         offset = 0
         for entry in pack.entries:
-            offsets[entry.sha256] = offset
+            places[entry.sha256] = BlobPlace(entry.size, pack.pack_id, offset)
             offset += entry.size
         bad = [(f, digest) for f in pack.entries
-               if (digest := sha256_hex(body[offsets[f.sha256]:offsets[f.sha256] + f.size])) != f.sha256]
+               if (digest := sha256_hex(body[places[f.sha256].offset:places[f.sha256].offset + f.size])) != f.sha256]
         if bad:
             self.store.discard(key, [fact.version])
             (entry, digest), more = bad[0], f" ({len(bad) - 1} other blob(s) too)" if len(bad) > 1 else ""
             raise ChecksumMismatch(f"files: {entry.path!r}: its bytes in the pack hash to {digest}, not to its blob's "
                                    f"name {entry.sha256}{more}; {refused}")
-
-        def write(entry: FileEntry) -> None:
-            start = offsets[entry.sha256]
-            self.store.put_bytes(blob_key(workspace, entry.sha256), body[start:start + entry.size],
-                                 sha256_hex=entry.sha256)
-
-        with ThreadPoolExecutor(max_workers=HEAD_CONCURRENCY) as pool:
-            list(pool.map(write, pack.entries))
-        self.repository.put_blobs(workspace, {f.sha256: f.size for f in pack.entries}, now())
-        self.store.discard(key, [fact.version])
+        self.repository.put_blobs(workspace, places, now())
         return True
 
     def _absent(self, workspace: str, entries: Mapping[str, FileEntry], unindexed: list[str],
@@ -304,7 +300,7 @@ class Snapshots:
             facts = self.store.facts_of(blob_key(workspace, d) for d in page)
             present = {d: fact for d in page if (fact := facts[blob_key(workspace, d)]) is not None}
             self._verify_blobs(workspace, [entries[d] for d in present], facts)
-            self.repository.put_blobs(workspace, {d: fact.size for d, fact in present.items()}, now())
+            self.repository.put_blobs(workspace, {d: BlobPlace(fact.size) for d, fact in present.items()}, now())
             sizes.update({d: fact.size for d, fact in present.items()})
             if len(present) < len(page):
                 return [d for d in page if d not in present] + unindexed[start + len(page):]
@@ -404,8 +400,9 @@ class Snapshots:
     def materialize(self, workspace: str, snapshot_id: str) -> str:
         """Copies the snapshot's blobs to their paths under one prefix (an S3Prefix channel); returns its URI.
 
-        Server-side copies move no bytes through the Lambda; the prefix is named by the snapshot id, so a
-        second job on the same data finds it complete and copies nothing."""
+        Server-side copies of loose blobs move no bytes through the Lambda (packed ones, small by construction, are
+        written from their pack); the prefix is named by the snapshot id, so a second job on the same data finds it
+        complete and copies nothing."""
         prefix = materialized_prefix(workspace, snapshot_id)
         manifest = self.manifest(workspace, snapshot_id)
         self.materialize_entries(workspace, snapshot_id, manifest.files)
@@ -419,6 +416,8 @@ class Snapshots:
         entries = list(entries)
         prefix = materialized_prefix(workspace, snapshot_id)
         facts = self.store.facts_of(prefix + f.path for f in entries)
+        blobs = self.reader(workspace, [f for f in entries if not f.remote
+                                        and (facts[prefix + f.path] or _NO_FACTS).sha256 != f.sha256])
 
         def one(f: FileEntry) -> str | None:
             key, fact = prefix + f.path, facts[prefix + f.path]
@@ -433,10 +432,17 @@ class Snapshots:
                 return None
             if fact is not None and fact.sha256 == f.sha256:
                 return None
-            copied = self.store.copy(blob_key(workspace, f.sha256), key)
+            copied: str | None
+            if blobs.packed(f.sha256):  # written from its pack, with the SHA-256 S3 verifies and keeps
+                body = blobs.read(f.sha256)
+                copied = sha256_hex(body)
+                if copied == f.sha256:
+                    self.store.put_bytes(key, body, sha256_hex=f.sha256)
+            else:
+                copied = self.store.copy(blob_key(workspace, f.sha256), key)
             if copied is not None and copied != f.sha256:
                 raise IntegrityError(f"the blob of {f.path!r} in snapshot {snapshot_id} does not hash to its name "
-                                     f"{f.sha256} (S3 computed {copied}); nothing was run on it")
+                                     f"{f.sha256} (its bytes hash to {copied}); nothing was run on it")
             # Overwritten: it held bytes S3 checksummed as others (a copy kaos made before checksums has none).
             return f.path if fact is not None and fact.sha256 is not None else None
 
@@ -488,11 +494,12 @@ class Snapshots:
             # No file name in the gzip header (a BytesIO-less fileobj would lend its name) and a fixed mtime.
             with gzip.GzipFile(filename="", fileobj=written, mode="wb", compresslevel=6, mtime=_EPOCH) as zipped:
                 with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+                    blobs = self.reader(workspace, manifest.files)
                     for f in manifest.files:
                         info = tarfile.TarInfo(f.path)
                         info.size, info.mtime = f.size, _EPOCH
                         info.mode = 0o755 if f.path.endswith(".sh") else 0o644
-                        body = HashingReader(self.store.stream(blob_key(workspace, f.sha256)))
+                        body = HashingReader(blobs.open(f.sha256))
                         try:
                             archive.addfile(info, body)
                         except OSError as exc:  # a blob shorter than its entry: _check_blob says which
@@ -502,6 +509,18 @@ class Snapshots:
             spool.seek(0)
             self.store.put_file(key, spool, "application/gzip", written.hexdigest())
         self.record_derived(workspace, key, written.hexdigest(), written.size)
+
+    def reader(self, workspace: str, entries: Iterable[FileEntry]) -> BlobReader:
+        """A reader of these entries' blobs, placed by the index (one BatchGetItem per 100 uploaded files)."""
+        return BlobReader(self.store, workspace,
+                          self.repository.blobs(workspace, {f.sha256 for f in entries if not f.remote}))
+
+    def read_blob(self, workspace: str, entry: FileEntry) -> bytes:
+        """A small uploaded file's bytes (a config or program the API reads), checked against its blob's name."""
+        body = HashingReader(self.reader(workspace, [entry]).open(entry.sha256))
+        raw = body.read()
+        self._check_blob(entry, body)
+        return raw
 
     @staticmethod
     def _check_blob(entry: FileEntry, body: HashingReader) -> None:
@@ -516,6 +535,7 @@ class Snapshots:
         if manifest.kind != "params" or len(manifest.files) != 1:
             raise InputInvalid(f"params snapshot {snapshot_id} is not a single params.json")
         entry = manifest.files[0]
+        # Loose: the server wrote it (`put_small`), never a client's pack.
         body = HashingReader(self.store.stream(blob_key(workspace, entry.sha256)))
         raw = body.read(limits.MAX_PARAMS_BYTES + 1)
         self._check_blob(entry, body)

@@ -10,7 +10,7 @@ Key layout (one table keeps every workspace operation a single-partition Query):
   WS#<ws>            GRID#<grid id>          GridItem
   GRID#<ws>#<grid>   POINT#<index>           GridPointItem   (one per grid point: its job id)
   WS#<ws>            DERIVED#<key below ws/<ws>/>   DerivedItem (SHA-256 and size of an object kaos derived)
-  WS#<ws>            BLOB#<sha256>           BlobItem        (a blob of the workspace whose stored SHA-256 was verified)
+  WS#<ws>            BLOB#<sha256>           BlobItem        (a verified blob of the workspace: its size, and its pack)
   WS#<ws>            AUTORETRAIN#CONFIG      AutoRetrainItem (auto-retrain on or off)
   WS#<ws>            AUTORETRAIN#OPEN        OpenBatchItem   (pointer to the newest retrain batch, open or not)
   WS#<ws>            PENDING#<batch>         BatchItem       (a retrain batch: OPEN|CLOSED|DONE|FAILED)
@@ -220,13 +220,17 @@ class DerivedItem(_Item):
 
 
 class BlobItem(_Item):
-    """A blob the workspace holds, written by the API once S3's stored SHA-256 of `ws/<ws>/blobs/<sha256>` was seen to
-    equal its name: a snapshot commit reads these (BatchGetItem, 100 per request) instead of asking S3 about every
-    file. It lives in the workspace's partition, so one workspace's index never vouches for another's blob, and
-    `workspace kill` deletes it with the workspace's other rows (blobs are deleted only then)."""
+    """A blob the workspace holds, written by the API once its bytes were seen to hash to its name: S3's stored
+    SHA-256 of `ws/<ws>/blobs/<sha256>` (a loose blob), or the blob's bytes at `offset` of the pack
+    `ws/<ws>/packs/<pack>` hashed when the pack was taken. A snapshot commit reads these (BatchGetItem, 100 per
+    request) instead of asking S3 about every file, and readers of blobs read where they place them. It lives in the
+    workspace's partition, so one workspace's index never vouches for another's blob, and `workspace kill` deletes
+    it with the workspace's other rows (blobs and packs are deleted only then)."""
 
     size = NumberAttribute()
     verified_at = UnicodeAttribute()
+    pack = UnicodeAttribute(null=True)
+    offset = NumberAttribute(null=True)
 
 
 # --- auto-retrain (chalicelib/triggers.py) ---------------------------------------------------------------------

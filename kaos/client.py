@@ -187,7 +187,7 @@ class Client:
         self, workspace: str, kind: str, files: list[LocalFile], on_bytes: Callable[[int], None]
     ) -> dict[str, Any]:
         """Commits the files as a snapshot, uploading only the blobs the workspace lacks, straight to S3 by
-        presigned URL (UPLOAD_CONCURRENCY at a time; many small ones as one pack when the server asks for it). A
+        presigned URL (UPLOAD_CONCURRENCY at a time; many small ones in packs when the server asks for them). A
         snapshot this user committed before is named by its id without a request, not resent as a manifest."""
         manifest = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
         snapshot_id = parse_manifest(kind, manifest).snapshot_id  # the server's id of this manifest
@@ -201,17 +201,16 @@ class Client:
                                               {"kind": kind, "files": manifest})
         uploaded: set[str] = set()
         while result.get("status") == "pending":
-            pack = result.get("pack")
-            digests = [blob["sha256"] for blob in result["missing"]] + (pack["blobs"] if pack else [])
+            packs = result.get("packs", [])
+            digests = [blob["sha256"] for blob in result["missing"]] + [d for pack in packs for d in pack["blobs"]]
             if uploaded.intersection(digests):
                 raise ApiError(409, "UploadLost", "an uploaded blob is still reported missing; try again")
             uploaded.update(digests)
             with ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY) as pool:
                 puts = [pool.submit(self._put_blob, by_digest[blob["sha256"]], blob["url"], on_bytes)
                         for blob in result["missing"]]
-                if pack:
-                    puts.append(pool.submit(self._put_pack, [by_digest[d] for d in pack["blobs"]], pack["url"],
-                                            on_bytes))
+                puts += [pool.submit(self._put_pack, [by_digest[d] for d in pack["blobs"]], pack["url"], on_bytes)
+                         for pack in packs]
                 for put in puts:
                     if (failure := put.result()) is not None:
                         raise failure
@@ -246,9 +245,10 @@ class Client:
     def _put_pack(self, blobs: list[LocalFile], url: str, on_bytes: Callable[[int], None]) -> ApiError | None:
         """Many small blobs as one pack: their bytes concatenated in the server's order, by one presigned PUT; the
         server checks every blob against its name when the snapshot is completed."""
-        put = self._upload_session().put(url, data=_Concatenated(blobs, on_bytes), timeout=None)
-        if put.status_code < 300:
-            return None
+        put = self._upload_session().put(url, data=_Concatenated(blobs, on_bytes), headers=blob_put_headers(None),
+                                         timeout=None)
+        if put.status_code == 412 or put.status_code < 300:
+            return None  # 412: stored already (an upload retried after its `complete` was lost); `complete` checks it
         return ApiError(put.status_code, "UploadFailed", f"pack of {len(blobs)} files (first: {blobs[0].path}): "
                                                          f"{put.text[:300]}")
 
@@ -323,10 +323,16 @@ class Client:
         """Presigned GET URLs of a job's code and data files and model, and its params (`what`: one part)."""
         return self.request("GET", f"/workspaces/{workspace}/jobs/{job_id}/files", query={"what": what})
 
-    def download(self, url: str, target: Path, on_bytes: Callable[[int], None]) -> str:
-        """Streams a presigned GET straight from S3 into `target`; returns the sha256 of what was written."""
+    def download(self, url: str, target: Path, on_bytes: Callable[[int], None],
+                 span: tuple[int, int] | None = None) -> str:
+        """Streams a presigned GET straight from S3 into `target` (only the bytes at `span` = (offset, size) of the
+        object, for a blob kept in a pack); returns the sha256 of what was written."""
         digest = hashlib.sha256()
-        with self.http.get(url, stream=True, timeout=TIMEOUT) as response:
+        if span is not None and span[1] == 0:  # an empty file: there is no range of zero bytes to ask for
+            target.write_bytes(b"")
+            return digest.hexdigest()
+        ranged = {} if span is None else {"Range": f"bytes={span[0]}-{span[0] + span[1] - 1}"}
+        with self.http.get(url, stream=True, timeout=TIMEOUT, headers=ranged) as response:
             if response.status_code >= 300:
                 raise ApiError(response.status_code, "DownloadFailed", f"{target.name}: {response.text[:300]}")
             with target.open("wb") as handle:

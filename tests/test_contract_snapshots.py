@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from chalicelib.blobs import BlobPlace
 from chalicelib.repositories.snapshots import (Derived, DynamoSnapshots, LatestInputs, MemorySnapshots, Snapshot,
                                                SnapshotRepository)
 from tests.aws_fixtures import memory_twin
@@ -62,8 +63,14 @@ def test_derived_records_by_name(snapshots: SnapshotRepository) -> None:
 
 def test_the_blob_index_answers_many_digests_per_workspace(snapshots: SnapshotRepository) -> None:
     digests = [f"{i:064x}" for i in range(130)]  # more than one BatchGetItem (100 keys) and BatchWriteItem (25)
-    snapshots.put_blobs(WS, {d: i for i, d in enumerate(digests[::2])}, "t1")
-    snapshots.put_blobs(WS, {digests[0]: 0}, "t2")  # indexing again is harmless
-    assert snapshots.blobs(WS, [*digests, digests[0]]) == {d: i for i, d in enumerate(digests[::2])}
+    # Every other blob loose, the rest at offsets of two packs.
+    places = {d: BlobPlace(i) if i % 2 else BlobPlace(i, f"{i % 4:064x}", 10 * i)
+              for i, d in enumerate(digests[::2])}
+    snapshots.put_blobs(WS, places, "t1")
+    snapshots.put_blobs(WS, {digests[0]: places[digests[0]]}, "t2")  # indexing again is harmless
+    assert snapshots.blobs(WS, [*digests, digests[0]]) == places
     assert snapshots.blobs("other", digests) == {}  # another workspace's index vouches for nothing here
+    # A blob verified again elsewhere (a loose copy of a packed one) is read from where it was last verified.
+    snapshots.put_blobs(WS, {digests[0]: BlobPlace(0)}, "t3")
+    assert snapshots.blobs(WS, [digests[0]]) == {digests[0]: BlobPlace(0)}
     assert snapshots.blobs(WS, []) == {}

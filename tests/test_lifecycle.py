@@ -20,6 +20,7 @@ from .conftest import TEMPLATE, Stack, tiny_code
 
 WS = "lifecycle"
 OTHER = "lifecycle-b"
+PACKED = "lifecycle-packs"
 
 
 def deploy(stack: Stack, workspace: str, code: Path, data: Path, params: Path) -> dict[str, Any]:
@@ -98,6 +99,28 @@ def test_files_route_lists_presigned_urls_that_serve_the_manifest_bytes(stack: S
     assert listing["model"]["size"] == len(requests.get(listing["model"]["url"], timeout=30).content)
     only = stack.client().job_files(WS, job, "model")
     assert set(only) == {"job", "status", "model"}
+
+
+def test_get_reads_files_kept_in_packs_by_range(stack: Stack, tmp_path: Path) -> None:
+    # Eleven small files (one empty) travel in a pack, which is kept: each is listed as a range of the pack's URL,
+    # and `train get` fetches just that range and checks it against the file's sha256.
+    stack.kaos("workspace", "create", PACKED)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_bytes((TEMPLATE / "train" / "train.py").read_bytes())
+    files = {f"lib/m{i}.py": f"VALUE = {i}\n".encode() for i in range(9)} | {"lib/__init__.py": b""}
+    for path, body in files.items():
+        (code / path).parent.mkdir(exist_ok=True)
+        (code / path).write_bytes(body)
+    submitted = json.loads(stack.kaos("train", "deploy", "-w", PACKED, "-s", str(code), "-d", str(TEMPLATE / "data"),
+                                      "-h", str(TEMPLATE / "params.json"), "--json").stdout)
+    listing = stack.client().job_files(PACKED, submitted["id"], "code")["code"]
+    assert len({f["url"].split("?")[0] for f in listing}) == 1 and all("offset" in f for f in listing)
+    out = tmp_path / "got"
+    stack.kaos("train", "get", submitted["id"], "-w", PACKED, "-o", str(out), "--code")
+    assert {p: (out / "code" / p).read_bytes() for p in files} == files
+    assert (out / "code" / "train.py").read_bytes() == (code / "train.py").read_bytes()
+    assert tree(out) == sorted(f"code/{p}" for p in [*files, "train.py"])
 
 
 def test_files_route_is_hidden_from_non_members(stack: Stack, job: str) -> None:

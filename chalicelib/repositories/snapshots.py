@@ -6,8 +6,9 @@
   used, and two concurrent submissions have no order to keep).
 - `DERIVED#<name>` records the SHA-256 and size of an object kaos derived (`name` is its key below `ws/<ws>/`);
   lookups are BatchGetItem (100 keys per request; pynamodb splits larger lookups), strongly consistent.
-- `BLOB#<sha256>` is the blob index: the workspace holds that blob, its stored SHA-256 verified equal to its name, with
-  that size. Written (BatchWriteItem, 25 per request) only after the verification; read like the derived records.
+- `BLOB#<sha256>` is the blob index: the workspace holds that blob, its bytes verified to hash to its name, with that
+  size, loose or at an offset of a kept pack (`BlobPlace`). Written (BatchWriteItem, 25 per request) only after the
+  verification; read like the derived records.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from pynamodb.exceptions import DoesNotExist, PutError
 
+from chalicelib.blobs import BlobPlace
 from chalicelib.repositories.workspaces import MemoryWorkspaces
 from chalicelib.tables import BlobItem, DerivedItem, LatestInputsItem, LatestItem, SnapshotItem, ws_key
 
@@ -77,11 +79,12 @@ class SnapshotRepository(Protocol):
 
     def forget_derived(self, workspace: str, name: str) -> None: ...
 
-    def put_blobs(self, workspace: str, blobs: Mapping[str, int], at: str) -> None:
-        """Indexes these verified blobs (sha256 -> size); indexing one again changes nothing that is read."""
+    def put_blobs(self, workspace: str, blobs: Mapping[str, BlobPlace], at: str) -> None:
+        """Indexes these verified blobs (sha256 -> where it is); indexing one again places it where it was last
+        verified (every place indexed holds its bytes: neither blobs nor packs are deleted but with the workspace)."""
 
-    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, int]:
-        """The size of each of those blobs the index holds (strongly consistent)."""
+    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, BlobPlace]:
+        """The place of each of those blobs the index holds (strongly consistent)."""
 
 
 def _snapshot(item: SnapshotItem) -> Snapshot:
@@ -153,14 +156,15 @@ class DynamoSnapshots:
     def forget_derived(self, workspace: str, name: str) -> None:
         DerivedItem(ws_key(workspace), _derived_sk(name)).delete()
 
-    def put_blobs(self, workspace: str, blobs: Mapping[str, int], at: str) -> None:
+    def put_blobs(self, workspace: str, blobs: Mapping[str, BlobPlace], at: str) -> None:
         with BlobItem.batch_write() as batch:
-            for digest, size in blobs.items():
-                batch.save(BlobItem(ws_key(workspace), f"BLOB#{digest}", size=size, verified_at=at))
+            for digest, place in blobs.items():
+                batch.save(BlobItem(ws_key(workspace), f"BLOB#{digest}", size=place.size, verified_at=at,
+                                    pack=place.pack, offset=None if place.pack is None else place.offset))
 
-    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, int]:
+    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, BlobPlace]:
         keys = [(ws_key(workspace), f"BLOB#{digest}") for digest in dict.fromkeys(digests)]
-        return {item.sk.removeprefix("BLOB#"): int(item.size)
+        return {item.sk.removeprefix("BLOB#"): BlobPlace(int(item.size), item.pack, int(item.offset or 0))
                 for item in BlobItem.batch_get(keys, consistent_read=True)}
 
 
@@ -222,11 +226,11 @@ class MemorySnapshots:
         with self._lock:
             self._rows(workspace, "derived").pop(name, None)
 
-    def put_blobs(self, workspace: str, blobs: Mapping[str, int], at: str) -> None:
+    def put_blobs(self, workspace: str, blobs: Mapping[str, BlobPlace], at: str) -> None:
         with self._lock:
             self._rows(workspace, "blobs").update(blobs)
 
-    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, int]:
+    def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, BlobPlace]:
         with self._lock:
             rows = self._rows(workspace, "blobs")
             return {digest: rows[digest] for digest in digests if digest in rows}

@@ -260,7 +260,8 @@ def _download(api: Client, target: Path, job: str, files: list[tuple[Path, dict[
                 progress.advance(task, entry["size"])
                 continue
             partial = dest.with_name(dest.name + ".part")
-            digest = api.download(entry["url"], partial, lambda n: progress.advance(task, n))
+            span = (entry["offset"], entry["size"]) if "offset" in entry else None
+            digest = api.download(entry["url"], partial, lambda n: progress.advance(task, n), span)
             if digest != entry["sha256"]:
                 partial.unlink(missing_ok=True)
                 fail(f"{dest.relative_to(target)}: sha256 {digest} does not match the manifest's {entry['sha256']}")
