@@ -66,6 +66,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_factory"
     ".state_task_service_for",
     "moto.sagemaker.models.SageMakerModelBackend.create_training_job",
+    "moto.sagemaker.responses.SageMakerResponse.create_training_job",
     "moto.sagemaker.models.SageMakerModelBackend.describe_training_job",
     "moto.sagemaker.models.SageMakerModelBackend.stop_training_job (added)",
     "moto.sagemaker.responses.SageMakerResponse.stop_training_job (added)",
@@ -585,6 +586,22 @@ def _state_task_service_for(service_name: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+# CreateTrainingJob's Environment, from the response handler to the backend on the request's thread.
+_TRAINING_REQUEST = threading.local()
+
+
+def _response_create_training_job(self: Any) -> Any:
+    """moto's response leaves CreateTrainingJob's Environment (the container's variables) out of the backend call:
+    it travels beside it, for the runner to set in the job's process."""
+    from moto.sagemaker.responses import SageMakerResponse
+
+    _TRAINING_REQUEST.environment = self._get_param("Environment") or {}
+    try:
+        return PATCHES.original(SageMakerResponse, "create_training_job")(self)
+    finally:
+        _TRAINING_REQUEST.environment = {}
+
+
 def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> Any:
     from moto.sagemaker.exceptions import ResourceInUseException
     from moto.sagemaker.models import SageMakerModelBackend
@@ -624,6 +641,7 @@ def _create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> An
         "OutputDataConfig": kwargs.get("output_data_config") or {},
         "ResourceConfig": kwargs.get("resource_config") or {},
         "StoppingCondition": kwargs.get("stopping_condition") or {},
+        "Environment": dict(getattr(_TRAINING_REQUEST, "environment", {})),
         "Region": self.region_name,
     }
 
@@ -1056,6 +1074,7 @@ def apply(hooks: Hooks) -> None:
         PATCHES.replace(StateTaskService, "_normalise_response", _normalise_response)
         PATCHES.replace(state_task_factory, "state_task_service_for", _state_task_service_for)
         PATCHES.replace(SageMakerModelBackend, "create_training_job", _create_training_job)
+        PATCHES.replace(SageMakerResponse, "create_training_job", _response_create_training_job)
         PATCHES.replace(SageMakerModelBackend, "describe_training_job", _describe_training_job)
         PATCHES.add(SageMakerModelBackend, "stop_training_job", _stop_training_job)
         PATCHES.add(SageMakerResponse, "stop_training_job", _response_stop_training_job)

@@ -62,6 +62,7 @@ from kaos.local.environments import (BuiltEnvironment, EnvironmentBuildError, En
                                      environment_message, layered_environment, pip_install)
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
                                    clear_job_folder, container_base_environment, extract_private)
+from kaos.local.warm_training import WarmProcess, WarmStarts
 
 LOG = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ PREPARING_MESSAGE: Final[str] = "Preparing the instances for training"
 _TRANSFER: Final = TransferConfig(use_threads=False)
 
 Updater = Callable[[dict[str, Any]], None]
+JobProcess = subprocess.Popen[bytes] | WarmProcess
 
 
 def _now() -> datetime.datetime:
@@ -185,11 +187,12 @@ class _Job:
     request: dict[str, Any]
     update: Updater
     root: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: JobProcess | None = None
     stop_reason: str | None = None  # "Stopped" | "MaxRuntimeExceeded"
     environment: BuiltEnvironment | None = None
     python: Path | None = None  # the interpreter the job runs with: the environment's, or a package layer over it
     framework_module: str | None = None  # the image's SAGEMAKER_TRAINING_MODULE
+    framework: str | None = None  # the catalogue's framework of the image (which warm server may fork it)
     say: Callable[[str], None] = _silent  # the job's log, once it has one
     thread: threading.Thread | None = None
     done: threading.Event = field(default_factory=threading.Event)  # set once the job ended, run or not
@@ -228,6 +231,7 @@ class LocalTrainingRunner:
         self._jobs: dict[str, _Job] = {}
         self._running = 0
         self._waiting: deque[_Job] = deque()  # in submit order, as they get a slot
+        self._warm = WarmStarts(self.work_dir)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -281,6 +285,7 @@ class LocalTrainingRunner:
         for job in jobs:
             if job.thread is not None:
                 job.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._warm.close()
 
     def wait(self, training_job_name: str, timeout: float | None = None) -> None:
         self._jobs[training_job_name].done.wait(timeout)
@@ -335,7 +340,7 @@ class LocalTrainingRunner:
         return job.clients[service]
 
     @staticmethod
-    def _terminate(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    def _terminate(process: JobProcess, grace_seconds: float) -> None:
         def signal_group(sig: int) -> None:
             try:
                 os.killpg(process.pid, sig)
@@ -578,7 +583,8 @@ class LocalTrainingRunner:
         except EnvironmentBuildError as error:
             raise _ClientError(f"pip install -r requirements.txt failed: {error}") from error
         job.environment, job.python = built, built.python
-        job.framework_module = entry_for_image(image).training_module
+        entry = entry_for_image(image)
+        job.framework_module, job.framework = entry.training_module, entry.framework
         return str(built.python)
 
     def _install_package(self, job: _Job, code_dir: Path) -> Path:
@@ -613,11 +619,7 @@ class LocalTrainingRunner:
         channel_dirs = {c: str(opt_ml / "input" / "data" / c) for c in channels}
         resource_config = json.loads((opt_ml / "input/config/resourceconfig.json").read_text())
         input_data_config = json.loads((opt_ml / "input/config/inputdataconfig.json").read_text())
-        # The cores one instance has here: its slot's share of this machine. Not the instance type's vCPUs (an
-        # ml.m5.large has 2, an ml.c5.4xlarge 16): the slots run side by side on these cores, and every process
-        # sizing its BLAS/OpenMP pools to more than its share oversubscribes them (a 10-point grid on 2 cores ran
-        # 4x slower than a loop). SM_NUM_CPUS (the toolkit's num_cpus) and the thread variables say the same.
-        num_cpus = max(1, (os.cpu_count() or 1) // self.slots)
+        num_cpus = self._num_cpus()
         module_name = entry_point[:-3] if entry_point.endswith(".py") else entry_point
         group = resource_config["current_group_name"]
         # sagemaker_training.environment.Environment: its public properties are SM_TRAINING_ENV.
@@ -673,9 +675,7 @@ class LocalTrainingRunner:
         }
         # What the container gets, and nothing of the stack's or the client's environment (no KAOS_*, no home
         # with other users' keys): the image's basics, the SageMaker variables and the execution role's keys.
-        assert job.python is not None  # _prepare_code chose it
-        env = container_base_environment(job.root / "home", job.python)
-        env.update({name: str(num_cpus) for name in THREAD_VARIABLES})
+        env = self._base_environment(job)
         env.update(request.get("Environment") or {})  # CreateTrainingJob's Environment: the user's values win
         env.update({
             "PYTHONUNBUFFERED": "1",
@@ -690,19 +690,42 @@ class LocalTrainingRunner:
         })
         return env
 
+    def _num_cpus(self) -> int:
+        """The cores one instance has here: its slot's share of this machine. Not the instance type's vCPUs (an
+        ml.m5.large has 2, an ml.c5.4xlarge 16): the slots run side by side on these cores, and every process
+        sizing its BLAS/OpenMP pools to more than its share oversubscribes them (a 10-point grid on 2 cores ran 4x
+        slower than a loop). SM_NUM_CPUS (the toolkit's num_cpus) and the thread variables say the same."""
+        return max(1, (os.cpu_count() or 1) // self.slots)
+
+    def _base_environment(self, job: _Job) -> dict[str, str]:
+        """What every job's process starts from, before its own variables: the image's basics and the slot's thread
+        variables (also what a warm server of the image's interpreter starts with)."""
+        assert job.python is not None  # _prepare_code chose it
+        env = container_base_environment(job.root / "home", job.python)
+        env.update({name: str(self._num_cpus()) for name in THREAD_VARIABLES})
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
     def _execute(
         self, job: _Job, command: list[str], cwd: Path, env: dict[str, str],
         shipper: LogShipper,
     ) -> int:
+        self._check_stopped(job)
+        # Forked from the image's warm server when the job fits it (kaos/local/warm_training.py), else started
+        # fresh; outside the lock: a server's first start imports its framework. What the job writes is its
+        # workspace's: owner-only on this shared machine.
+        process: JobProcess | None = self._warm.spawn(job.framework, command, env, str(cwd), 0o077,
+                                                      self._base_environment(job))
         with self.lock:
-            if job.stop_reason is not None:
-                raise _Stopped()
-            job.process = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                # What the job writes is its workspace's: owner-only on this shared machine.
-                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077,
-            )
-        process = job.process
+            if process is None:
+                process = subprocess.Popen(
+                    command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077,
+                )
+            job.process = process
+            stopped = job.stop_reason is not None
+        if stopped:  # stopped while it was being started
+            self._terminate(process, 0)
         max_runtime = (job.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
         timer: threading.Timer | None = None
         if max_runtime:

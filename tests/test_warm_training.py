@@ -1,0 +1,126 @@
+"""Warm starts (kaos/local/warm_training.py): a training job of a catalogue framework is forked from a server of
+its image's interpreter that has imported the framework, and sees what a fresh `python train.py` would see.
+
+Each job runs through the emulator's real training runner with the catalogue's scikit-learn image; a job whose
+environment sets a variable of its own starts fresh, which gives each test its fresh twin to compare with.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib.environments import lookup
+from kaos.local.emulator import Emulator
+from kaos.local.warm_training import forkable
+from tests.test_sagemaker_runner import BUCKET, ROLE, read_tar, upload_source, wait_for
+
+IMAGE = lookup("sklearn").image_uri("us-east-1")
+
+# What the process saw, kept with its model.
+PROBE = """\
+import json, os, sys
+seen_numpy = "numpy" in sys.modules
+import numpy, sklearn  # scikit-learn sets two OpenMP variables as it is imported: either way, they are set now
+fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+mask = os.umask(0); os.umask(mask)
+report = {
+    "argv": sys.argv, "path0": sys.path[0], "file": __file__, "name": __name__, "cwd": os.getcwd(),
+    "umask": mask, "session_leader": os.getsid(0) == os.getpid(), "parent": os.getppid(), "fds": fds,
+    "stdin": sys.stdin.read(), "environ": dict(os.environ), "random": numpy.random.rand(), "executable": sys.executable,
+    "kaos_on_path": any("kaos" in p.split(os.sep)[-2:] for p in sys.path), "preloaded": seen_numpy,
+}
+json.dump(report, open(os.path.join(os.environ["SM_MODEL_DIR"], "report.json"), "w"))
+"""
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    emu = Emulator(tmp_path / "emu", stop_grace_seconds=1)
+    emu.start()
+    emu.client("s3").create_bucket(Bucket=BUCKET)
+    emu.client("s3").put_object(Bucket=BUCKET, Key="data/train/part-0.csv", Body=b"1,2\n")
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def train(emulator: Emulator, name: str, script: str, environment: dict[str, str] | None = None,
+          wait: bool = True, **hyperparameters: Any) -> dict[str, Any]:
+    source = upload_source(emulator, {"train.py": script}, f"code/{name}.tar.gz")
+    hps = {k: json.dumps(v) for k, v in hyperparameters.items()}
+    emulator.client("sagemaker").create_training_job(
+        TrainingJobName=name, RoleArn=ROLE, Environment=environment or {},
+        HyperParameters={**hps, "sagemaker_program": '"train.py"', "sagemaker_submit_directory": json.dumps(source)},
+        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        InputDataConfig=[{"ChannelName": "training", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
+        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/out"},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        StoppingCondition={"MaxRuntimeInSeconds": 120},
+    )
+    if not wait:
+        return {}
+    return wait_for(emulator, name, {"Completed", "Failed", "Stopped"}, timeout=180)
+
+
+def report(emulator: Emulator, name: str) -> dict[str, Any]:
+    described = train(emulator, name, PROBE, epochs=2) if name.startswith("warm") else \
+        train(emulator, name, PROBE, {"FRESH": "1"}, epochs=2)
+    assert described["TrainingJobStatus"] == "Completed", described.get("FailureReason")
+    result: dict[str, Any] = json.loads(read_tar(emulator, f"out/{name}/output/model.tar.gz")["report.json"])
+    return result
+
+
+def test_a_warm_job_sees_what_a_fresh_process_sees(emulator: Emulator) -> None:
+    warm, fresh, again = report(emulator, "warm-a"), report(emulator, "fresh-a"), report(emulator, "warm-b")
+    assert warm["parent"] != os.getpid() and fresh["parent"] == os.getpid()  # forked by the server; by the runner
+    assert warm["preloaded"] and not fresh["preloaded"]  # the one thing that differs: numpy was imported already
+    per_job = {"HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "TRAINING_JOB_NAME",
+               "TRAINING_JOB_ARN", "FRESH"}
+    assert {k: v for k, v in warm["environ"].items() if k not in per_job and not k.startswith("SM_")} == \
+           {k: v for k, v in fresh["environ"].items() if k not in per_job and not k.startswith("SM_")}
+    assert warm["environ"]["TRAINING_JOB_NAME"] == "warm-a" and "AWS_SECRET_ACCESS_KEY" in warm["environ"]
+    assert json.loads(warm["environ"]["SM_HPS"]) == json.loads(fresh["environ"]["SM_HPS"]) == {"epochs": 2}
+    for key in ("argv", "name", "umask", "session_leader", "fds", "stdin", "executable", "kaos_on_path"):
+        assert warm[key] == fresh[key], key
+    assert warm["argv"] == ["train.py", "--epochs", "2"] and warm["fds"] == [0, 1, 2, 3]  # 3: the listing itself
+    for key in ("path0", "file", "cwd"):  # each job's own folder, the same place in it
+        assert warm[key].replace("warm-a", "J") == fresh[key].replace("fresh-a", "J"), key
+    assert warm["random"] != again["random"]  # numpy's global random state seeded anew in each job
+
+
+def test_a_warm_jobs_failure_reads_as_a_fresh_ones(emulator: Emulator) -> None:
+    script = "import sklearn\n\ndef fit():\n    raise ValueError('no convergence')\n\nfit()\n"
+    warm, fresh = train(emulator, "warm-fail", script), train(emulator, "fresh-fail", script, {"FRESH": "1"})
+    assert warm["TrainingJobStatus"] == fresh["TrainingJobStatus"] == "Failed"
+    assert warm["FailureReason"].replace("warm-fail", "J") == fresh["FailureReason"].replace("fresh-fail", "J")
+    assert 'train.py", line 4, in fit' in warm["FailureReason"] and "runpy" not in warm["FailureReason"]
+    assert warm["FailureReason"].endswith("exit code: 1")
+    exited = train(emulator, "warm-exit", "import sys\nprint('bye')\nsys.exit(3)\n")
+    assert exited["TrainingJobStatus"] == "Failed" and exited["FailureReason"].endswith("exit code: 3")
+
+
+def test_a_warm_job_is_stopped_with_its_process_group(emulator: Emulator) -> None:
+    train(emulator, "warm-stop", "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n", wait=False)
+    wait_for(emulator, "warm-stop", {"Training"}, key="SecondaryStatus", timeout=180)
+    emulator.client("sagemaker").stop_training_job(TrainingJobName="warm-stop")
+    assert wait_for(emulator, "warm-stop", {"Stopped", "Completed", "Failed"})["TrainingJobStatus"] == "Stopped"
+
+
+def test_only_a_job_whose_environment_fits_the_server_is_forked() -> None:
+    server = {"PATH": "/env/bin:/usr/bin", "HOME": "/warm", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+              "PYTHONUNBUFFERED": "1"}
+    job = {**server, "HOME": "/job", "SM_HPS": "{}", "AWS_REGION": "us-east-1", "TRAINING_JOB_NAME": "j"}
+    assert forkable(job, server, {"SKLEARN_SITE_JOBLIB": None}) is None
+    assert "OMP_NUM_THREADS" in str(forkable({**job, "OMP_NUM_THREADS": "4"}, server, {}))  # read as BLAS loads
+    assert "PYTHONHASHSEED" in str(forkable({**job, "PYTHONHASHSEED": "0"}, server, {}))  # read at start
+    assert "MY_FLAG" in str(forkable({**job, "MY_FLAG": "1"}, server, {}))  # the job's own: maybe read at import
+    assert "SKLEARN_SITE_JOBLIB" in str(forkable({**job, "SKLEARN_SITE_JOBLIB": "1"}, server,
+                                                 {"SKLEARN_SITE_JOBLIB": None}))  # a preload read it
+    assert "PATH" in str(forkable({**job, "PATH": "/other/bin"}, server, {}))
