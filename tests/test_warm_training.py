@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 
 from chalicelib.environments import lookup
 from kaos.local.emulator import Emulator
-from kaos.local.warm_training import forkable
+from kaos.local.environments import Environments, default_cache_dir
+from kaos.local.warm_training import WarmStarts, forkable
 from tests.test_sagemaker_runner import BUCKET, ROLE, read_tar, upload_source, wait_for
 
 IMAGE = lookup("sklearn").image_uri("us-east-1")
@@ -124,3 +126,22 @@ def test_only_a_job_whose_environment_fits_the_server_is_forked() -> None:
     assert "SKLEARN_SITE_JOBLIB" in str(forkable({**job, "SKLEARN_SITE_JOBLIB": "1"}, server,
                                                  {"SKLEARN_SITE_JOBLIB": None}))  # a preload read it
     assert "PATH" in str(forkable({**job, "PATH": "/other/bin"}, server, {}))
+
+
+def test_a_forked_process_leads_its_own_group_when_its_pid_is_answered(tmp_path: Path) -> None:
+    # A stop signals the job's process group as soon as the pid is known: it must exist by then (the child's
+    # setsid, not the fork, is what the server waits for before answering).
+    python = str(Environments(default_cache_dir()).ensure(IMAGE).python)
+    env = {"PATH": f"{Path(python).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "PYTHONUNBUFFERED": "1"}
+    (tmp_path / "train.py").write_text("import time\ntime.sleep(60)\n")
+    starts = WarmStarts(tmp_path)
+    try:
+        for _ in range(5):
+            process = starts.spawn("sklearn", [python, "train.py"], env, str(tmp_path), 0o077, env)
+            assert process is not None
+            os.killpg(process.pid, signal.SIGKILL)  # raises ProcessLookupError if the group is not there yet
+            assert process.wait(30) == -signal.SIGKILL
+            assert process.stdout.read() == b""
+    finally:
+        starts.close()

@@ -55,9 +55,11 @@ PRELOADS: dict[str, tuple[str, ...]] = {
 STARTUP_PREFIXES = ("PYTHON", "LANG", "LC_", "OMP_", "KMP_", "GOMP_", "OPENBLAS_", "GOTO_", "MKL_", "BLIS_",
                     "VECLIB_", "NUMEXPR_", "MALLOC_", "LD_")
 # Variables every job has of its own, read by its code when it runs (a preload that read one shows in `read`).
-PER_JOB_PREFIXES = ("SM_", "AWS_", "TRAINING_JOB_", "HOME")
+PER_JOB_PREFIXES = ("SM_", "AWS_", "TRAINING_JOB_")  # and HOME
 # A server with no job running ends after this long without a request (the next job starts another).
 IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_WARM_IDLE_SECONDS", "180"))
+# How long a server may take to import its preloads (scikit-learn's take ~2 s) before its jobs start fresh.
+READY_SECONDS = 120.0
 
 
 def forkable(job_env: Mapping[str, str], server_env: Mapping[str, str], read: Mapping[str, str | None]) -> str | None:
@@ -70,7 +72,7 @@ def forkable(job_env: Mapping[str, str], server_env: Mapping[str, str], read: Ma
         if name.startswith(STARTUP_PREFIXES) or name == "PATH":
             if job_env.get(name) != server_env.get(name):
                 return f"{name} differs from the server's"
-        elif name not in server_env and not name.startswith(PER_JOB_PREFIXES):
+        elif name not in server_env and name != "HOME" and not name.startswith(PER_JOB_PREFIXES):
             return f"the job sets {name}"
     return None
 
@@ -113,7 +115,12 @@ class _Server:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         self.channel = ours
         self.env = env
-        ready = ours.recv(1 << 20)
+        ours.settimeout(READY_SECONDS)
+        try:
+            ready = ours.recv(1 << 20)
+        except OSError:  # a preload that hangs: no server for this interpreter
+            ready = b""
+        ours.settimeout(None)
         self.read: dict[str, str | None] = json.loads(ready)["read"] if ready else {}
         self.alive = bool(ready)
 
@@ -174,6 +181,8 @@ class WarmStarts:
                     server = self._servers[argv[0]] = _Server(argv[0], {**server_env, "HOME": str(home)},
                                                               preloads, home)
                     if not server.alive:
+                        server.close()
+                        del self._servers[argv[0]]
                         self._refused.add(argv[0])
                         return None
                 if forkable(env, server.env, server.read) is not None:
@@ -265,12 +274,15 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
         if not message:
             return None
         request = json.loads(message)
+        # The stack signals the job's process group (a stop): the pid is answered once the child leads its own.
+        in_session, session_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             channel.detach()  # closed below with every other descriptor of the server
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.setsid()
+            os.close(session_write)
             os.umask(request["umask"])
             os.chdir(request["cwd"])
             null = os.open(os.devnull, os.O_RDONLY)
@@ -279,8 +291,12 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
             os.dup2(fds[0], 2)
             os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096)
             return dict(request)
+        os.close(session_write)
+        os.read(in_session, 1)  # end of file once the child has its session (or has ended)
+        os.close(in_session)
         os.close(fds[0])
         statuses[pid] = fds[1]
+        del request, message  # the job's keys stay in the job's process only
         channel.send(json.dumps({"pid": pid}).encode())
 
 
@@ -329,7 +345,11 @@ def _run_entry(request: dict[str, Any]) -> None:
         while tb is not None and tb.tb_frame.f_code.co_filename != entry:
             tb = tb.tb_next
         traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
-        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        if isinstance(exc, KeyboardInterrupt):  # the interpreter ends by SIGINT then
+            sys.stderr.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
