@@ -281,3 +281,19 @@ def test_a_definition_moto_accepted_is_not_parsed_again_by_the_next_start(tmp_pa
     patches._validated_file().write_text("{not json")
     assert patches._remembered_validation(counting).__func__(good) is None and len(parsed) == 4  # damaged: again
     assert json.loads(patches._validated_file().read_text()) == [hashlib.sha256(good.encode()).hexdigest()]
+
+
+def test_a_jsonpath_is_parsed_once_and_finds_what_it_found_before(emulator: Emulator) -> None:
+    """Every JSONPath a state evaluates was parsed anew (jsonpath_ng builds its yacc parser on each parse): with the
+    patches each path is parsed once, and finds the same values."""
+    from jsonpath_ng.ext import parse as stock_parse
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    data = {"a": [{"b": 1}, {"b": 2}], "c": {"d": "x"}}
+    paths = ["$.a[*].b", "$.c.d", "$.a[1]", "$"]
+    expected = [[1, 2], "x", {"b": 2}, data]
+    assert [[m.value for m in stock_parse(p).find(data)] for p in paths[:2]] == [[1, 2], ["x"]]
+    first = [json_path.extract_json(p, data) for p in paths]
+    hits = json_path.parse.cache_info().hits  # type: ignore[attr-defined]  # the patch's cache
+    assert [json_path.extract_json(p, data) for p in paths] == first == expected
+    assert json_path.parse.cache_info().hits == hits + len(paths)  # type: ignore[attr-defined]
