@@ -6,6 +6,7 @@ environment sets a variable of its own starts fresh, which gives each test its f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -145,3 +146,42 @@ def test_a_forked_process_leads_its_own_group_when_its_pid_is_answered(tmp_path:
             assert process.stdout.read() == b""
     finally:
         starts.close()
+
+
+SCAN = """\
+import hashlib, json, os, re, sys
+digest = json.loads(os.environ["SM_HPS"])["digest"]
+found = 0
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
+    for line in maps:
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if line.split()[1][0] != "r" or "[vvar]" in line or "[vsyscall]" in line:
+            continue
+        try:
+            mem.seek(start)
+            chunk = mem.read(end - start)
+        except OSError:
+            continue
+        for hit in re.finditer(re.escape(b"kaos-leak-" + b"probe-"), chunk):
+            tail = chunk[hit.end():hit.end() + 20]
+            found += hashlib.sha256(tail).hexdigest() == digest
+json.dump({"found": found}, open(os.path.join(os.environ["SM_MODEL_DIR"], "scan.json"), "w"))
+"""
+
+
+def test_no_job_finds_another_jobs_request_in_its_memory(emulator: Emulator) -> None:
+    # Every warm job's process starts as a copy of the server's memory: the server must never have held another
+    # job's request (its environment holds the job's session keys; this token travels beside them in argv).
+    secret = os.urandom(10).hex()
+    # Its request is larger than the next one's, so that one could not simply overwrite it where it was freed.
+    first = train(emulator, "warm-secret", "import sys\nprint(len(sys.argv))\n", padding="p" * 2000,
+                  token=f"kaos-leak-probe-{secret}")
+    assert first["TrainingJobStatus"] == "Completed", first.get("FailureReason")
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    scan = train(emulator, "warm-scan", SCAN, digest=digest)
+    assert scan["TrainingJobStatus"] == "Completed", scan.get("FailureReason")
+    assert json.loads(read_tar(emulator, "out/warm-scan/output/model.tar.gz")["scan.json"]) == {"found": 0}
+    # The scan finds the token where it is: in the process that was given it.
+    own = train(emulator, "warm-own", SCAN, digest=digest, token=f"kaos-leak-probe-{secret}")
+    assert own["TrainingJobStatus"] == "Completed", own.get("FailureReason")
+    assert json.loads(read_tar(emulator, "out/warm-own/output/model.tar.gz")["scan.json"])["found"] >= 1

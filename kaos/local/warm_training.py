@@ -29,6 +29,7 @@ image's interpreter (`python warm_training.py <fd>`), where nothing of kaos is i
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -127,15 +128,24 @@ class _Server:
     def fork(self, argv: list[str], env: dict[str, str], cwd: str, umask: int) -> WarmProcess | None:
         out_read, out_write = os.pipe()
         status_read, status_write = os.pipe()
-        message = json.dumps({"argv": argv, "env": env, "cwd": cwd, "umask": umask}).encode()
+        request_read, request_write = os.pipe()
+        request = os.fdopen(request_write, "wb")
         try:
-            socket.send_fds(self.channel, [message], [out_write, status_write])
+            try:
+                socket.send_fds(self.channel, [b"fork"], [out_write, status_write, request_read])
+            finally:  # the server has its copies (or never will: then no one reads the request, and writing fails)
+                for fd in (out_write, status_write, request_read):
+                    os.close(fd)
+            # To the child itself, which reads it to its end (it may exceed a pipe's buffer: this waits for it).
+            with request:
+                request.write(json.dumps({"argv": argv, "env": env, "cwd": cwd, "umask": umask}).encode())
             reply = self.channel.recv(1 << 16)
         except OSError:
             reply = b""
         finally:
-            os.close(out_write)
-            os.close(status_write)
+            if not request.closed:
+                with contextlib.suppress(OSError):
+                    request.close()
         if not reply:  # the server has ended (idle, or killed)
             self.alive = False
             os.close(out_read)
@@ -270,10 +280,12 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
                     os.close(fd)
         if channel.fileno() not in ready:
             continue
-        message, fds, _, _ = socket.recv_fds(channel, 1 << 22, 2)
+        # Only descriptors: the job's request (its environment holds its session keys, its argv its
+        # hyperparameters) is read by the forked child alone, so no job's data is ever in the server's memory, which
+        # every later job's process starts as a copy of.
+        message, fds, _, _ = socket.recv_fds(channel, 64, 3)
         if not message:
             return None
-        request = json.loads(message)
         # The stack signals the job's process group (a stop): the pid is answered once the child leads its own.
         in_session, session_write = os.pipe()
         pid = os.fork()
@@ -283,6 +295,8 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.setsid()
             os.close(session_write)
+            with os.fdopen(fds[2], "rb") as requested:
+                request = json.loads(requested.read())
             os.umask(request["umask"])
             os.chdir(request["cwd"])
             null = os.open(os.devnull, os.O_RDONLY)
@@ -295,8 +309,8 @@ def _serve(channel: socket.socket) -> dict[str, Any] | None:
         os.read(in_session, 1)  # end of file once the child has its session (or has ended)
         os.close(in_session)
         os.close(fds[0])
+        os.close(fds[2])
         statuses[pid] = fds[1]
-        del request, message  # the job's keys stay in the job's process only
         channel.send(json.dumps({"pid": pid}).encode())
 
 
