@@ -28,10 +28,13 @@ emulator = test_sagemaker_runner.emulator
 
 
 def train(emulator: Emulator, name: str, files: dict[str, str], image: str = SKLEARN,
-          hyperparameters: dict[str, str] | None = None) -> dict[str, Any]:
+          hyperparameters: dict[str, str] | None = None, environment: dict[str, str] | None = None,
+          wait: bool = True) -> dict[str, Any]:
+    """Runs a script-mode job of `files` (hyperparameters JSON-encoded, as the SDK sends them) and waits for its
+    end (or only starts it)."""
     source = upload_source(emulator, files, f"code/{name}.tar.gz")
     emulator.client("sagemaker").create_training_job(
-        TrainingJobName=name, RoleArn=ROLE,
+        TrainingJobName=name, RoleArn=ROLE, Environment=environment or {},
         HyperParameters={"sagemaker_program": '"train.py"', "sagemaker_submit_directory": f'"{source}"',
                          **(hyperparameters or {})},
         AlgorithmSpecification={"TrainingImage": image, "TrainingInputMode": "File"},
@@ -41,7 +44,7 @@ def train(emulator: Emulator, name: str, files: dict[str, str], image: str = SKL
         ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
         StoppingCondition={"MaxRuntimeInSeconds": 600},
     )
-    return wait_for(emulator, name, {"Completed", "Failed"}, timeout=600)
+    return wait_for(emulator, name, {"Completed", "Failed", "Stopped"}, timeout=600) if wait else {}
 
 
 def log_of(emulator: Emulator, name: str) -> str:

@@ -10,19 +10,20 @@ import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from chalicelib.environments import lookup
 from kaos.local.emulator import Emulator
 from kaos.local.environments import Environments, default_cache_dir
 from kaos.local.warm_training import WarmStarts, forkable
-from tests.test_sagemaker_runner import BUCKET, ROLE, read_tar, upload_source, wait_for
+from tests import test_sagemaker_runner
+from tests.test_environments import train as train_job
+from tests.test_sagemaker_runner import read_tar, wait_for
 
 IMAGE = lookup("sklearn").image_uri("us-east-1")
+# The runner tests' emulator: a bucket with a training channel.
+emulator = test_sagemaker_runner.emulator
 
 # What the process saw, kept with its model.
 PROBE = """\
@@ -41,35 +42,10 @@ json.dump(report, open(os.path.join(os.environ["SM_MODEL_DIR"], "report.json"), 
 """
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    emu = Emulator(tmp_path / "emu", stop_grace_seconds=1)
-    emu.start()
-    emu.client("s3").create_bucket(Bucket=BUCKET)
-    emu.client("s3").put_object(Bucket=BUCKET, Key="data/train/part-0.csv", Body=b"1,2\n")
-    try:
-        yield emu
-    finally:
-        emu.stop()
-
-
 def train(emulator: Emulator, name: str, script: str, environment: dict[str, str] | None = None,
           wait: bool = True, **hyperparameters: Any) -> dict[str, Any]:
-    source = upload_source(emulator, {"train.py": script}, f"code/{name}.tar.gz")
-    hps = {k: json.dumps(v) for k, v in hyperparameters.items()}
-    emulator.client("sagemaker").create_training_job(
-        TrainingJobName=name, RoleArn=ROLE, Environment=environment or {},
-        HyperParameters={**hps, "sagemaker_program": '"train.py"', "sagemaker_submit_directory": json.dumps(source)},
-        AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
-        InputDataConfig=[{"ChannelName": "training", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/data/train"}}}],
-        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/out"},
-        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
-        StoppingCondition={"MaxRuntimeInSeconds": 120},
-    )
-    if not wait:
-        return {}
-    return wait_for(emulator, name, {"Completed", "Failed", "Stopped"}, timeout=180)
+    encoded = {k: json.dumps(v) for k, v in hyperparameters.items()}
+    return train_job(emulator, name, {"train.py": script}, IMAGE, encoded, environment, wait)
 
 
 def report(emulator: Emulator, name: str) -> dict[str, Any]:
