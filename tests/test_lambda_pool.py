@@ -3,6 +3,8 @@ worker processes do not stay resident in the embedded stack's process tree."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,3 +91,27 @@ def test_a_forked_environment_has_exactly_its_own_variables_and_the_preload_is_g
         for pool in pools:
             pool.close()
         parent.close()
+
+
+SHARED_DATA = """\
+import os, sys
+import botocore.session
+from kaos.local import lambda_runtime
+lambda_runtime._load_service_data()
+lambda_runtime._share_service_data()  # what a forked environment does once its environment is its function's
+default, own = botocore.session.get_session(), botocore.session.get_session()  # boto3's and pynamodb's, say
+shared = [s.get_component("data_loader") is lambda_runtime._SERVICE_DATA for s in (default, own)]
+client = default.create_client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+os.environ["AWS_DATA_PATH"] = sys.argv[1]
+elsewhere = botocore.session.get_session().get_component("data_loader")
+print(shared, client.meta.service_model.service_name, elsewhere is lambda_runtime._SERVICE_DATA,
+      sys.argv[1] in elsewhere.search_paths)
+"""
+
+
+def test_environments_make_their_clients_from_the_warm_parents_service_data(tmp_path: Path) -> None:
+    # Every botocore session of an environment takes the loader the warm parent filled (each environment parsed
+    # the service models again before), unless its environment names data paths of its own.
+    done = subprocess.run([sys.executable, "-c", SHARED_DATA, str(tmp_path)], capture_output=True, text=True,
+                          check=True, env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")})
+    assert done.stdout.split() == ["[True,", "True]", "s3", "False", "True"], done.stderr

@@ -57,6 +57,8 @@ IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_IDLE_SECONDS", "180"))
 PRELOAD = ("boto3", "botocore.session", "botocore.client", "botocore.config", "pynamodb.models",
            "pynamodb.attributes", "pynamodb.connection", "urllib3", "dateutil.parser", "jmespath", "chalice",
            "tarfile", "gzip", "uuid", "csv", "email.parser")
+# The services kaos's functions make boto3 clients for (chalicelib.adapters.AwsClients).
+SERVICE_MODELS = ("s3", "stepfunctions", "sagemaker", "logs", "sts", "iam", "batch")
 # How many environments one function may have at once. Lambda scales out per concurrent invocation; offline an
 # environment is a CPU-bound process of ~80 MB whose cold start alone is ~0.9 CPU-s, so more of them than the
 # machine has cores only adds cold starts and memory: a 10-point grid on 2 cores took 37-39 s and 2.0 GB with 8
@@ -485,20 +487,63 @@ def import_watching_environment(modules: Iterable[str]) -> set[str]:
     a process that forks others after the import would hand them, as module state, from its own environment."""
     import importlib
 
+    return watching_environment(lambda: [importlib.import_module(name) for name in modules])
+
+
+def watching_environment(action: Callable[[], object]) -> set[str]:
+    """Runs `action`; the environment variables it read, set or removed ("*" if it listed them)."""
     real = os.environ
     watched = _WatchedEnvironment(real)
     os.environ = watched  # type: ignore[assignment]  # noqa: B003  (watched, not replaced: it forwards to real)
     try:
-        for name in modules:
-            importlib.import_module(name)
+        action()
     finally:
         os.environ = real  # noqa: B003  (the real mapping back)
     return watched.touched
 
 
+# botocore's data loader of the warm parent, holding the service data every environment's clients are made from.
+_SERVICE_DATA: Any = None
+
+
+def _load_service_data() -> None:
+    """Loads botocore's service models and endpoint data into a loader of the warm parent's: each environment
+    parsed them again for its first clients, ~30% of the Lambda CPU of a 10-point grid. Only files are read here
+    (no session, client, credential or region); the environments' sessions take the loader
+    (`_share_service_data`)."""
+    from botocore.loaders import create_loader
+
+    global _SERVICE_DATA
+    loader = create_loader()
+    for service in SERVICE_MODELS:
+        for kind in ("service-2", "endpoint-rule-set-1"):
+            loader.load_service_model(service, kind)
+    for name in ("endpoints", "partitions", "_retry", "sdk-default-configuration"):
+        loader.load_data(name)
+    _SERVICE_DATA = loader
+
+
+def _share_service_data() -> None:
+    """In a forked environment: every botocore session it makes (boto3's default one, pynamodb's one per thread)
+    takes the warm parent's loader, unless the environment names data paths of its own (the loader a session
+    would make reads only those)."""
+    from botocore.loaders import create_loader
+    from botocore.session import Session
+
+    def register(session: Any) -> None:
+        def loader() -> Any:
+            data_path = session.get_config_variable("data_path")
+            return _SERVICE_DATA if data_path is None else create_loader(data_path)
+
+        session._components.lazy_register_component("data_loader", loader)
+
+    if _SERVICE_DATA is not None:
+        Session._register_data_loader = register  # type: ignore[attr-defined]  # botocore is untyped here
+
+
 def _preload() -> dict[str, str | None]:
-    """Imports PRELOAD; the variables the imports touched, with their values (None: unset)."""
-    touched = import_watching_environment(PRELOAD)
+    """Imports PRELOAD and loads the service data; the variables that touched, with their values (None: unset)."""
+    touched = import_watching_environment(PRELOAD) | watching_environment(_load_service_data)
     if "*" in touched:
         raise RuntimeError("importing the preload listed the environment: its module state would hold the warm "
                            "parent's")
@@ -558,6 +603,7 @@ def _become(channel: socket.socket, request: dict[str, Any], fds: list[int]) -> 
             os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        _share_service_data()
         main(request["handler"], fds[1])
         code = 0
     except BaseException:
