@@ -38,7 +38,7 @@ from chalicelib.adapters import (
 )
 from chalicelib.config import Settings
 from chalicelib.costs import endpoint_cost_of, endpoint_costs
-from chalicelib.errors import Conflict, InputInvalid, ValidationFailed
+from chalicelib.errors import ConcurrentUpdate, Conflict, InputInvalid, ValidationFailed
 from chalicelib.provenance import Provenance
 from chalicelib.registry import ModelRef, Registry, check_name, fingerprint, hosted_name, version_node
 from chalicelib.repositories.endpoints import DELETED, Endpoint, EndpointNotFound, EndpointRepository
@@ -62,6 +62,9 @@ CANARY_PERCENT = 10
 CANARY_WAIT_SECONDS = 300
 ALARM_THRESHOLD = 1
 LIVE = ("Creating", "Updating", "InService", "RollingBack", "Failed")
+# How often a kill re-reads an endpoint its deployment's state machine keeps changing (each change is a
+# ConcurrentUpdate), as for jobs and grids.
+KILL_ATTEMPTS = 5
 
 
 class MissingModelFn(ValidationFailed):
@@ -174,8 +177,7 @@ class Endpoints:
         endpoint = self.repository.get(workspace, name)
         if endpoint.status in ("Deleting", DELETED):
             raise EndpointKilled(f"endpoint {name!r} is already {endpoint.status.lower()}")
-        self._halt(endpoint, f"endpoint killed by {user}")
-        return self.describe(endpoint)
+        return self.describe(self._halt(endpoint, f"endpoint killed by {user}"))
 
     def halt_all(self, workspace: str, reason: str) -> int:
         """`workspace kill`: stops every endpoint of the workspace and deletes what it runs (its rows go with the
@@ -193,15 +195,25 @@ class Endpoints:
             if after is None:
                 return halted
 
-    def _halt(self, endpoint: Endpoint, reason: str) -> None:
-        """Stops the deployment in progress, deletes the SageMaker endpoint: Deleting (Deleted once it is gone)."""
-        for deployment in endpoint.deployments:
-            if deployment["status"] == "InProgress":
-                self._executions.stop(self._execution(deployment["deployment"]), reason)
-                deployment.update(status="Stopped", ended_at=now(), failure_reason=reason)
-        self._hosting.delete_endpoint(endpoint.sagemaker_endpoint)
-        endpoint.status, endpoint.updated_at = "Deleting", now()
-        self.repository.save(endpoint)
+    def _halt(self, endpoint: Endpoint, reason: str) -> Endpoint:
+        """Stops the deployment in progress, deletes the SageMaker endpoint: Deleting (Deleted once it is gone).
+        A deployment's state machine that changed the row meanwhile (ConcurrentUpdate) is read again and the halt
+        decided on what it wrote (stopping and deleting again are harmless), KILL_ATTEMPTS times."""
+        for _ in range(KILL_ATTEMPTS):
+            for deployment in endpoint.deployments:
+                if deployment["status"] == "InProgress":
+                    self._executions.stop(self._execution(deployment["deployment"]), reason)
+                    deployment.update(status="Stopped", ended_at=now(), failure_reason=reason)
+            self._hosting.delete_endpoint(endpoint.sagemaker_endpoint)
+            endpoint.status, endpoint.updated_at = "Deleting", now()
+            try:
+                self.repository.save(endpoint)
+                return endpoint
+            except ConcurrentUpdate:
+                endpoint = self.repository.get(endpoint.workspace, endpoint.name)
+                if endpoint.status in ("Deleting", DELETED):  # halted meanwhile
+                    return endpoint
+        raise Conflict(f"endpoint {endpoint.name!r} kept changing while it was being killed; kill it again")
 
     def info(self, workspace: str, name: str) -> dict[str, Any]:
         endpoint = self._settle(workspace, name) or self.repository.get(workspace, name)

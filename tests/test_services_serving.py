@@ -266,3 +266,28 @@ def test_a_workspace_kill_stops_its_endpoints(services: Wiring) -> None:  # noqa
     stopped = boto3.client("stepfunctions").list_executions(
         stateMachineArn=services.settings.deployment_state_machine_arn, statusFilter="ABORTED")["executions"]
     assert [e["name"] for e in stopped] == [pending]  # the deployment in progress was stopped
+
+
+def test_a_kill_racing_the_deployments_own_write_is_decided_again(services: Wiring,  # noqa: F811
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The deployment's state machine writes the row while a kill is halting it (a ConcurrentUpdate for the kill):
+    # the kill reads the row again and halts what it finds, as a job's or a grid's kill does.
+    ws = workspace(services)
+    endpoint = services.endpoints.deploy(ws, OWNER, {"model": _job(services, ws, 1), "name": "racing"})
+    deployment = endpoint["deployments"][0]["deployment"]
+    delete = services.endpoints._hosting.delete_endpoint
+    raced: list[str] = []
+
+    def racing_delete(name: str) -> None:
+        if not raced:  # the state machine's record lands between the kill's read and its write
+            row = services.endpoints.repository.get(ws.name, "racing")
+            row.updated_at = "2026-12-02T00:00:00Z"
+            services.endpoints.repository.save(row)
+            raced.append(name)
+        delete(name)
+
+    monkeypatch.setattr(services.endpoints._hosting, "delete_endpoint", racing_delete)
+    killed = services.endpoints.kill(ws.name, "racing", OWNER)
+    assert raced and killed["status"] == "Deleting"
+    assert killed["deployments"][0]["deployment"] == deployment and killed["deployments"][0]["status"] == "Stopped"
+    assert services.endpoints.repository.get(ws.name, "racing").status == "Deleting"
