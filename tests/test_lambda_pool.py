@@ -2,6 +2,7 @@
 worker processes do not stay resident in the embedded stack's process tree."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kaos.local.lambda_runtime import FunctionError, FunctionPool, FunctionSpec, WarmParent
+from kaos.local.lambda_runtime import SERVICE_MODELS, FunctionError, FunctionPool, FunctionSpec, WarmParent
 from kaos.processes import alive
 
 from .conftest import until
@@ -115,3 +116,10 @@ def test_environments_make_their_clients_from_the_warm_parents_service_data(tmp_
     done = subprocess.run([sys.executable, "-c", SHARED_DATA, str(tmp_path)], capture_output=True, text=True,
                           check=True, env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")})
     assert done.stdout.split() == ["[True,", "True]", "s3", "False", "True"], done.stderr
+
+
+def test_the_warm_parent_loads_every_service_the_functions_make_clients_for() -> None:
+    from chalicelib.adapters import AwsClients
+
+    made = {name for name, value in vars(AwsClients).items() if isinstance(value, functools.cached_property)}
+    assert made | {"dynamodb"} == {name.replace("-", "_") for name in SERVICE_MODELS}  # pynamodb: DynamoDB

@@ -57,8 +57,9 @@ IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_IDLE_SECONDS", "180"))
 PRELOAD = ("boto3", "botocore.session", "botocore.client", "botocore.config", "pynamodb.models",
            "pynamodb.attributes", "pynamodb.connection", "urllib3", "dateutil.parser", "jmespath", "chalice",
            "tarfile", "gzip", "uuid", "csv", "email.parser")
-# The services kaos's functions make boto3 clients for (chalicelib.adapters.AwsClients).
-SERVICE_MODELS = ("s3", "stepfunctions", "sagemaker", "logs", "sts", "iam", "batch")
+# The services kaos's functions make clients for (chalicelib.adapters.AwsClients; pynamodb's DynamoDB).
+SERVICE_MODELS = ("dynamodb", "s3", "stepfunctions", "sagemaker", "sagemaker-runtime", "logs", "cloudwatch", "sts",
+                  "iam", "batch")
 # How many environments one function may have at once. Lambda scales out per concurrent invocation; offline an
 # environment is a CPU-bound process of ~80 MB whose cold start alone is ~0.9 CPU-s, so more of them than the
 # machine has cores only adds cold starts and memory: a 10-point grid on 2 cores took 37-39 s and 2.0 GB with 8
