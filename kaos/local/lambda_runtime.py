@@ -190,10 +190,9 @@ class WarmParent:
         started again once."""
         request_read, request_write = os.pipe()
         answer_read, answer_write = os.pipe()
-        message = json.dumps({"handler": handler, "env": env, "cwd": cwd}).encode()
         try:
             with self._lock:
-                reply, fds = self._exchange(message, [request_read, answer_write], env)
+                reply, fds = self._exchange(b"fork", [request_read, answer_write], env)
         except BaseException:
             for fd in (request_write, answer_read):
                 os.close(fd)
@@ -205,7 +204,16 @@ class WarmParent:
             for fd in (request_write, answer_read):
                 os.close(fd)
             raise FunctionError("Runtime.Unknown", f"the warm parent could not fork: {reply.decode()!r}", [])
-        return _Worker(fds[0], os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb"))
+        worker = _Worker(fds[0], os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb"))
+        # The environment's setup is the first line of its request pipe, read by it alone: the function's variables
+        # (its role's session keys) never pass through the warm parent, whose memory the next environment copies.
+        try:
+            worker.requests.write(json.dumps({"handler": handler, "env": env, "cwd": cwd}).encode() + b"\n")
+            worker.requests.flush()
+        except OSError:
+            worker.stop()
+            raise FunctionError("Runtime.Unknown", "the new environment ended before its setup", []) from None
+        return worker
 
     def _exchange(self, message: bytes, fds: list[int], env: dict[str, str]) -> tuple[bytes, list[int]]:
         """Sends one fork request and reads its answer (the caller holds the lock)."""
@@ -568,16 +576,15 @@ def warm_parent(channel_fd: int) -> None:
     channel.send(json.dumps(_preload()).encode())
     signal.signal(signal.SIGCHLD, _reap)
     while True:
-        message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
+        message, fds, _, _ = socket.recv_fds(channel, 64, 2)
         if not message:
             return
-        request = json.loads(message)
         # SIGCHLD held until the pidfd is open: a child that ends at once is not reaped (its pid reused) first.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             pid = os.fork()
             if pid == 0:
-                _become(channel, request, fds)
+                _become(channel, fds)
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
             socket.send_fds(channel, [f"fork failed: {exc}".encode()], [])
@@ -590,9 +597,10 @@ def warm_parent(channel_fd: int) -> None:
         os.close(pidfd)
 
 
-def _become(channel: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-    """The forked child: its own session, the request pipe as stdin, exactly the function's environment, then the
-    runtime's loop (:func:`main`); it never returns into the warm parent's loop."""
+def _become(channel: socket.socket, fds: list[int]) -> None:
+    """The forked child: its own session, the request pipe as stdin (its first line the environment's setup:
+    handler, variables, folder), exactly the function's environment, then the runtime's loop (:func:`main`); it
+    never returns into the warm parent's loop."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -600,6 +608,7 @@ def _become(channel: socket.socket, request: dict[str, Any], fds: list[int]) -> 
         os.setsid()
         os.dup2(fds[0], 0)
         os.close(fds[0])
+        request = json.loads(sys.stdin.buffer.readline())
         if request["cwd"]:
             os.chdir(request["cwd"])
         os.environ.clear()
