@@ -7,6 +7,8 @@ The user's entry point sees the contract SageMaker framework containers
 - ``input/config/{hyperparameters,resourceconfig,inputdataconfig}.json``,
   ``input/data/<channel>/`` (downloaded from each channel's ``S3Uri`` prefix),
   ``model/``, ``output/data/``, ``output/failure``, ``code/`` (``sagemaker_submit_directory``).
+- A job of a scikit-learn or PyTorch image whose environment fits is forked from a warm server of the image's
+  interpreter that has imported the framework (kaos.local.warm_training), and sees what a fresh process would.
 - The process runs with the training image's Python environment (kaos.local.environments): the image's pinned
   packages plus the code's ``requirements.txt``, nothing of kaos; ``LocalTrainingRunner.environment_id`` is its id,
   and the Training transition's StatusMessage carries it (with any fidelity warning) for the job's record.
