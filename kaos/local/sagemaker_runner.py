@@ -402,12 +402,13 @@ class LocalTrainingRunner:
             self._check_stopped(job)
             command, module_dir, entry_point, user_args = self._prepare_code(job, opt_ml, framework, user_hps)
             self._check_stopped(job)
-            env = self._environment(job, opt_ml, channels, user_hps, module_dir, entry_point, user_args)
+            base = self._base_environment(job)
+            env = self._environment(job, base, opt_ml, channels, user_hps, module_dir, entry_point, user_args)
             # SageMaker's message, then (offline) what the image's environment was: the record reads it there.
             job.update({"SecondaryStatus": "Training",
                         "StatusMessage": "Training image download completed. Training in progress."
                         + (f" {environment_message(job.environment)}" if job.environment else "")})
-            exit_code = self._execute(job, command, opt_ml / "code", env, shipper)
+            exit_code = self._execute(job, command, opt_ml / "code", env, base, shipper)
             shipper.close()
 
             with self.lock:
@@ -605,7 +606,7 @@ class LocalTrainingRunner:
     # -- execution --------------------------------------------------------------------------
 
     def _environment(
-        self, job: _Job, opt_ml: Path, channels: list[str], user_hps: dict[str, Any],
+        self, job: _Job, base: dict[str, str], opt_ml: Path, channels: list[str], user_hps: dict[str, Any],
         module_dir: str, entry_point: str, user_args: list[str],
     ) -> dict[str, str]:
         request = job.request
@@ -677,7 +678,7 @@ class LocalTrainingRunner:
         }
         # What the container gets, and nothing of the stack's or the client's environment (no KAOS_*, no home
         # with other users' keys): the image's basics, the SageMaker variables and the execution role's keys.
-        env = self._base_environment(job)
+        env = dict(base)
         env.update(request.get("Environment") or {})  # CreateTrainingJob's Environment: the user's values win
         env.update({
             "PYTHONUNBUFFERED": "1",
@@ -709,15 +710,14 @@ class LocalTrainingRunner:
         return env
 
     def _execute(
-        self, job: _Job, command: list[str], cwd: Path, env: dict[str, str],
+        self, job: _Job, command: list[str], cwd: Path, env: dict[str, str], base: dict[str, str],
         shipper: LogShipper,
     ) -> int:
         self._check_stopped(job)
         # Forked from the image's warm server when the job fits it (kaos/local/warm_training.py), else started
         # fresh; outside the lock: a server's first start imports its framework. What the job writes is its
         # workspace's: owner-only on this shared machine.
-        process: JobProcess | None = self._warm.spawn(job.framework, command, env, str(cwd), 0o077,
-                                                      self._base_environment(job))
+        process: JobProcess | None = self._warm.spawn(job.framework, command, env, str(cwd), 0o077, base)
         with self.lock:
             if process is None:
                 process = subprocess.Popen(

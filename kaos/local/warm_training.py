@@ -179,28 +179,34 @@ class WarmStarts:
         if not preloads or len(argv) < 2 or not argv[1].endswith(".py"):
             return None
         with self._lock:
-            server = self._servers.get(argv[0])
-            for attempt in (1, 2):
-                if argv[0] in self._refused:
-                    return None
-                if server is None or not server.alive:
-                    if server is not None:
-                        server.close()
-                    home = self._work_dir / "warm" / str(len(self._servers))
-                    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    server = self._servers[argv[0]] = _Server(argv[0], {**server_env, "HOME": str(home)},
-                                                              preloads, home)
-                    if not server.alive:
-                        server.close()
-                        del self._servers[argv[0]]
-                        self._refused.add(argv[0])
-                        return None
-                if forkable(env, server.env, server.read) is not None:
+            for _ in range(2):  # a server found ended (idle, killed) is started again once
+                server = self._live_server(argv[0], preloads, server_env)
+                if server is None or forkable(env, server.env, server.read) is not None:
                     return None
                 forked = server.fork(argv, env, cwd, umask)
-                if forked is not None or attempt == 2:
+                if forked is not None:
                     return forked
-        return None
+            return None
+
+    def _live_server(self, python: str, preloads: tuple[str, ...], server_env: dict[str, str]) -> _Server | None:
+        """The running server of `python`, started if there is none or it has ended; None if it cannot start (its
+        interpreter's jobs then start fresh). The caller holds the lock."""
+        if python in self._refused:
+            return None
+        server = self._servers.get(python)
+        if server is not None and server.alive:
+            return server
+        if server is not None:
+            server.close()
+        home = self._work_dir / "warm" / str(len(self._servers))
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        server = self._servers[python] = _Server(python, {**server_env, "HOME": str(home)}, preloads, home)
+        if not server.alive:
+            server.close()
+            del self._servers[python]
+            self._refused.add(python)
+            return None
+        return server
 
     def close(self) -> None:
         with self._lock:
