@@ -42,6 +42,8 @@ attempt("list victim", lambda: s3.list_objects_v2(Bucket=bucket, Prefix=f"ws/{vi
 attempt("read victim sourcedir", lambda: s3.get_object(Bucket=bucket, Key=hp["victim_sourcedir"]))
 attempt("read victim model", lambda: s3.get_object(Bucket=bucket, Key=hp["victim_model"]))
 attempt("read victim blob", lambda: s3.get_object(Bucket=bucket, Key=hp["victim_blob"]))
+attempt("read victim pack", lambda: s3.get_object(Bucket=bucket, Key=hp["victim_pack"]))
+attempt("overwrite victim pack", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_pack"], Body=b"evil"))
 attempt("overwrite victim sourcedir", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_sourcedir"], Body=b"evil"))
 attempt("write victim incoming", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{victim}/incoming/evil.csv", Body=b"1"))
 attempt("write victim job output", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_model"], Body=b"evil"))
@@ -110,7 +112,10 @@ def walls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     table = stack.aws("dynamodb").list_tables()["TableNames"][0]
     as_user(stack, "dev", "workspace", "create", DEV, json_out=False)
     as_user(stack, "guest", "workspace", "create", GUEST, json_out=False)
-    victim_job = as_user(stack, "dev", "train", "deploy", "-w", DEV, "-s", str(tiny_code(tmp)), "-d",
+    victim_code = tiny_code(tmp)
+    for i in range(10):  # small files enough to travel, and be kept, as a pack
+        (victim_code / f"lib{i}.py").write_text(f"VALUE = {i}\n")
+    victim_job = as_user(stack, "dev", "train", "deploy", "-w", DEV, "-s", str(victim_code), "-d",
                          str(TEMPLATE / "data"), "-h", str(TEMPLATE / "params.json"), "--wait")
     assert victim_job["status"] == "COMPLETED", victim_job
     before = objects(stack, bucket, f"ws/{DEV}/")
@@ -119,7 +124,8 @@ def walls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
         "bucket": bucket, "table": table, "victim": DEV, "own": GUEST,
         "victim_sourcedir": next(k for k in before if "/sourcedirs/" in k),
         "victim_model": next(k for k in before if k.endswith("model.tar.gz")),
-        "victim_blob": next(k for k in before if "/blobs/" in k)}))
+        "victim_blob": next(k for k in before if "/blobs/" in k),
+        "victim_pack": next(k for k in before if "/packs/" in k)}))
     attack_dir = tmp / "attack"
     attack_dir.mkdir()
     (attack_dir / "train.py").write_text(ATTACK)
@@ -150,9 +156,9 @@ def walls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
             "after": objects(stack, bucket, f"ws/{DEV}/"), "bucket": bucket, "table": table}
 
 
-CROSS_TENANT = ["list victim", "read victim sourcedir", "read victim model", "read victim blob",
-                "overwrite victim sourcedir", "write victim incoming", "write victim job output",
-                "add self to victim (DynamoDB)", "read table"]
+CROSS_TENANT = ["list victim", "read victim sourcedir", "read victim model", "read victim blob", "read victim pack",
+                "overwrite victim pack", "overwrite victim sourcedir", "write victim incoming",
+                "write victim job output", "add self to victim (DynamoDB)", "read table"]
 
 
 def test_training_code_cannot_reach_another_workspace(walls: dict[str, Any]) -> None:
@@ -197,9 +203,10 @@ def _guest_client(stack: Stack, service: str, secret: str | None = None) -> Any:
 
 def test_direct_emulator_calls_by_a_user_are_refused(walls: dict[str, Any], stack: Stack) -> None:
     victim_key = next(iter(walls["before"]))
-    with pytest.raises(ClientError) as read:
-        _guest_client(stack, "s3").get_object(Bucket=walls["bucket"], Key=victim_key)
-    assert read.value.response["Error"]["Code"] == "AccessDenied"
+    for key in (victim_key, next(k for k in walls["before"] if "/packs/" in k)):
+        with pytest.raises(ClientError) as read:
+            _guest_client(stack, "s3").get_object(Bucket=walls["bucket"], Key=key)
+        assert read.value.response["Error"]["Code"] == "AccessDenied"
     with pytest.raises(ClientError) as write:
         _guest_client(stack, "dynamodb").put_item(TableName=walls["table"], Item={
             "pk": {"S": f"WS#{DEV}"}, "sk": {"S": "MEMBER#guest"}})
