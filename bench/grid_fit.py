@@ -151,6 +151,8 @@ def main() -> None:
                   f"(started {started}, load {load:.1f})", flush=True)
             for label, sizes in sorted(peak.at_peak.items(), key=lambda item: -sum(item[1])):
                 print(f"    at the peak: {len(sizes):>3} x {label:<52}{sum(sizes) / MB:>8.0f} MB")
+            for label, shares in sorted(peak.pss_at_peak.items(), key=lambda item: -sum(item[1])):
+                print(f"    at the PSS peak: {len(shares):>3} x {label:<48}{sum(shares) / MB:>8.0f} MB PSS")
     if {"kaos", "loop", "metaflow"} <= results.keys():
         (kaos_wall, kaos_peak), (loop_wall, _), (flow_wall, flow_peak) = (
             results[k] for k in ("kaos", "loop", "metaflow"))

@@ -85,6 +85,7 @@ class TreePeak:
         self.processes = 0
         self.peak_of: dict[int, int] = {}  # per root process alone
         self.at_peak: dict[str, list[int]] = {}  # label -> RSS of each such process in the peak's sample
+        self.pss_at_peak: dict[str, list[int]] = {}  # label -> PSS of each such process in the PSS peak's sample
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -106,7 +107,12 @@ class TreePeak:
                 self.at_peak = {}
                 for pid, size in sizes.items():
                     self.at_peak.setdefault(_label(pid), []).append(size)
-            self.pss_peak = max(self.pss_peak, sum(pss_bytes(pid) for pid in pids))
+            shares = {pid: pss_bytes(pid) for pid in pids}
+            if sum(shares.values()) > self.pss_peak:
+                self.pss_peak = sum(shares.values())
+                self.pss_at_peak = {}
+                for pid, share in shares.items():
+                    self.pss_at_peak.setdefault(_label(pid), []).append(share)
             self.processes = max(self.processes, len(pids))
             for root in self.roots:
                 self.peak_of[root] = max(self.peak_of.get(root, 0), rss_bytes(root))

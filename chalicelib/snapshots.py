@@ -41,6 +41,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,7 +88,7 @@ class Pack:
 
     entries: tuple[FileEntry, ...]
 
-    @property
+    @cached_property  # read once per blob while a pack is indexed: hashing the table each time was quadratic
     def pack_id(self) -> str:
         return sha256_hex("".join(f"{f.sha256} {f.size}\n" for f in self.entries).encode())
 
