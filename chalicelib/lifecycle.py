@@ -15,6 +15,7 @@ from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound
 from chalicelib.logs import JobLogs
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import TERMINAL, Job, JobRepository, describe
+from chalicelib.repositories.provenance import Edge, Node
 from chalicelib.workspaces import now, workspace_prefix
 
 # How often a kill re-reads a job that a pipeline task keeps changing (each change is a ConcurrentUpdate).
@@ -69,15 +70,12 @@ class Jobs:
     def _record_inputs(self, spec: JobSpec, at: str) -> None:
         workspace, job_node = spec.workspace, f"job:{spec.job_id}"
         env_node = f"environment:{environment_id(spec.environment)}"
-        self._provenance.add_node(workspace, job_node, "job", {"kind": spec.kind, "fingerprint": spec.fingerprint},
-                                  at)
-        self._provenance.add_node(workspace, env_node, "environment", {"image": spec.environment}, at)
-        self._provenance.add_edge(workspace, job_node, "used", env_node, at)
         inputs = [("code", spec.code), ("params", spec.params)] + [(f"data:{c}", s) for c, s in spec.data]
-        for role, snapshot_id in inputs:
-            node = f"snapshot:{snapshot_id}"
-            self._provenance.add_node(workspace, node, "snapshot", {"kind": role.split(":")[0]}, at)
-            self._provenance.add_edge(workspace, job_node, "used", node, at)
+        nodes = [Node(job_node, "job", {"kind": spec.kind, "fingerprint": spec.fingerprint}, at),
+                 Node(env_node, "environment", {"image": spec.environment}, at),
+                 *(Node(f"snapshot:{snapshot_id}", "snapshot", {"kind": role.split(":")[0]}, at)
+                   for role, snapshot_id in inputs)]
+        self._provenance.add(workspace, nodes, [Edge(job_node, "used", node.id, at) for node in nodes[1:]])
 
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, workspace: str, job_id: str) -> dict[str, Any]:

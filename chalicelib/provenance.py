@@ -31,7 +31,7 @@ from typing import Any
 
 from chalicelib.adapters import ObjectStore
 from chalicelib.errors import NotFound, ValidationFailed
-from chalicelib.repositories.provenance import Node, ProvenanceRepository
+from chalicelib.repositories.provenance import Edge, Node, ProvenanceRepository
 from chalicelib.repositories.snapshots import SnapshotRepository
 from chalicelib.workspaces import workspace_prefix
 
@@ -79,6 +79,10 @@ class Provenance:
     def add_edge(self, workspace: str, source: str, rel: str, target: str, at: str) -> None:
         """`source -rel-> target`, e.g. job -used-> snapshot, job -produced-> model."""
         self.repository.add_edge(workspace, source, rel, target, at)
+
+    def add(self, workspace: str, nodes: list[Node], edges: list[Edge]) -> None:
+        """These nodes, then these edges (many at once)."""
+        self.repository.add(workspace, nodes, edges)
 
     def retract_produced(self, workspace: str, job_id: str, output: str, *, node: bool) -> None:
         """Deletes the `job -produced-> output` edge (and the output's node, if it is the job's own) that a Record

@@ -25,7 +25,9 @@ an existing snapshot id answers from one GetItem; otherwise one PutObject (the m
 the kind (GetItem + its manifest: its blobs are known), one BatchGetItem per 100 of the m other blobs, and ceil(k/25)
 BatchWriteItem. Packed blobs (k >= PACK_MIN_BLOBS small ones) cost no S3 request of their own: HeadObject and
 GetObject per pack of up to PACK_MAX_BLOBS, all packs handed out at once and taken by one `complete`; a loose blob
-costs a HeadObject twice (when its URL is handed out, and when the upload is verified).
+costs a HeadObject twice (when its URL is handed out, and when the upload is verified). A commit that answers
+pending keeps what it found lacking as a **proposal** (`ws/<ws>/proposals/<id>.json`, which only the API writes):
+`complete` then checks those packs and blobs only (one GetObject) instead of looking every blob up again.
 * A manifest is read back only if it hashes to its snapshot id.
 * Derived objects are checked before a job uses them: a code snapshot's sourcedir.tar.gz against the SHA-256
   recorded in DynamoDB when it was built (`DerivedItem`; no job role may write the table), a materialized data
@@ -63,6 +65,10 @@ SPOOL_BYTES = 8 * 1024 * 1024
 
 def manifest_key(workspace: str, snapshot_id: str) -> str:
     return f"{workspace_prefix(workspace)}manifests/{snapshot_id}.json"
+
+
+def proposal_key(workspace: str, snapshot_id: str) -> str:
+    return f"{workspace_prefix(workspace)}proposals/{snapshot_id}.json"
 
 
 def materialized_prefix(workspace: str, snapshot_id: str) -> str:
@@ -124,6 +130,35 @@ class Missing:
     loose: list[str]
     packs: list[Pack]
     count: int
+
+    def proposal(self) -> dict[str, Any]:
+        return {"loose": self.loose, "packs": [[f.sha256 for f in pack.entries] for pack in self.packs]}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What a pending commit lacked, as `Missing.proposal` kept it: the blobs to upload one by one and the packs
+    handed out (digests in pack order). Every other blob of the snapshot was indexed, its size checked, when the
+    commit answered: blobs outlive snapshots (only a workspace kill deletes them, with the proposals), so
+    `complete` needs to check only these."""
+
+    loose: list[str]
+    packs: list[Pack]
+
+    @classmethod
+    def parse(cls, document: Any, entries: Mapping[str, FileEntry]) -> Proposal | None:
+        """The proposal, or None if the document is not one of these entries' (then everything is looked up)."""
+        try:
+            loose = [d for d in document["loose"] if d in entries]
+            packs = [Pack(tuple(entries[d] for d in digests)) for digests in document["packs"]]
+        except (KeyError, TypeError):
+            return None
+        proposed = loose + [f.sha256 for pack in packs for f in pack.entries]
+        if len(loose) != len(document["loose"]) or len(set(proposed)) != len(proposed) or not all(
+                pack.entries and len(pack.entries) <= limits.PACK_MAX_BLOBS and pack.size <= limits.PACK_MAX_BYTES
+                for pack in packs):
+            return None
+        return cls(loose, packs)
 
 
 def _s3_bucket_of_https(url: str) -> str | None:
@@ -207,16 +242,24 @@ class Snapshots:
             manifest = self.manifest(workspace, snapshot_id)
         except NotFound:
             raise NotFound(f"snapshot {snapshot_id!r} was never proposed in workspace {workspace!r}") from None
-        return self._complete(workspace, manifest, user, unpack=True)
+        try:
+            document = self.store.get_json(proposal_key(workspace, snapshot_id))
+        except NotFound:  # proposed by a server before proposals were kept: look everything up
+            document = None
+        entries = {f.sha256: f for f in manifest.files if not f.remote}
+        return self._complete(workspace, manifest, user, unpack=True,
+                              proposal=None if document is None else Proposal.parse(document, entries))
 
-    def _complete(self, workspace: str, manifest: Manifest, user: str, *,
-                  unpack: bool, packs: bool = True) -> tuple[dict[str, Any], int]:
+    def _complete(self, workspace: str, manifest: Manifest, user: str, *, unpack: bool, packs: bool = True,
+                  proposal: Proposal | None = None) -> tuple[dict[str, Any], int]:
         """201/200 with the snapshot once every blob is present, hashing to its name, with its declared size;
         else 202 pending with upload URLs (each bound to its blob's SHA-256 and to a key that does not exist) and,
-        for many small blobs, the packs to upload (`unpack`: take the packs the client was given, if they are there)."""
+        for many small blobs, the packs to upload (`unpack`: take the packs the client was given, if they are there),
+        keeping what is missing as the snapshot's proposal."""
         local = [f for f in manifest.files if not f.remote]
-        missing = self._missing(workspace, manifest.kind, local, unpack, packs)
+        missing = self._missing(workspace, manifest.kind, local, unpack, packs, proposal)
         if missing.count:
+            self.store.put_json(proposal_key(workspace, manifest.snapshot_id), missing.proposal())
             # URLs are handed out a page at a time to keep the response far below Lambda's 6 MB.
             answer = {"id": manifest.snapshot_id, "kind": manifest.kind, "status": "pending",
                       "missing_count": missing.count,
@@ -230,32 +273,41 @@ class Snapshots:
         snapshot, created = self._record_row(workspace, manifest, user)
         return {**snapshot, "status": "committed"}, 201 if created else 200
 
-    def _missing(self, workspace: str, kind: str, local: list[FileEntry], unpack: bool, packs: bool) -> Missing:
-        """The blobs of these entries the workspace lacks. The blobs of the workspace's latest snapshot of this kind
-        are known (a new version of a bundle shares most of them: one GetItem and its manifest); the other indexed
-        blobs cost a BatchGetItem per 100. Of the rest, small ones, when there are PACK_MIN_BLOBS of them, are
-        missing without asking S3 (they travel packed; with `unpack` the packs the client was given are taken
-        first); the others are HEADed (`_absent`). ValidationFailed when a blob's size is not the one an entry
-        declares; ChecksumMismatch when its bytes do not hash to its name."""
+    def _missing(self, workspace: str, kind: str, local: list[FileEntry], unpack: bool, packs: bool,
+                 proposal: Proposal | None) -> Missing:
+        """The blobs of these entries the workspace lacks: with a proposal, of those it names; otherwise the blobs
+        of the workspace's latest snapshot of this kind are known (a new version of a bundle shares most of them:
+        one GetItem and its manifest), and the other indexed blobs cost a BatchGetItem per 100. Of the rest, small
+        ones, when there are PACK_MIN_BLOBS of them, are missing without asking S3 (they travel packed; with
+        `unpack` the packs the client was given are taken first); the others are HEADed (`_absent`).
+        ValidationFailed when a blob's size is not the one an entry declares; ChecksumMismatch when its bytes do not
+        hash to its name."""
         entries = {f.sha256: f for f in local}
-        sizes = {d: size for d, size in self._latest_blobs(workspace, kind).items() if d in entries}
-        sizes.update({d: place.size for d, place in
-                      self.repository.blobs(workspace, entries.keys() - sizes.keys()).items()})
-        unindexed = sorted(entries.keys() - sizes.keys())
-        small = [entries[d] for d in unindexed if packs and entries[d].size <= limits.PACK_BLOB_BYTES]
+        if proposal is None:
+            sizes = {d: size for d, size in self._latest_blobs(workspace, kind).items() if d in entries}
+            sizes.update({d: place.size for d, place in
+                          self.repository.blobs(workspace, entries.keys() - sizes.keys()).items()})
+            _check_sizes(local, sizes)
+            unindexed = sorted(entries.keys() - sizes.keys())
+            small = [entries[d] for d in unindexed if packs and entries[d].size <= limits.PACK_BLOB_BYTES]
+            offered = packs_of(small)
+            packed = {f.sha256 for pack in offered for f in pack.entries}
+            candidates = [d for d in unindexed if d not in packed]
+        else:
+            proposed = set(proposal.loose).union(f.sha256 for pack in proposal.packs for f in pack.entries)
+            sizes = {d: f.size for d, f in entries.items() if d not in proposed}
+            offered, candidates = proposal.packs, proposal.loose
         missing_packs: list[Pack] = []
-        for pack in packs_of(small):
+        for pack in offered:
             if unpack and self._take(workspace, pack):
                 sizes.update({f.sha256: f.size for f in pack.entries})
             else:
                 missing_packs.append(pack)
-        packed = {f.sha256 for pack in missing_packs for f in pack.entries}
-        loose = self._absent(workspace, entries, [d for d in unindexed if d not in sizes and d not in packed], sizes)
-        if not loose and not packed:
-            wrong = [f for f in local if sizes[f.sha256] != f.size]
-            if wrong:
-                raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
-        return Missing(loose, missing_packs, len(loose) + len(packed))
+        loose = self._absent(workspace, entries, candidates, sizes)
+        count = len(loose) + sum(len(pack.entries) for pack in missing_packs)
+        if not count:
+            _check_sizes(local, sizes)
+        return Missing(loose, missing_packs, count)
 
     def _take(self, workspace: str, pack: Pack) -> bool:
         """Takes the workspace's pack, if it was uploaded (False if not): every blob in it is checked against its
@@ -592,6 +644,13 @@ class Snapshots:
             "id": snapshot.snapshot_id, "kind": snapshot.kind, "files": snapshot.file_count,
             "bytes": snapshot.total_bytes, "created_at": snapshot.created_at,
         }
+
+
+def _check_sizes(local: list[FileEntry], sizes: Mapping[str, int]) -> None:
+    """ValidationFailed naming the first entry whose blob is known with another size than the entry declares."""
+    wrong = [f for f in local if f.sha256 in sizes and sizes[f.sha256] != f.size]
+    if wrong:
+        raise ValidationFailed(f"files: {wrong[0].path!r} declares {wrong[0].size} bytes but its blob differs")
 
 
 def _derived_name(workspace: str, key: str) -> str:

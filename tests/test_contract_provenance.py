@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.repositories.provenance import DynamoProvenance, MemoryProvenance, Node, ProvenanceRepository
+from chalicelib.repositories.provenance import DynamoProvenance, Edge, MemoryProvenance, Node, ProvenanceRepository
 from tests.aws_fixtures import memory_twin
 from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 
@@ -36,6 +36,19 @@ def test_an_edge_is_one_hop_either_way(provenance: ProvenanceRepository) -> None
     down = provenance.expand(WS, "snapshot:a", ("IN#used#",))
     assert down.node is None and down.edges == [("IN", "used", "job:j")]
     assert provenance.expand(WS, "job:j", ()).edges == []
+
+
+def test_many_nodes_and_edges_at_once_are_each_written_once(provenance: ProvenanceRepository) -> None:
+    provenance.add_node(WS, Node("snapshot:known", "snapshot", {"kind": "code"}, "t0"))
+    nodes = [Node("job:j", "job", {"kind": "train"}, "t1"), Node("snapshot:known", "snapshot", {"kind": "x"}, "t1"),
+             *(Node(f"snapshot:{i}", "snapshot", {"kind": "data"}, "t1") for i in range(12))]
+    edges = [Edge("job:j", "used", node.id, "t1") for node in nodes[1:]]
+    for _ in range(2):  # a retried submission writes nothing twice
+        provenance.add(WS, nodes, edges)
+    assert provenance.node(WS, "snapshot:known") == Node("snapshot:known", "snapshot", {"kind": "code"}, "t0")
+    assert provenance.node(WS, "snapshot:3") == Node("snapshot:3", "snapshot", {"kind": "data"}, "t1")
+    assert provenance.expand(WS, "job:j", ("OUT#used#",)).edges == sorted(("OUT", "used", n.id) for n in nodes[1:])
+    assert provenance.expand(WS, "snapshot:11", ("IN#",)).edges == [("IN", "used", "job:j")]
 
 
 def test_retract_removes_what_a_dropped_record_wrote(provenance: ProvenanceRepository) -> None:

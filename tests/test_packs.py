@@ -22,8 +22,8 @@ from chalicelib import limits
 from chalicelib.adapters import ObjectStore, client_config
 from chalicelib.blobs import BlobPlace, blob_key, pack_key
 from chalicelib.domain import sha256_hex
-from chalicelib.errors import ChecksumMismatch, IntegrityError
-from chalicelib.snapshots import Snapshots, materialized_prefix
+from chalicelib.errors import ChecksumMismatch, IntegrityError, ValidationFailed
+from chalicelib.snapshots import Snapshots, materialized_prefix, proposal_key
 from tests.contract_tables import dynamo_table  # noqa: F401  (fixture)
 from tests.test_submit_requests import USER, AwsCalls, manifest, send, snapshots  # noqa: F401  (snapshots: fixture)
 
@@ -193,3 +193,37 @@ def test_a_server_side_producer_that_placed_its_blobs_gets_no_pack(snapshots: Sn
     assert status == 201 and answer["status"] == "committed" and answer["files"] == len(FILES)
     pending, status = snapshots.commit("ws-q", "data", manifest(FILES), USER)  # a client's commit: packed
     assert status == 202 and "packs" in pending
+
+
+def test_complete_checks_what_the_commit_proposed_and_without_a_proposal_looks_everything_up(
+        snapshots: Snapshots, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A pending commit keeps what it lacked (its proposal); `complete` checks just that, without looking the
+    bundle's blobs up again. Without a proposal it can read (none kept, or not one of this manifest's), it looks
+    everything up as the commit did: the same outcome, more requests."""
+    aws = AwsCalls(monkeypatch)
+    for ws, proposal in (("ws-kept", None), ("ws-lost", "gone"), ("ws-foreign", {"loose": ["f" * 64], "packs": []}),
+                         ("ws-garbled", {"packs": "x"})):
+        pending = propose(snapshots, ws)
+        key = proposal_key(ws, pending["id"])
+        assert {*snapshots.store.get_json(key)} == {"loose", "packs"}
+        if proposal == "gone":
+            snapshots.store.client.delete_object(Bucket=snapshots.store.bucket, Key=key)
+        elif proposal is not None:
+            snapshots.store.put_json(key, proposal)
+        send(snapshots, ws, FILES, pending)
+        aws.take()
+        answer, status = snapshots.complete(ws, pending["id"], USER)
+        assert status == 201 and answer["files"] == len(FILES), ws
+        looked_up = aws.take().get("dynamodb:BatchGetItem", 0)
+        assert looked_up == (0 if proposal is None else 1), ws
+        assert sourcedir_files(snapshots, ws, pending["id"]) == FILES
+
+
+def test_a_blob_indexed_with_another_size_is_refused_when_committed(snapshots: Snapshots) -> None:  # noqa: F811
+    """The size of every blob the index vouches for is checked by the commit, even when others are missing (the
+    proposal then names only the missing ones, and `complete` checks no more)."""
+    files = {**FILES, "big.bin": b"x" * (limits.PACK_BLOB_BYTES + 1)}
+    digest = sha256_hex(FILES["pkg/m03.py"])
+    snapshots.repository.put_blobs("ws-a", {digest: BlobPlace(len(FILES["pkg/m03.py"]) + 1)}, "t0")
+    with pytest.raises(ValidationFailed, match=r"pkg/m03\.py"):
+        snapshots.commit("ws-a", "code", manifest(files), USER)

@@ -209,3 +209,54 @@ def test_base_table_queries_read_one_partition_and_answer_as_stock_moto(dynamodb
     assert dynamodb.query(TableName="t", KeyConditionExpression="pk = :p",
                           ExpressionAttributeValues={":p": {"S": "nowhere"}})["Count"] == 0
     assert len(dynamodb.scan(TableName="t")["Items"]) == 5 + 12  # no partition was created by the lookups
+
+
+def test_items_are_sized_once_and_kept_or_refused_as_stock_moto(dynamodb: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stock moto sized every attribute already set before adding each one (O(attributes²) per item); the patch
+    sizes an item once. Items are stored the same way, and refused at the same size, by every writing action."""
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
+
+    wide = {"pk": {"S": "w"}, **{f"a{i:02}": {"M": {"k": {"S": "v" * 40}, "n": {"N": str(i)}}} for i in range(30)}}
+
+    def big(sk: str, over: int) -> dict[str, Any]:
+        """The item {pk, sk, big} at exactly moto's limit (names and values summed) plus `over` bytes."""
+        return {"pk": {"S": "e"}, "sk": {"S": sk}, "big": {"S": "x" * (405_000 - 3 - (2 + len(sk)) - 3 + over)}}
+
+    def writes(sk: str) -> list[tuple[str, Callable[[], Any]]]:
+        return [
+            ("put", lambda: dynamodb.put_item(TableName="t", Item={**ITEM, **wide, "sk": {"S": sk}})),
+            ("batch", lambda: dynamodb.batch_write_item(RequestItems={"t": [{"PutRequest": {"Item": {
+                **wide, "sk": {"S": sk + "b"}}}}]})),
+            ("transact", lambda: dynamodb.transact_write_items(TransactItems=[{"Put": {"TableName": "t", "Item": {
+                **ITEM, "sk": {"S": sk + "t"}}}}])),
+            ("at the limit", lambda: dynamodb.put_item(TableName="t", Item=big(sk, 0))),
+            ("past it", lambda: dynamodb.put_item(TableName="t", Item=big(sk + "+", 1))),
+        ]
+
+    def outcome(call: Callable[[], Any]) -> str:
+        try:
+            call()
+        except ClientError as exc:
+            return f"{exc.response['Error']['Code']}: {exc.response['Error']['Message']}"
+        return "stored"
+
+    patched = [(name, outcome(call)) for name, call in writes("patched")]
+    with patches_dynamodb.PATCHES.stock(Item, "__init__"):
+        stock = [(name, outcome(call)) for name, call in writes("stock")]
+    assert patched == stock
+    assert [o for _, o in patched][-2:] == ["stored", "ValidationException: Item size has exceeded the maximum "
+                                                      "allowed size"]
+    items = {item["sk"]["S"]: item for item in dynamodb.scan(TableName="t")["Items"]}
+    for suffix in ("", "b", "t"):
+        assert items[f"patched{suffix}"] == {**items[f"stock{suffix}"], "sk": {"S": f"patched{suffix}"}}
+
+    sized: list[int] = []
+    original = DynamoType.size
+    monkeypatch.setattr(DynamoType, "size", lambda value: sized.append(1) or original(value))
+    dynamodb.put_item(TableName="t", Item={**wide, "sk": {"S": "counted"}})
+    patched_walks = len(sized)
+    sized.clear()
+    with patches_dynamodb.PATCHES.stock(Item, "__init__"):
+        dynamodb.put_item(TableName="t", Item={**wide, "sk": {"S": "counted-stock"}})
+    assert patched_walks < 200 < len(sized), (patched_walks, len(sized))

@@ -114,23 +114,25 @@ def test_commit_requests_grow_with_what_changed_not_with_the_bundle(
     monkeypatch.setattr(limits, "PACK_MAX_BLOBS", 100)
     aws = AwsCalls(monkeypatch)
     new = commit(snapshots, "ws-a", bundle(130), aws)
-    # New bundle: the row and latest pointer looked up (none), the manifest, 2 index reads; no HEAD: 130 small
-    # unindexed blobs travel in two packs (100 and 30), both handed out at once ...
-    assert new[0] == {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 2, "s3:PutObject": 1}
-    # ... and the next request takes both (a HEAD and a GET each, every blob indexed at its place in its pack,
-    # which is kept: no blob written) and records the snapshot (its row and the kind's latest pointer).
-    assert new[1] == {"dynamodb:BatchGetItem": 2, "dynamodb:BatchWriteItem": 6, "dynamodb:GetItem": 2,
-                      "dynamodb:PutItem": 2, "s3:GetObject": 3, "s3:HeadObject": 2}
+    # New bundle: the row and latest pointer looked up (none), 2 index reads; no HEAD: 130 small unindexed blobs
+    # travel in two packs (100 and 30), both handed out at once; the manifest and the proposal written ...
+    assert new[0] == {"dynamodb:BatchGetItem": 2, "dynamodb:GetItem": 2, "s3:PutObject": 2}
+    # ... and the next request reads the manifest and the proposal (no lookup of the blobs again), takes both packs
+    # (a HEAD and a GET each, every blob indexed at its place in its pack, which is kept: no blob written) and
+    # records the snapshot (its row and the kind's latest pointer).
+    assert new[1] == {"dynamodb:BatchWriteItem": 6, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2,
+                      "s3:GetObject": 4, "s3:HeadObject": 2}
     assert len(new) == 2
 
     assert commit(snapshots, "ws-a", bundle(130), aws) == ({"dynamodb:GetItem": 1},)  # unchanged: one lookup
 
-    # One file changed: the latest snapshot's manifest vouches for the other 129 blobs; one index read, one HEAD.
+    # One file changed: the latest snapshot's manifest vouches for the other 129 blobs; one index read, one HEAD;
+    # `complete` checks the one blob its proposal names.
     assert commit(snapshots, "ws-a", bundle(130, changed=7), aws) == (
         {"dynamodb:BatchGetItem": 1, "dynamodb:GetItem": 2, "s3:GetObject": 1, "s3:HeadObject": 1,
-         "s3:PutObject": 1},
-        {"dynamodb:BatchGetItem": 1, "dynamodb:BatchWriteItem": 1, "dynamodb:GetItem": 2, "dynamodb:PutItem": 2,
-         "s3:GetObject": 2, "s3:HeadObject": 1},
+         "s3:PutObject": 2},
+        {"dynamodb:BatchWriteItem": 1, "dynamodb:GetItem": 1, "dynamodb:PutItem": 2, "s3:GetObject": 2,
+         "s3:HeadObject": 1},
     )
 
 
@@ -151,9 +153,10 @@ def test_a_1001_file_bundle_whose_blobs_are_indexed_costs_no_s3_request_per_file
     # A new manifest over the latest snapshot's blobs: its manifest vouches for all, no index read.
     assert aws.take() == {"dynamodb:GetItem": 2, "dynamodb:PutItem": 2, "s3:GetObject": 1, "s3:PutObject": 1}
     assert snapshots.commit("ws-a", "code", manifest(bundle(changed=7)), USER)[1] == 202
-    # One file changed: one index read and one HEAD (its blob is absent: it gets an upload URL, no row yet).
+    # One file changed: one index read and one HEAD (its blob is absent: it gets an upload URL, no row yet); the
+    # manifest and the proposal written.
     assert aws.take() == {"dynamodb:BatchGetItem": 1, "dynamodb:GetItem": 2, "s3:GetObject": 1,
-                          "s3:HeadObject": 1, "s3:PutObject": 1}
+                          "s3:HeadObject": 1, "s3:PutObject": 2}
 
 
 def test_another_workspaces_index_vouches_for_nothing(snapshots: Snapshots, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,8 @@ from .conftest import stack_template
 BUCKET = "kaos-data"
 LOG_GROUP = "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs"
 INCARNATION = "2026-12-01T17:00:00.000000+00:00"
-KINDS = ["blobs/ab", "manifests/s.json", "snapshots/s/train.csv", "sourcedirs/s/sourcedir.tar.gz",
+KINDS = ["blobs/ab", "manifests/s.json", "proposals/s.json", "packs/p", "snapshots/s/train.csv",
+         "sourcedirs/s/sourcedir.tar.gz",
          "jobs/train-1/output/train-1/output/model.tar.gz", "jobs/train-1/log.txt", "incoming/new.csv",
          "grids/g/points.json"]
 USER_WORK_SERVICES = {"sagemaker.amazonaws.com", "ecs-tasks.amazonaws.com"}
