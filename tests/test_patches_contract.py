@@ -297,3 +297,45 @@ def test_a_jsonpath_is_parsed_once_and_finds_what_it_found_before(emulator: Emul
     hits = json_path.parse.cache_info().hits  # type: ignore[attr-defined]  # the patch's cache
     assert [json_path.extract_json(p, data) for p in paths] == first == expected
     assert json_path.parse.cache_info().hits == hits + len(paths)  # type: ignore[attr-defined]
+
+
+def test_a_definition_is_parsed_once_for_all_its_executions(emulator: Emulator) -> None:
+    """Each execution parsed its machine's definition with the ANTLR parser again; with the patch the parse tree is
+    kept and each execution builds its own program from it: the same outcomes as stock moto's, Parallel and Map
+    states included (their components keep per-evaluation state, so programs are never shared)."""
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+
+    from tests.test_emulator_contract import ROLE
+
+    definition = json.dumps({"StartAt": "Both", "States": {
+        "Both": {"Type": "Parallel", "Next": "Each", "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Pass", "Result": {"a": 1}, "End": True}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Pass", "InputPath": "$.items", "End": True}}}]},
+        "Each": {"Type": "Map", "ItemsPath": "$[1]", "End": True, "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Twice",
+            "States": {"Twice": {"Type": "Pass", "Parameters": {"n.$": "$", "same.$": "$"}, "End": True}}}}}})
+    sfn = emulator.client("stepfunctions")
+    machine = sfn.create_state_machine(name=f"parsed-once-{time.monotonic_ns()}", definition=definition,
+                                       roleArn=ROLE)["stateMachineArn"]
+
+    def outputs(count: int) -> list[Any]:
+        arns = [sfn.start_execution(stateMachineArn=machine, input=json.dumps({"items": [i, i + 1, i + 2]}),
+                                    name=f"e-{time.monotonic_ns()}-{i}")["executionArn"] for i in range(count)]
+        found: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while len(found) < count and time.monotonic() < deadline:
+            for arn in arns:
+                described = sfn.describe_execution(executionArn=arn)
+                if described["status"] != "RUNNING":
+                    found[arn] = (described["status"], json.loads(described.get("output", "null")))
+            time.sleep(0.05)  # polling the executions' state, not waiting for an assumed duration
+        return [found.get(arn) for arn in arns]
+
+    parsed = ExecutionWorker._get_evaluation_entrypoint.parsed  # type: ignore[attr-defined]  # the patch's cache
+    misses = parsed.cache_info().misses
+    patched = outputs(4)  # concurrently: one tree, four programs
+    assert parsed.cache_info().misses == misses + 1
+    with patches.PATCHES.stock(ExecutionWorker, "_get_evaluation_entrypoint"):
+        stock = outputs(4)
+    expected = [("SUCCEEDED", [{"n": i + k, "same": i + k} for k in range(3)]) for i in range(4)]
+    assert patched == stock == expected
