@@ -1,6 +1,8 @@
 """The provenance repository contract, run against pynamodb (moto in process) and the in-memory twin."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from chalicelib.repositories.provenance import DynamoProvenance, Edge, MemoryProvenance, Node, ProvenanceRepository
@@ -49,6 +51,25 @@ def test_many_nodes_and_edges_at_once_are_each_written_once(provenance: Provenan
     assert provenance.node(WS, "snapshot:3") == Node("snapshot:3", "snapshot", {"kind": "data"}, "t1")
     assert provenance.expand(WS, "job:j", ("OUT#used#",)).edges == sorted(("OUT", "used", n.id) for n in nodes[1:])
     assert provenance.expand(WS, "snapshot:11", ("IN#",)).edges == [("IN", "used", "job:j")]
+
+
+def test_concurrent_adds_of_the_same_rows_write_each_once(provenance: ProvenanceRepository) -> None:
+    """Submissions sharing inputs race on the same nodes: every row is written by one of them, and never
+    overwritten by another (the first writer's attributes stay)."""
+    def add(who: int) -> None:
+        nodes = [Node(f"job:{who}", "job", {}, "t"), *(Node(f"snapshot:{i}", "snapshot", {"by": who}, "t")
+                                                      for i in range(6))]
+        provenance.add(WS, nodes, [Edge(f"job:{who}", "used", node.id, "t") for node in nodes[1:]])
+
+    threads = [threading.Thread(target=add, args=(who,)) for who in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(6):
+        node = provenance.node(WS, f"snapshot:{i}")
+        assert node is not None and node.attrs["by"] in range(4)
+        assert provenance.expand(WS, f"snapshot:{i}", ("IN#",)).edges == [("IN", "used", f"job:{w}") for w in range(4)]
 
 
 def test_retract_removes_what_a_dropped_record_wrote(provenance: ProvenanceRepository) -> None:

@@ -339,3 +339,51 @@ def test_a_definition_is_parsed_once_for_all_its_executions(emulator: Emulator) 
         stock = outputs(4)
     expected = [("SUCCEEDED", [{"n": i + k, "same": i + k} for k in range(3)]) for i in range(4)]
     assert patched == stock == expected
+
+
+def test_a_parent_learns_of_its_child_executions_end_without_polling_it(emulator: Emulator,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`states:startExecution.sync:2` described the child every 0.5 s until it ended; with the patch the parent
+    waits for the child's end and describes it once. Outcomes are stock moto's: the child's output, or the task's
+    failure with the child's cause."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+        StateTaskServiceSfn,
+    )
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    from tests.test_emulator_contract import ROLE, run_state_machine
+
+    sfn = emulator.client("stepfunctions")
+    child = {"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 2, "Next": "Out"},
+                                           "Out": {"Type": "Choice", "Default": "Done", "Choices": [
+                                               {"Variable": "$.fail", "BooleanEquals": True, "Next": "Bad"}]},
+                                           "Done": {"Type": "Pass", "Result": {"child": "done"}, "End": True},
+                                           "Bad": {"Type": "Fail", "Error": "ChildFailed", "Cause": "on purpose"}}}
+    child_arn = sfn.create_state_machine(name=f"child-{time.monotonic_ns()}", definition=json.dumps(child),
+                                         roleArn=ROLE)["stateMachineArn"]
+    parent = {"StartAt": "Run", "States": {"Run": {
+        "Type": "Task", "Resource": "arn:aws:states:::states:startExecution.sync:2", "End": True,
+        "Parameters": {"StateMachineArn": child_arn, "Name.$": "$$.Execution.Name", "Input": {"fail.$": "$.fail"}},
+        "OutputPath": "$.Output"}}}
+    described: list[str] = []
+    original = StepFunctionsParserBackend.describe_execution
+    monkeypatch.setattr(StepFunctionsParserBackend, "describe_execution",
+                        lambda backend, execution_arn: described.append(execution_arn) or original(backend,
+                                                                                                   execution_arn))
+
+    def run(fail: bool) -> tuple[str, Any, int]:
+        described.clear()
+        ended = run_state_machine(emulator, parent, {"fail": fail})
+        children = len([arn for arn in described if ":execution:child-" in arn])
+        failed = [e for e in ended["history"] if e["type"] == "TaskFailed"]
+        return ended["status"], (json.loads(ended["output"]) if "output" in ended else
+                                 json.loads(failed[0]["taskFailedEventDetails"]["cause"])["Error"]), children
+
+    patched = [run(False), run(True)]
+    with patches.PATCHES.stock(StateTaskServiceSfn, "_build_sync2_resolver"):
+        stock = [run(False), run(True)]
+    assert [o[:2] for o in patched] == [o[:2] for o in stock] == [("SUCCEEDED", {"child": "done"}),
+                                                                  ("FAILED", "ChildFailed")]
+    # The child found once in process, described once by the task; stock moto described it every 0.5 s.
+    assert [o[2] for o in patched] == [2, 2]
+    assert min(o[2] for o in stock) >= 4, stock

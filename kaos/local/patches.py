@@ -68,6 +68,9 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.stepfunctions.parser.asl.utils.json_path.parse",
     "moto.stepfunctions.parser.asl.component.common.path.result_path.parse",
     "moto.stepfunctions.parser.backend.execution_worker.ExecutionWorker._get_evaluation_entrypoint",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn"
+    ".StateTaskServiceSfn._build_sync2_resolver",
+    "moto.stepfunctions.parser.backend.execution.BaseExecutionWorkerCommunication.terminated",
     "moto.sagemaker.models.SageMakerModelBackend.create_training_job",
     "moto.sagemaker.responses.SageMakerResponse.create_training_job",
     "moto.sagemaker.models.SageMakerModelBackend.describe_training_job",
@@ -572,6 +575,52 @@ def _await_training_end(runtime_part: Any, job_name: str, running: Callable[[], 
 
 
 _ENDED: Final = frozenset({"Completed", "Failed", "Stopped"})
+# Notified whenever an execution's status leaves RUNNING (it terminated, or StopExecution aborted it).
+_EXECUTION_ENDED: Final = threading.Condition()
+
+
+def _notify_execution_ended() -> None:
+    with _EXECUTION_ENDED:
+        _EXECUTION_ENDED.notify_all()
+
+
+def _terminated(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    def terminated(self: Any) -> None:
+        original(self)
+        _notify_execution_ended()
+
+    return terminated
+
+
+def _child_execution_awaited(original: Callable[..., Any]) -> Callable[..., Any]:
+    """StateTaskServiceSfn._build_sync2_resolver (`states:startExecution.sync:2`, a grid's point trainings), whose
+    resolver first waits for the child execution to leave RUNNING, the parent to stop or _SYNC_WAIT_SECONDS to pass.
+    moto's .sync loop described the child every 0.5 s over HTTP (IAM check, signature, dispatch: ~100 of a 10-point
+    grid's ~1,000 emulator requests) and saw its end up to 0.5 s late; now it describes the child once it ended."""
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.responses import get_backend
+
+    def build(self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: Any,
+              state_credentials: Any) -> Any:
+        # The parser backend's Execution (its `exec_status`); the StartExecution answer is still on the stack, where
+        # the original resolver takes it from.
+        child: Any = get_backend(resource_runtime_part.account, resource_runtime_part.region).describe_execution(
+            env.stack[-1]["ExecutionArn"])
+        resolve = original(self, env, resource_runtime_part, normalised_parameters, state_credentials)
+
+        def resolver() -> Any:
+            deadline = time.monotonic() + _SYNC_WAIT_SECONDS
+            with _EXECUTION_ENDED:
+                while child.exec_status == ExecutionStatus.RUNNING and env.is_running():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    _EXECUTION_ENDED.wait(min(left, _STOP_CHECK_SECONDS))
+            return resolve()
+
+        return resolver
+
+    return build
 
 
 def _state_task_service_for(service_name: str) -> Any:
@@ -873,6 +922,7 @@ def aborted_when_stopped(execution_cls: Any) -> Callable[..., Any]:
                                                                                  ProgramStopped)
         if stopped and self.exec_status == ExecutionStatus.RUNNING:
             self.exec_status, self.stop_date = ExecutionStatus.ABORTED, stop_date
+            _notify_execution_ended()
 
     return stop
 
@@ -1123,6 +1173,15 @@ def apply(hooks: Hooks) -> None:
         from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 
         PATCHES.replace(ExecutionWorker, "_get_evaluation_entrypoint", _parsed_once())
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+            StateTaskServiceSfn,
+        )
+        from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+
+        PATCHES.replace(StateTaskServiceSfn, "_build_sync2_resolver",
+                        _child_execution_awaited(StateTaskServiceSfn._build_sync2_resolver))
+        PATCHES.replace(BaseExecutionWorkerCommunication, "terminated",
+                        _terminated(BaseExecutionWorkerCommunication.terminated))
         from moto.stepfunctions.parser.asl.eval.environment import Environment
 
         for name in ("set_error", "set_timed_out"):
