@@ -857,6 +857,14 @@ def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
     return write
 
 
+def dynamodb_writes_serialized() -> list[tuple[Any, str, Callable[..., Any]]]:
+    """moto's DynamoDB writes one at a time, as (owner, attribute, replacement): the embedded stack installs them
+    (`apply`), and the repository contract tests that race writers give their in-process moto the same ones."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    return [(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name))) for name in _DYNAMODB_WRITES]
+
+
 def _final_once_stopped(original: Callable[..., Any]) -> Callable[..., Any]:
     """StopExecution is final on AWS (the execution is ABORTED at once, whatever its running task does next), but
     moto's Environment.set_error/set_timed_out overwrite its ProgramStopped: a kill stops the execution, then the
@@ -1191,12 +1199,10 @@ def apply(hooks: Hooks) -> None:
         from moto.logs.responses import LogsResponse
 
         PATCHES.replace(LogsResponse, "filter_log_events", _filter_log_events)
-        from moto.dynamodb.models import DynamoDBBackend
-
         # Before the writes are serialized: its TransactWriteItems reads the items it may restore under the lock.
         patches_dynamodb.apply()  # DynamoDB reads as a JSON dump, item-level rollback (kaos/local/patches_dynamodb.py)
-        for name in _DYNAMODB_WRITES:
-            PATCHES.replace(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
+        for owner, name, replacement in dynamodb_writes_serialized():
+            PATCHES.replace(owner, name, replacement)
         from moto import backends
 
         PATCHES.replace(backends, "list_of_moto_modules", _list_of_moto_modules)
