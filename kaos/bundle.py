@@ -2,9 +2,11 @@
 
 Two small caches under the user's kaos cache directory (KAOS_CACHE_DIR, default $KAOS_HOME/cache; both safe to
 delete, each written whole by an atomic rename, last writer wins):
-* `hashes.json`, like git's index: a file whose (size, mtime, ctime, inode) are unchanged is not hashed again. As
-  in git, a digest taken while the file could still change without its mtime moving (modified within the last
-  RACY_SECONDS: coarse file system clocks) is not kept.
+* `hashes/<root>.json`, like git's index, one per bundle directory: a file whose (size, mtime, ctime, inode) are
+  unchanged is not hashed again. As in git, a digest taken while the file could still change without its mtime
+  moving (modified within the last RACY_SECONDS: coarse file system clocks) is not kept. One file per directory
+  holds exactly what its last scan found, so reading it costs that directory's size, not every file ever hashed,
+  and a scan that found everything unchanged writes nothing; the MAX_HASHED_ROOTS directories used last are kept.
   A stale digest cannot store wrong bytes: S3 refuses a blob whose bytes do not hash to its name.
 * `committed.json`: the snapshot ids committed per API endpoint and workspace, so an unchanged input is named by
   its id (one small lookup) instead of resent as a manifest.
@@ -107,8 +109,8 @@ def scan(root: Path, label: str) -> list[tuple[str, Path, int]]:
 
 # A file modified this recently may change again without its mtime moving (coarse clocks): its digest is not kept.
 RACY_SECONDS = 2.0
-# Bounds the hash cache: past this many entries the oldest half of what this run did not touch is dropped.
-MAX_HASH_ENTRIES = 200_000
+# The hash cache keeps the files of this many bundle directories, the ones used last.
+MAX_HASHED_ROOTS = 256
 
 
 def cache_dir() -> Path:
@@ -136,10 +138,12 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 class HashCache:
-    """Digests by real path, valid while the file's (size, mtime_ns, ctime_ns, inode) are the ones recorded."""
+    """Digests of the files under one bundle directory by real path, valid while the file's (size, mtime_ns,
+    ctime_ns, inode) are the ones recorded."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or cache_dir() / "hashes.json"
+    def __init__(self, root: Path, directory: Path | None = None) -> None:
+        self.directory = directory or cache_dir() / "hashes"
+        self.path = self.directory / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]}.json"
         loaded = _read_json(self.path)
         self.entries: dict[str, list[Any]] = loaded if isinstance(loaded, dict) else {}
         self.used: dict[str, list[Any]] = {}
@@ -159,10 +163,21 @@ class HashCache:
             self.used[str(real)] = [*stamp, digest]
 
     def save(self) -> None:
-        entries = {k: v for k, v in self.entries.items() if k not in self.used}
-        if len(entries) + len(self.used) > MAX_HASH_ENTRIES:
-            entries = dict(list(entries.items())[len(entries) // 2:])
-        _write_json(self.path, {**entries, **self.used})
+        """The digests this scan kept, unless they are exactly the recorded ones; then the oldest directories' files
+        past MAX_HASHED_ROOTS are dropped."""
+        try:
+            if self.used == self.entries:
+                os.utime(self.path)  # used now: the last directory to be dropped
+                return
+        except OSError:
+            pass
+        _write_json(self.path, self.used)
+        try:
+            kept = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for stale in kept[MAX_HASHED_ROOTS:]:
+                stale.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def hash_files(entries: list[tuple[str, Path, int]], progress: Callable[[int], None],

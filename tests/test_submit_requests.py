@@ -224,9 +224,8 @@ def test_an_unchanged_resubmit_is_one_api_request_and_no_upload(
     def deploy() -> dict[str, Any]:
         """As `kaos train deploy` does: commit both inputs, submit, once more in full if a named one is gone."""
         def attempt() -> dict[str, Any]:
-            cache = HashCache()
             ids = {kind: client.upload_snapshot("requests", kind, hash_files(scan(root, kind), lambda _: None,
-                                                                             cache), lambda _: None)["id"]
+                                                                             HashCache(root)), lambda _: None)["id"]
                    for kind, root in (("code", code), ("data", data))}
             return dict(client.submit("requests", ids["code"], {"training": ids["data"]}, {"seed": 1}))
 

@@ -27,7 +27,7 @@ def upload(api: Client, ws: str, kind: str, directory: Path, label: str) -> str:
     total = sum(size for _, _, size in entries)
     with byte_bar() as progress:
         task = progress.add_task(f"hashing {kind} ({len(entries)} files)", total=total)
-        files = hash_files(entries, lambda n: progress.advance(task, n), HashCache())
+        files = hash_files(entries, lambda n: progress.advance(task, n), HashCache(directory))
         sent = progress.add_task(f"uploading {kind}", total=total)
         snapshot = api.upload_snapshot(ws, kind, files, lambda n: progress.advance(sent, n))
     return str(snapshot["id"])
