@@ -88,6 +88,8 @@ class DeployInputs:
     snapshots: dict[str, str] = field(default_factory=dict)
     remote: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     params: dict[str, Any] | None = None
+    # What the checks listed of each folder (code and data), so the upload does not list it again.
+    scanned: dict[Path, list[tuple[str, Path, int]]] = field(default_factory=dict)
 
     @property
     def grid(self) -> bool:
@@ -123,10 +125,10 @@ def check_deploy(source: Path | None, data: list[str], manifests: list[str], par
     for name, value in channels(manifests, "-m").items():
         inputs.remote[name] = read_data_manifest(Path(value), f"-m {name}")
     if source is not None:
-        scan(source, "-s")
+        inputs.scanned[source] = scan(source, "-s")
         check_entry_point(source, TRAIN_ENTRY_POINTS, "-s", TRAIN_OTHERWISE)
     for name, path in inputs.folders.items():
-        scan(path, f"-d {name}")
+        inputs.scanned[path] = scan(path, f"-d {name}")
     return inputs
 
 

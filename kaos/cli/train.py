@@ -21,9 +21,11 @@ from kaos.client import ApiError, Client, extract_archive
 app = typer.Typer(help="Deploy and inspect training jobs.", no_args_is_help=True)
 
 
-def upload(api: Client, ws: str, kind: str, directory: Path, label: str) -> str:
-    """Hashes a folder and uploads the bytes the workspace lacks; the snapshot id."""
-    entries = scan(directory, label)
+def upload(api: Client, ws: str, kind: str, directory: Path, label: str,
+           scanned: list[tuple[str, Path, int]] | None = None) -> str:
+    """Hashes a folder (as `scanned` listed it, if given) and uploads the bytes the workspace lacks; the snapshot
+    id."""
+    entries = scan(directory, label) if scanned is None else scanned
     total = sum(size for _, _, size in entries)
     with byte_bar() as progress:
         task = progress.add_task(f"hashing {kind} ({len(entries)} files)", total=total)
@@ -73,8 +75,9 @@ def train_deploy(
     resources = {k: v for k, v in (("max_runtime_seconds", max_runtime), ("instance_type", instance_type)) if v}
 
     def attempt() -> dict[str, Any]:
-        code = upload(api, ws, "code", inputs.code, "-s") if inputs.code else None
-        snapshots = given | {name: upload(api, ws, "data", path, f"-d {name}") for name, path in inputs.folders.items()}
+        code = upload(api, ws, "code", inputs.code, "-s", inputs.scanned.get(inputs.code)) if inputs.code else None
+        snapshots = given | {name: upload(api, ws, "data", path, f"-d {name}", inputs.scanned.get(path))
+                             for name, path in inputs.folders.items()}
         snapshots |= {name: ops.commit_remote(api, ws, entries) for name, entries in inputs.remote.items()}
         return ops.submit(api, ws, code, snapshots or None, inputs.params, resources, parallelism,
                           framework or ops.code_framework(source))
