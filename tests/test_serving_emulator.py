@@ -212,6 +212,12 @@ def test_update_rolls_back_on_alarm_then_promotes(served: Emulator) -> None:
 
 
 def test_an_endpoint_serves_again_after_a_restart(served: Emulator) -> None:
+    sagemaker = served.client("sagemaker")
+    if sagemaker.describe_endpoint(EndpointName="digits")["EndpointConfigName"] != "second-config":
+        # The update test ran on another pytest-xdist worker (each has its own module fixture): update it here.
+        sagemaker.update_endpoint(EndpointName="digits",
+                                  EndpointConfigName=deploy_model(served, "second", model_archive(1)))
+        status(served, "digits", "InService")
     served.stop()
     served.start()
     # What the stack restores (kaos/local/persistence.py) before anything is invoked: the objects and the role.
