@@ -281,6 +281,44 @@ def test_writes_are_attributed_to_the_keys_they_touch() -> None:
     assert re.fullmatch(r"[0-9a-f]{8} \{.*\}\n", Journal.encode({"t": "x"}).decode())
 
 
+def test_executions_and_log_streams_are_listed_in_process_as_the_api_lists_them(tmp_path: Path) -> None:
+    """The flush lists executions (after a job step) and the log export lists log streams (each tick after a job
+    logged) from moto's backends in this process: over HTTP that was a request per page of every state machine's
+    executions and of every group's streams, in proportion to everything ever run. They list what the API lists."""
+    from kaos.local.emulator import Emulator
+    from kaos.local.persistence import StateStore
+
+    with Emulator(tmp_path / "work") as emulator:
+        store = StateStore(tmp_path / "data", emulator.client, "us-east-1", "123456789012")
+        sfn, logs = emulator.client("stepfunctions"), emulator.client("logs")
+        machine = sfn.create_state_machine(name="m", roleArn="arn:aws:iam::123456789012:role/r", definition=json.dumps(
+            {"StartAt": "W", "States": {"W": {"Type": "Wait", "SecondsPath": "$.wait", "End": True}}}))
+        for name, wait in (("quick", 0), ("slow", 60)):
+            sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=name, input=json.dumps({"wait": wait}))
+        quick = machine["stateMachineArn"].replace(":stateMachine:", ":execution:") + ":quick"
+        while sfn.describe_execution(executionArn=quick)["status"] == "RUNNING":
+            time.sleep(0.05)  # polling the execution's state, not waiting for an assumed duration
+        logs.create_log_group(logGroupName="g")
+        for stream in ("a", "b", "empty"):
+            logs.create_log_stream(logGroupName="g", logStreamName=stream)
+        for stream, count in (("a", 3), ("b", 1)):
+            logs.put_log_events(logGroupName="g", logStreamName=stream, logEvents=[
+                {"timestamp": 1_700_000_000_000 + i, "message": f"{stream}{i}"} for i in range(count)])
+
+        listed, streams = sorted(store._listed_executions()), store._log_streams()
+        assert [status for _, status in listed] == ["SUCCEEDED", "RUNNING"]
+
+        def unreachable(*args: Any) -> Any:
+            raise RuntimeError("moto's backends changed")
+
+        # The same over HTTP, what the store falls back to when the backends are out of reach.
+        store._executions_in_process = store._log_streams_in_process = unreachable  # type: ignore[method-assign]
+        assert sorted(store._listed_executions()) == listed
+        assert store._log_streams() == streams and [s["logStreamName"] for s in dict(streams)["g"]] == \
+            ["a", "b", "empty"]
+        sfn.stop_execution(executionArn=quick.replace(":quick", ":slow"))
+
+
 def test_in_process_reads_describe_what_the_api_describes(tmp_path: Path) -> None:
     """The flush reads items, roles and job definitions from moto's backends in this process (each API call
     costs tens of ms there); they must say what the API says, which restore gives back to the API."""

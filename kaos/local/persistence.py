@@ -1121,13 +1121,10 @@ class StateStore:
         sfn = self.client("stepfunctions")
         arns: dict[str, str | None] = dict.fromkeys(changes.executions)
         if changes.executions_all:
-            for page in sfn.get_paginator("list_state_machines").paginate():
-                for machine in page["stateMachines"]:
-                    pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=machine["stateMachineArn"])
-                    for listed in (e for p in pages for e in p["executions"]):
-                        known = self.executions.get(listed["executionArn"])
-                        if known is None or known["status"] != listed["status"]:
-                            arns[listed["executionArn"]] = listed["status"]
+            for arn, status in self._listed_executions():
+                known = self.executions.get(arn)
+                if known is None or known["status"] != status:
+                    arns[arn] = status
         records = []
         for arn in arns:
             try:
@@ -1144,6 +1141,33 @@ class StateStore:
                 records.append({"t": "execution", "record": record})
         report.add("executions", len(records))
         return records
+
+    def _listed_executions(self) -> list[tuple[str, str]]:
+        """(ARN, status) of every execution, as ListExecutions lists them: from moto's backend in this process, since
+        over HTTP every state machine's executions cost a request per 100 at each flush (or tick) that follows a job
+        step, in proportion to every execution ever run; over HTTP if that fails."""
+        try:
+            return self._executions_in_process()
+        except Exception:
+            LOG.debug("listing executions in process failed; listing over HTTP", exc_info=True)
+        sfn = self.client("stepfunctions")
+        return [(listed["executionArn"], listed["status"])
+                for page in sfn.get_paginator("list_state_machines").paginate() for machine in page["stateMachines"]
+                for executions in sfn.get_paginator("list_executions").paginate(
+                    stateMachineArn=machine["stateMachineArn"])
+                for listed in executions["executions"]]
+
+    def _executions_in_process(self) -> list[tuple[str, str]]:
+        from moto.stepfunctions.responses import get_backend
+
+        listed = []
+        for machine in list(get_backend(self.account, self.region).state_machines):
+            for execution in list(machine.executions):
+                try:
+                    listed.append((str(execution.execution_arn), str(execution.status)))
+                except AttributeError:  # the executing backend's, before its status is set: the next flush
+                    continue
+        return listed
 
     def read_resources(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
         records = []
@@ -1306,27 +1330,42 @@ class StateStore:
 
     # -- logs (exported periodically, not journaled)
     def export_logs(self, report: Report) -> None:
-        logs = self.client("logs")
-        for page in logs.get_paginator("describe_log_groups").paginate():
-            for group in page["logGroups"]:
-                self._export_group(group["logGroupName"], report)
+        for group, streams in self._log_streams():
+            self._export_group(group, streams, report)
 
-    def _export_group(self, group: str, report: Report) -> None:
+    def _log_streams(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Every log group with its streams as DescribeLogStreams describes them: from moto's backend in this
+        process, since over HTTP that was a request per 50 streams of every group at each tick after a job logged,
+        in proportion to every stream ever written; over HTTP if that fails."""
+        try:
+            return self._log_streams_in_process()
+        except Exception:
+            LOG.debug("listing log streams in process failed; listing over HTTP", exc_info=True)
         logs = self.client("logs")
+        return [(group["logGroupName"], [stream for streams in logs.get_paginator("describe_log_streams").paginate(
+                    logGroupName=group["logGroupName"]) for stream in streams["logStreams"]])
+                for page in logs.get_paginator("describe_log_groups").paginate() for group in page["logGroups"]]
+
+    def _log_streams_in_process(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        from moto.logs.models import logs_backends
+
+        return [(name, [stream.to_describe_dict() for stream in list(group.streams.values())])
+                for name, group in list(logs_backends[self.account][self.region].groups.items())]
+
+    def _export_group(self, group: str, described: list[dict[str, Any]], report: Report) -> None:
         root = self.data_dir / "logs" / _name_hash(group)
         old = read_json(root / "index.json", {"group": group, "streams": {}})["streams"]
         streams: dict[str, dict[str, Any]] = {}
-        for page in logs.get_paginator("describe_log_streams").paginate(logGroupName=group):
-            for stream in page["logStreams"]:
-                name = stream["logStreamName"]
-                signature = [stream.get("storedBytes", 0), stream.get("firstEventTimestamp"),
-                             stream.get("lastEventTimestamp")]
-                entry: dict[str, Any] = {"file": f"{_name_hash(name)}.jsonl", "signature": signature}
-                if old.get(name) != entry or not (root / entry["file"]).exists():
-                    events = self._stream_events(group, name)
-                    write_lines(root / entry["file"], events)
-                    report.add("log_events_written", len(events))
-                streams[name] = entry
+        for stream in described:
+            name = stream["logStreamName"]
+            signature = [stream.get("storedBytes", 0), stream.get("firstEventTimestamp"),
+                         stream.get("lastEventTimestamp")]
+            entry: dict[str, Any] = {"file": f"{_name_hash(name)}.jsonl", "signature": signature}
+            if old.get(name) != entry or not (root / entry["file"]).exists():
+                events = self._stream_events(group, name)
+                write_lines(root / entry["file"], events)
+                report.add("log_events_written", len(events))
+            streams[name] = entry
         if streams != old or not (root / "index.json").exists():
             write_json(root / "index.json", {"group": group, "streams": streams})
         for name in set(old) - set(streams):
