@@ -103,21 +103,23 @@ class TreePeak:
             pids = set().union(*(_descendants(root) for root in self.roots))
             sizes = {pid: rss_bytes(pid) for pid in pids}
             if sum(sizes.values()) > self.peak:
-                self.peak = sum(sizes.values())
-                self.at_peak = {}
-                for pid, size in sizes.items():
-                    self.at_peak.setdefault(_label(pid), []).append(size)
+                self.peak, self.at_peak = sum(sizes.values()), _by_label(sizes)
             shares = {pid: pss_bytes(pid) for pid in pids}
             if sum(shares.values()) > self.pss_peak:
-                self.pss_peak = sum(shares.values())
-                self.pss_at_peak = {}
-                for pid, share in shares.items():
-                    self.pss_at_peak.setdefault(_label(pid), []).append(share)
+                self.pss_peak, self.pss_at_peak = sum(shares.values()), _by_label(shares)
             self.processes = max(self.processes, len(pids))
             for root in self.roots:
                 self.peak_of[root] = max(self.peak_of.get(root, 0), rss_bytes(root))
             if self._closed.wait(self.interval):
                 return
+
+
+def _by_label(sizes: dict[int, int]) -> dict[str, list[int]]:
+    """Each process's size under what it is (`_label`)."""
+    found: dict[str, list[int]] = {}
+    for pid, size in sizes.items():
+        found.setdefault(_label(pid), []).append(size)
+    return found
 
 
 def timed_tree(command: list[str], cwd: Path, env: dict[str, str], extra_roots: tuple[int, ...] = ()
