@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib.blobs import BlobPlace
-from chalicelib.repositories import in_parallel
 from chalicelib.repositories.workspaces import MemoryWorkspaces
 from chalicelib.tables import BlobItem, DerivedItem, LatestInputsItem, LatestItem, SnapshotItem, ws_key
 
@@ -89,8 +89,21 @@ class SnapshotRepository(Protocol):
 
 
 # DynamoDB's limits per request (BatchWriteItem: 25 items, BatchGetItem: 100 keys). The index of a new bundle of n
-# files is n rows: its requests go CONCURRENCY at a time rather than one after another (41 in a row for 1,001 files).
-BATCH_WRITE_ITEMS, BATCH_GET_KEYS = 25, 100
+# files is n rows: its requests go INDEX_CONCURRENCY at a time rather than one after another (41 in a row for 1,001
+# files), within the connection pool botocore gives pynamodb (10).
+BATCH_WRITE_ITEMS, BATCH_GET_KEYS, INDEX_CONCURRENCY = 25, 100, 8
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _in_parallel(work: Callable[[list[T]], R], items: list[T], per_request: int) -> list[R]:
+    """`work` on each chunk of `per_request` items, INDEX_CONCURRENCY chunks at a time (one chunk: on this thread);
+    the first failure is raised once every chunk ended."""
+    chunks = [items[i:i + per_request] for i in range(0, len(items), per_request)]
+    if len(chunks) <= 1:
+        return [work(chunk) for chunk in chunks]
+    with ThreadPoolExecutor(max_workers=min(INDEX_CONCURRENCY, len(chunks))) as pool:
+        return list(pool.map(work, chunks))
 
 
 def _snapshot(item: SnapshotItem) -> Snapshot:
@@ -171,7 +184,7 @@ class DynamoSnapshots:
                 for item in chunk:
                     batch.save(item)
 
-        in_parallel(write, items, BATCH_WRITE_ITEMS)
+        _in_parallel(write, items, BATCH_WRITE_ITEMS)
 
     def blobs(self, workspace: str, digests: Iterable[str]) -> dict[str, BlobPlace]:
         keys = [(ws_key(workspace), f"BLOB#{digest}") for digest in dict.fromkeys(digests)]
@@ -180,7 +193,7 @@ class DynamoSnapshots:
             return list(BlobItem.batch_get(chunk, consistent_read=True))
 
         return {item.sk.removeprefix("BLOB#"): BlobPlace(int(item.size), item.pack, int(item.offset or 0))
-                for items in in_parallel(read, keys, BATCH_GET_KEYS) for item in items}
+                for items in _in_parallel(read, keys, BATCH_GET_KEYS) for item in items}
 
 
 class MemorySnapshots:
