@@ -1537,17 +1537,33 @@ class StateStore:
         return _dir_size(self.data_dir) if self.data_dir.exists() else 0
 
 
-def fail_interrupted_jobs() -> list[str]:
-    """Marks the jobs that were running when the stack stopped FAILED: their executions are gone.
+def in_flight_jobs(stored: Stored) -> list[tuple[str, str]]:
+    """The (pk, sk) of the job rows the stored state has in flight, found in the files just read: a Scan of the
+    table over HTTP read every row of it (the blob index's too, thousands per bundle), page after page, each page
+    sorting the whole table in moto, most of a start's time once a few large bundles were committed."""
+    return [(item["pk"]["S"], item["sk"]["S"]) for items in stored.tables.values() for item in items.values()
+            if str(item.get("sk", {}).get("S", "")).startswith("JOB#")
+            and item.get("status", {}).get("S") in IN_FLIGHT]
+
+
+def fail_interrupted_jobs(keys: list[tuple[str, str]]) -> list[str]:
+    """Marks those of these jobs still running when the stack stopped FAILED: their executions are gone.
 
     Goes through the product's own versioned model, as the pipeline's status writes do (one update that
     bumps the version and appends to the history)."""
+    from pynamodb.exceptions import DoesNotExist
+
     from chalicelib.tables import JobItem
     from chalicelib.workspaces import now
 
     failed: list[str] = []
-    condition = JobItem.sk.startswith("JOB#") & JobItem.status.is_in(*IN_FLIGHT)
-    for item in JobItem.scan(condition, consistent_read=True):
+    for pk, sk in keys:
+        try:
+            item = JobItem.get(pk, sk, consistent_read=True)
+        except DoesNotExist:  # a row of another table
+            continue
+        if item.status not in IN_FLIGHT:
+            continue
         at = now()
         item.update(actions=[
             JobItem.status.set("FAILED"),
@@ -1614,7 +1630,7 @@ class Persistence:
         # does for an older format. A new state (no files) has nothing to compact: `open` wrote its format.
         self._snapshot_due = stored.journal_records > 0 or stored.format not in (FORMAT, None)
         if report.counts:
-            failed = fail_interrupted_jobs()
+            failed = fail_interrupted_jobs(in_flight_jobs(stored))
             report.add("jobs_failed", len(failed))
             self.flush()
             LOG.info("restored %s in %.2f s; interrupted jobs marked failed: %s", report.counts, report.seconds,
