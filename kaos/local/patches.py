@@ -565,13 +565,20 @@ def _await_training_end(runtime_part: Any, job_name: str, running: Callable[[], 
     if runner is None:
         return
     jobs = sagemaker_backends[runtime_part.account][runtime_part.region].training_jobs
+    _await_end(runner.changed, lambda: getattr(jobs.get(job_name), "training_job_status", None) in _ENDED, running)
+
+
+def _await_end(changed: threading.Condition, ended: Callable[[], bool], running: Callable[[], bool]) -> None:
+    """What a .sync task waits on instead of describing its resource every 0.5 s: returns once `ended()` (looked at
+    whenever `changed` is notified), the execution stopped (`running()` false, looked at every _STOP_CHECK_SECONDS)
+    or _SYNC_WAIT_SECONDS passed (the task then describes the resource anyway)."""
     deadline = time.monotonic() + _SYNC_WAIT_SECONDS
-    with runner.changed:
-        while getattr(jobs.get(job_name), "training_job_status", None) not in _ENDED and running():
+    with changed:
+        while not ended() and running():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            runner.changed.wait(min(left, _STOP_CHECK_SECONDS))
+            changed.wait(min(left, _STOP_CHECK_SECONDS))
 
 
 _ENDED: Final = frozenset({"Completed", "Failed", "Stopped"})
@@ -614,13 +621,7 @@ def _child_execution_awaited(original: Callable[..., Any]) -> Callable[..., Any]
             return resolve
 
         def resolver() -> Any:
-            deadline = time.monotonic() + _SYNC_WAIT_SECONDS
-            with _EXECUTION_ENDED:
-                while child.exec_status == ExecutionStatus.RUNNING and env.is_running():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    _EXECUTION_ENDED.wait(min(left, _STOP_CHECK_SECONDS))
+            _await_end(_EXECUTION_ENDED, lambda: child.exec_status != ExecutionStatus.RUNNING, env.is_running)
             return resolve()
 
         return resolver
