@@ -44,6 +44,8 @@ attempt("read victim model", lambda: s3.get_object(Bucket=bucket, Key=hp["victim
 attempt("read victim blob", lambda: s3.get_object(Bucket=bucket, Key=hp["victim_blob"]))
 attempt("read victim pack", lambda: s3.get_object(Bucket=bucket, Key=hp["victim_pack"]))
 attempt("overwrite victim pack", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_pack"], Body=b"evil"))
+attempt("forge victim proposal", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_proposal"],
+                                                       Body=b'{"loose": [], "packs": []}'))
 attempt("overwrite victim sourcedir", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_sourcedir"], Body=b"evil"))
 attempt("write victim incoming", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{victim}/incoming/evil.csv", Body=b"1"))
 attempt("write victim job output", lambda: s3.put_object(Bucket=bucket, Key=hp["victim_model"], Body=b"evil"))
@@ -56,6 +58,9 @@ attempt("write own job output", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{o
 attempt("overwrite own code bundle", lambda: s3.put_object(Bucket=bucket, Key=first(f"ws/{own}/sourcedirs/"),
                                                             Body=b"evil"))
 attempt("write own incoming", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{own}/incoming/x.csv", Body=b"1"))
+# A proposal says which blobs `complete` still has to check: one forged in the own workspace would commit unchecked.
+attempt("forge own proposal", lambda: s3.put_object(Bucket=bucket, Key=f"ws/{own}/proposals/{'0' * 64}.json",
+                                                    Body=b'{"loose": [], "packs": []}'))
 environment = sorted(k for k in os.environ if k.startswith(("KAOS", "AWS_")))
 json.dump({"attempts": attempts, "environment": environment, "home": os.environ.get("HOME")},
           open(os.path.join(os.environ["SM_MODEL_DIR"], "attempts.json"), "w"))
@@ -125,7 +130,8 @@ def walls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
         "victim_sourcedir": next(k for k in before if "/sourcedirs/" in k),
         "victim_model": next(k for k in before if k.endswith("model.tar.gz")),
         "victim_blob": next(k for k in before if "/blobs/" in k),
-        "victim_pack": next(k for k in before if "/packs/" in k)}))
+        "victim_pack": next(k for k in before if "/packs/" in k),
+        "victim_proposal": next(k for k in before if "/proposals/" in k)}))
     attack_dir = tmp / "attack"
     attack_dir.mkdir()
     (attack_dir / "train.py").write_text(ATTACK)
@@ -157,7 +163,7 @@ def walls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 
 CROSS_TENANT = ["list victim", "read victim sourcedir", "read victim model", "read victim blob", "read victim pack",
-                "overwrite victim pack", "overwrite victim sourcedir", "write victim incoming",
+                "overwrite victim pack", "forge victim proposal", "overwrite victim sourcedir", "write victim incoming",
                 "write victim job output", "add self to victim (DynamoDB)", "read table"]
 
 
@@ -171,6 +177,7 @@ def test_training_code_reaches_its_own_workspace_read_only_except_job_outputs(wa
     assert attempts["list own"] == attempts["read own sourcedir"] == attempts["write own job output"] == "allowed"
     # Code bundles and the auto-retrain prefix are written by kaos only, even within the workspace.
     assert attempts["overwrite own code bundle"] == attempts["write own incoming"] == "denied"
+    assert attempts["forge own proposal"] == "denied"
 
 
 def test_batch_code_cannot_reach_another_workspace(walls: dict[str, Any]) -> None:
@@ -207,6 +214,10 @@ def test_direct_emulator_calls_by_a_user_are_refused(walls: dict[str, Any], stac
         with pytest.raises(ClientError) as read:
             _guest_client(stack, "s3").get_object(Bucket=walls["bucket"], Key=key)
         assert read.value.response["Error"]["Code"] == "AccessDenied"
+    with pytest.raises(ClientError) as proposal:
+        _guest_client(stack, "s3").put_object(Bucket=walls["bucket"], Body=b'{"loose": [], "packs": []}',
+                                              Key=next(k for k in walls["before"] if "/proposals/" in k))
+    assert proposal.value.response["Error"]["Code"] == "AccessDenied"
     with pytest.raises(ClientError) as write:
         _guest_client(stack, "dynamodb").put_item(TableName=walls["table"], Item={
             "pk": {"S": f"WS#{DEV}"}, "sk": {"S": "MEMBER#guest"}})
