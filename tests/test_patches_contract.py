@@ -1,16 +1,21 @@
-"""Contract tests for the moto patch points that had none (S3 -> EventBridge key encoding, the Batch runner hook,
-the DynamoDB write lock), and for the patching itself (a missing target or an untested moto version fails loudly).
+"""Contract tests for the moto patch points that had none (S3 -> EventBridge key encoding, the Batch runner hook, the
+DynamoDB write lock, moto.ec2 imported without its catalogues), and for the patching itself (a missing target or an
+untested moto version fails loudly).
 
-Each contract is checked twice: with the patch it holds, and with moto's own code put back for that one patch
-point (`Patches.stock`) it does not, so each test shows the patch is what it tests and fails on stock moto."""
+Each contract is checked twice: with the patch it holds, and with moto's own
+code put back for that one patch point (`Patches.stock`) it does not, so each test shows the patch is what it tests
+and fails on stock moto."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from botocore.exceptions import ClientError
@@ -387,3 +392,54 @@ def test_a_parent_learns_of_its_child_executions_end_without_polling_it(emulator
     # The child found once in process, described once by the task; stock moto described it every 0.5 s.
     assert [o[2] for o in patched] == [2, 2]
     assert min(o[2] for o in stock) >= 4, stock
+
+
+# --- moto.ec2 without its catalogues ---------------------------------------------------------------------------
+EC2_CATALOGUES = """
+import json, os, sys
+from kaos.local import patches
+if sys.argv[1] == "patched":
+    patches._import_ec2_without_catalogues()
+from moto.ec2.models import amis, ec2_backends, instance_types
+from moto.utilities import utils
+backend = ec2_backends["123456789012"]["us-east-1"]
+print(json.dumps({
+    "instance_types": len(instance_types.INSTANCE_TYPES),
+    "offerings": sum(len(by_region) for location in instance_types.INSTANCE_TYPE_OFFERINGS.values()
+                     for by_region in location.values()),
+    "amis": len(backend.amis),
+    "loader_restored": amis.load_resource is utils.load_resource is instance_types.load_resource,
+    "default_subnets": len(backend.describe_subnets(filters={"default-for-az": ["true"]})),
+}))
+"""
+
+
+def _ec2_catalogues(mode: str) -> dict[str, Any]:
+    """What moto.ec2 holds once imported in a fresh interpreter (its catalogues are filled at import)."""
+    done = subprocess.run([sys.executable, "-c", EC2_CATALOGUES, mode], capture_output=True, text=True, check=True,
+                          env={key: value for key, value in os.environ.items() if not key.startswith("MOTO_")})
+    return cast(dict[str, Any], json.loads(done.stdout))
+
+
+def test_ec2_comes_without_catalogues_but_with_its_default_network() -> None:
+    held = _ec2_catalogues("patched")
+    assert held == {"instance_types": 0, "offerings": 0, "amis": 0, "loader_restored": True,
+                    "default_subnets": held["default_subnets"]}
+    assert held["default_subnets"] > 0  # what the Fargate compute environment is given (batch_runner)
+
+
+def test_stock_moto_loads_every_instance_type_offering_and_ami() -> None:
+    held = _ec2_catalogues("stock")
+    assert held["instance_types"] > 500 and held["offerings"] > 10_000 and held["amis"] > 10
+
+
+def test_the_stack_does_not_import_the_model_servers_numpy() -> None:
+    """The serving runner copies the model server by path and knows its ready line without importing it."""
+    from kaos.local import inference_server, serving_runner
+
+    assert serving_runner.SERVER_SOURCE == Path(inference_server.__file__)
+    assert serving_runner.LISTENING == inference_server.LISTENING
+    probe = ("import sys, kaos.local.stack, kaos.local.emulator, kaos.local.serving_runner; "
+             "print('numpy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

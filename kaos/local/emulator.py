@@ -15,7 +15,7 @@ Public surface::
     with Emulator(work_dir) as emulator: ...    # start/stop
 
 What it changes globally in this process (moto needs it): ``MOTO_PORT`` (the Step Functions
-interpreter calls other services at ``http://localhost:$MOTO_PORT``), moto's
+interpreter calls other services at ``http://localhost:$MOTO_PORT``), ``MOTO_EC2_LOAD_DEFAULT_AMIS=false``, moto's
 ``default_user_config`` (Step Functions execution on; Lambda and Batch without Docker), moto's
 backends (reset on start) and the patches in :mod:`kaos.local.patches` (applied on start, removed
 on stop). Hence one started Emulator per process at a time.

@@ -8,8 +8,8 @@ so only one :class:`kaos.local.emulator.Emulator` is active at a time; the patch
 it through the :class:`Hooks` passed to :func:`apply`.
 
 Patched integrations (each has a contract test in ``tests/test_emulator_contract.py``; S3 -> EventBridge key
-encoding, the Batch runner hook and the DynamoDB write lock in ``tests/test_patches_contract.py``, which also runs
-each on stock moto to show it fails there):
+encoding, the Batch runner hook, the DynamoDB write lock and the EC2 catalogues in
+``tests/test_patches_contract.py``, which also runs each on stock moto to show it fails there):
 
 - Lambda invoke (direct, Step Functions ``lambda:invoke`` / legacy Lambda ARNs, S3 notifications,
   EventBridge Lambda targets) dispatches to in-process handlers.
@@ -23,6 +23,8 @@ each on stock moto to show it fails there):
 - Batch jobs (``batch_simple``, no Docker) run their command locally (:mod:`kaos.local.batch_runner`).
 - SageMaker hosting: endpoints served by local model servers, UpdateEndpoint, InvokeEndpoint
   (:mod:`kaos.local.patches_serving`, its own PATCH_POINTS).
+- moto.ec2 (imported by Batch, whose Fargate compute environment needs only its default network) without its
+  instance type catalogues and public AMIs: ~1 s of every start and ~60 MB resident.
 - DynamoDB reads (GetItem, BatchGetItem, Query, Scan) answered without moto's shape-walking serializer
   (:mod:`kaos.local.patches_dynamodb`, its own PATCH_POINTS).
 """
@@ -37,6 +39,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +85,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.logs.responses.LogsResponse.filter_log_events",
     "moto.dynamodb.models.DynamoDBBackend.{put_item,update_item,delete_item,transact_write_items} (serialized)",
     "moto.backends.list_of_moto_modules (listed once)",
+    "moto.utilities.utils.load_resource (while moto.ec2 is imported: no instance type catalogues)",
 )
 
 
@@ -1121,6 +1125,44 @@ def _shared_error_lookups() -> Callable[[], Any]:
     return lambda: shared
 
 
+# The EC2 catalogues moto loads when moto.ec2 is imported: every instance type and, per location type and region,
+# the instance type offerings. Offline EC2 only lends Batch's Fargate compute environment a default VPC, subnet and
+# security group (kaos/local/batch_runner.py); no instance is launched and no instance type is ever looked up.
+EC2_INSTANCE_TYPES_FILE: Final = "ec2/resources/instance_types.json"
+EC2_OFFERINGS_DIR: Final = "ec2/resources/instance_type_offerings/"
+
+
+def _import_ec2_without_catalogues() -> None:
+    """Imports moto.ec2 with empty instance type catalogues and no default AMIs: loading them cost ~1 s of
+    every start and ~60 MB of the stack's resident memory for data nothing offline reads (DescribeInstanceTypes,
+    DescribeInstanceTypeOfferings and DescribeImages answer empty lists). The catalogues are module globals
+    filled at import, so the loader is swapped for the import only; a process that imported moto.ec2 before
+    keeps its catalogues."""
+    # moto's documented switch: no public AMIs are made per EC2 backend (read when each backend is created).
+    os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    if "moto.ec2" in sys.modules:
+        return
+    from moto.utilities import utils
+
+    load = utils.load_resource
+
+    def lean(resource: str) -> Any:
+        if resource == EC2_INSTANCE_TYPES_FILE:
+            return {}
+        if resource.startswith(EC2_OFFERINGS_DIR):
+            return []
+        return load(resource)
+
+    utils.load_resource = lean
+    try:
+        from moto.ec2.models import amis, instance_types
+    finally:
+        utils.load_resource = load
+    # Both bound the loader by name at their import: later loads (a backend's AMIs) see moto's own again.
+    for module in (amis, instance_types):
+        setattr(module, "load_resource", load)  # noqa: B010  (mypy: moto does not re-export the name)
+
+
 def apply(hooks: Hooks) -> None:
     """Install all patches (idempotent) and route them to ``hooks``."""
     global _HOOKS, _SAGEMAKER_TASK_CLS
@@ -1133,6 +1175,7 @@ def apply(hooks: Hooks) -> None:
 
         # First: importing moto's Batch (below) imports moto.ec2, which asks for the regions at import.
         PATCHES.replace(Session, "get_available_regions", _shared_regions())
+        _import_ec2_without_catalogues()
         from moto.core import errors as moto_errors, utils as moto_utils
 
         # Per error response moto also listed botocore's data directory from a fresh Session (the service name of
