@@ -24,6 +24,7 @@ function with module state made under other values.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -573,7 +574,12 @@ def warm_parent(channel_fd: int) -> None:
     """Preloads, says what the preload read, then forks an environment per request until the stack closes the
     channel (or ends). One thread only: a fork copies no other thread's state."""
     channel = socket.socket(fileno=channel_fd)
-    channel.send(json.dumps(_preload()).encode())
+    read = _preload()
+    # The preloaded objects out of the collector's reach: a collection in an environment would otherwise write to
+    # every page holding them, and the pages it shares with this parent would become its own.
+    gc.collect()
+    gc.freeze()
+    channel.send(json.dumps(read).encode())
     signal.signal(signal.SIGCHLD, _reap)
     while True:
         message, fds, _, _ = socket.recv_fds(channel, 64, 2)

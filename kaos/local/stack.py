@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -372,6 +373,7 @@ class LocalStack:
             runtime = self.start()
             starting = False
             _print(f"kaos local stack ready: API {runtime.api_url} (AWS emulator {runtime.endpoint_url})")
+            _settle_collector()
             while not done.wait(TRIM_SECONDS):
                 _trim_heap()
         except _StopRequested:
@@ -416,6 +418,17 @@ def _limit_malloc_arenas() -> None:
         pass
 
 
+def _settle_collector() -> None:
+    """Ends the start's pause of the cyclic garbage collector (main): once collected, what the start built (moto,
+    botocore's models, the template's resources, the restored state) is frozen out of every later collection. With
+    ~1.5 M objects alive, each full collection during the start walked them all (0.5-0.7 s of a start on the state
+    of 80 jobs); frozen, later collections walk only what changed since. Runs after the ready line, so no `up` waits
+    for it."""
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
 def _trim_heap() -> None:
     """Returns the heap's free pages to the system (glibc keeps them otherwise), so RSS at rest is what is
     in use."""
@@ -449,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing per request")
     args = parser.parse_args(argv)
     _limit_malloc_arenas()
+    gc.disable()  # until the start is done (_settle_collector)
     try:
         LocalStack(args.state_dir or default_state_dir(), args.port, quiet=args.quiet).run()
     except PortInUse as exc:
