@@ -449,3 +449,15 @@ def test_an_execution_that_ends_after_the_last_flush_is_stored_ended_by_the_stop
             time.sleep(0.05)
         persistence.stop()
     assert load_stored(tmp_path / "state" / "data").executions[arn]["status"] == "SUCCEEDED"
+
+
+def test_a_key_is_named_by_its_compact_json_with_sorted_names() -> None:
+    """Stored items and journal records are matched by this string: it must stay json.dumps' canonical form."""
+    from kaos.local.persistence import _key_json
+
+    keys = [{"pk": {"S": "ws#a"}, "sk": {"S": "JOB#é\"\\\n\u2028😀"}}, {"sk": {"N": "-1.5e3"}, "pk": {"B": "AP8="}},
+            {"only": {"S": ""}}, {"pk": {"S": "x"}, "odd": {"L": [{"S": "y"}]}}]
+    for key in keys:
+        assert _key_json(key) == json.dumps(key, sort_keys=True, separators=(",", ":"))
+    item = {**keys[0], "other": {"M": {"a": {"N": "1"}}}}
+    assert _key_json(item, ["sk", "pk"]) == json.dumps(keys[0], sort_keys=True, separators=(",", ":"))

@@ -2,6 +2,7 @@
 counts, pages, headers), only without moto's shape-walking serializer."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -260,3 +261,48 @@ def test_items_are_sized_once_and_kept_or_refused_as_stock_moto(dynamodb: Any,
     with patches_dynamodb.PATCHES.stock(Item, "__init__"):
         dynamodb.put_item(TableName="t", Item={**wide, "sk": {"S": "counted-stock"}})
     assert patched_walks < 200 < len(sized), (patched_walks, len(sized))
+
+
+def test_a_restored_item_answers_as_the_item_put_item_stored(dynamodb: Any) -> None:
+    """An item restored from the state files (persistence: a snapshot holds to_json of each item, binary values
+    base64) is keyed, read, filtered, indexed, updated and transacted on exactly as the item PutItem stored, and is
+    typed only when something reads its attributes."""
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    from kaos.local.persistence import _base64
+
+    table = dynamodb_backends["123456789012"]["us-east-1"].get_table("t")
+    partition = table.items[DynamoType({"S": "p"})]
+    original = partition[DynamoType({"S": "001"})]
+    stored = json.loads(json.dumps(original.to_json()["Attributes"], default=_base64))
+    patches_dynamodb.insert_restored(table, [{**stored, "sk": {"S": sk}} for sk in ("r1", "r2", "r3")])
+    restored = partition[DynamoType({"S": "r1"})]
+    assert restored.to_json() == {"Attributes": {**original.to_json()["Attributes"], "sk": {"S": "r1"}}}
+    assert restored._stored is not None  # what a snapshot reads (to_json) types nothing
+    restored.to_json()["Attributes"]["m"]["M"]["l"]["L"].clear()  # a copy: the caller's to change
+
+    def item(sk: str) -> dict[str, Any]:
+        found = dynamodb.get_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": sk}})["Item"]
+        return {name: value for name, value in found.items() if name != "sk"}
+
+    assert item("r1") == item("001") and restored._stored is None
+    assert restored.to_json() == {"Attributes": {**original.to_json()["Attributes"], "sk": {"S": "r1"}}}
+    assert restored.attrs == original.attrs | {"sk": DynamoType({"S": "r1"})}
+    filtered = dynamodb.query(TableName="t", KeyConditionExpression="pk = :p",
+                              FilterExpression="m.l[1] = :three AND n < :n AND contains(ss, :a)",
+                              ExpressionAttributeValues={":p": {"S": "p"}, ":three": {"N": "3"}, ":n": {"N": "0"},
+                                                         ":a": {"S": "a"}})
+    assert [found["sk"]["S"] for found in filtered["Items"]] == ["000", "001", "002", "003", "004", "r1", "r2", "r3"]
+    assert dynamodb.query(TableName="t", IndexName="gsi1", KeyConditionExpression="g = :g", Select="COUNT",
+                          ExpressionAttributeValues={":g": {"S": "all"}})["Count"] == 8
+    for sk in ("r2", "002"):
+        dynamodb.update_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": sk}},
+                             UpdateExpression="SET n = n + :one, m.l[2].deep = :b",
+                             ExpressionAttributeValues={":one": {"N": "1"}, ":b": {"B": b"\x04"}})
+    assert item("r2") == item("002") != item("001")
+    with pytest.raises(ClientError, match="TransactionCanceledException"):
+        dynamodb.transact_write_items(TransactItems=[
+            {"Put": {"TableName": "t", "Item": {"pk": {"S": "p"}, "sk": {"S": "r3"}},
+                     "ConditionExpression": "attribute_not_exists(pk)"}}])
+    assert item("r3") == item("001")

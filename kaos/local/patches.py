@@ -1076,8 +1076,14 @@ def _parsed_once() -> Callable[[Any], Any]:
     def tree(definition: str) -> Any:
         return AmazonStateLanguageParser.parse(definition)[1]  # a definition with syntax errors raises, uncached
 
+    # The cache alone let executions that start together (a grid's points) each miss it and parse; the parse is
+    # CPU under the GIL, so making them wait for the first costs nothing.
+    parsing = threading.Lock()
+
     def entrypoint(self: Any) -> Any:
-        return Preprocessor().visit(tree(self._evaluation_details.state_machine_details.definition))
+        with parsing:
+            parsed = tree(self._evaluation_details.state_machine_details.definition)
+        return Preprocessor().visit(parsed)
 
     entrypoint.parsed = tree  # type: ignore[attr-defined]  # the contract test reads its cache_info
     return entrypoint

@@ -85,6 +85,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own (ensure_ascii) string encoder
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -193,9 +194,17 @@ def _dir_size(path: Path) -> int:
 
 
 def _key_json(attributes: dict[str, Any], names: Iterable[str] | None = None) -> str:
-    """A DynamoDB key (or the key of an item, given the key's attribute names) as a canonical string."""
-    key = attributes if names is None else {name: attributes[name] for name in names}
-    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+    """A DynamoDB key (or the key of an item, given the key's attribute names) as a canonical string: the compact
+    JSON of the key, names sorted. Written out for string-valued attributes (every key is S, N or B, binary values
+    base64), which json.dumps took ~10 us a key for, 0.3 s of a restart on 30,000 items."""
+    parts = []
+    for name in sorted(attributes if names is None else names):
+        ((kind, value),) = attributes[name].items()
+        if not isinstance(value, str):
+            key = attributes if names is None else {name: attributes[name] for name in names}
+            return json.dumps(key, sort_keys=True, separators=(",", ":"))
+        parts.append(f"{_json_string(name)}:{{{_json_string(kind)}:{_json_string(value)}}}")
+    return "{" + ",".join(parts) + "}"
 
 
 def _table_name(name: str) -> str:
@@ -1465,9 +1474,12 @@ class StateStore:
             report.add("executions", 1)
 
     def _import_dynamodb(self, stored: Stored, report: Report) -> None:
-        """Items straight into moto's tables in this process, as its DynamoDB API would store them (the stored
-        items are the wire's JSON, binary values base64): over HTTP each batch of 25 cost tens of milliseconds."""
+        """Items straight into moto's tables in this process (the stored items are the wire's JSON, binary values
+        base64), parsed and typed when first used (patches_dynamodb.insert_restored): over HTTP each batch of 25
+        cost tens of milliseconds, and moto's PutItem in process ~80 us an item."""
         from moto.dynamodb.models import dynamodb_backends
+
+        from kaos.local.patches_dynamodb import insert_restored
 
         backend = dynamodb_backends[self.account][self.region]
         existing = set(self._tables())
@@ -1475,8 +1487,7 @@ class StateStore:
             if table not in existing:
                 LOG.warning("not restoring %d items: the template no longer has table %s", len(items), table)
                 continue
-            for item in items.values():
-                backend.put_item(table, item)
+            insert_restored(backend.get_table(table), items.values())
             report.add("dynamodb_items", len(items))
 
     def _import_s3(self, stored: Stored, report: Report) -> None:
