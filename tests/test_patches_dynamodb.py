@@ -279,14 +279,15 @@ def test_a_restored_item_answers_as_the_item_put_item_stored(dynamodb: Any) -> N
     patches_dynamodb.insert_restored(table, [{**stored, "sk": {"S": sk}} for sk in ("r1", "r2", "r3")])
     restored = partition[DynamoType({"S": "r1"})]
     assert restored.to_json() == {"Attributes": {**original.to_json()["Attributes"], "sk": {"S": "r1"}}}
-    assert restored._stored is not None  # what a snapshot reads (to_json) types nothing
+    assert patches_dynamodb.stored_attributes(restored) == {**stored, "sk": {"S": "r1"}}  # what a snapshot reads
+    assert patches_dynamodb.stored_attributes(original) is None
     restored.to_json()["Attributes"]["m"]["M"]["l"]["L"].clear()  # a copy: the caller's to change
 
     def item(sk: str) -> dict[str, Any]:
         found = dynamodb.get_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": sk}})["Item"]
         return {name: value for name, value in found.items() if name != "sk"}
 
-    assert item("r1") == item("001") and restored._stored is None
+    assert item("r1") == item("001") and patches_dynamodb.stored_attributes(restored) is None  # typed by the read
     assert restored.to_json() == {"Attributes": {**original.to_json()["Attributes"], "sk": {"S": "r1"}}}
     assert restored.attrs == original.attrs | {"sk": DynamoType({"S": "r1"})}
     filtered = dynamodb.query(TableName="t", KeyConditionExpression="pk = :p",

@@ -237,6 +237,12 @@ def insert_restored(table: Any, items: Iterable[dict[str, Any]]) -> None:
         found[1][item.range_key] = item
 
 
+def stored_attributes(item: Any) -> dict[str, Any] | None:
+    """An item's attributes as they were stored, if it was restored and nothing has used it since (the wire's JSON,
+    binary values base64: the caller copies before changing them), else None (ask ``to_json``)."""
+    return item._stored if isinstance(item, _restored_item()) else None
+
+
 def _key(attribute: dict[str, Any]) -> Any:
     """A key attribute (S, N or B) as PutItem types it (DynamoType, binary decoded), without its generic walk."""
     from moto.dynamodb.models.dynamo_type import DynamoType
