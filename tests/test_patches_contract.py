@@ -443,3 +443,28 @@ def test_the_stack_does_not_import_the_model_servers_numpy() -> None:
              "print('numpy' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_moto_keeps_no_registry_of_every_model_instance(emulator: Emulator) -> None:
+    """Items a write replaced and a transaction's copies are freed; stock moto keeps every instance for its
+    dashboard, for the process's life."""
+    from moto.core.common_models import BaseModel
+    from moto.dynamodb.models.dynamo_type import Item
+
+    ddb = emulator.client("dynamodb")
+    ddb.create_table(TableName="registry", BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+
+    def tracked_after_overwrites(times: int) -> int:
+        before = len(Item.instances_tracked)  # type: ignore[attr-defined]  # moto's registry
+        for i in range(times):
+            ddb.put_item(TableName="registry", Item={"pk": {"S": "same"}, "n": {"N": str(i)}})
+            ddb.transact_write_items(TransactItems=[{"Put": {"TableName": "registry", "Item": {
+                "pk": {"S": "other"}, "n": {"N": str(i)}}}}])
+        return len(Item.instances_tracked) - before  # type: ignore[attr-defined]
+
+    assert tracked_after_overwrites(20) == 0
+    with patches.PATCHES.stock(BaseModel, "__new__"):
+        assert tracked_after_overwrites(20) >= 40
+    assert ddb.get_item(TableName="registry", Key={"pk": {"S": "same"}})["Item"]["n"] == {"N": "19"}

@@ -25,6 +25,8 @@ encoding, the Batch runner hook, the DynamoDB write lock and the EC2 catalogues 
   (:mod:`kaos.local.patches_serving`, its own PATCH_POINTS).
 - moto.ec2 (imported by Batch, whose Fargate compute environment needs only its default network) without its
   instance type catalogues and public AMIs: ~1 s of every start and ~60 MB resident.
+- moto's models are not registered for its dashboard: the registry kept every instance ever made alive (the items
+  a write replaced, a transaction's copies), so the stack's memory grew with every job.
 - DynamoDB reads (GetItem, BatchGetItem, Query, Scan) answered without moto's shape-walking serializer
   (:mod:`kaos.local.patches_dynamodb`, its own PATCH_POINTS).
 """
@@ -86,6 +88,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.dynamodb.models.DynamoDBBackend.{put_item,update_item,delete_item,transact_write_items} (serialized)",
     "moto.backends.list_of_moto_modules (listed once)",
     "moto.utilities.utils.load_resource (while moto.ec2 is imported: no instance type catalogues)",
+    "moto.core.common_models.BaseModel.__new__ (no registry of every model instance)",
 )
 
 
@@ -1169,6 +1172,15 @@ def _import_ec2_without_catalogues() -> None:
         setattr(module, "load_resource", load)  # noqa: B010  (mypy: moto does not re-export the name)
 
 
+def _untracked(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """moto's BaseModel.__new__ without its registry: moto appends every model instance it ever makes (each item
+    PutItem writes, each copy a transaction takes, each S3 object version, each log event) to a class-level list for
+    its dashboard (/moto-api/data.json, which nothing offline reads), and only a full reset empties it. Items a
+    write replaced and a transaction's copies stayed alive for the stack's life: its resident memory grew with
+    every job."""
+    return object.__new__(cls)
+
+
 def apply(hooks: Hooks) -> None:
     """Install all patches (idempotent) and route them to ``hooks``."""
     global _HOOKS, _SAGEMAKER_TASK_CLS
@@ -1189,6 +1201,9 @@ def apply(hooks: Hooks) -> None:
         PATCHES.replace(moto_utils, "service_name_from_moto_package_name",
                         functools.cache(moto_utils.service_name_from_moto_package_name))
         PATCHES.replace(moto_errors, "ErrorLookupFactory", _shared_error_lookups())
+        from moto.core.common_models import BaseModel
+
+        PATCHES.replace(BaseModel, "__new__", staticmethod(_untracked))
         from moto.awslambda.models import LambdaFunction
         from moto.awslambda_simple.models import LambdaSimpleBackend
         from moto.batch_simple.models import BatchSimpleBackend
