@@ -166,7 +166,8 @@ def test_a_transaction_copies_only_the_items_it_names(dynamodb: Any, monkeypatch
 def test_base_table_queries_read_one_partition_and_answer_as_stock_moto(dynamodb: Any,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Stock moto sorts every item of the table for a Query of one partition; the patch gives it that partition
-    only. The answers are the same for key conditions, order, pages, filters, projections and counts."""
+    only, and an index Query the items unsorted (moto sorts the matches by the index's and the table's keys). The
+    answers are the same for key conditions, order, pages, filters, projections and counts."""
     from moto.dynamodb.models.table import Table
 
     for pk in ("a", "q", "z"):  # partitions besides "p", sorting before and after it
@@ -177,6 +178,10 @@ def test_base_table_queries_read_one_partition_and_answer_as_stock_moto(dynamodb
     def query(**extra: Any) -> Callable[[], dict[str, Any]]:
         return lambda: dynamodb.query(TableName="t", **{"KeyConditionExpression": "pk = :p",
                                                         "ExpressionAttributeValues": {":p": {"S": "p"}}, **extra})
+
+    def index(**extra: Any) -> Callable[[], dict[str, Any]]:
+        return lambda: dynamodb.query(TableName="t", IndexName="gsi1", **{
+            "KeyConditionExpression": "g = :g", "ExpressionAttributeValues": {":g": {"S": "all"}}, **extra})
 
     calls = [
         query(),
@@ -189,8 +194,12 @@ def test_base_table_queries_read_one_partition_and_answer_as_stock_moto(dynamodb
         query(FilterExpression="n > :n", ExpressionAttributeValues={":p": {"S": "z"}, ":n": {"N": "1"}}),
         query(Select="COUNT", ExpressionAttributeValues={":p": {"S": "a"}}),
         query(ExpressionAttributeValues={":p": {"S": "absent"}}),
-        lambda: dynamodb.query(TableName="t", IndexName="gsi1", KeyConditionExpression="g = :g", Limit=3,
-                               ExpressionAttributeValues={":g": {"S": "all"}}),
+        index(),
+        index(Limit=3),
+        index(ScanIndexForward=False, Limit=4),
+        index(Limit=3, ExclusiveStartKey={"g": {"S": "all"}, "sk": {"S": "001"}, "pk": {"S": "p"}}),
+        index(KeyConditionExpression="g = :g AND sk BETWEEN :a AND :b", FilterExpression="n > :n",
+              ExpressionAttributeValues={":g": {"S": "all"}, ":a": {"S": "001"}, ":b": {"S": "003"}, ":n": {"N": "1"}}),
     ]
     for call in calls:
         patched = call()
@@ -199,13 +208,15 @@ def test_base_table_queries_read_one_partition_and_answer_as_stock_moto(dynamodb
         for answer in (patched, stock):
             answer.pop("ResponseMetadata")
         assert patched == stock
-    # A base-table Query no longer lists the table; an index Query still does (an index spans partitions).
+    # Neither a base-table Query nor an index Query has moto list (and sort) the whole table any more.
     listed: list[str] = []
     original = Table.all_items
     monkeypatch.setattr(Table, "all_items", lambda table: listed.append(table.name) or original(table))
     calls[0]()
-    assert listed == []
     calls[-1]()
+    assert listed == []
+    with patches_dynamodb.PATCHES.stock(Table, "query"):
+        calls[-1]()
     assert listed == ["t"]
     assert dynamodb.query(TableName="t", KeyConditionExpression="pk = :p",
                           ExpressionAttributeValues={":p": {"S": "nowhere"}})["Count"] == 0
