@@ -24,7 +24,8 @@ O(n log n) in the table's size per Query, with moto's DynamoType comparisons. In
 minutes that was 12 % of the stack's busy CPU, growing with every job. The patch hands moto's own Query a view of the
 table whose ``all_items`` is that one partition (moto then filters and sorts it exactly as before). An index Query
 does read every item, but moto sorted them all first and then sorted its matches again by the index's keys and the
-table's (a total order): it gets them unsorted (a jobs page on a table of 30,006 items 1.3-2.5 s -> 0.53-0.61 s).
+table's (a total order): it gets them unsorted, and without the restored items that cannot match (below). The
+gsi1 Query of a jobs page on a table of 30,006 items: 0.46-0.74 s -> 0.05 s.
 Scans are unchanged. ``tests/test_patches_dynamodb.py`` compares the answers with stock moto's (conditions, order,
 pages, filters, projections, for both).
 
@@ -154,9 +155,12 @@ class _Partition:
     """A table as one Query sees it: ``all_items`` is the queried partition of the base table, or for an index
     Query (``hash_key`` None) every item unsorted; the rest is the table's."""
 
-    def __init__(self, table: Any, hash_key: Any) -> None:
+    def __init__(self, table: Any, hash_key: Any, conditions: list[tuple[str, Any]] | None = None) -> None:
         self._table = table
         self._hash_key = hash_key
+        # An index Query's hash key conditions as stored string attributes: a restored item nothing has typed yet
+        # whose attribute differs is one moto would drop (see _may_match), so it is not handed over to be typed.
+        self._wanted = [(name, {"S": value.value}) for name, value in conditions or () if value.type == "S"]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._table, name)
@@ -170,9 +174,17 @@ class _Partition:
         else:
             partition = self._table.items.get(self._hash_key)  # .get: the defaultdict must not grow a partition
             partitions = [] if partition is None else [partition]
-        if not self._table.range_key_attr:
-            return partitions
-        return [item for partition in partitions for item in list(partition.values())]
+        items = partitions if not self._table.range_key_attr else [
+            item for partition in partitions for item in list(partition.values())]
+        return [item for item in items if self._may_match(item)] if self._wanted else items
+
+    def _may_match(self, item: Any) -> bool:
+        """False only for a restored, untyped item lacking a wanted string attribute or holding another value: moto
+        drops such an item (its hash check reads the attribute, which would type the whole item first: the first
+        jobs page after a restart typed every item of the table, 1.56 s on 30,006 items). Typed items, and every
+        condition on a number or binary (equal values may be spelled differently), are left to moto."""
+        stored = stored_attributes(item)
+        return stored is None or all(stored.get(name) == attribute for name, attribute in self._wanted)
 
 
 def _query(self: Any, hash_key: Any, range_comparison: Any, range_objs: Any, limit: Any, exclusive_start_key: Any,
@@ -184,7 +196,7 @@ def _query(self: Any, hash_key: Any, range_comparison: Any, range_objs: Any, lim
     from moto.dynamodb.models.table import Table
 
     if index_name:
-        table = _Partition(self, None)
+        table = _Partition(self, None, kwargs.get("hash_key_conditions"))
     else:
         table = self if hash_key is None else _Partition(self, hash_key)
     return PATCHES.original(Table, "query")(table, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
