@@ -166,16 +166,13 @@ class _Partition:
         return getattr(self._table, name)
 
     def all_items(self) -> list[Any]:
-        # With a range key a partition maps range key -> item; without one it is the item. moto's Query keeps the
-        # items whose hash key matches and sorts them itself: by range key, or for an index by the index's keys
-        # then the table's (a total order, so the order of all_items never shows).
+        # moto's Query keeps the items whose hash key matches and sorts them itself: by range key, or for an index
+        # by the index's keys then the table's (a total order, so the order of all_items never shows).
         if self._hash_key is None:
-            partitions = list(self._table.items.values())
+            items = unsorted_items(self._table)
         else:
             partition = self._table.items.get(self._hash_key)  # .get: the defaultdict must not grow a partition
-            partitions = [] if partition is None else [partition]
-        items = partitions if not self._table.range_key_attr else [
-            item for partition in partitions for item in list(partition.values())]
+            items = [] if partition is None else _partition_items(self._table, partition)
         return [item for item in items if self._may_match(item)] if self._wanted else items
 
     def _may_match(self, item: Any) -> bool:
@@ -185,6 +182,18 @@ class _Partition:
         condition on a number or binary (equal values may be spelled differently), are left to moto."""
         stored = stored_attributes(item)
         return stored is None or all(stored.get(name) == attribute for name, attribute in self._wanted)
+
+
+def unsorted_items(table: Any) -> list[Any]:
+    """Every item of a moto table, partition by partition: moto's all_items sorts them all with its DynamoType
+    comparisons, which a reader that sorts (an index Query) or needs no order (a snapshot) does not need."""
+    return [item for partition in list(table.items.values()) for item in _partition_items(table, partition)]
+
+
+def _partition_items(table: Any, partition: Any) -> list[Any]:
+    """With a range key a partition maps range key -> item; without one it is the item (a list: a copy, as writers
+    may add to the partition meanwhile)."""
+    return list(partition.values()) if table.range_key_attr else [partition]
 
 
 def _query(self: Any, hash_key: Any, range_comparison: Any, range_objs: Any, limit: Any, exclusive_start_key: Any,
