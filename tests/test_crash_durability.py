@@ -21,7 +21,7 @@ import pytest
 from chalicelib.tenancy import POLICY_NAME, ROLE_PATH, job_definition_name, role_name
 from kaos.bundle import LocalFile
 from kaos.client import ApiError, Client
-from kaos.local.persistence import Journal, Report, Stored, _json_safe, classify, load_stored
+from kaos.local.persistence import Journal, Report, Stored, StoredTable, _json_safe, classify, load_stored
 
 from .test_persistence import Restartable
 
@@ -346,9 +346,9 @@ def test_in_process_reads_describe_what_the_api_describes(tmp_path: Path) -> Non
         assert in_process['{"pk":{"S":"a"},"sk":{"S":"b"}}'] == _json_safe(got)
         # Restored from its stored (JSON) form straight into moto's table, it reads back as it was written.
         ddb.delete_item(TableName="T", Key=keys['{"pk":{"S":"a"},"sk":{"S":"b"}}'])
-        store._import_dynamodb(Stored(tables={"T": {"k": _json_safe(got)}}), Report())
+        store._import_dynamodb(Stored(tables={"T": StoredTable({"k": _json_safe(got)})}), Report())
         assert ddb.get_item(TableName="T", Key=keys['{"pk":{"S":"a"},"sk":{"S":"b"}}'])["Item"] == got
-        assert store._scan("T") == [_json_safe(got)]
+        assert [json.loads(line) for line in store._scan("T")] == [_json_safe(got)]
         assert len(emulator_table_partitions(store)) == 1  # looking up an absent key created no partition
 
         # An object restored from its stored body file reads back whole, in ranges, with its headers.
@@ -461,3 +461,37 @@ def test_a_key_is_named_by_its_compact_json_with_sorted_names() -> None:
         assert _key_json(key) == json.dumps(key, sort_keys=True, separators=(",", ":"))
     item = {**keys[0], "other": {"M": {"a": {"N": "1"}}}}
     assert _key_json(item, ["sk", "pk"]) == json.dumps(keys[0], sort_keys=True, separators=(",", ":"))
+
+
+def test_a_snapshot_line_is_read_by_its_key_alone_when_its_key_is_plain() -> None:
+    """A snapshot writes each item key first (item_line), so a start reads the key from the line's start and
+    leaves the rest unparsed. Whatever the key's values, the line reads back as the item under its _key_json; a
+    key that needs escaping, or a line laid out otherwise (an older snapshot's), is parsed."""
+    from kaos.local.patches_dynamodb import StoredText
+    from kaos.local.persistence import StoredTable, _key_json, item_line
+
+    names = ["sk", "pk"]
+    plain = [("S", "WS#a"), ("S", ""), ("N", "-1.5e3"), ("B", "AP8="), ("S", "a b!#$%&'()*+,-./:;<=>?@[]^_`{|}~")]
+    escaped = [("S", 'q"uote'), ("S", "back\\slash"), ("S", "é"), ("S", "tab\t"), ("S", "\u2028😀")]
+    rest = {"a": {"S": "x"}, "m": {"M": {"sk": {"S": "inner"}}}, "b": {"B": "AAE="}, "l": {"L": [{"NULL": True}]}}
+    cases = [({"pk": {pk[0]: pk[1]}, "sk": {sk[0]: sk[1]}, **rest}, pk in plain and sk in plain)
+             for pk in plain + escaped for sk in plain[:2] + escaped[:2]]
+    cases.append(({"pk": {"S": "k"}, "sk": {"S": "only the key"}}, True))
+    for item, unparsed in cases:
+        line = item_line(item, names)
+        assert json.loads(line) == item
+        table = StoredTable()
+        table.read([line + "\n"], names)
+        key = _key_json(item, names)
+        assert list(table) == [key] and table[key] == item
+        entry = table.entries[key]
+        assert isinstance(entry, StoredText) == unparsed, line
+        if isinstance(entry, StoredText):
+            assert entry.text == line
+            assert entry.key == {name: next(iter(item[name].items())) for name in names}
+    # Lines laid out otherwise are parsed, under the same key.
+    item = cases[0][0]
+    for line in (json.dumps(item, sort_keys=True, separators=(",", ":")), json.dumps(item)):
+        table = StoredTable()
+        table.read([line], names)
+        assert table.entries == {_key_json(item, names): item}

@@ -282,29 +282,42 @@ def test_a_restored_item_answers_as_the_item_put_item_stored(dynamodb: Any) -> N
     from moto.dynamodb.models.dynamo_type import DynamoType
     from moto.dynamodb.models.table import Table
 
-    from kaos.local.persistence import _base64
+    from kaos.local.persistence import StoredTable, _base64, item_line
 
     table = dynamodb_backends["123456789012"]["us-east-1"].get_table("t")
     partition = table.items[DynamoType({"S": "p"})]
     original = partition[DynamoType({"S": "001"})]
     stored = json.loads(json.dumps(original.to_json()["Attributes"], default=_base64))
+    # Both forms a start restores: an item parsed from the journal, and a snapshot's line left unparsed.
+    lines = StoredTable()
+    lines.read([item_line({**stored, "sk": {"S": sk}}, ["pk", "sk"]) for sk in ("t1", "t2")]
+               + [item_line({**stored, "sk": {"S": "t3"}, "g": {"S": "all but"}}, ["pk", "sk"])], ["pk", "sk"])
+    assert all(isinstance(entry, patches_dynamodb.StoredText) for entry in lines.entries.values())
     patches_dynamodb.insert_restored(table, [{**stored, "sk": {"S": sk}} for sk in ("r1", "r2", "r3")]
-                                     + [{**stored, "sk": {"S": "r4"}, "g": {"S": "elsewhere"}}])
-    elsewhere = partition[DynamoType({"S": "r4"})]
-    restored = partition[DynamoType({"S": "r1"})]
-    assert restored.to_json() == {"Attributes": {**original.to_json()["Attributes"], "sk": {"S": "r1"}}}
-    assert patches_dynamodb.stored_attributes(restored) == {**stored, "sk": {"S": "r1"}}  # what a snapshot reads
+                                     + [{**stored, "sk": {"S": "r4"}, "g": {"S": "elsewhere"}},
+                                        *lines.entries.values()])
+    elsewhere, elsewhere_text = partition[DynamoType({"S": "r4"})], partition[DynamoType({"S": "t3"})]
+    restored, restored_text = partition[DynamoType({"S": "r1"})], partition[DynamoType({"S": "t1"})]
+    for sk, item in (("r1", restored), ("t1", restored_text)):
+        assert item.to_json() == {"Attributes": {**original.to_json()["Attributes"], "sk": {"S": sk}}}
+        assert patches_dynamodb.stored_attributes(item) == {**stored, "sk": {"S": sk}}  # what a snapshot reads
+        item.to_json()["Attributes"]["m"]["M"]["l"]["L"].clear()  # a copy: the caller's to change
     assert patches_dynamodb.stored_attributes(original) is None
-    restored.to_json()["Attributes"]["m"]["M"]["l"]["L"].clear()  # a copy: the caller's to change
+    assert patches_dynamodb.stored_text(restored_text) == lines.entries['{"pk":{"S":"p"},"sk":{"S":"t1"}}'].text
 
     by_index = dynamodb.query(TableName="t", IndexName="gsi1", KeyConditionExpression="g = :g",
                               ExpressionAttributeValues={":g": {"S": "all"}})
-    assert [found["sk"]["S"] for found in by_index["Items"]] == ["000", "001", "002", "003", "004", "r1", "r2", "r3"]
-    assert patches_dynamodb.stored_attributes(elsewhere) is not None  # not in the index's partition: never typed
+    assert [found["sk"]["S"] for found in by_index["Items"]] == ["000", "001", "002", "003", "004", "r1", "r2", "r3",
+                                                                 "t1", "t2"]
+    # Not in the index's partition: never typed (the line is not even parsed; its "all but" holds "all").
+    assert patches_dynamodb.stored_attributes(elsewhere) is not None
+    assert patches_dynamodb.stored_text(elsewhere_text) is not None
     with patches_dynamodb.PATCHES.stock(Table, "query"):
         assert dynamodb.query(TableName="t", IndexName="gsi1", KeyConditionExpression="g = :g",
                               ExpressionAttributeValues={":g": {"S": "all"}})["Items"] == by_index["Items"]
-    assert patches_dynamodb.stored_attributes(elsewhere) is None  # stock moto types every item of the table
+    # stock moto types every item of the table
+    assert patches_dynamodb.stored_attributes(elsewhere) is None
+    assert patches_dynamodb.stored_text(elsewhere_text) is None
 
     def item(sk: str) -> dict[str, Any]:
         found = dynamodb.get_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": sk}})["Item"]
@@ -318,12 +331,13 @@ def test_a_restored_item_answers_as_the_item_put_item_stored(dynamodb: Any) -> N
                               ExpressionAttributeValues={":p": {"S": "p"}, ":three": {"N": "3"}, ":n": {"N": "0"},
                                                          ":a": {"S": "a"}})
     assert [found["sk"]["S"] for found in filtered["Items"]] == ["000", "001", "002", "003", "004", "r1", "r2", "r3",
-                                                                 "r4"]
-    for sk in ("r2", "002"):
+                                                                 "r4", "t1", "t2", "t3"]
+    assert item("t2") == item("001")
+    for sk in ("r2", "002", "t2"):
         dynamodb.update_item(TableName="t", Key={"pk": {"S": "p"}, "sk": {"S": sk}},
                              UpdateExpression="SET n = n + :one, m.l[2].deep = :b",
                              ExpressionAttributeValues={":one": {"N": "1"}, ":b": {"B": b"\x04"}})
-    assert item("r2") == item("002") != item("001")
+    assert item("r2") == item("002") == item("t2") != item("001")
     with pytest.raises(ClientError, match="TransactionCanceledException"):
         dynamodb.transact_write_items(TransactItems=[
             {"Put": {"TableName": "t", "Item": {"pk": {"S": "p"}, "sk": {"S": "r3"}},

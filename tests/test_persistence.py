@@ -220,13 +220,20 @@ def test_a_crash_fails_the_running_job_and_keeps_the_rest(local: Restartable, tm
 def test_the_jobs_in_flight_are_found_in_the_stored_state_not_by_scanning_the_table() -> None:
     """A start fails the jobs that were in flight; it finds them in the files it just read (a Scan of the table
     over HTTP read every blob index row too, most of a start's time once large bundles were committed)."""
-    from kaos.local.persistence import in_flight_jobs
+    from kaos.local.persistence import StoredTable, in_flight_jobs, item_line
 
     def row(sk: str, status: str | None = None) -> dict[str, Any]:
         return {"pk": {"S": "WS#a"}, "sk": {"S": sk}, **({"status": {"S": status}} if status else {})}
 
-    stored = Stored(tables={"t": {str(i): item for i, item in enumerate([
-        row("JOB#train-1", "TRAINING"), row("JOB#train-2", "SUBMITTED"), row("JOB#train-3", "COMPLETED"),
-        row("JOB#train-4", "FAILED"), row("BLOB#" + "a" * 64), row("GRID#g", "TRAINING"), row("META", "TRAINING")])},
-        "other": {"x": row("JOB#train-5", "TRAINING")}})
+    rows = [row("JOB#train-1", "TRAINING"), row("JOB#train-2", "SUBMITTED"), row("JOB#train-3", "COMPLETED"),
+            row("JOB#train-4", "FAILED"), row("BLOB#" + "a" * 64), row("GRID#g", "TRAINING"), row("META", "TRAINING")]
+    stored = Stored(tables={"t": StoredTable({str(i): item for i, item in enumerate(rows)}),
+                            "other": StoredTable({"x": row("JOB#train-5", "TRAINING")})})
     assert in_flight_jobs(stored) == [("WS#a", "JOB#train-1"), ("WS#a", "JOB#train-2"), ("WS#a", "JOB#train-5")]
+    # The same rows as a snapshot's lines, left unparsed by the read; and a table whose key has no sort key.
+    lines = StoredTable()
+    lines.read([item_line(item, ["pk", "sk"]) for item in rows], ["pk", "sk"])
+    by_pk = StoredTable()
+    by_pk.read([item_line(row("JOB#train-6", "TRAINING"), ["pk"])], ["pk"])
+    assert in_flight_jobs(Stored(tables={"t": lines, "u": by_pk})) == [
+        ("WS#a", "JOB#train-1"), ("WS#a", "JOB#train-2"), ("WS#a", "JOB#train-6")]

@@ -56,10 +56,11 @@ import base64
 import contextvars
 import copy
 import functools
+import json
 import threading
 import types
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from kaos.local.patching import Patches
 
@@ -161,6 +162,10 @@ class _Partition:
         # An index Query's hash key conditions as stored string attributes: a restored item nothing has typed yet
         # whose attribute differs is one moto would drop (see _may_match), so it is not handed over to be typed.
         self._wanted = [(name, {"S": value.value}) for name, value in conditions or () if value.type == "S"]
+        # The same, as a state file's line spells them (json.dumps, compact): a line without one of them holds no
+        # such top-level attribute, so it is passed over without being parsed.
+        self._wanted_text = [json.dumps(name) + ":" + json.dumps(wanted, separators=(",", ":"))
+                             for name, wanted in self._wanted]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._table, name)
@@ -180,6 +185,9 @@ class _Partition:
         drops such an item (its hash check reads the attribute, which would type the whole item first: the first
         jobs page after a restart typed every item of the table, 1.56 s on 30,006 items). Typed items, and every
         condition on a number or binary (equal values may be spelled differently), are left to moto."""
+        text = stored_text(item)
+        if text is not None and not all(wanted in text for wanted in self._wanted_text):
+            return False
         stored = stored_attributes(item)
         return stored is None or all(stored.get(name) == attribute for name, attribute in self._wanted)
 
@@ -247,40 +255,65 @@ def remove() -> None:
     PATCHES.remove()
 
 
-def insert_restored(table: Any, items: Iterable[dict[str, Any]]) -> None:
+class StoredText(NamedTuple):
+    """An item as a state file's line holds it (the wire's JSON, binary values base64), parsed only when used. The
+    key's attributes (name -> (type, value)) were read from the start of the line by their layout (persistence's
+    load_stored), so restoring the item parses nothing of it."""
+
+    key: dict[str, tuple[str, str]]
+    text: str
+
+
+def insert_restored(table: Any, items: Iterable[dict[str, Any] | StoredText]) -> None:
     """Puts items read back from the state files (the wire's JSON form, binary values base64) into a moto table,
     keyed as PutItem keys them, their attributes parsed and typed when first used. Each partition's key is typed and
     looked up once: moto's DynamoType hashes and compares by a computed value, four times per item otherwise."""
     made = _restored_item()
-    partitions: dict[str, tuple[Any, Any]] = {}
+    partitions: dict[tuple[str, str], tuple[Any, Any]] = {}
+    hash_name, range_name = table.hash_key_attr, table.range_key_attr
     for stored in items:
-        item = made(None, None, stored)
-        hash_attribute = stored[table.hash_key_attr]
-        if table.range_key_attr is None:
-            item.hash_key = _key(hash_attribute)
+        if isinstance(stored, StoredText):
+            item = made(None, None, stored.text)
+            hash_attribute, range_attribute = stored.key[hash_name], stored.key.get(range_name)
+        else:
+            item = made(None, None, stored)
+            hash_attribute = _only(stored[hash_name])
+            range_attribute = None if range_name is None else _only(stored[range_name])
+        if range_attribute is None:
+            item.hash_key = _key(*hash_attribute)
             table.items[item.hash_key] = item
             continue
-        ((kind, value),) = hash_attribute.items()
-        found = partitions.get(kind + value)
+        found = partitions.get(hash_attribute)
         if found is None:
-            hash_key = _key(hash_attribute)
-            found = partitions[kind + value] = (hash_key, table.items[hash_key])
+            hash_key = _key(*hash_attribute)
+            found = partitions[hash_attribute] = (hash_key, table.items[hash_key])
         item.hash_key = found[0]
-        item.range_key = _key(stored[table.range_key_attr])
+        item.range_key = _key(*range_attribute)
         found[1][item.range_key] = item
 
 
 def stored_attributes(item: Any) -> dict[str, Any] | None:
     """An item's attributes as they were stored, if it was restored and nothing has used it since (the wire's JSON,
-    binary values base64: the caller copies before changing them), else None (ask ``to_json``)."""
-    return item._stored if isinstance(item, _restored_item()) else None
+    binary values base64: the caller may change them), else None (ask ``to_json``)."""
+    stored = item._stored if isinstance(item, _restored_item()) else None
+    return json.loads(stored) if isinstance(stored, str) else stored
 
 
-def _key(attribute: dict[str, Any]) -> Any:
+def stored_text(item: Any) -> str | None:
+    """The state file's line an item was restored from, if nothing has used the item since, else None."""
+    stored = item._stored if isinstance(item, _restored_item()) else None
+    return stored if isinstance(stored, str) else None
+
+
+def _only(attribute: dict[str, Any]) -> tuple[str, str]:
+    ((kind, value),) = attribute.items()
+    return kind, value
+
+
+def _key(kind: str, value: str) -> Any:
     """A key attribute (S, N or B) as PutItem types it (DynamoType, binary decoded), without its generic walk."""
     from moto.dynamodb.models.dynamo_type import DynamoType
 
-    ((kind, value),) = attribute.items()
     key = DynamoType.__new__(DynamoType)
     key.type, key.value = kind, base64.b64decode(value) if kind == "B" else value
     return key
@@ -300,6 +333,10 @@ def _parsed(attribute: dict[str, Any]) -> dict[str, Any]:
     return {kind: list(value) if isinstance(value, list) else value}
 
 
+def _as_dict(stored: dict[str, Any] | str | None) -> dict[str, Any]:
+    return json.loads(stored) if isinstance(stored, str) else stored or {}
+
+
 @functools.cache
 def _restored_item() -> type[Any]:
     """moto's Item, typed on first use (made once: moto is imported only when the emulator starts)."""
@@ -309,10 +346,10 @@ def _restored_item() -> type[Any]:
         # Items are read from many request threads at once: the first reader types the attributes.
         _typing = threading.Lock()
 
-        def __init__(self, hash_key: Any, range_key: Any, stored: dict[str, Any]) -> None:  # no super(): untyped
+        def __init__(self, hash_key: Any, range_key: Any, stored: dict[str, Any] | str) -> None:  # no super()
             self.hash_key = hash_key
             self.range_key = range_key
-            self._stored: dict[str, Any] | None = stored
+            self._stored: dict[str, Any] | str | None = stored  # a dict, or its line of a state file
             self._typed: Any = None
 
         @property
@@ -322,7 +359,7 @@ def _restored_item() -> type[Any]:
                     if self._typed is None:
                         typed = LimitedSizeDict.__new__(LimitedSizeDict)
                         dict.__init__(typed)
-                        for name, value in (self._stored or {}).items():
+                        for name, value in _as_dict(self._stored).items():
                             dict.__setitem__(typed, name, DynamoType(_parsed(value)))
                         self._typed, self._stored = typed, None
             return self._typed
@@ -337,6 +374,6 @@ def _restored_item() -> type[Any]:
             if stored is None:
                 return super().to_json(root_attr_name)
             # What to_json of the typed item gives: the parsed values (a copy: the caller's to change).
-            return {root_attr_name: {name: _parsed(value) for name, value in stored.items()}}
+            return {root_attr_name: {name: _parsed(value) for name, value in _as_dict(stored).items()}}
 
     return RestoredItem

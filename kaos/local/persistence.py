@@ -68,6 +68,7 @@ from CloudWatch).
 from __future__ import annotations
 
 import base64
+import functools
 import contextlib
 import hashlib
 import io
@@ -81,7 +82,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,6 +91,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import unescape
+
+from kaos.local.patches_dynamodb import StoredText
 
 LOG = logging.getLogger(__name__)
 
@@ -170,6 +173,15 @@ def write_lines(path: Path, values: Iterable[Any]) -> None:
     atomic_write(path, write)
 
 
+def write_text_lines(path: Path, lines: Iterable[str]) -> None:
+    """Lines already JSON, one per line (a snapshot's items, see item_line)."""
+    def write(handle: Any) -> None:
+        for line in lines:
+            handle.write(line + "\n")
+
+    atomic_write(path, write)
+
+
 def read_lines(path: Path) -> Iterator[Any]:
     with path.open(encoding="utf-8") as handle:
         for line in handle:
@@ -205,6 +217,65 @@ def _key_json(attributes: dict[str, Any], names: Iterable[str] | None = None) ->
             return json.dumps(key, sort_keys=True, separators=(",", ":"))
         parts.append(f"{_json_string(name)}:{{{_json_string(kind)}:{_json_string(value)}}}")
     return "{" + ",".join(parts) + "}"
+
+
+def item_line(item: dict[str, Any], names: Iterable[str]) -> str:
+    """An item (binary values base64) as a snapshot's line: compact JSON whose key attributes come first, names
+    sorted, spelled as _key_json spells the key, so a reader finds the key without parsing the line (key_prefix)."""
+    names = list(names)
+    key = _key_json(item, names)
+    rest = {name: value for name, value in item.items() if name not in names}
+    return key[:-1] + "," + json.dumps(rest, separators=(",", ":"))[1:] if rest else key
+
+
+@functools.cache
+def key_prefix(names: tuple[str, ...]) -> re.Pattern[str]:
+    """What item_line writes first when each key value is a plain string (printable ASCII without quote or
+    backslash: the JSON of such a string is the string in quotes, nothing escaped), one group pair (type, value)
+    per key attribute, names sorted. The match plus "}" is the key's _key_json. Values that need escaping are not
+    matched (their line is parsed)."""
+    attributes = ",".join(re.escape(_json_string(name)) + r':\{"(S|N|B)":"([ !#-\[\]-~]*)"\}'
+                          for name in sorted(names))
+    return re.compile(r"\{" + attributes + r"(?=[,}])")
+
+
+class StoredTable(MutableMapping[str, dict[str, Any]]):
+    """A table's items as the state files hold them, by key JSON (_key_json). An item read from a snapshot line
+    whose key key_prefix finds stays that line (a StoredText) until it is asked for: a start on 100,000 items
+    parsed every one of them (~0.45 s) only to hand most to the emulator untouched (insert_restored)."""
+
+    def __init__(self, items: dict[str, dict[str, Any]] | None = None) -> None:
+        self.entries: dict[str, dict[str, Any] | StoredText] = dict(items or {})
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        entry = self.entries[key]
+        return json.loads(entry.text) if isinstance(entry, StoredText) else entry
+
+    def __setitem__(self, key: str, item: dict[str, Any]) -> None:
+        self.entries[key] = item
+
+    def __delitem__(self, key: str) -> None:
+        del self.entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def read(self, lines: Iterable[str], names: list[str]) -> None:
+        """Adds a snapshot's item lines (key attribute names `names`)."""
+        prefix, ordered = key_prefix(tuple(names)), sorted(names)
+        for line in lines:
+            line = line.rstrip("\n")
+            match = prefix.match(line)
+            if match is None:
+                item = json.loads(line)
+                self.entries[_key_json(item, names)] = item
+                continue
+            values = match.groups()
+            key = {name: (values[2 * i], values[2 * i + 1]) for i, name in enumerate(ordered)}
+            self.entries[match.group(0) + "}"] = StoredText(key, line)
 
 
 def _table_name(name: str) -> str:
@@ -677,7 +748,7 @@ class ChangeTracker:
 class Stored:
     """The state as the files hold it: each snapshot with the journal records newer than it replayed."""
 
-    tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # table -> key json -> item
+    tables: dict[str, StoredTable] = field(default_factory=dict)  # table -> key json -> item
     buckets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # bucket -> key -> entry
     executions: dict[str, dict[str, Any]] = field(default_factory=dict)  # execution ARN -> record
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # kind -> name -> description
@@ -702,14 +773,15 @@ def load_stored(data_dir: Path) -> Stored:
     # DynamoDB: table snapshots, then the newer item records (a table record replaces the whole table).
     covered: dict[str, int] = {}
     key_names: dict[str, list[str]] = {}
-    snapshot_items: dict[str, list[dict[str, Any]]] = {}
+    snapshot_lines: dict[str, list[str]] = {}  # each item line parsed only if its key is not plain (StoredTable)
     for path in sorted((data_dir / "dynamodb").glob("*.jsonl")):
-        lines = list(read_lines(path))
-        header = _snapshot_header(lines[0]) if lines else None
+        with path.open(encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip()]
+        header = _snapshot_header(json.loads(lines[0])) if lines else None
         covered[path.stem] = int(header["journal_seq"]) if header else 0
         if header and header.get("key"):
             key_names[path.stem] = list(header["key"])
-        snapshot_items[path.stem] = lines[1:] if header else lines
+        snapshot_lines[path.stem] = lines[1:] if header else lines
         seq = max(seq, covered[path.stem])
     replay: dict[str, tuple[bool, dict[str, dict[str, Any] | None]]] = {}
     for record in records:
@@ -723,13 +795,16 @@ def load_stored(data_dir: Path) -> Stored:
         else:
             key_names.setdefault(table, sorted(record["key"]))
             overrides[_key_json(record["key"])] = record["item"]
-    for table in sorted(set(snapshot_items) | set(replay)):
+    for table in sorted(set(snapshot_lines) | set(replay)):
         keep_snapshot, overrides = replay.get(table, (True, {}))
-        items: dict[str, dict[str, Any]] = {}
+        items = StoredTable()
         if keep_snapshot:
             names = key_names.get(table)
-            for position, item in enumerate(snapshot_items.get(table, [])):
-                items[_key_json(item, names) if names else f"#{position}"] = item
+            if names:
+                items.read(snapshot_lines.get(table, []), names)
+            else:  # format 1 wrote no key names: every line is an item of its own
+                for position, line in enumerate(snapshot_lines.get(table, [])):
+                    items[f"#{position}"] = json.loads(line)
         for key, override in overrides.items():
             if override is None:
                 items.pop(key, None)
@@ -756,11 +831,11 @@ def load_stored(data_dir: Path) -> Stored:
 
     # Step Functions execution records.
     path = data_dir / "stepfunctions" / "executions.jsonl"
-    lines = list(read_lines(path)) if path.exists() else []
-    header = _snapshot_header(lines[0]) if lines else None
+    execution_lines = list(read_lines(path)) if path.exists() else []
+    header = _snapshot_header(execution_lines[0]) if execution_lines else None
     executions_covered = int(header["journal_seq"]) if header else 0
     seq = max(seq, executions_covered)
-    stored.executions = {r["executionArn"]: r for r in (lines[1:] if header else lines)}
+    stored.executions = {r["executionArn"]: r for r in (execution_lines[1:] if header else execution_lines)}
     for record in records:
         if record["t"] == "execution" and int(record["seq"]) > executions_covered:
             stored.executions[record["record"]["executionArn"]] = record["record"]
@@ -902,7 +977,7 @@ class StateStore:
         records: list[dict[str, Any]] = []
         if changes.ddb_all:
             for table in self._tables():
-                items = self._scan(table)
+                items = [json.loads(line) for line in self._scan(table)]
                 records.append({"t": "ddb_table", "table": table, "key": self.key_names(table), "items": items})
                 report.add("dynamodb_items", len(items))
             return records
@@ -974,24 +1049,25 @@ class StateStore:
         ddb = self.client("dynamodb")
         return [t for page in ddb.get_paginator("list_tables").paginate() for t in page["TableNames"]]
 
-    def _scan(self, table: str) -> list[dict[str, Any]]:
-        """Every item of the table: from moto's backend in this process (Scan over HTTP took seconds for a few
-        thousand items under load, while the caller holds the write lock), else over HTTP."""
+    def _scan(self, table: str) -> list[str]:
+        """Every item of the table as its snapshot line (item_line): from moto's backend in this process (Scan over
+        HTTP took seconds for a few thousand items under load, while the caller holds the write lock), else over
+        HTTP. Lines are copies: the backend's values may change after the caller's lock."""
+        names = self.key_names(table)
         try:
             from moto.dynamodb.models import dynamodb_backends
 
-            from kaos.local.patches_dynamodb import stored_attributes, unsorted_items
+            from kaos.local.patches_dynamodb import stored_text, unsorted_items
 
             moto_table = dynamodb_backends[self.account][self.region].get_table(table)
             # Unsorted (moto's sort was a third of a snapshot of 100,000 items); a restored item not used since
-            # answers what was stored.
-            items = [stored_attributes(row) or row.to_json()["Attributes"] for row in unsorted_items(moto_table)]
-            # One JSON round trip: copies, as the backend's values may change after the caller's lock.
-            return list(json.loads(json.dumps(items, default=_base64)))
+            # is the line it was read from.
+            return [stored_text(row) or item_line(_json_safe(row.to_json()["Attributes"]), names)
+                    for row in unsorted_items(moto_table)]
         except Exception:
             LOG.debug("scanning %s in process failed; scanning over HTTP", table, exc_info=True)
         pages = self.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
-        return [_json_safe(item) for page in pages for item in page["Items"]]
+        return [item_line(_json_safe(item), names) for page in pages for item in page["Items"]]
 
     def read_s3(self, changes: Changes, report: Report) -> list[dict[str, Any]]:
         s3 = self.client("s3")
@@ -1291,16 +1367,17 @@ class StateStore:
                     named[record["name"]] = record["state"]
 
     # -- snapshots
-    def scan_dynamodb(self) -> dict[str, list[dict[str, Any]]]:
-        """Every table's items as of now (the caller holds the DynamoDB write lock: no write half applied)."""
+    def scan_dynamodb(self) -> dict[str, list[str]]:
+        """Every table's item lines as of now (the caller holds the DynamoDB write lock: no write half applied)."""
         return {table: self._scan(table) for table in self._tables()}
 
-    def snapshot_dynamodb(self, tables: dict[str, list[dict[str, Any]]], report: Report) -> None:
+    def snapshot_dynamodb(self, tables: dict[str, list[str]], report: Report) -> None:
         """Writes the scanned tables as snapshots covering the journal so far."""
-        for table, items in tables.items():
-            header = {_HEADER: {"journal_seq": self.seq, "key": self.key_names(table)}}
-            write_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", [header, *items])
-            report.add("dynamodb_items", len(items))
+        for table, lines in tables.items():
+            header = json.dumps({_HEADER: {"journal_seq": self.seq, "key": self.key_names(table)}},
+                                separators=(",", ":"))
+            write_text_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", [header, *lines])
+            report.add("dynamodb_items", len(lines))
 
     def snapshot_s3(self, report: Report) -> None:
         """Every bucket's index as of now: listed objects whose ETag the files have keep their entry; others
@@ -1491,7 +1568,7 @@ class StateStore:
             if table not in existing:
                 LOG.warning("not restoring %d items: the template no longer has table %s", len(items), table)
                 continue
-            insert_restored(backend.get_table(table), items.values())
+            insert_restored(backend.get_table(table), items.entries.values())
             report.add("dynamodb_items", len(items))
 
     def _import_s3(self, stored: Stored, report: Report) -> None:
@@ -1556,9 +1633,19 @@ def in_flight_jobs(stored: Stored) -> list[tuple[str, str]]:
     """The (pk, sk) of the job rows the stored state has in flight, found in the files just read: a Scan of the
     table over HTTP read every row of it (the blob index's too, thousands per bundle), page after page, each page
     sorting the whole table in moto, most of a start's time once a few large bundles were committed."""
-    return [(item["pk"]["S"], item["sk"]["S"]) for items in stored.tables.values() for item in items.values()
-            if str(item.get("sk", {}).get("S", "")).startswith("JOB#")
-            and item.get("status", {}).get("S") in IN_FLIGHT]
+    found = []
+    for items in stored.tables.values():
+        for entry in items.entries.values():
+            if isinstance(entry, StoredText):
+                # A line whose key has a sort key other than a job's is no job row (most are the blob index's).
+                kind, value = entry.key.get("sk", ("S", "JOB#"))
+                if kind != "S" or not value.startswith("JOB#"):
+                    continue
+                entry = json.loads(entry.text)
+            job_row = str(entry.get("sk", {}).get("S", "")).startswith("JOB#")
+            if job_row and entry.get("status", {}).get("S") in IN_FLIGHT:
+                found.append((entry["pk"]["S"], entry["sk"]["S"]))
+    return found
 
 
 def fail_interrupted_jobs(keys: list[tuple[str, str]]) -> list[str]:
