@@ -8,7 +8,8 @@ serves)::
     data/format.json                          {"format": 2}
     data/journal.log                          records since the snapshots, one a line: "<crc32 hex> <json>"
     data/dynamodb/<table>.jsonl               a header {"kaos_snapshot": {"journal_seq", "key"}}, then one
-                                              low-level item per line, as Scan returns it
+                                              low-level item per line, as Scan returns it, its key's
+                                              attributes first (item_line)
     data/s3/<bucket>/index.json               {"journal_seq": n, "objects": {key: {sha256, size, etag, ...}}}
     data/s3/<bucket>/objects/<sha[:2]>/<sha>  object bodies, by content (identical bodies stored once)
     data/logs/<hash of group>/index.json      {"group": name, "streams": {name: {file, signature}}}
@@ -51,8 +52,10 @@ the write, so replaying is idempotent); a torn or corrupt journal tail (a crash 
 therefore never acknowledged) ends the replay there.
 
 Restoring is not a replay through the emulator's API: items, object records and log streams go straight
-into moto's backends in this process, and an object's body stays in its file under ``objects/`` until the
-object is read (:class:`StoredBody`), so the start and the stack's memory do not grow with the bytes stored.
+into moto's backends in this process. An item line whose key needs no escaping is read by its key alone (the
+line's start) and stays text until something uses the item (:class:`StoredTable`); a snapshot writes an item
+nothing has used as the line it was read from. An object's body stays in its file under ``objects/`` until
+the object is read (:class:`StoredBody`), so the start and the stack's memory do not grow with the bytes stored.
 
 Every file is written to a temporary name, fsynced, renamed, and its directory fsynced, so a crash (or power
 loss) leaves each file as it was or complete. Only the latest version of each S3 key is kept (restored
