@@ -125,6 +125,30 @@ def test_busy_port_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "stack.pid").exists()  # nothing was started
 
 
+def test_a_state_dir_a_stack_holds_is_refused_by_a_second_stack(tmp_path: Path) -> None:
+    """One stack per state directory: a second would overwrite the first's snapshots and journal. runtime.json
+    appears only when a start is done, so the lock, not that file, says a stack is there (one still starting,
+    here stood in for by this process holding the lock). Neither `up` nor the stack process itself touches the
+    directory then; once the holder is gone (however it ended) the directory is free."""
+    from kaos.local.stack import StateDirInUse, lock_state_dir
+
+    state = tmp_path / "s"
+    state.mkdir()
+    held = lock_state_dir(state)
+    with pytest.raises(StateDirInUse, match=f"pid {os.getpid()}"):
+        lock_state_dir(state, hold=False)
+    failed(kaos(tmp_path, "local", "up", "--detach", "--state-dir", str(state)),
+           f"another kaos stack (pid {os.getpid()}) is using {state}")
+    stack = subprocess.run([sys.executable, "-m", "kaos.local.stack", str(state)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "KAOS_HOME": str(tmp_path)})
+    assert stack.returncode == 1 and f"another kaos stack (pid {os.getpid()})" in stack.stderr, stack.stderr
+    assert "Traceback" not in stack.stderr
+    assert sorted(path.name for path in state.iterdir()) == ["stack.lock"]  # no template, log, pid or data written
+    held.close()
+    lock_state_dir(state, hold=False)
+    assert (state / "stack.lock").read_text() == str(os.getpid())
+
+
 def test_error_text_keeps_brackets(offline: Path, tmp_path: Path) -> None:
     failed(kaos(offline, "train", "deploy", "-d", f"a[0-9]b={tmp_path}"), "-d a[0-9]b=")
 

@@ -53,7 +53,7 @@ def local_up(state_dir: Path | None = StateDirOpt,
     """Start the embedded stack: AWS emulator, pipelines, Lambdas and the API on 127.0.0.1."""
     from kaos import processes
     from kaos.local.sagemaker_runner import TRAINING_SLOTS_ENV
-    from kaos.local.stack import TEST_HOOKS_ENV
+    from kaos.local.stack import TEST_HOOKS_ENV, StateDirInUse, lock_state_dir
 
     if test_hooks:  # the stack process reads it from its environment
         os.environ[TEST_HOOKS_ENV] = "1"
@@ -63,6 +63,11 @@ def local_up(state_dir: Path | None = StateDirOpt,
     if runtime := processes.running(directory):
         console.print(f"already running: API {runtime.api_url} (pid {runtime.pid})", markup=False)
         return
+    if directory.is_dir():
+        try:  # a stack still starting (it has no runtime.json yet), or one whose runtime.json is gone
+            lock_state_dir(directory, hold=False)
+        except StateDirInUse as exc:
+            fail(str(exc))
     processes.check_port(port)
     _remember(directory)
     if not detach:

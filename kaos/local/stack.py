@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import gc
 import hashlib
 import json
@@ -180,6 +181,35 @@ class Runtime:
         return cls(**json.loads(path.read_text()))
 
 
+class StateDirInUse(Exception):
+    """Another stack runs on this state directory: two would overwrite each other's snapshots and journal."""
+
+
+def lock_state_dir(state_dir: Path, hold: bool = True) -> Any:
+    """Holds the state directory for this process's life: an exclusive flock on ``stack.lock``, which the kernel
+    releases however the process ends (a crash or kill -9 leaves no stale lock, unlike a pid file). runtime.json
+    is written only once a start is done, so it alone let a second `up` start a stack on a directory whose first
+    stack was still starting (or whose runtime.json was gone). Returns the open file (keep it open: the lock is not
+    inherited by the processes the stack starts, close-on-exec), or with ``hold`` False only checks that no stack
+    holds the directory (and writes nothing). Raises StateDirInUse, naming the holder's pid."""
+    handle = open(state_dir / "stack.lock", "a+")  # held open for the process's life when `hold`
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StateDirInUse(f"another kaos stack (pid {holder}) is using {state_dir}; `kaos local down "
+                            f"--state-dir {state_dir}` stops it") from None
+    if not hold:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 class _StopRequested(BaseException):
     """SIGTERM/SIGINT while the stack starts: unwinds the start (BaseException, so no handler on the way keeps
     it), then the stop runs."""
@@ -234,6 +264,7 @@ class LocalStack:
         self.persistence: Persistence | None = None
         self.pools: list[FunctionPool] = []
         self.parents: dict[tuple[str, ...], WarmParent] = {}  # one per deployment package
+        self._lock: Any = None  # the state directory's lock file (lock_state_dir), held while the process runs
 
     def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         """Test hooks: what the warm Lambda environments say of themselves (`inspect`), or fault injection: an AWS
@@ -253,8 +284,10 @@ class LocalStack:
         listening = listen(self.api_port)  # first: a busy port fails at once (PortInUse)
         # Every workspace's files pass through here: only this user may read them (dirs 0700, files 0600).
         os.umask(0o077)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = lock_state_dir(self.state_dir)  # before anything in the directory is read or written
         for private in (self.state_dir, self.state_dir / "work"):
-            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.mkdir(mode=0o700, exist_ok=True)
             private.chmod(0o700)
         template = local_template(os.environ)
         # The exact template this stack runs (roles, policies, functions): for inspection and the tests.
@@ -334,6 +367,8 @@ class LocalStack:
     def stop(self) -> None:
         """Stops serving, then the functions (all at once), stores the state and stops the emulator (and the
         jobs)."""
+        if self._lock is None:
+            return  # the start stopped before it held the state directory: nothing of it is this process's
         (self.state_dir / "runtime.json").unlink(missing_ok=True)
         if self.gateway is not None:
             self.gateway.stop()
@@ -465,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     gc.disable()  # until the start is done (_settle_collector)
     try:
         LocalStack(args.state_dir or default_state_dir(), args.port, quiet=args.quiet).run()
-    except PortInUse as exc:
+    except (PortInUse, StateDirInUse) as exc:
         sys.exit(f"kaos local up: {exc}")
 
 
