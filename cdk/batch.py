@@ -77,6 +77,9 @@ CONTAINER_ENVIRONMENT = {
 # per datum, KAOS_DATUM_PARALLELISM at a time (default: the CPU count), with KAOS_DATUM, KAOS_INPUT_FILE and a
 # KAOS_OUTPUT_DIR of its own; datum i's outputs go below KAOS_OUTPUT_URI/i/, then KAOS_OUTPUT_URI/i.done marks
 # it finished (even when another datum fails, so the finished ones are cached). Any failed datum fails the job.
+# Datums run side by side and their commands' prints are unbuffered (PYTHONUNBUFFERED), so each datum's stdout and
+# stderr come through pipes of its own and are passed on a whole line at a time: shared, two datums' lines were
+# spliced mid-line in the job's log.
 CONTAINER_BOOTSTRAP = """\
 import os, subprocess, sys, tarfile, tempfile
 try:
@@ -117,8 +120,14 @@ def upload(directory, bucket, prefix):
             count += 1
     return count
 if env.get("KAOS_DATUMS_URI"):
-    import json, time
+    import json, threading, time
     from concurrent.futures import ThreadPoolExecutor
+    printing = threading.Lock()
+    def forward(pipe, stream):
+        for line in pipe:
+            with printing:
+                stream.buffer.write(line if line.endswith(b"\\n") else line + b"\\n")
+                stream.buffer.flush()
     plan = json.load(s3.get_object(**dict(zip(("Bucket", "Key"), split(env["KAOS_DATUMS_URI"]))))["Body"])
     in_bucket, in_prefix = split(env["KAOS_INPUT_URI"])
     out_bucket, out_prefix = split(env["KAOS_OUTPUT_URI"])
@@ -128,8 +137,14 @@ if env.get("KAOS_DATUMS_URI"):
         os.makedirs(os.path.dirname(source), exist_ok=True)
         os.makedirs(target, exist_ok=True)
         s3.download_file(in_bucket, in_prefix + path, source)
-        code = subprocess.call(["/bin/sh", "-c", env["KAOS_COMMAND"]], cwd=work,
-                               env={**env, "KAOS_DATUM": path, "KAOS_INPUT_FILE": source, "KAOS_OUTPUT_DIR": target})
+        process = subprocess.Popen(["/bin/sh", "-c", env["KAOS_COMMAND"]], cwd=work, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env={**env, "KAOS_DATUM": path, "KAOS_INPUT_FILE": source,
+                                                                "KAOS_OUTPUT_DIR": target})
+        errors = threading.Thread(target=forward, args=(process.stderr, sys.stderr))
+        errors.start()
+        forward(process.stdout, sys.stdout)
+        errors.join()
+        code = process.wait()
         if code != 0:
             print(f"kaos: datum {path} failed (exit code {code})", file=sys.stderr, flush=True)
             return code
