@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.grid_fit
 	$(BIN)/python -m bench.stack_footprint
+	$(BIN)/python -m bench.state_start
 	$(BIN)/python -m bench.emulator_requests
 
 clean:
