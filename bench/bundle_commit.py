@@ -130,18 +130,38 @@ class Run:
     peak_mb: float
 
 
+# Starts the measured command and reports its rusage (max RSS, CPU) and wall time on the descriptor it is given (its
+# first argument). Linux carries a process's
+# peak RSS across exec, so a command forked straight from this benchmark (hundreds of MB after the request counts'
+# in-process moto) reported this process's peak as its own; forked from this small launcher, it reports its own.
+LAUNCHER = """
+import os, sys, time
+report, command = int(sys.argv[1]), sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    os.execvp(command[0], command)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, f"{os.waitstatus_to_exitcode(status)} {time.perf_counter() - started} "
+                 f"{usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}".encode())
+"""
+
+
 def measured(command: list[str], env: dict[str, str]) -> Run:
-    """Wall time, CPU seconds and peak RSS of one process (its own rusage, read as it is reaped)."""
-    started = time.perf_counter()
+    """Wall time, CPU seconds and peak RSS of one process (its own rusage, read by the launcher as it reaps it)."""
+    read, write = os.pipe()
     with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode:
+        process = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(write), *command], env=env, cwd=ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT, pass_fds=(write,))
+        os.close(write)
+        process.wait()
+        with os.fdopen(read) as report:
+            code, wall, cpu, maxrss = report.read().split()
+        if int(code):
             out.seek(0)
-            raise SystemExit(f"{command[:4]} failed ({process.returncode}):\n{out.read().decode()[-3000:]}")
-    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+            raise SystemExit(f"{command[:4]} failed ({code}):\n{out.read().decode()[-3000:]}")
+    return Run(float(wall), float(cpu), int(maxrss) / 1024)
 
 
 def ensure_sdk() -> Path | None:
