@@ -495,3 +495,36 @@ def test_a_snapshot_line_is_read_by_its_key_alone_when_its_key_is_plain() -> Non
         table = StoredTable()
         table.read([line], names)
         assert table.entries == {_key_json(item, names): item}
+
+
+def test_a_snapshot_is_left_unparsed_only_when_its_lines_match_its_crc(tmp_path: Path) -> None:
+    """A start leaves a snapshot's item lines unparsed only when they are what the snapshot wrote (the CRC-32 in
+    its header): a damaged line in a snapshot then fails the start, as it did when every line was parsed, instead of
+    the first request that reads the item; a snapshot without a CRC (written before) is parsed whole."""
+    from kaos.local.patches_dynamodb import StoredText
+    from kaos.local.persistence import item_line, lines_crc32
+
+    data = tmp_path / "data"
+    (data / "dynamodb").mkdir(parents=True)
+    (data / "format.json").write_text('{"format": 2}')
+    items = [{"pk": {"S": f"p{i}"}, "sk": {"S": "s"}, "v": {"N": str(i)}} for i in range(3)]
+    lines = [item_line(item, ["pk", "sk"]) for item in items]
+
+    def snapshot(body: list[str], **header: Any) -> None:
+        first = json.dumps({"kaos_snapshot": {"journal_seq": 0, "key": ["pk", "sk"], **header}})
+        (data / "dynamodb" / "T.jsonl").write_text("".join(line + "\n" for line in [first, *body]))
+
+    snapshot(lines, crc32=lines_crc32(lines))
+    stored = load_stored(data)
+    table = stored.tables["T"]
+    assert all(isinstance(entry, StoredText) for entry in table.entries.values()) and list(table.values()) == items
+    assert not stored.unverified
+    snapshot(lines)  # no CRC: parsed, the same items, and the start's first tick writes the snapshot again
+    stored = load_stored(data)
+    table = stored.tables["T"]
+    assert not any(isinstance(entry, StoredText) for entry in table.entries.values()) and list(table.values()) == items
+    assert stored.unverified
+    damaged = [*lines[:2], lines[2][:-5]]  # the key intact, the rest cut
+    snapshot(damaged, crc32=lines_crc32(lines))
+    with pytest.raises(json.JSONDecodeError):
+        load_stored(data)

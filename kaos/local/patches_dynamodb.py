@@ -294,7 +294,7 @@ def insert_restored(table: Any, items: Iterable[dict[str, Any] | StoredText]) ->
 
 def stored_attributes(item: Any) -> dict[str, Any] | None:
     """An item's attributes as they were stored, if it was restored and nothing has used it since (the wire's JSON,
-    binary values base64: the caller may change them), else None (ask ``to_json``)."""
+    binary values base64: the caller copies before changing them), else None (ask ``to_json``)."""
     stored = item._stored if isinstance(item, _restored_item()) else None
     return json.loads(stored) if isinstance(stored, str) else stored
 

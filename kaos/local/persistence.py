@@ -7,7 +7,7 @@ serves)::
 
     data/format.json                          {"format": 2}
     data/journal.log                          records since the snapshots, one a line: "<crc32 hex> <json>"
-    data/dynamodb/<table>.jsonl               a header {"kaos_snapshot": {"journal_seq", "key"}}, then one
+    data/dynamodb/<table>.jsonl               a header {"kaos_snapshot": {"journal_seq", "key", "crc32"}}, then one
                                               low-level item per line, as Scan returns it, its key's
                                               attributes first (item_line)
     data/s3/<bucket>/index.json               {"journal_seq": n, "objects": {key: {sha256, size, etag, ...}}}
@@ -71,8 +71,8 @@ from CloudWatch).
 from __future__ import annotations
 
 import base64
-import functools
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -185,6 +185,14 @@ def write_text_lines(path: Path, lines: Iterable[str]) -> None:
     atomic_write(path, write)
 
 
+def lines_crc32(lines: Iterable[str]) -> int:
+    """The CRC-32 of the lines as write_text_lines writes them (each with its newline)."""
+    crc = 0
+    for line in lines:
+        crc = zlib.crc32(line.encode() + b"\n", crc)
+    return crc
+
+
 def read_lines(path: Path) -> Iterator[Any]:
     with path.open(encoding="utf-8") as handle:
         for line in handle:
@@ -266,12 +274,14 @@ class StoredTable(MutableMapping[str, dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def read(self, lines: Iterable[str], names: list[str]) -> None:
-        """Adds a snapshot's item lines (key attribute names `names`)."""
+    def read(self, lines: Iterable[str], names: list[str], lazily: bool = True) -> None:
+        """Adds a snapshot's item lines (key attribute names `names`). Only `lazily` are lines left unparsed: a
+        snapshot whose CRC does not match is parsed whole, so a damaged line fails the start here (as every line
+        did before lines were left unparsed) rather than the first request that reads its item."""
         prefix, ordered = key_prefix(tuple(names)), sorted(names)
         for line in lines:
             line = line.rstrip("\n")
-            match = prefix.match(line)
+            match = prefix.match(line) if lazily else None
             if match is None:
                 item = json.loads(line)
                 self.entries[_key_json(item, names)] = item
@@ -759,6 +769,8 @@ class Stored:
     journal_records: int = 0
     journal_length: int = 0
     format: int | None = None
+    unverified: bool = False  # a table snapshot without a CRC of its lines (written before they had one), or not
+    # matching it: its lines were all parsed, and the next snapshot writes them as a start can leave them unparsed
 
 
 def load_stored(data_dir: Path) -> Stored:
@@ -777,14 +789,20 @@ def load_stored(data_dir: Path) -> Stored:
     covered: dict[str, int] = {}
     key_names: dict[str, list[str]] = {}
     snapshot_lines: dict[str, list[str]] = {}  # each item line parsed only if its key is not plain (StoredTable)
+    verified: set[str] = set()  # the snapshots whose lines match their header's CRC: only those are left unparsed
     for path in sorted((data_dir / "dynamodb").glob("*.jsonl")):
-        with path.open(encoding="utf-8") as handle:
-            lines = [line for line in handle if line.strip()]
-        header = _snapshot_header(json.loads(lines[0])) if lines else None
+        content = path.read_bytes()
+        first, _, rest = content.partition(b"\n")
+        header = _snapshot_header(json.loads(first)) if first.strip() else None
+        body = rest if header else content
+        if header and header.get("crc32") == zlib.crc32(body):
+            verified.add(path.stem)
+        else:
+            stored.unverified = True
         covered[path.stem] = int(header["journal_seq"]) if header else 0
         if header and header.get("key"):
             key_names[path.stem] = list(header["key"])
-        snapshot_lines[path.stem] = lines[1:] if header else lines
+        snapshot_lines[path.stem] = [line for line in body.decode("utf-8").split("\n") if line.strip()]
         seq = max(seq, covered[path.stem])
     replay: dict[str, tuple[bool, dict[str, dict[str, Any] | None]]] = {}
     for record in records:
@@ -804,7 +822,7 @@ def load_stored(data_dir: Path) -> Stored:
         if keep_snapshot:
             names = key_names.get(table)
             if names:
-                items.read(snapshot_lines.get(table, []), names)
+                items.read(snapshot_lines.get(table, []), names, lazily=table in verified)
             else:  # format 1 wrote no key names: every line is an item of its own
                 for position, line in enumerate(snapshot_lines.get(table, [])):
                     items[f"#{position}"] = json.loads(line)
@@ -1056,19 +1074,20 @@ class StateStore:
         """Every item of the table as its snapshot line (item_line): from moto's backend in this process (Scan over
         HTTP took seconds for a few thousand items under load, while the caller holds the write lock), else over
         HTTP. Lines are copies: the backend's values may change after the caller's lock."""
-        names = self.key_names(table)
         try:
             from moto.dynamodb.models import dynamodb_backends
 
             from kaos.local.patches_dynamodb import stored_text, unsorted_items
 
             moto_table = dynamodb_backends[self.account][self.region].get_table(table)
+            names = [name for name in (moto_table.hash_key_attr, moto_table.range_key_attr) if name]
             # Unsorted (moto's sort was a third of a snapshot of 100,000 items); a restored item not used since
             # is the line it was read from.
             return [stored_text(row) or item_line(_json_safe(row.to_json()["Attributes"]), names)
                     for row in unsorted_items(moto_table)]
         except Exception:
             LOG.debug("scanning %s in process failed; scanning over HTTP", table, exc_info=True)
+        names = self.key_names(table)
         pages = self.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
         return [item_line(_json_safe(item), names) for page in pages for item in page["Items"]]
 
@@ -1377,8 +1396,8 @@ class StateStore:
     def snapshot_dynamodb(self, tables: dict[str, list[str]], report: Report) -> None:
         """Writes the scanned tables as snapshots covering the journal so far."""
         for table, lines in tables.items():
-            header = json.dumps({_HEADER: {"journal_seq": self.seq, "key": self.key_names(table)}},
-                                separators=(",", ":"))
+            header = json.dumps({_HEADER: {"journal_seq": self.seq, "key": self.key_names(table),
+                                           "crc32": lines_crc32(lines)}}, separators=(",", ":"))
             write_text_lines(self.data_dir / "dynamodb" / f"{table}.jsonl", [header, *lines])
             report.add("dynamodb_items", len(lines))
 
@@ -1732,8 +1751,9 @@ class Persistence:
         self.tracker.clear()
         self.store.open(stored)
         # A clean stop leaves snapshots only; otherwise the first tick writes them (and empties the journal), as it
-        # does for an older format. A new state (no files) has nothing to compact: `open` wrote its format.
-        self._snapshot_due = stored.journal_records > 0 or stored.format not in (FORMAT, None)
+        # does for an older format or a table snapshot without its lines' CRC. A new state (no files) has nothing
+        # to compact: `open` wrote its format.
+        self._snapshot_due = stored.journal_records > 0 or stored.format not in (FORMAT, None) or stored.unverified
         if report.counts:
             failed = fail_interrupted_jobs(in_flight_jobs(stored))
             report.add("jobs_failed", len(failed))
