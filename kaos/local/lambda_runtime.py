@@ -230,6 +230,8 @@ class WarmParent:
     def _exchange(self, message: bytes, fds: list[int], env: dict[str, str]) -> tuple[bytes, list[int]]:
         """Sends one fork request and reads its answer (the caller holds the lock)."""
         for attempt in (1, 2):
+            if self._closed:  # a fork that raced the stack's stop starts no parent after its close
+                raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
             channel = self._channel or self._start()
             differ = sorted(name for name, value in self.read_at_import.items() if env.get(name) != value)
             if differ:
