@@ -13,14 +13,15 @@ stdin; the worker answers with one JSON line on a private descriptor (its stdout
 handler's ``print`` never corrupts the protocol): ``{"result": ...}`` or ``{"errorType", "errorMessage",
 "stackTrace"}`` as the Python runtime reports an unhandled error.
 
-Environments start warm (:class:`WarmParent`): one process per deployment package (the API's, the functions') is
-started with only the package's common, secret-free variables, imports the third-party packages every function
-of it imports (:data:`PRELOAD`: botocore, pynamodb, chalice... ~0.4 CPU-s of a ~0.9 CPU-s cold start), and forks
-each new environment. The child replaces its whole ``os.environ`` with its function's before it imports anything
-of the function, so a function still sees exactly its variables and its role's credentials; the parent holds no
-credentials and has imported nothing of kaos (whose modules read their configuration at import). What the preload
-read from the environment is checked against each function's: a difference refuses the fork rather than start a
-function with module state made under other values.
+Environments start warm (:class:`WarmParent`): one process (the embedded stack has one for every function, the
+API's too) is started with only the runtime's common, secret-free variables (no package's paths either, in "/"),
+imports the third-party packages the functions import (:data:`PRELOAD`: botocore, pynamodb, chalice... ~0.4 CPU-s
+of a ~0.9 CPU-s cold start), and forks each new environment. The child replaces its whole ``os.environ`` with its
+function's before it imports anything of the function, and puts its package's folders first on its path, so a
+function still sees exactly its variables, its code and its role's credentials; the parent holds no credentials
+and has imported nothing of kaos (whose modules read their configuration at import). What the preload read from
+the environment is checked against each function's: a difference refuses the fork rather than start a function
+with module state made under other values.
 """
 from __future__ import annotations
 
@@ -82,11 +83,13 @@ class FunctionSpec:
 
 
 def package_environment(code_paths: tuple[str, ...]) -> dict[str, str]:
-    """The runtime's variables that every function of one deployment package has alike (no credentials): all a
-    warm parent is started with."""
-    return {"LAMBDA_TASK_ROOT": code_paths[0] if code_paths else "", "LANG": "en_US.UTF-8", "TZ": ":UTC",
-            "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin",
-            "PYTHONPATH": os.pathsep.join(code_paths)}
+    """The runtime's variables that every function of one deployment package has alike (no credentials), or with
+    no package every function: all a warm parent is started with."""
+    common = {"LANG": "en_US.UTF-8", "TZ": ":UTC",
+              "PATH": os.path.dirname(sys.executable) + ":/usr/local/bin:/usr/bin:/bin"}
+    if not code_paths:
+        return common
+    return {"LAMBDA_TASK_ROOT": code_paths[0], **common, "PYTHONPATH": os.pathsep.join(code_paths)}
 
 
 def function_environment(spec: FunctionSpec, credentials: dict[str, str], region: str,
@@ -161,8 +164,9 @@ class _Worker:
 
 
 class WarmParent:
-    """The process that forks a deployment package's environments (see the module docstring). Thread-safe: the
-    pools of all the package's functions fork through one."""
+    """The process that forks environments (see the module docstring): of one deployment package (`code_paths`,
+    its folder the parent's), or of any package with none. Thread-safe: the pools of many functions fork through
+    one."""
 
     def __init__(self, code_paths: tuple[str, ...]) -> None:
         self.code_paths = code_paths
@@ -178,7 +182,7 @@ class WarmParent:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "kaos.local.lambda_runtime", "--warm-parent", str(theirs.fileno())],
                 env=package_environment(self.code_paths), stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
-                cwd=self.code_paths[0] if self.code_paths else None, start_new_session=True)
+                cwd=self.code_paths[0] if self.code_paths else "/", start_new_session=True)
         ready = ours.recv(1 << 16)
         if not ready:
             ours.close()
