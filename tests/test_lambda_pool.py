@@ -120,6 +120,37 @@ def test_a_forked_environment_has_exactly_its_own_variables_and_the_preload_is_g
         parent.close()
 
 
+def test_one_parent_serves_every_package_each_environment_seeing_its_own_code(tmp_path: Path) -> None:
+    """The embedded stack's one warm parent (no package of its own) forks the environments of two packages that
+    each have a module of the same name: each imports its own package's, runs in its own folder, and neither sees
+    the parent's folder on its path."""
+    packages = []
+    for name in ("api", "functions"):
+        package = tmp_path / name
+        package.mkdir()
+        (package / "probe.py").write_text(f"import os, sys\nPACKAGE = {name!r}\ndef handler(event, context):\n"
+                                          "    return {'package': PACKAGE, 'cwd': os.getcwd(), 'path': sys.path,\n"
+                                          "            'preloaded': 'pynamodb.models' in sys.modules}\n")
+        packages.append(package)
+    parent = WarmParent(())
+    pools = []
+    try:
+        for package in packages:
+            spec = FunctionSpec(package.name, "probe.handler", {}, "arn:aws:iam::123456789012:role/r",
+                                timeout_seconds=30, code_paths=(str(package),))
+            env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(package)}
+            pools.append(FunctionPool(spec, lambda env=env: env, parent))  # type: ignore[misc]
+            seen = pools[-1].invoke({}, None)
+            assert seen["package"] == package.name and seen["cwd"] == str(package) and seen["preloaded"]
+            assert seen["path"][0] == str(package) and "/" not in seen["path"]
+            assert not [entry for entry in seen["path"] if entry in {str(p) for p in packages} - {str(package)}]
+        assert parent._process is not None and Path(f"/proc/{parent._process.pid}/cwd").resolve() == Path("/")
+    finally:
+        for pool in pools:
+            pool.close()
+        parent.close()
+
+
 SHARED_DATA = """\
 import os, sys
 import botocore.session

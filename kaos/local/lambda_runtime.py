@@ -605,6 +605,10 @@ def warm_parent(channel_fd: int) -> None:
     """Preloads, says what the preload read, then forks an environment per request until the stack closes the
     channel (or ends). One thread only: a fork copies no other thread's state."""
     channel = socket.socket(fileno=channel_fd)
+    if not os.environ.get("PYTHONPATH") and sys.path and sys.path[0] == os.getcwd():
+        # A parent of every package: `python -m` put its folder ("/") first on the path environments inherit;
+        # each puts its own package's folders there instead (main).
+        del sys.path[0]
     read = _preload()
     # The preloaded objects out of the collector's reach: a collection in an environment would otherwise write to
     # every page holding them, and the pages it shares with this parent would become its own.
