@@ -38,28 +38,23 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
 
 
 def test_a_prewarmed_environment_serves_the_first_invocation(tmp_path: Path) -> None:
-    """The stack makes one API environment ahead of the first request (LocalStack._prewarm): it is kept warm and
-    the first invocation finds it; a closed pool or parent makes nothing."""
+    """The stack makes one API environment ahead of the first request (LocalStack._prewarm), starting the warm
+    parent: it is kept warm and the first invocation finds it; a closed pool makes nothing."""
     (tmp_path / "handler.py").write_text("import os\ndef handler(event, context):\n    return os.getpid()\n")
     spec = FunctionSpec("f", "handler.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=30,
                         code_paths=(str(tmp_path),))
     parent = WarmParent(spec.code_paths)
     pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, parent)
     try:
-        parent.start()
-        started = parent._process
-        assert started is not None and alive(started.pid)
-        parent.start()
-        assert parent._process is started  # running already: not started again
         pool.prewarm()
-        assert pool.warm == 1
+        started = parent._process
+        assert started is not None and alive(started.pid) and pool.warm == 1
         prewarmed = pool.inspect()[0]["pid"]
         assert pool.invoke({}, None) == prewarmed and pool.warm == 1
     finally:
         pool.close()
         parent.close()
     pool.prewarm()
-    parent.start()
     assert not pool.warm and parent._process is None and not alive(prewarmed) and not alive(started.pid)
 
 

@@ -221,16 +221,6 @@ class WarmParent:
             raise FunctionError("Runtime.Unknown", "the new environment ended before its setup", []) from None
         return worker
 
-    def start(self) -> None:
-        """Starts the parent now if it is not running (a fork starts it otherwise); a failure is left to the fork
-        that needs it, which starts it again and reports it."""
-        with self._lock:
-            if self._channel is None and not self._closed:
-                try:
-                    self._start()
-                except (OSError, FunctionError):
-                    self._end()
-
     def _exchange(self, message: bytes, fds: list[int], env: dict[str, str]) -> tuple[bytes, list[int]]:
         """Sends one fork request and reads its answer (the caller holds the lock)."""
         for attempt in (1, 2):

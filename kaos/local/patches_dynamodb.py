@@ -295,14 +295,19 @@ def insert_restored(table: Any, items: Iterable[dict[str, Any] | StoredText]) ->
 def stored_attributes(item: Any) -> dict[str, Any] | None:
     """An item's attributes as they were stored, if it was restored and nothing has used it since (the wire's JSON,
     binary values base64: the caller copies before changing them), else None (ask ``to_json``)."""
-    stored = item._stored if isinstance(item, _restored_item()) else None
-    return json.loads(stored) if isinstance(stored, str) else stored
+    stored = _stored_form(item)
+    return None if stored is None else _as_dict(stored)
 
 
 def stored_text(item: Any) -> str | None:
     """The state file's line an item was restored from, if nothing has used the item since, else None."""
-    stored = item._stored if isinstance(item, _restored_item()) else None
+    stored = _stored_form(item)
     return stored if isinstance(stored, str) else None
+
+
+def _stored_form(item: Any) -> dict[str, Any] | str | None:
+    """A restored item's stored attributes or line until something uses it; None for any other item."""
+    return item._stored if isinstance(item, _restored_item()) else None
 
 
 def _only(attribute: dict[str, Any]) -> tuple[str, str]:

@@ -169,11 +169,7 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_lines(path: Path, values: Iterable[Any]) -> None:
-    def write(handle: Any) -> None:
-        for value in values:
-            handle.write(json.dumps(value, separators=(",", ":")) + "\n")
-
-    atomic_write(path, write)
+    write_text_lines(path, (json.dumps(value, separators=(",", ":")) for value in values))
 
 
 def write_text_lines(path: Path, lines: Iterable[str]) -> None:

@@ -356,7 +356,6 @@ class LocalStack:
         environment is reaped when idle, as any other."""
         if self.api_pool is not None:
             self.api_pool.prewarm()
-        self.parent.start()
 
     def _pool(self, spec: FunctionSpec, endpoint: str) -> FunctionPool:
         """A function's environments: its template's variables and a fresh session of its role each."""
