@@ -53,6 +53,11 @@ class Triggers(Construct):
         self.process.function.add_to_role_policy(iam.PolicyStatement(
             actions=["s3:GetObjectVersion"], resources=[self.incoming_objects_arn],
         ))
+        # Before a batch closes it lists incoming/ for files whose event has not arrived (chalicelib.triggers._sweep).
+        self.process.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["s3:ListBucketVersions"], resources=[data.bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": KEY_PATTERN}},
+        ))
         self.training_executions_arn = grant_start(training, self.process.function)
 
         # --- The retrain state machine: one execution per batch.

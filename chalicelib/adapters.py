@@ -161,6 +161,16 @@ class ObjectFacts:
     metadata: dict[str, str]
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object as ListObjectVersions lists it (`version` None in an unversioned bucket)."""
+
+    key: str
+    version: str | None
+    etag: str
+    last_modified: datetime
+
+
 class ObjectStore:
     """The workspace bucket: content-addressed blobs, manifests, materialized snapshots, models, logs.
 
@@ -369,6 +379,22 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 yield str(obj["Key"])
+
+    def current_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """The current version of every object under the prefix (not deleted ones): ListObjectVersions, 1,000
+        versions a page; S3 has no listing by time, so every version under the prefix is paged through."""
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for listed in page.get("Versions", []):
+                if listed.get("IsLatest"):
+                    yield ObjectVersion(str(listed["Key"]), _version(listed), str(listed.get("ETag", "")).strip('"'),
+                                        listed["LastModified"])
+
+    def version_order(self, key: str) -> list[str | None]:
+        """The versions of exactly this key, newest first (S3 lists a key's versions in that order)."""
+        paginator = self.client.get_paginator("list_object_versions")
+        return [_version(listed) for page in paginator.paginate(Bucket=self.bucket, Prefix=key)
+                for listed in page.get("Versions", []) if listed["Key"] == key]
 
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Deletes these objects (their current version; absent ones are no error), 1,000 per DeleteObjects."""

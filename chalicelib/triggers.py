@@ -14,9 +14,11 @@ Exactly once, by construction (every step is a conditional write or a name-keyed
 - A batch is opened by the first file after the previous one closed (pointer row `AUTORETRAIN#OPEN`, conditional
   on the pointer it replaced); every later file of the burst joins it (and stamps `last_joined_at` in the same
   transaction). The batch closes once no file has joined for WINDOW_SECONDS (ProcessBatch raises BatchStillFilling,
-  which the state machine retries every WINDOW_SECONDS), at most MAX_WINDOW_SECONDS after it opened: a burst is one
-  retraining however slowly its events are delivered, and never split by a clock boundary as `floor(time / window)`
-  would.
+  which the state machine retries every WINDOW_SECONDS), at most MAX_WINDOW_SECONDS after it opened, and never split
+  by a clock boundary as `floor(time / window)` would. Before it closes, ProcessBatch sweeps incoming/ in S3 for
+  files whose event has not been handled yet (late, or dropped after EventBridge's retries): they join it, and if
+  the newest was uploaded within the window the batch stays open. A burst is one retraining however slowly (or
+  whether) its events are delivered.
 - The batch's execution name is `retrain-<ws>-<batch>` with a fixed input: starting it again is a no-op.
 - ProcessBatch flips OPEN → CLOSED (conditional), pins its base inputs once (`base`, a conditional set), and builds a
   content-addressed snapshot (same files → same id) and a job keyed by its fingerprint: a retry after any partial
@@ -34,7 +36,7 @@ import hashlib
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -62,6 +64,8 @@ WINDOW_SECONDS = 10
 # after WINDOW_SECONDS without a new file, but at most MAX_WINDOW_SECONDS after it opened, so a steady trickle still
 # retrains. The state machine retries ProcessBatch on BatchStillFilling every WINDOW_SECONDS (cdk/triggers.py).
 MAX_WINDOW_SECONDS = 300
+# S3's LastModified is in whole seconds and the Lambda's clock is not S3's: the sweep looks this much further back.
+CLOCK_SLACK_SECONDS = 2
 INCOMING = "incoming/"
 CHANNEL = "training"
 # Jobs and snapshots made by a trigger are created by this principal (the job's `sources` say why).
@@ -302,9 +306,8 @@ class Triggers:
     def _process(self, batch: RetrainBatch) -> None:
         workspace, batch_id = batch.workspace, batch.batch_id
         if batch.status == OPEN:
-            quiet, age = _seconds_since(batch.last_joined_at), _seconds_since(batch.opened_at)
-            if quiet is not None and quiet < WINDOW_SECONDS and (age is None or age < MAX_WINDOW_SECONDS):
-                raise BatchStillFilling(f"batch {batch_id} of {workspace}: a file joined {quiet:.1f} s ago")
+            _still_filling(batch, batch.last_joined_at, "a file joined")
+            _still_filling(batch, self._sweep(batch), "a file whose event is still on its way was uploaded")
             self.repository.close(workspace, batch_id, now())
         if self._waits(batch):
             raise BatchNotReady(f"batch {batch.previous} of {workspace} is still being processed")
@@ -383,11 +386,10 @@ class Triggers:
 
     def _collect(self, workspace: str, batch_id: str) -> tuple[list[FileEntry], list[dict[str, str]]]:
         """The batch's files, newest per path; each made a blob (blobs.ingest)."""
-        newest: dict[str, PendingFile] = {}
+        uploads: dict[str, list[PendingFile]] = {}
         for row in self.repository.files(workspace, batch_id):
-            seen = newest.get(row.path)
-            if seen is None or _order(row) > _order(seen):
-                newest[row.path] = row
+            uploads.setdefault(row.path, []).append(row)
+        newest = {path: self._newest(rows) for path, rows in uploads.items()}
         entries: list[FileEntry] = []
         skipped: list[dict[str, str]] = []
         for path in sorted(newest):
@@ -406,9 +408,66 @@ class Triggers:
             skipped.append({"path": path, "key": row.key, "reason": reason})
         return entries, skipped
 
+    def _newest(self, rows: list[PendingFile]) -> PendingFile:
+        """The newest upload of one path: by S3's order of the key's versions when every row names a version (a
+        file the sweep joined has no event sequencer to compare), else by the events' sequencers."""
+        if len(rows) > 1 and all(row.version for row in rows):
+            rank = {version: i for i, version in enumerate(self.store.version_order(rows[0].key))}
+            listed = [row for row in rows if row.version in rank]
+            if listed:
+                return min(listed, key=lambda row: rank[row.version])
+        return max(rows, key=_order)
+
+    def _sweep(self, batch: RetrainBatch) -> str | None:
+        """Joins to the closing batch every file uploaded under the workspace's incoming/ whose event has not been
+        handled: S3 is the record of what arrived, an event only its prompt, and a delivery may come late (a burst
+        of deliveries queues for the function's concurrency) or, after EventBridge's retries, never. Without this
+        a burst whose deliveries trail by more than the window split into two retrainings. Files uploaded before
+        the batch ahead opened are that batch's (or were uploaded while auto-retrain was off): not swept.
+        Returns when the newest file it joined was uploaded (None: it joined none).
+
+        Cost: one ListObjectVersions page per 1,000 versions under incoming/ (S3 cannot list by time) and one
+        DynamoDB Query per batch (this one and the one ahead); a GetItem only for a recent file of neither."""
+        workspace = batch.workspace
+        config = self.repository.config(workspace)
+        if config is None or not config.enabled:
+            return None
+        ahead = self.repository.batch(workspace, batch.previous) if batch.previous else None
+        horizon = datetime.fromisoformat(max(config.updated_at, ahead.opened_at if ahead else "")) \
+            - timedelta(seconds=CLOCK_SLACK_SECONDS)
+        known = {row.file_id for b in (batch, ahead) if b is not None
+                 for row in self.repository.files(workspace, b.batch_id)}
+        newest: datetime | None = None
+        for listed in self.store.current_versions(incoming_prefix(workspace)):
+            match = _KEY.match(listed.key)
+            fid = file_id(self.store.bucket, listed.key, listed.version, listed.etag)
+            if listed.last_modified < horizon or match is None or fid in known:
+                continue
+            try:
+                path = validate_path(match.group(2), "path")
+            except ValidationFailed:
+                continue  # OnUpload ignores it too
+            if self.repository.taken_by(workspace, fid) is not None:
+                continue
+            if not self.repository.join(workspace, batch.batch_id, PendingFile(
+                    fid, listed.key, path, listed.version, listed.etag or None, None, now())):
+                if self.repository.taken_by(workspace, fid) is not None:
+                    continue  # its event joined it meanwhile
+                raise RuntimeError(f"batch {batch.batch_id} of {workspace} stopped taking files while it closed")
+            log.info("batch %s of %s: swept %s (its event has not arrived)", batch.batch_id, workspace, listed.key)
+            newest = max(newest or listed.last_modified, listed.last_modified)
+        return None if newest is None else newest.isoformat()
+
     def _finish(self, batch: RetrainBatch, status: str, **fields: Any) -> None:
         self.repository.finish(batch, status, now(), **fields)
         log.info("batch %s of %s: %s %s", batch.batch_id, batch.workspace, status, fields)
+
+
+def _still_filling(batch: RetrainBatch, last_upload: str | None, what: str) -> None:
+    """BatchStillFilling if `last_upload` is less than WINDOW_SECONDS ago and the batch may stay open longer."""
+    quiet, age = _seconds_since(last_upload), _seconds_since(batch.opened_at)
+    if quiet is not None and quiet < WINDOW_SECONDS and (age is None or age < MAX_WINDOW_SECONDS):
+        raise BatchStillFilling(f"batch {batch.batch_id} of {batch.workspace}: {what} {quiet:.1f} s ago")
 
 
 def _seconds_since(stamp: str | None) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -141,12 +140,6 @@ def test_duplicate_deliveries_make_one_snapshot_and_one_job(stack: Stack, ws: st
     assert [b for b in batches(stack, ws) if b["id"] not in known] == [batch]
 
 
-# Not run in `make test` (it took 157 s of the suite to confirm a known defect); KAOS_RUN_KNOWN_DEFECTS=1 runs it.
-@pytest.mark.xfail(strict=False, run=os.environ.get("KAOS_RUN_KNOWN_DEFECTS") == "1",
-                   reason="known defect: the debounce window is measured between processed upload "
-                   "events, and under full-suite load (trainings beside it on 2 cores) the embedded stack's 100 "
-                   "deliveries spread over ~50 s with gaps over the window, so the burst splits in two; passes alone. "
-                   "See the closing note.")
 def test_a_burst_of_100_files_is_one_retraining(stack: Stack, ws: str) -> None:
     known, before = {b["id"] for b in batches(stack, ws)}, len(jobs(stack, ws))
     s3, name = stack.aws("s3"), bucket(stack)
