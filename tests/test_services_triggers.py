@@ -3,6 +3,7 @@ process): what a batch takes when S3's events arrive late, twice, or never."""
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -104,3 +105,21 @@ def test_the_newest_version_of_a_path_wins_whether_swept_or_delivered(services: 
     done = component(services, "process_batch").triggers.process(ws, batch)
     assert done["status"] == "DONE", done
     assert _contents(services, ws, done["snapshot"])["same.csv"] == sha256_hex(b"new\n")
+
+
+def test_a_batch_stays_open_while_the_sweep_finds_recent_uploads(services: Wiring, ws: str,  # noqa: F811
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quiet by its events (the last joined 20 s ago), but S3 holds a file uploaded just now whose event is late:
+    the burst is still arriving, so the batch takes it and waits another window."""
+    earlier = (datetime.now(UTC) - timedelta(seconds=20)).isoformat(timespec="milliseconds")
+    with monkeypatch.context() as then:
+        then.setattr(triggers, "now", lambda: earlier)
+        batch = _deliver(services, _put(ws, "first.csv", b"1\n"))["batch"]
+    late = _put(ws, "late.csv", b"2\n")
+    process = component(services, "process_batch").triggers
+    with pytest.raises(triggers.BatchStillFilling, match="still on its way was uploaded"):
+        process.process(ws, batch)
+    assert _deliver(services, late)["duplicate"] == late["detail"]["object"]["key"]
+    monkeypatch.setattr(triggers, "WINDOW_SECONDS", 0)  # a window later
+    done = process.process(ws, batch)
+    assert done["status"] == "DONE" and done["files"] == 2, done
