@@ -1,8 +1,7 @@
 """`kaos` command processes for the tests, forked from a warm parent instead of started cold.
 
-A cold `python -m kaos.cli` spends ~0.7 CPU-s importing botocore, requests, typer (which imports pydantic), rich and
-kaos before it parses its arguments, and ~0.2 CPU-s more tearing that heap down at exit; the suite starts ~400 of
-them. One server process per test worker imports all of it once and forks a child per command. The child is a new
+A cold `python -m kaos.cli` spends ~0.3 CPU-s importing botocore, requests, typer, rich and kaos before it parses
+its arguments (bytecode compiled), and more tearing that heap down at exit; the suite starts ~400 of them. One server process per test worker imports all of it once and forks a child per command. The child is a new
 process as far as the command can tell: it takes the caller's environment, working directory and output files, runs
 `kaos.cli` as `python -m` would and exits with the command's code. `run` returns what subprocess.run would.
 
@@ -33,7 +32,7 @@ from typing import TypeVar
 T = TypeVar("T", str, bytes)
 
 # What every command imports before it reads its arguments (python -X importtime -m kaos.cli workspace list).
-PRELOAD = ("botocore.session", "botocore.auth", "botocore.awsrequest", "requests", "typer", "typer._adapters",
+PRELOAD = ("botocore.session", "botocore.auth", "botocore.awsrequest", "requests", "typer",
            "typer.main", "rich.console", "rich.table", "rich.progress", "rich.tree", "importlib.metadata",
            "concurrent.futures", "tomllib", "netrc", "webbrowser")
 # What rich.console.Console reads from the environment when it is built (rather than when it prints).

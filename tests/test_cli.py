@@ -94,6 +94,18 @@ def test_version_and_short_help(tmp_path: Path) -> None:
     assert "--hyperparams" in deploy_help.stdout and re.search(r"-h\s", deploy_help.stdout)
 
 
+def test_a_command_with_options_imports_no_pydantic(tmp_path: Path) -> None:
+    """typer 0.29 coerced every option through pydantic: 0.1 s and 8 MB on every command (pyproject pins below it).
+    A cold process, as a user's shell starts it."""
+    probe = ("import atexit, runpy, sys\n"
+             "atexit.register(lambda: print('pydantic' in sys.modules, file=sys.stderr))\n"
+             f"sys.argv = ['kaos', 'local', 'status', '--state-dir', {str(tmp_path / 'none')!r}]\n"
+             "runpy.run_module('kaos.cli', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "not running" in result.stdout + result.stderr, result
+    assert result.stderr.strip().splitlines()[-1] == "False", result.stderr
+
+
 def test_install_completion(tmp_path: Path) -> None:
     result = kaos(tmp_path, "--install-completion", "bash", env={"HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
