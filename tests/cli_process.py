@@ -1,9 +1,10 @@
 """`kaos` command processes for the tests, forked from a warm parent instead of started cold.
 
-A cold `python -m kaos.cli` spends ~0.3 CPU-s importing botocore, requests, typer, rich and kaos before it parses
-its arguments (bytecode compiled), and more tearing that heap down at exit; the suite starts ~400 of them. One server process per test worker imports all of it once and forks a child per command. The child is a new
-process as far as the command can tell: it takes the caller's environment, working directory and output files, runs
-`kaos.cli` as `python -m` would and exits with the command's code. `run` returns what subprocess.run would.
+A cold `python -m kaos.cli` spends ~0.3 CPU-s importing botocore, requests, typer, rich and kaos before it parses its
+arguments (bytecode compiled), and more tearing that heap down at exit; the suite starts ~400 of them. One server
+process per test worker imports all of it once and forks a child per command. The child is a new process as far as the
+command can tell: it takes the caller's environment, working directory and output files, runs `kaos.cli` as `python
+-m` would and exits with the command's code. `run` returns what subprocess.run would.
 
 kaos is preloaded only because it reads nothing of the environment at import (the server checks that and refuses to
 start otherwise): its settings, credentials and endpoints are read when a command runs, in the child. rich's consoles,
