@@ -6,6 +6,8 @@ import functools
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +37,49 @@ def test_an_idle_environment_ends_and_the_next_invocation_starts_a_new_one(tmp_p
         pool.close()
         parent.close()
     assert not pool.warm and not alive(second)
+
+
+BLOCKING = """import os, time
+def handler(event, context):
+    while event.get("until") and not os.path.exists(event["until"]):
+        time.sleep(0.01)
+    return os.getpid()
+"""
+
+
+@pytest.mark.parametrize("scale_out_wait", [30.0, 0.2])
+def test_a_busy_environment_is_waited_for_before_the_pool_grows(tmp_path: Path, scale_out_wait: float) -> None:
+    """An invocation that finds the function's one environment busy waits `scale_out_wait` for it rather than
+    start another (SCALE_OUT_WAIT_SECONDS); one that is still busy after that no longer holds the next."""
+    (tmp_path / "handler.py").write_text(BLOCKING)
+    spec = FunctionSpec("f", "handler.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=60,
+                        code_paths=(str(tmp_path),))
+    parent = WarmParent(spec.code_paths)
+    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, parent,
+                        max_workers=2, scale_out_wait=scale_out_wait)
+    released = tmp_path / "released"
+    try:
+        pool.prewarm()
+        warm = pool.inspect()[0]["pid"]
+        with ThreadPoolExecutor(max_workers=2) as side:
+            try:
+                busy = side.submit(pool.invoke, {"until": str(released)}, None)
+                until(lambda: pool.warm == 0, "the first invocation to take the warm environment", 20, every=0.01)
+                second = side.submit(pool.invoke, {}, None)
+                if scale_out_wait > 1:  # it waits for the busy environment (a new one would answer in ~0.2 s)
+                    with pytest.raises(FuturesTimeout):
+                        second.result(timeout=1.5)
+                    released.touch()
+                    assert busy.result(20) == warm and second.result(20) == warm and pool.warm == 1
+                else:  # the busy one stays busy past the wait: a second environment serves it meanwhile
+                    assert second.result(20) != warm and not busy.done()
+                    released.touch()
+                    assert busy.result(20) == warm and pool.warm == 2
+            finally:  # a failed assertion must not leave the executor waiting on the blocked invocation
+                released.touch()
+    finally:
+        pool.close()
+        parent.close()
 
 
 def test_a_prewarmed_environment_serves_the_first_invocation(tmp_path: Path) -> None:

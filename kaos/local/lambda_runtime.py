@@ -1,12 +1,13 @@
 """Lambda execution environments for the embedded stack: one process per warm environment.
 
 On AWS each function runs in its own sandbox with exactly the environment variables its template declares, the
-runtime's reserved variables, and its execution role's temporary credentials. Offline, a function's handler
-runs in a worker process started with exactly that (:func:`function_environment`) — never in the stack's own
-process, whose environment and credentials are the emulator's. Like Lambda, one environment serves one
-invocation at a time; a pool per function grows on demand up to ``max_workers`` (further invocations wait, as
-throttled ones retry on AWS) and keeps idle environments warm for ``idle_seconds``, then ends them, as Lambda
-reclaims an environment that served nothing for a while (so a burst's environments do not stay resident).
+runtime's reserved variables, and its execution role's temporary credentials. Offline, a function's handler runs in
+a worker process started with exactly that (:func:`function_environment`) — never in the stack's own process, whose
+environment and credentials are the emulator's. Like Lambda, one environment serves one invocation at a time; a pool
+per function grows on demand up to ``max_workers`` (once an invocation has waited ``scale_out_wait`` for a busy one
+to free; beyond ``max_workers`` invocations wait, as throttled ones retry on AWS) and keeps idle environments warm
+for ``idle_seconds``, then ends them, as Lambda reclaims an environment that served nothing for a while (so a
+burst's environments do not stay resident).
 
 Wire protocol (worker side is :func:`main`): the parent writes one JSON line per invocation to the worker's
 stdin; the worker answers with one JSON line on a private descriptor (its stdout is redirected to stderr, so a
@@ -68,6 +69,13 @@ SERVICE_MODELS = ("dynamodb", "s3", "stepfunctions", "sagemaker", "sagemaker-run
 # per function, 27-31 s and 1.2 GB with 2 (bench.grid_fit). Further invocations wait for a free one, as a
 # throttled invocation is retried on AWS.
 CONCURRENCY = int(os.environ.get("KAOS_LOCAL_LAMBDA_CONCURRENCY", "0")) or max(2, os.cpu_count() or 2)
+# How long an invocation that finds every environment of its function busy waits for one to free before the pool
+# grows. Lambda would scale out at once; offline a new environment is a fork, its handler's import (0.1-0.3 CPU-s,
+# on the same cores) and ~30 MB for as long as it stays warm, while a busy task function's environment is free again
+# in tens of ms, or in ~0.8 s from a cold start. In a 10-point grid (bench.grid_fit) the functions' pools grew to
+# 8 environments (Lambda processes 254-284 MB PSS at the tree's peak); waiting 0.25 s made 6 (242 MB), 0.5 s one
+# per function, 5 (213 MB), with the same wall time. An invocation that takes longer still gets one of its own.
+SCALE_OUT_WAIT_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_SCALE_OUT_WAIT_SECONDS", "0.5"))
 
 
 @dataclass(frozen=True)
@@ -280,6 +288,7 @@ class FunctionPool:
     parent: WarmParent
     max_workers: int = CONCURRENCY
     idle_seconds: float = IDLE_SECONDS
+    scale_out_wait: float = SCALE_OUT_WAIT_SECONDS
     _idle: list[_Worker] = field(default_factory=list)
     _running: set[_Worker] = field(default_factory=set)  # busy ones: a stop ends them too
     _busy: int = 0
@@ -290,8 +299,12 @@ class FunctionPool:
 
     def _acquire(self) -> _Worker:
         with self._cond:
-            while not self._idle and self._busy >= self.max_workers and not self._closed:
-                self._cond.wait()
+            grow_at = time.monotonic() + self.scale_out_wait
+            while not self._idle and not self._closed:
+                wait = None if self._busy >= self.max_workers else grow_at - time.monotonic() if self._busy else 0
+                if wait is not None and wait <= 0:
+                    break  # grow: no environment yet, or the busy ones stayed busy for scale_out_wait
+                self._cond.wait(wait)
             if self._closed:
                 raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
             self._busy += 1
