@@ -29,7 +29,7 @@ from bench.grid import DATA
 from bench.peers import rss_bytes
 from bench.stack_footprint import cli, client_for
 from kaos.bundle import hash_files, scan
-from kaos.local.stack import Runtime
+from kaos.local.state_dir import Runtime
 
 STEPS = [int(n) for n in os.environ.get("STATE_BUNDLES", "3,10").split(",")]
 FILES = 9_999

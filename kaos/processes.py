@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from kaos.client import ApiError
-from kaos.local.stack import Runtime
+from kaos.local.state_dir import Runtime
 
 STARTUP_TIMEOUT_SECONDS = 600  # the first start synthesizes the CDK app
 STOP_TIMEOUT_SECONDS = 30

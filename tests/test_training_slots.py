@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from kaos.local.emulator import Emulator
-from kaos.local.sagemaker_runner import (PREPARING_MESSAGE, THREAD_VARIABLES, TRAINING_SLOTS_ENV, WAITING_MESSAGE,
-                                         training_slots)
+from kaos.local.sagemaker_runner import PREPARING_MESSAGE, THREAD_VARIABLES, WAITING_MESSAGE, training_slots
+from kaos.local.state_dir import TRAINING_SLOTS_ENV
 from tests.test_sagemaker_runner import BUCKET, ROLE, read_tar, until, upload_source, wait_for
 
 # Says when it started and ended (wall clock, for the overlap), keeps the variables it got with its model, and holds

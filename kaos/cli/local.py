@@ -52,8 +52,7 @@ def local_up(state_dir: Path | None = StateDirOpt,
              ) -> None:
     """Start the embedded stack: AWS emulator, pipelines, Lambdas and the API on 127.0.0.1."""
     from kaos import processes
-    from kaos.local.sagemaker_runner import TRAINING_SLOTS_ENV
-    from kaos.local.stack import TEST_HOOKS_ENV, StateDirInUse, lock_state_dir
+    from kaos.local.state_dir import TEST_HOOKS_ENV, TRAINING_SLOTS_ENV, StateDirInUse, lock_state_dir
 
     if test_hooks:  # the stack process reads it from its environment
         os.environ[TEST_HOOKS_ENV] = "1"

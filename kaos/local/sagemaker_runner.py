@@ -64,6 +64,7 @@ from kaos.local.environments import (BuiltEnvironment, EnvironmentBuildError, En
                                      environment_message, layered_environment, pip_install)
 from kaos.local.containers import (LOG_COPY, STOP_WAIT_SECONDS, LogShipper, RoleKeys, anonymous_keys,
                                    clear_job_folder, container_base_environment, extract_private)
+from kaos.local.state_dir import TRAINING_SLOTS_ENV
 from kaos.local.warm_training import WarmProcess, WarmStarts
 
 LOG = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ LOG_GROUP: Final[str] = "/aws/sagemaker/TrainingJobs"
 CURRENT_HOST: Final[str] = "algo-1"
 FAILURE_REASON_LIMIT: Final[int] = 1024
 _TAIL_LINES: Final[int] = 20
-TRAINING_SLOTS_ENV: Final[str] = "KAOS_LOCAL_TRAINING_SLOTS"
 # What numpy/scipy/scikit-learn's native libraries read for their thread pools (OpenMP, OpenBLAS, MKL, BLIS,
 # Accelerate, numexpr).
 THREAD_VARIABLES: Final[tuple[str, ...]] = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",

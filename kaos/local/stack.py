@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import gc
 import hashlib
 import json
@@ -21,7 +20,6 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Mapping
@@ -31,13 +29,11 @@ from kaos.local import iam, patches
 from kaos.local.lambda_runtime import FunctionPool, FunctionSpec, WarmParent, function_environment
 from kaos.local.loader import ACCOUNT_ID, REGION, TemplateLoader, import_handler
 from kaos.local.persistence import Persistence
+from kaos.local.state_dir import TEST_HOOKS_ENV, Runtime, StateDirInUse, lock_state_dir
 from kaos.settings import ClientConfig, home
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_USERS = ("dev", "guest")
-# Set by the test suite's stack fixture (or `kaos local up --test-hooks`): serves the fault-injection route
-# to an extra local user, ADMIN_USER, that exists only then.
-TEST_HOOKS_ENV = "KAOS_LOCAL_TEST_HOOKS"
 # Environment of `kaos local up` -> synth context: emulator buckets that remote data manifests (-m s3://...) may
 # name (comma-separated). Unset by default.
 LOCAL_CONTEXT = {"KAOS_LOCAL_REMOTE_DATA_BUCKETS": "remoteDataBuckets"}
@@ -164,50 +160,6 @@ class LambdaFaults:
             return handler(event, context)
 
         return invoke
-
-
-@dataclass
-class Runtime:
-    api_url: str
-    endpoint_url: str
-    pid: int
-    state_dir: str
-
-    @classmethod
-    def read(cls, state_dir: Path) -> Runtime | None:
-        path = state_dir / "runtime.json"
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text()))
-
-
-class StateDirInUse(Exception):
-    """Another stack runs on this state directory: two would overwrite each other's snapshots and journal."""
-
-
-def lock_state_dir(state_dir: Path, hold: bool = True) -> Any:
-    """Holds the state directory for this process's life: an exclusive flock on ``stack.lock``, which the kernel
-    releases however the process ends (a crash or kill -9 leaves no stale lock, unlike a pid file). runtime.json
-    is written only once a start is done, so it alone let a second `up` start a stack on a directory whose first
-    stack was still starting (or whose runtime.json was gone). Returns the open file (keep it open: the lock is not
-    inherited by the processes the stack starts, close-on-exec), or with ``hold`` False only checks that no stack
-    holds the directory (and writes nothing). Raises StateDirInUse, naming the holder's pid."""
-    handle = open(state_dir / "stack.lock", "a+")  # held open for the process's life when `hold`
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StateDirInUse(f"another kaos stack (pid {holder}) is using {state_dir}; `kaos local down "
-                            f"--state-dir {state_dir}` stops it") from None
-    if not hold:
-        handle.close()
-        return None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 class _StopRequested(BaseException):
