@@ -13,6 +13,7 @@ from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 
 from cdk.constants import DEFAULT_REGION, DEFAULT_STAGE, STACK_ID, default_training_image
+from cdk.nag import acknowledge_all
 from cdk.stack import KaosStack, StageSettings
 
 
@@ -28,7 +29,7 @@ def build_app(outdir: str | None = None, context: dict[str, str] | None = None) 
     app = App(outdir=outdir, context={"aws:cdk:enable-asset-metadata": True, **(context or {})})
     region = _context(app, "region") or DEFAULT_REGION
     stage = _context(app, "stage") or DEFAULT_STAGE
-    KaosStack(
+    stack = KaosStack(
         app,
         STACK_ID,
         env=Environment(account=_context(app, "account"), region=region),
@@ -38,6 +39,7 @@ def build_app(outdir: str | None = None, context: dict[str, str] | None = None) 
         work_dir=Path(app.outdir).resolve() / ".chalice-build",
         manage_api_gateway_account=(_context(app, "apiGatewayAccount") or "true").lower() != "false",
     )
+    acknowledge_all(stack)
     # cdk-nag 3 runs as a policy-validation plugin at synth; an unacknowledged finding fails synth.
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app

@@ -385,3 +385,11 @@ def acknowledge_serving_findings(stack: KaosStack) -> None:
             "/aws/sagemaker/Endpoints/<endpoint> (named at run time); kaos-* endpoints only."
         ),
     })
+
+
+def acknowledge_all(stack: KaosStack) -> None:
+    """Every acknowledged finding of the built stack (cdk/app.py, before synth runs cdk-nag)."""
+    for acknowledge in (acknowledge_findings, acknowledge_batch_findings, acknowledge_grid_findings,
+                        acknowledge_remote_data_findings, acknowledge_trigger_findings, acknowledge_task_functions,
+                        acknowledge_serving_findings):
+        acknowledge(stack)

@@ -23,15 +23,6 @@ from cdk.grants import DataStores
 from cdk.grid import Grid
 from cdk.serving import Serving
 from cdk.lambdas import environment_of, set_environments
-from cdk.nag import (
-    acknowledge_batch_findings,
-    acknowledge_findings,
-    acknowledge_grid_findings,
-    acknowledge_remote_data_findings,
-    acknowledge_serving_findings,
-    acknowledge_task_functions,
-    acknowledge_trigger_findings,
-)
 from cdk.storage import Storage
 from cdk.table import ProvenanceTable
 from cdk.tenancy import WorkspaceIsolation
@@ -128,13 +119,6 @@ class KaosStack(Stack):
         CfnOutput(self, "BatchStateMachineArn", value=self.batch.state_machine.state_machine_arn)
         CfnOutput(self, "InvokePolicyArn", value=self.api.invoke_policy.managed_policy_arn)
 
-        acknowledge_findings(self)
-        acknowledge_batch_findings(self)
-        acknowledge_grid_findings(self)
-        acknowledge_remote_data_findings(self)
-        acknowledge_trigger_findings(self)
-        acknowledge_task_functions(self)
-        acknowledge_serving_findings(self)
 
     def _environment_values(self, training_image: str) -> dict[str, str]:
         """The value of every variable of chalicelib.config in this stack."""

@@ -35,8 +35,8 @@ from chalicelib.tenancy import job_definition_name
 from chalicelib.adapters import ObjectStore
 from chalicelib.config import Settings
 from chalicelib.logs import JobLogs
-from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, params_manifest,
-                               sha256_hex, validate_path)
+from chalicelib.domain import (FileEntry, JobSpec, Resources, attempt_name, canonical_json, now, params_manifest,
+                               sha256_hex, validate_path, workspace_prefix)
 from chalicelib.errors import InputInvalid, IntegrityError, KaosError, NotFound, ValidationFailed
 from chalicelib.lifecycle import Jobs, job_prefix
 from chalicelib.repositories.jobs import TERMINAL, Job, describe
@@ -47,7 +47,7 @@ from chalicelib.repositories.snapshots import Derived
 from chalicelib.snapshots import Snapshots, materialized_prefix
 from chalicelib.pipeline import failure_reason
 from chalicelib.training import snapshot_ref
-from chalicelib.workspaces import Fence, now, workspace_prefix
+from chalicelib.workspaces import Fence
 
 KIND = "batch"
 INPUT_CHANNEL = "input"

@@ -20,7 +20,7 @@ from typing import IO, Any
 from chalicelib import limits
 from chalicelib.adapters import ObjectStore
 from chalicelib.errors import InputInvalid
-from chalicelib.workspaces import workspace_prefix
+from chalicelib.domain import workspace_prefix
 
 CHUNK_BYTES = 1 << 20
 # Whole packs a reader keeps in memory (each is at most PACK_MAX_BYTES); past this, blobs are read by range. A code

@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 from collections.abc import Mapping, Sequence
 
@@ -312,3 +313,14 @@ def page_size(raw: Any) -> int:
 
 def sorted_unique(values: Sequence[str]) -> list[str]:
     return sorted(set(values))
+
+
+def now() -> str:
+    """The time every row and event of kaos is stamped with: UTC, ISO 8601, milliseconds (sortable as text)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def workspace_prefix(workspace: str) -> str:
+    """Where the workspace's objects live in the bucket."""
+    # The trailing slash matters: without it killing "mnist" would also match "mnist2/" keys.
+    return f"ws/{workspace}/"

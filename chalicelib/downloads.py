@@ -16,7 +16,7 @@ from chalicelib.errors import InputInvalid, ValidationFailed
 from chalicelib.blobs import blob_key, pack_key
 from chalicelib.snapshots import Snapshots
 from chalicelib.lifecycle import Jobs
-from chalicelib.workspaces import workspace_prefix
+from chalicelib.domain import workspace_prefix
 
 PARTS = ("code", "data", "params", "model")
 # What bounds the response: Lambda answers at most 6 MB. A snapshot holds at most MAX_FILES_PER_SNAPSHOT

@@ -13,12 +13,11 @@ from typing import Any
 from chalicelib import limits
 from chalicelib.adapters import Executions, ObjectStore, execution_arn_for
 from chalicelib.config import Settings
-from chalicelib.domain import FINGERPRINT_CHARS, canonical_json, grid_points, sha256_hex
+from chalicelib.domain import FINGERPRINT_CHARS, canonical_json, grid_points, now, sha256_hex, workspace_prefix
 from chalicelib.errors import ConcurrentUpdate, Conflict, InputInvalid, NotFound, ValidationFailed
 from chalicelib.repositories.grids import Grid, GridPoint, GridRepository
 from chalicelib.repositories.jobs import JobRepository
 from chalicelib.training import Inputs, Training
-from chalicelib.workspaces import now, workspace_prefix
 
 # How often a kill re-reads a grid that RecordGrid keeps changing (each change is a ConcurrentUpdate).
 KILL_ATTEMPTS = 5

@@ -10,13 +10,12 @@ from typing import Any
 
 from chalicelib.adapters import BatchJobs, Executions, TrainingJobs, execution_arn_for
 from chalicelib.config import Settings
-from chalicelib.domain import JobSpec, attempt_name, environment_id
+from chalicelib.domain import JobSpec, attempt_name, environment_id, now, workspace_prefix
 from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound
 from chalicelib.logs import JobLogs
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import TERMINAL, Job, JobRepository, describe
 from chalicelib.repositories.provenance import Edge, Node
-from chalicelib.workspaces import now, workspace_prefix
 
 # How often a kill re-reads a job that a pipeline task keeps changing (each change is a ConcurrentUpdate).
 KILL_ATTEMPTS = 5

@@ -186,6 +186,6 @@ def _clients(url: str, path: str) -> tuple[Any, ...]:
 
 
 def _now() -> str:
-    from chalicelib.workspaces import now
+    from chalicelib.domain import now
 
     return now()

@@ -16,7 +16,7 @@ from chalicelib import cost, environments, lineage_events
 from chalicelib.adapters import ObjectStore
 from chalicelib.archive import read_model
 from chalicelib.config import Settings
-from chalicelib.domain import Manifest, attempt_name, canonical_json, environment_id, hyperparameters
+from chalicelib.domain import Manifest, attempt_name, canonical_json, environment_id, hyperparameters, now
 from chalicelib.errors import InputInvalid, KaosError
 from chalicelib.lifecycle import Jobs, job_prefix
 from chalicelib.logs import JobLogs
@@ -26,7 +26,6 @@ from chalicelib.repositories.jobs import TERMINAL, Job, describe
 from chalicelib.repositories.workspaces import IncarnationGone, WorkspaceRepository
 from chalicelib.snapshots import Snapshots
 from chalicelib.tenancy import role_arn
-from chalicelib.workspaces import now
 
 log = logging.getLogger("kaos.training")
 

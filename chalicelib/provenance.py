@@ -33,7 +33,7 @@ from chalicelib.adapters import ObjectStore
 from chalicelib.errors import NotFound, ValidationFailed
 from chalicelib.repositories.provenance import Edge, Node, ProvenanceRepository
 from chalicelib.repositories.snapshots import SnapshotRepository
-from chalicelib.workspaces import workspace_prefix
+from chalicelib.domain import workspace_prefix
 
 NODE_TYPES = ("snapshot", "environment", "job", "model", "version", "endpoint", "capture")
 DIRECTIONS = ("up", "down", "both")

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.adapters import Hosting
-from chalicelib.domain import canonical_json, sha256_hex
+from chalicelib.domain import canonical_json, now, sha256_hex
 from chalicelib.errors import ConcurrentUpdate, Conflict, NotFound, ValidationFailed
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import JobRepository
 from chalicelib.repositories.models import ModelGroup, ModelRepository, ModelVersion
 from chalicelib.repositories.workspaces import Workspace
 from chalicelib.tenancy import incarnation_token
-from chalicelib.workspaces import now
 
 NAME_PATTERN = "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 NAME_RULE = "1 to 32 of a-z, 0-9 and '-', starting and ending with a letter or digit"

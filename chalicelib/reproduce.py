@@ -20,7 +20,7 @@ from chalicelib.provenance import Provenance
 from chalicelib.repositories.jobs import describe
 from chalicelib.snapshots import Snapshots
 from chalicelib.training import Inputs, Training
-from chalicelib.workspaces import now
+from chalicelib.domain import now
 
 REL = "reproduces"
 MODEL_FIELDS = ("uri", "sha256", "content_sha256", "size")

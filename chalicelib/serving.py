@@ -45,7 +45,7 @@ from chalicelib.repositories.endpoints import DELETED, Endpoint, EndpointNotFoun
 from chalicelib.repositories.workspaces import Workspace, WorkspaceRepository
 from chalicelib.snapshots import Snapshots
 from chalicelib.tenancy import role_arn
-from chalicelib.workspaces import now, workspace_prefix
+from chalicelib.domain import now, workspace_prefix
 
 log = logging.getLogger("kaos.serving")
 

@@ -50,11 +50,10 @@ from urllib.parse import urlsplit
 from chalicelib import limits
 from chalicelib.adapters import HEAD_CONCURRENCY, ObjectFacts, ObjectStore, WebFiles
 from chalicelib.blobs import BlobPlace, BlobReader, HashingReader, HashingWriter, blob_key, pack_key
-from chalicelib.domain import FileEntry, Manifest, parse_manifest, sha256_hex, split_s3_url
+from chalicelib.domain import FileEntry, Manifest, now, parse_manifest, sha256_hex, split_s3_url, workspace_prefix
 from chalicelib.errors import (ChecksumMismatch, InputInvalid, IntegrityError, NotFound, PlatformBucketReference,
                                ValidationFailed)
 from chalicelib.repositories.snapshots import Derived, Snapshot, SnapshotRepository
-from chalicelib.workspaces import now, workspace_prefix
 
 # A deterministic archive: fixed mtime and owner so the same snapshot always yields the same bytes.
 _EPOCH = 0

@@ -13,14 +13,13 @@ from typing import Any
 
 from chalicelib import environments
 from chalicelib.config import Settings
-from chalicelib.domain import (JobSpec, Resources, is_grid, params_manifest, parse_params, validate_channel,
+from chalicelib.domain import (JobSpec, Resources, is_grid, now, params_manifest, parse_params, validate_channel,
                                validate_sha256)
 from chalicelib.errors import ValidationFailed
 from chalicelib.lifecycle import Jobs
 from chalicelib.repositories.jobs import Job, describe
 from chalicelib.repositories.snapshots import LatestInputs, SnapshotRepository
 from chalicelib.snapshots import Snapshots
-from chalicelib.workspaces import now
 
 # SageMaker ResourceConfig of every training job: one instance, 30 GB of volume (the fingerprint records them).
 INSTANCE_COUNT = 1

@@ -44,7 +44,7 @@ from chalicelib import limits
 from chalicelib.adapters import Executions, ObjectStore
 from chalicelib.blobs import ingest
 from chalicelib.config import Settings
-from chalicelib.domain import FileEntry, Manifest, validate_path, validate_workspace_name
+from chalicelib.domain import FileEntry, Manifest, now, validate_path, validate_workspace_name, workspace_prefix
 from chalicelib.errors import KaosError, NotFound, ValidationFailed
 from chalicelib.provenance import Provenance
 from chalicelib.repositories.snapshots import SnapshotRepository
@@ -53,7 +53,6 @@ from chalicelib.repositories.triggers import (CLOSED, DONE, FAILED, OPEN, AutoRe
 from chalicelib.repositories.workspaces import WorkspaceRepository
 from chalicelib.snapshots import Snapshots
 from chalicelib.training import Inputs, Training
-from chalicelib.workspaces import now, workspace_prefix
 
 log = logging.getLogger("kaos.triggers")
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.adapters import BatchJobs, ObjectStore, TrainingJobs
-from chalicelib.domain import validate_workspace_name
+from chalicelib.domain import now, validate_workspace_name, workspace_prefix
 from chalicelib.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from chalicelib.repositories.jobs import JobRepository
 from chalicelib.repositories.workspaces import IncarnationGone, Workspace, WorkspaceRepository
@@ -47,21 +46,12 @@ FENCE_INTERVAL_SECONDS = 1.0
 _SAGEMAKER_RUNNING = ("InProgress", "Stopping")
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def principal_arn(member: str, caller: str) -> str:
     """An ARN as given, or a bare user name resolved to an IAM user in the caller's account."""
     if member.startswith("arn:"):
         return member
     account = caller.split(":")[4] if caller.startswith("arn:") and caller.count(":") >= 5 else ""
     return f"arn:aws:iam::{account}:user/{member}"
-
-
-def workspace_prefix(workspace: str) -> str:
-    # The trailing slash matters: without it killing "mnist" would also match "mnist2/" keys.
-    return f"ws/{workspace}/"
 
 
 def not_found(name: str) -> NotFound:

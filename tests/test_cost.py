@@ -19,7 +19,7 @@ from chalicelib.costs import endpoint_cost_of
 from chalicelib.errors import ValidationFailed
 from chalicelib.repositories.endpoints import Endpoint
 from chalicelib.wiring import Wiring
-from chalicelib.workspaces import now
+from chalicelib.domain import now
 from kaos import prices
 from kaos.cli.common import console
 from kaos.cli.cost import print_cost

@@ -7,7 +7,7 @@ import pytest
 
 from chalicelib.repositories.workspaces import IncarnationGone
 from chalicelib.wiring import Wiring
-from chalicelib.workspaces import now
+from chalicelib.domain import now
 from tests.service_wiring import OWNER, component, services, snapshot, workspace  # noqa: F401
 
 

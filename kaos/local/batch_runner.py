@@ -250,19 +250,18 @@ def api_casing(value: Any) -> Any:
     return {key[:1].lower() + key[1:]: (item if key in _FREE_FORM else api_casing(item)) for key, item in value.items()}
 
 
-def _default_network() -> tuple[list[str], str]:
+def _default_network(account: str, region: str) -> tuple[list[str], str]:
     """The default VPC's subnets and its default security group, read from moto's EC2 in this process: an EC2
     client would load EC2's service model (~0.2 CPU-s and 16 MB of the stack's start) for these two lookups."""
     from moto.ec2.models import ec2_backends
 
-    from kaos.local.loader import ACCOUNT_ID, REGION
-
-    ec2 = ec2_backends[ACCOUNT_ID][REGION]
+    ec2 = ec2_backends[account][region]
     subnets = [subnet.id for subnet in ec2.describe_subnets(filters={"default-for-az": ["true"]})]
     return subnets, ec2.describe_security_groups(groupnames=["default"])[0].id
 
 
-def create_batch_resources(resources: dict[str, Any], resolver: Any, client: Callable[[str], Any]) -> None:
+def create_batch_resources(resources: dict[str, Any], resolver: Any, client: Callable[[str], Any], account: str,
+                           region: str) -> None:
     """Creates compute environments, job queues and job definitions under the loader's physical names.
 
     moto validates networking against its own EC2, so compute environments use the default VPC's subnets and
@@ -276,7 +275,7 @@ def create_batch_resources(resources: dict[str, Any], resolver: Any, client: Cal
         props = resource.get("Properties", {})
         name = resolver.names[logical_id]
         if resource["Type"] == "AWS::Batch::ComputeEnvironment":
-            subnets, group = _default_network()
+            subnets, group = _default_network(account, region)
             role = iam.template_role(BATCH_SERVICE_ROLE, "/", "{}")
             compute = api_casing(resolver.resolve({k: v for k, v in props["ComputeResources"].items()
                                                    if k not in ("Subnets", "SecurityGroupIds")}))

@@ -153,7 +153,7 @@ class TemplateLoader:
                     self._create(stack, logical_id, kind, resource.get("Properties", {}))
         from kaos.local.batch_runner import create_batch_resources  # AWS Batch: compute env, queue, job definition
 
-        create_batch_resources(self.resources, self.resolver, self.client)
+        create_batch_resources(self.resources, self.resolver, self.client, ACCOUNT_ID, REGION)
         for name, output in self.template.get("Outputs", {}).items():
             stack.outputs[name] = str(self.resolver.resolve(output["Value"]))
         return stack

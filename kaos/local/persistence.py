@@ -1674,7 +1674,7 @@ def fail_interrupted_jobs(keys: list[tuple[str, str]]) -> list[str]:
     from pynamodb.exceptions import DoesNotExist
 
     from chalicelib.tables import JobItem
-    from chalicelib.workspaces import now
+    from chalicelib.domain import now
 
     failed: list[str] = []
     for pk, sk in keys:
