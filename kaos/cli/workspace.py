@@ -160,7 +160,7 @@ def workspace_auto_retrain(
     if as_json:
         return emit_json(result)
     console.print(f"auto-retrain in [bold]{result['workspace']}[/]: {'on' if result['enabled'] else 'off'} "
-                  f"(uploads within {result['window_seconds']} s make one retraining)")
+                  f"(uploads make one retraining once {result['window_seconds']} s pass without another)")
     if result["batches"]:
         table = Table("batch", "status", "files")
         id_column(table, "snapshot")
