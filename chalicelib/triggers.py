@@ -452,7 +452,9 @@ class Triggers:
                     fid, listed.key, path, listed.version, listed.etag or None, None, now())):
                 if self.repository.taken_by(workspace, fid) is not None:
                     continue  # its event joined it meanwhile
-                raise RuntimeError(f"batch {batch.batch_id} of {workspace} stopped taking files while it closed")
+                # Closed meanwhile (a retried ProcessBatch of the same batch): the next batch sweeps the rest.
+                log.info("batch %s of %s closed during its sweep", batch.batch_id, workspace)
+                break
             log.info("batch %s of %s: swept %s (its event has not arrived)", batch.batch_id, workspace, listed.key)
             newest = max(newest or listed.last_modified, listed.last_modified)
         return None if newest is None else newest.isoformat()

@@ -72,8 +72,8 @@ CONCURRENCY = int(os.environ.get("KAOS_LOCAL_LAMBDA_CONCURRENCY", "0")) or max(2
 # How long an invocation that finds every environment of its function busy waits for one to free before the pool
 # grows. Lambda would scale out at once; offline a new environment is a fork, its handler's import (0.1-0.3 CPU-s,
 # on the same cores) and ~30 MB for as long as it stays warm, while a busy task function's environment is free again
-# in tens of ms, or in ~0.8 s from a cold start. In a 10-point grid (bench.grid_fit) the functions' pools grew to
-# 8 environments (Lambda processes 254-284 MB PSS at the tree's peak); waiting 0.25 s made 6 (242 MB), 0.5 s one
+# in tens of ms, or in ~0.8 s from a cold start. In a 10-point grid (bench.grid_fit) the pools grew to 7-8
+# environments (Lambda processes 254-284 MB PSS at the tree's peak); waiting 0.25 s made 6 (242 MB), 0.5 s one
 # per function, 5 (213 MB), with the same wall time. An invocation that takes longer still gets one of its own.
 SCALE_OUT_WAIT_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_SCALE_OUT_WAIT_SECONDS", "0.5"))
 
