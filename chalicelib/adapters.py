@@ -383,18 +383,20 @@ class ObjectStore:
     def current_versions(self, prefix: str) -> Iterator[ObjectVersion]:
         """The current version of every object under the prefix (not deleted ones): ListObjectVersions, 1,000
         versions a page; S3 has no listing by time, so every version under the prefix is paged through."""
-        paginator = self.client.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for listed in page.get("Versions", []):
-                if listed.get("IsLatest"):
-                    yield ObjectVersion(str(listed["Key"]), _version(listed), str(listed.get("ETag", "")).strip('"'),
-                                        listed["LastModified"])
+        for listed in self._versions(prefix):
+            if listed.get("IsLatest"):
+                yield ObjectVersion(str(listed["Key"]), _version(listed), str(listed.get("ETag", "")).strip('"'),
+                                    listed["LastModified"])
 
     def version_order(self, key: str) -> list[str | None]:
         """The versions of exactly this key, newest first (S3 lists a key's versions in that order)."""
+        return [_version(listed) for listed in self._versions(key) if listed["Key"] == key]
+
+    def _versions(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every version (no delete markers) under the prefix, as ListObjectVersions lists them."""
         paginator = self.client.get_paginator("list_object_versions")
-        return [_version(listed) for page in paginator.paginate(Bucket=self.bucket, Prefix=key)
-                for listed in page.get("Versions", []) if listed["Key"] == key]
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from page.get("Versions", [])
 
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Deletes these objects (their current version; absent ones are no error), 1,000 per DeleteObjects."""

@@ -94,6 +94,14 @@ def incoming_prefix(workspace: str) -> str:
     return f"{workspace_prefix(workspace)}{INCOMING}"
 
 
+def incoming_file(key: str) -> tuple[str, str]:
+    """(workspace, path) of a key under `ws/<workspace>/incoming/`; ValidationFailed saying what is wrong."""
+    match = _KEY.match(key)
+    if match is None:
+        raise ValidationFailed("key is outside ws/<workspace>/incoming/")
+    return validate_workspace_name(match.group(1)), validate_path(match.group(2), "path")
+
+
 def execution_name(workspace: str, batch_id: str) -> str:
     return f"retrain-{workspace}-{batch_id}"
 
@@ -191,9 +199,7 @@ class Triggers:
         ignored = self._ignored(bucket, key, type)
         if ignored:
             return ignored
-        match = _KEY.match(key)
-        assert match is not None
-        workspace, path = match.group(1), match.group(2)
+        workspace, path = incoming_file(key)
         config = self.repository.config(workspace)
         if config is None or not config.enabled:
             log.info("auto-retrain is off in %s: %s starts nothing", workspace, key)
@@ -231,18 +237,13 @@ class Triggers:
         elif bucket != self.store.bucket:
             reason = f"bucket {bucket!r} is not the kaos data bucket"
         else:
-            match = _KEY.match(key)
-            if match is None:
-                reason = "key is outside ws/<workspace>/incoming/"
+            try:
+                workspace, _ = incoming_file(key)
+            except ValidationFailed as exc:
+                reason = exc.message
             else:
-                try:
-                    validate_workspace_name(match.group(1))
-                    validate_path(match.group(2), "path")
-                except ValidationFailed as exc:
-                    reason = exc.message
-                else:
-                    if self.workspaces.get(match.group(1)) is None:
-                        reason = f"workspace {match.group(1)!r} does not exist"
+                if self.workspaces.get(workspace) is None:
+                    reason = f"workspace {workspace!r} does not exist"
         if reason is None:
             return None
         if key.startswith("ws/") and INCOMING not in key:
@@ -438,12 +439,11 @@ class Triggers:
                  for row in self.repository.files(workspace, b.batch_id)}
         newest: datetime | None = None
         for listed in self.store.current_versions(incoming_prefix(workspace)):
-            match = _KEY.match(listed.key)
             fid = file_id(self.store.bucket, listed.key, listed.version, listed.etag)
-            if listed.last_modified < horizon or match is None or fid in known:
+            if listed.last_modified < horizon or fid in known:
                 continue
             try:
-                path = validate_path(match.group(2), "path")
+                _, path = incoming_file(listed.key)
             except ValidationFailed:
                 continue  # OnUpload ignores it too
             if self.repository.taken_by(workspace, fid) is not None:

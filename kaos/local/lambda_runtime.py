@@ -301,8 +301,11 @@ class FunctionPool:
         with self._cond:
             grow_at = time.monotonic() + self.scale_out_wait
             while not self._idle and not self._closed:
-                wait = None if self._busy >= self.max_workers else grow_at - time.monotonic() if self._busy else 0
-                if wait is not None and wait <= 0:
+                if self._busy >= self.max_workers:
+                    self._cond.wait()  # at the bound: only a release frees one
+                    continue
+                wait = grow_at - time.monotonic()
+                if not self._busy or wait <= 0:
                     break  # grow: no environment yet, or the busy ones stayed busy for scale_out_wait
                 self._cond.wait(wait)
             if self._closed:
