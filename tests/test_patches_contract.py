@@ -467,3 +467,46 @@ def test_moto_keeps_no_registry_of_every_model_instance(emulator: Emulator) -> N
     with patches.PATCHES.stock(BaseModel, "__new__"):
         assert tracked_after_overwrites(20) >= 40
     assert ddb.get_item(TableName="registry", Key={"pk": {"S": "same"}})["Item"]["n"] == {"N": "19"}
+
+
+# --- botocore's data parsed once for the process -------------------------------------------------------------------
+def _session_client(service: str) -> Any:
+    import boto3
+
+    return boto3.session.Session().client(service, region_name="us-east-1")  # type: ignore[call-overload]
+
+
+def _loaders_of_two_sessions() -> tuple[Any, Any]:
+    import boto3
+
+    first, second = (boto3.session.Session()._session.get_component("data_loader") for _ in range(2))
+    return first, second
+
+
+def test_the_sessions_and_moto_share_each_model_moto_adds_nothing_to(emulator: Emulator) -> None:
+    """SageMaker's model (~12 MB of objects) was parsed once by each session that made a client and again by moto's
+    dispatch; S3's, to which moto adds its extras, stays moto's own."""
+    from moto.core import utils as moto_utils
+
+    first, second = _loaders_of_two_sessions()
+    assert first is second
+    sagemaker, s3 = _session_client("sagemaker"), _session_client("s3")
+    assert moto_utils._load_service_model("sagemaker", "service-2") is sagemaker.meta.service_model._service_description
+    moto_s3 = moto_utils._load_service_model("s3", "service-2")
+    assert moto_s3 is moto_utils._load_service_model("s3", "service-2")  # moto's copy parsed once, then kept
+    # moto's extras are in its copy only (its routing needs them), not in the model the sessions' clients use
+    assert moto_s3 != s3.meta.service_model._service_description
+
+
+def test_stock_moto_and_botocore_parse_each_model_again(emulator: Emulator) -> None:
+    from botocore.session import Session
+    from moto.core import utils as moto_utils
+
+    with patches.PATCHES.stock(Session, "_register_data_loader"):
+        first, second = _loaders_of_two_sessions()
+        assert first is not second
+    sagemaker = _session_client("sagemaker")
+    with patches.PATCHES.stock(moto_utils, "_load_service_model"):
+        stock = moto_utils._load_service_model("sagemaker", "service-2")
+        assert stock is not sagemaker.meta.service_model._service_description
+        assert stock == sagemaker.meta.service_model._service_description

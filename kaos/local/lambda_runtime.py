@@ -572,20 +572,13 @@ def _load_service_data() -> None:
 
 def _share_service_data() -> None:
     """In a forked environment: every botocore session it makes (boto3's default one, pynamodb's one per thread)
-    takes the warm parent's loader, unless the environment names data paths of its own (the loader a session
-    would make reads only those)."""
-    from botocore.loaders import create_loader
+    takes the warm parent's loader (kaos/local/botocore_data.py)."""
     from botocore.session import Session
 
-    def register(session: Any) -> None:
-        def loader() -> Any:
-            data_path = session.get_config_variable("data_path")
-            return _SERVICE_DATA if data_path is None else create_loader(data_path)
-
-        session._components.lazy_register_component("data_loader", loader)
+    from kaos.local.botocore_data import registering
 
     if _SERVICE_DATA is not None:
-        Session._register_data_loader = register  # type: ignore[attr-defined]  # botocore is untyped here
+        Session._register_data_loader = registering(_SERVICE_DATA)  # type: ignore[attr-defined]  # botocore is untyped here
 
 
 def _preload() -> dict[str, str | None]:

@@ -25,6 +25,8 @@ encoding, the Batch runner hook, the DynamoDB write lock and the EC2 catalogues 
   (:mod:`kaos.local.patches_serving`, its own PATCH_POINTS).
 - moto.ec2 (imported by Batch, whose Fargate compute environment needs only its default network) without its
   instance type catalogues and public AMIs: ~1 s of every start and ~60 MB resident.
+- botocore's data files are parsed once for the process: its sessions share one loader, and moto's dispatch reads
+  their models wherever moto merges no extras of its own (:mod:`kaos.local.botocore_data`).
 - moto's models are not registered for its dashboard: the registry kept every instance ever made alive (the items
   a write replaced, a transaction's copies), so the stack's memory grew with every job.
 - DynamoDB reads (GetItem, BatchGetItem, Query, Scan) answered without moto's shape-walking serializer
@@ -53,6 +55,7 @@ from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
 from kaos.local import patches_dynamodb, patches_s3, patches_serving
+from kaos.local.botocore_data import SharedModels, registering
 from kaos.local.patching import Patches, check_moto
 from kaos.local.serving_runner import LocalServingRunner
 
@@ -89,6 +92,8 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.backends.list_of_moto_modules (listed once)",
     "moto.utilities.utils.load_resource (while moto.ec2 is imported: no instance type catalogues)",
     "moto.core.common_models.BaseModel.__new__ (no registry of every model instance)",
+    "moto.core.utils._load_service_model and botocore.session.Session._register_data_loader (one parse of each "
+    "botocore data file)",
 )
 
 
@@ -1172,6 +1177,25 @@ def _import_ec2_without_catalogues() -> None:
         setattr(module, "load_resource", load)  # noqa: B010  (mypy: moto does not re-export the name)
 
 
+@functools.cache
+def _shared_models() -> SharedModels:
+    """One per process: a session made before a remove() and apply() keeps reading through the same loader."""
+    from botocore.loaders import create_loader
+    from moto.core.loaders import create_loader as create_moto_loader
+
+    return SharedModels(create_loader(), create_moto_loader())
+
+
+def _share_botocore_data(moto_utils: Any) -> None:
+    """Every botocore session made from here on reads through one loader, and moto's dispatch takes the sessions'
+    models wherever they are the same (kaos/local/botocore_data.py): ~30 MB of the stack's memory at its peak."""
+    from botocore.session import Session
+
+    shared = _shared_models()
+    PATCHES.replace(Session, "_register_data_loader", registering(shared.botocore))
+    PATCHES.replace(moto_utils, "_load_service_model", shared.load)
+
+
 def _untracked(cls: type, *args: Any, **kwargs: Any) -> Any:
     """moto's BaseModel.__new__ without its registry: moto appends every model instance it ever makes (each item
     PutItem writes, each copy a transaction takes, each S3 object version, each log event) to a class-level list for
@@ -1204,6 +1228,7 @@ def apply(hooks: Hooks) -> None:
         from moto.core.common_models import BaseModel
 
         PATCHES.replace(BaseModel, "__new__", staticmethod(_untracked))
+        _share_botocore_data(moto_utils)
         from moto.awslambda.models import LambdaFunction
         from moto.awslambda_simple.models import LambdaSimpleBackend
         from moto.batch_simple.models import BatchSimpleBackend
