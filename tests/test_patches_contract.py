@@ -484,7 +484,7 @@ def _loaders_of_two_sessions() -> tuple[Any, Any]:
 
 
 def test_the_sessions_and_moto_share_each_model_moto_adds_nothing_to(emulator: Emulator) -> None:
-    """SageMaker's model (~12 MB of objects) was parsed once by each session that made a client and again by moto's
+    """SageMaker's model (~9.5 MB of objects) was parsed once by each session that made a client and again by moto's
     dispatch; S3's, to which moto adds its extras, stays moto's own."""
     from moto.core import utils as moto_utils
 

@@ -560,8 +560,10 @@ def _load_service_data() -> None:
     (`_share_service_data`)."""
     from botocore.loaders import create_loader
 
+    from kaos.local.botocore_data import with_plain_dicts
+
     global _SERVICE_DATA
-    loader = create_loader()
+    loader = with_plain_dicts(create_loader())
     for service in SERVICE_MODELS:
         for kind in ("service-2", "endpoint-rule-set-1"):
             loader.load_service_model(service, kind)

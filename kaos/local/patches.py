@@ -55,7 +55,7 @@ from botocore.exceptions import ClientError
 from botocore.model import OperationModel, ServiceModel
 
 from kaos.local import patches_dynamodb, patches_s3, patches_serving
-from kaos.local.botocore_data import SharedModels, registering
+from kaos.local.botocore_data import SharedModels, registering, with_plain_dicts
 from kaos.local.patching import Patches, check_moto
 from kaos.local.serving_runner import LocalServingRunner
 
@@ -1183,7 +1183,7 @@ def _shared_models() -> SharedModels:
     from botocore.loaders import create_loader
     from moto.core.loaders import create_loader as create_moto_loader
 
-    return SharedModels(create_loader(), create_moto_loader())
+    return SharedModels(with_plain_dicts(create_loader()), with_plain_dicts(create_moto_loader()))
 
 
 def _share_botocore_data(moto_utils: Any) -> None:
