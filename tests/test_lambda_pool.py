@@ -82,6 +82,28 @@ def test_a_busy_environment_is_waited_for_before_the_pool_grows(tmp_path: Path, 
         parent.close()
 
 
+def test_an_environment_still_importing_its_handler_is_waited_for(tmp_path: Path) -> None:
+    """A burst on a cold function (a Map's first iterations) used to fork an environment per invocation once the
+    scale-out wait passed during the first one's import: the wait counts only from the end of an environment's
+    import (its runtime's INITIALIZED), so the import's 1.5 s here make no second environment."""
+    (tmp_path / "handler.py").write_text("import os, time\ntime.sleep(1.5)\n"
+                                         "def handler(event, context):\n    return os.getpid()\n")
+    spec = FunctionSpec("f", "handler.handler", {}, "arn:aws:iam::123456789012:role/r", timeout_seconds=30,
+                        code_paths=(str(tmp_path),))
+    parent = WarmParent(spec.code_paths)
+    pool = FunctionPool(spec, lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, parent,
+                        max_workers=2, scale_out_wait=0.2)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as side:
+            first = side.submit(pool.invoke, {}, None)
+            until(lambda: pool._running, "the first environment to be forked", 20, every=0.01)
+            second = side.submit(pool.invoke, {}, None)
+            assert first.result(20) == second.result(20) and pool.warm == 1
+    finally:
+        pool.close()
+        parent.close()
+
+
 def test_a_prewarmed_environment_serves_the_first_invocation(tmp_path: Path) -> None:
     """The stack makes one API environment ahead of the first request (LocalStack._prewarm), starting the warm
     parent: it is kept warm and the first invocation finds it; a closed pool makes nothing."""

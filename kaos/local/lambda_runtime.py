@@ -76,6 +76,11 @@ CONCURRENCY = int(os.environ.get("KAOS_LOCAL_LAMBDA_CONCURRENCY", "0")) or max(2
 # environments (Lambda processes 254-284 MB PSS at the tree's peak); waiting 0.25 s made 6 (242 MB), 0.5 s one
 # per function, 5 (213 MB), with the same wall time. An invocation that takes longer still gets one of its own.
 SCALE_OUT_WAIT_SECONDS = float(os.environ.get("KAOS_LOCAL_LAMBDA_SCALE_OUT_WAIT_SECONDS", "0.5"))
+# Lambda's limit on an on-demand environment's init phase: an invocation waits no longer than this for a busy
+# environment that is still importing its handler.
+INIT_LIMIT_SECONDS = 10.0
+# The runtime's line once the handler's import is over (a success or an init error), before its first answer.
+INITIALIZED = b'"INITIALIZED"'
 
 
 @dataclass(frozen=True)
@@ -126,30 +131,52 @@ class FunctionError(Exception):
 
 class _Worker:
     """One environment, forked by its package's warm parent: a pidfd for the process (a signal through it never
-    reaches a reused pid), the pipe its invocations are written to and the one its answers come back on."""
+    reaches a reused pid), the pipe its invocations are written to and the one its answers come back on (read
+    unbuffered: a line left in a reader's buffer would not wake the next select)."""
 
     def __init__(self, pidfd: int, requests: IO[bytes], answers: IO[bytes]) -> None:
         self.pidfd = pidfd
         self.requests, self.answers = requests, answers
+        self._unread = bytearray()
         self.started = time.monotonic()
         self.idle_since = self.started
+        self.initialized = False  # the runtime has said INITIALIZED (main): its handler's import is over
+        self.handling_since = self.started  # when its current invocation's handler began (the pool's, under its lock)
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """The worker's answer, or None if it did not answer in time or died (the worker is then unusable)."""
+    def call(self, request: dict[str, Any], timeout: float,
+             on_initialized: Callable[[], None] = lambda: None) -> dict[str, Any] | None:
+        """The worker's answer, or None if it did not answer in time or died (the worker is then unusable). The
+        runtime's INITIALIZED line, if it comes first, calls `on_initialized`."""
+        deadline = time.monotonic() + timeout
         try:
             self.requests.write(json.dumps(request).encode() + b"\n")
             self.requests.flush()
         except (BrokenPipeError, OSError):
             return None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.answers, selectors.EVENT_READ)
-            if not selector.select(timeout):
+        while True:
+            line = self._line(deadline)
+            if line is None:
                 return None
-        line = self.answers.readline()
-        if not line:
-            return None
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+            if line == INITIALIZED:
+                self.initialized = True
+                on_initialized()
+                continue
+            answer: dict[str, Any] = json.loads(line)
+            return answer
+
+    def _line(self, deadline: float) -> bytes | None:
+        while b"\n" not in self._unread:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.answers, selectors.EVENT_READ)
+                if not selector.select(max(0.0, deadline - time.monotonic())):
+                    return None
+            chunk = os.read(self.answers.fileno(), 1 << 16)
+            if not chunk:
+                return None
+            self._unread += chunk
+        line, _, rest = bytes(self._unread).partition(b"\n")
+        self._unread = bytearray(rest)
+        return line
 
     def kill(self) -> None:
         try:
@@ -218,7 +245,7 @@ class WarmParent:
             for fd in (request_write, answer_read):
                 os.close(fd)
             raise FunctionError("Runtime.Unknown", f"the warm parent could not fork: {reply.decode()!r}", [])
-        worker = _Worker(fds[0], os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb"))
+        worker = _Worker(fds[0], os.fdopen(request_write, "wb"), os.fdopen(answer_read, "rb", buffering=0))
         # The environment's setup is the first line of its request pipe, read by it alone: the function's variables
         # (its role's session keys) never pass through the warm parent, whose memory the next environment copies.
         try:
@@ -297,22 +324,35 @@ class FunctionPool:
     _closing: threading.Event = field(default_factory=threading.Event)  # wakes the reaper
     _reaper: threading.Thread | None = None
 
+    def _grow_at(self, arrived: float) -> float:
+        """When an invocation that arrived at `arrived` and found every environment busy makes a new one (the
+        caller holds the condition): once each busy environment has run its handler for scale_out_wait, and it
+        for as long. An environment's import does not count: a cold start is most of its first invocation, and a
+        second import beside it on the same cores would not end sooner (only after Lambda's init limit does the
+        pool stop waiting for one)."""
+        grow_at = arrived + self.scale_out_wait
+        for worker in self._running:
+            began = worker.handling_since if worker.initialized else worker.started + INIT_LIMIT_SECONDS
+            grow_at = max(grow_at, began + self.scale_out_wait)
+        return grow_at
+
     def _acquire(self) -> _Worker:
         with self._cond:
-            grow_at = time.monotonic() + self.scale_out_wait
+            arrived = time.monotonic()
             while not self._idle and not self._closed:
                 if self._busy >= self.max_workers:
                     self._cond.wait()  # at the bound: only a release frees one
                     continue
-                wait = grow_at - time.monotonic()
+                wait = self._grow_at(arrived) - time.monotonic()
                 if not self._busy or wait <= 0:
                     break  # grow: no environment yet, or the busy ones stayed busy for scale_out_wait
-                self._cond.wait(wait)
+                self._cond.wait(wait)  # a release, or a busy one's INITIALIZED (_initialized), wakes it
             if self._closed:
                 raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
             self._busy += 1
             if self._idle:
                 worker = self._idle.pop()
+                worker.handling_since = time.monotonic()
                 self._running.add(worker)
                 return worker
         try:
@@ -323,10 +363,17 @@ class FunctionPool:
             raise
         with self._cond:
             self._running.add(worker)
+            self._cond.notify_all()  # a waiting invocation now counts it as initializing (_grow_at)
             if not self._closed:
                 return worker
         self._release(worker, reusable=False)  # closed while it started: the stop missed it
         raise FunctionError("Runtime.Shutdown", "the embedded stack is stopping", [])
+
+    def _initialized(self, worker: _Worker) -> None:
+        """The environment's import is over: its handler runs from now (an invocation waiting on it recounts)."""
+        with self._cond:
+            worker.handling_since = time.monotonic()
+            self._cond.notify_all()
 
     def _release(self, worker: _Worker | None, reusable: bool = True) -> None:
         with self._cond:
@@ -368,7 +415,7 @@ class FunctionPool:
         request = {"event": event, "request_id": getattr(context, "aws_request_id", ""),
                    "function_arn": getattr(context, "invoked_function_arn", ""), "timeout": timeout}
         # The function's own timeout, as Lambda enforces it; half a second for the pipe.
-        answer = worker.call(request, timeout + 0.5)
+        answer = worker.call(request, timeout + 0.5, lambda: self._initialized(worker))
         if answer is None:
             self._release(worker, reusable=False)
             raise FunctionError("Sandbox.Timedout", f"Task timed out after {timeout:.2f} seconds", [])
@@ -469,6 +516,8 @@ def main(handler_path: str, answer_fd: int) -> None:
     except Exception as exc:  # Runtime.ImportModuleError: every invocation reports it
         init_error = {"errorType": "Runtime.ImportModuleError",
                       "errorMessage": f"Unable to import module '{module_name}': {exc}", "stackTrace": []}
+    answers.write(INITIALIZED + b"\n")  # the pool counts the scale-out wait from here (FunctionPool._grow_at)
+    answers.flush()
     for line in sys.stdin.buffer:
         request = json.loads(line)
         if request.get("inspect"):
