@@ -326,10 +326,10 @@ class FunctionPool:
 
     def _grow_at(self, arrived: float) -> float:
         """When an invocation that arrived at `arrived` and found every environment busy makes a new one (the
-        caller holds the condition): once each busy environment has run its handler for scale_out_wait, and it
-        for as long. An environment's import does not count: a cold start is most of its first invocation, and a
-        second import beside it on the same cores would not end sooner (only after Lambda's init limit does the
-        pool stop waiting for one)."""
+        caller holds the condition): once it has waited scale_out_wait and each busy environment has run its
+        handler that long. An environment's import does not count: a cold start is most of its first invocation,
+        and a second import beside it on the same cores would not end sooner (only after Lambda's init limit does
+        the pool stop waiting for one)."""
         grow_at = arrived + self.scale_out_wait
         for worker in self._running:
             began = worker.handling_since if worker.initialized else worker.started + INIT_LIMIT_SECONDS
