@@ -317,11 +317,19 @@ def _only(attribute: dict[str, Any]) -> tuple[str, str]:
 
 def _key(kind: str, value: str) -> Any:
     """A key attribute (S, N or B) as PutItem types it (DynamoType, binary decoded), without its generic walk."""
-    from moto.dynamodb.models.dynamo_type import DynamoType
-
-    key = DynamoType.__new__(DynamoType)
+    dynamo_type = _dynamo_type()
+    key = dynamo_type.__new__(dynamo_type)
     key.type, key.value = kind, base64.b64decode(value) if kind == "B" else value
     return key
+
+
+@functools.cache
+def _dynamo_type() -> Any:
+    """moto's DynamoType, imported once: an import statement in `_key` cost 2 µs a call, 0.2 s of a start that
+    restores 100,000 items."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    return DynamoType
 
 
 def _parsed(attribute: dict[str, Any]) -> dict[str, Any]:
