@@ -1,6 +1,7 @@
 """Contract tests for the moto patch points that had none (S3 -> EventBridge key encoding, the Batch runner hook, the
-DynamoDB write lock, moto.ec2 imported without its catalogues, moto's registry of model instances), and for the
-patching itself (a missing target or an untested moto version fails loudly).
+DynamoDB write lock, moto.ec2 imported without its catalogues, moto's registry of model instances, botocore's data
+parsed once for the process), and for the patching itself (a missing target or an untested moto version fails
+loudly).
 
 Each contract is checked twice: with the patch it holds, and with moto's own code put back for that one patch point
 (`Patches.stock`) it does not, so each test shows the patch is what it tests and fails on stock moto."""

@@ -11,9 +11,9 @@ The shared loaders parse into plain dicts (:func:`with_plain_dicts`), not botoco
 """
 from __future__ import annotations
 
-import threading
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
