@@ -104,6 +104,34 @@ def test_an_environment_still_importing_its_handler_is_waited_for(tmp_path: Path
         parent.close()
 
 
+def test_an_import_error_and_a_timeout_are_reported_as_the_lambda_runtime_reports_them(tmp_path: Path) -> None:
+    """The runtime's INITIALIZED line comes before an init error's answer, and a timed-out invocation ends its
+    environment: both still reach the caller as Lambda names them, and the pool serves the next invocation."""
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no such table')\n")
+    (tmp_path / "slow.py").write_text("import os, time\ndef handler(event, context):\n"
+                                      "    time.sleep(event['sleep'])\n    return os.getpid()\n")
+    parent = WarmParent((str(tmp_path),))
+    pools = {name: FunctionPool(FunctionSpec(name, f"{name}.handler", {}, "arn:aws:iam::123456789012:role/r",
+                                             timeout_seconds=1, code_paths=(str(tmp_path),)),
+                                lambda: {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}, parent)
+             for name in ("broken", "slow")}
+    try:
+        for _ in range(2):  # the same environment answers the second time too
+            with pytest.raises(FunctionError) as failed:
+                pools["broken"].invoke({}, None)
+            assert failed.value.error_type == "Runtime.ImportModuleError"
+            assert "Unable to import module 'broken': no such table" in str(failed.value)
+        assert pools["broken"].warm == 1
+        with pytest.raises(FunctionError) as timed_out:
+            pools["slow"].invoke({"sleep": 5}, None)
+        assert timed_out.value.error_type == "Sandbox.Timedout" and pools["slow"].warm == 0
+        assert pools["slow"].invoke({"sleep": 0}, None) > 0  # a new environment
+    finally:
+        for pool in pools.values():
+            pool.close()
+        parent.close()
+
+
 def test_a_prewarmed_environment_serves_the_first_invocation(tmp_path: Path) -> None:
     """The stack makes one API environment ahead of the first request (LocalStack._prewarm), starting the warm
     parent: it is kept warm and the first invocation finds it; a closed pool makes nothing."""
