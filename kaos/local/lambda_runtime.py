@@ -12,7 +12,8 @@ burst's environments do not stay resident).
 Wire protocol (worker side is :func:`main`): the parent writes one JSON line per invocation to the worker's
 stdin; the worker answers with one JSON line on a private descriptor (its stdout is redirected to stderr, so a
 handler's ``print`` never corrupts the protocol): ``{"result": ...}`` or ``{"errorType", "errorMessage",
-"stackTrace"}`` as the Python runtime reports an unhandled error.
+"stackTrace"}`` as the Python runtime reports an unhandled error. Before its first answer it writes
+:data:`INITIALIZED` once, when its handler's import is over (the pool's scale-out wait counts from there).
 
 Environments start warm (:class:`WarmParent`): one process (the embedded stack has one for every function, the
 API's too) is started with only the runtime's common, secret-free variables (no package's paths either, in "/"),
