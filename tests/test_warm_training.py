@@ -13,10 +13,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chalicelib.environments import lookup
 from kaos.local.emulator import Emulator
 from kaos.local.environments import Environments, default_cache_dir
-from kaos.local.warm_training import WarmStarts, forkable
+from kaos.local.warm_training import ENTRY_READ_LIMIT, PRELOADS, WarmStarts, chosen_preloads, forkable
 from tests import test_sagemaker_runner
 from tests.test_environments import train as train_job
 from tests.test_sagemaker_runner import read_tar, wait_for
@@ -124,6 +126,83 @@ def test_a_forked_process_leads_its_own_group_when_its_pid_is_answered(tmp_path:
         starts.close()
 
 
+def test_the_entry_selects_which_preloads_a_server_imports(tmp_path: Path) -> None:
+    preloads = PRELOADS["sklearn"]
+
+    def chosen(source: str | bytes) -> tuple[str, ...]:
+        entry = tmp_path / "train.py"
+        entry.write_bytes(source.encode() if isinstance(source, str) else source)
+        return chosen_preloads(preloads, str(entry))
+
+    # The digits template's imports: scikit-learn's, never pandas (nor sklearn.ensemble, which it does not name).
+    assert chosen("from sklearn.exceptions import ConvergenceWarning\nfrom sklearn.linear_model import "
+                  "LogisticRegression\nfrom sklearn.metrics import accuracy_score\n") == \
+        ("sklearn", "sklearn.metrics", "sklearn.linear_model")  # in the list's order: the order of import
+    # Anywhere in the file, aliased, or a submodule named by `from a import b`.
+    assert chosen("def load():\n    import pandas as pd\n    return pd\n") == ("pandas",)
+    assert chosen("from sklearn import ensemble\n") == ("sklearn", "sklearn.ensemble")
+    assert chosen("import numpy.linalg, scipy\n") == ("numpy", "scipy")
+    # A relative import is the job's own module; imports of nothing listed, or a file that is not Python this
+    # interpreter parses (Python 2, binary, too large, missing, not a regular file): all of them.
+    assert chosen("from .sklearn import model\nimport helper\n") == preloads
+    assert chosen("print 'python 2'\nimport pandas\n") == preloads
+    assert chosen(b"\x00\xff import pandas") == preloads
+    assert chosen("import pandas\n" + "#" * ENTRY_READ_LIMIT) == preloads
+    assert chosen_preloads(preloads, str(tmp_path / "absent.py")) == preloads
+    os.mkfifo(tmp_path / "pipe.py")  # never opened for a blocking read: the stack would hang on it
+    assert chosen_preloads(preloads, str(tmp_path / "pipe.py")) == preloads
+    (tmp_path / "link.py").symlink_to(tmp_path / "train.py")
+    assert chosen_preloads(preloads, str(tmp_path / "link.py")) == preloads
+
+
+# What a forked job finds imported before its code runs, and which server forked it.
+SEEN = """\
+import json, os, sys
+print(json.dumps({{"parent": os.getppid(), "seen": [m for m in {names!r} if m in sys.modules]}}))
+{imports}
+"""
+
+
+def test_a_server_imports_what_its_jobs_import_and_a_new_selection_replaces_an_idle_one(tmp_path: Path) -> None:
+    python = str(Environments(default_cache_dir()).ensure(IMAGE).python)
+    env = {"PATH": f"{Path(python).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "PYTHONUNBUFFERED": "1"}
+    names = ["numpy", "scipy.stats", "sklearn.linear_model", "sklearn.ensemble", "pandas", "pyarrow"]
+    starts = WarmStarts(tmp_path)
+
+    def run(imports: str) -> dict[str, Any]:
+        (tmp_path / "train.py").write_text(SEEN.format(names=names, imports=imports))
+        process = starts.spawn("sklearn", [python, "train.py"], env, str(tmp_path), 0o077, env)
+        assert process is not None
+        output = process.stdout.read()
+        assert process.wait(60) == 0, output
+        result: dict[str, Any] = json.loads(output)
+        return result
+
+    try:
+        linear = run("import sklearn.linear_model")
+        # scikit-learn's own imports come with it (numpy, scipy.stats); pandas and the pyarrow it loads do not.
+        assert linear["seen"] == ["numpy", "scipy.stats", "sklearn.linear_model"]
+        assert run("from sklearn.linear_model import Ridge")["parent"] == linear["parent"]  # the same selection
+        with_pandas = run("import pandas, sklearn.linear_model")
+        assert with_pandas["seen"] == ["numpy", "scipy.stats", "sklearn.linear_model", "pandas", "pyarrow"]
+        assert with_pandas["parent"] != linear["parent"]
+        with pytest.raises(ProcessLookupError):  # the first server had no job running: closed, not left to idle
+            os.kill(linear["parent"], 0)
+        # A server whose job is still running stays: its job's exit status comes through it.
+        (tmp_path / "waits.py").write_text("import os, time, sklearn.linear_model\n"
+                                           "while not os.path.exists('go'):\n    time.sleep(0.05)\n")
+        waiting = starts.spawn("sklearn", [python, "waits.py"], env, str(tmp_path), 0o077, env)
+        assert waiting is not None
+        run("import pandas, sklearn.linear_model")
+        (tmp_path / "go").touch()
+        assert waiting.wait(60) == 0
+        (tmp_path / "helper.py").write_text("import sklearn.linear_model\n")
+        assert run("import helper")["seen"] == names  # a wrapper around the job's own module: everything
+    finally:
+        starts.close()
+
+
 SCAN = """\
 import hashlib, json, os, re, sys
 digest = json.loads(os.environ["SM_HPS"])["digest"]
@@ -149,6 +228,7 @@ def test_no_job_finds_another_jobs_request_in_its_memory(emulator: Emulator) -> 
     # Every warm job's process starts as a copy of the server's memory: the server must never have held another
     # job's request (its environment holds the job's session keys; this token travels beside them in argv).
     secret = os.urandom(10).hex()
+    # Neither entry imports anything of scikit-learn's, so both are forked from the one server that preloads it all.
     # Its request is larger than the next one's, so that one could not simply overwrite it where it was freed.
     first = train(emulator, "warm-secret", "import sys\nprint(len(sys.argv))\n", padding="p" * 2000,
                   token=f"kaos-leak-probe-{secret}")

@@ -1,13 +1,15 @@
-"""Warm starts for offline training jobs: one fork server per image interpreter.
+"""Warm starts for offline training jobs: fork servers of each image interpreter.
 
 Why: a training process imports its framework before anything else (scikit-learn's import is ~2 CPU-s, most of it
 scipy.stats building its distributions), and a grid runs one process per point, as SageMaker runs one instance per
 point. On a 2-core machine ten points paid ten imports: the grid took 3-4x a plain loop over the same fits
 (docs/benchmarks.md). A fork server is a process of the image's own interpreter that has imported the framework's
-mainstream modules (`PRELOADS`, fixed per framework: never chosen by a job, so no job can put anything into another
-job's process) with a credential-free environment, and forks each job's process from there, which then runs its
-entry point as `python <entry> <args>` would. AWS has no such thing (a SageMaker instance starts a fresh container):
-this is the embedded stack's way to not pay on one laptop what AWS pays on ten instances.
+mainstream modules with a credential-free environment, and forks each job's process from there, which then runs its
+entry point as `python <entry> <args>` would. What a server may import is fixed per framework (`PRELOADS`); a job's
+entry point only selects which of those modules (`chosen_preloads`: the ones it imports, or all of them), so no job
+can put anything into another job's process, and each selection has a server of its own. AWS has no such thing (a
+SageMaker instance starts a fresh container): this is the embedded stack's way to not pay on one laptop what AWS pays
+on ten instances.
 
 What the job's process sees is what a fresh `python <entry> <args>` in its environment would see:
 * exactly its environment (os.environ replaced, so C code's getenv sees it too), working directory, umask, a session
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import select
@@ -43,8 +46,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-# What the servers import, by the catalogue's framework: the modules nearly every job of that image imports, whose
-# import has no effect beyond their own module state. A framework not listed gets no server.
+# What the servers may import, by the catalogue's framework, in import order: the modules nearly every job of that
+# image imports, whose import has no effect beyond their own module state. A framework not listed gets no server.
 PRELOADS: dict[str, tuple[str, ...]] = {
     "sklearn": ("numpy", "scipy", "scipy.stats", "pandas", "joblib", "sklearn", "sklearn.base", "sklearn.metrics",
                 "sklearn.model_selection", "sklearn.linear_model", "sklearn.ensemble", "sklearn.preprocessing",
@@ -61,6 +64,50 @@ PER_JOB_PREFIXES = ("SM_", "AWS_", "TRAINING_JOB_")  # and HOME
 IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_WARM_IDLE_SECONDS", "180"))
 # How long a server may take to import its preloads (scikit-learn's take ~2 s) before its jobs start fresh.
 READY_SECONDS = 120.0
+# The most of an entry point that is read for its imports (a training script is kilobytes; a larger one gets them all).
+ENTRY_READ_LIMIT = 1 << 20
+
+
+def chosen_preloads(preloads: tuple[str, ...], entry: str) -> tuple[str, ...]:
+    """The modules of `preloads` that the entry point at `entry` imports, or that hold a module it imports; all of
+    them when it imports none (a wrapper around the job's own modules) or cannot be read as Python.
+
+    Why not always all: a module preloaded and never imported is memory each server holds for nothing, the same for
+    every job it forks. pandas and the pyarrow it imports are ~68 of a scikit-learn server's ~188 MB; the digits
+    template never imports them (docs/benchmarks.md: the grid's peak memory)."""
+    imported = _imported_modules(entry)
+    chosen = tuple(name for name in preloads if any(module == name or module.startswith(f"{name}.")
+                                                    for module in imported))
+    return chosen or preloads
+
+
+def _imported_modules(entry: str) -> set[str]:
+    """The absolute module names the file's import statements name, anywhere in it (`from a import b` names a and
+    a.b: b may be a module); empty if it is not a regular file of Python this interpreter parses. The file is the
+    job's own code, extracted with tarfile's data filter (no link out of the job's folder, no device or pipe);
+    opened without blocking and checked regular all the same, since the stack reads it."""
+    import ast  # here, not at the top: the server runs this file too, and never parses
+    import stat
+
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return set()
+            source = handle.read(ENTRY_READ_LIMIT + 1)
+        if len(source) > ENTRY_READ_LIMIT:
+            return set()
+        tree = ast.parse(source, entry)
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
 
 
 def forkable(job_env: Mapping[str, str], server_env: Mapping[str, str], read: Mapping[str, str | None]) -> str | None:
@@ -124,6 +171,12 @@ class _Server:
         ours.settimeout(None)
         self.read: dict[str, str | None] = json.loads(ready)["read"] if ready else {}
         self.alive = bool(ready)
+        self._jobs: list[WarmProcess] = []  # forked and maybe running: their exit statuses come through the server
+
+    def busy(self) -> bool:
+        """Whether a job it forked is still running (closing it now would lose that job's exit status)."""
+        self._jobs = [job for job in self._jobs if job.poll() is None]
+        return bool(self._jobs)
 
     def fork(self, argv: list[str], env: dict[str, str], cwd: str, umask: int) -> WarmProcess | None:
         out_read, out_write = os.pipe()
@@ -151,7 +204,9 @@ class _Server:
             os.close(out_read)
             os.close(status_read)
             return None
-        return WarmProcess(json.loads(reply)["pid"], os.fdopen(out_read, "rb"), os.fdopen(status_read, "rb"))
+        job = WarmProcess(json.loads(reply)["pid"], os.fdopen(out_read, "rb"), os.fdopen(status_read, "rb"))
+        self._jobs.append(job)
+        return job
 
     def close(self) -> None:
         self.channel.close()
@@ -160,27 +215,28 @@ class _Server:
 
 
 class WarmStarts:
-    """The fork servers of one training runner, one per interpreter, started at the first job that can use one.
-    Thread-safe: the runner's job threads spawn through it."""
+    """The fork servers of one training runner, one per interpreter and selection of its framework's preloads,
+    started at the first job that can use one. Thread-safe: the runner's job threads spawn through it."""
 
     def __init__(self, work_dir: Path) -> None:
         self._work_dir = work_dir
-        self._servers: dict[str, _Server] = {}
-        self._refused: set[str] = set()  # interpreters whose server did not start: their jobs start fresh
+        self._servers: dict[tuple[str, tuple[str, ...]], _Server] = {}
+        self._refused: set[tuple[str, tuple[str, ...]]] = set()  # servers that did not start: their jobs start fresh
         self._lock = threading.Lock()
 
     def spawn(self, framework: str | None, argv: list[str], env: dict[str, str], cwd: str, umask: int,
               server_env: dict[str, str]) -> WarmProcess | None:
-        """The job's process forked from the server of `argv[0]` (an interpreter), or None when it must start
-        fresh: a framework with no preloads, an entry that is not a Python file, or an environment the server's
-        module state does not fit (`forkable`). `server_env` is the credential-free environment a server of that
-        interpreter starts with."""
+        """The job's process forked from the server of `argv[0]` (an interpreter) that preloads what its entry
+        `argv[1]` imports, or None when it must start fresh: a framework with no preloads, an entry that is not a
+        Python file, or an environment the server's module state does not fit (`forkable`). `server_env` is the
+        credential-free environment a server of that interpreter starts with."""
         preloads = PRELOADS.get(framework or "")
         if not preloads or len(argv) < 2 or not argv[1].endswith(".py"):
             return None
+        key = (argv[0], chosen_preloads(preloads, os.path.join(cwd, argv[1])))
         with self._lock:
             for _ in range(2):  # a server found ended (idle, killed) is started again once
-                server = self._live_server(argv[0], preloads, server_env)
+                server = self._live_server(key, server_env)
                 if server is None or forkable(env, server.env, server.read) is not None:
                     return None
                 forked = server.fork(argv, env, cwd, umask)
@@ -188,23 +244,29 @@ class WarmStarts:
                     return forked
             return None
 
-    def _live_server(self, python: str, preloads: tuple[str, ...], server_env: dict[str, str]) -> _Server | None:
-        """The running server of `python`, started if there is none or it has ended; None if it cannot start (its
-        interpreter's jobs then start fresh). The caller holds the lock."""
-        if python in self._refused:
+    def _live_server(self, key: tuple[str, tuple[str, ...]], server_env: dict[str, str]) -> _Server | None:
+        """The running server for `key` (interpreter, preloads), started if there is none or it has ended; None if
+        it cannot start (its jobs then start fresh). The caller holds the lock."""
+        if key in self._refused:
             return None
-        server = self._servers.get(python)
+        server = self._servers.get(key)
         if server is not None and server.alive:
             return server
         if server is not None:
             server.close()
-        home = self._work_dir / "warm" / str(len(self._servers))
+        # A new selection replaces the interpreter's servers with no job running: one script edited between runs
+        # keeps one server, not one per version of its imports until each idles out.
+        for other, idle in list(self._servers.items()):
+            if other[0] == key[0] and not idle.busy():
+                idle.close()
+                del self._servers[other]
+        home = self._work_dir / "warm" / hashlib.sha256(repr(key).encode()).hexdigest()[:16]
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        server = self._servers[python] = _Server(python, {**server_env, "HOME": str(home)}, preloads, home)
+        server = self._servers[key] = _Server(key[0], {**server_env, "HOME": str(home)}, key[1], home)
         if not server.alive:
             server.close()
-            del self._servers[python]
-            self._refused.add(python)
+            del self._servers[key]
+            self._refused.add(key)
             return None
         return server
 
