@@ -18,7 +18,8 @@ import pytest
 from chalicelib.environments import lookup
 from kaos.local.emulator import Emulator
 from kaos.local.environments import Environments, default_cache_dir
-from kaos.local.warm_training import ENTRY_READ_LIMIT, PRELOADS, WarmStarts, chosen_preloads, forkable
+from kaos.local.warm_training import (PRELOADS, SOURCE_FILE_LIMIT, SOURCE_READ_LIMIT, WarmStarts, chosen_preloads,
+                                      forkable, shadowed)
 from tests import test_sagemaker_runner
 from tests.test_environments import train as train_job
 from tests.test_sagemaker_runner import read_tar, wait_for
@@ -147,8 +148,24 @@ def test_the_entry_selects_which_preloads_a_server_imports(tmp_path: Path) -> No
     assert chosen("from .sklearn import model\nimport helper\n") == preloads
     assert chosen("print 'python 2'\nimport pandas\n") == preloads
     assert chosen(b"\x00\xff import pandas") == preloads
-    assert chosen("import pandas\n" + "#" * ENTRY_READ_LIMIT) == preloads
+    assert chosen("import pandas\n" + "#" * SOURCE_READ_LIMIT) == preloads
     assert chosen_preloads(preloads, str(tmp_path / "absent.py")) == preloads
+    # The job's own modules beside the entry point count, theirs in turn, relative imports too; not above its folder.
+    (tmp_path / "model.py").write_text("from features import pipeline\n")
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "__init__.py").write_text("from .pipeline import build\n")
+    (tmp_path / "features" / "pipeline.py").write_text("import pandas\nfrom sklearn import pipeline\n")
+    assert chosen("import model\n") == ("pandas", "sklearn", "sklearn.pipeline")
+    (tmp_path.parent / "outside.py").write_text("import pandas\n")
+    assert chosen("import numpy\nfrom .. import outside\nfrom . import outside\n") == ("numpy",)
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    for i in range(SOURCE_FILE_LIMIT):  # with the entry, one file more than is read
+        (chain / f"step{i}.py").write_text(f"import step{i + 1}\n")
+    (chain / "train.py").write_text("import numpy, step0\n")
+    assert chosen_preloads(preloads, str(chain / "train.py")) == preloads
+    (chain / f"step{SOURCE_FILE_LIMIT - 2}.py").write_text("")  # the limit itself is read
+    assert chosen_preloads(preloads, str(chain / "train.py")) == ("numpy",)
     os.mkfifo(tmp_path / "pipe.py")  # never opened for a blocking read: the stack would hang on it
     assert chosen_preloads(preloads, str(tmp_path / "pipe.py")) == preloads
     (tmp_path / "link.py").symlink_to(tmp_path / "train.py")
@@ -197,8 +214,11 @@ def test_a_server_imports_what_its_jobs_import_and_a_new_selection_replaces_an_i
         run("import pandas, sklearn.linear_model")
         (tmp_path / "go").touch()
         assert waiting.wait(60) == 0
-        (tmp_path / "helper.py").write_text("import sklearn.linear_model\n")
-        assert run("import helper")["seen"] == names  # a wrapper around the job's own module: everything
+        assert run("import os")["seen"] == names  # nothing of the framework's named: everything
+        # A module of the job's own named as one the server has imported: a fresh process would import the job's.
+        (tmp_path / "joblib.py").write_text("")
+        assert shadowed(str(tmp_path), frozenset({"joblib"})) is not None
+        assert starts.spawn("sklearn", [python, "train.py"], env, str(tmp_path), 0o077, env) is None
     finally:
         starts.close()
 

@@ -21,6 +21,8 @@ What the job's process sees is what a fresh `python <entry> <args>` in its envir
   (PYTHON*, LANG, LC_*) and for every thread variable BLAS/OpenMP read as they load (`STARTUP_PREFIXES`); any other
   variable of its own must be one of the per-job ones (`PER_JOB_PREFIXES`: SM_*, AWS_*, TRAINING_JOB_*, HOME).
   Otherwise the job starts fresh, as every job did before;
+* its own modules: a job with a module beside its entry point named as one the server has imported starts fresh
+  (`shadowed`), since a fresh process would import the job's;
 * random state: `random` reseeds itself after a fork; numpy's global RandomState, seeded from the OS when numpy is
   imported, is seeded from the OS again.
 What differs, and is said here: /proc/<pid>/cmdline names the server, and str/bytes hashing uses the server's
@@ -64,50 +66,88 @@ PER_JOB_PREFIXES = ("SM_", "AWS_", "TRAINING_JOB_")  # and HOME
 IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_WARM_IDLE_SECONDS", "180"))
 # How long a server may take to import its preloads (scikit-learn's take ~2 s) before its jobs start fresh.
 READY_SECONDS = 120.0
-# The most of an entry point that is read for its imports (a training script is kilobytes; a larger one gets them all).
-ENTRY_READ_LIMIT = 1 << 20
+# The most of a job's source that is read for its imports: a training script and its modules are kilobytes; beyond
+# either limit the job's server preloads them all.
+SOURCE_READ_LIMIT = 1 << 20  # bytes of one file
+SOURCE_FILE_LIMIT = 64  # files: the entry point and the job's own modules it imports, theirs in turn
 
 
 def chosen_preloads(preloads: tuple[str, ...], entry: str) -> tuple[str, ...]:
-    """The modules of `preloads` that the entry point at `entry` imports, or that hold a module it imports; all of
-    them when it imports none (a wrapper around the job's own modules) or cannot be read as Python.
+    """The modules of `preloads` that the job imports, or that hold a module it imports: what the entry point at
+    `entry` imports, and the job's own modules beside it that it imports, theirs in turn. All of them when it imports
+    none, or when its source cannot be read as Python.
 
     Why not always all: a module preloaded and never imported is memory each server holds for nothing, the same for
     every job it forks. pandas and the pyarrow it imports are ~68 of a scikit-learn server's ~188 MB; the digits
     template never imports them (docs/benchmarks.md: the grid's peak memory)."""
     imported = _imported_modules(entry)
     chosen = tuple(name for name in preloads if any(module == name or module.startswith(f"{name}.")
-                                                    for module in imported))
+                                                    for module in (imported or ())))
     return chosen or preloads
 
 
-def _imported_modules(entry: str) -> set[str]:
-    """The absolute module names the file's import statements name, anywhere in it (`from a import b` names a and
-    a.b: b may be a module); empty if it is not a regular file of Python this interpreter parses. The file is the
-    job's own code, extracted with tarfile's data filter (no link out of the job's folder, no device or pipe);
-    opened without blocking and checked regular all the same, since the stack reads it."""
+def _imported_modules(entry: str) -> set[str] | None:
+    """The absolute module names the job's import statements name, anywhere in its files (`from a import b` names a
+    and a.b: b may be a module), following the imports of its own modules (files under the entry's folder, its
+    sys.path[0]); None if a file it reaches is not Python this interpreter parses, or the limits are passed."""
+    root = os.path.dirname(os.path.abspath(entry))
+    entry = os.path.join(root, os.path.basename(entry))
+    names: set[str] = set()
+    pending, seen = [entry], {entry}
+    while pending:
+        path = pending.pop()
+        imports = _imports(path)
+        if imports is None:
+            return None
+        for level, name in imports:
+            if level == 0:
+                names.add(name)
+                base = root
+            else:  # relative to the importing file's package
+                base = path
+                for _ in range(level):
+                    base = os.path.dirname(base)
+            if os.path.commonpath([root, base]) != root:  # above the job's folder: not its code
+                continue
+            relative = name.replace(".", os.sep)
+            for candidate in (os.path.join(base, f"{relative}.py"), os.path.join(base, relative, "__init__.py")):
+                if candidate not in seen and os.path.isfile(candidate):
+                    if len(seen) == SOURCE_FILE_LIMIT:
+                        return None
+                    seen.add(candidate)
+                    pending.append(candidate)
+    return names
+
+
+def _imports(path: str) -> list[tuple[int, str]] | None:
+    """(level, name) of each module the file's import statements name; None if it is not a regular file of Python
+    this interpreter parses. The files are the job's own code, extracted with tarfile's data filter (no link out of
+    the job's folder, no device or pipe); opened without following a link or blocking, and checked regular all the
+    same, since the stack reads them."""
     import ast  # here, not at the top: the server runs this file too, and never parses
     import stat
 
     try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                return set()
-            source = handle.read(ENTRY_READ_LIMIT + 1)
-        if len(source) > ENTRY_READ_LIMIT:
-            return set()
-        tree = ast.parse(source, entry)
+                return None
+            source = handle.read(SOURCE_READ_LIMIT + 1)
+        if len(source) > SOURCE_READ_LIMIT:
+            return None
+        tree = ast.parse(source, path)
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
-        return set()
-    names: set[str] = set()
+        return None
+    found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+            found.extend((0, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            prefix = f"{node.module}." if node.module else ""
+            if node.module:
+                found.append((node.level, node.module))
+            found.extend((node.level, f"{prefix}{alias.name}") for alias in node.names if alias.name != "*")
+    return found
 
 
 def forkable(job_env: Mapping[str, str], server_env: Mapping[str, str], read: Mapping[str, str | None]) -> str | None:
@@ -122,6 +162,22 @@ def forkable(job_env: Mapping[str, str], server_env: Mapping[str, str], read: Ma
                 return f"{name} differs from the server's"
         elif name not in server_env and name != "HOME" and not name.startswith(PER_JOB_PREFIXES):
             return f"the job sets {name}"
+    return None
+
+
+def shadowed(folder: str, modules: frozenset[str]) -> str | None:
+    """Why a job whose entry point is in `folder` cannot be forked from a server that has imported `modules` (top-level
+    names): one of its own modules there has a preloaded one's name. A fresh process imports the job's (its folder
+    comes first on sys.path); a forked one would find the server's already imported. None: it can."""
+    try:
+        names = os.listdir(folder)
+    except OSError:  # nothing of the job's to hide: it fails as a fresh process would
+        return None
+    for name in names:
+        stem, dot, suffix = name.partition(".")
+        is_module = dot and (suffix == "py" or suffix == "pyc" or suffix.endswith("so"))
+        if stem in modules and (is_module or os.path.isfile(os.path.join(folder, name, "__init__.py"))):
+            return f"the job's own {name} has the name of a module the server has imported"
     return None
 
 
@@ -169,7 +225,9 @@ class _Server:
         except OSError:  # a preload that hangs: no server for this interpreter
             ready = b""
         ours.settimeout(None)
-        self.read: dict[str, str | None] = json.loads(ready)["read"] if ready else {}
+        answer = json.loads(ready) if ready else {}
+        self.read: dict[str, str | None] = answer.get("read", {})
+        self.modules: frozenset[str] = frozenset(answer.get("modules", ()))  # top-level names, preloaded or not
         self.alive = bool(ready)
         self._jobs: list[WarmProcess] = []  # forked and maybe running: their exit statuses come through the server
 
@@ -233,11 +291,13 @@ class WarmStarts:
         preloads = PRELOADS.get(framework or "")
         if not preloads or len(argv) < 2 or not argv[1].endswith(".py"):
             return None
-        key = (argv[0], chosen_preloads(preloads, os.path.join(cwd, argv[1])))
+        key_entry = os.path.join(cwd, argv[1])
+        key = (argv[0], chosen_preloads(preloads, key_entry))
         with self._lock:
             for _ in range(2):  # a server found ended (idle, killed) is started again once
                 server = self._live_server(key, server_env)
-                if server is None or forkable(env, server.env, server.read) is not None:
+                if server is None or forkable(env, server.env, server.read) is not None or \
+                        shadowed(os.path.dirname(key_entry), server.modules) is not None:
                     return None
                 forked = server.fork(argv, env, cwd, umask)
                 if forked is not None:
@@ -445,7 +505,8 @@ def main(argv: list[str]) -> None:
     # page holding them, and the pages a job shares with the server would become its own.
     gc.collect()
     gc.freeze()
-    channel.send(json.dumps({"read": read}).encode())
+    modules = sorted({name.partition(".")[0] for name in sys.modules})
+    channel.send(json.dumps({"read": read, "modules": modules}).encode())
     request = _serve(channel)
     if request is None:
         return
