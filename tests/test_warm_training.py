@@ -168,6 +168,10 @@ def test_the_entry_selects_which_preloads_a_server_imports(tmp_path: Path) -> No
     assert chosen_preloads(preloads, str(chain / "train.py")) == ("numpy",)
     os.mkfifo(tmp_path / "pipe.py")  # never opened for a blocking read: the stack would hang on it
     assert chosen_preloads(preloads, str(tmp_path / "pipe.py")) == preloads
+    # The limit counts all files together: the entry within it, but not with its module.
+    (tmp_path / "big.py").write_text("import pandas\n" + "#" * (SOURCE_READ_LIMIT // 2))
+    assert chosen("import numpy, big\n" + "#" * (SOURCE_READ_LIMIT // 4)) == ("numpy", "pandas")
+    assert chosen("import numpy, big\n" + "#" * (SOURCE_READ_LIMIT // 2)) == preloads
     (tmp_path / "link.py").symlink_to(tmp_path / "train.py")
     assert chosen_preloads(preloads, str(tmp_path / "link.py")) == preloads
 

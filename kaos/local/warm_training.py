@@ -66,9 +66,9 @@ PER_JOB_PREFIXES = ("SM_", "AWS_", "TRAINING_JOB_")  # and HOME
 IDLE_SECONDS = float(os.environ.get("KAOS_LOCAL_WARM_IDLE_SECONDS", "180"))
 # How long a server may take to import its preloads (scikit-learn's take ~2 s) before its jobs start fresh.
 READY_SECONDS = 120.0
-# The most of a job's source that is read for its imports: a training script and its modules are kilobytes; beyond
-# either limit the job's server preloads them all.
-SOURCE_READ_LIMIT = 1 << 20  # bytes of one file
+# The most of a job's source the stack reads for its imports (parsing is ~0.1 CPU-s a MiB, on the job's thread): a
+# training script and its modules are kilobytes; beyond either limit the job's server preloads them all.
+SOURCE_READ_LIMIT = 1 << 20  # bytes, all files together
 SOURCE_FILE_LIMIT = 64  # files: the entry point and the job's own modules it imports, theirs in turn
 
 
@@ -94,11 +94,14 @@ def _imported_modules(entry: str) -> set[str] | None:
     entry = os.path.join(root, os.path.basename(entry))
     names: set[str] = set()
     pending, seen = [entry], {entry}
+    budget = SOURCE_READ_LIMIT
     while pending:
         path = pending.pop()
-        imports = _imports(path)
-        if imports is None:
+        read = _imports(path, budget)
+        if read is None:
             return None
+        imports, size = read
+        budget -= size
         for level, name in imports:
             if level == 0:
                 names.add(name)
@@ -119,11 +122,11 @@ def _imported_modules(entry: str) -> set[str] | None:
     return names
 
 
-def _imports(path: str) -> list[tuple[int, str]] | None:
-    """(level, name) of each module the file's import statements name; None if it is not a regular file of Python
-    this interpreter parses. The files are the job's own code, extracted with tarfile's data filter (no link out of
-    the job's folder, no device or pipe); opened without following a link or blocking, and checked regular all the
-    same, since the stack reads them."""
+def _imports(path: str, limit: int) -> tuple[list[tuple[int, str]], int] | None:
+    """(level, name) of each module the file's import statements name, and the file's size; None if it is not a
+    regular file of Python this interpreter parses, or is larger than `limit` bytes. The files are the job's own
+    code, extracted with tarfile's data filter (no link out of the job's folder, no device or pipe); opened without
+    following a link or blocking, and checked regular all the same, since the stack reads them."""
     import ast  # here, not at the top: the server runs this file too, and never parses
     import stat
 
@@ -132,8 +135,8 @@ def _imports(path: str) -> list[tuple[int, str]] | None:
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 return None
-            source = handle.read(SOURCE_READ_LIMIT + 1)
-        if len(source) > SOURCE_READ_LIMIT:
+            source = handle.read(limit + 1)
+        if len(source) > limit:
             return None
         tree = ast.parse(source, path)
     except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
@@ -147,7 +150,7 @@ def _imports(path: str) -> list[tuple[int, str]] | None:
             if node.module:
                 found.append((node.level, node.module))
             found.extend((node.level, f"{prefix}{alias.name}") for alias in node.names if alias.name != "*")
-    return found
+    return found, len(source)
 
 
 def forkable(job_env: Mapping[str, str], server_env: Mapping[str, str], read: Mapping[str, str | None]) -> str | None:
