@@ -184,7 +184,7 @@ print(json.dumps({{"parent": os.getppid(), "seen": [m for m in {names!r} if m in
 """
 
 
-def test_a_server_imports_what_its_jobs_import_and_a_new_selection_replaces_an_idle_one(tmp_path: Path) -> None:
+def test_a_server_imports_what_its_jobs_import_and_idle_servers_are_closed_but_the_last_used(tmp_path: Path) -> None:
     python = str(Environments(default_cache_dir()).ensure(IMAGE).python)
     env = {"PATH": f"{Path(python).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
            "PYTHONUNBUFFERED": "1"}
@@ -208,17 +208,23 @@ def test_a_server_imports_what_its_jobs_import_and_a_new_selection_replaces_an_i
         with_pandas = run("import pandas, sklearn.linear_model")
         assert with_pandas["seen"] == ["numpy", "scipy.stats", "sklearn.linear_model", "pandas", "pyarrow"]
         assert with_pandas["parent"] != linear["parent"]
-        with pytest.raises(ProcessLookupError):  # the first server had no job running: closed, not left to idle
-            os.kill(linear["parent"], 0)
-        # A server whose job is still running stays: its job's exit status comes through it.
+        # Two selections in turn keep a server each; while a job of the first runs, a third selection closes
+        # neither: the first is busy (its job's exit status comes through it), the second the idle one used last.
         (tmp_path / "waits.py").write_text("import os, time, sklearn.linear_model\n"
                                            "while not os.path.exists('go'):\n    time.sleep(0.05)\n")
         waiting = starts.spawn("sklearn", [python, "waits.py"], env, str(tmp_path), 0o077, env)
         assert waiting is not None
-        run("import pandas, sklearn.linear_model")
+        assert run("import pandas, sklearn.linear_model")["parent"] == with_pandas["parent"]
+        everything = run("import os")
+        assert everything["seen"] == names  # nothing of the framework's named: everything
         (tmp_path / "go").touch()
         assert waiting.wait(60) == 0
-        assert run("import os")["seen"] == names  # nothing of the framework's named: everything
+        # A fourth closes the idle ones but the one used last.
+        assert run("import numpy")["seen"] == ["numpy"]
+        for closed in (linear, with_pandas):
+            with pytest.raises(ProcessLookupError):
+                os.kill(closed["parent"], 0)
+        assert run("import os")["parent"] == everything["parent"]
         # A module of the job's own named as one the server has imported: a fresh process would import the job's.
         (tmp_path / "joblib.py").write_text("")
         assert shadowed(str(tmp_path), frozenset({"joblib"})) is not None

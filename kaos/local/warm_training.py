@@ -312,17 +312,18 @@ class WarmStarts:
         it cannot start (its jobs then start fresh). The caller holds the lock."""
         if key in self._refused:
             return None
-        server = self._servers.get(key)
+        server = self._servers.pop(key, None)
         if server is not None and server.alive:
+            self._servers[key] = server  # the dict's order is the order of last use
             return server
         if server is not None:
             server.close()
-        # A new selection replaces the interpreter's servers with no job running: one script edited between runs
-        # keeps one server, not one per version of its imports until each idles out.
-        for other, idle in list(self._servers.items()):
-            if other[0] == key[0] and not idle.busy():
-                idle.close()
-                del self._servers[other]
+        # A new selection closes the interpreter's servers with no job running but the one used last: two projects
+        # run in turn keep a server each, and a script edited between runs leaves one behind, not one per version of
+        # its imports until each idles out.
+        idle = [other for other, kept in self._servers.items() if other[0] == key[0] and not kept.busy()]
+        for other in idle[:-1]:
+            self._servers.pop(other).close()
         home = self._work_dir / "warm" / hashlib.sha256(repr(key).encode()).hexdigest()[:16]
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         server = self._servers[key] = _Server(key[0], {**server_env, "HOME": str(home)}, key[1], home)
