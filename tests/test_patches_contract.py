@@ -1,5 +1,5 @@
 """Contract tests for the moto patch points that had none (S3 -> EventBridge key encoding, the Batch runner hook, the
-DynamoDB write lock, moto.ec2 imported without its catalogues, moto's registry of model instances, botocore's data
+DynamoDB locks, moto.ec2 imported without its catalogues, moto's registry of model instances, botocore's data
 parsed once for the process), and for the patching itself (a missing target or an untested moto version fails
 loudly).
 
@@ -195,9 +195,59 @@ def test_conditional_writes_are_atomic(emulator: Emulator, monkeypatch: pytest.M
 
 def test_stock_moto_lets_both_conditional_writes_pass(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
-    with patches.PATCHES.stock(DynamoDBBackend, "put_item"):
+    # Both locks put back: each alone makes the puts one at a time (the request lock for the server's requests).
+    with patches.PATCHES.stock(DynamoDBBackend, "put_item"), patches.PATCHES.stock(DynamoHandler, "call_action"):
         assert _racing_conditional_puts(emulator, monkeypatch) == [True, True]
+
+
+def _read_during_an_update(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A GetItem of an item whose UpdateItem (status and reason set together) is held inside moto, between its
+    first action and its second, until the read finished or was seen waiting for 1 s. What the read found."""
+    from moto.dynamodb.models import dynamo_type
+
+    dynamodb = emulator.client("dynamodb")
+    dynamodb.create_table(TableName="torn", BillingMode="PAY_PER_REQUEST",
+                          AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                          KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    dynamodb.put_item(TableName="torn", Item={"pk": {"S": "job"}, "status": {"S": "TRAINING"}})
+    inside, release = threading.Event(), threading.Event()
+    original = dynamo_type.LimitedSizeDict.__setitem__
+
+    def held(self: Any, key: str, value: Any) -> None:  # moto sets an update's attributes one at a time
+        original(self, key, value)
+        if key == "status" and not inside.is_set():
+            inside.set()
+            release.wait(10)
+
+    monkeypatch.setattr(dynamo_type.LimitedSizeDict, "__setitem__", held)
+    update = threading.Thread(target=lambda: dynamodb.update_item(
+        TableName="torn", Key={"pk": {"S": "job"}}, UpdateExpression="SET #s = :s, reason = :r",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "FAILED"}, ":r": {"S": "IntegrityError"}}))
+    update.start()
+    assert inside.wait(10)
+    found: dict[str, Any] = {}
+    read = threading.Thread(target=lambda: found.update(
+        dynamodb.get_item(TableName="torn", Key={"pk": {"S": "job"}}, ConsistentRead=True)["Item"]))
+    read.start()
+    read.join(1)
+    release.set()
+    update.join(10)
+    read.join(10)
+    return {name: value["S"] for name, value in found.items() if name != "pk"}
+
+
+def test_a_read_never_finds_an_item_half_updated(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _read_during_an_update(emulator, monkeypatch) == {"status": "FAILED", "reason": "IntegrityError"}
+
+
+def test_stock_moto_reads_an_item_half_updated(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.responses import DynamoHandler
+
+    with patches.PATCHES.stock(DynamoHandler, "call_action"):
+        assert _read_during_an_update(emulator, monkeypatch) == {"status": "FAILED"}  # no reason yet
 
 
 # --- the server's service dispatch: moto's package directory listed once ------------------------------------------

@@ -8,7 +8,7 @@ so only one :class:`kaos.local.emulator.Emulator` is active at a time; the patch
 it through the :class:`Hooks` passed to :func:`apply`.
 
 Patched integrations (each has a contract test in ``tests/test_emulator_contract.py``; S3 -> EventBridge key
-encoding, the Batch runner hook, the DynamoDB write lock and the EC2 catalogues in
+encoding, the Batch runner hook, the DynamoDB locks and the EC2 catalogues in
 ``tests/test_patches_contract.py``, which also runs each on stock moto to show it fails there):
 
 - Lambda invoke (direct, Step Functions ``lambda:invoke`` / legacy Lambda ARNs, S3 notifications,
@@ -29,6 +29,7 @@ encoding, the Batch runner hook, the DynamoDB write lock and the EC2 catalogues 
   their models wherever moto merges no extras of its own (:mod:`kaos.local.botocore_data`).
 - moto's models are not registered for its dashboard: the registry kept every instance ever made alive (the items
   a write replaced, a transaction's copies), so the stack's memory grew with every job.
+- DynamoDB writes one at a time, and each DynamoDB request whole: no read finds an item half updated.
 - DynamoDB reads (GetItem, BatchGetItem, Query, Scan) answered without moto's shape-walking serializer
   (:mod:`kaos.local.patches_dynamodb`, its own PATCH_POINTS).
 """
@@ -89,6 +90,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.s3.notifications._send_event_bridge_message",
     "moto.logs.responses.LogsResponse.filter_log_events",
     "moto.dynamodb.models.DynamoDBBackend.{put_item,update_item,delete_item,transact_write_items} (serialized)",
+    "moto.dynamodb.responses.DynamoHandler.call_action (inherited; each request whole, one at a time)",
     "moto.backends.list_of_moto_modules (listed once)",
     "moto.utilities.utils.load_resource (while moto.ec2 is imported: no instance type catalogues)",
     "moto.core.common_models.BaseModel.__new__ (no registry of every model instance)",
@@ -860,9 +862,13 @@ def _call_action(self: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-# DynamoDB checks a write's condition and applies it atomically, and runs transactions serializably; moto's server
-# handles requests on threads without a lock, so two conditional writes (or transactions) can both pass their
-# checks. One lock over the write operations restores what the product code relies on.
+# DynamoDB checks a write's condition and applies it atomically, runs transactions serializably, and reads an item
+# whole; moto's server handles requests on threads without a lock, so two conditional writes (or transactions) can
+# both pass their checks, and a read can find an item half updated: moto applies an UpdateExpression's actions one
+# at a time to the stored item, and writes a read's answer from the stored items after its handler returned (a job
+# read FAILED without the failure reason written with it). One lock over the write operations, and over each whole
+# DynamoDB request, restores what the product code relies on. The writes' own lock is for the contract tests that
+# race writers on an in-process moto without the rest of the patches.
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
 _DYNAMODB_LOCK = threading.RLock()
 
@@ -873,6 +879,15 @@ def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
 
     return write
+
+
+def _dynamodb_request(self: Any) -> Any:
+    """A DynamoDB request from its handler's first read to its answer's last byte, one at a time (a Query or Scan
+    reads at most 1 MB a page, so none holds the others for long)."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    with _DYNAMODB_LOCK:
+        return PATCHES.original(DynamoHandler, "call_action")(self)
 
 
 def dynamodb_writes_serialized() -> list[tuple[Any, str, Callable[..., Any]]]:
@@ -1298,6 +1313,9 @@ def apply(hooks: Hooks) -> None:
         patches_dynamodb.apply()  # DynamoDB reads as a JSON dump, item-level rollback (kaos/local/patches_dynamodb.py)
         for owner, name, replacement in dynamodb_writes_serialized():
             PATCHES.replace(owner, name, replacement)
+        from moto.dynamodb.responses import DynamoHandler
+
+        PATCHES.replace(DynamoHandler, "call_action", _dynamodb_request)
         from moto import backends
 
         PATCHES.replace(backends, "list_of_moto_modules", _list_of_moto_modules)
