@@ -129,6 +129,8 @@ def test_a_forked_process_leads_its_own_group_when_its_pid_is_answered(tmp_path:
 
 def test_the_entry_selects_which_preloads_a_server_imports(tmp_path: Path) -> None:
     preloads = PRELOADS["sklearn"]
+    outside, tmp_path = tmp_path, tmp_path / "job"  # the job's folder, with something above it
+    tmp_path.mkdir()
 
     def chosen(source: str | bytes) -> tuple[str, ...]:
         entry = tmp_path / "train.py"
@@ -156,7 +158,7 @@ def test_the_entry_selects_which_preloads_a_server_imports(tmp_path: Path) -> No
     (tmp_path / "features" / "__init__.py").write_text("from .pipeline import build\n")
     (tmp_path / "features" / "pipeline.py").write_text("import pandas\nfrom sklearn import pipeline\n")
     assert chosen("import model\n") == ("pandas", "sklearn", "sklearn.pipeline")
-    (tmp_path.parent / "outside.py").write_text("import pandas\n")
+    (outside / "outside.py").write_text("import pandas\n")
     assert chosen("import numpy\nfrom .. import outside\nfrom . import outside\n") == ("numpy",)
     chain = tmp_path / "chain"
     chain.mkdir()
