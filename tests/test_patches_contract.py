@@ -195,10 +195,8 @@ def test_conditional_writes_are_atomic(emulator: Emulator, monkeypatch: pytest.M
 
 def test_stock_moto_lets_both_conditional_writes_pass(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.dynamodb.models import DynamoDBBackend
-    from moto.dynamodb.responses import DynamoHandler
 
-    # Both locks put back: each alone makes the puts one at a time (the request lock for the server's requests).
-    with patches.PATCHES.stock(DynamoDBBackend, "put_item"), patches.PATCHES.stock(DynamoHandler, "call_action"):
+    with patches.PATCHES.stock(DynamoDBBackend, "put_item"):
         assert _racing_conditional_puts(emulator, monkeypatch) == [True, True]
 
 
@@ -241,6 +239,27 @@ def _read_during_an_update(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) 
 
 def test_a_read_never_finds_an_item_half_updated(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _read_during_an_update(emulator, monkeypatch) == {"status": "FAILED", "reason": "IntegrityError"}
+
+
+def test_a_read_does_not_wait_for_the_state_flush(emulator: Emulator) -> None:
+    # The flush holds the writes' lock while it reads, and asks this server for table descriptions and, when it
+    # cannot read the items in process, for the items themselves (kaos/local/persistence.py).
+    dynamodb = emulator.client("dynamodb")
+    dynamodb.create_table(TableName="flushed", BillingMode="PAY_PER_REQUEST",
+                          AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                          KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    dynamodb.put_item(TableName="flushed", Item={"pk": {"S": "k"}})
+    found: list[Any] = []
+    with patches._DYNAMODB_LOCK:
+        read = threading.Thread(target=lambda: found.extend([
+            dynamodb.describe_table(TableName="flushed")["Table"]["TableName"],
+            dynamodb.get_item(TableName="flushed", Key={"pk": {"S": "k"}})["Item"]["pk"]["S"],
+            len(dynamodb.scan(TableName="flushed")["Items"])]))
+        read.start()
+        read.join(10)
+        answered_meanwhile = not read.is_alive()
+    read.join(10)
+    assert answered_meanwhile and found == ["flushed", "k", 1]
 
 
 def test_stock_moto_reads_an_item_half_updated(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ encoding, the Batch runner hook, the DynamoDB locks and the EC2 catalogues in
   their models wherever moto merges no extras of its own (:mod:`kaos.local.botocore_data`).
 - moto's models are not registered for its dashboard: the registry kept every instance ever made alive (the items
   a write replaced, a transaction's copies), so the stack's memory grew with every job.
-- DynamoDB writes one at a time, and each DynamoDB request whole: no read finds an item half updated.
+- DynamoDB writes one at a time, and each read request whole between them: no read finds an item half updated.
 - DynamoDB reads (GetItem, BatchGetItem, Query, Scan) answered without moto's shape-walking serializer
   (:mod:`kaos.local.patches_dynamodb`, its own PATCH_POINTS).
 """
@@ -90,7 +90,7 @@ PATCH_POINTS: Final[tuple[str, ...]] = (
     "moto.s3.notifications._send_event_bridge_message",
     "moto.logs.responses.LogsResponse.filter_log_events",
     "moto.dynamodb.models.DynamoDBBackend.{put_item,update_item,delete_item,transact_write_items} (serialized)",
-    "moto.dynamodb.responses.DynamoHandler.call_action (inherited; each request whole, one at a time)",
+    "moto.dynamodb.responses.DynamoHandler.call_action (inherited; a read request whole, never during a write)",
     "moto.backends.list_of_moto_modules (listed once)",
     "moto.utilities.utils.load_resource (while moto.ec2 is imported: no instance type catalogues)",
     "moto.core.common_models.BaseModel.__new__ (no registry of every model instance)",
@@ -866,28 +866,34 @@ def _call_action(self: Any) -> Any:
 # whole; moto's server handles requests on threads without a lock, so two conditional writes (or transactions) can
 # both pass their checks, and a read can find an item half updated: moto applies an UpdateExpression's actions one
 # at a time to the stored item, and writes a read's answer from the stored items after its handler returned (a job
-# read FAILED without the failure reason written with it). One lock over the write operations, and over each whole
-# DynamoDB request, restores what the product code relies on. The writes' own lock is for the contract tests that
-# race writers on an in-process moto without the rest of the patches.
+# read FAILED without the failure reason written with it). So a write holds both locks below, and a read request
+# the items lock from its handler's start to its answer's last byte. The state's flush (kaos/local/persistence.py)
+# holds the writes' lock alone while it reads, and asks this server for table descriptions meanwhile: a read
+# request must not wait for it (a first version that ran every request under the writes' lock deadlocked there).
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
-_DYNAMODB_LOCK = threading.RLock()
+_DYNAMODB_LOCK = threading.RLock()  # the writes, and the state's flush
+_DYNAMODB_ITEMS_LOCK = threading.RLock()  # the writes, taken after the writes' lock, and each read request
+_DYNAMODB_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
 
 
 def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
     def write(*args: Any, **kwargs: Any) -> Any:
-        with _DYNAMODB_LOCK:
+        with _DYNAMODB_LOCK, _DYNAMODB_ITEMS_LOCK:
             return original(*args, **kwargs)
 
     return write
 
 
 def _dynamodb_request(self: Any) -> Any:
-    """A DynamoDB request from its handler's first read to its answer's last byte, one at a time (a Query or Scan
-    reads at most 1 MB a page, so none holds the others for long)."""
+    """A DynamoDB read request whole, never during a write (a Query or Scan reads at most 1 MB a page, so none holds
+    the writes for long); any other request as moto runs it."""
     from moto.dynamodb.responses import DynamoHandler
 
-    with _DYNAMODB_LOCK:
-        return PATCHES.original(DynamoHandler, "call_action")(self)
+    original = PATCHES.original(DynamoHandler, "call_action")
+    if self._get_action() not in _DYNAMODB_READS:
+        return original(self)
+    with _DYNAMODB_ITEMS_LOCK:
+        return original(self)
 
 
 def dynamodb_writes_serialized() -> list[tuple[Any, str, Callable[..., Any]]]:
