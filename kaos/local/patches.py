@@ -873,7 +873,8 @@ def _call_action(self: Any) -> Any:
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
 _DYNAMODB_LOCK = threading.RLock()  # the writes, and the state's flush
 _DYNAMODB_ITEMS_LOCK = threading.RLock()  # the writes, taken after the writes' lock, and each read request
-_DYNAMODB_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
+# The reads patches_dynamodb answers itself, and the transaction that reads.
+_DYNAMODB_READS = patches_dynamodb.READS | {"TransactGetItems"}
 
 
 def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
